@@ -1,0 +1,427 @@
+//! A typed HTTP client for the RM's public and internal APIs and the agent's API.
+//! Several RM URLs may be given; the client tries them in order until one answers.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::*;
+
+/// What went wrong talking to a Spindle server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot reach {urls}: {reason}. Is it running? Check the address (--rm or SPINDLE_RM)."
+    )]
+    Unreachable { urls: String, reason: String },
+    #[error("{message} (HTTP {status}, {code})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("unexpected answer from {url}: {reason}")]
+    Decode { url: String, reason: String },
+}
+
+impl ClientError {
+    /// The HTTP status of an error answer, if the server gave one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(404)
+    }
+}
+
+/// Shared plumbing of both clients: base URLs, a bearer token, JSON in and out.
+#[derive(Debug, Clone)]
+struct Http {
+    client: reqwest::Client,
+    bases: Vec<String>,
+    token: Option<String>,
+}
+
+fn normalise_base(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    if url.starts_with("http://") || url.starts_with("https://") {
+        url.to_owned()
+    } else {
+        format!("http://{url}")
+    }
+}
+
+impl Http {
+    fn new(bases: &[String], token: Option<String>, timeout: Duration) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(3))
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .build()
+            .expect("the HTTP client builds with a static configuration");
+        Http {
+            client,
+            bases: bases.iter().map(|base| normalise_base(base)).collect(),
+            token,
+        }
+    }
+
+    async fn send_raw<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut last_error = String::from("no URL configured");
+        for base in &self.bases {
+            let url = format!("{base}{path}");
+            let mut request = self.client.request(method.clone(), &url);
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
+            }
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            if let Some(timeout) = timeout {
+                request = request.timeout(timeout);
+            }
+            match request.send().await {
+                Ok(response) => return Ok(response),
+                // Only connection failures move on to the next RM: any answer is final.
+                Err(err) if err.is_connect() || err.is_timeout() => last_error = err.to_string(),
+                Err(err) => last_error = err.to_string(),
+            }
+        }
+        Err(ClientError::Unreachable {
+            urls: self.bases.join(","),
+            reason: last_error,
+        })
+    }
+
+    async fn call<B: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Option<Duration>,
+    ) -> Result<R, ClientError> {
+        let response = self.send_raw(method, path, body, timeout).await?;
+        let response = check(response).await?;
+        let url = response.url().to_string();
+        response
+            .json::<R>()
+            .await
+            .map_err(|err| ClientError::Decode {
+                url,
+                reason: err.to_string(),
+            })
+    }
+
+    async fn text(&self, path: &str) -> Result<String, ClientError> {
+        let response = self.send_raw::<()>(Method::GET, path, None, None).await?;
+        let response = check(response).await?;
+        let url = response.url().to_string();
+        response.text().await.map_err(|err| ClientError::Decode {
+            url,
+            reason: err.to_string(),
+        })
+    }
+}
+
+/// Turns a non-2xx answer into `ClientError::Api`, reading the `{"error": …}` body.
+async fn check(response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body = response.text().await.unwrap_or_default();
+    let (code, message) = match serde_json::from_str::<ErrorBody>(&body) {
+        Ok(parsed) => (parsed.error.code, parsed.error.message),
+        Err(_) => (
+            status_code_name(status),
+            if body.is_empty() {
+                status.to_string()
+            } else {
+                body
+            },
+        ),
+    };
+    Err(ClientError::Api {
+        status: status.as_u16(),
+        code,
+        message,
+    })
+}
+
+fn status_code_name(status: StatusCode) -> String {
+    status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_lowercase()
+        .replace(' ', "_")
+}
+
+/// Query of `GET /v1/apps`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AppFilter {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// Client of the RM: users (with an API token), agents (agent token) and AMs (AM token).
+#[derive(Debug, Clone)]
+pub struct RmClient {
+    http: Http,
+}
+
+impl RmClient {
+    /// `urls`: one or more RM addresses (`host:port` or `http://host:port`).
+    pub fn new(urls: &[String], token: Option<String>) -> Self {
+        RmClient {
+            http: Http::new(urls, token, Duration::from_secs(30)),
+        }
+    }
+
+    pub async fn submit(&self, spec: &JobSpec) -> Result<AppId, ClientError> {
+        let reply: SubmitReply = self
+            .http
+            .call(Method::POST, "/v1/apps", Some(spec), None)
+            .await?;
+        Ok(reply.app_id)
+    }
+
+    pub async fn apps(&self, filter: &AppFilter) -> Result<Vec<AppReport>, ClientError> {
+        let query = serde_json::to_value(filter).expect("filters serialize");
+        let query: Vec<(String, String)> = query
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(key, value)| {
+                (
+                    key.clone(),
+                    value
+                        .as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| value.to_string()),
+                )
+            })
+            .collect();
+        let mut path = String::from("/v1/apps");
+        for (index, (key, value)) in query.iter().enumerate() {
+            path.push(if index == 0 { '?' } else { '&' });
+            path.push_str(&format!("{key}={}", encode_query(value)));
+        }
+        self.http
+            .call::<(), _>(Method::GET, &path, None, None)
+            .await
+    }
+
+    pub async fn app(&self, app_id: AppId) -> Result<AppReport, ClientError> {
+        self.http
+            .call::<(), _>(Method::GET, &format!("/v1/apps/{app_id}"), None, None)
+            .await
+    }
+
+    pub async fn kill(&self, app_id: AppId) -> Result<AppReport, ClientError> {
+        self.http
+            .call::<(), _>(Method::DELETE, &format!("/v1/apps/{app_id}"), None, None)
+            .await
+    }
+
+    pub async fn containers(&self, app_id: AppId) -> Result<Vec<ContainerReport>, ClientError> {
+        self.http
+            .call::<(), _>(
+                Method::GET,
+                &format!("/v1/apps/{app_id}/containers"),
+                None,
+                None,
+            )
+            .await
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<NodeReport>, ClientError> {
+        self.http
+            .call::<(), _>(Method::GET, "/v1/nodes", None, None)
+            .await
+    }
+
+    pub async fn node(&self, node_id: &NodeId) -> Result<NodeReport, ClientError> {
+        self.http
+            .call::<(), _>(Method::GET, &format!("/v1/nodes/{node_id}"), None, None)
+            .await
+    }
+
+    pub async fn decommission(
+        &self,
+        node_id: &NodeId,
+        request: &DecommissionRequest,
+    ) -> Result<NodeReport, ClientError> {
+        self.http
+            .call(
+                Method::POST,
+                &format!("/v1/nodes/{node_id}/decommission"),
+                Some(request),
+                None,
+            )
+            .await
+    }
+
+    pub async fn cluster(&self) -> Result<ClusterReport, ClientError> {
+        self.http
+            .call::<(), _>(Method::GET, "/v1/cluster", None, None)
+            .await
+    }
+
+    /// A container's stdout or stderr, fetched by the RM from the container's node.
+    pub async fn logs(
+        &self,
+        container_id: ContainerId,
+        stream: &str,
+    ) -> Result<String, ClientError> {
+        self.http
+            .text(&format!("/v1/containers/{container_id}/logs/{stream}"))
+            .await
+    }
+
+    pub async fn register_node(
+        &self,
+        request: &RegisterNodeRequest,
+    ) -> Result<RegisterNodeReply, ClientError> {
+        self.http
+            .call(
+                Method::POST,
+                "/v1/internal/nodes/register",
+                Some(request),
+                None,
+            )
+            .await
+    }
+
+    pub async fn node_heartbeat(
+        &self,
+        request: &NodeHeartbeatRequest,
+    ) -> Result<NodeHeartbeatReply, ClientError> {
+        self.http
+            .call(
+                Method::POST,
+                "/v1/internal/nodes/heartbeat",
+                Some(request),
+                None,
+            )
+            .await
+    }
+
+    pub async fn register_am(
+        &self,
+        request: &RegisterAmRequest,
+    ) -> Result<RegisterAmReply, ClientError> {
+        self.http
+            .call(
+                Method::POST,
+                "/v1/internal/am/register",
+                Some(request),
+                None,
+            )
+            .await
+    }
+
+    /// Long-polls: the request may wait up to `wait_ms` on the server.
+    pub async fn allocate(&self, request: &AllocateRequest) -> Result<AllocateReply, ClientError> {
+        let timeout = Duration::from_millis(request.wait_ms) + Duration::from_secs(10);
+        self.http
+            .call(
+                Method::POST,
+                "/v1/internal/am/allocate",
+                Some(request),
+                Some(timeout),
+            )
+            .await
+    }
+
+    pub async fn finish_am(&self, request: &FinishAmRequest) -> Result<(), ClientError> {
+        let _: serde_json::Value = self
+            .http
+            .call(Method::POST, "/v1/internal/am/finish", Some(request), None)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Client of one node agent's container API.
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    http: Http,
+}
+
+impl AgentClient {
+    /// `token`: the agent token (RM) or a container token's signature (AM) for reads and stops.
+    pub fn new(address: &str, token: Option<String>) -> Self {
+        AgentClient {
+            http: Http::new(&[address.to_owned()], token, Duration::from_secs(30)),
+        }
+    }
+
+    pub async fn launch(&self, request: &LaunchRequest) -> Result<ContainerStatus, ClientError> {
+        self.http
+            .call(Method::POST, "/v1/containers", Some(request), None)
+            .await
+    }
+
+    pub async fn status(&self, container_id: ContainerId) -> Result<ContainerStatus, ClientError> {
+        self.http
+            .call::<(), _>(
+                Method::GET,
+                &format!("/v1/containers/{container_id}"),
+                None,
+                None,
+            )
+            .await
+    }
+
+    pub async fn stop(&self, container_id: ContainerId) -> Result<ContainerStatus, ClientError> {
+        self.http
+            .call::<(), _>(
+                Method::DELETE,
+                &format!("/v1/containers/{container_id}"),
+                None,
+                None,
+            )
+            .await
+    }
+
+    pub async fn logs(
+        &self,
+        container_id: ContainerId,
+        stream: &str,
+    ) -> Result<String, ClientError> {
+        self.http
+            .text(&format!("/v1/containers/{container_id}/logs/{stream}"))
+            .await
+    }
+}
+
+fn encode_query(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}

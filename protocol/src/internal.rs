@@ -1,0 +1,162 @@
+//! The internal protocol under `/v1/internal/…`: agent ↔ RM and AM ↔ RM, and AM → agent launches.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{
+    AppId, ContainerId, ContainerState, ContainerToken, ExitReason, FinalStatus, NodeId, NodeUsage,
+    Resources,
+};
+
+/// A container as its node agent sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ContainerStatus {
+    pub container_id: ContainerId,
+    /// `RUNNING` or `COMPLETE`.
+    pub state: ContainerState,
+    pub exit_code: Option<i32>,
+    pub exit_reason: Option<ExitReason>,
+    pub diagnostics: String,
+    pub started_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+}
+
+/// Agent → RM, once at start and again whenever the RM asks it to (after an RM restart).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RegisterNodeRequest {
+    pub node_id: NodeId,
+    /// `host:port` of the agent's API.
+    pub address: String,
+    pub capacity: Resources,
+    pub rack: String,
+    pub labels: Vec<String>,
+    /// Containers it still runs, and those that ended and the RM has not yet acknowledged.
+    pub containers: Vec<ContainerStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RegisterNodeReply {
+    pub epoch: u64,
+    pub heartbeat_interval_ms: u64,
+    /// Containers it reported that the RM does not know or has given up on: kill them.
+    pub kill: Vec<ContainerId>,
+    /// Completed containers whose end the RM has recorded: stop reporting them.
+    pub acked: Vec<ContainerId>,
+}
+
+/// Agent → RM every heartbeat interval, and at once whenever a container starts or ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodeHeartbeatRequest {
+    pub node_id: NodeId,
+    pub usage: NodeUsage,
+    pub healthy: bool,
+    pub health_report: String,
+    pub containers: Vec<ContainerStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct NodeHeartbeatReply {
+    pub kill: Vec<ContainerId>,
+    pub acked: Vec<ContainerId>,
+    /// Decommissioning: take no new containers.
+    pub drain: bool,
+    /// Decommissioned (or refused): stop the agent.
+    pub shutdown: bool,
+    /// The RM does not know this node (it restarted, or declared it LOST): register again.
+    pub resync: bool,
+}
+
+/// AM → RM when the AM starts, and again after an RM restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RegisterAmRequest {
+    pub app_id: AppId,
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RegisterAmReply {
+    pub queue: String,
+    /// The largest container any live node can hold.
+    pub max_container: Resources,
+    /// Live containers of this attempt the RM knows of (non-empty after an RM restart).
+    pub live_containers: Vec<ContainerId>,
+}
+
+/// Some containers of one size, with locality preferences.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ResourceAsk {
+    /// Lower numbers are served first among one app's asks.
+    #[serde(default)]
+    pub priority: i32,
+    pub resources: Resources,
+    /// How many containers of this shape the AM wants now, beyond those it has been given.
+    /// The number is absolute: each allocate replaces the previous one.
+    pub count: u32,
+    #[serde(default)]
+    pub nodes: Vec<NodeId>,
+    #[serde(default)]
+    pub racks: Vec<String>,
+}
+
+/// AM → RM: the asks, releases and progress; long-polls for grants and completions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AllocateRequest {
+    pub app_id: AppId,
+    pub attempt: u32,
+    pub asks: Vec<ResourceAsk>,
+    pub releases: Vec<ContainerId>,
+    pub progress: f32,
+    /// Answer at once if anything is new, else wait up to this long for news.
+    pub wait_ms: u64,
+}
+
+/// A container granted to an AM, with the token the node agent will ask for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Allocation {
+    pub container_id: ContainerId,
+    pub node_id: NodeId,
+    pub node_address: String,
+    pub resources: Resources,
+    pub token: ContainerToken,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct AllocateReply {
+    pub allocated: Vec<Allocation>,
+    pub completed: Vec<ContainerStatus>,
+    /// Containers the RM will take back after a grace period.
+    pub preempt: Vec<ContainerId>,
+    /// What the app could still get now.
+    pub headroom: Resources,
+    /// The app was killed or this attempt is no longer current: stop.
+    pub shutdown: bool,
+}
+
+/// AM → RM at the end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FinishAmRequest {
+    pub app_id: AppId,
+    pub attempt: u32,
+    pub final_status: FinalStatus,
+    pub diagnostics: String,
+}
+
+/// What to run in a container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchSpec {
+    /// argv. A first element `spindle` means the agent's own binary.
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// AM (or RM, for AM containers) → agent `POST /v1/containers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchRequest {
+    pub token: ContainerToken,
+    pub launch: LaunchSpec,
+}

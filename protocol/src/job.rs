@@ -1,0 +1,297 @@
+//! The job spec: TOML for the CLI, the same structure as JSON for REST.
+//! Unknown fields are refused everywhere, so a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::Resources;
+
+/// Largest container any spec may ask for, whatever the nodes are: a guard against typos
+/// (`memory_mb = 10000000`) before the RM compares the ask with real node sizes.
+pub const MAX_VCORES: u32 = 1024;
+pub const MAX_MEMORY_MB: u64 = 16 * 1024 * 1024;
+/// Most containers one shell job may ask for.
+pub const MAX_SHELL_CONTAINERS: u32 = 1_000_000;
+
+/// A job as a user submits it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// A name for people; need not be unique.
+    pub name: String,
+    /// Leaf queue to run in.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    pub kind: JobKind,
+    /// How many AM attempts before the app FAILS.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Higher runs first among one user's apps.
+    #[serde(default)]
+    pub priority: i32,
+    /// Resources of the application master's container.
+    #[serde(default = "default_am_resources")]
+    pub am: Resources,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<ShellSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom: Option<CustomSpec>,
+}
+
+/// The kinds of job; each has its own section in the spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Shell,
+    Mapreduce,
+    Stream,
+    Custom,
+}
+
+/// YARN's DistributedShell: N containers of one command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShellSpec {
+    /// argv of the command; run as is, not through a shell (use `["sh", "-c", "…"]` for one).
+    pub command: Vec<String>,
+    #[serde(default = "one")]
+    pub containers: u32,
+    #[serde(default = "one")]
+    pub vcores: u32,
+    #[serde(default = "default_task_memory")]
+    pub memory_mb: u64,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// How many times a failed or lost container is run again before the job fails.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+}
+
+/// The user's own application master command, speaking the AM protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomSpec {
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// A spec field that is wrong, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct SpecError {
+    pub field: String,
+    pub reason: String,
+}
+
+fn default_queue() -> String {
+    "default".to_owned()
+}
+fn default_max_attempts() -> u32 {
+    2
+}
+fn default_am_resources() -> Resources {
+    Resources::new(1, 256)
+}
+fn one() -> u32 {
+    1
+}
+fn default_task_memory() -> u64 {
+    128
+}
+fn default_max_retries() -> u32 {
+    3
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> SpecError {
+    SpecError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Checks a container size against the hard limits every cluster has.
+pub fn validate_resources(field: &str, resources: &Resources) -> Result<(), SpecError> {
+    if resources.vcores == 0 {
+        return Err(invalid(format!("{field}.vcores"), "must be at least 1"));
+    }
+    if resources.vcores > MAX_VCORES {
+        return Err(invalid(
+            format!("{field}.vcores"),
+            format!(
+                "{} is more than the limit of {MAX_VCORES}",
+                resources.vcores
+            ),
+        ));
+    }
+    if resources.memory_mb == 0 {
+        return Err(invalid(format!("{field}.memory_mb"), "must be at least 1"));
+    }
+    if resources.memory_mb > MAX_MEMORY_MB {
+        return Err(invalid(
+            format!("{field}.memory_mb"),
+            format!(
+                "{} is more than the limit of {MAX_MEMORY_MB}",
+                resources.memory_mb
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_command(field: &str, command: &[String]) -> Result<(), SpecError> {
+    match command.first() {
+        None => Err(invalid(field, "must name a program: it is empty")),
+        Some(program) if program.trim().is_empty() => {
+            Err(invalid(field, "the program name is blank"))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+impl ShellSpec {
+    /// The size of each of the job's task containers.
+    pub fn resources(&self) -> Resources {
+        Resources::new(self.vcores, self.memory_mb)
+    }
+}
+
+impl JobSpec {
+    /// Checks everything that can be checked without knowing the cluster.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.name.trim().is_empty() {
+            return Err(invalid("name", "must not be empty"));
+        }
+        if self.name.len() > 256 {
+            return Err(invalid("name", "must be at most 256 bytes"));
+        }
+        if self.queue.trim().is_empty() {
+            return Err(invalid("queue", "must not be empty"));
+        }
+        if !(1..=10).contains(&self.max_attempts) {
+            return Err(invalid(
+                "max_attempts",
+                format!("{} is out of range: use 1 to 10", self.max_attempts),
+            ));
+        }
+        validate_resources("am", &self.am)?;
+        match self.kind {
+            JobKind::Shell => {
+                let Some(shell) = &self.shell else {
+                    return Err(invalid("shell", "kind = \"shell\" needs a [shell] section"));
+                };
+                validate_command("shell.command", &shell.command)?;
+                if shell.containers == 0 {
+                    return Err(invalid("shell.containers", "must be at least 1"));
+                }
+                if shell.containers > MAX_SHELL_CONTAINERS {
+                    return Err(invalid(
+                        "shell.containers",
+                        format!(
+                            "{} is more than the limit of {MAX_SHELL_CONTAINERS}",
+                            shell.containers
+                        ),
+                    ));
+                }
+                validate_resources("shell", &shell.resources())?;
+                if shell.max_retries > 100 {
+                    return Err(invalid("shell.max_retries", "must be at most 100"));
+                }
+            }
+            JobKind::Custom => {
+                let Some(custom) = &self.custom else {
+                    return Err(invalid(
+                        "custom",
+                        "kind = \"custom\" needs a [custom] section",
+                    ));
+                };
+                validate_command("custom.command", &custom.command)?;
+            }
+            JobKind::Mapreduce | JobKind::Stream => {
+                return Err(invalid(
+                    "kind",
+                    format!(
+                        "{:?} jobs are not supported by this version yet: use shell or custom",
+                        self.kind
+                    )
+                    .to_lowercase(),
+                ));
+            }
+        }
+        if self.kind != JobKind::Shell && self.shell.is_some() {
+            return Err(invalid("shell", "a [shell] section needs kind = \"shell\""));
+        }
+        if self.kind != JobKind::Custom && self.custom.is_some() {
+            return Err(invalid(
+                "custom",
+                "a [custom] section needs kind = \"custom\"",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The largest container the job will ask for: the RM refuses a job no node can hold.
+    pub fn largest_container(&self) -> Resources {
+        let task = self
+            .shell
+            .as_ref()
+            .map(ShellSpec::resources)
+            .unwrap_or_default();
+        Resources::new(
+            self.am.vcores.max(task.vcores),
+            self.am.memory_mb.max(task.memory_mb),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> JobSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": "hello", "kind": "shell",
+            "shell": {"command": ["true"], "containers": 2}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let spec = hello();
+        assert_eq!(spec.queue, "default");
+        assert_eq!(spec.max_attempts, 2);
+        assert_eq!(spec.shell.as_ref().unwrap().memory_mb, 128);
+        spec.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let mut spec = hello();
+        spec.shell.as_mut().unwrap().vcores = 0;
+        assert_eq!(spec.validate().unwrap_err().field, "shell.vcores");
+        let mut spec = hello();
+        spec.shell.as_mut().unwrap().memory_mb = u64::MAX;
+        assert_eq!(spec.validate().unwrap_err().field, "shell.memory_mb");
+        let mut spec = hello();
+        spec.shell.as_mut().unwrap().command.clear();
+        assert_eq!(spec.validate().unwrap_err().field, "shell.command");
+        let mut spec = hello();
+        spec.shell = None;
+        assert_eq!(spec.validate().unwrap_err().field, "shell");
+        let mut spec = hello();
+        spec.max_attempts = 0;
+        assert_eq!(spec.validate().unwrap_err().field, "max_attempts");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_value::<JobSpec>(serde_json::json!({
+            "name": "x", "kind": "shell", "shel": {}
+        }))
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `shel`"), "{err}");
+    }
+}

@@ -1,0 +1,45 @@
+//! Wire types shared by every Spindle role (ids, resources, job specs, states, requests and
+//! replies), the signed tokens, and a typed HTTP client. No server code lives here.
+
+mod client;
+mod ids;
+mod internal;
+mod job;
+mod reports;
+mod resources;
+mod states;
+mod token;
+
+pub use client::{AgentClient, AppFilter, ClientError, RmClient};
+pub use ids::{AppId, ContainerId, IdParseError, NodeId};
+pub use internal::*;
+pub use job::{CustomSpec, JobKind, JobSpec, ShellSpec, SpecError, validate_resources};
+pub use reports::*;
+pub use resources::Resources;
+pub use states::{AppState, ContainerState, ExitReason, FinalStatus, NodeState};
+pub use token::{ClusterSecret, ContainerToken, TokenError};
+
+/// Environment variables every container gets from its agent.
+pub mod env {
+    pub const APP_ID: &str = "SPINDLE_APP_ID";
+    pub const CONTAINER_ID: &str = "SPINDLE_CONTAINER_ID";
+    pub const ATTEMPT: &str = "SPINDLE_ATTEMPT";
+    /// Comma-separated RM URLs.
+    pub const RM: &str = "SPINDLE_RM";
+    pub const NODE_ID: &str = "SPINDLE_NODE_ID";
+    /// Memory limit of the container, so a task can size its buffers.
+    pub const MEMORY_MB: &str = "SPINDLE_MEMORY_MB";
+    pub const VCORES: &str = "SPINDLE_VCORES";
+    /// Only in AM containers: the bearer token for the AM protocol.
+    pub const AM_TOKEN: &str = "SPINDLE_AM_TOKEN";
+    /// Only in AM containers: the job spec as JSON.
+    pub const JOB_SPEC: &str = "SPINDLE_JOB_SPEC";
+}
+
+/// Milliseconds since the Unix epoch: the time unit of every timestamp on the wire.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,140 @@
+//! What the public REST API answers: reports of apps, containers, nodes, the cluster.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{
+    AppId, AppState, ContainerId, ContainerState, ExitReason, FinalStatus, JobKind, NodeId,
+    NodeState, Resources,
+};
+
+/// `POST /v1/apps` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SubmitReply {
+    pub app_id: AppId,
+}
+
+/// One application, as `GET /v1/apps/{app_id}` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AppReport {
+    pub app_id: AppId,
+    pub name: String,
+    pub queue: String,
+    pub user: String,
+    pub kind: JobKind,
+    pub priority: i32,
+    pub state: AppState,
+    pub final_status: FinalStatus,
+    /// Why the app is where it is: waiting, failed, killed.
+    pub diagnostics: String,
+    /// 0.0 to 1.0, as the AM reports it.
+    pub progress: f32,
+    pub max_attempts: u32,
+    pub attempts: Vec<AttemptReport>,
+    /// Resources its live containers hold now.
+    pub allocated: Resources,
+    pub running_containers: u32,
+    pub submitted_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+}
+
+/// One AM attempt of an app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AttemptReport {
+    pub attempt: u32,
+    pub am_container: Option<ContainerId>,
+    pub node_id: Option<NodeId>,
+    pub started_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    pub diagnostics: String,
+}
+
+/// One container, live or finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ContainerReport {
+    pub container_id: ContainerId,
+    pub node_id: NodeId,
+    /// Where the node agent serves its API.
+    pub node_address: String,
+    pub resources: Resources,
+    pub state: ContainerState,
+    pub is_am: bool,
+    pub exit_code: Option<i32>,
+    pub exit_reason: Option<ExitReason>,
+    pub diagnostics: String,
+    pub allocated_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+}
+
+/// One node agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodeReport {
+    pub node_id: NodeId,
+    pub address: String,
+    pub rack: String,
+    pub labels: Vec<String>,
+    pub state: NodeState,
+    pub capacity: Resources,
+    /// Resources granted to live containers on the node.
+    pub used: Resources,
+    pub containers: u32,
+    pub usage: NodeUsage,
+    pub health_report: String,
+    pub last_heartbeat_ms: u64,
+}
+
+/// What the node's own probe measures (as opposed to what the RM granted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodeUsage {
+    pub cpu_percent: f32,
+    pub memory_used_mb: u64,
+}
+
+/// `GET /v1/cluster`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterReport {
+    /// Increases at every RM start; part of every container id.
+    pub epoch: u64,
+    pub started_at_ms: u64,
+    pub store: String,
+    pub capacity: Resources,
+    pub used: Resources,
+    pub available: Resources,
+    pub nodes: BTreeMap<String, u32>,
+    pub apps: BTreeMap<String, u32>,
+    pub containers_running: u32,
+}
+
+/// `POST /v1/nodes/{node_id}/decommission` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecommissionRequest {
+    /// How long running containers may go on before they are killed.
+    #[serde(default = "default_decommission_timeout")]
+    pub timeout_s: u64,
+    /// Kill running containers now instead of letting them finish.
+    #[serde(default)]
+    pub force: bool,
+}
+
+fn default_decommission_timeout() -> u64 {
+    300
+}
+
+/// `{"error": {"code", "message"}}`, the body of every error answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `bad_request`, `unauthorized`, `not_found`, `conflict`…
+    pub code: String,
+    /// For people: what was wrong and what to do.
+    pub message: String,
+}

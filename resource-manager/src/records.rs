@@ -1,0 +1,91 @@
+//! The durable records of the RM: what the store keeps and what a restarted RM reloads.
+//! In-memory state is rebuilt from these; anything not here is soft state that agents and AMs
+//! report again after a restart (running containers, asks).
+
+use serde::{Deserialize, Serialize};
+use spindle_protocol::{AppId, AppState, ContainerId, ContainerState, ExitReason, FinalStatus, JobSpec, NodeId, NodeState, Resources};
+
+/// One application and its attempts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub app_id: AppId,
+    /// Who submitted it (from the API token).
+    pub user: String,
+    pub spec: JobSpec,
+    pub state: AppState,
+    pub final_status: FinalStatus,
+    pub diagnostics: String,
+    pub progress: f32,
+    /// Oldest first; the last one is current.
+    pub attempts: Vec<AttemptRecord>,
+    pub submitted_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+}
+
+/// One AM attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub am_container: Option<ContainerId>,
+    pub node_id: Option<NodeId>,
+    /// The AM has registered: the app is RUNNING.
+    pub registered: bool,
+    pub started_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    pub diagnostics: String,
+}
+
+/// One container, from grant to completion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub container_id: ContainerId,
+    pub node_id: NodeId,
+    pub node_address: String,
+    pub resources: Resources,
+    pub state: ContainerState,
+    pub is_am: bool,
+    pub exit_code: Option<i32>,
+    pub exit_reason: Option<ExitReason>,
+    pub diagnostics: String,
+    pub allocated_at_ms: u64,
+    /// A container not RUNNING by then is reclaimed as EXPIRED.
+    pub launch_deadline_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+}
+
+/// One node agent as last seen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node_id: NodeId,
+    pub address: String,
+    pub rack: String,
+    pub labels: Vec<String>,
+    pub capacity: Resources,
+    pub state: NodeState,
+    /// While DECOMMISSIONING: when running containers are killed.
+    pub decommission_deadline_ms: Option<u64>,
+}
+
+/// The writes of one state change (or one scheduling round), committed in one transaction.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WriteBatch {
+    pub apps: Vec<AppRecord>,
+    pub containers: Vec<ContainerRecord>,
+    pub nodes: Vec<NodeRecord>,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.apps.is_empty() && self.containers.is_empty() && self.nodes.is_empty()
+    }
+}
+
+/// Everything a restarting RM reloads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub apps: Vec<AppRecord>,
+    pub containers: Vec<ContainerRecord>,
+    pub nodes: Vec<NodeRecord>,
+}
