@@ -1,1 +1,39 @@
+//! The Spindle resource manager: the cluster state machine, the scheduler interface, the
+//! durable store, and the REST API that serves users, agents and application masters.
 
+pub mod api;
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod launcher;
+pub mod records;
+pub mod scheduler;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ApiUser, RmConfig};
+pub use error::RmError;
+pub use service::ResourceManager;
+
+/// Runs the RM on an already-bound listener until `shutdown` is cancelled (or a store failure
+/// stops it). Opens the store named in the config, recovers, serves.
+pub async fn run(config: RmConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RmError> {
+    config.validate()?;
+    let store = store::Store::connect(&config.db).await?;
+    let launcher = Arc::new(launcher::HttpAmLauncher::new(&spindle_protocol::ClusterSecret::new(&config.cluster_secret)));
+    let rm = ResourceManager::start(config, store, launcher, shutdown.clone()).await?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, store = %rm.store_description(), "resource manager listening");
+    let timers = tokio::spawn(Arc::clone(&rm).run_timers());
+    let app = api::router(Arc::clone(&rm));
+    let stopped = shutdown.clone();
+    axum::serve(listener, app).with_graceful_shutdown(async move { stopped.cancelled().await }).await?;
+    shutdown.cancel();
+    let _ = timers.await;
+    Ok(())
+}

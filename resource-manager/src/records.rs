@@ -34,6 +34,10 @@ pub struct AttemptRecord {
     pub started_at_ms: u64,
     pub finished_at_ms: Option<u64>,
     pub diagnostics: String,
+    /// Whether this attempt's failure counts toward `max_attempts`: an AM lost with its node,
+    /// preempted or never launched is not the app's fault, as in YARN.
+    #[serde(default)]
+    pub counts_as_failure: bool,
 }
 
 /// One container, from grant to completion.

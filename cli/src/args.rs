@@ -1,0 +1,225 @@
+//! The command line, as clap parses it. Only shapes and help texts live here; what each command
+//! does lives in the module named after it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use spindle_protocol::{AppId, AppState, ContainerId};
+
+/// Spindle: a cluster resource manager and job runner in the lineage of Hadoop YARN.
+#[derive(Debug, Parser)]
+#[command(name = "spindle", version, propagate_version = true)]
+#[command(after_help = "Start a cluster on this machine with `spindle local`, or see it work with `spindle demo`.")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command accepts, before or after its name.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// RM URL(s), comma-separated; tried in order [env: SPINDLE_RM] [default: from
+    /// $SPINDLE_HOME/config.toml, else http://127.0.0.1:8088]
+    #[arg(long, global = true, value_name = "URL[,URL…]")]
+    pub rm: Option<String>,
+    /// API token [env: SPINDLE_TOKEN] [default: from $SPINDLE_HOME/config.toml]
+    #[arg(long, global = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Print the JSON of the API's reports instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// How the daemons log (filter with RUST_LOG, default info).
+    #[arg(long, global = true, env = "SPINDLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+/// The two log formats of the daemons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the resource manager.
+    ResourceManager(ResourceManagerArgs),
+    /// Run a node agent.
+    NodeAgent(NodeAgentArgs),
+    /// Run an application master (started by node agents inside containers, never by hand).
+    #[command(hide = true)]
+    AppMaster,
+    /// Run an RM and N node agents in this process, and write the client config.
+    Local(LocalArgs),
+    /// Start a throwaway local cluster, run a job on it and show the results.
+    Demo,
+    /// Submit a job file (TOML).
+    Submit(SubmitArgs),
+    /// List applications.
+    Apps(AppsArgs),
+    /// Show one application: report, attempts, containers.
+    App {
+        /// application_<cluster-ts>_<seq>
+        app_id: AppId,
+    },
+    /// Kill an application.
+    Kill {
+        /// application_<cluster-ts>_<seq>
+        app_id: AppId,
+    },
+    /// List node agents.
+    Nodes,
+    /// Drain a node, then remove it from the cluster.
+    Decommission(DecommissionArgs),
+    /// Print a container's stdout (or stderr).
+    Logs(LogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ResourceManagerArgs {
+    /// RM config file (TOML); without one, defaults plus SPINDLE_CLUSTER_SECRET.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Store: sqlite://PATH or postgres://… [default: from the config, else sqlite://spindle.db]
+    #[arg(long, value_name = "URL")]
+    pub db: Option<String>,
+    /// Address of the REST API [default: from the config, else 0.0.0.0:8088]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeAgentArgs {
+    /// Address of the agent's API.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8042")]
+    pub listen: SocketAddr,
+    /// Where containers run and keep their logs [default: $SPINDLE_HOME/node-agent]
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Cluster secret shared with the RM (visible to `ps`: prefer the env or --secret-file)
+    /// [env: SPINDLE_CLUSTER_SECRET]
+    #[arg(long, value_name = "SECRET", conflicts_with = "secret_file")]
+    pub secret: Option<String>,
+    /// File holding the cluster secret (surrounding whitespace is ignored).
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// Vcores to offer, instead of the probed count (needs --memory-mb).
+    #[arg(long, value_name = "N", requires = "memory_mb")]
+    pub vcores: Option<u32>,
+    /// Memory to offer in MB, instead of the probed size (needs --vcores).
+    #[arg(long, value_name = "N", requires = "vcores")]
+    pub memory_mb: Option<u64>,
+    /// Rack of this node, for locality [default: the agent's]
+    #[arg(long, value_name = "RACK")]
+    pub rack: Option<String>,
+    /// Node label (repeatable).
+    #[arg(long = "label", value_name = "LABEL")]
+    pub labels: Vec<String>,
+    /// Host name or IP the RM and AMs reach this agent at [default: the agent's guess]
+    #[arg(long, value_name = "HOST")]
+    pub advertise_host: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    /// How many node agents to run.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub agents: usize,
+    /// Address of the RM's REST API.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8088")]
+    pub listen: SocketAddr,
+    /// Store and agent work dirs [default: $SPINDLE_HOME/local]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Vcores each agent offers, instead of the probed count (needs --agent-memory-mb).
+    #[arg(long, value_name = "N", requires = "agent_memory_mb")]
+    pub agent_vcores: Option<u32>,
+    /// Memory in MB each agent offers, instead of the probed size (needs --agent-vcores).
+    #[arg(long, value_name = "N", requires = "agent_vcores")]
+    pub agent_memory_mb: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The job spec (TOML), e.g. examples/hello-shell.toml.
+    #[arg(value_name = "JOB.toml")]
+    pub job_file: PathBuf,
+    /// Wait until the app ends; exit 0 only if it SUCCEEDED.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AppsArgs {
+    /// Only apps in this state (NEW, SUBMITTED, ACCEPTED, RUNNING, FINISHED, FAILED, KILLED).
+    #[arg(long, value_name = "STATE")]
+    pub state: Option<AppState>,
+    /// Only apps in this queue.
+    #[arg(long, value_name = "QUEUE")]
+    pub queue: Option<String>,
+    /// Only apps of this user.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// At most this many apps.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct DecommissionArgs {
+    /// Node id (host:port), as `spindle nodes` shows it.
+    pub node_id: String,
+    /// How long running containers may go on before they are killed.
+    #[arg(long, value_name = "N", default_value_t = 300)]
+    pub timeout_s: u64,
+    /// Kill running containers now instead of letting them finish.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// container_e<epoch>_<cluster-ts>_<app-seq>_<attempt>_<seq>
+    pub container_id: ContainerId,
+    /// Print stderr instead of stdout.
+    #[arg(long)]
+    pub stderr: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_go_before_or_after_the_command() {
+        let cli = Cli::try_parse_from(["spindle", "apps", "--rm", "h:1", "--json"]).unwrap();
+        assert_eq!(cli.global.rm.as_deref(), Some("h:1"));
+        assert!(cli.global.json);
+        let cli = Cli::try_parse_from(["spindle", "--token", "t", "nodes"]).unwrap();
+        assert_eq!(cli.global.token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn malformed_ids_are_usage_errors_that_say_what_was_expected() {
+        let err = Cli::try_parse_from(["spindle", "app", "app_1"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("application_<cluster-ts>_<seq>"), "{err}");
+    }
+
+    #[test]
+    fn capacity_overrides_come_in_pairs() {
+        assert!(Cli::try_parse_from(["spindle", "node-agent", "--vcores", "4"]).is_err());
+        let cli = Cli::try_parse_from(["spindle", "local", "--agent-vcores", "2", "--agent-memory-mb", "512"]).unwrap();
+        let Command::Local(local) = cli.command else { panic!("not local") };
+        assert_eq!((local.agents, local.agent_vcores, local.agent_memory_mb), (2, Some(2), Some(512)));
+    }
+}

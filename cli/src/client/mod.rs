@@ -1,0 +1,54 @@
+//! The client commands: each turns its arguments into one or two `RmClient` calls and prints
+//! the answer as a table (or as the API's JSON with `--json`).
+
+pub mod apps;
+pub mod logs;
+pub mod nodes;
+pub mod progress;
+pub mod submit;
+
+use std::process::ExitCode;
+
+use serde::Serialize;
+use spindle_protocol::RmClient;
+
+use crate::args::{Command, GlobalArgs};
+use crate::settings::ClientSettings;
+
+/// What every client command needs: a client of the RM and the output format.
+#[derive(Debug, Clone)]
+pub struct ClientContext {
+    pub client: RmClient,
+    /// Print the API's JSON instead of tables.
+    pub json: bool,
+}
+
+impl ClientContext {
+    pub fn from_settings(settings: ClientSettings, json: bool) -> Self {
+        ClientContext { client: RmClient::new(&settings.rm_urls, settings.token), json }
+    }
+}
+
+/// Runs a client command (the roles are dispatched before this).
+pub async fn run(command: Command, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let settings = ClientSettings::load(global.rm.as_deref(), global.token.as_deref())?;
+    let context = ClientContext::from_settings(settings, global.json);
+    match command {
+        Command::Submit(args) => submit::submit(&context, &args).await,
+        Command::Apps(args) => apps::list(&context, &args).await,
+        Command::App { app_id } => apps::show(&context, app_id).await,
+        Command::Kill { app_id } => apps::kill(&context, app_id).await,
+        Command::Nodes => nodes::list(&context).await,
+        Command::Decommission(args) => nodes::decommission(&context, &args).await,
+        Command::Logs(args) => logs::print(&context, &args).await,
+        Command::ResourceManager(_) | Command::NodeAgent(_) | Command::AppMaster | Command::Local(_) | Command::Demo => {
+            unreachable!("roles are dispatched before the client is built")
+        }
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout.
+pub fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

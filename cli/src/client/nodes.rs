@@ -1,0 +1,91 @@
+//! `spindle nodes` and `spindle decommission NODE`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use spindle_protocol::{DecommissionRequest, NodeId, NodeReport, now_ms};
+
+use super::{ClientContext, print_json};
+use crate::args::DecommissionArgs;
+use crate::table::{Table, age, memory, wire_name};
+
+pub async fn list(context: &ClientContext) -> anyhow::Result<ExitCode> {
+    let nodes = context.client.nodes().await.context("cannot list nodes")?;
+    if context.json {
+        print_json(&nodes)?;
+    } else if nodes.is_empty() {
+        eprintln!("no nodes: start one with `spindle node-agent --rm URL`, or a whole cluster with `spindle local`");
+    } else {
+        print!("{}", nodes_table(&nodes, now_ms()).render());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn nodes_table(nodes: &[NodeReport], now_ms: u64) -> Table {
+    let mut table = Table::new(&["ID", "STATE", "RACK", "CONTAINERS", "VCORES", "MEMORY", "LAST HEARTBEAT"])
+        .right_align(&[3, 4, 5]);
+    for node in nodes {
+        table.row(vec![
+            node.node_id.to_string(),
+            wire_name(&node.state),
+            node.rack.clone(),
+            node.containers.to_string(),
+            format!("{}/{}", node.used.vcores, node.capacity.vcores),
+            format!("{}/{}", memory(node.used.memory_mb), memory(node.capacity.memory_mb)),
+            age(now_ms, node.last_heartbeat_ms),
+        ]);
+    }
+    table
+}
+
+pub async fn decommission(context: &ClientContext, args: &DecommissionArgs) -> anyhow::Result<ExitCode> {
+    let node_id = NodeId(args.node_id.clone());
+    let request = DecommissionRequest { timeout_s: args.timeout_s, force: args.force };
+    let node = context
+        .client
+        .decommission(&node_id, &request)
+        .await
+        .with_context(|| format!("cannot decommission {node_id}"))?;
+    if context.json {
+        print_json(&node)?;
+    } else if args.force {
+        println!("{node_id}  {}  (running containers are killed now)", wire_name(&node.state));
+    } else {
+        println!(
+            "{node_id}  {}  ({} running container(s) get up to {}s to finish)",
+            wire_name(&node.state),
+            node.containers,
+            args.timeout_s
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spindle_protocol::{NodeState, NodeUsage, Resources};
+
+    #[test]
+    fn the_nodes_table_shows_used_over_capacity() {
+        let node = NodeReport {
+            node_id: NodeId("127.0.0.1:8042".into()),
+            address: "127.0.0.1:8042".into(),
+            rack: "/default-rack".into(),
+            labels: Vec::new(),
+            state: NodeState::Running,
+            capacity: Resources::new(8, 16 * 1024),
+            used: Resources::new(3, 640),
+            containers: 3,
+            usage: NodeUsage::default(),
+            health_report: String::new(),
+            last_heartbeat_ms: 9_000,
+        };
+        let table = nodes_table(&[node], 10_000).render();
+        assert_eq!(
+            table,
+            "ID              STATE    RACK           CONTAINERS  VCORES    MEMORY  LAST HEARTBEAT\n\
+             127.0.0.1:8042  RUNNING  /default-rack           3     3/8  640M/16G  1s ago\n"
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! `spindle submit JOB.toml [--wait]`: read and check the job file here, so mistakes are named
+//! with the file before anything reaches the RM; then submit and optionally follow the app.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use spindle_protocol::{AppId, AppReport, ClientError, FinalStatus, JobSpec, RmClient};
+
+use super::progress::{ProgressLine, ProgressMode};
+use super::{ClientContext, print_json};
+use crate::args::SubmitArgs;
+use crate::error::{EXIT_FAILURE, UsageError};
+use crate::table::{percent, precise_duration, wire_name};
+
+/// First poll interval of `--wait`: short apps finish within a few of these.
+const FIRST_POLL: Duration = Duration::from_millis(50);
+/// Poll interval once the app has been running a while.
+const STEADY_POLL: Duration = Duration::from_millis(200);
+/// How long `--wait` keeps trying while no RM answers (a restart or failover takes seconds).
+const RM_OUTAGE_TOLERANCE: Duration = Duration::from_secs(60);
+
+/// Reads, parses and checks a job file; every error names the file and the field.
+pub fn load_spec(path: &Path) -> Result<JobSpec, UsageError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| UsageError::new(format!("cannot read job file {}: {err}", path.display())))?;
+    parse_spec(&path.display().to_string(), &text)
+}
+
+/// Parses and checks a job spec; `source` names it in errors.
+pub fn parse_spec(source: &str, text: &str) -> Result<JobSpec, UsageError> {
+    let spec: JobSpec =
+        toml::from_str(text).map_err(|err| UsageError::new(format!("{source}: {}", err.to_string().trim_end())))?;
+    spec.validate().map_err(|err| UsageError::new(format!("{source}: {err}")))?;
+    Ok(spec)
+}
+
+pub async fn submit(context: &ClientContext, args: &SubmitArgs) -> anyhow::Result<ExitCode> {
+    let spec = load_spec(&args.job_file)?;
+    let app_id = context
+        .client
+        .submit(&spec)
+        .await
+        .with_context(|| format!("cannot submit {}", args.job_file.display()))?;
+    if !args.wait {
+        if context.json {
+            print_json(&serde_json::json!({ "app_id": app_id }))?;
+        } else {
+            println!("{app_id}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !context.json {
+        println!("{app_id}");
+    }
+    let started = Instant::now();
+    let mut progress = ProgressLine::on_stderr(ProgressMode::Off);
+    let report = wait_for_app(&context.client, app_id, &mut progress).await?;
+    drop(progress);
+    if context.json {
+        print_json(&report)?;
+    } else {
+        println!("{}", outcome_line(&report, started.elapsed()));
+        if report.final_status != FinalStatus::Succeeded && !report.diagnostics.is_empty() {
+            eprintln!("diagnostics: {}", report.diagnostics);
+        }
+    }
+    Ok(exit_code_of(&report))
+}
+
+/// 0 only for an app that SUCCEEDED.
+pub fn exit_code_of(report: &AppReport) -> ExitCode {
+    if report.final_status == FinalStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILURE) }
+}
+
+/// `application_…  FINISHED  SUCCEEDED  in 3.2s`
+pub fn outcome_line(report: &AppReport, waited: Duration) -> String {
+    let took = match (report.started_at_ms, report.finished_at_ms) {
+        (_, Some(finished)) => finished.saturating_sub(report.submitted_at_ms),
+        _ => waited.as_millis() as u64,
+    };
+    format!(
+        "{}  {}  {}  in {}",
+        report.app_id,
+        report.state.as_str(),
+        wire_name(&report.final_status),
+        precise_duration(took)
+    )
+}
+
+/// The one-line status of a live app: state, progress, containers, time so far.
+pub fn progress_line(report: &AppReport, elapsed: Duration) -> String {
+    format!(
+        "{}  {:<9} {:>4}  {} running container{}  {}",
+        report.app_id,
+        report.state.as_str(),
+        percent(report.progress),
+        report.running_containers,
+        if report.running_containers == 1 { "" } else { "s" },
+        precise_duration(elapsed.as_millis() as u64)
+    )
+}
+
+/// Polls the app until it ends, showing its progress; rides out short RM outages.
+pub async fn wait_for_app(client: &RmClient, app_id: AppId, progress: &mut ProgressLine) -> anyhow::Result<AppReport> {
+    let started = Instant::now();
+    let mut poll_interval = FIRST_POLL;
+    let mut unreachable_since: Option<Instant> = None;
+    loop {
+        match client.app(app_id).await {
+            Ok(report) if report.state.is_terminal() => {
+                progress.clear();
+                return Ok(report);
+            }
+            Ok(report) => {
+                unreachable_since = None;
+                progress.update(report.state.as_str(), &progress_line(&report, started.elapsed()));
+            }
+            Err(err @ ClientError::Unreachable { .. }) => {
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > RM_OUTAGE_TOLERANCE {
+                    progress.clear();
+                    return Err(err).with_context(|| format!("gave up following {app_id}"));
+                }
+                progress.update("unreachable", &format!("{app_id}  the RM does not answer; retrying…"));
+            }
+            Err(err) => {
+                progress.clear();
+                return Err(err).with_context(|| format!("cannot follow {app_id}"));
+            }
+        }
+        tokio::time::sleep(poll_interval).await;
+        poll_interval = (poll_interval * 2).min(STEADY_POLL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HELLO: &str = r#"
+name = "hello"
+kind = "shell"
+[shell]
+command = ["sh", "-c", "echo hello"]
+containers = 4
+vcores = 1
+memory_mb = 128
+"#;
+
+    #[test]
+    fn a_good_spec_parses_with_defaults() {
+        let spec = parse_spec("job.toml", HELLO).unwrap();
+        assert_eq!(spec.queue, "default");
+        assert_eq!(spec.shell.unwrap().containers, 4);
+    }
+
+    #[test]
+    fn type_errors_name_the_file_and_the_field() {
+        let err = parse_spec("job.toml", &HELLO.replace("vcores = 1", "vcores = -1")).unwrap_err().to_string();
+        assert!(err.starts_with("job.toml: "), "{err}");
+        assert!(err.contains("vcores"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = parse_spec("job.toml", &HELLO.replace("containers = 4", "contaners = 4")).unwrap_err().to_string();
+        assert!(err.contains("contaners"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_named_like_the_api_does() {
+        let err = parse_spec("job.toml", &HELLO.replace("vcores = 1", "vcores = 0")).unwrap_err().to_string();
+        assert_eq!(err, "job.toml: shell.vcores: must be at least 1");
+    }
+
+    #[test]
+    fn the_example_job_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello-shell.toml");
+        let spec = load_spec(&path).unwrap();
+        assert_eq!((spec.name.as_str(), spec.shell.unwrap().containers), ("hello", 4));
+    }
+
+    #[test]
+    fn a_missing_file_is_a_usage_error_naming_it() {
+        let err = load_spec(Path::new("no/such/job.toml")).unwrap_err().to_string();
+        assert!(err.contains("no/such/job.toml"), "{err}");
+    }
+}

@@ -1,0 +1,65 @@
+//! The `spindle` binary as a library: argument parsing, the wiring of every role, and the client
+//! commands. `LocalCluster` is public so tests can start a whole cluster in one process.
+
+pub mod args;
+pub mod client;
+pub mod daemon;
+pub mod demo;
+pub mod error;
+pub mod local;
+mod pending;
+pub mod roles;
+pub mod settings;
+pub mod table;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+use crate::daemon::init_tracing;
+
+/// How long, after the command is done, background work may take to wind down.
+const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Parses the command line, runs the command and turns its outcome into an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => return error::report(&anyhow::Error::new(err).context("cannot start the async runtime")),
+    };
+    let outcome = runtime.block_on(run(cli));
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
+    outcome.unwrap_or_else(|err| error::report(&err))
+}
+
+/// Runs one parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let log_format = cli.global.log_format;
+    match cli.command {
+        Command::ResourceManager(args) => {
+            init_tracing(log_format, "info");
+            roles::resource_manager(args).await
+        }
+        Command::NodeAgent(args) => {
+            init_tracing(log_format, "info");
+            roles::node_agent(args, cli.global.rm.as_deref()).await
+        }
+        Command::AppMaster => {
+            init_tracing(log_format, "info");
+            roles::app_master().await
+        }
+        Command::Local(args) => {
+            init_tracing(log_format, "info");
+            roles::local(args).await
+        }
+        Command::Demo => {
+            // The demo's own output tells the story; daemon logs would drown it.
+            init_tracing(log_format, "warn");
+            demo::demo().await
+        }
+        command => client::run(command, &cli.global).await,
+    }
+}

@@ -1,0 +1,299 @@
+//! A whole cluster in one process: an RM on an embedded SQLite store and N node agents on
+//! ephemeral ports. `spindle local`, `spindle demo` and tests start it the same way.
+//!
+//! The cluster secret and the API token live in `<data-dir>/local.toml` and are reused, so a
+//! restarted `spindle local` opens its own store again and recovers the apps it had.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use serde::{Deserialize, Serialize};
+use spindle_protocol::{ClusterSecret, NodeState, Resources, RmClient};
+use spindle_resource_manager::config::{ApiUser, RmConfig};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::pending::{node_agent, resource_manager};
+use crate::daemon::{bind, reachable_address};
+use crate::error::UsageError;
+use crate::settings::write_private_file;
+
+/// How long the RM and the agents may take to come up before `start` gives up.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long each role may take to stop before it is aborted.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often `start` looks whether the roles are up yet.
+const STARTUP_POLL: Duration = Duration::from_millis(50);
+
+/// How to start a local cluster.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// How many node agents run next to the RM.
+    pub agents: usize,
+    /// Where the RM's REST API listens; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Holds the store, the credentials and each agent's work dir.
+    pub data_dir: PathBuf,
+    /// What each agent offers, instead of what its probe finds.
+    pub agent_capacity: Option<Resources>,
+    /// The binary agents run for `spindle app-master`: this one, except in tests.
+    pub spindle_bin: PathBuf,
+}
+
+impl LocalOptions {
+    /// Two agents, an ephemeral RM port, and the running binary for the AM.
+    pub fn new(data_dir: impl Into<PathBuf>) -> anyhow::Result<Self> {
+        Ok(LocalOptions {
+            agents: 2,
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            data_dir: data_dir.into(),
+            agent_capacity: None,
+            spindle_bin: std::env::current_exe().context("cannot find the running spindle binary")?,
+        })
+    }
+}
+
+/// The secrets of one data dir, kept across restarts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocalCredentials {
+    cluster_secret: String,
+    token: String,
+}
+
+/// What a role task returns: its name, for messages, and how it ended.
+type RoleExit = (String, anyhow::Result<()>);
+
+/// A running local cluster. Stop it with [`LocalCluster::shutdown`]; dropping it aborts the roles.
+#[derive(Debug)]
+pub struct LocalCluster {
+    /// Base URL of the RM's REST API, e.g. `http://127.0.0.1:8088`.
+    pub rm_url: String,
+    /// API token of the admin user the cluster runs with.
+    pub token: String,
+    /// Absolute path of the data dir.
+    pub data_dir: PathBuf,
+    /// Where each agent serves its API, in start order.
+    pub agent_addresses: Vec<SocketAddr>,
+    /// Stops the agents first, so their last reports reach a live RM.
+    agents_shutdown: CancellationToken,
+    rm_shutdown: CancellationToken,
+    agent_tasks: JoinSet<RoleExit>,
+    rm_task: JoinSet<RoleExit>,
+}
+
+impl LocalCluster {
+    /// Starts the RM and the agents and returns once every agent is RUNNING at the RM.
+    pub async fn start(options: LocalOptions) -> anyhow::Result<LocalCluster> {
+        std::fs::create_dir_all(&options.data_dir)
+            .with_context(|| format!("cannot create the data dir {}", options.data_dir.display()))?;
+        let data_dir = options.data_dir.canonicalize()?;
+        let credentials = load_or_create_credentials(&data_dir)?;
+        let config = RmConfig {
+            listen: options.listen,
+            db: format!("sqlite://{}", data_dir.join("spindle.db").display()),
+            cluster_secret: credentials.cluster_secret.clone(),
+            users: vec![ApiUser { name: local_user_name(), token: credentials.token.clone(), admin: true }],
+            ..RmConfig::default()
+        };
+        config.validate().context("the local RM configuration is not valid")?;
+
+        let rm_listener = bind(options.listen, "resource manager", "--listen").await?;
+        let rm_url = format!("http://{}", reachable_address(rm_listener.local_addr()?));
+        let mut cluster = LocalCluster {
+            rm_url: rm_url.clone(),
+            token: credentials.token.clone(),
+            data_dir: data_dir.clone(),
+            agent_addresses: Vec::new(),
+            agents_shutdown: CancellationToken::new(),
+            rm_shutdown: CancellationToken::new(),
+            agent_tasks: JoinSet::new(),
+            rm_task: JoinSet::new(),
+        };
+        let rm_shutdown = cluster.rm_shutdown.clone();
+        cluster.rm_task.spawn(async move {
+            let outcome = resource_manager::run(config, rm_listener, rm_shutdown).await;
+            ("resource manager".to_owned(), outcome.map_err(anyhow::Error::from))
+        });
+
+        let secret = ClusterSecret::new(&credentials.cluster_secret);
+        let started = async {
+            cluster.wait_until_ready(|client| async move { client.cluster().await.map(|_| true) }).await?;
+            for index in 0..options.agents {
+                cluster.spawn_agent(index, &options, secret.clone()).await?;
+            }
+            let ports: Vec<u16> = cluster.agent_addresses.iter().map(SocketAddr::port).collect();
+            cluster
+                .wait_until_ready(|client| {
+                    let ports = ports.clone();
+                    async move {
+                        let nodes = client.nodes().await?;
+                        Ok(ports.iter().all(|port| {
+                            let suffix = format!(":{port}");
+                            nodes.iter().any(|node| node.state == NodeState::Running && node.address.ends_with(&suffix))
+                        }))
+                    }
+                })
+                .await
+        };
+        match started.await {
+            Ok(()) => Ok(cluster),
+            Err(err) => {
+                if let Err(stop_err) = cluster.shutdown().await {
+                    tracing::warn!(error = %format!("{stop_err:#}"), "the local cluster did not stop cleanly");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn spawn_agent(&mut self, index: usize, options: &LocalOptions, secret: ClusterSecret) -> anyhow::Result<()> {
+        let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), "node agent", "--listen").await?;
+        self.agent_addresses.push(listener.local_addr()?);
+        let mut config =
+            node_agent::AgentConfig::new(vec![self.rm_url.clone()], secret, self.data_dir.join(format!("agent-{index}")));
+        config.advertise_host = Some(Ipv4Addr::LOCALHOST.to_string());
+        config.capacity = options.agent_capacity;
+        config.spindle_bin = options.spindle_bin.clone();
+        let shutdown = self.agents_shutdown.clone();
+        self.agent_tasks.spawn(async move {
+            let outcome = node_agent::run(config, listener, shutdown).await;
+            (format!("node agent {index}"), outcome.map_err(anyhow::Error::from))
+        });
+        Ok(())
+    }
+
+    /// Polls `ready` until it says yes, failing early if a role stops meanwhile.
+    async fn wait_until_ready<F, Fut>(&mut self, ready: F) -> anyhow::Result<()>
+    where
+        F: Fn(RmClient) -> Fut,
+        Fut: Future<Output = Result<bool, spindle_protocol::ClientError>>,
+    {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let mut last_error = None;
+        loop {
+            for tasks in [&mut self.rm_task, &mut self.agent_tasks] {
+                if let Some(exit) = tasks.try_join_next() {
+                    return Err(role_exit_error(exit)).context("the local cluster did not start");
+                }
+            }
+            match ready(self.client()).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(err) => last_error = Some(err),
+            }
+            if Instant::now() > deadline {
+                let cause = last_error.map(|err| format!(": {err}")).unwrap_or_default();
+                return Err(anyhow!("the local cluster did not come up within {}s{cause}", STARTUP_TIMEOUT.as_secs()));
+            }
+            tokio::time::sleep(STARTUP_POLL).await;
+        }
+    }
+
+    /// A client of the RM with the cluster's admin token.
+    pub fn client(&self) -> RmClient {
+        RmClient::new(std::slice::from_ref(&self.rm_url), Some(self.token.clone()))
+    }
+
+    /// Resolves when a role stops on its own (it failed, or the RM shut an agent down): the
+    /// error says which and why. Never resolves while all is well.
+    pub async fn wait_for_unexpected_exit(&mut self) -> anyhow::Error {
+        let exit = tokio::select! {
+            Some(exit) = self.rm_task.join_next(), if !self.rm_task.is_empty() => exit,
+            Some(exit) = self.agent_tasks.join_next(), if !self.agent_tasks.is_empty() => exit,
+            else => return std::future::pending().await,
+        };
+        role_exit_error(exit)
+    }
+
+    /// Stops the agents, then the RM; reports the first role that failed or hung.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.agents_shutdown.cancel();
+        let agents_outcome = drain(&mut self.agent_tasks).await;
+        self.rm_shutdown.cancel();
+        let rm_outcome = drain(&mut self.rm_task).await;
+        agents_outcome.and(rm_outcome)
+    }
+}
+
+/// Waits for every task of `tasks` to end, aborting them after the timeout.
+async fn drain(tasks: &mut JoinSet<RoleExit>) -> anyhow::Result<()> {
+    let mut first_error = None;
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            Ok(None) => break,
+            Ok(Some(Ok((_, Ok(()))))) => {}
+            Ok(Some(exit)) => {
+                first_error.get_or_insert(role_exit_error(exit));
+            }
+            Err(_elapsed) => {
+                tasks.abort_all();
+                first_error.get_or_insert(anyhow!("a role did not stop within {}s and was aborted", SHUTDOWN_TIMEOUT.as_secs()));
+                break;
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+fn role_exit_error(exit: Result<RoleExit, tokio::task::JoinError>) -> anyhow::Error {
+    match exit {
+        Ok((role, Ok(()))) => anyhow!("the {role} stopped"),
+        Ok((role, Err(err))) => err.context(format!("the {role} failed")),
+        Err(join_error) => anyhow!("a role crashed: {join_error}"),
+    }
+}
+
+/// The data dir's credentials, made (and kept) the first time.
+fn load_or_create_credentials(data_dir: &Path) -> anyhow::Result<LocalCredentials> {
+    let path = data_dir.join("local.toml");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            return toml::from_str(&text).map_err(|err| {
+                UsageError::new(format!("{}: {} (delete it to start afresh)", path.display(), err.to_string().trim_end()))
+                    .into()
+            });
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let credentials = LocalCredentials { cluster_secret: random_hex_secret(), token: random_hex_secret() };
+    write_private_file(&path, &toml::to_string(&credentials)?)?;
+    Ok(credentials)
+}
+
+/// 32 random bytes in hex.
+pub fn random_hex_secret() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// The name the local API user gets: the login name, as YARN would show it.
+fn local_user_name() -> String {
+    std::env::var("USER").ok().filter(|user| !user.trim().is_empty()).unwrap_or_else(|| "local".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_create_credentials(dir.path()).unwrap();
+        assert_eq!(first.token.len(), 64);
+        assert_ne!(first.token, first.cluster_secret);
+        let again = load_or_create_credentials(dir.path()).unwrap();
+        assert_eq!((again.token, again.cluster_secret), (first.token, first.cluster_secret));
+    }
+
+    #[test]
+    fn broken_credentials_say_how_to_start_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("local.toml"), "token = 1\n").unwrap();
+        let err = load_or_create_credentials(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("delete it"), "{err}");
+    }
+}

@@ -1,0 +1,234 @@
+//! The daemon roles: `resource-manager`, `node-agent`, `app-master` and `local`. Each reads its
+//! settings, binds its listener here (so a taken port is reported plainly) and hands over to its
+//! library with a token that the first Ctrl-C or SIGTERM cancels.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use spindle_protocol::{ClusterSecret, Resources};
+use spindle_resource_manager::config::RmConfig;
+
+use crate::args::{LocalArgs, NodeAgentArgs, ResourceManagerArgs};
+use crate::pending::{node_agent, resource_manager};
+use crate::daemon::{bind, cancel_on_signal, shutdown_signal};
+use crate::error::UsageError;
+use crate::local::{LocalCluster, LocalOptions};
+use crate::settings::{ClientConfigFile, client_config_path, env, process_env, spindle_home, split_urls, write_private_file};
+
+/// The RM and agents refuse shorter secrets.
+const MIN_SECRET_LEN: usize = 16;
+
+const MISSING_RM_SECRET: &str = "the resource manager needs a cluster secret, shared with every node agent: \
+     set `cluster_secret = \"…\"` in its config file (--config FILE) or the environment variable \
+     SPINDLE_CLUSTER_SECRET; make one with `openssl rand -hex 32`";
+
+const MISSING_AGENT_SECRET: &str = "the node agent needs the cluster secret the resource manager was given: \
+     pass --secret-file FILE, set SPINDLE_CLUSTER_SECRET, or pass --secret SECRET";
+
+pub async fn resource_manager(args: ResourceManagerArgs) -> anyhow::Result<ExitCode> {
+    let config = rm_config(&args, process_env(env::CLUSTER_SECRET))?;
+    if config.users.is_empty() {
+        tracing::warn!("no API users are configured ([[users]] in the config file): every client request will be refused");
+    }
+    let listener = bind(config.listen, "resource manager", "--listen").await?;
+    tracing::info!(listen = %listener.local_addr()?, db = %config.db, "starting the resource manager");
+    resource_manager::run(config, listener, cancel_on_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The RM's config: the file (or defaults), then `SPINDLE_CLUSTER_SECRET`, then the flags.
+pub fn rm_config(args: &ResourceManagerArgs, env_secret: Option<String>) -> anyhow::Result<RmConfig> {
+    // Read here rather than with `RmConfig::from_file`, which validates before the environment's
+    // secret and the flags have had their say.
+    let (mut config, source) = match &args.config {
+        None => (RmConfig::default(), "the RM configuration".to_owned()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|err| UsageError::new(format!("cannot read config file {}: {err}", path.display())))?;
+            let config = toml::from_str(&text)
+                .map_err(|err| UsageError::new(format!("{}: {}", path.display(), err.to_string().trim_end())))?;
+            (config, path.display().to_string())
+        }
+    };
+    if let Some(secret) = env_secret {
+        config.cluster_secret = secret;
+    }
+    if let Some(db) = &args.db {
+        config.db = db.clone();
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if config.cluster_secret.trim().is_empty() {
+        return Err(UsageError::new(MISSING_RM_SECRET).into());
+    }
+    config.validate().map_err(|err| UsageError::new(format!("{source}: {err}")))?;
+    Ok(config)
+}
+
+pub async fn node_agent(args: NodeAgentArgs, rm_flag: Option<&str>) -> anyhow::Result<ExitCode> {
+    let rm_urls = rm_flag
+        .map(split_urls)
+        .or_else(|| process_env(env::RM).map(|urls| split_urls(&urls)))
+        .filter(|urls| !urls.is_empty())
+        .ok_or_else(|| UsageError::new("the node agent needs the resource manager's URL: pass --rm URL[,URL…] or set SPINDLE_RM"))?;
+    let secret = agent_secret(args.secret.as_deref(), args.secret_file.as_deref(), process_env(env::CLUSTER_SECRET))?;
+    let work_dir = match args.work_dir {
+        Some(work_dir) => work_dir,
+        None => spindle_home(process_env)
+            .map(|home| home.join("node-agent"))
+            .ok_or_else(|| UsageError::new("there is no home directory for the default work dir: pass --work-dir DIR"))?,
+    };
+    let mut config = node_agent::AgentConfig::new(rm_urls, secret, work_dir);
+    config.advertise_host = args.advertise_host;
+    config.capacity = capacity(args.vcores, args.memory_mb);
+    if let Some(rack) = args.rack {
+        config.rack = rack;
+    }
+    config.labels = args.labels;
+    config.spindle_bin = std::env::current_exe().context("cannot find the running spindle binary")?;
+    let listener = bind(args.listen, "node agent", "--listen").await?;
+    tracing::info!(listen = %listener.local_addr()?, "starting the node agent");
+    node_agent::run(config, listener, cancel_on_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The cluster secret from the flag, else the file, else the environment.
+pub fn agent_secret(flag: Option<&str>, file: Option<&Path>, env_secret: Option<String>) -> anyhow::Result<ClusterSecret> {
+    let secret = match (flag, file) {
+        (Some(secret), _) => secret.to_owned(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|err| UsageError::new(format!("cannot read the secret file {}: {err}", path.display())))?,
+        (None, None) => env_secret.ok_or_else(|| UsageError::new(MISSING_AGENT_SECRET))?,
+    };
+    let secret = secret.trim();
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(UsageError::new(format!(
+            "the cluster secret is {} characters long; the resource manager accepts only secrets of at least {MIN_SECRET_LEN}, so this one cannot be its secret",
+            secret.len()
+        ))
+        .into());
+    }
+    Ok(ClusterSecret::new(secret))
+}
+
+/// A capacity override: clap makes sure both halves come together.
+fn capacity(vcores: Option<u32>, memory_mb: Option<u64>) -> Option<Resources> {
+    Some(Resources::new(vcores?, memory_mb?))
+}
+
+pub async fn app_master() -> anyhow::Result<ExitCode> {
+    spindle_app_master::run_from_env(cancel_on_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn local(args: LocalArgs) -> anyhow::Result<ExitCode> {
+    let home = spindle_home(process_env)
+        .ok_or_else(|| UsageError::new("there is no home directory for the client config: set SPINDLE_HOME"))?;
+    let mut options = LocalOptions::new(args.data_dir.unwrap_or_else(|| home.join("local")))?;
+    options.agents = args.agents;
+    options.listen = args.listen;
+    options.agent_capacity = capacity(args.agent_vcores, args.agent_memory_mb);
+    let mut cluster = LocalCluster::start(options).await?;
+
+    let config_path = client_config_path(&home);
+    let client_config = ClientConfigFile { rm: Some(vec![cluster.rm_url.clone()]), token: Some(cluster.token.clone()) };
+    let written = toml::to_string(&client_config)
+        .map_err(anyhow::Error::from)
+        .and_then(|text| write_private_file(&config_path, &text));
+    print!("{}", banner(&cluster, &config_path, args.agents, written.is_ok()));
+    if let Err(err) = written {
+        eprintln!("warning: the client config was not written: {err:#}");
+    }
+
+    let outcome = tokio::select! {
+        () = shutdown_signal() => Ok(()),
+        err = cluster.wait_for_unexpected_exit() => Err(err),
+    };
+    eprintln!("stopping the local cluster…");
+    let stopped = cluster.shutdown().await;
+    outcome.and(stopped).map(|()| ExitCode::SUCCESS)
+}
+
+fn banner(cluster: &LocalCluster, config_path: &Path, agents: usize, config_written: bool) -> String {
+    let config_line = if config_written {
+        format!("  config  {}  (clients read it: no flags needed)\n", config_path.display())
+    } else {
+        format!("  (pass --rm {} --token {} to clients)\n", cluster.rm_url, cluster.token)
+    };
+    format!(
+        "Spindle is running: a resource manager and {agents} node agent{plural}.\n\
+         \x20 RM      {rm}\n\
+         \x20 token   {token}\n\
+         {config_line}\
+         \x20 data    {data}\n\
+         Try:\n\
+         \x20 spindle submit examples/hello-shell.toml --wait\n\
+         \x20 spindle nodes\n\
+         Ctrl-C stops the cluster; `spindle local` again picks up its apps.\n",
+        plural = if agents == 1 { "" } else { "s" },
+        rm = cluster.rm_url,
+        token = cluster.token,
+        data = cluster.data_dir.display(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn rm_args(config: Option<&Path>) -> ResourceManagerArgs {
+        ResourceManagerArgs { config: config.map(Path::to_owned), db: None, listen: None }
+    }
+
+    #[test]
+    fn the_rm_refuses_to_start_without_a_secret_and_says_how_to_set_one() {
+        let err = rm_config(&rm_args(None), None).unwrap_err();
+        assert!(err.is::<UsageError>());
+        let message = err.to_string();
+        assert!(message.contains("cluster_secret") && message.contains("SPINDLE_CLUSTER_SECRET"), "{message}");
+    }
+
+    #[test]
+    fn the_env_secret_and_flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rm.toml");
+        std::fs::write(&path, "db = \"sqlite://file.db\"\ncluster_secret = \"file-secret-0123456789\"\n").unwrap();
+        let config = rm_config(&rm_args(Some(&path)), None).unwrap();
+        assert_eq!((config.db.as_str(), config.cluster_secret.as_str()), ("sqlite://file.db", "file-secret-0123456789"));
+
+        let mut args = rm_args(Some(&path));
+        args.db = Some("sqlite://flag.db".into());
+        args.listen = Some("127.0.0.1:9999".parse().unwrap());
+        let config = rm_config(&args, Some(SECRET.into())).unwrap();
+        assert_eq!((config.db.as_str(), config.cluster_secret.as_str()), ("sqlite://flag.db", SECRET));
+        assert_eq!(config.listen.port(), 9999);
+    }
+
+    #[test]
+    fn a_broken_rm_config_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rm.toml");
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        let message = rm_config(&rm_args(Some(&path)), Some(SECRET.into())).unwrap_err().to_string();
+        assert!(message.contains("rm.toml") && message.contains("lisen"), "{message}");
+    }
+
+    #[test]
+    fn the_agent_secret_comes_from_flag_then_file_then_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, format!("{SECRET}\n")).unwrap();
+        let expected = ClusterSecret::new(SECRET).agent_token();
+        assert_eq!(agent_secret(None, Some(&path), Some("ignored-env-secret-000".into())).unwrap().agent_token(), expected);
+        assert_eq!(agent_secret(Some(SECRET), None, None).unwrap().agent_token(), expected);
+        assert_eq!(agent_secret(None, None, Some(SECRET.into())).unwrap().agent_token(), expected);
+
+        let missing = agent_secret(None, None, None).unwrap_err().to_string();
+        assert!(missing.contains("SPINDLE_CLUSTER_SECRET"), "{missing}");
+        assert!(agent_secret(Some("short"), None, None).unwrap_err().to_string().contains("at least 16"));
+    }
+}

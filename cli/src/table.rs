@@ -1,0 +1,186 @@
+//! Human output: aligned tables, key/value reports, and the small formatters they share
+//! (ages, durations, sizes). Hand-rolled: a table of a few columns does not need a crate.
+
+/// Columns of text, aligned on their widest cell.
+#[derive(Debug, Clone)]
+pub struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+    /// Columns whose cells line up on the right (numbers).
+    right_aligned: Vec<usize>,
+}
+
+/// Space between two columns.
+const GAP: &str = "  ";
+
+impl Table {
+    pub fn new(headers: &[&str]) -> Self {
+        Table { headers: headers.iter().map(|header| header.to_string()).collect(), rows: Vec::new(), right_aligned: Vec::new() }
+    }
+
+    /// Aligns the given columns (by index) on the right.
+    pub fn right_align(mut self, columns: &[usize]) -> Self {
+        self.right_aligned.extend_from_slice(columns);
+        self
+    }
+
+    /// Adds a row; missing cells are blank, extra cells are dropped.
+    pub fn row(&mut self, cells: Vec<String>) {
+        let mut cells = cells;
+        cells.resize(self.headers.len(), String::new());
+        self.rows.push(cells);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The table as lines, without trailing spaces.
+    pub fn render(&self) -> String {
+        let widths: Vec<usize> = (0..self.headers.len())
+            .map(|column| {
+                std::iter::once(&self.headers)
+                    .chain(&self.rows)
+                    .map(|row| row[column].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for row in std::iter::once(&self.headers).chain(&self.rows) {
+            let mut line = String::new();
+            for (column, cell) in row.iter().enumerate() {
+                if column > 0 {
+                    line.push_str(GAP);
+                }
+                let padding = " ".repeat(widths[column] - cell.chars().count());
+                if self.right_aligned.contains(&column) {
+                    line.push_str(&padding);
+                    line.push_str(cell);
+                } else {
+                    line.push_str(cell);
+                    line.push_str(&padding);
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// `key  value` lines with the values lined up.
+pub fn key_values(pairs: &[(&str, String)]) -> String {
+    let width = pairs.iter().map(|(key, _)| key.chars().count()).max().unwrap_or(0);
+    pairs
+        .iter()
+        .map(|(key, value)| format!("{key:<width$}{GAP}{value}").trim_end().to_owned() + "\n")
+        .collect()
+}
+
+/// How long ago `then_ms` was: `3s ago`, `5m ago`, `2h ago`, `4d ago`.
+pub fn age(now_ms: u64, then_ms: u64) -> String {
+    if then_ms == 0 {
+        return "never".to_owned();
+    }
+    format!("{} ago", compact_duration(now_ms.saturating_sub(then_ms)))
+}
+
+/// A duration in its largest whole unit: `850ms`, `42s`, `5m`, `2h`, `4d` (hours up to two days).
+pub fn compact_duration(ms: u64) -> String {
+    let seconds = ms / 1000;
+    match seconds {
+        0 if ms > 0 => format!("{ms}ms"),
+        0..60 => format!("{seconds}s"),
+        60..3600 => format!("{}m", seconds / 60),
+        3600..172_800 => format!("{}h", seconds / 3600),
+        _ => format!("{}d", seconds / 86_400),
+    }
+}
+
+/// A duration to the second: `1.3s`, `1m05s`, `2h03m`.
+pub fn precise_duration(ms: u64) -> String {
+    let seconds = ms / 1000;
+    match seconds {
+        0..60 => format!("{:.1}s", ms as f64 / 1000.0),
+        60..3600 => format!("{}m{:02}s", seconds / 60, seconds % 60),
+        _ => format!("{}h{:02}m", seconds / 3600, (seconds % 3600) / 60),
+    }
+}
+
+/// Memory in the unit people read fastest: `512M`, `2G`, `1.5G`.
+pub fn memory(mb: u64) -> String {
+    if mb < 1024 {
+        return format!("{mb}M");
+    }
+    let gb = mb as f64 / 1024.0;
+    if mb % 1024 == 0 { format!("{}G", mb / 1024) } else { format!("{gb:.1}G") }
+}
+
+/// `0.456` → `46%`.
+pub fn percent(fraction: f32) -> String {
+    format!("{:.0}%", (fraction.clamp(0.0, 1.0) * 100.0))
+}
+
+/// The name a state or reason has on the wire (`SUCCEEDED`, `NODE_LOST`): the one users know.
+pub fn wire_name(value: &impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".to_owned(),
+    }
+}
+
+/// `Some(text)` or `-`.
+pub fn or_dash(value: Option<impl ToString>) -> String {
+    value.map(|value| value.to_string()).unwrap_or_else(|| "-".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_align_on_the_widest_cell_without_trailing_spaces() {
+        let mut table = Table::new(&["ID", "STATE", "PROGRESS"]).right_align(&[2]);
+        table.row(vec!["a".into(), "RUNNING".into(), "5%".into()]);
+        table.row(vec!["longer-id".into(), "NEW".into(), "100%".into()]);
+        assert_eq!(
+            table.render(),
+            "ID         STATE    PROGRESS\n\
+             a          RUNNING        5%\n\
+             longer-id  NEW          100%\n"
+        );
+    }
+
+    #[test]
+    fn short_rows_are_padded_and_the_last_column_is_not() {
+        let mut table = Table::new(&["A", "B"]);
+        table.row(vec!["x".into()]);
+        assert_eq!(table.render(), "A  B\nx\n");
+        assert!(!table.is_empty());
+    }
+
+    #[test]
+    fn key_values_line_up() {
+        assert_eq!(key_values(&[("id", "1".into()), ("state", "RUNNING".into())]), "id     1\nstate  RUNNING\n");
+    }
+
+    #[test]
+    fn ages_and_sizes_read_like_people_say_them() {
+        assert_eq!(age(10_000, 7_000), "3s ago");
+        assert_eq!(age(10_000, 0), "never");
+        assert_eq!(age(1_000, 5_000), "0s ago");
+        assert_eq!(compact_duration(5 * 60_000 + 30_000), "5m");
+        assert_eq!(compact_duration(3 * 86_400_000), "3d");
+        assert_eq!(precise_duration(1_300), "1.3s");
+        assert_eq!(precise_duration(65_000), "1m05s");
+        assert_eq!(memory(512), "512M");
+        assert_eq!(memory(2048), "2G");
+        assert_eq!(memory(1536), "1.5G");
+        assert_eq!(percent(0.456), "46%");
+        assert_eq!(percent(7.0), "100%");
+        assert_eq!(or_dash(None::<u32>), "-");
+        assert_eq!(wire_name(&spindle_protocol::ExitReason::NodeLost), "NODE_LOST");
+    }
+}

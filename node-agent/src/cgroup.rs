@@ -1,0 +1,332 @@
+//! Memory limits through cgroups: one cgroup per container under `<memory root>/spindle`, with
+//! the container's memory as its hard limit, so the kernel stops a container at its limit
+//! instead of the agent noticing after the fact. Everything here blocks (cgroupfs writes):
+//! call it from the blocking pool, or from a forked child for `join_hook`.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Name of the directory, under the memory hierarchy's root, that holds the containers' cgroups.
+const SPINDLE_CGROUP: &str = "spindle";
+
+/// How long removal waits for the kernel to let go of an emptied cgroup.
+const REMOVE_ATTEMPTS: u32 = 40;
+const REMOVE_RETRY_DELAY: Duration = Duration::from_millis(25);
+
+/// The two cgroup interfaces differ in file names and in how controllers are enabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CgroupVersion {
+    V1,
+    V2,
+}
+
+/// A writable memory hierarchy, ready to hold container cgroups.
+#[derive(Debug, Clone)]
+pub(crate) struct CgroupRoot {
+    version: CgroupVersion,
+    /// `<memory root>/spindle`: parent of every container cgroup of every agent on this host.
+    base: PathBuf,
+}
+
+/// One container's cgroup.
+#[derive(Debug)]
+pub(crate) struct ContainerCgroup {
+    version: CgroupVersion,
+    dir: PathBuf,
+    /// `<dir>/cgroup.procs`, prepared before fork: the child may not allocate.
+    procs_path: CString,
+}
+
+impl CgroupRoot {
+    /// Finds a writable memory hierarchy: cgroup v1 first, then v2. The error says why none fits.
+    pub(crate) fn detect() -> Result<CgroupRoot, String> {
+        let mounts = std::fs::read_to_string("/proc/self/mounts")
+            .map_err(|err| format!("cannot read /proc/self/mounts: {err}"))?;
+        let mut reasons = Vec::new();
+        match v1_memory_mount(&mounts) {
+            Some(mount) => match prepare(CgroupVersion::V1, &mount) {
+                Ok(root) => return Ok(root),
+                Err(err) => reasons.push(format!("cgroup v1 at {}: {err}", mount.display())),
+            },
+            None => reasons.push("no cgroup v1 memory hierarchy is mounted".to_owned()),
+        }
+        let v2_mounts = v2_mounts(&mounts);
+        if v2_mounts.is_empty() {
+            reasons.push("no cgroup v2 hierarchy is mounted".to_owned());
+        }
+        for mount in v2_mounts {
+            match prepare(CgroupVersion::V2, &mount) {
+                Ok(root) => return Ok(root),
+                Err(err) => reasons.push(format!("cgroup v2 at {}: {err}", mount.display())),
+            }
+        }
+        Err(reasons.join("; "))
+    }
+
+    pub(crate) fn version(&self) -> CgroupVersion {
+        self.version
+    }
+
+    /// Creates the cgroup `name` with a hard memory limit of `limit_bytes`.
+    pub(crate) fn create(&self, name: &str, limit_bytes: u64) -> io::Result<ContainerCgroup> {
+        let dir = self.base.join(name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            // Left over by an agent that stopped with the container still in it: reuse.
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(err),
+        }
+        let limit = limit_bytes.to_string();
+        let limited = match self.version {
+            CgroupVersion::V1 => write_file(&dir.join("memory.limit_in_bytes"), &limit),
+            CgroupVersion::V2 => write_file(&dir.join("memory.max"), &limit),
+        };
+        if let Err(err) = limited {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(err);
+        }
+        // Best effort: without swap accounting a container could hide overuse in swap, and
+        // without oom.group a v2 OOM kill could leave half a process tree behind.
+        match self.version {
+            CgroupVersion::V1 => {
+                let _ = write_file(&dir.join("memory.memsw.limit_in_bytes"), &limit);
+                let _ = write_file(&dir.join("memory.swappiness"), "0");
+            }
+            CgroupVersion::V2 => {
+                let _ = write_file(&dir.join("memory.swap.max"), "0");
+                let _ = write_file(&dir.join("memory.oom.group"), "1");
+            }
+        }
+        let procs_path = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+        Ok(ContainerCgroup {
+            version: self.version,
+            dir,
+            procs_path,
+        })
+    }
+}
+
+impl ContainerCgroup {
+    /// A `pre_exec` hook that moves the forked child into this cgroup before it execs, so
+    /// not one byte the container allocates escapes the limit. Async-signal-safe: it only calls
+    /// getpid/open/write/close on memory prepared before the fork.
+    pub(crate) fn join_hook(&self) -> impl FnMut() -> io::Result<()> + Send + Sync + 'static {
+        let procs_path = self.procs_path.clone();
+        move || {
+            let mut digits = [0u8; 20];
+            // SAFETY: getpid cannot fail and is async-signal-safe.
+            let pid = unsafe { libc::getpid() };
+            let text = format_decimal(pid.unsigned_abs(), &mut digits);
+            // SAFETY: the path is a valid NUL-terminated string owned by this closure; the fd is
+            // closed on every path; nothing here allocates or takes a lock.
+            unsafe {
+                let fd = libc::open(procs_path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let written = libc::write(fd, text.as_ptr().cast(), text.len());
+                let write_error = (written < 0).then(io::Error::last_os_error);
+                libc::close(fd);
+                match write_error {
+                    Some(err) => Err(err),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Whether the kernel's OOM killer killed a process of this cgroup.
+    pub(crate) fn oom_killed(&self, leader_sigkilled: bool) -> bool {
+        match self.version {
+            CgroupVersion::V1 => {
+                let control = std::fs::read_to_string(self.dir.join("memory.oom_control"));
+                match control.ok().and_then(|text| counter(&text, "oom_kill")) {
+                    Some(kills) => kills > 0,
+                    // Kernels before 4.13 have no oom_kill counter: a SIGKILLed leader in a
+                    // cgroup that hit its limit is the best evidence there is.
+                    None => {
+                        leader_sigkilled
+                            && std::fs::read_to_string(self.dir.join("memory.failcnt"))
+                                .ok()
+                                .and_then(|text| text.trim().parse::<u64>().ok())
+                                .is_some_and(|failures| failures > 0)
+                    }
+                }
+            }
+            CgroupVersion::V2 => std::fs::read_to_string(self.dir.join("memory.events"))
+                .ok()
+                .and_then(|text| counter(&text, "oom_kill"))
+                .is_some_and(|kills| kills > 0),
+        }
+    }
+
+    /// SIGKILLs whatever is still in the cgroup (processes that left the container's process
+    /// group), then removes the cgroup, retrying while the kernel finishes tearing it down.
+    pub(crate) fn remove(&self) {
+        for _ in 0..REMOVE_ATTEMPTS {
+            self.kill_members();
+            match std::fs::remove_dir(&self.dir) {
+                Ok(()) => return,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => return,
+                Err(_) => std::thread::sleep(REMOVE_RETRY_DELAY),
+            }
+        }
+        tracing::warn!(cgroup = %self.dir.display(), "cannot remove a container's cgroup; it stays until removed by hand");
+    }
+
+    fn kill_members(&self) {
+        let Ok(procs) = std::fs::read_to_string(self.dir.join("cgroup.procs")) else {
+            return;
+        };
+        for pid in procs.lines().filter_map(|line| line.trim().parse::<i32>().ok()) {
+            // SAFETY: plain syscall; a pid that has gone away just yields ESRCH.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Makes `<mount>/spindle` and proves a container cgroup can be created in it.
+fn prepare(version: CgroupVersion, mount: &Path) -> Result<CgroupRoot, String> {
+    if version == CgroupVersion::V2 {
+        let controllers = std::fs::read_to_string(mount.join("cgroup.controllers"))
+            .map_err(|err| format!("cannot read cgroup.controllers: {err}"))?;
+        if !controllers.split_whitespace().any(|name| name == "memory") {
+            return Err("the memory controller is not available in this hierarchy".to_owned());
+        }
+        enable_memory_controller(mount)?;
+    }
+    let base = mount.join(SPINDLE_CGROUP);
+    match std::fs::create_dir(&base) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(err) => return Err(format!("cannot create {}: {err}", base.display())),
+    }
+    if version == CgroupVersion::V2 {
+        enable_memory_controller(&base)?;
+    }
+    let limit_file = match version {
+        CgroupVersion::V1 => "memory.limit_in_bytes",
+        CgroupVersion::V2 => "memory.max",
+    };
+    // A trial cgroup proves we may create cgroups and set limits, not just see the files.
+    let trial = base.join(format!("probe-{}", std::process::id()));
+    let _ = std::fs::create_dir(&trial);
+    let result = std::fs::metadata(trial.join(limit_file))
+        .map_err(|err| format!("cannot create a container cgroup with a memory limit: {err}"));
+    let _ = std::fs::remove_dir(&trial);
+    result?;
+    Ok(CgroupRoot { version, base })
+}
+
+/// v2 only lets a cgroup's children limit memory if the cgroup delegates the controller.
+fn enable_memory_controller(dir: &Path) -> Result<(), String> {
+    let current = std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+    if current.split_whitespace().any(|name| name == "memory") {
+        return Ok(());
+    }
+    write_file(&dir.join("cgroup.subtree_control"), "+memory").map_err(|err| {
+        format!(
+            "cannot enable the memory controller in {}: {err}",
+            dir.display()
+        )
+    })
+}
+
+fn write_file(path: &Path, contents: &str) -> io::Result<()> {
+    std::fs::write(path, contents)
+}
+
+/// The mount point of the v1 hierarchy that has the memory controller, from /proc/self/mounts.
+fn v1_memory_mount(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [_, mount_point, fs_type, options, ..] = fields.as_slice() else {
+            return None;
+        };
+        (*fs_type == "cgroup" && options.split(',').any(|option| option == "memory"))
+            .then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// Mount points of cgroup v2 hierarchies, from /proc/self/mounts.
+fn v2_mounts(mounts: &str) -> Vec<PathBuf> {
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [_, mount_point, fs_type, ..] = fields.as_slice() else {
+                return None;
+            };
+            (*fs_type == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .collect()
+}
+
+/// The value of a `name N` line, as in memory.oom_control and memory.events.
+fn counter(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok()).flatten()
+    })
+}
+
+/// Writes `value` in decimal into `buffer` without allocating; returns the digits.
+fn format_decimal(mut value: u32, buffer: &mut [u8; 20]) -> &[u8] {
+    let mut start = buffer.len();
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    &buffer[start..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTS: &str = "\
+tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
+cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
+cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
+";
+
+    #[test]
+    fn finds_hierarchies_in_mounts() {
+        assert_eq!(
+            v1_memory_mount(MOUNTS),
+            Some(PathBuf::from("/sys/fs/cgroup/memory"))
+        );
+        assert_eq!(
+            v2_mounts(MOUNTS),
+            vec![PathBuf::from("/sys/fs/cgroup/unified")]
+        );
+        assert_eq!(v1_memory_mount("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0"), None);
+    }
+
+    #[test]
+    fn reads_counters() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        assert_eq!(counter(v1, "oom_kill"), Some(2));
+        assert_eq!(counter(v1, "oom_kill_disable"), Some(0));
+        let v2 = "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(counter(v2, "oom_kill"), Some(1));
+        assert_eq!(counter(v2, "missing"), None);
+    }
+
+    #[test]
+    fn formats_pids_without_allocating() {
+        let mut buffer = [0u8; 20];
+        assert_eq!(format_decimal(0, &mut buffer), b"0");
+        assert_eq!(format_decimal(4_194_304, &mut buffer), b"4194304");
+        assert_eq!(format_decimal(u32::MAX, &mut buffer), b"4294967295");
+    }
+}

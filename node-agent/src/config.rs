@@ -1,0 +1,181 @@
+//! What an agent is told at start: where the RM is, the shared secret, where containers live,
+//! and the few knobs an operator may turn.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use spindle_protocol::{ClusterSecret, NodeId, Resources};
+
+use crate::AgentError;
+
+/// The rack a node reports when none is configured (YARN's default).
+pub const DEFAULT_RACK: &str = "/default-rack";
+
+/// How often the agent heartbeats until the RM's register reply says otherwise.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How container memory limits are enforced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MemoryEnforcement {
+    /// A cgroup memory hierarchy (v1, else v2) if one is writable, else RSS sampling.
+    #[default]
+    Auto,
+    /// Cgroups only: the agent refuses to start when no cgroup memory hierarchy is writable.
+    Cgroup,
+    /// Sample each container's RSS every 500 ms and kill it when over its limit.
+    Sampling,
+}
+
+impl FromStr for MemoryEnforcement {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.to_ascii_lowercase().as_str() {
+            "auto" => Ok(MemoryEnforcement::Auto),
+            "cgroup" => Ok(MemoryEnforcement::Cgroup),
+            "sampling" => Ok(MemoryEnforcement::Sampling),
+            _ => Err(format!(
+                "unknown memory enforcement `{text}`: expected auto, cgroup or sampling"
+            )),
+        }
+    }
+}
+
+/// Everything `run` needs to know; `AgentConfig::new` fills in the defaults.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// One or more RM base URLs; the client tries them in order.
+    pub rm_urls: Vec<String>,
+    /// Shared with the RM: checks container tokens and signs the agent's own bearer token.
+    pub cluster_secret: ClusterSecret,
+    /// Containers run in `<work_dir>/apps/<app_id>/<container_id>`, their stdout/stderr files there.
+    pub work_dir: PathBuf,
+    /// Host part of the node id and address; default: the listener's IP (the host name if the
+    /// listener is bound to an unspecified address such as 0.0.0.0).
+    pub advertise_host: Option<String>,
+    /// Capacity offered to the RM; default: all CPUs and total memory minus max(1 GiB, 10%).
+    pub capacity: Option<Resources>,
+    /// Rack for the scheduler's locality preferences.
+    pub rack: String,
+    /// Node labels, reported at registration.
+    pub labels: Vec<String>,
+    /// Heartbeat period until the RM's register reply gives its own.
+    pub heartbeat_interval: Duration,
+    /// The binary that runs when a launch command's argv[0] is exactly `spindle`.
+    pub spindle_bin: PathBuf,
+    /// How container memory limits are enforced.
+    pub memory_enforcement: MemoryEnforcement,
+}
+
+impl AgentConfig {
+    /// A configuration with every default: probed capacity, `/default-rack`, 1 s heartbeats,
+    /// this executable as `spindle`, automatic memory enforcement.
+    pub fn new(rm_urls: Vec<String>, cluster_secret: ClusterSecret, work_dir: PathBuf) -> Self {
+        AgentConfig {
+            rm_urls,
+            cluster_secret,
+            work_dir,
+            advertise_host: None,
+            capacity: None,
+            rack: DEFAULT_RACK.to_owned(),
+            labels: Vec::new(),
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            spindle_bin: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("spindle")),
+            memory_enforcement: MemoryEnforcement::Auto,
+        }
+    }
+
+    /// Refuses configurations that could never work, with what to change.
+    pub(crate) fn validate(&self) -> Result<(), AgentError> {
+        if self.rm_urls.iter().all(|url| url.trim().is_empty()) {
+            return Err(AgentError::Config(
+                "no RM URL given: pass at least one with --rm".to_owned(),
+            ));
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err(AgentError::Config(
+                "the heartbeat interval must be greater than zero".to_owned(),
+            ));
+        }
+        if self.rack.is_empty() || !self.rack.starts_with('/') {
+            return Err(AgentError::Config(format!(
+                "rack `{}` must be a path starting with `/`, like /default-rack",
+                self.rack
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The node id (and address) the agent registers under: `<host>:<port>` of its listener.
+pub(crate) fn advertised_node_id(advertise_host: Option<&str>, local: SocketAddr) -> NodeId {
+    let port = local.port();
+    let host = match advertise_host {
+        Some(host) => host.to_owned(),
+        None if local.ip().is_unspecified() => sysinfo::System::host_name()
+            .ok()
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "127.0.0.1".to_owned()),
+        None => return NodeId(local.to_string()),
+    };
+    // A bare IPv6 literal needs brackets before the port, as in a URL.
+    if host.parse::<IpAddr>().is_ok_and(|ip| ip.is_ipv6()) {
+        NodeId(format!("[{host}]:{port}"))
+    } else {
+        NodeId(format!("{host}:{port}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_id_is_the_advertised_address() {
+        let local: SocketAddr = "127.0.0.1:8042".parse().unwrap();
+        assert_eq!(advertised_node_id(None, local).as_str(), "127.0.0.1:8042");
+        assert_eq!(
+            advertised_node_id(Some("worker-3"), local).as_str(),
+            "worker-3:8042"
+        );
+        assert_eq!(
+            advertised_node_id(Some("::1"), local).as_str(),
+            "[::1]:8042"
+        );
+        let v6: SocketAddr = "[::1]:9000".parse().unwrap();
+        assert_eq!(advertised_node_id(None, v6).as_str(), "[::1]:9000");
+        let any: SocketAddr = "0.0.0.0:8042".parse().unwrap();
+        assert!(!advertised_node_id(None, any).as_str().starts_with("0.0.0.0"));
+    }
+
+    #[test]
+    fn defaults_and_validation() {
+        let config = AgentConfig::new(
+            vec!["127.0.0.1:8088".into()],
+            ClusterSecret::new("s"),
+            PathBuf::from("/tmp/x"),
+        );
+        assert_eq!(config.rack, DEFAULT_RACK);
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(1));
+        assert_eq!(config.memory_enforcement, MemoryEnforcement::Auto);
+        config.validate().unwrap();
+
+        let mut no_rm = config.clone();
+        no_rm.rm_urls = vec![];
+        assert!(no_rm.validate().unwrap_err().to_string().contains("--rm"));
+        let mut bad_rack = config;
+        bad_rack.rack = "rack1".into();
+        assert!(bad_rack.validate().is_err());
+    }
+
+    #[test]
+    fn memory_enforcement_parses() {
+        assert_eq!(
+            "Sampling".parse::<MemoryEnforcement>(),
+            Ok(MemoryEnforcement::Sampling)
+        );
+        assert!("swap".parse::<MemoryEnforcement>().is_err());
+    }
+}

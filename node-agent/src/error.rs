@@ -1,0 +1,143 @@
+//! The crate's one error type, and how each error becomes an HTTP answer.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use spindle_protocol::{ContainerId, ErrorBody, ErrorDetail, TokenError};
+
+/// Everything that can go wrong in the agent: at start-up (returned by `run`) and per request
+/// (turned into `{"error": {"code", "message"}}` with a fitting status).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid agent configuration: {0}")]
+    Config(String),
+    #[error(
+        "cgroup memory enforcement was requested but is unavailable: {0}. Run as root with a writable /sys/fs/cgroup, or use sampling"
+    )]
+    CgroupUnavailable(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("container {0} is not known on this node")]
+    ContainerNotFound(String),
+    #[error("no {stream} log for container {container_id} on this node")]
+    LogNotFound {
+        container_id: ContainerId,
+        stream: String,
+    },
+    #[error("no route for {0}: the agent serves /healthz and /v1/containers[/{{id}}[/logs/{{stream}}]]")]
+    UnknownRoute(String),
+    #[error("container {0} was already launched on this node: container ids are single-use")]
+    DuplicateContainer(ContainerId),
+    #[error("node is decommissioning: it takes no new containers")]
+    Draining,
+    #[error("the request body is larger than the 1 MiB limit")]
+    PayloadTooLarge,
+}
+
+impl AgentError {
+    /// Wraps an I/O error with what the agent was doing.
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        AgentError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            AgentError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            AgentError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            AgentError::Forbidden(_) | AgentError::Token(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            AgentError::ContainerNotFound(_)
+            | AgentError::LogNotFound { .. }
+            | AgentError::UnknownRoute(_) => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
+            AgentError::DuplicateContainer(_) | AgentError::Draining => {
+                (StatusCode::CONFLICT, "conflict")
+            }
+            AgentError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            AgentError::Config(_) | AgentError::CgroupUnavailable(_) | AgentError::Io { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        }
+    }
+}
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed inside the agent");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message: self.to_string(),
+            },
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spindle_protocol::{AppId, NodeId};
+
+    #[test]
+    fn errors_map_to_statuses_and_codes() {
+        let container = ContainerId {
+            app: AppId {
+                cluster_ts: 1,
+                seq: 1,
+            },
+            attempt: 1,
+            epoch: 1,
+            seq: 1,
+        };
+        let cases = [
+            (AgentError::BadRequest("x".into()), 400, "bad_request"),
+            (AgentError::Unauthorized("x".into()), 401, "unauthorized"),
+            (AgentError::Token(TokenError::BadSignature), 403, "forbidden"),
+            (
+                AgentError::Token(TokenError::WrongNode {
+                    expected: NodeId("a:1".into()),
+                    actual: NodeId("b:1".into()),
+                }),
+                403,
+                "forbidden",
+            ),
+            (
+                AgentError::ContainerNotFound(container.to_string()),
+                404,
+                "not_found",
+            ),
+            (AgentError::DuplicateContainer(container), 409, "conflict"),
+            (AgentError::Draining, 409, "conflict"),
+            (AgentError::PayloadTooLarge, 413, "payload_too_large"),
+        ];
+        for (error, status, code) in cases {
+            let (actual_status, actual_code) = error.status_and_code();
+            assert_eq!(actual_status.as_u16(), status, "{error}");
+            assert_eq!(actual_code, code, "{error}");
+        }
+        assert!(
+            AgentError::Draining
+                .to_string()
+                .contains("node is decommissioning")
+        );
+    }
+}

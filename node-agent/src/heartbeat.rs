@@ -1,0 +1,208 @@
+//! Registration and heartbeats: the agent's side of the agent ↔ RM protocol.
+//!
+//! One loop sends every heartbeat. It wakes on the periodic tick (which also samples usage and
+//! health) or at once when a container starts or ends. A `Notify` keeps at most one trigger
+//! pending, so a burst of container events costs one heartbeat in flight plus one right after.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use spindle_protocol::{
+    ClientError, NodeHeartbeatReply, NodeHeartbeatRequest, NodeId, RegisterNodeRequest,
+    Resources, RmClient,
+};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::manager::ContainerManager;
+use crate::probe::{NodeSample, Probe};
+
+/// First wait before registering again after a failure; doubles up to the maximum.
+const REGISTER_BACKOFF_START: Duration = Duration::from_millis(100);
+const REGISTER_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// What the node tells the RM about itself when it registers.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeDescription {
+    pub node_id: NodeId,
+    pub address: String,
+    pub capacity: Resources,
+    pub rack: String,
+    pub labels: Vec<String>,
+}
+
+/// Why the heartbeat loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeartbeatEnd {
+    /// The agent's shutdown token was cancelled.
+    Cancelled,
+    /// The RM said shutdown: the node is decommissioned.
+    ShutdownByRm,
+}
+
+/// Talks to the RM on the node's behalf.
+pub(crate) struct Heartbeater {
+    client: RmClient,
+    manager: Arc<ContainerManager>,
+    node: NodeDescription,
+    probe: Probe,
+    /// The periodic interval: configured, then the RM's.
+    interval: Duration,
+    /// Container starts and ends, from the manager.
+    trigger: Arc<Notify>,
+    /// Usage and health of the last periodic sample; immediate heartbeats repeat it.
+    sample: NodeSample,
+    /// Set while the RM cannot be reached, so an outage is logged once, not every second.
+    in_outage: bool,
+}
+
+impl Heartbeater {
+    pub(crate) fn new(
+        client: RmClient,
+        manager: Arc<ContainerManager>,
+        node: NodeDescription,
+        probe: Probe,
+        interval: Duration,
+    ) -> Self {
+        let trigger = manager.report_trigger();
+        Heartbeater {
+            client,
+            manager,
+            node,
+            probe,
+            interval,
+            trigger,
+            sample: NodeSample {
+                healthy: true,
+                ..NodeSample::default()
+            },
+            in_outage: false,
+        }
+    }
+
+    /// Registers, then heartbeats until `stop` is cancelled or the RM says shutdown.
+    pub(crate) async fn run(mut self, stop: &CancellationToken) -> HeartbeatEnd {
+        self.sample = self.probe.sample().await;
+        if !self.register(stop).await {
+            return HeartbeatEnd::Cancelled;
+        }
+        let mut next_periodic = Instant::now() + self.interval;
+        loop {
+            let periodic = tokio::select! {
+                _ = stop.cancelled() => return HeartbeatEnd::Cancelled,
+                _ = tokio::time::sleep_until(next_periodic) => true,
+                _ = self.trigger.notified() => false,
+            };
+            if periodic {
+                next_periodic = Instant::now() + self.interval;
+                self.sample = self.probe.sample().await;
+            }
+            let request = NodeHeartbeatRequest {
+                node_id: self.node.node_id.clone(),
+                usage: self.sample.usage,
+                healthy: self.sample.healthy,
+                health_report: self.sample.health_report.clone(),
+                containers: self.manager.reportable_statuses(),
+            };
+            let result = tokio::select! {
+                _ = stop.cancelled() => return HeartbeatEnd::Cancelled,
+                result = self.client.node_heartbeat(&request) => result,
+            };
+            match result {
+                Ok(reply) => {
+                    self.rm_reachable();
+                    if self.apply(&reply) == Some(HeartbeatEnd::ShutdownByRm) {
+                        return HeartbeatEnd::ShutdownByRm;
+                    }
+                    if reply.resync {
+                        tracing::info!(node_id = %self.node.node_id, "the RM does not know this node (restarted, or declared it lost); registering again");
+                        if !self.register(stop).await {
+                            return HeartbeatEnd::Cancelled;
+                        }
+                        next_periodic = Instant::now() + self.interval;
+                    }
+                }
+                // Statuses stay with the manager until acknowledged, so the next heartbeat
+                // simply carries them again.
+                Err(err) => self.rm_unreachable("heartbeat", &err),
+            }
+        }
+    }
+
+    /// Applies a heartbeat reply; returns `ShutdownByRm` if the RM said to stop.
+    fn apply(&self, reply: &NodeHeartbeatReply) -> Option<HeartbeatEnd> {
+        self.manager.acknowledge(&reply.acked);
+        self.manager.kill_by_rm(&reply.kill);
+        self.manager.set_draining(reply.drain);
+        if reply.shutdown {
+            tracing::info!(node_id = %self.node.node_id, "the RM says this node is decommissioned; stopping");
+            return Some(HeartbeatEnd::ShutdownByRm);
+        }
+        None
+    }
+
+    /// Registers with the RM, retrying with backoff until it accepts; `false` if cancelled.
+    async fn register(&mut self, stop: &CancellationToken) -> bool {
+        let mut backoff = REGISTER_BACKOFF_START;
+        loop {
+            let request = RegisterNodeRequest {
+                node_id: self.node.node_id.clone(),
+                address: self.node.address.clone(),
+                capacity: self.node.capacity,
+                rack: self.node.rack.clone(),
+                labels: self.node.labels.clone(),
+                containers: self.manager.reportable_statuses(),
+            };
+            let result = tokio::select! {
+                _ = stop.cancelled() => return false,
+                result = self.client.register_node(&request) => result,
+            };
+            match result {
+                Ok(reply) => {
+                    self.rm_reachable();
+                    if reply.heartbeat_interval_ms > 0 {
+                        self.interval = Duration::from_millis(reply.heartbeat_interval_ms);
+                    }
+                    self.manager.acknowledge(&reply.acked);
+                    self.manager.kill_by_rm(&reply.kill);
+                    tracing::info!(
+                        node_id = %self.node.node_id,
+                        epoch = reply.epoch,
+                        capacity = %self.node.capacity,
+                        containers = request.containers.len(),
+                        heartbeat_interval_ms = self.interval.as_millis() as u64,
+                        "registered with the RM"
+                    );
+                    return true;
+                }
+                Err(err) => self.rm_unreachable("registration", &err),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(REGISTER_BACKOFF_MAX);
+        }
+    }
+
+    fn rm_unreachable(&mut self, what: &str, err: &ClientError) {
+        if self.in_outage {
+            tracing::debug!(error = %err, "{what} failed again");
+            return;
+        }
+        self.in_outage = true;
+        if matches!(err, ClientError::Unreachable { .. }) {
+            tracing::warn!(node_id = %self.node.node_id, error = %err, "{what} failed; retrying until the RM answers (logged once per outage)");
+        } else {
+            tracing::error!(node_id = %self.node.node_id, error = %err, "the RM refused the {what}; retrying (logged once)");
+        }
+    }
+
+    fn rm_reachable(&mut self) {
+        if self.in_outage {
+            self.in_outage = false;
+            tracing::info!(node_id = %self.node.node_id, "the RM answers again");
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! Starting a container's process and reading how it ended: the command line, environment,
+//! working dir and log files, the process group, the cgroup, signals, and turning an exit into
+//! an exit code, a reason and diagnostics.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use spindle_protocol::{ContainerId, ExitReason, LaunchSpec, NodeId, Resources, env};
+use tokio::process::{Child, Command};
+
+use crate::cgroup::{CgroupRoot, ContainerCgroup};
+
+/// How long a container may take to exit after SIGTERM before its process group gets SIGKILL.
+pub const CONTAINER_KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// How much of the end of stderr goes into a failed container's diagnostics.
+const STDERR_TAIL_BYTES: u64 = 2048;
+const STDERR_TAIL_LINES: usize = 20;
+
+/// Inherited variables a container must not see from the agent's own environment: either the
+/// agent sets them per container, or they are credentials of whoever started the agent.
+const STRIPPED_ENV: [&str; 10] = [
+    env::APP_ID,
+    env::CONTAINER_ID,
+    env::ATTEMPT,
+    env::RM,
+    env::NODE_ID,
+    env::MEMORY_MB,
+    env::VCORES,
+    env::AM_TOKEN,
+    env::JOB_SPEC,
+    "SPINDLE_TOKEN",
+];
+
+/// Node-wide facts every launch needs.
+#[derive(Debug, Clone)]
+pub(crate) struct LaunchContext {
+    pub node_id: NodeId,
+    /// `SPINDLE_RM` for containers: the RM URLs, comma-joined.
+    pub rm_urls: String,
+    pub work_dir: PathBuf,
+    pub spindle_bin: PathBuf,
+    /// Part of cgroup names, so several agents on one host never collide.
+    pub node_port: u16,
+    /// `None`: no cgroup hierarchy in use, memory is sampled.
+    pub cgroups: Option<CgroupRoot>,
+}
+
+/// A started container process.
+#[derive(Debug)]
+pub(crate) struct SpawnedContainer {
+    pub child: Child,
+    /// The leader's pid, which is also the id of the container's process group.
+    pub process_group: i32,
+    pub cgroup: Option<ContainerCgroup>,
+    /// Why a cgroup could not be set up, when one should have been (memory is sampled instead).
+    pub cgroup_error: Option<String>,
+}
+
+/// A container that could not be started; it completes FAILED at once.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SpawnFailure {
+    /// 127 when the program does not exist, 126 when it cannot be run (as shells report);
+    /// `None` when the agent failed before trying the program.
+    pub exit_code: Option<i32>,
+    pub diagnostics: String,
+}
+
+/// `<work_dir>/apps/<app_id>/<container_id>`: the container's working dir and log dir.
+pub(crate) fn container_dir(work_dir: &Path, container_id: &ContainerId) -> PathBuf {
+    work_dir
+        .join("apps")
+        .join(container_id.app.to_string())
+        .join(container_id.to_string())
+}
+
+/// Prepares the container's directory, log files and cgroup and starts its command in a new
+/// process group. Blocking (file system, fork): call on the blocking pool, inside the runtime.
+pub(crate) fn spawn_container(
+    context: &LaunchContext,
+    container_id: &ContainerId,
+    resources: &Resources,
+    spec: &LaunchSpec,
+) -> Result<SpawnedContainer, SpawnFailure> {
+    let dir = container_dir(&context.work_dir, container_id);
+    let agent_failure = |what: &str, err: std::io::Error| SpawnFailure {
+        exit_code: None,
+        diagnostics: format!("the agent could not {what}: {err}"),
+    };
+    std::fs::create_dir_all(&dir)
+        .map_err(|err| agent_failure(&format!("create {}", dir.display()), err))?;
+    let stdout = File::create(dir.join("stdout"))
+        .map_err(|err| agent_failure("create the stdout file", err))?;
+    let mut stderr = File::create(dir.join("stderr"))
+        .map_err(|err| agent_failure("create the stderr file", err))?;
+    let stderr_for_child = stderr
+        .try_clone()
+        .map_err(|err| agent_failure("open the stderr file", err))?;
+
+    let (cgroup, cgroup_error) = match &context.cgroups {
+        Some(root) => {
+            let name = format!("{}-{container_id}", context.node_port);
+            match root.create(&name, resources.memory_mb.saturating_mul(1024 * 1024)) {
+                Ok(cgroup) => (Some(cgroup), None),
+                Err(err) => (None, Some(format!("cannot create cgroup {name}: {err}"))),
+            }
+        }
+        None => (None, None),
+    };
+
+    let program = program_path(&spec.command[0], &context.spindle_bin);
+    let mut command = Command::new(&program);
+    command
+        .args(&spec.command[1..])
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr_for_child)
+        .process_group(0)
+        .kill_on_drop(false);
+    for name in STRIPPED_ENV {
+        command.env_remove(name);
+    }
+    command
+        .envs(&spec.env)
+        .env(env::APP_ID, container_id.app.to_string())
+        .env(env::CONTAINER_ID, container_id.to_string())
+        .env(env::ATTEMPT, container_id.attempt.to_string())
+        .env(env::RM, &context.rm_urls)
+        .env(env::NODE_ID, context.node_id.as_str())
+        .env(env::MEMORY_MB, resources.memory_mb.to_string())
+        .env(env::VCORES, resources.vcores.to_string());
+    if let Some(cgroup) = &cgroup {
+        // SAFETY: the hook is async-signal-safe (see `join_hook`).
+        unsafe {
+            command.pre_exec(cgroup.join_hook());
+        }
+    }
+
+    match command.spawn() {
+        Ok(child) => {
+            let Some(pid) = child.id() else {
+                unreachable!("a just-spawned child has not been reaped yet")
+            };
+            Ok(SpawnedContainer {
+                child,
+                process_group: pid as i32,
+                cgroup,
+                cgroup_error,
+            })
+        }
+        Err(err) => {
+            let exit_code = if err.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            let diagnostics = format!("cannot start `{}`: {err}", program.display());
+            // The AM's user reads logs first: say it there too.
+            let _ = writeln!(stderr, "spindle: {diagnostics}");
+            if let Some(cgroup) = cgroup {
+                cgroup.remove();
+            }
+            Err(SpawnFailure {
+                exit_code: Some(exit_code),
+                diagnostics,
+            })
+        }
+    }
+}
+
+/// argv[0] `spindle` means this agent's own binary; anything else is run as given.
+fn program_path(argv0: &str, spindle_bin: &Path) -> PathBuf {
+    if argv0 == "spindle" {
+        spindle_bin.to_path_buf()
+    } else {
+        PathBuf::from(argv0)
+    }
+}
+
+/// Sends `signal` to every process of a container's process group; a group that is already
+/// gone is not an error.
+pub(crate) fn signal_process_group(process_group: i32, signal: i32) {
+    // killpg(0) or killpg(1) would hit the agent's own group or every process we may signal.
+    if process_group <= 1 {
+        debug_assert!(false, "refusing to signal process group {process_group}");
+        return;
+    }
+    // SAFETY: plain syscall on a group id we created.
+    unsafe { libc::killpg(process_group, signal) };
+}
+
+/// How the container's leader process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProcessExit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl From<ExitStatus> for ProcessExit {
+    fn from(status: ExitStatus) -> Self {
+        match (status.code(), status.signal()) {
+            (Some(code), _) => ProcessExit::Code(code),
+            (None, Some(signal)) => ProcessExit::Signal(signal),
+            // Neither code nor signal cannot happen for a waited-for child on Unix.
+            (None, None) => ProcessExit::Code(-1),
+        }
+    }
+}
+
+impl ProcessExit {
+    /// The exit code as shells report it: 128 + signal number for a killed process.
+    pub(crate) fn exit_code(self) -> i32 {
+        match self {
+            ProcessExit::Code(code) => code,
+            ProcessExit::Signal(signal) => 128 + signal,
+        }
+    }
+}
+
+/// The agent's own reason for stopping a container, when it stopped it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct KillRequest {
+    pub reason: ExitReason,
+    /// Why, for people; becomes the diagnostics.
+    pub detail: String,
+}
+
+/// What a completed container's status says about its end.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ExitOutcome {
+    pub exit_code: i32,
+    pub reason: ExitReason,
+    pub diagnostics: String,
+}
+
+/// Decides the reason and diagnostics of an ended container. The agent's own kill wins (it
+/// explains the signal), then the kernel's OOM kill, then the exit itself.
+pub(crate) fn classify_exit(
+    exit: ProcessExit,
+    kill: Option<&KillRequest>,
+    oom_killed: bool,
+    memory_limit_mb: u64,
+    stderr_tail: &str,
+) -> ExitOutcome {
+    let exit_code = exit.exit_code();
+    let (reason, mut diagnostics) = if let Some(kill) = kill {
+        (kill.reason, kill.detail.clone())
+    } else if oom_killed {
+        (
+            ExitReason::ExceededMemory,
+            format!(
+                "container used more than its {memory_limit_mb} MB memory limit and was killed by the kernel (cgroup OOM)"
+            ),
+        )
+    } else {
+        match exit {
+            ProcessExit::Code(0) => (ExitReason::Success, String::new()),
+            ProcessExit::Code(code) => (ExitReason::Failed, format!("exited with code {code}")),
+            ProcessExit::Signal(signal) => (
+                ExitReason::Failed,
+                format!("killed by signal {signal} ({})", signal_name(signal)),
+            ),
+        }
+    };
+    if reason == ExitReason::Failed && !stderr_tail.is_empty() {
+        diagnostics.push_str("; end of stderr:\n");
+        diagnostics.push_str(stderr_tail);
+    }
+    ExitOutcome {
+        exit_code,
+        reason,
+        diagnostics,
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        _ => "signal",
+    }
+}
+
+/// The last lines (at most 20 lines, 2 KiB) of a file, trimmed; empty if there is none. Blocking.
+pub(crate) fn read_tail(path: &Path) -> String {
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let length = file.metadata().map(|meta| meta.len()).unwrap_or(0);
+    let start = length.saturating_sub(STDERR_TAIL_BYTES);
+    if file.seek(SeekFrom::Start(start)).is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::with_capacity((length - start) as usize);
+    if file.read_to_end(&mut bytes).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    // A cut in the middle of the file leaves a partial first line: drop it.
+    let text = match (start > 0, text.find('\n')) {
+        (true, Some(newline)) => &text[newline + 1..],
+        _ => &text[..],
+    };
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kill(reason: ExitReason, detail: &str) -> KillRequest {
+        KillRequest {
+            reason,
+            detail: detail.to_owned(),
+        }
+    }
+
+    #[test]
+    fn exits_are_classified() {
+        let success = classify_exit(ProcessExit::Code(0), None, false, 64, "noise");
+        assert_eq!(success.reason, ExitReason::Success);
+        assert_eq!(success.exit_code, 0);
+        assert_eq!(success.diagnostics, "");
+
+        let failed = classify_exit(ProcessExit::Code(3), None, false, 64, "boom");
+        assert_eq!(failed.reason, ExitReason::Failed);
+        assert_eq!(failed.exit_code, 3);
+        assert!(failed.diagnostics.starts_with("exited with code 3"));
+        assert!(failed.diagnostics.ends_with("boom"));
+
+        let segv = classify_exit(ProcessExit::Signal(libc::SIGSEGV), None, false, 64, "");
+        assert_eq!(segv.exit_code, 128 + libc::SIGSEGV);
+        assert_eq!(segv.reason, ExitReason::Failed);
+        assert!(segv.diagnostics.contains("SIGSEGV"));
+    }
+
+    #[test]
+    fn the_agents_own_kill_explains_the_signal() {
+        let by_app = kill(ExitReason::KilledByApp, "stopped by its application");
+        let outcome = classify_exit(
+            ProcessExit::Signal(libc::SIGTERM),
+            Some(&by_app),
+            false,
+            64,
+            "tail",
+        );
+        assert_eq!(outcome.reason, ExitReason::KilledByApp);
+        assert_eq!(outcome.exit_code, 143);
+        assert_eq!(outcome.diagnostics, "stopped by its application");
+
+        let oom = classify_exit(ProcessExit::Signal(libc::SIGKILL), None, true, 64, "tail");
+        assert_eq!(oom.reason, ExitReason::ExceededMemory);
+        assert!(oom.diagnostics.contains("more than its 64 MB memory limit"));
+    }
+
+    #[test]
+    fn argv0_spindle_is_the_agents_binary() {
+        let bin = Path::new("/opt/spindle/bin/spindle");
+        assert_eq!(program_path("spindle", bin), bin);
+        assert_eq!(program_path("sh", bin), PathBuf::from("sh"));
+        assert_eq!(program_path("./spindle", bin), PathBuf::from("./spindle"));
+    }
+
+    #[test]
+    fn tails_keep_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stderr");
+        assert_eq!(read_tail(&path), "");
+        let text: String = (0..100).map(|line| format!("line {line}\n")).collect();
+        std::fs::write(&path, text).unwrap();
+        let tail = read_tail(&path);
+        assert_eq!(tail.lines().count(), 20);
+        assert!(tail.starts_with("line 80\n"));
+        assert!(tail.ends_with("line 99"));
+
+        let long_line = "x".repeat(5000);
+        std::fs::write(&path, format!("{long_line}\nlast\n")).unwrap();
+        assert_eq!(read_tail(&path), "last");
+    }
+}

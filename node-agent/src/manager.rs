@@ -1,0 +1,597 @@
+//! The one owner of the node's containers. HTTP handlers, the heartbeat loop and the memory
+//! monitor call its methods; only it changes a container's record. Each running container has
+//! one supervising task that waits for its exit, carries out kills and records the end.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use spindle_protocol::{
+    ClusterSecret, ContainerId, ContainerState, ContainerStatus, ExitReason, LaunchRequest,
+    NodeId, Resources, now_ms,
+};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::AgentError;
+use crate::cgroup::ContainerCgroup;
+use crate::launcher::{
+    self, CONTAINER_KILL_GRACE, KillRequest, LaunchContext, ProcessExit, SpawnFailure,
+    SpawnedContainer,
+};
+use crate::memory::SampledContainer;
+
+/// How long a completed container the RM has acknowledged stays queryable (status, and logs
+/// with its own token) before the agent forgets it. Its files stay regardless.
+const ACKED_RETENTION: Duration = Duration::from_secs(10 * 60);
+/// At most this many acknowledged containers are kept, whatever their age.
+const MAX_ACKED_RETAINED: usize = 10_000;
+
+const MIB: u64 = 1024 * 1024;
+
+/// Owns the containers map and every change to it.
+pub(crate) struct ContainerManager {
+    /// Checks launch tokens and the agent token of GET/DELETE callers.
+    secret: ClusterSecret,
+    context: Arc<LaunchContext>,
+    state: Mutex<ManagerState>,
+    /// Wakes the heartbeat loop at once when a container starts or ends.
+    report_trigger: Arc<Notify>,
+    /// Supervising tasks and cgroup clean-ups, awaited when the agent stops.
+    tasks: TaskTracker,
+    /// Cancelled when the agent stops: supervisors let go of their (still running) containers.
+    stop: CancellationToken,
+    /// Cgroup set-up failures are logged at warn once, then at debug.
+    cgroup_failure_logged: AtomicBool,
+}
+
+struct ManagerState {
+    containers: HashMap<ContainerId, ContainerRecord>,
+    /// Acknowledged completions, oldest first, so they can be forgotten in order.
+    acked_order: VecDeque<(Instant, ContainerId)>,
+    /// The RM is decommissioning this node: refuse launches.
+    draining: bool,
+}
+
+/// Everything the agent knows about one container.
+struct ContainerRecord {
+    /// What GET answers and heartbeats carry.
+    status: ContainerStatus,
+    /// From the token: the memory limit and the size in the container's environment.
+    resources: Resources,
+    /// The launch token's signature: the container's AM may use it as a bearer token.
+    token_signature: String,
+    /// The leader's pid and process group id, once it started and until it ended.
+    process_group: Option<i32>,
+    /// No cgroup limits it: the memory monitor samples it.
+    sampled: bool,
+    /// Set when the agent decided to stop it: the reason wins over whatever exit follows.
+    kill: Option<KillRequest>,
+    /// Tells the supervising task to start the SIGTERM, grace, SIGKILL sequence.
+    kill_signal: Arc<Notify>,
+    /// Flips to true on completion; DELETE waits on it.
+    finished: watch::Sender<bool>,
+    /// The RM has recorded the completion: no longer reported.
+    acked: bool,
+}
+
+impl ContainerManager {
+    pub(crate) fn new(
+        secret: ClusterSecret,
+        context: LaunchContext,
+        tasks: TaskTracker,
+        stop: CancellationToken,
+    ) -> Self {
+        ContainerManager {
+            secret,
+            context: Arc::new(context),
+            state: Mutex::new(ManagerState {
+                containers: HashMap::new(),
+                acked_order: VecDeque::new(),
+                draining: false,
+            }),
+            report_trigger: Arc::new(Notify::new()),
+            tasks,
+            stop,
+            cgroup_failure_logged: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn node_id(&self) -> &NodeId {
+        &self.context.node_id
+    }
+
+    /// Notified whenever a container starts or ends.
+    pub(crate) fn report_trigger(&self) -> Arc<Notify> {
+        self.report_trigger.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ManagerState> {
+        // A panic while holding the lock leaves plain data behind; carry on with it.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Checks the token, then starts the container. A program that cannot be started still
+    /// yields a status (COMPLETE, FAILED), as YARN reports launch failures as completions.
+    pub(crate) async fn launch(
+        self: &Arc<Self>,
+        request: LaunchRequest,
+    ) -> Result<ContainerStatus, AgentError> {
+        if request.launch.command.is_empty() {
+            return Err(AgentError::BadRequest(
+                "launch.command is empty: give at least the program to run".to_owned(),
+            ));
+        }
+        self.secret
+            .verify_container(&request.token, self.node_id(), now_ms())?;
+        let container_id = request.token.container_id;
+        let resources = request.token.resources;
+        let kill_signal = Arc::new(Notify::new());
+        {
+            let mut state = self.lock();
+            if state.draining {
+                return Err(AgentError::Draining);
+            }
+            if state.containers.contains_key(&container_id) {
+                return Err(AgentError::DuplicateContainer(container_id));
+            }
+            let record = ContainerRecord {
+                status: ContainerStatus {
+                    container_id,
+                    state: ContainerState::Running,
+                    exit_code: None,
+                    exit_reason: None,
+                    diagnostics: String::new(),
+                    started_at_ms: Some(now_ms()),
+                    finished_at_ms: None,
+                },
+                resources,
+                token_signature: request.token.signature,
+                process_group: None,
+                sampled: false,
+                kill: None,
+                kill_signal: kill_signal.clone(),
+                finished: watch::Sender::new(false),
+                acked: false,
+            };
+            state.containers.insert(container_id, record);
+        }
+
+        let context = self.context.clone();
+        let spec = request.launch;
+        let spawned = tokio::task::spawn_blocking(move || {
+            launcher::spawn_container(&context, &container_id, &resources, &spec)
+        })
+        .await
+        .unwrap_or_else(|join_error| {
+            Err(SpawnFailure {
+                exit_code: None,
+                diagnostics: format!("the agent failed while starting the container: {join_error}"),
+            })
+        });
+
+        match spawned {
+            Ok(spawned) => {
+                if let Some(reason) = &spawned.cgroup_error {
+                    self.log_cgroup_failure(container_id, reason);
+                }
+                let status = {
+                    let mut state = self.lock();
+                    let record = state
+                        .containers
+                        .get_mut(&container_id)
+                        .expect("running containers are never removed");
+                    record.process_group = Some(spawned.process_group);
+                    record.sampled = spawned.cgroup.is_none();
+                    record.status.clone()
+                };
+                tracing::debug!(container_id = %container_id, pid = spawned.process_group, "container started");
+                self.tasks.spawn(self.clone().supervise(
+                    container_id,
+                    spawned,
+                    kill_signal,
+                    resources.memory_mb,
+                ));
+                self.report_trigger.notify_one();
+                Ok(status)
+            }
+            Err(failure) => {
+                tracing::info!(container_id = %container_id, diagnostics = %failure.diagnostics, "container could not start");
+                self.complete(
+                    container_id,
+                    failure.exit_code,
+                    ExitReason::Failed,
+                    failure.diagnostics,
+                );
+                self.status(&container_id)
+            }
+        }
+    }
+
+    fn log_cgroup_failure(&self, container_id: ContainerId, reason: &str) {
+        if self.cgroup_failure_logged.swap(true, Ordering::Relaxed) {
+            tracing::debug!(container_id = %container_id, reason, "no cgroup for container; sampling its memory");
+        } else {
+            tracing::warn!(container_id = %container_id, reason, "cannot give a container its own cgroup; sampling the memory of such containers instead (logged once)");
+        }
+    }
+
+    /// Waits for the container's exit, carries out a kill if one is asked for, and records the end.
+    async fn supervise(
+        self: Arc<Self>,
+        container_id: ContainerId,
+        spawned: SpawnedContainer,
+        kill_signal: Arc<Notify>,
+        memory_limit_mb: u64,
+    ) {
+        let SpawnedContainer {
+            mut child,
+            process_group,
+            cgroup,
+            ..
+        } = spawned;
+        let waited = {
+            let wait = child.wait();
+            tokio::pin!(wait);
+            // Set once SIGTERM went out: when the grace period ends.
+            let mut kill_deadline: Option<tokio::time::Instant> = None;
+            let mut sigkilled = false;
+            loop {
+                tokio::select! {
+                    status = &mut wait => break status,
+                    _ = kill_signal.notified(), if kill_deadline.is_none() => {
+                        launcher::signal_process_group(process_group, libc::SIGTERM);
+                        kill_deadline = Some(tokio::time::Instant::now() + CONTAINER_KILL_GRACE);
+                    }
+                    _ = sleep_until_optional(kill_deadline), if kill_deadline.is_some() && !sigkilled => {
+                        launcher::signal_process_group(process_group, libc::SIGKILL);
+                        sigkilled = true;
+                    }
+                    _ = self.stop.cancelled() => {
+                        // The agent is stopping on its own (not decommissioned): like a YARN
+                        // NodeManager with recovery, leave the container running.
+                        tracing::debug!(container_id = %container_id, "agent stopping; container left running");
+                        return;
+                    }
+                }
+            }
+        };
+        // The leader is gone; whatever is left of its process group goes with it.
+        launcher::signal_process_group(process_group, libc::SIGKILL);
+
+        let exit = match waited {
+            Ok(status) => ProcessExit::from(status),
+            Err(err) => {
+                tracing::warn!(container_id = %container_id, error = %err, "cannot wait for a container's process");
+                ProcessExit::Code(-1)
+            }
+        };
+        let kill = self
+            .lock()
+            .containers
+            .get(&container_id)
+            .and_then(|record| record.kill.clone());
+        let cgroup = cgroup.map(Arc::new);
+        // Only an unexplained failure needs the OOM counter and the stderr tail (file reads).
+        let (oom_killed, stderr_tail) = if kill.is_none() && exit != ProcessExit::Code(0) {
+            let cgroup = cgroup.clone();
+            let stderr_path =
+                launcher::container_dir(&self.context.work_dir, &container_id).join("stderr");
+            tokio::task::spawn_blocking(move || {
+                let oom = cgroup.as_deref().is_some_and(|cgroup: &ContainerCgroup| {
+                    cgroup.oom_killed(exit == ProcessExit::Signal(libc::SIGKILL))
+                });
+                let tail = if oom {
+                    String::new()
+                } else {
+                    launcher::read_tail(&stderr_path)
+                };
+                (oom, tail)
+            })
+            .await
+            .unwrap_or_default()
+        } else {
+            (false, String::new())
+        };
+        let outcome = launcher::classify_exit(
+            exit,
+            kill.as_ref(),
+            oom_killed,
+            memory_limit_mb,
+            &stderr_tail,
+        );
+        tracing::debug!(container_id = %container_id, exit_code = outcome.exit_code, reason = ?outcome.reason, "container ended");
+        self.complete(
+            container_id,
+            Some(outcome.exit_code),
+            outcome.reason,
+            outcome.diagnostics,
+        );
+        // After the report: removing a cgroup may wait on the kernel.
+        if let Some(cgroup) = cgroup {
+            self.tasks.spawn_blocking(move || cgroup.remove());
+        }
+    }
+
+    /// Records a container's end, wakes DELETE waiters and the heartbeat loop.
+    fn complete(
+        &self,
+        container_id: ContainerId,
+        exit_code: Option<i32>,
+        reason: ExitReason,
+        diagnostics: String,
+    ) {
+        {
+            let mut state = self.lock();
+            let Some(record) = state.containers.get_mut(&container_id) else {
+                return;
+            };
+            debug_assert!(
+                record.status.state == ContainerState::Running,
+                "a container completes once"
+            );
+            record.status.state = ContainerState::Complete;
+            record.status.exit_code = exit_code;
+            record.status.exit_reason = Some(reason);
+            record.status.diagnostics = diagnostics;
+            record.status.finished_at_ms = Some(now_ms());
+            record.process_group = None;
+            record.sampled = false;
+            record.finished.send_replace(true);
+        }
+        self.report_trigger.notify_one();
+    }
+
+    pub(crate) fn status(&self, container_id: &ContainerId) -> Result<ContainerStatus, AgentError> {
+        self.lock()
+            .containers
+            .get(container_id)
+            .map(|record| record.status.clone())
+            .ok_or_else(|| AgentError::ContainerNotFound(container_id.to_string()))
+    }
+
+    /// Every container the agent still knows, in id order.
+    pub(crate) fn list(&self) -> Vec<ContainerStatus> {
+        let mut statuses: Vec<ContainerStatus> = self
+            .lock()
+            .containers
+            .values()
+            .map(|record| record.status.clone())
+            .collect();
+        statuses.sort_by_key(|status| status.container_id);
+        statuses
+    }
+
+    /// Admits the agent token (RM, admins) for anything, and a container's own token signature
+    /// (its AM) for that container.
+    pub(crate) fn authorize(
+        &self,
+        bearer: &str,
+        container_id: Option<&ContainerId>,
+    ) -> Result<(), AgentError> {
+        if self.secret.verify_agent_token(bearer) {
+            return Ok(());
+        }
+        let Some(container_id) = container_id else {
+            return Err(AgentError::Forbidden(
+                "only the agent token may list containers".to_owned(),
+            ));
+        };
+        let own_token = self
+            .lock()
+            .containers
+            .get(container_id)
+            .is_some_and(|record| constant_time_eq(&record.token_signature, bearer));
+        if own_token {
+            Ok(())
+        } else {
+            Err(AgentError::Forbidden(format!(
+                "the bearer token is neither the agent token nor the token of container {container_id}"
+            )))
+        }
+    }
+
+    /// Asks a container to stop; the first reason given wins. Unknown ids are an error; a
+    /// container that already ended is left as it is.
+    pub(crate) fn kill(
+        &self,
+        container_id: &ContainerId,
+        request: KillRequest,
+    ) -> Result<(), AgentError> {
+        let mut state = self.lock();
+        let record = state
+            .containers
+            .get_mut(container_id)
+            .ok_or_else(|| AgentError::ContainerNotFound(container_id.to_string()))?;
+        if record.status.state == ContainerState::Complete || record.kill.is_some() {
+            return Ok(());
+        }
+        record.kill = Some(request);
+        record.kill_signal.notify_one();
+        Ok(())
+    }
+
+    /// `DELETE /v1/containers/{id}`: kills with KILLED_BY_APP and waits (up to the grace period
+    /// and a little) for the end, so the answer usually shows the final status.
+    pub(crate) async fn stop_by_app(
+        &self,
+        container_id: &ContainerId,
+    ) -> Result<ContainerStatus, AgentError> {
+        self.kill(
+            container_id,
+            KillRequest {
+                reason: ExitReason::KilledByApp,
+                detail: "stopped at the request of its application".to_owned(),
+            },
+        )?;
+        let finished = self
+            .lock()
+            .containers
+            .get(container_id)
+            .map(|record| record.finished.subscribe());
+        if let Some(mut finished) = finished {
+            let wait = finished.wait_for(|done| *done);
+            let _ = tokio::time::timeout(CONTAINER_KILL_GRACE + Duration::from_secs(2), wait).await;
+        }
+        self.status(container_id)
+    }
+
+    /// Kills the containers the RM lists (KILLED_BY_RM); ids it no longer has are ignored.
+    pub(crate) fn kill_by_rm(&self, container_ids: &[ContainerId]) {
+        for container_id in container_ids {
+            let request = KillRequest {
+                reason: ExitReason::KilledByRm,
+                detail: "killed by the resource manager".to_owned(),
+            };
+            if self.kill(container_id, request).is_err() {
+                tracing::debug!(container_id = %container_id, "the RM asked to kill a container this node does not have");
+            }
+        }
+    }
+
+    /// The sampling monitor found the container over its limit.
+    pub(crate) fn kill_over_memory(&self, container_id: ContainerId, rss_bytes: u64) {
+        let limit_mb = self
+            .lock()
+            .containers
+            .get(&container_id)
+            .map_or(0, |record| record.resources.memory_mb);
+        let request = KillRequest {
+            reason: ExitReason::ExceededMemory,
+            detail: format!(
+                "container used more than its {limit_mb} MB memory limit (resident set of its processes: {} MB)",
+                rss_bytes / MIB
+            ),
+        };
+        let _ = self.kill(&container_id, request);
+    }
+
+    /// Kills every running container and waits for them to end, at most `timeout`.
+    pub(crate) async fn kill_all_and_wait(&self, reason: ExitReason, detail: &str, timeout: Duration) {
+        let waiters: Vec<watch::Receiver<bool>> = {
+            let mut state = self.lock();
+            state
+                .containers
+                .values_mut()
+                .filter(|record| record.status.state == ContainerState::Running)
+                .map(|record| {
+                    if record.kill.is_none() {
+                        record.kill = Some(KillRequest {
+                            reason,
+                            detail: detail.to_owned(),
+                        });
+                        record.kill_signal.notify_one();
+                    }
+                    record.finished.subscribe()
+                })
+                .collect()
+        };
+        let all_finished = async {
+            for mut finished in waiters {
+                let _ = finished.wait_for(|done| *done).await;
+            }
+        };
+        let _ = tokio::time::timeout(timeout, all_finished).await;
+    }
+
+    /// The RM recorded these completions: stop reporting them, and forget old ones.
+    pub(crate) fn acknowledge(&self, container_ids: &[ContainerId]) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        for container_id in container_ids {
+            let Some(record) = state.containers.get_mut(container_id) else {
+                continue;
+            };
+            if record.status.state == ContainerState::Complete && !record.acked {
+                record.acked = true;
+                state.acked_order.push_back((now, *container_id));
+            }
+        }
+        while let Some(&(acked_at, oldest)) = state.acked_order.front() {
+            let expired = now.duration_since(acked_at) > ACKED_RETENTION;
+            if !expired && state.acked_order.len() <= MAX_ACKED_RETAINED {
+                break;
+            }
+            state.acked_order.pop_front();
+            state.containers.remove(&oldest);
+        }
+    }
+
+    /// Follows the RM: a decommissioning node takes no new containers.
+    pub(crate) fn set_draining(&self, draining: bool) {
+        let mut state = self.lock();
+        if state.draining != draining {
+            tracing::info!(draining, "node drain state changed by the RM");
+            state.draining = draining;
+        }
+    }
+
+    /// What a heartbeat or a registration reports: every running container and every
+    /// completed one the RM has not acknowledged.
+    pub(crate) fn reportable_statuses(&self) -> Vec<ContainerStatus> {
+        self.lock()
+            .containers
+            .values()
+            .filter(|record| record.status.state == ContainerState::Running || !record.acked)
+            .map(|record| record.status.clone())
+            .collect()
+    }
+
+    /// Running containers without a cgroup, for the sampling memory monitor.
+    pub(crate) fn sampled_containers(&self) -> Vec<SampledContainer> {
+        self.lock()
+            .containers
+            .iter()
+            .filter(|(_, record)| record.sampled && record.kill.is_none())
+            .filter_map(|(container_id, record)| {
+                Some(SampledContainer {
+                    container_id: *container_id,
+                    process_group: record.process_group?,
+                    limit_bytes: record.resources.memory_mb.saturating_mul(MIB),
+                })
+            })
+            .collect()
+    }
+
+    /// Where a container's stdout or stderr file is (whether or not the agent remembers it).
+    pub(crate) fn log_path(&self, container_id: &ContainerId, stream: &str) -> std::path::PathBuf {
+        launcher::container_dir(&self.context.work_dir, container_id).join(stream)
+    }
+}
+
+async fn sleep_until_optional(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Compares secrets without an early exit that would leak how much of a guess was right.
+fn constant_time_eq(expected: &str, given: &str) -> bool {
+    let (expected, given) = (expected.as_bytes(), given.as_bytes());
+    if expected.len() != given.len() {
+        return false;
+    }
+    expected
+        .iter()
+        .zip(given)
+        .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+        == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares() {
+        assert!(constant_time_eq("abc", "abc"));
+        assert!(!constant_time_eq("abc", "abd"));
+        assert!(!constant_time_eq("abc", "ab"));
+        assert!(!constant_time_eq("", "a"));
+    }
+}

@@ -1,0 +1,108 @@
+//! The RM's HTTP server: the public API, the internal protocol, health, metrics, OpenAPI.
+
+mod extract;
+mod internal;
+mod public;
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use utoipa::OpenApi;
+
+use crate::error::ApiError;
+use crate::service::ResourceManager;
+
+pub use extract::parse_json;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Spindle resource manager", description = "Submit jobs, watch apps, containers and nodes."),
+    paths(
+        public::submit_app, public::list_apps, public::get_app, public::kill_app, public::app_containers,
+        public::list_nodes, public::get_node, public::decommission_node, public::cluster_report, public::queues,
+        public::container_logs
+    ),
+    components(schemas(spindle_protocol::JobSpec, spindle_protocol::ShellSpec, spindle_protocol::CustomSpec, spindle_protocol::JobKind,
+        spindle_protocol::Resources, spindle_protocol::AppState, spindle_protocol::FinalStatus, spindle_protocol::ContainerState,
+        spindle_protocol::ExitReason, spindle_protocol::NodeState, spindle_protocol::NodeUsage, spindle_protocol::AttemptReport)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        openapi.security = Some(vec![SecurityRequirement::new("token", Vec::<String>::new())]);
+    }
+}
+
+/// The whole router, with the body size limit of the config.
+pub fn router(rm: Arc<ResourceManager>) -> Router {
+    let max_body = rm.config.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(|| async { axum::Json(ApiDoc::openapi()) }))
+        .route("/v1/apps", post(public::submit_app).get(public::list_apps))
+        .route("/v1/apps/{app_id}", get(public::get_app).delete(public::kill_app))
+        .route("/v1/apps/{app_id}/containers", get(public::app_containers))
+        .route("/v1/nodes", get(public::list_nodes))
+        .route("/v1/nodes/{node_id}", get(public::get_node))
+        .route("/v1/nodes/{node_id}/decommission", post(public::decommission_node))
+        .route("/v1/cluster", get(public::cluster_report))
+        .route("/v1/queues", get(public::queues))
+        .route("/v1/containers/{container_id}/logs/{stream}", get(public::container_logs))
+        .route("/v1/internal/nodes/register", post(internal::register_node))
+        .route("/v1/internal/nodes/heartbeat", post(internal::node_heartbeat))
+        .route("/v1/internal/am/register", post(internal::register_am))
+        .route("/v1/internal/am/allocate", post(internal::allocate))
+        .route("/v1/internal/am/finish", post(internal::finish_am))
+        .fallback(|uri: axum::http::Uri| async move { ApiError::not_found(format!("no such endpoint: {}", uri.path())) })
+        .method_not_allowed_fallback(|| async { ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this path") })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(rm)
+}
+
+/// Prometheus text format.
+async fn metrics(State(rm): State<Arc<ResourceManager>>) -> impl IntoResponse {
+    let report = rm.read(|cluster| cluster.cluster_report(String::new())).await;
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    gauge("spindle_nodes", "Nodes by state.", report.nodes.iter().map(|(state, n)| (format!("{{state=\"{state}\"}}"), *n as f64)).collect());
+    gauge("spindle_apps", "Applications by state.", report.apps.iter().map(|(state, n)| (format!("{{state=\"{state}\"}}"), *n as f64)).collect());
+    gauge("spindle_containers_running", "Containers running.", vec![(String::new(), report.containers_running as f64)]);
+    gauge(
+        "spindle_capacity_vcores",
+        "Virtual cores of active nodes.",
+        vec![(String::new(), report.capacity.vcores as f64)],
+    );
+    gauge("spindle_used_vcores", "Virtual cores granted.", vec![(String::new(), report.used.vcores as f64)]);
+    gauge("spindle_capacity_memory_mb", "Memory of active nodes.", vec![(String::new(), report.capacity.memory_mb as f64)]);
+    gauge("spindle_used_memory_mb", "Memory granted.", vec![(String::new(), report.used.memory_mb as f64)]);
+    gauge("spindle_epoch", "RM restart epoch.", vec![(String::new(), report.epoch as f64)]);
+    let counters = [
+        ("spindle_store_commits_total", "Store transactions committed.", &rm.counters.commits),
+        ("spindle_allocate_calls_total", "AM allocate calls.", &rm.counters.allocate_calls),
+        ("spindle_heartbeats_total", "Agent heartbeats.", &rm.counters.heartbeats),
+        ("spindle_apps_submitted_total", "Applications submitted.", &rm.counters.apps_submitted),
+    ];
+    for (name, help, counter) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", counter.load(Ordering::Relaxed));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}

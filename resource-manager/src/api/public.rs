@@ -1,0 +1,182 @@
+//! The public REST API: apps, nodes, cluster, logs. Handlers translate and delegate to the
+//! service; they hold no state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use spindle_protocol::{
+    AgentClient, AppId, AppReport, AppState, ClusterReport, ContainerId, ContainerReport, DecommissionRequest, ErrorBody, JobSpec, NodeId,
+    NodeReport, SubmitReply,
+};
+
+use super::extract::{ApiJson, User};
+use crate::cluster::AppQuery;
+use crate::error::ApiError;
+use crate::service::ResourceManager;
+
+type Rm = State<Arc<ResourceManager>>;
+
+const DEFAULT_APP_LIMIT: usize = 100;
+const MAX_APP_LIMIT: usize = 10_000;
+
+pub(super) fn parse_app_id(text: &str) -> Result<AppId, ApiError> {
+    text.parse().map_err(|err| ApiError::bad_request(format!("app_id: {err}")))
+}
+
+fn parse_container_id(text: &str) -> Result<ContainerId, ApiError> {
+    text.parse().map_err(|err| ApiError::bad_request(format!("container_id: {err}")))
+}
+
+/// Submit a job.
+#[utoipa::path(post, path = "/v1/apps", request_body = JobSpec, tag = "apps",
+    responses((status = 201, body = SubmitReply), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub async fn submit_app(State(rm): Rm, User(caller): User, ApiJson(spec): ApiJson<JobSpec>) -> Result<Response, ApiError> {
+    let app_id = rm.mutate(|cluster, now| cluster.submit(&caller, spec, now)).await??;
+    rm.counters.apps_submitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(app = %app_id, user = %caller.user, "application submitted");
+    let location = format!("/v1/apps/{app_id}");
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(SubmitReply { app_id })).into_response())
+}
+
+/// List apps, newest first.
+#[utoipa::path(get, path = "/v1/apps", tag = "apps",
+    params(("state" = Option<String>, Query), ("queue" = Option<String>, Query), ("user" = Option<String>, Query), ("limit" = Option<u32>, Query)),
+    responses((status = 200, body = Vec<AppReport>), (status = 400, body = ErrorBody)))]
+pub async fn list_apps(State(rm): Rm, _user: User, Query(params): Query<HashMap<String, String>>) -> Result<Json<Vec<AppReport>>, ApiError> {
+    let mut query = AppQuery { limit: DEFAULT_APP_LIMIT, ..AppQuery::default() };
+    for (key, value) in params {
+        match key.as_str() {
+            "state" => query.state = Some(value.parse::<AppState>().map_err(|err| ApiError::bad_request(format!("state: {err}")))?),
+            "queue" => query.queue = Some(value),
+            "user" => query.user = Some(value),
+            "limit" => {
+                let limit: usize = value.parse().map_err(|_| ApiError::bad_request(format!("limit: `{value}` is not a number")))?;
+                if limit == 0 || limit > MAX_APP_LIMIT {
+                    return Err(ApiError::bad_request(format!("limit: must be 1 to {MAX_APP_LIMIT}")));
+                }
+                query.limit = limit;
+            }
+            other => return Err(ApiError::bad_request(format!("unknown query parameter `{other}`: use state, queue, user or limit"))),
+        }
+    }
+    Ok(Json(rm.read(|cluster| cluster.app_reports(&query)).await))
+}
+
+/// One app's report.
+#[utoipa::path(get, path = "/v1/apps/{app_id}", tag = "apps", params(("app_id" = String, Path)),
+    responses((status = 200, body = AppReport), (status = 404, body = ErrorBody)))]
+pub async fn get_app(State(rm): Rm, _user: User, Path(app_id): Path<String>) -> Result<Json<AppReport>, ApiError> {
+    let app_id = parse_app_id(&app_id)?;
+    rm.read(|cluster| cluster.app_report(app_id)).await.map(Json).ok_or_else(|| ApiError::not_found(format!("application {app_id} not found")))
+}
+
+/// Kill an app (its owner or an admin).
+#[utoipa::path(delete, path = "/v1/apps/{app_id}", tag = "apps", params(("app_id" = String, Path)),
+    responses((status = 200, body = AppReport), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn kill_app(State(rm): Rm, User(caller): User, Path(app_id): Path<String>) -> Result<Json<AppReport>, ApiError> {
+    let app_id = parse_app_id(&app_id)?;
+    let report = rm
+        .mutate(|cluster, now| {
+            cluster.kill_app(&caller, app_id, now)?;
+            Ok::<_, crate::cluster::AppError>(cluster.app_report(app_id))
+        })
+        .await??;
+    tracing::info!(app = %app_id, user = %caller.user, "application killed");
+    report.map(Json).ok_or_else(|| ApiError::not_found(format!("application {app_id} not found")))
+}
+
+/// An app's containers, live and finished.
+#[utoipa::path(get, path = "/v1/apps/{app_id}/containers", tag = "apps", params(("app_id" = String, Path)),
+    responses((status = 200, body = Vec<ContainerReport>), (status = 404, body = ErrorBody)))]
+pub async fn app_containers(State(rm): Rm, _user: User, Path(app_id): Path<String>) -> Result<Json<Vec<ContainerReport>>, ApiError> {
+    let app_id = parse_app_id(&app_id)?;
+    rm.read(|cluster| cluster.container_reports(app_id))
+        .await
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("application {app_id} not found")))
+}
+
+/// All nodes.
+#[utoipa::path(get, path = "/v1/nodes", tag = "nodes", responses((status = 200, body = Vec<NodeReport>)))]
+pub async fn list_nodes(State(rm): Rm, _user: User) -> Json<Vec<NodeReport>> {
+    Json(rm.read(|cluster| cluster.node_reports()).await)
+}
+
+/// One node.
+#[utoipa::path(get, path = "/v1/nodes/{node_id}", tag = "nodes", params(("node_id" = String, Path)),
+    responses((status = 200, body = NodeReport), (status = 404, body = ErrorBody)))]
+pub async fn get_node(State(rm): Rm, _user: User, Path(node_id): Path<String>) -> Result<Json<NodeReport>, ApiError> {
+    let node_id = NodeId(node_id);
+    rm.read(|cluster| cluster.node_report(&node_id)).await.map(Json).ok_or_else(|| ApiError::not_found(format!("node {node_id} not found")))
+}
+
+/// Drain a node, then remove it (admins only).
+#[utoipa::path(post, path = "/v1/nodes/{node_id}/decommission", tag = "nodes", params(("node_id" = String, Path)),
+    request_body = DecommissionRequest,
+    responses((status = 200, body = NodeReport), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn decommission_node(
+    State(rm): Rm,
+    User(caller): User,
+    Path(node_id): Path<String>,
+    ApiJson(request): ApiJson<DecommissionRequest>,
+) -> Result<Json<NodeReport>, ApiError> {
+    if !caller.admin {
+        return Err(ApiError::forbidden(format!("user {} may not decommission nodes: only admins may", caller.user)));
+    }
+    let node_id = NodeId(node_id);
+    let report = rm
+        .mutate(|cluster, now| {
+            cluster.decommission(&node_id, request.timeout_s, request.force, now)?;
+            Ok::<_, crate::cluster::NodeError>(cluster.node_report(&node_id))
+        })
+        .await??;
+    tracing::info!(node = %node_id, timeout_s = request.timeout_s, force = request.force, "node decommissioning");
+    report.map(Json).ok_or_else(|| ApiError::not_found(format!("node {node_id} not found")))
+}
+
+/// Cluster totals.
+#[utoipa::path(get, path = "/v1/cluster", tag = "cluster", responses((status = 200, body = ClusterReport)))]
+pub async fn cluster_report(State(rm): Rm, _user: User) -> Json<ClusterReport> {
+    let store = rm.store_description();
+    Json(rm.read(|cluster| cluster.cluster_report(store)).await)
+}
+
+/// The queue tree. Until the multi-tenant scheduler lands there is one leaf, `root.default`,
+/// holding the whole cluster.
+#[utoipa::path(get, path = "/v1/queues", tag = "cluster", responses((status = 200, body = Object)))]
+pub async fn queues(State(rm): Rm, _user: User) -> Json<serde_json::Value> {
+    let report = rm.read(|cluster| cluster.cluster_report(String::new())).await;
+    Json(serde_json::json!({
+        "name": "root", "guaranteed_percent": 100.0, "maximum_percent": 100.0,
+        "used": report.used, "capacity": report.capacity,
+        "children": [{"name": "default", "guaranteed_percent": 100.0, "maximum_percent": 100.0, "used": report.used, "children": []}]
+    }))
+}
+
+/// A container's stdout or stderr, fetched from its node (the app's owner or an admin).
+#[utoipa::path(get, path = "/v1/containers/{container_id}/logs/{stream}", tag = "apps",
+    params(("container_id" = String, Path), ("stream" = String, Path, description = "stdout or stderr")),
+    responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn container_logs(State(rm): Rm, User(caller): User, Path((container_id, stream)): Path<(String, String)>) -> Result<Response, ApiError> {
+    let container_id = parse_container_id(&container_id)?;
+    if stream != "stdout" && stream != "stderr" {
+        return Err(ApiError::bad_request(format!("stream: `{stream}` is not a log: use stdout or stderr")));
+    }
+    let location = rm
+        .read(|cluster| cluster.container_location(container_id))
+        .await
+        .ok_or_else(|| ApiError::not_found(format!("container {container_id} not found")))?;
+    if !caller.admin && location.owner != caller.user {
+        return Err(ApiError::forbidden(format!("container {container_id} belongs to {}; only its owner or an admin may read its logs", location.owner)));
+    }
+    let agent = AgentClient::new(&location.node_address, Some(rm.secret.agent_token()));
+    match agent.logs(container_id, &stream).await {
+        Ok(text) => Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()),
+        Err(err) if err.is_not_found() => Err(ApiError::not_found(format!("node {} has no logs for {container_id}", location.node_address))),
+        Err(err) => Err(ApiError::new(StatusCode::BAD_GATEWAY, format!("cannot fetch logs from node {}: {err}", location.node_address))),
+    }
+}

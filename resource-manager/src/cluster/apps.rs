@@ -1,0 +1,363 @@
+//! App and attempt lifecycle: submit, kill, the AM protocol (register, allocate, finish), and
+//! what happens when an AM container ends.
+
+use std::collections::BTreeSet;
+
+use spindle_protocol::{
+    AllocateReply, AllocateRequest, AppId, AppState, ContainerId, ContainerState, ContainerStatus, ExitReason, FinalStatus, JobKind,
+    JobSpec, LaunchRequest, LaunchSpec, RegisterAmReply, RegisterAmRequest, Resources, SpecError, env,
+};
+
+use super::{AmLaunch, App, Cluster};
+use crate::records::{AppRecord, AttemptRecord};
+
+/// Who is asking: the user an API token maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub user: String,
+    pub admin: bool,
+}
+
+/// Why an app operation was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    InvalidSpec(#[from] SpecError),
+    #[error("application {0} not found")]
+    NotFound(AppId),
+    #[error("container {0} not found")]
+    ContainerNotFound(ContainerId),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// More AM attempts than this are never made, even when failures do not count (a node that
+/// keeps dying under the AM must not loop forever).
+const ATTEMPT_HARD_LIMIT_EXTRA: u32 = 10;
+
+impl Cluster {
+    /// Accepts a job: checks it against the cluster, gives it an id, queues its AM container.
+    pub fn submit(&mut self, caller: &Caller, spec: JobSpec, now_ms: u64) -> Result<AppId, AppError> {
+        spec.validate()?;
+        let largest_node = self.max_container();
+        let largest_ask = spec.largest_container();
+        // With no nodes yet the job waits for one, as YARN does; with nodes, refuse what none can hold.
+        if !largest_node.is_zero() && !largest_node.fits(&largest_ask) {
+            let field = if spec.am.fits(&largest_ask) && largest_ask != spec.am { "am" } else { "shell" };
+            return Err(AppError::InvalidSpec(SpecError {
+                field: format!("{field}.memory_mb/vcores"),
+                reason: format!("a container of {largest_ask} is bigger than any node (largest: {largest_node})"),
+            }));
+        }
+        let app_id = AppId { cluster_ts: self.started_at_ms, seq: self.next_app_seq };
+        self.next_app_seq += 1;
+        let mut record = AppRecord {
+            app_id,
+            user: caller.user.clone(),
+            spec,
+            state: AppState::New,
+            final_status: FinalStatus::Undefined,
+            diagnostics: String::new(),
+            progress: 0.0,
+            attempts: Vec::new(),
+            submitted_at_ms: now_ms,
+            started_at_ms: None,
+            finished_at_ms: None,
+        };
+        for next in [AppState::Submitted, AppState::Accepted] {
+            debug_assert!(record.state.can_become(next));
+            record.state = next;
+        }
+        record.diagnostics = "waiting for a container for the application master".to_owned();
+        self.apps.insert(
+            app_id,
+            App {
+                record,
+                asks: Vec::new(),
+                undelivered: Vec::new(),
+                completions: Vec::new(),
+                live: BTreeSet::new(),
+                allocated: Resources::ZERO,
+                next_container_seq: 1,
+            },
+        );
+        self.start_attempt(app_id, now_ms);
+        self.schedule(now_ms);
+        Ok(app_id)
+    }
+
+    /// Kills an app: it is KILLED at once; its containers are stopped by their agents.
+    pub fn kill_app(&mut self, caller: &Caller, app_id: AppId, now_ms: u64) -> Result<(), AppError> {
+        let app = self.apps.get(&app_id).ok_or(AppError::NotFound(app_id))?;
+        if !caller.admin && app.record.user != caller.user {
+            return Err(AppError::Forbidden(format!(
+                "user {} may not kill {app_id}: it belongs to {}; only its owner or an admin may",
+                caller.user, app.record.user
+            )));
+        }
+        if app.record.state.is_terminal() {
+            return Err(AppError::Conflict(format!("{app_id} already ended as {}", app.record.state.as_str())));
+        }
+        self.end_app(app_id, AppState::Killed, FinalStatus::Killed, format!("killed by user {}", caller.user), None, now_ms);
+        Ok(())
+    }
+
+    /// Moves an app to a terminal state and stops everything it still runs but `keep` (the AM
+    /// container of an AM that finished the app, which exits by itself).
+    pub(super) fn end_app(
+        &mut self,
+        app_id: AppId,
+        state: AppState,
+        final_status: FinalStatus,
+        diagnostics: String,
+        keep: Option<ContainerId>,
+        now_ms: u64,
+    ) {
+        let Some(app) = self.apps.get_mut(&app_id) else { return };
+        debug_assert!(app.record.state.can_become(state), "{:?} -> {state:?}", app.record.state);
+        app.record.state = state;
+        app.record.final_status = final_status;
+        app.record.diagnostics = diagnostics.clone();
+        app.record.finished_at_ms = Some(now_ms);
+        if final_status == FinalStatus::Succeeded {
+            app.record.progress = 1.0;
+        }
+        if let Some(attempt) = app.record.attempts.last_mut()
+            && attempt.finished_at_ms.is_none()
+        {
+            attempt.finished_at_ms = Some(now_ms);
+        }
+        app.asks.clear();
+        let live: Vec<ContainerId> = app.live.iter().copied().filter(|id| Some(*id) != keep).collect();
+        self.mark_app(app_id);
+        self.outbox.wake.insert(app_id);
+        let reason = if state == AppState::Killed { "application killed" } else { "application ended" };
+        for container_id in live {
+            self.kill_container(container_id, ExitReason::KilledByRm, reason.to_owned(), now_ms);
+        }
+    }
+
+    /// Opens the next AM attempt; its AM container is placed by the next scheduling round.
+    fn start_attempt(&mut self, app_id: AppId, now_ms: u64) {
+        let Some(app) = self.apps.get_mut(&app_id) else { return };
+        let attempt = app.record.attempts.len() as u32 + 1;
+        app.record.attempts.push(AttemptRecord {
+            attempt,
+            am_container: None,
+            node_id: None,
+            registered: false,
+            started_at_ms: now_ms,
+            finished_at_ms: None,
+            diagnostics: String::new(),
+            counts_as_failure: false,
+        });
+        app.asks.clear();
+        app.undelivered.clear();
+        app.completions.clear();
+        self.mark_app(app_id);
+    }
+
+    /// The current attempt number, if the app is live.
+    fn current_attempt(&self, app_id: AppId) -> Option<u32> {
+        let app = self.apps.get(&app_id)?;
+        if app.record.state.is_terminal() {
+            return None;
+        }
+        app.record.attempts.last().map(|attempt| attempt.attempt)
+    }
+
+    /// The launch of an AM container: `spindle app-master` for built-in kinds, the user's
+    /// command for `custom`. The AM learns its job and its token from the environment.
+    pub(super) fn am_launch(&self, app_id: AppId, container_id: ContainerId, node_address: String) -> Option<AmLaunch> {
+        let app = self.apps.get(&app_id)?;
+        let container = self.containers.get(&container_id)?;
+        let spec = &app.record.spec;
+        let (command, mut launch_env) = match (&spec.kind, &spec.custom) {
+            (JobKind::Custom, Some(custom)) => (custom.command.clone(), custom.env.clone()),
+            _ => (vec!["spindle".to_owned(), "app-master".to_owned()], Default::default()),
+        };
+        launch_env.insert(env::AM_TOKEN.to_owned(), self.settings.secret.am_token(app_id, container_id.attempt));
+        launch_env.insert(env::JOB_SPEC.to_owned(), serde_json::to_string(spec).expect("job specs serialize"));
+        let token = self.settings.secret.sign_container(
+            container_id,
+            container.record.node_id.clone(),
+            container.record.resources,
+            container.record.launch_deadline_ms,
+        );
+        Some(AmLaunch { node_address, request: LaunchRequest { token, launch: LaunchSpec { command, env: launch_env } } })
+    }
+
+    /// The AM has started: the app is RUNNING.
+    pub fn register_am(&mut self, request: &RegisterAmRequest, now_ms: u64) -> Result<RegisterAmReply, AppError> {
+        self.check_attempt(request.app_id, request.attempt)?;
+        let max_container = self.max_container();
+        let app = self.apps.get_mut(&request.app_id).expect("checked above");
+        let attempt = app.record.attempts.last_mut().expect("a live app has an attempt");
+        if !attempt.registered {
+            attempt.registered = true;
+            if app.record.state == AppState::Accepted {
+                app.record.state = AppState::Running;
+            }
+            app.record.started_at_ms.get_or_insert(now_ms);
+            app.record.diagnostics.clear();
+            self.dirty.apps.insert(request.app_id);
+        }
+        let live_containers = app.live.iter().copied().filter(|id| id.attempt == request.attempt).collect();
+        Ok(RegisterAmReply { queue: app.record.spec.queue.clone(), max_container, live_containers })
+    }
+
+    /// Refuses calls from an AM attempt that is not the app's current one.
+    fn check_attempt(&self, app_id: AppId, attempt: u32) -> Result<(), AppError> {
+        let app = self.apps.get(&app_id).ok_or(AppError::NotFound(app_id))?;
+        match self.current_attempt(app_id) {
+            Some(current) if current == attempt => Ok(()),
+            Some(current) => Err(AppError::Conflict(format!("attempt {attempt} of {app_id} is not current (current: {current})"))),
+            None => Err(AppError::Conflict(format!("{app_id} already ended as {}", app.record.state.as_str()))),
+        }
+    }
+
+    /// Takes an AM's asks, releases and progress. Returns whether the app is still live.
+    pub fn update_asks(&mut self, request: &AllocateRequest, now_ms: u64) -> Result<(), AppError> {
+        if self.check_attempt(request.app_id, request.attempt).is_err() {
+            // A superseded or ended attempt gets `shutdown` from `collect_news`, not an error.
+            self.apps.get(&request.app_id).ok_or(AppError::NotFound(request.app_id))?;
+            return Ok(());
+        }
+        for release in &request.releases {
+            if release.app != request.app_id {
+                return Err(AppError::Forbidden(format!("container {release} does not belong to {}", request.app_id)));
+            }
+            self.kill_container(*release, ExitReason::KilledByApp, "released by the application master".to_owned(), now_ms);
+        }
+        let app = self.apps.get_mut(&request.app_id).expect("checked above");
+        app.record.progress = request.progress.clamp(0.0, 1.0);
+        // Asks are absolute from the AM's point of view; grants it has not heard of yet are
+        // already on their way to it, so they are subtracted here.
+        let mut asks = request.asks.clone();
+        for container_id in &app.undelivered {
+            let Some(container) = self.containers.get(container_id) else { continue };
+            if let Some(ask) = asks.iter_mut().find(|ask| ask.resources == container.record.resources && ask.count > 0) {
+                ask.count -= 1;
+            }
+        }
+        asks.retain(|ask| ask.count > 0);
+        app.asks = asks;
+        self.schedule(now_ms);
+        Ok(())
+    }
+
+    /// What the AM has not heard yet: new grants (now ACQUIRED) and completions. `None` if
+    /// there is nothing, so the caller may long-poll.
+    pub fn collect_news(&mut self, app_id: AppId, attempt: u32) -> Option<AllocateReply> {
+        let app = self.apps.get(&app_id)?;
+        if self.current_attempt(app_id) != Some(attempt) {
+            return Some(AllocateReply { shutdown: true, ..AllocateReply::default() });
+        }
+        if app.undelivered.is_empty() && app.completions.is_empty() {
+            return None;
+        }
+        let app = self.apps.get_mut(&app_id).expect("checked above");
+        let granted = std::mem::take(&mut app.undelivered);
+        let completed = std::mem::take(&mut app.completions);
+        let mut allocated = Vec::with_capacity(granted.len());
+        for container_id in granted {
+            let Some(container) = self.containers.get_mut(&container_id) else { continue };
+            if container.record.state != ContainerState::Allocated {
+                continue;
+            }
+            container.record.state = ContainerState::Acquired;
+            let record = &container.record;
+            allocated.push(spindle_protocol::Allocation {
+                container_id,
+                node_id: record.node_id.clone(),
+                node_address: record.node_address.clone(),
+                resources: record.resources,
+                token: self.settings.secret.sign_container(container_id, record.node_id.clone(), record.resources, record.launch_deadline_ms),
+            });
+            self.dirty.containers.insert(container_id);
+        }
+        let headroom = self.headroom();
+        Some(AllocateReply { allocated, completed, preempt: Vec::new(), headroom, shutdown: false })
+    }
+
+    /// The answer to an allocate call that waited and heard nothing.
+    pub fn idle_reply(&self) -> AllocateReply {
+        AllocateReply { headroom: self.headroom(), ..AllocateReply::default() }
+    }
+
+    /// What is free on schedulable nodes now.
+    fn headroom(&self) -> Resources {
+        self.nodes
+            .values()
+            .filter(|node| node.record.state.is_schedulable())
+            .fold(Resources::ZERO, |total, node| total + node.record.capacity.saturating_sub(&node.used))
+    }
+
+    /// The AM reports the end of the app.
+    pub fn finish_am(&mut self, request: &spindle_protocol::FinishAmRequest, now_ms: u64) -> Result<(), AppError> {
+        self.check_attempt(request.app_id, request.attempt)?;
+        let (state, final_status) = match request.final_status {
+            FinalStatus::Succeeded => (AppState::Finished, FinalStatus::Succeeded),
+            FinalStatus::Killed => (AppState::Killed, FinalStatus::Killed),
+            FinalStatus::Failed | FinalStatus::Undefined => (AppState::Failed, FinalStatus::Failed),
+        };
+        let state = if state == AppState::Finished && self.apps[&request.app_id].record.state == AppState::Accepted {
+            // An AM that finishes without registering still ends the app; pass through RUNNING.
+            let app = self.apps.get_mut(&request.app_id).expect("checked above");
+            app.record.state = AppState::Running;
+            state
+        } else {
+            state
+        };
+        let am_container = self.apps[&request.app_id].record.attempts.last().and_then(|attempt| attempt.am_container);
+        self.end_app(request.app_id, state, final_status, request.diagnostics.clone(), am_container, now_ms);
+        Ok(())
+    }
+
+    /// The AM container of the current attempt ended. Unless the AM finished the app first,
+    /// that attempt failed: start another, or fail the app when attempts run out.
+    pub(super) fn am_container_ended(&mut self, app_id: AppId, status: &ContainerStatus, now_ms: u64) {
+        let Some(app) = self.apps.get_mut(&app_id) else { return };
+        let is_current = app.record.attempts.last().and_then(|attempt| attempt.am_container) == Some(status.container_id);
+        if app.record.state.is_terminal() || !is_current {
+            return;
+        }
+        let reason = status.exit_reason.unwrap_or(ExitReason::Failed);
+        let counts = !matches!(reason, ExitReason::NodeLost | ExitReason::Preempted | ExitReason::Expired | ExitReason::KilledByRm);
+        let code = status.exit_code.map(|code| format!(" with code {code}")).unwrap_or_default();
+        let diagnostics = format!(
+            "AM container {} exited{code} ({reason:?}) before the application finished: {}",
+            status.container_id,
+            status.diagnostics.trim()
+        );
+        let attempt = app.record.attempts.last_mut().expect("checked above");
+        attempt.finished_at_ms = Some(now_ms);
+        attempt.diagnostics = diagnostics.clone();
+        attempt.counts_as_failure = counts;
+        let failures = app.record.attempts.iter().filter(|attempt| attempt.counts_as_failure).count() as u32;
+        let total = app.record.attempts.len() as u32;
+        let max_attempts = app.record.spec.max_attempts;
+        self.dirty.apps.insert(app_id);
+        if failures >= max_attempts || total >= max_attempts + ATTEMPT_HARD_LIMIT_EXTRA {
+            let summary = format!("application master failed {total} time(s) (max_attempts = {max_attempts}); last: {diagnostics}");
+            self.end_app(app_id, AppState::Failed, FinalStatus::Failed, summary, None, now_ms);
+            return;
+        }
+        // As YARN does by default, a new attempt starts clean: the old attempt's containers go.
+        let leftovers: Vec<ContainerId> = self.apps[&app_id].live.iter().copied().collect();
+        for container_id in leftovers {
+            self.kill_container(container_id, ExitReason::KilledByRm, "its application master attempt failed".to_owned(), now_ms);
+        }
+        let app = self.apps.get_mut(&app_id).expect("checked above");
+        app.record.state = AppState::Accepted;
+        app.record.diagnostics = format!("attempt {total} failed; starting attempt {}: {diagnostics}", total + 1);
+        self.start_attempt(app_id, now_ms);
+    }
+
+    /// Whether the app exists and who owns it (for access checks on reads).
+    pub fn app_owner(&self, app_id: AppId) -> Option<&str> {
+        self.apps.get(&app_id).map(|app| app.record.user.as_str())
+    }
+}

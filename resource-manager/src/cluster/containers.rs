@@ -1,0 +1,225 @@
+//! Container lifecycle: scheduling rounds that grant them, launches seen by agents, kills,
+//! completions, and reclaiming grants nobody launched.
+
+use spindle_protocol::{AppId, AppState, ContainerId, ContainerState, ContainerStatus, ExitReason, NodeId};
+
+use super::{Cluster, Container, exit_reason_of};
+use crate::records::ContainerRecord;
+use crate::scheduler::{NodeHeadroom, PendingAsk};
+
+impl Cluster {
+    /// One scheduling round: asks in service order (priority, then submit time), placed by the
+    /// scheduler, turned into ALLOCATED containers.
+    pub fn schedule(&mut self, now_ms: u64) {
+        let mut order: Vec<(&AppId, i32, u64)> = self
+            .apps
+            .iter()
+            .filter(|(_, app)| matches!(app.record.state, AppState::Accepted | AppState::Running))
+            .map(|(id, app)| (id, app.record.spec.priority, app.record.submitted_at_ms))
+            .collect();
+        order.sort_by_key(|(id, priority, submitted)| (-priority, *submitted, **id));
+        let mut pending = Vec::new();
+        for (app_id, _, _) in order {
+            let app = &self.apps[app_id];
+            let Some(attempt) = app.record.attempts.last() else { continue };
+            if attempt.am_container.is_none() {
+                pending.push(PendingAsk { app_id: *app_id, ask_index: None, resources: app.record.spec.am, count: 1, preferred_nodes: vec![] });
+            } else if attempt.registered {
+                pending.extend(app.asks.iter().enumerate().filter(|(_, ask)| ask.count > 0).map(|(index, ask)| PendingAsk {
+                    app_id: *app_id,
+                    ask_index: Some(index),
+                    resources: ask.resources,
+                    count: ask.count,
+                    preferred_nodes: ask.nodes.clone(),
+                }));
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        let nodes: Vec<NodeHeadroom> = self
+            .nodes
+            .values()
+            .filter(|node| node.record.state.is_schedulable() && node.registered)
+            .map(|node| NodeHeadroom { node_id: node.record.node_id.clone(), available: node.record.capacity.saturating_sub(&node.used) })
+            .collect();
+        for placement in self.scheduler.place(&pending, &nodes) {
+            let ask = &pending[placement.ask];
+            self.allocate_container(ask.app_id, ask.ask_index, &placement.node_id, now_ms);
+        }
+    }
+
+    /// Grants one container of an app's ask (or its AM container) on a node.
+    fn allocate_container(&mut self, app_id: AppId, ask_index: Option<usize>, node_id: &NodeId, now_ms: u64) {
+        let epoch = self.epoch;
+        let launch_expiry = self.settings.container_launch_expiry_ms;
+        let Some(app) = self.apps.get_mut(&app_id) else { return };
+        let Some(node) = self.nodes.get_mut(node_id) else { return };
+        let attempt = app.record.attempts.last().expect("scheduled apps have an attempt").attempt;
+        let container_id = ContainerId { app: app_id, attempt, epoch, seq: app.next_container_seq };
+        app.next_container_seq += 1;
+        let resources = match ask_index {
+            None => app.record.spec.am,
+            Some(index) => {
+                let ask = &mut app.asks[index];
+                ask.count -= 1;
+                ask.resources
+            }
+        };
+        let record = ContainerRecord {
+            container_id,
+            node_id: node_id.clone(),
+            node_address: node.record.address.clone(),
+            resources,
+            state: ContainerState::Allocated,
+            is_am: ask_index.is_none(),
+            exit_code: None,
+            exit_reason: None,
+            diagnostics: String::new(),
+            allocated_at_ms: now_ms,
+            launch_deadline_ms: now_ms + launch_expiry,
+            started_at_ms: None,
+            finished_at_ms: None,
+        };
+        debug_assert!(node.record.capacity.saturating_sub(&node.used).fits(&resources), "scheduler over-committed {node_id}");
+        node.used += resources;
+        node.live.insert(container_id);
+        app.live.insert(container_id);
+        app.allocated += resources;
+        let node_address = node.record.address.clone();
+        let is_am = ask_index.is_none();
+        if is_am {
+            let attempt = app.record.attempts.last_mut().expect("checked above");
+            attempt.am_container = Some(container_id);
+            attempt.node_id = Some(node_id.clone());
+            app.record.diagnostics = format!("application master container granted on {node_id}; launching");
+        } else {
+            app.undelivered.push(container_id);
+        }
+        self.containers.insert(container_id, Container { record, kill_reason: None });
+        self.mark_container(container_id);
+        if is_am {
+            self.mark_app(app_id);
+            if let Some(launch) = self.am_launch(app_id, container_id, node_address) {
+                self.outbox.am_launches.push(launch);
+            }
+        } else {
+            self.outbox.wake.insert(app_id);
+        }
+    }
+
+    /// A container's agent says it runs.
+    pub(super) fn container_running(&mut self, container_id: ContainerId, started_at_ms: Option<u64>, now_ms: u64) {
+        let Some(container) = self.containers.get_mut(&container_id) else { return };
+        if !container.record.state.can_become(ContainerState::Running) {
+            return;
+        }
+        container.record.state = ContainerState::Running;
+        container.record.started_at_ms = Some(started_at_ms.unwrap_or(now_ms));
+        self.mark_container(container_id);
+    }
+
+    /// Stops a container: one never launched completes now; a running one is killed by its
+    /// agent, and completes when the agent reports it.
+    pub(super) fn kill_container(&mut self, container_id: ContainerId, reason: ExitReason, diagnostics: String, now_ms: u64) {
+        let Some(container) = self.containers.get_mut(&container_id) else { return };
+        if !container.record.state.is_live() {
+            return;
+        }
+        let node_id = container.record.node_id.clone();
+        if let Some(node) = self.nodes.get_mut(&node_id) {
+            // Also for unlaunched ones: the AM may still be launching it with a valid token.
+            node.pending_kills.insert(container_id);
+        }
+        if container.record.state == ContainerState::Running {
+            container.kill_reason.get_or_insert((reason, diagnostics));
+            return;
+        }
+        let status = synthetic_status(container_id, reason, diagnostics, now_ms);
+        self.complete_container(status, now_ms);
+    }
+
+    /// A container ended (as its agent reports, or as the RM decides for lost and unlaunched
+    /// ones). Frees its resources and tells its AM.
+    pub(super) fn complete_container(&mut self, mut status: ContainerStatus, now_ms: u64) {
+        let container_id = status.container_id;
+        let Some(container) = self.containers.get_mut(&container_id) else { return };
+        if !container.record.state.is_live() {
+            return;
+        }
+        // A kill the RM or AM asked for keeps its reason, unless the container beat it to the end.
+        if let Some((reason, diagnostics)) = container.kill_reason.take()
+            && !matches!(status.exit_reason, Some(ExitReason::Success | ExitReason::ExceededMemory))
+        {
+            status.exit_reason = Some(reason);
+            status.diagnostics = diagnostics;
+        }
+        let exit_reason = status.exit_reason.unwrap_or_else(|| exit_reason_of(status.exit_code));
+        status.exit_reason = Some(exit_reason);
+        status.state = ContainerState::Complete;
+        status.finished_at_ms.get_or_insert(now_ms);
+        let record = &mut container.record;
+        record.state = ContainerState::Complete;
+        record.exit_code = status.exit_code;
+        record.exit_reason = Some(exit_reason);
+        record.diagnostics = status.diagnostics.clone();
+        record.finished_at_ms = status.finished_at_ms;
+        if record.started_at_ms.is_none() {
+            record.started_at_ms = status.started_at_ms;
+        }
+        let (resources, node_id, is_am) = (record.resources, record.node_id.clone(), record.is_am);
+        self.mark_container(container_id);
+        if let Some(node) = self.nodes.get_mut(&node_id) {
+            node.used -= resources;
+            node.live.remove(&container_id);
+            node.pending_kills.remove(&container_id);
+        }
+        let app_id = container_id.app;
+        let Some(app) = self.apps.get_mut(&app_id) else { return };
+        app.live.remove(&container_id);
+        app.allocated -= resources;
+        if is_am {
+            self.am_container_ended(app_id, &status, now_ms);
+            return;
+        }
+        let current_attempt = app.record.attempts.last().map(|attempt| attempt.attempt);
+        if !app.record.state.is_terminal() && current_attempt == Some(container_id.attempt) {
+            app.undelivered.retain(|id| *id != container_id);
+            app.completions.push(status);
+            self.outbox.wake.insert(app_id);
+        }
+    }
+
+    /// The RM could not start an AM container: it completes as FAILED, and the attempt with it.
+    pub fn launch_failed(&mut self, status: ContainerStatus, now_ms: u64) {
+        self.complete_container(status, now_ms);
+    }
+
+    /// Grants not running by their deadline are reclaimed as EXPIRED.
+    pub(super) fn expire_unlaunched_containers(&mut self, now_ms: u64) {
+        let expired: Vec<ContainerId> = self
+            .containers
+            .values()
+            .filter(|c| matches!(c.record.state, ContainerState::Allocated | ContainerState::Acquired))
+            .filter(|c| c.record.launch_deadline_ms < now_ms)
+            .map(|c| c.record.container_id)
+            .collect();
+        for container_id in expired {
+            let after = self.settings.container_launch_expiry_ms / 1000;
+            self.kill_container(container_id, ExitReason::Expired, format!("not launched within {after} s of its grant"), now_ms);
+        }
+    }
+}
+
+/// A completion the RM decides on itself (no exit code: the process never ran or was lost).
+pub(super) fn synthetic_status(container_id: ContainerId, reason: ExitReason, diagnostics: String, now_ms: u64) -> ContainerStatus {
+    ContainerStatus {
+        container_id,
+        state: ContainerState::Complete,
+        exit_code: None,
+        exit_reason: Some(reason),
+        diagnostics,
+        started_at_ms: None,
+        finished_at_ms: Some(now_ms),
+    }
+}

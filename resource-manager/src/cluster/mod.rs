@@ -1,0 +1,203 @@
+//! The cluster state machine: apps, attempts, containers and nodes, and every legal change to
+//! them. It is pure: callers pass `now` in, and it performs no I/O. Each change marks the
+//! records it touched; the service commits those (one transaction) before anyone is told, and
+//! only then carries out the outbox (AM launches, waking long-polling AMs).
+
+mod apps;
+mod containers;
+mod nodes;
+mod recovery;
+mod reports;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use spindle_protocol::{
+    AppId, ClusterSecret, ContainerId, ContainerStatus, ExitReason, LaunchRequest, NodeId, NodeUsage, ResourceAsk, Resources,
+};
+
+use crate::records::{AppRecord, ContainerRecord, NodeRecord, WriteBatch};
+use crate::scheduler::{FirstFit, Scheduler};
+
+pub use apps::{AppError, Caller};
+pub use nodes::NodeError;
+pub use reports::{AppQuery, ContainerLocation};
+
+/// Timing and identity settings the state machine needs.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub secret: ClusterSecret,
+    pub node_expiry_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub container_launch_expiry_ms: u64,
+}
+
+/// The RM's whole in-memory state. One owner (the service) holds it behind one lock.
+pub struct Cluster {
+    settings: ClusterSettings,
+    /// Increases at every RM start; part of container ids and the fence of every store write.
+    epoch: u64,
+    /// When this RM started: the `cluster_ts` of apps it accepts.
+    started_at_ms: u64,
+    next_app_seq: u32,
+    apps: BTreeMap<AppId, App>,
+    containers: HashMap<ContainerId, Container>,
+    nodes: BTreeMap<NodeId, Node>,
+    scheduler: Box<dyn Scheduler>,
+    dirty: Dirty,
+    outbox: Outbox,
+}
+
+/// An app and its soft state (asks and undelivered news live only in memory: AMs resend asks
+/// with every allocate, and news is rebuilt at recovery).
+struct App {
+    record: AppRecord,
+    /// The current attempt's latest asks, minus what was granted since.
+    asks: Vec<ResourceAsk>,
+    /// Granted containers the AM has not been told about yet.
+    undelivered: Vec<ContainerId>,
+    /// Completions the AM has not been told about yet.
+    completions: Vec<ContainerStatus>,
+    /// Containers not yet COMPLETE, the AM container included.
+    live: BTreeSet<ContainerId>,
+    allocated: Resources,
+    next_container_seq: u64,
+}
+
+struct Container {
+    record: ContainerRecord,
+    /// Set when the RM or the AM asked for the kill: the completion gets this reason.
+    kill_reason: Option<(spindle_protocol::ExitReason, String)>,
+}
+
+struct Node {
+    record: NodeRecord,
+    used: Resources,
+    live: BTreeSet<ContainerId>,
+    last_heartbeat_ms: u64,
+    usage: NodeUsage,
+    health_report: String,
+    /// Registered with this RM process (after a restart, recovered nodes must register again).
+    registered: bool,
+    /// Containers the agent must kill; sent in every heartbeat reply until they complete.
+    pending_kills: BTreeSet<ContainerId>,
+}
+
+#[derive(Default)]
+struct Dirty {
+    apps: BTreeSet<AppId>,
+    containers: BTreeSet<ContainerId>,
+    nodes: BTreeSet<NodeId>,
+}
+
+/// Side effects to carry out after the writes are committed.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// AM containers to start: the RM launches them itself.
+    pub am_launches: Vec<AmLaunch>,
+    /// Apps whose AM may be long-polling and has news.
+    pub wake: BTreeSet<AppId>,
+}
+
+/// An AM container the RM must start on a node.
+#[derive(Debug, Clone)]
+pub struct AmLaunch {
+    pub node_address: String,
+    pub request: LaunchRequest,
+}
+
+impl Cluster {
+    /// A cluster with no apps or nodes yet (a new database, or before recovery).
+    pub fn new(settings: ClusterSettings, epoch: u64, now_ms: u64) -> Cluster {
+        Cluster {
+            settings,
+            epoch,
+            started_at_ms: now_ms,
+            next_app_seq: 1,
+            apps: BTreeMap::new(),
+            containers: HashMap::new(),
+            nodes: BTreeMap::new(),
+            scheduler: Box::new(FirstFit::default()),
+            dirty: Dirty::default(),
+            outbox: Outbox::default(),
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn started_at_ms(&self) -> u64 {
+        self.started_at_ms
+    }
+
+    pub fn settings(&self) -> &ClusterSettings {
+        &self.settings
+    }
+
+    /// The records changed since the last call, for one transaction.
+    pub fn take_writes(&mut self) -> WriteBatch {
+        let dirty = std::mem::take(&mut self.dirty);
+        WriteBatch {
+            apps: dirty.apps.iter().filter_map(|id| self.apps.get(id)).map(|app| app.record.clone()).collect(),
+            containers: dirty.containers.iter().filter_map(|id| self.containers.get(id)).map(|c| c.record.clone()).collect(),
+            nodes: dirty.nodes.iter().filter_map(|id| self.nodes.get(id)).map(|node| node.record.clone()).collect(),
+        }
+    }
+
+    /// Side effects to perform once the writes are durable.
+    pub fn take_outbox(&mut self) -> Outbox {
+        std::mem::take(&mut self.outbox)
+    }
+
+    fn mark_app(&mut self, app_id: AppId) {
+        self.dirty.apps.insert(app_id);
+    }
+
+    fn mark_container(&mut self, container_id: ContainerId) {
+        self.dirty.containers.insert(container_id);
+    }
+
+    fn mark_node(&mut self, node_id: &NodeId) {
+        self.dirty.nodes.insert(node_id.clone());
+    }
+
+    /// The largest container some schedulable node could hold if it were empty.
+    pub fn max_container(&self) -> Resources {
+        self.nodes
+            .values()
+            .filter(|node| node.record.state.is_active())
+            .map(|node| node.record.capacity)
+            .fold(Resources::ZERO, |best, capacity| {
+                Resources::new(best.vcores.max(capacity.vcores), best.memory_mb.max(capacity.memory_mb))
+            })
+    }
+
+    /// Periodic work: lose silent nodes, reclaim unlaunched grants, finish decommissions, place.
+    pub fn tick(&mut self, now_ms: u64) {
+        self.expire_nodes(now_ms);
+        self.expire_unlaunched_containers(now_ms);
+        self.advance_decommissions(now_ms);
+        self.schedule(now_ms);
+    }
+
+    /// Ids of apps that ended before `cutoff_ms`, to drop from memory after the store purged them.
+    pub fn forget_finished_before(&mut self, cutoff_ms: u64) -> usize {
+        let old: Vec<AppId> = self
+            .apps
+            .values()
+            .filter(|app| app.record.state.is_terminal() && app.live.is_empty())
+            .filter(|app| app.record.finished_at_ms.is_some_and(|finished| finished < cutoff_ms))
+            .map(|app| app.record.app_id)
+            .collect();
+        for app_id in &old {
+            self.apps.remove(app_id);
+        }
+        self.containers.retain(|id, _| !old.contains(&id.app));
+        old.len()
+    }
+}
+
+/// The reason and diagnostics a completion gets when nobody asked for the kill.
+fn exit_reason_of(code: Option<i32>) -> ExitReason {
+    if code == Some(0) { ExitReason::Success } else { ExitReason::Failed }
+}

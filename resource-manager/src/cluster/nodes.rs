@@ -1,0 +1,215 @@
+//! Node lifecycle: registration, heartbeats and the container statuses they carry, loss by
+//! silence, and graceful decommissioning.
+
+use std::collections::BTreeSet;
+
+use spindle_protocol::{
+    ContainerId, ContainerState, ContainerStatus, ExitReason, NodeHeartbeatReply, NodeHeartbeatRequest, NodeId, NodeState, NodeUsage,
+    RegisterNodeReply, RegisterNodeRequest, Resources,
+};
+
+use super::containers::synthetic_status;
+use super::{Cluster, Node};
+use crate::records::NodeRecord;
+
+/// Why a node operation was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NodeError {
+    #[error("node {0} not found")]
+    NotFound(NodeId),
+    #[error("node {node} is {state:?}: {what}")]
+    Conflict { node: NodeId, state: NodeState, what: String },
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl Cluster {
+    /// An agent joins (or re-joins after an RM restart or after being LOST).
+    pub fn register_node(&mut self, request: RegisterNodeRequest, now_ms: u64) -> Result<RegisterNodeReply, NodeError> {
+        if request.capacity.vcores == 0 || request.capacity.memory_mb == 0 {
+            return Err(NodeError::Invalid { field: "capacity", reason: format!("{} has a zero resource", request.capacity) });
+        }
+        let node_id = request.node_id.clone();
+        let node = self.nodes.entry(node_id.clone()).or_insert_with(|| Node {
+            record: NodeRecord {
+                node_id: node_id.clone(),
+                address: request.address.clone(),
+                rack: request.rack.clone(),
+                labels: request.labels.clone(),
+                capacity: request.capacity,
+                state: NodeState::New,
+                decommission_deadline_ms: None,
+            },
+            used: Resources::ZERO,
+            live: BTreeSet::new(),
+            last_heartbeat_ms: now_ms,
+            usage: NodeUsage::default(),
+            health_report: String::new(),
+            registered: false,
+            pending_kills: BTreeSet::new(),
+        });
+        node.record.address = request.address.clone();
+        node.record.rack = request.rack.clone();
+        node.record.labels = request.labels.clone();
+        node.record.capacity = request.capacity;
+        if node.record.state.can_become(NodeState::Running) {
+            node.record.state = NodeState::Running;
+            node.record.decommission_deadline_ms = None;
+        }
+        node.registered = true;
+        node.last_heartbeat_ms = now_ms;
+        self.mark_node(&node_id);
+
+        let reported: BTreeSet<ContainerId> = request.containers.iter().map(|status| status.container_id).collect();
+        let (kill, acked) = self.apply_container_statuses(&node_id, request.containers, now_ms);
+        // Containers the RM believed running there that the agent no longer has are gone.
+        let vanished: Vec<ContainerId> = self.nodes[&node_id]
+            .live
+            .iter()
+            .filter(|id| !reported.contains(id))
+            .filter(|id| self.containers.get(id).is_some_and(|c| c.record.state == ContainerState::Running))
+            .copied()
+            .collect();
+        for container_id in vanished {
+            let diagnostics = format!("node {node_id} registered again without this container");
+            self.complete_container(synthetic_status(container_id, ExitReason::NodeLost, diagnostics, now_ms), now_ms);
+        }
+        self.schedule(now_ms);
+        Ok(RegisterNodeReply { epoch: self.epoch, heartbeat_interval_ms: self.settings.heartbeat_interval_ms, kill, acked })
+    }
+
+    /// A periodic (or immediate) heartbeat: usage, health and container statuses.
+    pub fn node_heartbeat(&mut self, request: NodeHeartbeatRequest, now_ms: u64) -> NodeHeartbeatReply {
+        let node_id = request.node_id.clone();
+        let Some(node) = self.nodes.get_mut(&node_id) else {
+            return NodeHeartbeatReply { resync: true, ..NodeHeartbeatReply::default() };
+        };
+        match node.record.state {
+            NodeState::Decommissioned => return NodeHeartbeatReply { shutdown: true, ..NodeHeartbeatReply::default() },
+            NodeState::Lost => return NodeHeartbeatReply { resync: true, ..NodeHeartbeatReply::default() },
+            _ if !node.registered => return NodeHeartbeatReply { resync: true, ..NodeHeartbeatReply::default() },
+            _ => {}
+        }
+        node.last_heartbeat_ms = now_ms;
+        node.usage = request.usage;
+        node.health_report = request.health_report.clone();
+        let next_state = match (node.record.state, request.healthy) {
+            (NodeState::Running, false) => Some(NodeState::Unhealthy),
+            (NodeState::Unhealthy, true) => Some(NodeState::Running),
+            _ => None,
+        };
+        if let Some(next) = next_state {
+            node.record.state = next;
+            self.mark_node(&node_id);
+        }
+        let (_, acked) = self.apply_container_statuses(&node_id, request.containers, now_ms);
+        self.advance_decommissions(now_ms);
+        self.schedule(now_ms);
+        let node = &self.nodes[&node_id];
+        NodeHeartbeatReply {
+            kill: node.pending_kills.iter().copied().collect(),
+            acked,
+            drain: node.record.state == NodeState::Decommissioning,
+            shutdown: node.record.state == NodeState::Decommissioned,
+            resync: false,
+        }
+    }
+
+    /// Applies what an agent says of its containers. Returns (to kill, completed to ack).
+    fn apply_container_statuses(&mut self, node_id: &NodeId, statuses: Vec<ContainerStatus>, now_ms: u64) -> (Vec<ContainerId>, Vec<ContainerId>) {
+        let mut kill = Vec::new();
+        let mut acked = Vec::new();
+        for status in statuses {
+            let container_id = status.container_id;
+            let known_here = self.containers.get(&container_id).filter(|c| &c.record.node_id == node_id).map(|c| c.record.state);
+            match (status.state, known_here) {
+                (ContainerState::Complete, Some(state)) if state.is_live() => {
+                    self.complete_container(status, now_ms);
+                    acked.push(container_id);
+                }
+                (ContainerState::Complete, _) => acked.push(container_id),
+                // Unknown, or already given up on (lost, expired, killed): it must not run.
+                (_, None | Some(ContainerState::Complete)) => {
+                    kill.push(container_id);
+                    if let Some(node) = self.nodes.get_mut(node_id) {
+                        node.pending_kills.insert(container_id);
+                    }
+                }
+                (_, Some(_)) => self.container_running(container_id, status.started_at_ms, now_ms),
+            }
+        }
+        (kill, acked)
+    }
+
+    /// Nodes silent for `node_expiry` are LOST; their containers complete as NODE_LOST.
+    pub(super) fn expire_nodes(&mut self, now_ms: u64) {
+        let expiry = self.settings.node_expiry_ms;
+        let silent: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|node| node.record.state.is_active() && node.last_heartbeat_ms + expiry < now_ms)
+            .map(|node| node.record.node_id.clone())
+            .collect();
+        for node_id in silent {
+            let node = self.nodes.get_mut(&node_id).expect("listed above");
+            node.record.state = NodeState::Lost;
+            node.registered = false;
+            node.pending_kills.clear();
+            let live: Vec<ContainerId> = node.live.iter().copied().collect();
+            self.mark_node(&node_id);
+            tracing::warn!(node = %node_id, containers = live.len(), "node lost: no heartbeat for {} ms", expiry);
+            for container_id in live {
+                let diagnostics = format!("node {node_id} was lost: no heartbeat for {} s", expiry / 1000);
+                self.complete_container(synthetic_status(container_id, ExitReason::NodeLost, diagnostics, now_ms), now_ms);
+            }
+        }
+    }
+
+    /// Starts draining a node: no new containers; running ones may finish until the timeout.
+    pub fn decommission(&mut self, node_id: &NodeId, timeout_s: u64, force: bool, now_ms: u64) -> Result<(), NodeError> {
+        let node = self.nodes.get_mut(node_id).ok_or_else(|| NodeError::NotFound(node_id.clone()))?;
+        if !node.record.state.is_active() {
+            return Err(NodeError::Conflict {
+                node: node_id.clone(),
+                state: node.record.state,
+                what: "only a NEW, RUNNING or UNHEALTHY node can be decommissioned".to_owned(),
+            });
+        }
+        if timeout_s > 7 * 24 * 3600 {
+            return Err(NodeError::Invalid { field: "timeout_s", reason: format!("{timeout_s} is more than a week") });
+        }
+        node.record.state = NodeState::Decommissioning;
+        let deadline = if force { now_ms } else { now_ms.saturating_add(timeout_s * 1000) };
+        // A second request may shorten the drain, never lengthen it.
+        node.record.decommission_deadline_ms = Some(node.record.decommission_deadline_ms.map_or(deadline, |old| old.min(deadline)));
+        self.mark_node(node_id);
+        self.advance_decommissions(now_ms);
+        Ok(())
+    }
+
+    /// Kills what outlived a drain's deadline; a drained node becomes DECOMMISSIONED.
+    pub(super) fn advance_decommissions(&mut self, now_ms: u64) {
+        let draining: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|node| node.record.state == NodeState::Decommissioning)
+            .map(|node| node.record.node_id.clone())
+            .collect();
+        for node_id in draining {
+            let node = &self.nodes[&node_id];
+            if node.record.decommission_deadline_ms.is_some_and(|deadline| deadline <= now_ms) {
+                let overdue: Vec<ContainerId> = node.live.iter().filter(|id| !node.pending_kills.contains(id)).copied().collect();
+                for container_id in overdue {
+                    self.kill_container(container_id, ExitReason::KilledByRm, format!("node {node_id} was decommissioned"), now_ms);
+                }
+            }
+            let node = self.nodes.get_mut(&node_id).expect("listed above");
+            if node.live.is_empty() {
+                node.record.state = NodeState::Decommissioned;
+                node.record.decommission_deadline_ms = None;
+                self.mark_node(&node_id);
+                tracing::info!(node = %node_id, "node decommissioned");
+            }
+        }
+    }
+}

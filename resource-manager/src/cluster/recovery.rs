@@ -1,0 +1,95 @@
+//! Rebuilding the state machine from the store after an RM restart (work-preserving: running
+//! containers are kept; agents and AMs reconnect and carry on).
+
+use std::collections::BTreeSet;
+
+use spindle_protocol::{ContainerState, NodeUsage, Resources};
+
+use super::{App, Cluster, ClusterSettings, Container, Node};
+use crate::records::Snapshot;
+
+impl Cluster {
+    /// A cluster rebuilt from a snapshot. Recovered nodes get a full `node_expiry` from now to
+    /// register again before they are declared LOST.
+    pub fn recover(settings: ClusterSettings, epoch: u64, now_ms: u64, snapshot: Snapshot) -> Cluster {
+        // New apps are named after this RM's start; never reuse an old app's timestamp.
+        let newest_ts = snapshot.apps.iter().map(|app| app.app_id.cluster_ts).max().unwrap_or(0);
+        let mut cluster = Cluster::new(settings, epoch, now_ms.max(newest_ts + 1));
+        for record in snapshot.nodes {
+            let node_id = record.node_id.clone();
+            cluster.nodes.insert(
+                node_id,
+                Node {
+                    record,
+                    used: Resources::ZERO,
+                    live: BTreeSet::new(),
+                    last_heartbeat_ms: now_ms,
+                    usage: NodeUsage::default(),
+                    health_report: String::new(),
+                    registered: false,
+                    pending_kills: BTreeSet::new(),
+                },
+            );
+        }
+        for record in snapshot.apps {
+            cluster.apps.insert(
+                record.app_id,
+                App {
+                    record,
+                    asks: Vec::new(),
+                    undelivered: Vec::new(),
+                    completions: Vec::new(),
+                    live: BTreeSet::new(),
+                    allocated: Resources::ZERO,
+                    next_container_seq: 1,
+                },
+            );
+        }
+        for record in snapshot.containers {
+            let container_id = record.container_id;
+            let Some(app) = cluster.apps.get_mut(&container_id.app) else { continue };
+            let current_attempt = app.record.attempts.last().map(|attempt| attempt.attempt);
+            let of_current_attempt = current_attempt == Some(container_id.attempt) && !app.record.state.is_terminal();
+            if record.state.is_live() {
+                app.live.insert(container_id);
+                app.allocated += record.resources;
+                if let Some(node) = cluster.nodes.get_mut(&record.node_id) {
+                    node.used += record.resources;
+                    node.live.insert(container_id);
+                }
+                if of_current_attempt && !record.is_am && record.state == ContainerState::Allocated {
+                    app.undelivered.push(container_id);
+                }
+            } else if of_current_attempt && !record.is_am {
+                // The AM may not have heard of this completion before the restart. It is told
+                // again; AMs ignore completions they already know (at-least-once delivery).
+                app.completions.push(spindle_protocol::ContainerStatus {
+                    container_id,
+                    state: ContainerState::Complete,
+                    exit_code: record.exit_code,
+                    exit_reason: record.exit_reason,
+                    diagnostics: record.diagnostics.clone(),
+                    started_at_ms: record.started_at_ms,
+                    finished_at_ms: record.finished_at_ms,
+                });
+            }
+            cluster.containers.insert(container_id, Container { record, kill_reason: None });
+        }
+        // An AM container granted but maybe never launched before the crash: launch it again.
+        // An agent that already runs it refuses the duplicate, which is harmless.
+        let relaunch: Vec<_> = cluster
+            .apps
+            .values()
+            .filter(|app| !app.record.state.is_terminal())
+            .filter_map(|app| app.record.attempts.last().and_then(|attempt| attempt.am_container))
+            .filter(|id| cluster.containers.get(id).is_some_and(|c| c.record.state == ContainerState::Allocated))
+            .collect();
+        for container_id in relaunch {
+            let address = cluster.containers[&container_id].record.node_address.clone();
+            if let Some(launch) = cluster.am_launch(container_id.app, container_id, address) {
+                cluster.outbox.am_launches.push(launch);
+            }
+        }
+        cluster
+    }
+}

@@ -1,0 +1,173 @@
+//! Read-only views of the state for the REST API.
+
+use std::collections::BTreeMap;
+
+use spindle_protocol::{
+    AppId, AppReport, AppState, AttemptReport, ClusterReport, ContainerId, ContainerReport, ContainerState, NodeId, NodeReport, NodeState,
+    Resources,
+};
+
+use super::{App, Cluster, Container, Node};
+
+/// Filters of `GET /v1/apps`.
+#[derive(Debug, Clone, Default)]
+pub struct AppQuery {
+    pub state: Option<AppState>,
+    pub queue: Option<String>,
+    pub user: Option<String>,
+    pub limit: usize,
+}
+
+/// Where a container runs and whose it is: what the log proxy needs.
+#[derive(Debug, Clone)]
+pub struct ContainerLocation {
+    pub owner: String,
+    pub node_address: String,
+}
+
+impl Cluster {
+    pub fn app_report(&self, app_id: AppId) -> Option<AppReport> {
+        self.apps.get(&app_id).map(|app| app_report(app, &self.containers))
+    }
+
+    /// Newest first.
+    pub fn app_reports(&self, query: &AppQuery) -> Vec<AppReport> {
+        self.apps
+            .values()
+            .rev()
+            .filter(|app| query.state.is_none_or(|state| app.record.state == state))
+            .filter(|app| query.queue.as_ref().is_none_or(|queue| &app.record.spec.queue == queue))
+            .filter(|app| query.user.as_ref().is_none_or(|user| &app.record.user == user))
+            .take(query.limit)
+            .map(|app| app_report(app, &self.containers))
+            .collect()
+    }
+
+    pub fn container_reports(&self, app_id: AppId) -> Option<Vec<ContainerReport>> {
+        self.apps.get(&app_id)?;
+        let mut reports: Vec<ContainerReport> =
+            self.containers.values().filter(|c| c.record.container_id.app == app_id).map(container_report).collect();
+        reports.sort_by_key(|report| report.container_id);
+        Some(reports)
+    }
+
+    pub fn container_location(&self, container_id: ContainerId) -> Option<ContainerLocation> {
+        let container = self.containers.get(&container_id)?;
+        let owner = self.apps.get(&container_id.app)?.record.user.clone();
+        Some(ContainerLocation { owner, node_address: container.record.node_address.clone() })
+    }
+
+    pub fn node_reports(&self) -> Vec<NodeReport> {
+        self.nodes.values().map(node_report).collect()
+    }
+
+    pub fn node_report(&self, node_id: &NodeId) -> Option<NodeReport> {
+        self.nodes.get(node_id).map(node_report)
+    }
+
+    pub fn cluster_report(&self, store: String) -> ClusterReport {
+        let mut nodes = BTreeMap::new();
+        let mut capacity = Resources::ZERO;
+        let mut used = Resources::ZERO;
+        for node in self.nodes.values() {
+            *nodes.entry(state_name(node.record.state)).or_insert(0) += 1;
+            if node.record.state.is_active() {
+                capacity += node.record.capacity;
+                used += node.used;
+            }
+        }
+        let mut apps = BTreeMap::new();
+        for app in self.apps.values() {
+            *apps.entry(app.record.state.as_str().to_owned()).or_insert(0) += 1;
+        }
+        let containers_running = self.containers.values().filter(|c| c.record.state == ContainerState::Running).count() as u32;
+        ClusterReport {
+            epoch: self.epoch,
+            started_at_ms: self.started_at_ms,
+            store,
+            capacity,
+            used,
+            available: capacity.saturating_sub(&used),
+            nodes,
+            apps,
+            containers_running,
+        }
+    }
+}
+
+fn state_name(state: NodeState) -> String {
+    serde_json::to_value(state).ok().and_then(|value| value.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+fn app_report(app: &App, containers: &std::collections::HashMap<ContainerId, Container>) -> AppReport {
+    let record = &app.record;
+    let running_containers = app
+        .live
+        .iter()
+        .filter(|id| containers.get(id).is_some_and(|c| c.record.state == ContainerState::Running))
+        .count() as u32;
+    AppReport {
+        app_id: record.app_id,
+        name: record.spec.name.clone(),
+        queue: record.spec.queue.clone(),
+        user: record.user.clone(),
+        kind: record.spec.kind,
+        priority: record.spec.priority,
+        state: record.state,
+        final_status: record.final_status,
+        diagnostics: record.diagnostics.clone(),
+        progress: record.progress,
+        max_attempts: record.spec.max_attempts,
+        attempts: record
+            .attempts
+            .iter()
+            .map(|attempt| AttemptReport {
+                attempt: attempt.attempt,
+                am_container: attempt.am_container,
+                node_id: attempt.node_id.clone(),
+                started_at_ms: attempt.started_at_ms,
+                finished_at_ms: attempt.finished_at_ms,
+                diagnostics: attempt.diagnostics.clone(),
+            })
+            .collect(),
+        allocated: app.allocated,
+        running_containers,
+        submitted_at_ms: record.submitted_at_ms,
+        started_at_ms: record.started_at_ms,
+        finished_at_ms: record.finished_at_ms,
+    }
+}
+
+fn container_report(container: &Container) -> ContainerReport {
+    let record = &container.record;
+    ContainerReport {
+        container_id: record.container_id,
+        node_id: record.node_id.clone(),
+        node_address: record.node_address.clone(),
+        resources: record.resources,
+        state: record.state,
+        is_am: record.is_am,
+        exit_code: record.exit_code,
+        exit_reason: record.exit_reason,
+        diagnostics: record.diagnostics.clone(),
+        allocated_at_ms: record.allocated_at_ms,
+        started_at_ms: record.started_at_ms,
+        finished_at_ms: record.finished_at_ms,
+    }
+}
+
+fn node_report(node: &Node) -> NodeReport {
+    NodeReport {
+        node_id: node.record.node_id.clone(),
+        address: node.record.address.clone(),
+        rack: node.record.rack.clone(),
+        labels: node.record.labels.clone(),
+        state: node.record.state,
+        capacity: node.record.capacity,
+        used: node.used,
+        containers: node.live.len() as u32,
+        usage: node.usage,
+        health_report: node.health_report.clone(),
+        last_heartbeat_ms: node.last_heartbeat_ms,
+    }
+}

@@ -1,0 +1,117 @@
+//! The RM's errors, and the one place they become HTTP answers.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use spindle_protocol::{ErrorBody, ErrorDetail};
+
+use crate::cluster::AppError;
+use crate::cluster::NodeError;
+use crate::config::ConfigError;
+use crate::store::StoreError;
+
+/// Everything that can go wrong in the RM.
+#[derive(Debug, thiserror::Error)]
+pub enum RmError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// An error answer: status, stable code, message for people.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        let code = match status {
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::CONFLICT => "conflict",
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
+            StatusCode::BAD_GATEWAY => "bad_gateway",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            _ => "internal",
+        };
+        ApiError { status, code, message: message.into() }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(err: AppError) -> ApiError {
+        let status = match &err {
+            AppError::InvalidSpec(_) => StatusCode::BAD_REQUEST,
+            AppError::NotFound(_) | AppError::ContainerNotFound(_) => StatusCode::NOT_FOUND,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+        };
+        let message = match &err {
+            AppError::InvalidSpec(spec) => format!("invalid job spec: {spec}"),
+            other => other.to_string(),
+        };
+        ApiError::new(status, message)
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(err: NodeError) -> ApiError {
+        let status = match &err {
+            NodeError::NotFound(_) => StatusCode::NOT_FOUND,
+            NodeError::Conflict { .. } => StatusCode::CONFLICT,
+            NodeError::Invalid { .. } => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, err.to_string())
+    }
+}
+
+impl From<RmError> for ApiError {
+    fn from(err: RmError) -> ApiError {
+        match err {
+            RmError::App(app) => app.into(),
+            RmError::Node(node) => node.into(),
+            RmError::Store(store) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the resource manager could not save the change and is stopping ({store}); retry against a restarted RM"),
+            ),
+            other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! Starting AM containers: the one container the RM launches itself (AMs launch the rest).
+//! Behind a trait so sandbox tests can make launches fail on demand.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+
+use spindle_protocol::{AgentClient, ClientError, ClusterSecret};
+
+use crate::cluster::AmLaunch;
+
+/// Why an AM launch did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The agent already has this container (a relaunch after an RM restart): nothing to do.
+    #[error("the agent already runs this container")]
+    AlreadyRunning,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Starts an AM container on its node.
+pub trait AmLauncher: Send + Sync + 'static {
+    fn launch(&self, launch: AmLaunch) -> Pin<Box<dyn Future<Output = Result<(), LaunchError>> + Send + '_>>;
+}
+
+/// Launches over the agent's HTTP API, reusing one connection pool per agent.
+pub struct HttpAmLauncher {
+    agent_token: String,
+    clients: Mutex<HashMap<String, AgentClient>>,
+}
+
+impl HttpAmLauncher {
+    pub fn new(secret: &ClusterSecret) -> Self {
+        HttpAmLauncher { agent_token: secret.agent_token(), clients: Mutex::new(HashMap::new()) }
+    }
+
+    fn client(&self, address: &str) -> AgentClient {
+        let mut clients = self.clients.lock().expect("launcher client map is never poisoned");
+        clients.entry(address.to_owned()).or_insert_with(|| AgentClient::new(address, Some(self.agent_token.clone()))).clone()
+    }
+}
+
+impl AmLauncher for HttpAmLauncher {
+    fn launch(&self, launch: AmLaunch) -> Pin<Box<dyn Future<Output = Result<(), LaunchError>> + Send + '_>> {
+        Box::pin(async move {
+            let client = self.client(&launch.node_address);
+            match client.launch(&launch.request).await {
+                Ok(_) => Ok(()),
+                Err(ClientError::Api { status: 409, message, .. }) if message.contains("already") => Err(LaunchError::AlreadyRunning),
+                Err(err) => Err(LaunchError::Failed(err.to_string())),
+            }
+        })
+    }
+}

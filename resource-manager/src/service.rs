@@ -1,0 +1,222 @@
+//! The one owner of the RM's state. Every change goes through `mutate`: apply it to the state
+//! machine, commit what it touched in one transaction, and only then tell anyone (reply, wake
+//! long-polling AMs, launch AM containers). A store failure stops the RM: the store is the
+//! truth, and a restart recovers from it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use spindle_protocol::{AllocateReply, AllocateRequest, AppId, ClusterSecret, ContainerStatus, ExitReason, now_ms};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{Cluster, ClusterSettings, Outbox};
+use crate::config::RmConfig;
+use crate::error::RmError;
+use crate::launcher::{AmLauncher, LaunchError};
+use crate::store::Store;
+
+/// Longest an allocate call may wait for news, whatever the AM asks.
+const MAX_ALLOCATE_WAIT: Duration = Duration::from_secs(30);
+/// How often timers run: node expiry, launch expiry, decommission deadlines.
+pub const TICK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub commits: AtomicU64,
+    pub allocate_calls: AtomicU64,
+    pub heartbeats: AtomicU64,
+    pub apps_submitted: AtomicU64,
+}
+
+/// The resource manager's service: state, store, and the wiring between them.
+pub struct ResourceManager {
+    /// The state machine. A tokio mutex: it is held across the store commit on purpose, so
+    /// that commits happen in the order the changes were made.
+    cluster: tokio::sync::Mutex<Cluster>,
+    store: Store,
+    pub config: RmConfig,
+    pub secret: ClusterSecret,
+    /// Long-polling AMs wait on their app's Notify.
+    wakers: Mutex<HashMap<AppId, Arc<Notify>>>,
+    launcher: Arc<dyn AmLauncher>,
+    /// Cancelled on a fatal store error, and by the caller to stop the RM.
+    pub shutdown: CancellationToken,
+    pub counters: Counters,
+}
+
+impl ResourceManager {
+    /// Opens a new epoch in the store, reloads everything, and relaunches AMs that were
+    /// granted but maybe not started before a crash.
+    pub async fn start(
+        config: RmConfig,
+        store: Store,
+        launcher: Arc<dyn AmLauncher>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<ResourceManager>, RmError> {
+        let secret = ClusterSecret::new(&config.cluster_secret);
+        let settings = ClusterSettings {
+            secret: secret.clone(),
+            node_expiry_ms: config.node_expiry.as_millis() as u64,
+            heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
+            container_launch_expiry_ms: config.container_launch_expiry.as_millis() as u64,
+        };
+        let epoch = store.begin_epoch().await?;
+        let snapshot = store.load().await?;
+        tracing::info!(epoch, apps = snapshot.apps.len(), containers = snapshot.containers.len(), nodes = snapshot.nodes.len(), store = %store.describe(), "recovered state");
+        let mut cluster = Cluster::recover(settings, epoch, now_ms(), snapshot);
+        let outbox = cluster.take_outbox();
+        let rm = Arc::new(ResourceManager {
+            cluster: tokio::sync::Mutex::new(cluster),
+            store,
+            config,
+            secret,
+            wakers: Mutex::new(HashMap::new()),
+            launcher,
+            shutdown,
+            counters: Counters::default(),
+        });
+        rm.dispatch(outbox);
+        Ok(rm)
+    }
+
+    pub fn store_description(&self) -> String {
+        self.store.describe()
+    }
+
+    /// Applies one change, commits it, then performs its side effects.
+    pub async fn mutate<T>(self: &Arc<Self>, change: impl FnOnce(&mut Cluster, u64) -> T) -> Result<T, RmError> {
+        let mut cluster = self.cluster.lock().await;
+        let result = change(&mut cluster, now_ms());
+        let batch = cluster.take_writes();
+        let outbox = cluster.take_outbox();
+        if !batch.is_empty() {
+            if let Err(err) = self.store.commit(cluster.epoch(), &batch).await {
+                // Memory now holds changes the store does not: stop, and let a restart recover.
+                tracing::error!(error = %err, "store commit failed; stopping the resource manager");
+                self.shutdown.cancel();
+                return Err(RmError::Store(err));
+            }
+            self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(cluster);
+        self.dispatch(outbox);
+        Ok(result)
+    }
+
+    /// A read-only look at the state.
+    pub async fn read<T>(&self, view: impl FnOnce(&Cluster) -> T) -> T {
+        view(&*self.cluster.lock().await)
+    }
+
+    fn waker(&self, app_id: AppId) -> Arc<Notify> {
+        self.wakers.lock().expect("waker map is never poisoned").entry(app_id).or_default().clone()
+    }
+
+    fn dispatch(self: &Arc<Self>, outbox: Outbox) {
+        if !outbox.wake.is_empty() {
+            let wakers = self.wakers.lock().expect("waker map is never poisoned");
+            for app_id in &outbox.wake {
+                if let Some(notify) = wakers.get(app_id) {
+                    notify.notify_waiters();
+                }
+            }
+        }
+        for launch in outbox.am_launches {
+            let rm = Arc::clone(self);
+            tokio::spawn(async move {
+                let container_id = launch.request.token.container_id;
+                let node = launch.node_address.clone();
+                match rm.launcher.launch(launch).await {
+                    Ok(()) | Err(LaunchError::AlreadyRunning) => {}
+                    Err(LaunchError::Failed(reason)) => {
+                        tracing::warn!(container = %container_id, node = %node, %reason, "AM launch failed");
+                        let diagnostics = format!("could not launch the application master on {node}: {reason}");
+                        let status = ContainerStatus {
+                            container_id,
+                            state: spindle_protocol::ContainerState::Complete,
+                            exit_code: None,
+                            exit_reason: Some(ExitReason::Failed),
+                            diagnostics,
+                            started_at_ms: None,
+                            finished_at_ms: None,
+                        };
+                        let _ = rm.mutate(|cluster, now| cluster.launch_failed(status, now)).await;
+                    }
+                }
+            });
+        }
+    }
+
+    /// The AM protocol's allocate: record asks, then answer at once with news, or wait for
+    /// news up to `wait_ms` (long poll).
+    pub async fn allocate(self: &Arc<Self>, request: AllocateRequest) -> Result<AllocateReply, RmError> {
+        self.counters.allocate_calls.fetch_add(1, Ordering::Relaxed);
+        let (app_id, attempt) = (request.app_id, request.attempt);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(request.wait_ms).min(MAX_ALLOCATE_WAIT);
+        let notify = self.waker(app_id);
+        // Enabled before looking, so a wake-up between the look and the wait is not missed.
+        let mut notified = Box::pin(notify.notified());
+        notified.as_mut().enable();
+        let news = self
+            .mutate(|cluster, now| {
+                cluster.update_asks(&request, now)?;
+                Ok::<_, crate::cluster::AppError>(cluster.collect_news(app_id, attempt))
+            })
+            .await??;
+        if let Some(reply) = news {
+            return Ok(reply);
+        }
+        loop {
+            let woken = tokio::select! {
+                result = tokio::time::timeout_at(deadline, notified.as_mut()) => result.is_ok(),
+                _ = self.shutdown.cancelled() => false,
+            };
+            if !woken {
+                return Ok(self.read(|cluster| cluster.idle_reply()).await);
+            }
+            notified = Box::pin(notify.notified());
+            notified.as_mut().enable();
+            if let Some(reply) = self.mutate(|cluster, _| cluster.collect_news(app_id, attempt)).await? {
+                return Ok(reply);
+            }
+        }
+    }
+
+    /// Timers: run `tick` every TICK_INTERVAL and purge old finished apps hourly, until shutdown.
+    pub async fn run_timers(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(TICK_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_purge = now_ms();
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            if self.mutate(|cluster, now| cluster.tick(now)).await.is_err() {
+                return;
+            }
+            let retain_ms = self.config.retain_finished.as_millis() as u64;
+            if retain_ms > 0 && now_ms() - last_purge > 3_600_000 {
+                last_purge = now_ms();
+                self.purge(last_purge.saturating_sub(retain_ms)).await;
+            }
+        }
+    }
+
+    async fn purge(&self, cutoff_ms: u64) {
+        // Hold the state lock so no write of a purged app races the delete.
+        let mut cluster = self.cluster.lock().await;
+        match self.store.purge_finished_before(cutoff_ms).await {
+            Ok(purged) => {
+                let forgotten = cluster.forget_finished_before(cutoff_ms);
+                tracing::info!(purged, forgotten, "purged finished applications");
+            }
+            Err(err) => tracing::warn!(error = %err, "purging finished applications failed"),
+        }
+        self.wakers.lock().expect("waker map is never poisoned").retain(|app_id, _| cluster.app_owner(*app_id).is_some());
+    }
+}

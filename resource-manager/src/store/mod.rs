@@ -1,0 +1,176 @@
+//! The RM's durable store: apps (with their attempts), containers and nodes, kept in SQLite or
+//! PostgreSQL behind one interface, plus the cluster epoch that fences a stale RM's writes.
+//!
+//! ```text
+//!              Store (enum: no dyn, one match per call)
+//!             /                                        \
+//!   SqliteStore (sqlite.rs)                    PgStore (postgres.rs)
+//!   BEGIN IMMEDIATE, WAL                       BEGIN, SELECT … FOR UPDATE
+//!             \                                        /
+//!              shared.rs: the SQL, upsert building, doc decoding
+//! ```
+//!
+//! Each record is stored whole as JSON (`doc`), beside a few copied columns that queries filter
+//! or sort on. Glossary: *epoch* — a counter bumped at each RM start; a write carries the epoch
+//! its RM got, and is *fenced* (refused) once a newer RM has bumped it.
+
+mod postgres;
+mod shared;
+mod sqlite;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+use crate::records::{Snapshot, WriteBatch};
+
+/// The URL forms `Store::connect` accepts, quoted by `StoreError::BadUrl`.
+const ACCEPTED_URLS: &str = "sqlite://PATH (a file, created if missing), sqlite::memory: (in memory, for tests) \
+     or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (postgresql:// too)";
+
+/// What can go wrong talking to the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused a statement or could not be reached.
+    #[error("store database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The embedded schema migrations could not be applied.
+    #[error("store schema migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A newer RM has bumped the epoch since this one started: nothing was written, and this RM
+    /// must stop acting as the leader.
+    #[error(
+        "write refused: this resource manager holds epoch {ours} but the store is at epoch {current}; \
+         another resource manager has taken over, so this one must stop"
+    )]
+    Fenced {
+        /// The epoch the refused writer holds.
+        ours: u64,
+        /// The epoch in the store.
+        current: u64,
+    },
+    /// A stored row does not decode (or a record could not be stored faithfully).
+    #[error("store record {what} is corrupt: {reason}")]
+    Corrupt {
+        /// Which row, e.g. `apps row application_1700000000000_0001`.
+        what: String,
+        /// Why it does not decode.
+        reason: String,
+    },
+    /// The store URL has a scheme (or parameters) this build does not understand.
+    #[error("unsupported store URL `{url}`: use {ACCEPTED_URLS}")]
+    BadUrl {
+        /// The URL as given, with any password masked.
+        url: String,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn bad_url(url: &str) -> StoreError {
+        StoreError::BadUrl {
+            url: mask_password(url),
+        }
+    }
+}
+
+/// The RM's durable store, on one of the two backends. Cheap to clone: clones share the pool.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// The embedded default: one SQLite file.
+    Sqlite(SqliteStore),
+    /// A PostgreSQL database, for HA and big clusters.
+    Postgres(PgStore),
+}
+
+impl Store {
+    /// Opens the store at `url` and applies the embedded migrations:
+    /// `sqlite://PATH` (created if missing; WAL, synchronous=NORMAL, foreign keys, busy timeout),
+    /// `sqlite::memory:` for tests, or `postgres://…` (a `?options=-c%20search_path%3DNAME`
+    /// parameter puts the tables in schema NAME).
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        if url.starts_with("sqlite:") {
+            return Ok(Store::Sqlite(SqliteStore::connect(url).await?));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Store::Postgres(PgStore::connect(url).await?));
+        }
+        Err(StoreError::bad_url(url))
+    }
+
+    /// A short description for logs and `GET /v1/cluster`, e.g. `sqlite:///var/lib/spindle.db`
+    /// or `postgres://db.example:5432/spindle`; never a password.
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Sqlite(store) => store.describe(),
+            Store::Postgres(store) => store.describe(),
+        }
+    }
+
+    /// Increments the cluster epoch (0 in a new database, so the first call returns 1), records
+    /// now as the RM's start time, and returns the new epoch. Called once at each RM start.
+    pub async fn begin_epoch(&self) -> Result<u64, StoreError> {
+        let started_at_ms = spindle_protocol::now_ms();
+        match self {
+            Store::Sqlite(store) => store.begin_epoch(started_at_ms).await,
+            Store::Postgres(store) => store.begin_epoch(started_at_ms).await,
+        }
+    }
+
+    /// Everything to reload at restart: apps by `submitted_at_ms` then id, containers by id,
+    /// nodes by id (ids compared as strings, byte by byte).
+    pub async fn load(&self) -> Result<Snapshot, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.load().await,
+            Store::Postgres(store) => store.load().await,
+        }
+    }
+
+    /// Upserts every record of `batch` in one transaction, if the store's epoch is still `epoch`;
+    /// otherwise writes nothing and returns `Fenced`. An empty batch is a no-op. A record present
+    /// twice in the batch is stored as its last version.
+    pub async fn commit(&self, epoch: u64, batch: &WriteBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let statements = shared::upsert_statements(batch)?;
+        match self {
+            Store::Sqlite(store) => store.write(epoch, statements).await,
+            Store::Postgres(store) => store.write(epoch, statements).await,
+        }
+    }
+
+    /// Deletes apps in a terminal state that finished before `cutoff_ms`, with their containers;
+    /// returns how many apps went. Retention: keeps the database from growing without bound.
+    pub async fn purge_finished_before(&self, cutoff_ms: u64) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.purge_finished_before(cutoff_ms).await,
+            Store::Postgres(store) => store.purge_finished_before(cutoff_ms).await,
+        }
+    }
+
+    /// Closes the pool, waiting for connections in use to come back. On SQLite the last close
+    /// checkpoints the WAL into the database file, so call it on a clean shutdown.
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(store) => store.close().await,
+            Store::Postgres(store) => store.close().await,
+        }
+    }
+}
+
+/// `scheme://user:secret@host` → `scheme://user:***@host`, so an error never leaks a password.
+fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let Some(colon) = rest[..at].find(':') else {
+        return url.to_owned();
+    };
+    format!("{scheme}://{}:***{}", &rest[..colon], &rest[at..])
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,739 @@
+//! One behaviour suite for the store, run on both backends: every test body below is an
+//! `async fn(TestDb)`, and `backend_suite!` runs each of them once on a fresh SQLite file and
+//! once in a fresh PostgreSQL schema.
+//!
+//! PostgreSQL comes from `SPINDLE_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/test`).
+//! If it cannot be reached the PostgreSQL tests fail rather than skip: CI starts it.
+//! Run: `cargo test -p spindle-resource-manager --test store_suite`.
+
+use std::time::Instant;
+
+use spindle_protocol::{
+    AppId, AppState, ContainerId, ContainerState, ExitReason, FinalStatus, JobSpec, NodeId,
+    NodeState, Resources,
+};
+use spindle_resource_manager::records::{
+    AppRecord, AttemptRecord, ContainerRecord, NodeRecord, Snapshot, WriteBatch,
+};
+use spindle_resource_manager::store::{Store, StoreError};
+use sqlx::{AssertSqlSafe, Connection};
+
+const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A database of its own for one test: a SQLite file in a temporary directory, or a PostgreSQL
+/// schema created for the test and dropped when the test ends (even if it panics).
+enum TestDb {
+    Sqlite {
+        _dir: tempfile::TempDir,
+        url: String,
+    },
+    Postgres {
+        server_url: String,
+        schema: String,
+        url: String,
+    },
+}
+
+impl TestDb {
+    fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("spindle.db").display());
+        TestDb::Sqlite { _dir: dir, url }
+    }
+
+    /// Creates a random schema with a plain connection, then points the store at it through the
+    /// URL (`options=-c search_path=…`), so PostgreSQL tests run in parallel without meeting.
+    async fn postgres() -> TestDb {
+        let server_url =
+            std::env::var("SPINDLE_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_POSTGRES.to_owned());
+        let schema = format!("spindle_test_{:016x}", rand::random::<u64>());
+        let mut admin = sqlx::PgConnection::connect(&server_url).await.unwrap_or_else(|error| {
+            panic!("PostgreSQL is unreachable at {server_url} ({error}): start it, or point SPINDLE_TEST_POSTGRES at one")
+        });
+        sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&mut admin)
+            .await
+            .expect("create the test schema");
+        let separator = if server_url.contains('?') { '&' } else { '?' };
+        let url = format!("{server_url}{separator}options=-c%20search_path%3D{schema}");
+        TestDb::Postgres {
+            server_url,
+            schema,
+            url,
+        }
+    }
+
+    fn url(&self) -> &str {
+        match self {
+            TestDb::Sqlite { url, .. } | TestDb::Postgres { url, .. } => url,
+        }
+    }
+
+    async fn connect(&self) -> Store {
+        Store::connect(self.url())
+            .await
+            .unwrap_or_else(|error| panic!("connect to {}: {error}", self.url()))
+    }
+
+    /// Runs raw SQL under the store, as a bug or a bad disk would.
+    async fn execute(&self, sql: &str) {
+        let sql = AssertSqlSafe(sql.to_owned());
+        match self {
+            TestDb::Sqlite { url, .. } => {
+                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+                sqlx::query(sql).execute(&mut conn).await.unwrap();
+            }
+            TestDb::Postgres { url, .. } => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::query(sql).execute(&mut conn).await.unwrap();
+            }
+        }
+    }
+
+    /// Reads one text column of raw SQL, to look at the copied columns beside the docs.
+    async fn fetch_strings(&self, sql: &str) -> Vec<String> {
+        let sql = AssertSqlSafe(sql.to_owned());
+        match self {
+            TestDb::Sqlite { url, .. } => {
+                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+                sqlx::query_scalar(sql).fetch_all(&mut conn).await.unwrap()
+            }
+            TestDb::Postgres { url, .. } => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::query_scalar(sql).fetch_all(&mut conn).await.unwrap()
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let TestDb::Postgres {
+            server_url, schema, ..
+        } = self
+        else {
+            return;
+        };
+        let (server_url, drop_schema) =
+            (server_url.clone(), format!("DROP SCHEMA {schema} CASCADE"));
+        // Drop cannot await, and the test's runtime may be unwinding: use a runtime of our own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut admin = sqlx::PgConnection::connect(&server_url).await?;
+                sqlx::query("SET lock_timeout = '10s'")
+                    .execute(&mut admin)
+                    .await?;
+                sqlx::query(AssertSqlSafe(drop_schema))
+                    .execute(&mut admin)
+                    .await?;
+                Ok::<(), sqlx::Error>(())
+            })
+        });
+        if let Ok(Err(error)) = cleanup.join() {
+            eprintln!("could not drop test schema {schema}: {error}");
+        }
+    }
+}
+
+/// Generates `mod sqlite` and `mod postgres`, each with one `#[tokio::test]` per body.
+macro_rules! backend_suite {
+    ($($body:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $body() {
+                    super::$body(super::TestDb::sqlite()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $body() {
+                    super::$body(super::TestDb::postgres().await).await;
+                }
+            )*
+        }
+    };
+}
+
+backend_suite!(
+    migrations_are_idempotent,
+    epochs_count_up_and_survive_reconnect,
+    commit_then_load_round_trips_every_field,
+    load_orders_apps_by_submission_then_id_and_containers_by_id,
+    upsert_replaces_the_stored_version,
+    a_record_twice_in_one_batch_keeps_its_last_version,
+    a_batch_is_atomic,
+    a_stale_epoch_is_fenced_and_writes_nothing,
+    an_empty_batch_is_a_no_op,
+    two_thousand_containers_commit_in_one_batch,
+    concurrent_writers_both_succeed,
+    purge_removes_only_old_terminal_apps_and_their_containers,
+    a_corrupt_doc_is_reported_with_its_row,
+);
+
+// ---- records -------------------------------------------------------------------------------
+
+const CLUSTER_TS: u64 = 1_700_000_000_000;
+
+fn app_id(seq: u32) -> AppId {
+    AppId {
+        cluster_ts: CLUSTER_TS,
+        seq,
+    }
+}
+
+fn container_id(app_seq: u32, seq: u64) -> ContainerId {
+    ContainerId {
+        app: app_id(app_seq),
+        attempt: 2,
+        epoch: 3,
+        seq,
+    }
+}
+
+fn shell_spec() -> JobSpec {
+    let mut spec: JobSpec = serde_json::from_value(serde_json::json!({
+        "name": "x", "kind": "shell", "shell": {"command": ["true"], "containers": 2}
+    }))
+    .unwrap();
+    spec.queue = "analytics".to_owned();
+    spec.priority = 7;
+    spec
+}
+
+/// An app with every optional field set and two attempts.
+fn app(seq: u32, submitted_at_ms: u64, state: AppState, finished_at_ms: Option<u64>) -> AppRecord {
+    let attempt = |number: u32| AttemptRecord {
+        attempt: number,
+        am_container: Some(container_id(seq, u64::from(number))),
+        node_id: Some(NodeId(format!("node-{number}:8042"))),
+        registered: true,
+        started_at_ms: submitted_at_ms + 10 * u64::from(number),
+        finished_at_ms: Some(submitted_at_ms + 15 * u64::from(number)),
+        diagnostics: format!("attempt {number} lost its node"),
+        counts_as_failure: number == 1,
+    };
+    AppRecord {
+        app_id: app_id(seq),
+        user: "alice".to_owned(),
+        spec: shell_spec(),
+        state,
+        final_status: FinalStatus::Succeeded,
+        diagnostics: "all good".to_owned(),
+        progress: 0.75,
+        attempts: vec![attempt(1), attempt(2)],
+        submitted_at_ms,
+        started_at_ms: Some(submitted_at_ms + 5),
+        finished_at_ms,
+    }
+}
+
+/// A completed container with every optional field set.
+fn container(app_seq: u32, seq: u64, state: ContainerState) -> ContainerRecord {
+    ContainerRecord {
+        container_id: container_id(app_seq, seq),
+        node_id: NodeId("node-1:8042".to_owned()),
+        node_address: "10.0.0.1:8042".to_owned(),
+        resources: Resources::new(2, 1536),
+        state,
+        is_am: seq == 1,
+        exit_code: Some(137),
+        exit_reason: Some(ExitReason::ExceededMemory),
+        diagnostics: "killed: 1600 MB > 1536 MB".to_owned(),
+        allocated_at_ms: 1_000,
+        launch_deadline_ms: 61_000,
+        started_at_ms: Some(1_200),
+        finished_at_ms: Some(9_000),
+    }
+}
+
+fn node(name: &str, state: NodeState) -> NodeRecord {
+    NodeRecord {
+        node_id: NodeId(name.to_owned()),
+        address: format!("http://{name}"),
+        rack: "/rack-7".to_owned(),
+        labels: vec!["gpu".to_owned(), "ssd".to_owned()],
+        capacity: Resources::new(16, 65_536),
+        state,
+        decommission_deadline_ms: Some(123_456),
+    }
+}
+
+fn batch(
+    apps: Vec<AppRecord>,
+    containers: Vec<ContainerRecord>,
+    nodes: Vec<NodeRecord>,
+) -> WriteBatch {
+    WriteBatch {
+        apps,
+        containers,
+        nodes,
+    }
+}
+
+// ---- bodies ---------------------------------------------------------------------------------
+
+async fn migrations_are_idempotent(db: TestDb) {
+    let first = db.connect().await;
+    let epoch = first.begin_epoch().await.unwrap();
+    first
+        .commit(
+            epoch,
+            &batch(vec![app(1, 100, AppState::Running, None)], vec![], vec![]),
+        )
+        .await
+        .unwrap();
+    first.close().await;
+    // Connecting again re-runs the embedded migrations: they must find nothing to do.
+    let second = db.connect().await;
+    let third = db.connect().await;
+    assert_eq!(second.load().await.unwrap().apps.len(), 1);
+    assert_eq!(third.load().await.unwrap().apps.len(), 1);
+}
+
+async fn epochs_count_up_and_survive_reconnect(db: TestDb) {
+    let store = db.connect().await;
+    for expected in 1..=3 {
+        assert_eq!(store.begin_epoch().await.unwrap(), expected);
+    }
+    store.close().await;
+    let store = db.connect().await;
+    assert_eq!(store.begin_epoch().await.unwrap(), 4);
+    let started = db
+        .fetch_strings("SELECT CAST(started_at_ms AS TEXT) FROM cluster_meta")
+        .await;
+    let started: u64 = started[0].parse().unwrap();
+    assert!(
+        started.abs_diff(spindle_protocol::now_ms()) < 60_000,
+        "start time recorded: {started}"
+    );
+}
+
+async fn commit_then_load_round_trips_every_field(db: TestDb) {
+    let store = db.connect().await;
+    assert!(
+        store
+            .describe()
+            .starts_with(db.url().split(':').next().unwrap()),
+        "{}",
+        store.describe()
+    );
+    assert!(
+        !store.describe().contains('@'),
+        "no credentials in {}",
+        store.describe()
+    );
+    let epoch = store.begin_epoch().await.unwrap();
+    let written = batch(
+        vec![app(1, 100, AppState::Finished, Some(900))],
+        vec![
+            container(1, 1, ContainerState::Complete),
+            container(1, 2, ContainerState::Running),
+        ],
+        vec![node("node-1:8042", NodeState::Decommissioning)],
+    );
+    store.commit(epoch, &written).await.unwrap();
+    let expected = Snapshot {
+        apps: written.apps,
+        containers: written.containers,
+        nodes: written.nodes,
+    };
+    assert_eq!(store.load().await.unwrap(), expected);
+    // The copied columns agree with the docs: later queries filter on them.
+    let columns = db
+        .fetch_strings(
+            "SELECT app_id || ' ' || state || ' ' || queue || ' ' || user_name || ' ' \
+             || CAST(submitted_at_ms AS TEXT) || ' ' || CAST(finished_at_ms AS TEXT) FROM apps",
+        )
+        .await;
+    assert_eq!(
+        columns,
+        [format!("{} FINISHED analytics alice 100 900", app_id(1))]
+    );
+    let columns = db
+        .fetch_strings(
+            "SELECT app_id || ' ' || node_id || ' ' || state FROM containers ORDER BY container_id",
+        )
+        .await;
+    assert_eq!(
+        columns,
+        [
+            format!("{} node-1:8042 COMPLETE", app_id(1)),
+            format!("{} node-1:8042 RUNNING", app_id(1))
+        ]
+    );
+    assert_eq!(
+        db.fetch_strings("SELECT state FROM nodes").await,
+        ["DECOMMISSIONING"]
+    );
+}
+
+async fn load_orders_apps_by_submission_then_id_and_containers_by_id(db: TestDb) {
+    let store = db.connect().await;
+    let epoch = store.begin_epoch().await.unwrap();
+    let apps = vec![
+        app(3, 200, AppState::Running, None),
+        app(2, 100, AppState::Running, None),
+        app(1, 200, AppState::Running, None),
+    ];
+    // Sequence numbers past 9999 outgrow the zero padding: ids then sort as strings.
+    let containers = vec![
+        container(1, 10, ContainerState::Running),
+        container(1, 9, ContainerState::Running),
+        container(1, 1_000_000, ContainerState::Running),
+    ];
+    store
+        .commit(
+            epoch,
+            &batch(
+                apps,
+                containers.clone(),
+                vec![node("b", NodeState::Running), node("a", NodeState::Lost)],
+            ),
+        )
+        .await
+        .unwrap();
+    let snapshot = store.load().await.unwrap();
+    let app_order: Vec<u32> = snapshot.apps.iter().map(|app| app.app_id.seq).collect();
+    assert_eq!(app_order, [2, 1, 3]);
+    let mut expected: Vec<String> = containers
+        .iter()
+        .map(|c| c.container_id.to_string())
+        .collect();
+    expected.sort();
+    let loaded: Vec<String> = snapshot
+        .containers
+        .iter()
+        .map(|c| c.container_id.to_string())
+        .collect();
+    assert_eq!(loaded, expected);
+    let node_order: Vec<&str> = snapshot
+        .nodes
+        .iter()
+        .map(|node| node.node_id.as_str())
+        .collect();
+    assert_eq!(node_order, ["a", "b"]);
+}
+
+async fn upsert_replaces_the_stored_version(db: TestDb) {
+    let store = db.connect().await;
+    let epoch = store.begin_epoch().await.unwrap();
+    let first = batch(
+        vec![app(1, 100, AppState::Running, None)],
+        vec![container(1, 1, ContainerState::Running)],
+        vec![node("n", NodeState::Running)],
+    );
+    store.commit(epoch, &first).await.unwrap();
+    let second = batch(
+        vec![app(1, 100, AppState::Killed, Some(500))],
+        vec![container(1, 1, ContainerState::Complete)],
+        vec![node("n", NodeState::Lost)],
+    );
+    store.commit(epoch, &second).await.unwrap();
+    let snapshot = store.load().await.unwrap();
+    assert_eq!(
+        snapshot,
+        Snapshot {
+            apps: second.apps,
+            containers: second.containers,
+            nodes: second.nodes
+        }
+    );
+    assert_eq!(db.fetch_strings("SELECT state FROM apps").await, ["KILLED"]);
+}
+
+async fn a_record_twice_in_one_batch_keeps_its_last_version(db: TestDb) {
+    let store = db.connect().await;
+    let epoch = store.begin_epoch().await.unwrap();
+    let twice = batch(
+        vec![
+            app(1, 100, AppState::Accepted, None),
+            app(1, 100, AppState::Running, None),
+        ],
+        vec![
+            container(1, 1, ContainerState::Allocated),
+            container(1, 1, ContainerState::Running),
+        ],
+        vec![node("n", NodeState::New), node("n", NodeState::Running)],
+    );
+    store.commit(epoch, &twice).await.unwrap();
+    let snapshot = store.load().await.unwrap();
+    assert_eq!(snapshot.apps, [twice.apps[1].clone()]);
+    assert_eq!(snapshot.containers, [twice.containers[1].clone()]);
+    assert_eq!(snapshot.nodes, [twice.nodes[1].clone()]);
+}
+
+async fn a_batch_is_atomic(db: TestDb) {
+    let store = db.connect().await;
+    let epoch = store.begin_epoch().await.unwrap();
+    // The app is fine; the container belongs to an app the store has never seen, so the
+    // foreign key refuses it after the app's row was already written in the transaction.
+    let half_bad = batch(
+        vec![app(1, 100, AppState::Running, None)],
+        vec![container(2, 1, ContainerState::Running)],
+        vec![node("n", NodeState::Running)],
+    );
+    let error = store.commit(epoch, &half_bad).await.unwrap_err();
+    assert!(matches!(error, StoreError::Database(_)), "{error:?}");
+    assert_eq!(
+        store.load().await.unwrap(),
+        Snapshot::default(),
+        "nothing of the failed batch is visible"
+    );
+    // The store is still usable afterwards.
+    store
+        .commit(
+            epoch,
+            &batch(vec![app(1, 100, AppState::Running, None)], vec![], vec![]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.load().await.unwrap().apps.len(), 1);
+}
+
+async fn a_stale_epoch_is_fenced_and_writes_nothing(db: TestDb) {
+    let old_rm = db.connect().await;
+    let old_epoch = old_rm.begin_epoch().await.unwrap();
+    old_rm
+        .commit(
+            old_epoch,
+            &batch(vec![app(1, 100, AppState::Running, None)], vec![], vec![]),
+        )
+        .await
+        .unwrap();
+    // A newer RM starts on the same database.
+    let new_rm = db.connect().await;
+    let new_epoch = new_rm.begin_epoch().await.unwrap();
+    let late = batch(
+        vec![
+            app(1, 100, AppState::Killed, Some(300)),
+            app(2, 200, AppState::Running, None),
+        ],
+        vec![container(1, 1, ContainerState::Running)],
+        vec![node("n", NodeState::Running)],
+    );
+    match old_rm.commit(old_epoch, &late).await {
+        Err(StoreError::Fenced { ours, current }) => {
+            assert_eq!((ours, current), (old_epoch, new_epoch))
+        }
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+    let snapshot = new_rm.load().await.unwrap();
+    assert_eq!(
+        snapshot.apps,
+        [app(1, 100, AppState::Running, None)],
+        "the fenced batch wrote nothing"
+    );
+    assert!(snapshot.containers.is_empty() && snapshot.nodes.is_empty());
+    new_rm.commit(new_epoch, &late).await.unwrap();
+    assert_eq!(new_rm.load().await.unwrap().apps.len(), 2);
+}
+
+async fn an_empty_batch_is_a_no_op(db: TestDb) {
+    let store = db.connect().await;
+    store.begin_epoch().await.unwrap();
+    // Even with an epoch that would be fenced: there is nothing to protect.
+    store.commit(999, &WriteBatch::default()).await.unwrap();
+    assert_eq!(store.load().await.unwrap(), Snapshot::default());
+}
+
+async fn two_thousand_containers_commit_in_one_batch(db: TestDb) {
+    let store = db.connect().await;
+    let epoch = store.begin_epoch().await.unwrap();
+    let apps: Vec<AppRecord> = (1..=10)
+        .map(|seq| app(seq, u64::from(seq), AppState::Running, None))
+        .collect();
+    store
+        .commit(epoch, &batch(apps, vec![], vec![]))
+        .await
+        .unwrap();
+    let containers: Vec<ContainerRecord> = (0..2_000u64)
+        .map(|seq| container(1 + (seq % 10) as u32, seq, ContainerState::Running))
+        .collect();
+    let started = Instant::now();
+    store
+        .commit(epoch, &batch(vec![], containers.clone(), vec![]))
+        .await
+        .unwrap();
+    let inserted = started.elapsed();
+    let updated: Vec<ContainerRecord> = containers
+        .iter()
+        .map(|c| ContainerRecord {
+            state: ContainerState::Complete,
+            ..c.clone()
+        })
+        .collect();
+    let started = Instant::now();
+    store
+        .commit(epoch, &batch(vec![], updated.clone(), vec![]))
+        .await
+        .unwrap();
+    let replaced = started.elapsed();
+    // Reported, not asserted: timings on a shared CI machine are noise.
+    eprintln!(
+        "{}: 2,000 container inserts in {inserted:?}, 2,000 updates in {replaced:?}",
+        store.describe()
+    );
+    let mut expected = updated;
+    expected.sort_by_key(|c| c.container_id.to_string());
+    assert_eq!(store.load().await.unwrap().containers, expected);
+}
+
+async fn concurrent_writers_both_succeed(db: TestDb) {
+    // Two pools, as two RM tasks would hold: each commit reads the epoch and then writes, the
+    // pattern that deadlocks on SQLite unless the write lock is taken at BEGIN.
+    let (one, two) = (db.connect().await, db.connect().await);
+    let epoch = one.begin_epoch().await.unwrap();
+    let writer = |store: Store, first_seq: u32| {
+        tokio::spawn(async move {
+            for seq in first_seq..first_seq + 25 {
+                let batch = batch(
+                    vec![app(seq, u64::from(seq), AppState::Running, None)],
+                    vec![container(seq, 1, ContainerState::Running)],
+                    vec![],
+                );
+                store.commit(epoch, &batch).await.unwrap();
+            }
+        })
+    };
+    let (left, right) = tokio::join!(writer(one.clone(), 1), writer(two, 1001));
+    left.unwrap();
+    right.unwrap();
+    let snapshot = one.load().await.unwrap();
+    assert_eq!((snapshot.apps.len(), snapshot.containers.len()), (50, 50));
+}
+
+async fn purge_removes_only_old_terminal_apps_and_their_containers(db: TestDb) {
+    let store = db.connect().await;
+    let epoch = store.begin_epoch().await.unwrap();
+    let apps = vec![
+        app(1, 10, AppState::Finished, Some(100)), // old and done: purged
+        app(2, 20, AppState::Killed, Some(999)),   // old and done: purged
+        app(3, 30, AppState::Failed, Some(1_000)), // finished at the cutoff, not before: kept
+        app(4, 40, AppState::Running, None),       // still running: kept
+        app(5, 50, AppState::Accepted, Some(50)),  // a finished time but not terminal: kept
+    ];
+    let containers: Vec<ContainerRecord> = (1..=5)
+        .flat_map(|seq| {
+            [
+                container(seq, 1, ContainerState::Complete),
+                container(seq, 2, ContainerState::Complete),
+            ]
+        })
+        .collect();
+    store
+        .commit(
+            epoch,
+            &batch(apps, containers, vec![node("n", NodeState::Running)]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.purge_finished_before(1_000).await.unwrap(), 2);
+    let snapshot = store.load().await.unwrap();
+    let kept_apps: Vec<u32> = snapshot.apps.iter().map(|app| app.app_id.seq).collect();
+    assert_eq!(kept_apps, [3, 4, 5]);
+    let container_apps: Vec<u32> = snapshot
+        .containers
+        .iter()
+        .map(|c| c.container_id.app.seq)
+        .collect();
+    assert_eq!(container_apps, [3, 3, 4, 4, 5, 5]);
+    assert_eq!(snapshot.nodes.len(), 1, "nodes are not touched");
+    assert_eq!(
+        store.purge_finished_before(1_000).await.unwrap(),
+        0,
+        "purging again finds nothing"
+    );
+}
+
+async fn a_corrupt_doc_is_reported_with_its_row(db: TestDb) {
+    let store = db.connect().await;
+    let epoch = store.begin_epoch().await.unwrap();
+    store
+        .commit(
+            epoch,
+            &batch(
+                vec![
+                    app(1, 100, AppState::Running, None),
+                    app(2, 200, AppState::Running, None),
+                ],
+                vec![],
+                vec![],
+            ),
+        )
+        .await
+        .unwrap();
+    db.execute(&format!(
+        "UPDATE apps SET doc = '{{\"app_id\": 42' WHERE app_id = '{}'",
+        app_id(2)
+    ))
+    .await;
+    match store.load().await {
+        Err(error @ StoreError::Corrupt { .. }) => {
+            let StoreError::Corrupt { what, .. } = &error else {
+                unreachable!()
+            };
+            assert_eq!(what, &format!("apps row {}", app_id(2)));
+            assert!(
+                error.to_string().contains(&app_id(2).to_string()),
+                "{error}"
+            );
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+// ---- backend-independent --------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_in_memory_database_works_for_tests() {
+    let store = Store::connect("sqlite::memory:").await.unwrap();
+    assert_eq!(store.describe(), "sqlite::memory:");
+    let epoch = store.begin_epoch().await.unwrap();
+    assert_eq!(epoch, 1);
+    let written = batch(
+        vec![app(1, 100, AppState::Running, None)],
+        vec![container(1, 1, ContainerState::Running)],
+        vec![node("n", NodeState::Running)],
+    );
+    store.commit(epoch, &written).await.unwrap();
+    assert_eq!(
+        store.load().await.unwrap(),
+        Snapshot {
+            apps: written.apps,
+            containers: written.containers,
+            nodes: written.nodes
+        }
+    );
+    // Each in-memory store is private: a second one starts empty.
+    let other = Store::connect("sqlite::memory:").await.unwrap();
+    assert_eq!(other.begin_epoch().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_bad_url_says_which_urls_are_accepted() {
+    for url in [
+        "mysql://root:hunter2@db/spindle",
+        "spindle.db",
+        "postgres://db:notaport/spindle",
+    ] {
+        let error = match Store::connect(url).await {
+            Err(error @ StoreError::BadUrl { .. }) => error,
+            other => panic!("{url}: expected BadUrl, got {other:?}"),
+        };
+        let message = error.to_string();
+        for accepted in ["sqlite://PATH", "sqlite::memory:", "postgres://"] {
+            assert!(
+                message.contains(accepted),
+                "{message} should mention {accepted}"
+            );
+        }
+        assert!(!message.contains("hunter2"), "no password in {message}");
+    }
+}
