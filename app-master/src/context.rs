@@ -32,13 +32,7 @@ pub struct AmContext {
 
 impl AmContext {
     /// A context with the required fields; the rest default (no own container, default retries).
-    pub fn new(
-        app_id: AppId,
-        attempt: u32,
-        rm_urls: Vec<String>,
-        am_token: impl Into<String>,
-        spec: JobSpec,
-    ) -> Self {
+    pub fn new(app_id: AppId, attempt: u32, rm_urls: Vec<String>, am_token: impl Into<String>, spec: JobSpec) -> Self {
         AmContext {
             app_id,
             attempt,
@@ -70,12 +64,10 @@ impl AmContext {
             .trim()
             .parse()
             .map_err(|err: spindle_protocol::IdParseError| invalid(env::APP_ID, err.to_string()))?;
-        let attempt: u32 = required(env::ATTEMPT)?.trim().parse().map_err(|_| {
-            invalid(
-                env::ATTEMPT,
-                "expected a positive whole number such as 1".into(),
-            )
-        })?;
+        let attempt: u32 = required(env::ATTEMPT)?
+            .trim()
+            .parse()
+            .map_err(|_| invalid(env::ATTEMPT, "expected a positive whole number such as 1".into()))?;
         let rm_urls: Vec<String> = required(env::RM)?
             .split(',')
             .map(str::trim)
@@ -83,10 +75,7 @@ impl AmContext {
             .map(str::to_owned)
             .collect();
         if rm_urls.is_empty() {
-            return Err(invalid(
-                env::RM,
-                "expected one or more comma-separated RM URLs".into(),
-            ));
+            return Err(invalid(env::RM, "expected one or more comma-separated RM URLs".into()));
         }
         let am_token = required(env::AM_TOKEN)?;
         let spec: JobSpec = serde_json::from_str(&required(env::JOB_SPEC)?)
@@ -94,9 +83,11 @@ impl AmContext {
         spec.validate()?;
 
         let container_id = match lookup(env::CONTAINER_ID) {
-            Some(text) => Some(text.trim().parse().map_err(
-                |err: spindle_protocol::IdParseError| invalid(env::CONTAINER_ID, err.to_string()),
-            )?),
+            Some(text) => Some(
+                text.trim()
+                    .parse()
+                    .map_err(|err: spindle_protocol::IdParseError| invalid(env::CONTAINER_ID, err.to_string()))?,
+            ),
             None => None,
         };
         let number = |name: &'static str| -> Result<Option<u64>, AmError> {
@@ -109,10 +100,7 @@ impl AmContext {
                 .transpose()
         };
         let resources = match (number(env::VCORES)?, number(env::MEMORY_MB)?) {
-            (Some(vcores), Some(memory_mb)) => Some(Resources::new(
-                u32::try_from(vcores).unwrap_or(u32::MAX),
-                memory_mb,
-            )),
+            (Some(vcores), Some(memory_mb)) => Some(Resources::new(u32::try_from(vcores).unwrap_or(u32::MAX), memory_mb)),
             _ => None,
         };
 
@@ -140,16 +128,12 @@ mod tests {
         HashMap::from([
             (env::APP_ID, "application_1700000000000_0003".to_owned()),
             (env::ATTEMPT, "2".to_owned()),
-            (
-                env::CONTAINER_ID,
-                "container_e01_1700000000000_0003_02_000001".to_owned(),
-            ),
+            (env::CONTAINER_ID, "container_e01_1700000000000_0003_02_000001".to_owned()),
             (env::RM, "127.0.0.1:8088, 10.0.0.2:8088".to_owned()),
             (env::AM_TOKEN, "t0k3n".to_owned()),
             (
                 env::JOB_SPEC,
-                r#"{"name":"hello","kind":"shell","shell":{"command":["true"],"containers":3}}"#
-                    .to_owned(),
+                r#"{"name":"hello","kind":"shell","shell":{"command":["true"],"containers":3}}"#.to_owned(),
             ),
             (env::VCORES, "1".to_owned()),
             (env::MEMORY_MB, "256".to_owned()),

@@ -39,16 +39,10 @@ pub enum AmError {
         "the RM refused the {call} call of this AM attempt: {source}. The app was killed, \
          finished, or a newer attempt took over; this attempt stops"
     )]
-    AttemptInvalid {
-        call: &'static str,
-        source: ClientError,
-    },
+    AttemptInvalid { call: &'static str, source: ClientError },
 
     #[error("the RM rejected the {call} call: {source}")]
-    Rejected {
-        call: &'static str,
-        source: ClientError,
-    },
+    Rejected { call: &'static str, source: ClientError },
 
     #[error("the application master was asked to stop")]
     Cancelled,

@@ -32,11 +32,7 @@ pub enum LaunchFailureKind {
 
 /// Starts one granted container. A trait so tests can fail launches on demand.
 pub trait ContainerLauncher: Send + Sync + 'static {
-    fn launch(
-        &self,
-        allocation: &Allocation,
-        spec: LaunchSpec,
-    ) -> impl Future<Output = Result<(), LaunchFailure>> + Send;
+    fn launch(&self, allocation: &Allocation, spec: LaunchSpec) -> impl Future<Output = Result<(), LaunchFailure>> + Send;
 }
 
 /// Launches over the agents' HTTP API, keeping one client (one connection pool) per agent.
@@ -56,12 +52,7 @@ impl AgentLauncher {
         let mut clients = self.clients.lock().expect("the agent client map is never poisoned");
         clients
             .entry(allocation.node_address.clone())
-            .or_insert_with(|| {
-                AgentClient::new(
-                    &allocation.node_address,
-                    Some(allocation.token.signature.clone()),
-                )
-            })
+            .or_insert_with(|| AgentClient::new(&allocation.node_address, Some(allocation.token.signature.clone())))
             .clone()
     }
 }
@@ -118,10 +109,7 @@ impl<L: ContainerLauncher> LaunchPool<L> {
         let launcher = Arc::clone(&self.launcher);
         let permits = Arc::clone(&self.permits);
         self.launches.spawn(async move {
-            let _permit = permits
-                .acquire_owned()
-                .await
-                .expect("the launch semaphore is never closed");
+            let _permit = permits.acquire_owned().await.expect("the launch semaphore is never closed");
             let result = launcher.launch(&allocation, spec).await;
             LaunchResult {
                 container_id: allocation.container_id,

@@ -14,8 +14,7 @@ use tokio_util::sync::CancellationToken;
 pub use context::AmContext;
 pub use error::AmError;
 pub use launch::{
-    AgentLauncher, ContainerLauncher, DEFAULT_MAX_LAUNCHES_IN_FLIGHT, LaunchFailure,
-    LaunchFailureKind, LaunchPool, LaunchResult,
+    AgentLauncher, ContainerLauncher, DEFAULT_MAX_LAUNCHES_IN_FLIGHT, LaunchFailure, LaunchFailureKind, LaunchPool, LaunchResult,
 };
 pub use rm::{Heartbeat, RetryPolicy, RmConnection};
 pub use shell::ShellMaster;
@@ -24,10 +23,7 @@ pub use shell::ShellMaster;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AmExit {
     /// The job ended and the RM recorded its final status.
-    Finished {
-        final_status: FinalStatus,
-        diagnostics: String,
-    },
+    Finished { final_status: FinalStatus, diagnostics: String },
     /// The RM said stop (app killed or this attempt superseded): exited without `finish`.
     ShutdownByRm,
     /// The process was asked to stop (`shutdown` fired): exited without `finish`.

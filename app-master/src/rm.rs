@@ -5,8 +5,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use spindle_protocol::{
-    AllocateReply, AllocateRequest, AppId, ClientError, FinalStatus, FinishAmRequest,
-    RegisterAmReply, RegisterAmRequest, RmClient,
+    AllocateReply, AllocateRequest, AppId, ClientError, FinalStatus, FinishAmRequest, RegisterAmReply, RegisterAmRequest, RmClient,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -55,13 +54,7 @@ pub struct RmConnection {
 }
 
 impl RmConnection {
-    pub fn new(
-        rm_urls: &[String],
-        am_token: &str,
-        app_id: AppId,
-        attempt: u32,
-        policy: RetryPolicy,
-    ) -> Self {
+    pub fn new(rm_urls: &[String], am_token: &str, app_id: AppId, attempt: u32, policy: RetryPolicy) -> Self {
         RmConnection {
             client: RmClient::new(rm_urls, Some(am_token.to_owned())),
             app_id,
@@ -72,10 +65,15 @@ impl RmConnection {
     }
 
     /// Registers the attempt, retrying while the RM is unreachable.
-    pub async fn register(
-        &mut self,
-        shutdown: &CancellationToken,
-    ) -> Result<RegisterAmReply, AmError> {
+    pub async fn register(&mut self, shutdown: &CancellationToken) -> Result<RegisterAmReply, AmError> {
+        let reply = self.register_within_outage(shutdown).await?;
+        self.outage.reset();
+        Ok(reply)
+    }
+
+    /// Registers again in the middle of an outage of another call: success does not end the
+    /// outage, so an RM that answers register but keeps failing allocate still runs out the budget.
+    async fn register_within_outage(&mut self, shutdown: &CancellationToken) -> Result<RegisterAmReply, AmError> {
         let request = RegisterAmRequest {
             app_id: self.app_id,
             attempt: self.attempt,
@@ -94,16 +92,12 @@ impl RmConnection {
     }
 
     /// One long-polling allocate. After an outage it registers again first, and says so.
-    pub async fn allocate(
-        &mut self,
-        request: &AllocateRequest,
-        shutdown: &CancellationToken,
-    ) -> Result<Heartbeat, AmError> {
+    pub async fn allocate(&mut self, request: &AllocateRequest, shutdown: &CancellationToken) -> Result<Heartbeat, AmError> {
         let mut reregistered = None;
         loop {
             if self.must_reregister {
                 tracing::info!(app_id = %self.app_id, "registering again after an RM outage");
-                reregistered = Some(self.register(shutdown).await?);
+                reregistered = Some(self.register_within_outage(shutdown).await?);
             }
             let RmConnection { client, outage, .. } = self;
             let sent = outage
@@ -112,10 +106,8 @@ impl RmConnection {
                 .map_err(|error| attempt_error("allocate", error))?;
             match sent {
                 Some(reply) => {
-                    return Ok(Heartbeat {
-                        reply,
-                        reregistered,
-                    });
+                    self.outage.reset();
+                    return Ok(Heartbeat { reply, reregistered });
                 }
                 // The RM may have restarted meanwhile: register before resending.
                 None => self.must_reregister = true,
@@ -124,12 +116,7 @@ impl RmConnection {
     }
 
     /// Reports the end of the job, retrying across an RM outage.
-    pub async fn finish(
-        &mut self,
-        final_status: FinalStatus,
-        diagnostics: &str,
-        shutdown: &CancellationToken,
-    ) -> Result<(), AmError> {
+    pub async fn finish(&mut self, final_status: FinalStatus, diagnostics: &str, shutdown: &CancellationToken) -> Result<(), AmError> {
         let request = FinishAmRequest {
             app_id: self.app_id,
             attempt: self.attempt,
@@ -140,7 +127,7 @@ impl RmConnection {
         let mut sent_before = false;
         loop {
             if self.must_reregister {
-                match self.register(shutdown).await {
+                match self.register_within_outage(shutdown).await {
                     Err(AmError::AttemptInvalid { source, .. }) if sent_before => {
                         tracing::warn!(error = %source, "register refused after a finish that may have landed: taking the finish as recorded");
                         return Ok(());
@@ -149,11 +136,11 @@ impl RmConnection {
                 };
             }
             let RmConnection { client, outage, .. } = self;
-            match outage
-                .send("finish", shutdown, client.finish_am(&request))
-                .await
-            {
-                Ok(Some(())) => return Ok(()),
+            match outage.send("finish", shutdown, client.finish_am(&request)).await {
+                Ok(Some(())) => {
+                    self.outage.reset();
+                    return Ok(());
+                }
                 Ok(None) => {
                     self.must_reregister = true;
                     sent_before = true;
@@ -173,15 +160,16 @@ enum RetryError {
     /// A final answer from the RM.
     Failed(ClientError),
     /// The RM stayed unreachable past the outage budget.
-    OutageTooLong { waited: Duration, last: ClientError },
+    OutageTooLong {
+        waited: Duration,
+        last: ClientError,
+    },
     Cancelled,
 }
 
 fn attempt_error(call: &'static str, error: RetryError) -> AmError {
     match error {
-        RetryError::Failed(source) if is_attempt_invalid(&source) => {
-            AmError::AttemptInvalid { call, source }
-        }
+        RetryError::Failed(source) if is_attempt_invalid(&source) => AmError::AttemptInvalid { call, source },
         RetryError::Failed(source) => AmError::Rejected { call, source },
         RetryError::OutageTooLong { waited, last } => AmError::RmUnreachable {
             call,
@@ -228,10 +216,8 @@ impl OutageClock {
             () = shutdown.cancelled() => return Err(RetryError::Cancelled),
         };
         let error = match result.map_err(classify) {
-            Ok(value) => {
-                self.reset();
-                return Ok(Some(value));
-            }
+            // The caller ends the outage: a register in the middle of one must not.
+            Ok(value) => return Ok(Some(value)),
             Err(Failure::Final(error)) => {
                 self.reset();
                 return Err(RetryError::Failed(error));
@@ -240,10 +226,7 @@ impl OutageClock {
         };
         let waited = self.started.get_or_insert_with(Instant::now).elapsed();
         if waited >= self.policy.outage_budget {
-            return Err(RetryError::OutageTooLong {
-                waited,
-                last: error,
-            });
+            return Err(RetryError::OutageTooLong { waited, last: error });
         }
         tracing::warn!(call, %error, retry_in_ms = self.backoff.as_millis() as u64, "the RM did not answer; retrying");
         tokio::select! {
@@ -267,9 +250,7 @@ fn classify(error: ClientError) -> Failure {
     match &error {
         // A garbled body is most likely a connection cut mid-answer by a stopping RM.
         ClientError::Unreachable { .. } | ClientError::Decode { .. } => Failure::Transient(error),
-        ClientError::Api { status, .. } if *status >= 500 || matches!(status, 408 | 429) => {
-            Failure::Transient(error)
-        }
+        ClientError::Api { status, .. } if *status >= 500 || matches!(status, 408 | 429) => Failure::Transient(error),
         ClientError::Api { .. } => Failure::Final(error),
     }
 }

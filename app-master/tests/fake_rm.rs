@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use spindle_app_master::{AmContext, AmError, AmExit, RetryPolicy, ShellMaster};
-use spindle_protocol::{FinalStatus, JobSpec};
+use spindle_app_master::{
+    AgentLauncher, AmContext, AmError, AmExit, ContainerLauncher, LaunchFailure, LaunchFailureKind, RetryPolicy, ShellMaster,
+};
+use spindle_protocol::{Allocation, FinalStatus, JobSpec, LaunchSpec};
 use support::{AM_TOKEN, APP, ATTEMPT, Behaviour, FakeCluster, container};
 use tokio_util::sync::CancellationToken;
 
@@ -80,10 +82,7 @@ async fn four_containers_succeed() {
 
 #[tokio::test]
 async fn a_task_that_fails_twice_then_succeeds() {
-    let fake = FakeCluster::start(behaviour(|task, launch| {
-        Some(if task == 1 && launch <= 2 { 1 } else { 0 })
-    }))
-    .await;
+    let fake = FakeCluster::start(behaviour(|task, launch| Some(if task == 1 && launch <= 2 { 1 } else { 0 }))).await;
     let exit = run(&fake, shell_spec(3, 3)).await.unwrap();
     assert_eq!(exit, finished(FinalStatus::Succeeded, "3 containers succeeded"));
     fake.with(|state| {
@@ -121,10 +120,7 @@ async fn a_task_that_always_fails_fails_the_job_after_max_retries() {
 #[tokio::test]
 async fn shutdown_from_the_rm_stops_without_finish() {
     let fake = FakeCluster::start(behaviour(|_, _| None)).await;
-    let master = tokio::spawn(run_with(
-        context(&fake, shell_spec(2, 3)),
-        CancellationToken::new(),
-    ));
+    let master = tokio::spawn(run_with(context(&fake, shell_spec(2, 3)), CancellationToken::new()));
     while fake.with(|state| state.launches.len()) < 2 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -146,14 +142,32 @@ async fn the_am_rides_through_an_rm_answering_503() {
 }
 
 #[tokio::test]
+async fn the_am_waits_for_an_rm_that_is_not_up_yet() {
+    // A free port with nothing on it yet: connections are refused until the RM starts.
+    let address = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let spec = shell_spec(2, 0);
+    let mut context = AmContext::new(APP, ATTEMPT, vec![address.clone()], AM_TOKEN, spec);
+    context.rm_retry.initial_backoff = Duration::from_millis(20);
+    context.rm_retry.max_backoff = Duration::from_millis(50);
+    let master = tokio::spawn(run_with(context, CancellationToken::new()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fake = FakeCluster::start_at(&address, behaviour(|_, _| Some(0))).await;
+    let exit = master.await.unwrap().unwrap();
+    assert_eq!(exit, finished(FinalStatus::Succeeded, "2 containers succeeded"));
+    assert_eq!(fake.with(|state| state.registers), 1);
+}
+
+#[tokio::test]
 async fn an_rm_outage_past_the_budget_is_an_error() {
     let fake = FakeCluster::start(behaviour(|_, _| Some(0))).await;
     fake.with(|state| state.failing_allocates = u32::MAX);
     let mut context = context(&fake, shell_spec(1, 0));
     context.rm_retry.outage_budget = Duration::from_millis(300);
-    let error = run_with(context, CancellationToken::new())
-        .await
-        .unwrap_err();
+    let error = run_with(context, CancellationToken::new()).await.unwrap_err();
     assert!(matches!(error, AmError::RmUnreachable { call: "allocate", .. }), "{error}");
 }
 
@@ -196,14 +210,48 @@ async fn a_refused_launch_is_released_and_run_elsewhere() {
     });
 }
 
+/// Loses the first launch as if its agent were unreachable, then launches for real.
+struct FirstLaunchUnreachable {
+    lost: std::sync::atomic::AtomicBool,
+    agents: AgentLauncher,
+}
+
+impl ContainerLauncher for FirstLaunchUnreachable {
+    async fn launch(&self, allocation: &Allocation, spec: LaunchSpec) -> Result<(), LaunchFailure> {
+        if !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(LaunchFailure {
+                kind: LaunchFailureKind::AgentUnreachable,
+                message: "connection refused".into(),
+            });
+        }
+        self.agents.launch(allocation, spec).await
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_agent_does_not_count_as_a_task_failure() {
+    let fake = FakeCluster::start(behaviour(|_, _| Some(0))).await;
+    let launcher = FirstLaunchUnreachable {
+        lost: false.into(),
+        agents: AgentLauncher::new(),
+    };
+    let master = ShellMaster::with_launcher(context(&fake, shell_spec(1, 0)), launcher).unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(8), master.run(CancellationToken::new()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit, finished(FinalStatus::Succeeded, "1 containers succeeded"));
+    fake.with(|state| {
+        assert_eq!(state.launches.len(), 1, "the lost launch never reached the agent");
+        assert_eq!(state.releases.len(), 1, "its container went back");
+    });
+}
+
 #[tokio::test]
 async fn cancelling_stops_without_finish() {
     let fake = FakeCluster::start(behaviour(|_, _| None)).await;
     let shutdown = CancellationToken::new();
-    let master = tokio::spawn(run_with(
-        context(&fake, shell_spec(1, 0)),
-        shutdown.clone(),
-    ));
+    let master = tokio::spawn(run_with(context(&fake, shell_spec(1, 0)), shutdown.clone()));
     while fake.with(|state| state.launches.len()) < 1 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

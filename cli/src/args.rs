@@ -18,21 +18,24 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Flags every command accepts, before or after its name.
+/// Help heading of the flags every command accepts.
+const GLOBAL: &str = "Global options";
+
+/// Flags every command accepts, before or after its name. The node agent uses `--rm` too.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// RM URL(s), comma-separated; tried in order [env: SPINDLE_RM] [default: from
     /// $SPINDLE_HOME/config.toml, else http://127.0.0.1:8088]
-    #[arg(long, global = true, value_name = "URL[,URL…]")]
+    #[arg(long, global = true, value_name = "URL[,URL…]", help_heading = GLOBAL)]
     pub rm: Option<String>,
     /// API token [env: SPINDLE_TOKEN] [default: from $SPINDLE_HOME/config.toml]
-    #[arg(long, global = true, value_name = "TOKEN")]
+    #[arg(long, global = true, value_name = "TOKEN", help_heading = GLOBAL)]
     pub token: Option<String>,
     /// Print the JSON of the API's reports instead of tables.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
-    /// How the daemons log (filter with RUST_LOG, default info).
-    #[arg(long, global = true, env = "SPINDLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    /// How the daemons log; filter with RUST_LOG (default info).
+    #[arg(long, global = true, help_heading = GLOBAL, env = "SPINDLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
 }
 

@@ -1,6 +1,7 @@
 //! What every long-running role shares: logging, shutdown on a signal, and binding a listener
 //! with an error that says what to do.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
@@ -15,7 +16,10 @@ const EXIT_INTERRUPTED: i32 = 130;
 /// Logs to stderr, filtered by `RUST_LOG` (else `default_filter`), as text or JSON lines.
 pub fn init_tracing(format: LogFormat, default_filter: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     // A second initialisation (tests) keeps the first subscriber: nothing to report.
     let _ = match format {
         LogFormat::Human => builder.try_init(),

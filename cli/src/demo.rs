@@ -19,7 +19,10 @@ const DEMO_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Each demo agent offers this much whatever the machine has: the job only echoes, and the
 /// demo must show containers spread over both agents even on a two-core laptop.
-const DEMO_AGENT_CAPACITY: Resources = Resources { vcores: 4, memory_mb: 4096 };
+const DEMO_AGENT_CAPACITY: Resources = Resources {
+    vcores: 4,
+    memory_mb: 4096,
+};
 
 const DEMO_JOB: &str = r#"
 name = "demo-hello"
@@ -32,7 +35,10 @@ memory_mb = 128
 "#;
 
 pub async fn demo() -> anyhow::Result<ExitCode> {
-    let data_dir = tempfile::Builder::new().prefix("spindle-demo-").tempdir().context("cannot make a temporary data dir")?;
+    let data_dir = tempfile::Builder::new()
+        .prefix("spindle-demo-")
+        .tempdir()
+        .context("cannot make a temporary data dir")?;
     eprintln!("Starting a throwaway cluster: a resource manager and 2 node agents…");
     let mut options = LocalOptions::new(data_dir.path())?;
     options.agents = 2;
@@ -63,7 +69,12 @@ async fn run_demo_job(cluster: &LocalCluster) -> anyhow::Result<ExitCode> {
     let mut progress = ProgressLine::on_stderr(ProgressMode::Changes);
     let report = tokio::time::timeout(DEMO_TIMEOUT, wait_for_app(&client, app_id, &mut progress))
         .await
-        .map_err(|_| anyhow!("the demo job did not finish within {}s; see `RUST_LOG=info spindle demo`", DEMO_TIMEOUT.as_secs()))??;
+        .map_err(|_| {
+            anyhow!(
+                "the demo job did not finish within {}s; see `RUST_LOG=info spindle demo`",
+                DEMO_TIMEOUT.as_secs()
+            )
+        })??;
     drop(progress);
     println!("{}", outcome_line(&report, started.elapsed()));
 

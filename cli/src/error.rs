@@ -32,7 +32,11 @@ fn hint_for(error: &anyhow::Error) -> Option<&'static str> {
 
 /// The exit code an error stands for.
 pub fn exit_code_for(error: &anyhow::Error) -> u8 {
-    if error.chain().any(|cause| cause.is::<UsageError>()) { EXIT_USAGE } else { EXIT_FAILURE }
+    if error.chain().any(|cause| cause.is::<UsageError>()) {
+        EXIT_USAGE
+    } else {
+        EXIT_FAILURE
+    }
 }
 
 /// Prints `error` (with its causes and any hint) and returns its exit code.
@@ -66,10 +70,18 @@ mod tests {
 
     #[test]
     fn auth_errors_get_a_token_hint() {
-        let unauthorized = ClientError::Api { status: 401, code: "unauthorized".into(), message: "no token".into() };
+        let unauthorized = ClientError::Api {
+            status: 401,
+            code: "unauthorized".into(),
+            message: "no token".into(),
+        };
         let error = Err::<(), _>(unauthorized).context("listing apps").unwrap_err();
         assert!(hint_for(&error).unwrap().contains("SPINDLE_TOKEN"));
-        let not_found = ClientError::Api { status: 404, code: "not_found".into(), message: "no app".into() };
+        let not_found = ClientError::Api {
+            status: 404,
+            code: "not_found".into(),
+            message: "no app".into(),
+        };
         assert!(hint_for(&anyhow::Error::new(not_found)).is_none());
     }
 }

@@ -7,7 +7,6 @@ pub mod daemon;
 pub mod demo;
 pub mod error;
 pub mod local;
-mod pending;
 pub mod roles;
 pub mod settings;
 pub mod table;

@@ -1,8 +1,9 @@
 //! A whole cluster in one process: an RM on an embedded SQLite store and N node agents on
 //! ephemeral ports. `spindle local`, `spindle demo` and tests start it the same way.
 //!
-//! The cluster secret and the API token live in `<data-dir>/local.toml` and are reused, so a
-//! restarted `spindle local` opens its own store again and recovers the apps it had.
+//! The cluster secret, the API token and the agents' ports live in `<data-dir>/local.toml` and
+//! are reused, so a restarted `spindle local` opens its own store again, recovers the apps it had,
+//! and its agents come back as the same nodes instead of leaving LOST ones behind.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -12,10 +13,10 @@ use anyhow::{Context, anyhow};
 use serde::{Deserialize, Serialize};
 use spindle_protocol::{ClusterSecret, NodeState, Resources, RmClient};
 use spindle_resource_manager::config::{ApiUser, RmConfig};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::pending::{node_agent, resource_manager};
 use crate::daemon::{bind, reachable_address};
 use crate::error::UsageError;
 use crate::settings::write_private_file;
@@ -34,7 +35,7 @@ pub struct LocalOptions {
     pub agents: usize,
     /// Where the RM's REST API listens; port 0 picks a free one.
     pub listen: SocketAddr,
-    /// Holds the store, the credentials and each agent's work dir.
+    /// Holds the store, `local.toml` and each agent's work dir.
     pub data_dir: PathBuf,
     /// What each agent offers, instead of what its probe finds.
     pub agent_capacity: Option<Resources>,
@@ -55,12 +56,15 @@ impl LocalOptions {
     }
 }
 
-/// The secrets of one data dir, kept across restarts.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// What a data dir remembers between runs (`local.toml`, owner-only: it holds secrets).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LocalCredentials {
+struct LocalState {
     cluster_secret: String,
     token: String,
+    /// Ports the agents had last time; each agent asks for its old port again.
+    #[serde(default)]
+    agent_ports: Vec<u16>,
 }
 
 /// What a role task returns: its name, for messages, and how it ended.
@@ -87,15 +91,18 @@ pub struct LocalCluster {
 impl LocalCluster {
     /// Starts the RM and the agents and returns once every agent is RUNNING at the RM.
     pub async fn start(options: LocalOptions) -> anyhow::Result<LocalCluster> {
-        std::fs::create_dir_all(&options.data_dir)
-            .with_context(|| format!("cannot create the data dir {}", options.data_dir.display()))?;
+        std::fs::create_dir_all(&options.data_dir).with_context(|| format!("cannot create the data dir {}", options.data_dir.display()))?;
         let data_dir = options.data_dir.canonicalize()?;
-        let credentials = load_or_create_credentials(&data_dir)?;
+        let mut state = load_or_create_state(&data_dir)?;
         let config = RmConfig {
             listen: options.listen,
             db: format!("sqlite://{}", data_dir.join("spindle.db").display()),
-            cluster_secret: credentials.cluster_secret.clone(),
-            users: vec![ApiUser { name: local_user_name(), token: credentials.token.clone(), admin: true }],
+            cluster_secret: state.cluster_secret.clone(),
+            users: vec![ApiUser {
+                name: local_user_name(),
+                token: state.token.clone(),
+                admin: true,
+            }],
             ..RmConfig::default()
         };
         config.validate().context("the local RM configuration is not valid")?;
@@ -104,7 +111,7 @@ impl LocalCluster {
         let rm_url = format!("http://{}", reachable_address(rm_listener.local_addr()?));
         let mut cluster = LocalCluster {
             rm_url: rm_url.clone(),
-            token: credentials.token.clone(),
+            token: state.token.clone(),
             data_dir: data_dir.clone(),
             agent_addresses: Vec::new(),
             agents_shutdown: CancellationToken::new(),
@@ -114,17 +121,24 @@ impl LocalCluster {
         };
         let rm_shutdown = cluster.rm_shutdown.clone();
         cluster.rm_task.spawn(async move {
-            let outcome = resource_manager::run(config, rm_listener, rm_shutdown).await;
+            let outcome = spindle_resource_manager::run(config, rm_listener, rm_shutdown).await;
             ("resource manager".to_owned(), outcome.map_err(anyhow::Error::from))
         });
 
-        let secret = ClusterSecret::new(&credentials.cluster_secret);
+        let secret = ClusterSecret::new(&state.cluster_secret);
         let started = async {
-            cluster.wait_until_ready(|client| async move { client.cluster().await.map(|_| true) }).await?;
+            cluster
+                .wait_until_ready(|client| async move { client.cluster().await.map(|_| true) })
+                .await?;
             for index in 0..options.agents {
-                cluster.spawn_agent(index, &options, secret.clone()).await?;
+                let preferred_port = state.agent_ports.get(index).copied().unwrap_or(0);
+                cluster.spawn_agent(index, preferred_port, &options, secret.clone()).await?;
             }
             let ports: Vec<u16> = cluster.agent_addresses.iter().map(SocketAddr::port).collect();
+            if state.agent_ports != ports {
+                state.agent_ports = ports.clone();
+                save_state(&data_dir, &state)?;
+            }
             cluster
                 .wait_until_ready(|client| {
                     let ports = ports.clone();
@@ -132,7 +146,9 @@ impl LocalCluster {
                         let nodes = client.nodes().await?;
                         Ok(ports.iter().all(|port| {
                             let suffix = format!(":{port}");
-                            nodes.iter().any(|node| node.state == NodeState::Running && node.address.ends_with(&suffix))
+                            nodes
+                                .iter()
+                                .any(|node| node.state == NodeState::Running && node.address.ends_with(&suffix))
                         }))
                     }
                 })
@@ -149,17 +165,27 @@ impl LocalCluster {
         }
     }
 
-    async fn spawn_agent(&mut self, index: usize, options: &LocalOptions, secret: ClusterSecret) -> anyhow::Result<()> {
-        let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), "node agent", "--listen").await?;
+    /// Starts agent `index` on `preferred_port` if it is free, else on any free port.
+    async fn spawn_agent(
+        &mut self,
+        index: usize,
+        preferred_port: u16,
+        options: &LocalOptions,
+        secret: ClusterSecret,
+    ) -> anyhow::Result<()> {
+        let listener = match TcpListener::bind((Ipv4Addr::LOCALHOST, preferred_port)).await {
+            Ok(listener) => listener,
+            Err(_) => bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), "node agent", "--listen").await?,
+        };
         self.agent_addresses.push(listener.local_addr()?);
         let mut config =
-            node_agent::AgentConfig::new(vec![self.rm_url.clone()], secret, self.data_dir.join(format!("agent-{index}")));
+            spindle_node_agent::AgentConfig::new(vec![self.rm_url.clone()], secret, self.data_dir.join(format!("agent-{index}")));
         config.advertise_host = Some(Ipv4Addr::LOCALHOST.to_string());
         config.capacity = options.agent_capacity;
         config.spindle_bin = options.spindle_bin.clone();
         let shutdown = self.agents_shutdown.clone();
         self.agent_tasks.spawn(async move {
-            let outcome = node_agent::run(config, listener, shutdown).await;
+            let outcome = spindle_node_agent::run(config, listener, shutdown).await;
             (format!("node agent {index}"), outcome.map_err(anyhow::Error::from))
         });
         Ok(())
@@ -186,7 +212,10 @@ impl LocalCluster {
             }
             if Instant::now() > deadline {
                 let cause = last_error.map(|err| format!(": {err}")).unwrap_or_default();
-                return Err(anyhow!("the local cluster did not come up within {}s{cause}", STARTUP_TIMEOUT.as_secs()));
+                return Err(anyhow!(
+                    "the local cluster did not come up within {}s{cause}",
+                    STARTUP_TIMEOUT.as_secs()
+                ));
             }
             tokio::time::sleep(STARTUP_POLL).await;
         }
@@ -231,7 +260,10 @@ async fn drain(tasks: &mut JoinSet<RoleExit>) -> anyhow::Result<()> {
             }
             Err(_elapsed) => {
                 tasks.abort_all();
-                first_error.get_or_insert(anyhow!("a role did not stop within {}s and was aborted", SHUTDOWN_TIMEOUT.as_secs()));
+                first_error.get_or_insert(anyhow!(
+                    "a role did not stop within {}s and was aborted",
+                    SHUTDOWN_TIMEOUT.as_secs()
+                ));
                 break;
             }
         }
@@ -247,22 +279,38 @@ fn role_exit_error(exit: Result<RoleExit, tokio::task::JoinError>) -> anyhow::Er
     }
 }
 
-/// The data dir's credentials, made (and kept) the first time.
-fn load_or_create_credentials(data_dir: &Path) -> anyhow::Result<LocalCredentials> {
-    let path = data_dir.join("local.toml");
+/// The data dir's state, made the first time and kept.
+fn load_or_create_state(data_dir: &Path) -> anyhow::Result<LocalState> {
+    let path = state_path(data_dir);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             return toml::from_str(&text).map_err(|err| {
-                UsageError::new(format!("{}: {} (delete it to start afresh)", path.display(), err.to_string().trim_end()))
-                    .into()
+                UsageError::new(format!(
+                    "{}: {} (delete it to start afresh)",
+                    path.display(),
+                    err.to_string().trim_end()
+                ))
+                .into()
             });
         }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
     }
-    let credentials = LocalCredentials { cluster_secret: random_hex_secret(), token: random_hex_secret() };
-    write_private_file(&path, &toml::to_string(&credentials)?)?;
-    Ok(credentials)
+    let state = LocalState {
+        cluster_secret: random_hex_secret(),
+        token: random_hex_secret(),
+        agent_ports: Vec::new(),
+    };
+    save_state(data_dir, &state)?;
+    Ok(state)
+}
+
+fn save_state(data_dir: &Path, state: &LocalState) -> anyhow::Result<()> {
+    write_private_file(&state_path(data_dir), &toml::to_string(state)?)
+}
+
+fn state_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("local.toml")
 }
 
 /// 32 random bytes in hex.
@@ -272,7 +320,10 @@ pub fn random_hex_secret() -> String {
 
 /// The name the local API user gets: the login name, as YARN would show it.
 fn local_user_name() -> String {
-    std::env::var("USER").ok().filter(|user| !user.trim().is_empty()).unwrap_or_else(|| "local".to_owned())
+    std::env::var("USER")
+        .ok()
+        .filter(|user| !user.trim().is_empty())
+        .unwrap_or_else(|| "local".to_owned())
 }
 
 #[cfg(test)]
@@ -280,20 +331,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn credentials_are_made_once_and_kept() {
+    fn state_is_made_once_and_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let first = load_or_create_credentials(dir.path()).unwrap();
+        let mut first = load_or_create_state(dir.path()).unwrap();
         assert_eq!(first.token.len(), 64);
         assert_ne!(first.token, first.cluster_secret);
-        let again = load_or_create_credentials(dir.path()).unwrap();
-        assert_eq!((again.token, again.cluster_secret), (first.token, first.cluster_secret));
+        first.agent_ports = vec![4001, 4002];
+        save_state(dir.path(), &first).unwrap();
+        assert_eq!(load_or_create_state(dir.path()).unwrap(), first);
     }
 
     #[test]
-    fn broken_credentials_say_how_to_start_afresh() {
+    fn a_broken_state_file_says_how_to_start_afresh() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("local.toml"), "token = 1\n").unwrap();
-        let err = load_or_create_credentials(dir.path()).unwrap_err();
+        let err = load_or_create_state(dir.path()).unwrap_err();
         assert!(err.to_string().contains("delete it"), "{err}");
     }
 }

@@ -10,11 +10,10 @@ use spindle_protocol::{ClusterSecret, Resources};
 use spindle_resource_manager::config::RmConfig;
 
 use crate::args::{LocalArgs, NodeAgentArgs, ResourceManagerArgs};
-use crate::pending::{node_agent, resource_manager};
 use crate::daemon::{bind, cancel_on_signal, shutdown_signal};
 use crate::error::UsageError;
 use crate::local::{LocalCluster, LocalOptions};
-use crate::settings::{ClientConfigFile, client_config_path, env, process_env, spindle_home, split_urls, write_private_file};
+use crate::settings::{ClientConfigFile, ClientSettings, client_config_path, env, process_env, spindle_home, write_private_file};
 
 /// The RM and agents refuse shorter secrets.
 const MIN_SECRET_LEN: usize = 16;
@@ -33,7 +32,7 @@ pub async fn resource_manager(args: ResourceManagerArgs) -> anyhow::Result<ExitC
     }
     let listener = bind(config.listen, "resource manager", "--listen").await?;
     tracing::info!(listen = %listener.local_addr()?, db = %config.db, "starting the resource manager");
-    resource_manager::run(config, listener, cancel_on_signal()).await?;
+    spindle_resource_manager::run(config, listener, cancel_on_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -46,8 +45,8 @@ pub fn rm_config(args: &ResourceManagerArgs, env_secret: Option<String>) -> anyh
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|err| UsageError::new(format!("cannot read config file {}: {err}", path.display())))?;
-            let config = toml::from_str(&text)
-                .map_err(|err| UsageError::new(format!("{}: {}", path.display(), err.to_string().trim_end())))?;
+            let config =
+                toml::from_str(&text).map_err(|err| UsageError::new(format!("{}: {}", path.display(), err.to_string().trim_end())))?;
             (config, path.display().to_string())
         }
     };
@@ -68,19 +67,21 @@ pub fn rm_config(args: &ResourceManagerArgs, env_secret: Option<String>) -> anyh
 }
 
 pub async fn node_agent(args: NodeAgentArgs, rm_flag: Option<&str>) -> anyhow::Result<ExitCode> {
-    let rm_urls = rm_flag
-        .map(split_urls)
-        .or_else(|| process_env(env::RM).map(|urls| split_urls(&urls)))
-        .filter(|urls| !urls.is_empty())
-        .ok_or_else(|| UsageError::new("the node agent needs the resource manager's URL: pass --rm URL[,URL…] or set SPINDLE_RM"))?;
-    let secret = agent_secret(args.secret.as_deref(), args.secret_file.as_deref(), process_env(env::CLUSTER_SECRET))?;
+    // The same sources as a client's: --rm, SPINDLE_RM, $SPINDLE_HOME/config.toml, the default.
+    let rm_urls = ClientSettings::load(rm_flag, None)?.rm_urls;
+    let secret = agent_secret(
+        args.secret.as_deref(),
+        args.secret_file.as_deref(),
+        process_env(env::CLUSTER_SECRET),
+    )?;
     let work_dir = match args.work_dir {
         Some(work_dir) => work_dir,
         None => spindle_home(process_env)
             .map(|home| home.join("node-agent"))
             .ok_or_else(|| UsageError::new("there is no home directory for the default work dir: pass --work-dir DIR"))?,
     };
-    let mut config = node_agent::AgentConfig::new(rm_urls, secret, work_dir);
+    let rm_list = rm_urls.join(",");
+    let mut config = spindle_node_agent::AgentConfig::new(rm_urls, secret, work_dir);
     config.advertise_host = args.advertise_host;
     config.capacity = capacity(args.vcores, args.memory_mb);
     if let Some(rack) = args.rack {
@@ -89,8 +90,8 @@ pub async fn node_agent(args: NodeAgentArgs, rm_flag: Option<&str>) -> anyhow::R
     config.labels = args.labels;
     config.spindle_bin = std::env::current_exe().context("cannot find the running spindle binary")?;
     let listener = bind(args.listen, "node agent", "--listen").await?;
-    tracing::info!(listen = %listener.local_addr()?, "starting the node agent");
-    node_agent::run(config, listener, cancel_on_signal()).await?;
+    tracing::info!(listen = %listener.local_addr()?, rm = %rm_list, "starting the node agent");
+    spindle_node_agent::run(config, listener, cancel_on_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -124,8 +125,8 @@ pub async fn app_master() -> anyhow::Result<ExitCode> {
 }
 
 pub async fn local(args: LocalArgs) -> anyhow::Result<ExitCode> {
-    let home = spindle_home(process_env)
-        .ok_or_else(|| UsageError::new("there is no home directory for the client config: set SPINDLE_HOME"))?;
+    let home =
+        spindle_home(process_env).ok_or_else(|| UsageError::new("there is no home directory for the client config: set SPINDLE_HOME"))?;
     let mut options = LocalOptions::new(args.data_dir.unwrap_or_else(|| home.join("local")))?;
     options.agents = args.agents;
     options.listen = args.listen;
@@ -133,7 +134,10 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<ExitCode> {
     let mut cluster = LocalCluster::start(options).await?;
 
     let config_path = client_config_path(&home);
-    let client_config = ClientConfigFile { rm: Some(vec![cluster.rm_url.clone()]), token: Some(cluster.token.clone()) };
+    let client_config = ClientConfigFile {
+        rm: Some(vec![cluster.rm_url.clone()]),
+        token: Some(cluster.token.clone()),
+    };
     let written = toml::to_string(&client_config)
         .map_err(anyhow::Error::from)
         .and_then(|text| write_private_file(&config_path, &text));
@@ -181,7 +185,11 @@ mod tests {
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     fn rm_args(config: Option<&Path>) -> ResourceManagerArgs {
-        ResourceManagerArgs { config: config.map(Path::to_owned), db: None, listen: None }
+        ResourceManagerArgs {
+            config: config.map(Path::to_owned),
+            db: None,
+            listen: None,
+        }
     }
 
     #[test]
@@ -189,7 +197,10 @@ mod tests {
         let err = rm_config(&rm_args(None), None).unwrap_err();
         assert!(err.is::<UsageError>());
         let message = err.to_string();
-        assert!(message.contains("cluster_secret") && message.contains("SPINDLE_CLUSTER_SECRET"), "{message}");
+        assert!(
+            message.contains("cluster_secret") && message.contains("SPINDLE_CLUSTER_SECRET"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -198,7 +209,10 @@ mod tests {
         let path = dir.path().join("rm.toml");
         std::fs::write(&path, "db = \"sqlite://file.db\"\ncluster_secret = \"file-secret-0123456789\"\n").unwrap();
         let config = rm_config(&rm_args(Some(&path)), None).unwrap();
-        assert_eq!((config.db.as_str(), config.cluster_secret.as_str()), ("sqlite://file.db", "file-secret-0123456789"));
+        assert_eq!(
+            (config.db.as_str(), config.cluster_secret.as_str()),
+            ("sqlite://file.db", "file-secret-0123456789")
+        );
 
         let mut args = rm_args(Some(&path));
         args.db = Some("sqlite://flag.db".into());
@@ -223,12 +237,22 @@ mod tests {
         let path = dir.path().join("secret");
         std::fs::write(&path, format!("{SECRET}\n")).unwrap();
         let expected = ClusterSecret::new(SECRET).agent_token();
-        assert_eq!(agent_secret(None, Some(&path), Some("ignored-env-secret-000".into())).unwrap().agent_token(), expected);
+        assert_eq!(
+            agent_secret(None, Some(&path), Some("ignored-env-secret-000".into()))
+                .unwrap()
+                .agent_token(),
+            expected
+        );
         assert_eq!(agent_secret(Some(SECRET), None, None).unwrap().agent_token(), expected);
         assert_eq!(agent_secret(None, None, Some(SECRET.into())).unwrap().agent_token(), expected);
 
         let missing = agent_secret(None, None, None).unwrap_err().to_string();
         assert!(missing.contains("SPINDLE_CLUSTER_SECRET"), "{missing}");
-        assert!(agent_secret(Some("short"), None, None).unwrap_err().to_string().contains("at least 16"));
+        assert!(
+            agent_secret(Some("short"), None, None)
+                .unwrap_err()
+                .to_string()
+                .contains("at least 16")
+        );
     }
 }

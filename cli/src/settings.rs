@@ -61,7 +61,11 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Opti
 
 /// `a, b,,c` → `[a, b, c]`: the comma-separated form of `--rm` and `SPINDLE_RM`.
 pub fn split_urls(text: &str) -> Vec<String> {
-    text.split(',').map(str::trim).filter(|url| !url.is_empty()).map(str::to_owned).collect()
+    text.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// `$SPINDLE_HOME`, else `~/.spindle`; `None` when there is no home directory either.
@@ -90,9 +94,12 @@ impl SettingsLayer {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(SettingsLayer::default()),
             Err(err) => return Err(UsageError::new(format!("cannot read {}: {err}", path.display())).into()),
         };
-        let file: ClientConfigFile = toml::from_str(&text)
-            .map_err(|err| UsageError::new(format!("{}: {}", path.display(), err.to_string().trim_end())))?;
-        Ok(SettingsLayer { rm_urls: file.rm, token: file.token })
+        let file: ClientConfigFile =
+            toml::from_str(&text).map_err(|err| UsageError::new(format!("{}: {}", path.display(), err.to_string().trim_end())))?;
+        Ok(SettingsLayer {
+            rm_urls: file.rm,
+            token: file.token,
+        })
     }
 
     pub fn from_env(lookup_env: impl Fn(&str) -> Option<String>) -> SettingsLayer {
@@ -111,7 +118,10 @@ impl SettingsLayer {
 
     /// This layer, with what it leaves open taken from `lower`.
     fn over(self, lower: SettingsLayer) -> SettingsLayer {
-        SettingsLayer { rm_urls: self.rm_urls.or(lower.rm_urls), token: self.token.or(lower.token) }
+        SettingsLayer {
+            rm_urls: self.rm_urls.or(lower.rm_urls),
+            token: self.token.or(lower.token),
+        }
     }
 }
 
@@ -178,16 +188,28 @@ mod tests {
         assert_eq!(settings.token.as_deref(), Some("flag-token"));
 
         let settings = ClientSettings::resolve(file.clone(), env, SettingsLayer::default());
-        assert_eq!((settings.rm_urls[0].as_str(), settings.token.as_deref()), ("env:1", Some("env-token")));
+        assert_eq!(
+            (settings.rm_urls[0].as_str(), settings.token.as_deref()),
+            ("env:1", Some("env-token"))
+        );
 
         let settings = ClientSettings::resolve(file, layer(None, Some("env-token")), SettingsLayer::default());
-        assert_eq!((settings.rm_urls[0].as_str(), settings.token.as_deref()), ("file:1", Some("env-token")));
+        assert_eq!(
+            (settings.rm_urls[0].as_str(), settings.token.as_deref()),
+            ("file:1", Some("env-token"))
+        );
     }
 
     #[test]
     fn nothing_configured_means_the_local_default_and_no_token() {
         let settings = ClientSettings::resolve(SettingsLayer::default(), SettingsLayer::default(), SettingsLayer::default());
-        assert_eq!(settings, ClientSettings { rm_urls: vec![DEFAULT_RM_URL.to_owned()], token: None });
+        assert_eq!(
+            settings,
+            ClientSettings {
+                rm_urls: vec![DEFAULT_RM_URL.to_owned()],
+                token: None
+            }
+        );
     }
 
     #[test]
@@ -197,7 +219,13 @@ mod tests {
             env::TOKEN => Some("t".to_owned()),
             _ => None,
         });
-        assert_eq!(env, SettingsLayer { rm_urls: Some(vec!["a:1".into(), "b:2".into()]), token: Some("t".into()) });
+        assert_eq!(
+            env,
+            SettingsLayer {
+                rm_urls: Some(vec!["a:1".into(), "b:2".into()]),
+                token: Some("t".into())
+            }
+        );
         assert_eq!(SettingsLayer::from_flags(Some(","), None), SettingsLayer::default());
     }
 

@@ -15,7 +15,11 @@ const GAP: &str = "  ";
 
 impl Table {
     pub fn new(headers: &[&str]) -> Self {
-        Table { headers: headers.iter().map(|header| header.to_string()).collect(), rows: Vec::new(), right_aligned: Vec::new() }
+        Table {
+            headers: headers.iter().map(|header| header.to_string()).collect(),
+            rows: Vec::new(),
+            right_aligned: Vec::new(),
+        }
     }
 
     /// Aligns the given columns (by index) on the right.
@@ -114,7 +118,11 @@ pub fn memory(mb: u64) -> String {
         return format!("{mb}M");
     }
     let gb = mb as f64 / 1024.0;
-    if mb % 1024 == 0 { format!("{}G", mb / 1024) } else { format!("{gb:.1}G") }
+    if mb.is_multiple_of(1024) {
+        format!("{}G", mb / 1024)
+    } else {
+        format!("{gb:.1}G")
+    }
 }
 
 /// `0.456` → `46%`.
@@ -163,7 +171,10 @@ mod tests {
 
     #[test]
     fn key_values_line_up() {
-        assert_eq!(key_values(&[("id", "1".into()), ("state", "RUNNING".into())]), "id     1\nstate  RUNNING\n");
+        assert_eq!(
+            key_values(&[("id", "1".into()), ("state", "RUNNING".into())]),
+            "id     1\nstate  RUNNING\n"
+        );
     }
 
     #[test]

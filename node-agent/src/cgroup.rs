@@ -12,6 +12,11 @@ use std::time::Duration;
 /// Name of the directory, under the memory hierarchy's root, that holds the containers' cgroups.
 const SPINDLE_CGROUP: &str = "spindle";
 
+/// Empty container cgroups older than this, found at start, were left behind by agents that
+/// stopped while their containers ran: they are removed. Younger ones may belong to another
+/// agent on this host that is just starting a container.
+const STALE_CGROUP_AGE: Duration = Duration::from_secs(60);
+
 /// How long removal waits for the kernel to let go of an emptied cgroup.
 const REMOVE_ATTEMPTS: u32 = 40;
 const REMOVE_RETRY_DELAY: Duration = Duration::from_millis(25);
@@ -219,7 +224,33 @@ fn prepare(version: CgroupVersion, mount: &Path) -> Result<CgroupRoot, String> {
         .map_err(|err| format!("cannot create a container cgroup with a memory limit: {err}"));
     let _ = std::fs::remove_dir(&trial);
     result?;
+    remove_stale_cgroups(&base);
     Ok(CgroupRoot { version, base })
+}
+
+/// Removes old, empty container cgroups; the kernel refuses to remove any that still hold a
+/// process, so a container that is still running keeps its cgroup.
+fn remove_stale_cgroups(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let is_old_dir = entry.metadata().is_ok_and(|meta| {
+            meta.is_dir()
+                && meta
+                    .modified()
+                    .ok()
+                    .and_then(|modified| modified.elapsed().ok())
+                    .is_some_and(|age| age > STALE_CGROUP_AGE)
+        });
+        if is_old_dir && std::fs::remove_dir(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, base = %base.display(), "removed empty container cgroups left by earlier agents");
+    }
 }
 
 /// v2 only lets a cgroup's children limit memory if the cgroup delegates the controller.

@@ -134,6 +134,9 @@ pub(crate) fn spawn_container(
         .env(env::NODE_ID, context.node_id.as_str())
         .env(env::MEMORY_MB, resources.memory_mb.to_string())
         .env(env::VCORES, resources.vcores.to_string());
+    if cgroup.is_none() && std::env::var_os("EXPERIMENT_FORK").is_some() {
+        unsafe { command.pre_exec(|| Ok(())); }
+    }
     if let Some(cgroup) = &cgroup {
         // SAFETY: the hook is async-signal-safe (see `join_hook`).
         unsafe {
@@ -396,5 +399,43 @@ mod tests {
         let long_line = "x".repeat(5000);
         std::fs::write(&path, format!("{long_line}\nlast\n")).unwrap();
         assert_eq!(read_tail(&path), "last");
+    }
+}
+
+#[cfg(test)]
+mod timing_experiment {
+    use super::*;
+    use std::time::Instant;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn time_spawns() {
+        let dir = tempfile::tempdir().unwrap();
+        for cgroups in [None, Some(CgroupRoot::detect().unwrap())] {
+            let with = cgroups.is_some();
+            let context = LaunchContext {
+                node_id: NodeId("x:1".into()),
+                rm_urls: String::new(),
+                work_dir: dir.path().to_path_buf(),
+                spindle_bin: PathBuf::from("/bin/true"),
+                node_port: 1,
+                cgroups,
+            };
+            let spec = LaunchSpec { command: vec!["true".into()], env: Default::default() };
+            let (mut spawn_t, mut wait_t, mut remove_t) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+            for seq in 0..300u64 {
+                let id = ContainerId { app: spindle_protocol::AppId { cluster_ts: 1, seq: 1 }, attempt: 1, epoch: 1, seq: seq + if with { 1000 } else { 0 } };
+                let t = Instant::now();
+                let mut spawned = spawn_container(&context, &id, &Resources::new(1, 64), &spec).unwrap();
+                spawn_t += t.elapsed();
+                let t = Instant::now();
+                spawned.child.wait().await.unwrap();
+                wait_t += t.elapsed();
+                let t = Instant::now();
+                if let Some(c) = spawned.cgroup { c.remove(); }
+                remove_t += t.elapsed();
+            }
+            println!("cgroups={with}: spawn {:?} wait {:?} remove {:?} per container", spawn_t / 300, wait_t / 300, remove_t / 300);
+        }
     }
 }

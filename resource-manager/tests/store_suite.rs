@@ -4,140 +4,20 @@
 //!
 //! PostgreSQL comes from `SPINDLE_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/test`).
 //! If it cannot be reached the PostgreSQL tests fail rather than skip: CI starts it.
-//! Run: `cargo test -p spindle-resource-manager --test store_suite`.
+//! Run: `cargo test -p spindle-resource-manager --test store_suite`. The per-test databases and
+//! the record builders live in `store_suite/support.rs`.
 
 use std::time::Instant;
 
-use spindle_protocol::{
-    AppId, AppState, ContainerId, ContainerState, ExitReason, FinalStatus, JobSpec, NodeId,
-    NodeState, Resources,
-};
-use spindle_resource_manager::records::{
-    AppRecord, AttemptRecord, ContainerRecord, NodeRecord, Snapshot, WriteBatch,
-};
+use spindle_protocol::{AppState, ContainerState, NodeState};
+use spindle_resource_manager::records::{AppRecord, ContainerRecord, Snapshot, WriteBatch};
 use spindle_resource_manager::store::{Store, StoreError};
-use sqlx::{AssertSqlSafe, Connection};
 
-const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+// Under the suite's own directory, so it cannot clash with other test targets' helpers.
+#[path = "store_suite/support.rs"]
+mod support;
 
-/// A database of its own for one test: a SQLite file in a temporary directory, or a PostgreSQL
-/// schema created for the test and dropped when the test ends (even if it panics).
-enum TestDb {
-    Sqlite {
-        _dir: tempfile::TempDir,
-        url: String,
-    },
-    Postgres {
-        server_url: String,
-        schema: String,
-        url: String,
-    },
-}
-
-impl TestDb {
-    fn sqlite() -> TestDb {
-        let dir = tempfile::tempdir().expect("create a temporary directory");
-        let url = format!("sqlite://{}", dir.path().join("spindle.db").display());
-        TestDb::Sqlite { _dir: dir, url }
-    }
-
-    /// Creates a random schema with a plain connection, then points the store at it through the
-    /// URL (`options=-c search_path=…`), so PostgreSQL tests run in parallel without meeting.
-    async fn postgres() -> TestDb {
-        let server_url =
-            std::env::var("SPINDLE_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_POSTGRES.to_owned());
-        let schema = format!("spindle_test_{:016x}", rand::random::<u64>());
-        let mut admin = sqlx::PgConnection::connect(&server_url).await.unwrap_or_else(|error| {
-            panic!("PostgreSQL is unreachable at {server_url} ({error}): start it, or point SPINDLE_TEST_POSTGRES at one")
-        });
-        sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-            .execute(&mut admin)
-            .await
-            .expect("create the test schema");
-        let separator = if server_url.contains('?') { '&' } else { '?' };
-        let url = format!("{server_url}{separator}options=-c%20search_path%3D{schema}");
-        TestDb::Postgres {
-            server_url,
-            schema,
-            url,
-        }
-    }
-
-    fn url(&self) -> &str {
-        match self {
-            TestDb::Sqlite { url, .. } | TestDb::Postgres { url, .. } => url,
-        }
-    }
-
-    async fn connect(&self) -> Store {
-        Store::connect(self.url())
-            .await
-            .unwrap_or_else(|error| panic!("connect to {}: {error}", self.url()))
-    }
-
-    /// Runs raw SQL under the store, as a bug or a bad disk would.
-    async fn execute(&self, sql: &str) {
-        let sql = AssertSqlSafe(sql.to_owned());
-        match self {
-            TestDb::Sqlite { url, .. } => {
-                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
-                sqlx::query(sql).execute(&mut conn).await.unwrap();
-            }
-            TestDb::Postgres { url, .. } => {
-                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-                sqlx::query(sql).execute(&mut conn).await.unwrap();
-            }
-        }
-    }
-
-    /// Reads one text column of raw SQL, to look at the copied columns beside the docs.
-    async fn fetch_strings(&self, sql: &str) -> Vec<String> {
-        let sql = AssertSqlSafe(sql.to_owned());
-        match self {
-            TestDb::Sqlite { url, .. } => {
-                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
-                sqlx::query_scalar(sql).fetch_all(&mut conn).await.unwrap()
-            }
-            TestDb::Postgres { url, .. } => {
-                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-                sqlx::query_scalar(sql).fetch_all(&mut conn).await.unwrap()
-            }
-        }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let TestDb::Postgres {
-            server_url, schema, ..
-        } = self
-        else {
-            return;
-        };
-        let (server_url, drop_schema) =
-            (server_url.clone(), format!("DROP SCHEMA {schema} CASCADE"));
-        // Drop cannot await, and the test's runtime may be unwinding: use a runtime of our own.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let mut admin = sqlx::PgConnection::connect(&server_url).await?;
-                sqlx::query("SET lock_timeout = '10s'")
-                    .execute(&mut admin)
-                    .await?;
-                sqlx::query(AssertSqlSafe(drop_schema))
-                    .execute(&mut admin)
-                    .await?;
-                Ok::<(), sqlx::Error>(())
-            })
-        });
-        if let Ok(Err(error)) = cleanup.join() {
-            eprintln!("could not drop test schema {schema}: {error}");
-        }
-    }
-}
+use support::{TestDb, app, app_id, batch, container, node};
 
 /// Generates `mod sqlite` and `mod postgres`, each with one `#[tokio::test]` per body.
 macro_rules! backend_suite {
@@ -177,116 +57,13 @@ backend_suite!(
     a_corrupt_doc_is_reported_with_its_row,
 );
 
-// ---- records -------------------------------------------------------------------------------
-
-const CLUSTER_TS: u64 = 1_700_000_000_000;
-
-fn app_id(seq: u32) -> AppId {
-    AppId {
-        cluster_ts: CLUSTER_TS,
-        seq,
-    }
-}
-
-fn container_id(app_seq: u32, seq: u64) -> ContainerId {
-    ContainerId {
-        app: app_id(app_seq),
-        attempt: 2,
-        epoch: 3,
-        seq,
-    }
-}
-
-fn shell_spec() -> JobSpec {
-    let mut spec: JobSpec = serde_json::from_value(serde_json::json!({
-        "name": "x", "kind": "shell", "shell": {"command": ["true"], "containers": 2}
-    }))
-    .unwrap();
-    spec.queue = "analytics".to_owned();
-    spec.priority = 7;
-    spec
-}
-
-/// An app with every optional field set and two attempts.
-fn app(seq: u32, submitted_at_ms: u64, state: AppState, finished_at_ms: Option<u64>) -> AppRecord {
-    let attempt = |number: u32| AttemptRecord {
-        attempt: number,
-        am_container: Some(container_id(seq, u64::from(number))),
-        node_id: Some(NodeId(format!("node-{number}:8042"))),
-        registered: true,
-        started_at_ms: submitted_at_ms + 10 * u64::from(number),
-        finished_at_ms: Some(submitted_at_ms + 15 * u64::from(number)),
-        diagnostics: format!("attempt {number} lost its node"),
-        counts_as_failure: number == 1,
-    };
-    AppRecord {
-        app_id: app_id(seq),
-        user: "alice".to_owned(),
-        spec: shell_spec(),
-        state,
-        final_status: FinalStatus::Succeeded,
-        diagnostics: "all good".to_owned(),
-        progress: 0.75,
-        attempts: vec![attempt(1), attempt(2)],
-        submitted_at_ms,
-        started_at_ms: Some(submitted_at_ms + 5),
-        finished_at_ms,
-    }
-}
-
-/// A completed container with every optional field set.
-fn container(app_seq: u32, seq: u64, state: ContainerState) -> ContainerRecord {
-    ContainerRecord {
-        container_id: container_id(app_seq, seq),
-        node_id: NodeId("node-1:8042".to_owned()),
-        node_address: "10.0.0.1:8042".to_owned(),
-        resources: Resources::new(2, 1536),
-        state,
-        is_am: seq == 1,
-        exit_code: Some(137),
-        exit_reason: Some(ExitReason::ExceededMemory),
-        diagnostics: "killed: 1600 MB > 1536 MB".to_owned(),
-        allocated_at_ms: 1_000,
-        launch_deadline_ms: 61_000,
-        started_at_ms: Some(1_200),
-        finished_at_ms: Some(9_000),
-    }
-}
-
-fn node(name: &str, state: NodeState) -> NodeRecord {
-    NodeRecord {
-        node_id: NodeId(name.to_owned()),
-        address: format!("http://{name}"),
-        rack: "/rack-7".to_owned(),
-        labels: vec!["gpu".to_owned(), "ssd".to_owned()],
-        capacity: Resources::new(16, 65_536),
-        state,
-        decommission_deadline_ms: Some(123_456),
-    }
-}
-
-fn batch(
-    apps: Vec<AppRecord>,
-    containers: Vec<ContainerRecord>,
-    nodes: Vec<NodeRecord>,
-) -> WriteBatch {
-    WriteBatch {
-        apps,
-        containers,
-        nodes,
-    }
-}
-
 // ---- bodies ---------------------------------------------------------------------------------
 
 async fn migrations_are_idempotent(db: TestDb) {
     let first = db.connect().await;
     let epoch = first.begin_epoch().await.unwrap();
     first
-        .commit(
-            epoch,
-            &batch(vec![app(1, 100, AppState::Running, None)], vec![], vec![]),
-        )
+        .commit(epoch, &batch(vec![app(1, 100, AppState::Running, None)], vec![], vec![]))
         .await
         .unwrap();
     first.close().await;
@@ -305,9 +82,7 @@ async fn epochs_count_up_and_survive_reconnect(db: TestDb) {
     store.close().await;
     let store = db.connect().await;
     assert_eq!(store.begin_epoch().await.unwrap(), 4);
-    let started = db
-        .fetch_strings("SELECT CAST(started_at_ms AS TEXT) FROM cluster_meta")
-        .await;
+    let started = db.fetch_strings("SELECT CAST(started_at_ms AS TEXT) FROM cluster_meta").await;
     let started: u64 = started[0].parse().unwrap();
     assert!(
         started.abs_diff(spindle_protocol::now_ms()) < 60_000,
@@ -318,24 +93,15 @@ async fn epochs_count_up_and_survive_reconnect(db: TestDb) {
 async fn commit_then_load_round_trips_every_field(db: TestDb) {
     let store = db.connect().await;
     assert!(
-        store
-            .describe()
-            .starts_with(db.url().split(':').next().unwrap()),
+        store.describe().starts_with(db.url().split(':').next().unwrap()),
         "{}",
         store.describe()
     );
-    assert!(
-        !store.describe().contains('@'),
-        "no credentials in {}",
-        store.describe()
-    );
+    assert!(!store.describe().contains('@'), "no credentials in {}", store.describe());
     let epoch = store.begin_epoch().await.unwrap();
     let written = batch(
         vec![app(1, 100, AppState::Finished, Some(900))],
-        vec![
-            container(1, 1, ContainerState::Complete),
-            container(1, 2, ContainerState::Running),
-        ],
+        vec![container(1, 1, ContainerState::Complete), container(1, 2, ContainerState::Running)],
         vec![node("node-1:8042", NodeState::Decommissioning)],
     );
     store.commit(epoch, &written).await.unwrap();
@@ -352,14 +118,9 @@ async fn commit_then_load_round_trips_every_field(db: TestDb) {
              || CAST(submitted_at_ms AS TEXT) || ' ' || CAST(finished_at_ms AS TEXT) FROM apps",
         )
         .await;
-    assert_eq!(
-        columns,
-        [format!("{} FINISHED analytics alice 100 900", app_id(1))]
-    );
+    assert_eq!(columns, [format!("{} FINISHED analytics alice 100 900", app_id(1))]);
     let columns = db
-        .fetch_strings(
-            "SELECT app_id || ' ' || node_id || ' ' || state FROM containers ORDER BY container_id",
-        )
+        .fetch_strings("SELECT app_id || ' ' || node_id || ' ' || state FROM containers ORDER BY container_id")
         .await;
     assert_eq!(
         columns,
@@ -368,10 +129,7 @@ async fn commit_then_load_round_trips_every_field(db: TestDb) {
             format!("{} node-1:8042 RUNNING", app_id(1))
         ]
     );
-    assert_eq!(
-        db.fetch_strings("SELECT state FROM nodes").await,
-        ["DECOMMISSIONING"]
-    );
+    assert_eq!(db.fetch_strings("SELECT state FROM nodes").await, ["DECOMMISSIONING"]);
 }
 
 async fn load_orders_apps_by_submission_then_id_and_containers_by_id(db: TestDb) {
@@ -402,22 +160,11 @@ async fn load_orders_apps_by_submission_then_id_and_containers_by_id(db: TestDb)
     let snapshot = store.load().await.unwrap();
     let app_order: Vec<u32> = snapshot.apps.iter().map(|app| app.app_id.seq).collect();
     assert_eq!(app_order, [2, 1, 3]);
-    let mut expected: Vec<String> = containers
-        .iter()
-        .map(|c| c.container_id.to_string())
-        .collect();
+    let mut expected: Vec<String> = containers.iter().map(|c| c.container_id.to_string()).collect();
     expected.sort();
-    let loaded: Vec<String> = snapshot
-        .containers
-        .iter()
-        .map(|c| c.container_id.to_string())
-        .collect();
+    let loaded: Vec<String> = snapshot.containers.iter().map(|c| c.container_id.to_string()).collect();
     assert_eq!(loaded, expected);
-    let node_order: Vec<&str> = snapshot
-        .nodes
-        .iter()
-        .map(|node| node.node_id.as_str())
-        .collect();
+    let node_order: Vec<&str> = snapshot.nodes.iter().map(|node| node.node_id.as_str()).collect();
     assert_eq!(node_order, ["a", "b"]);
 }
 
@@ -452,14 +199,8 @@ async fn a_record_twice_in_one_batch_keeps_its_last_version(db: TestDb) {
     let store = db.connect().await;
     let epoch = store.begin_epoch().await.unwrap();
     let twice = batch(
-        vec![
-            app(1, 100, AppState::Accepted, None),
-            app(1, 100, AppState::Running, None),
-        ],
-        vec![
-            container(1, 1, ContainerState::Allocated),
-            container(1, 1, ContainerState::Running),
-        ],
+        vec![app(1, 100, AppState::Accepted, None), app(1, 100, AppState::Running, None)],
+        vec![container(1, 1, ContainerState::Allocated), container(1, 1, ContainerState::Running)],
         vec![node("n", NodeState::New), node("n", NodeState::Running)],
     );
     store.commit(epoch, &twice).await.unwrap();
@@ -488,10 +229,7 @@ async fn a_batch_is_atomic(db: TestDb) {
     );
     // The store is still usable afterwards.
     store
-        .commit(
-            epoch,
-            &batch(vec![app(1, 100, AppState::Running, None)], vec![], vec![]),
-        )
+        .commit(epoch, &batch(vec![app(1, 100, AppState::Running, None)], vec![], vec![]))
         .await
         .unwrap();
     assert_eq!(store.load().await.unwrap().apps.len(), 1);
@@ -501,20 +239,14 @@ async fn a_stale_epoch_is_fenced_and_writes_nothing(db: TestDb) {
     let old_rm = db.connect().await;
     let old_epoch = old_rm.begin_epoch().await.unwrap();
     old_rm
-        .commit(
-            old_epoch,
-            &batch(vec![app(1, 100, AppState::Running, None)], vec![], vec![]),
-        )
+        .commit(old_epoch, &batch(vec![app(1, 100, AppState::Running, None)], vec![], vec![]))
         .await
         .unwrap();
     // A newer RM starts on the same database.
     let new_rm = db.connect().await;
     let new_epoch = new_rm.begin_epoch().await.unwrap();
     let late = batch(
-        vec![
-            app(1, 100, AppState::Killed, Some(300)),
-            app(2, 200, AppState::Running, None),
-        ],
+        vec![app(1, 100, AppState::Killed, Some(300)), app(2, 200, AppState::Running, None)],
         vec![container(1, 1, ContainerState::Running)],
         vec![node("n", NodeState::Running)],
     );
@@ -546,21 +278,13 @@ async fn an_empty_batch_is_a_no_op(db: TestDb) {
 async fn two_thousand_containers_commit_in_one_batch(db: TestDb) {
     let store = db.connect().await;
     let epoch = store.begin_epoch().await.unwrap();
-    let apps: Vec<AppRecord> = (1..=10)
-        .map(|seq| app(seq, u64::from(seq), AppState::Running, None))
-        .collect();
-    store
-        .commit(epoch, &batch(apps, vec![], vec![]))
-        .await
-        .unwrap();
+    let apps: Vec<AppRecord> = (1..=10).map(|seq| app(seq, u64::from(seq), AppState::Running, None)).collect();
+    store.commit(epoch, &batch(apps, vec![], vec![])).await.unwrap();
     let containers: Vec<ContainerRecord> = (0..2_000u64)
         .map(|seq| container(1 + (seq % 10) as u32, seq, ContainerState::Running))
         .collect();
     let started = Instant::now();
-    store
-        .commit(epoch, &batch(vec![], containers.clone(), vec![]))
-        .await
-        .unwrap();
+    store.commit(epoch, &batch(vec![], containers.clone(), vec![])).await.unwrap();
     let inserted = started.elapsed();
     let updated: Vec<ContainerRecord> = containers
         .iter()
@@ -570,10 +294,7 @@ async fn two_thousand_containers_commit_in_one_batch(db: TestDb) {
         })
         .collect();
     let started = Instant::now();
-    store
-        .commit(epoch, &batch(vec![], updated.clone(), vec![]))
-        .await
-        .unwrap();
+    store.commit(epoch, &batch(vec![], updated.clone(), vec![])).await.unwrap();
     let replaced = started.elapsed();
     // Reported, not asserted: timings on a shared CI machine are noise.
     eprintln!(
@@ -628,28 +349,17 @@ async fn purge_removes_only_old_terminal_apps_and_their_containers(db: TestDb) {
         })
         .collect();
     store
-        .commit(
-            epoch,
-            &batch(apps, containers, vec![node("n", NodeState::Running)]),
-        )
+        .commit(epoch, &batch(apps, containers, vec![node("n", NodeState::Running)]))
         .await
         .unwrap();
     assert_eq!(store.purge_finished_before(1_000).await.unwrap(), 2);
     let snapshot = store.load().await.unwrap();
     let kept_apps: Vec<u32> = snapshot.apps.iter().map(|app| app.app_id.seq).collect();
     assert_eq!(kept_apps, [3, 4, 5]);
-    let container_apps: Vec<u32> = snapshot
-        .containers
-        .iter()
-        .map(|c| c.container_id.app.seq)
-        .collect();
+    let container_apps: Vec<u32> = snapshot.containers.iter().map(|c| c.container_id.app.seq).collect();
     assert_eq!(container_apps, [3, 3, 4, 4, 5, 5]);
     assert_eq!(snapshot.nodes.len(), 1, "nodes are not touched");
-    assert_eq!(
-        store.purge_finished_before(1_000).await.unwrap(),
-        0,
-        "purging again finds nothing"
-    );
+    assert_eq!(store.purge_finished_before(1_000).await.unwrap(), 0, "purging again finds nothing");
 }
 
 async fn a_corrupt_doc_is_reported_with_its_row(db: TestDb) {
@@ -659,31 +369,20 @@ async fn a_corrupt_doc_is_reported_with_its_row(db: TestDb) {
         .commit(
             epoch,
             &batch(
-                vec![
-                    app(1, 100, AppState::Running, None),
-                    app(2, 200, AppState::Running, None),
-                ],
+                vec![app(1, 100, AppState::Running, None), app(2, 200, AppState::Running, None)],
                 vec![],
                 vec![],
             ),
         )
         .await
         .unwrap();
-    db.execute(&format!(
-        "UPDATE apps SET doc = '{{\"app_id\": 42' WHERE app_id = '{}'",
-        app_id(2)
-    ))
-    .await;
+    db.execute(&format!("UPDATE apps SET doc = '{{\"app_id\": 42' WHERE app_id = '{}'", app_id(2)))
+        .await;
     match store.load().await {
         Err(error @ StoreError::Corrupt { .. }) => {
-            let StoreError::Corrupt { what, .. } = &error else {
-                unreachable!()
-            };
+            let StoreError::Corrupt { what, .. } = &error else { unreachable!() };
             assert_eq!(what, &format!("apps row {}", app_id(2)));
-            assert!(
-                error.to_string().contains(&app_id(2).to_string()),
-                "{error}"
-            );
+            assert!(error.to_string().contains(&app_id(2).to_string()), "{error}");
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
@@ -711,6 +410,15 @@ async fn an_in_memory_database_works_for_tests() {
             nodes: written.nodes
         }
     );
+    // serde_json would write a NaN as null, which could never load again: refused up front.
+    let mut broken = app(2, 200, AppState::Running, None);
+    broken.progress = f32::NAN;
+    let error = store.commit(epoch, &batch(vec![broken], vec![], vec![])).await.unwrap_err();
+    assert!(
+        matches!(&error, StoreError::Corrupt { what, .. } if what.contains(&app_id(2).to_string())),
+        "{error:?}"
+    );
+    assert_eq!(store.load().await.unwrap().apps.len(), 1);
     // Each in-memory store is private: a second one starts empty.
     let other = Store::connect("sqlite::memory:").await.unwrap();
     assert_eq!(other.begin_epoch().await.unwrap(), 1);
@@ -718,21 +426,14 @@ async fn an_in_memory_database_works_for_tests() {
 
 #[tokio::test]
 async fn a_bad_url_says_which_urls_are_accepted() {
-    for url in [
-        "mysql://root:hunter2@db/spindle",
-        "spindle.db",
-        "postgres://db:notaport/spindle",
-    ] {
+    for url in ["mysql://root:hunter2@db/spindle", "spindle.db", "postgres://db:notaport/spindle"] {
         let error = match Store::connect(url).await {
             Err(error @ StoreError::BadUrl { .. }) => error,
             other => panic!("{url}: expected BadUrl, got {other:?}"),
         };
         let message = error.to_string();
         for accepted in ["sqlite://PATH", "sqlite::memory:", "postgres://"] {
-            assert!(
-                message.contains(accepted),
-                "{message} should mention {accepted}"
-            );
+            assert!(message.contains(accepted), "{message} should mention {accepted}");
         }
         assert!(!message.contains("hunter2"), "no password in {message}");
     }

@@ -10,9 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::AmExit;
 use crate::context::AmContext;
 use crate::error::AmError;
-use crate::launch::{
-    AgentLauncher, ContainerLauncher, DEFAULT_MAX_LAUNCHES_IN_FLIGHT, LaunchPool, LaunchResult,
-};
+use crate::launch::{AgentLauncher, ContainerLauncher, DEFAULT_MAX_LAUNCHES_IN_FLIGHT, LaunchPool, LaunchResult};
 use crate::rm::{Heartbeat, RmConnection};
 use crate::shell::tasks::ShellTasks;
 
@@ -88,11 +86,7 @@ impl<L: ContainerLauncher> ShellMaster<L> {
             context.attempt,
             context.rm_retry,
         );
-        let mut tasks = ShellTasks::new(
-            self.shell.containers,
-            self.shell.max_retries,
-            self.shell.resources(),
-        );
+        let mut tasks = ShellTasks::new(self.shell.containers, self.shell.max_retries, self.shell.resources());
         let mut launches = LaunchPool::new(self.launcher, self.max_launches_in_flight);
         let mut launched_total: u64 = 0;
         tracing::info!(
@@ -115,11 +109,7 @@ impl<L: ContainerLauncher> ShellMaster<L> {
             if tasks.outcome().is_some() {
                 break;
             }
-            let wait = if launches.in_flight() > 0 {
-                LAUNCHING_WAIT
-            } else {
-                IDLE_WAIT
-            };
+            let wait = if launches.in_flight() > 0 { LAUNCHING_WAIT } else { IDLE_WAIT };
             let request = AllocateRequest {
                 app_id: context.app_id,
                 attempt: context.attempt,
@@ -128,10 +118,7 @@ impl<L: ContainerLauncher> ShellMaster<L> {
                 progress: tasks.progress(),
                 wait_ms: wait.as_millis() as u64,
             };
-            let Heartbeat {
-                reply,
-                reregistered,
-            } = rm.allocate(&request, shutdown).await?;
+            let Heartbeat { reply, reregistered } = rm.allocate(&request, shutdown).await?;
             if let Some(registered) = reregistered {
                 tasks.on_registered(&registered.live_containers, own_container);
             }
@@ -178,8 +165,7 @@ impl<L: ContainerLauncher> ShellMaster<L> {
             }
         }
         let counts = tasks.counts();
-        rm.finish(outcome.final_status(), outcome.diagnostics(), shutdown)
-            .await?;
+        rm.finish(outcome.final_status(), outcome.diagnostics(), shutdown).await?;
         tracing::info!(
             app_id = %context.app_id, final_status = ?outcome.final_status(),
             succeeded = counts.succeeded, tasks = self.shell.containers,
@@ -194,11 +180,7 @@ impl<L: ContainerLauncher> ShellMaster<L> {
 }
 
 fn apply_launch_results(tasks: &mut ShellTasks, results: Vec<LaunchResult>) {
-    for LaunchResult {
-        container_id,
-        result,
-    } in results
-    {
+    for LaunchResult { container_id, result } in results {
         match result {
             Ok(()) => {
                 tracing::debug!(container_id = %container_id, "container launched");

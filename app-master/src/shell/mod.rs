@@ -6,6 +6,4 @@ mod tasks;
 mod tasks_tests;
 
 pub use master::{ShellMaster, TASK_INDEX_ENV, task_launch_spec};
-pub use tasks::{
-    JobOutcome, MAX_UNCOUNTED_LAUNCH_FAILURES, ShellTasks, TaskCounts, TaskLaunch, TaskState,
-};
+pub use tasks::{JobOutcome, MAX_UNCOUNTED_LAUNCH_FAILURES, ShellTasks, TaskCounts, TaskLaunch, TaskState};

@@ -4,10 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use spindle_protocol::{
-    Allocation, ContainerId, ContainerState, ContainerStatus, ExitReason, FinalStatus,
-    ResourceAsk, Resources,
-};
+use spindle_protocol::{Allocation, ContainerId, ContainerState, ContainerStatus, ExitReason, FinalStatus, ResourceAsk, Resources};
 
 use crate::launch::{LaunchFailure, LaunchFailureKind};
 
@@ -54,9 +51,7 @@ impl JobOutcome {
 
     pub fn diagnostics(&self) -> &str {
         match self {
-            JobOutcome::Succeeded { diagnostics } | JobOutcome::Failed { diagnostics } => {
-                diagnostics
-            }
+            JobOutcome::Succeeded { diagnostics } | JobOutcome::Failed { diagnostics } => diagnostics,
         }
     }
 }
@@ -133,11 +128,7 @@ impl ShellTasks {
     /// The asks of the next allocate: one container per task that has none (absolute count).
     /// The count is sent even when zero, so the RM drops an earlier, larger ask.
     pub fn asks(&self) -> Vec<ResourceAsk> {
-        let count = if self.outcome.is_some() {
-            0
-        } else {
-            self.pending.len() as u32
-        };
+        let count = if self.outcome.is_some() { 0 } else { self.pending.len() as u32 };
         vec![ResourceAsk {
             priority: 0,
             resources: self.task_resources,
@@ -219,10 +210,7 @@ impl ShellTasks {
             };
             self.tasks[task_index as usize].state = TaskState::Launching(container_id);
             self.container_tasks.insert(container_id, task_index);
-            launches.push(TaskLaunch {
-                task_index,
-                allocation,
-            });
+            launches.push(TaskLaunch { task_index, allocation });
         }
         launches
     }
@@ -252,10 +240,7 @@ impl ShellTasks {
             }
         };
         if counts {
-            let description = format!(
-                "container {container_id} could not be launched: {}",
-                failure.message
-            );
+            let description = format!("container {container_id} could not be launched: {}", failure.message);
             self.record_failure(task_index, description);
         } else {
             self.requeue(task_index);
@@ -295,6 +280,7 @@ impl ShellTasks {
     }
 
     fn requeue(&mut self, task_index: u32) {
+        debug_assert!(!self.pending.contains(&task_index), "task {task_index} is queued twice");
         self.tasks[task_index as usize].state = TaskState::Pending;
         self.pending.insert(task_index);
     }
@@ -309,10 +295,7 @@ impl ShellTasks {
             return;
         }
         task.state = TaskState::Pending;
-        let diagnostics = format!(
-            "task {task_index} failed {} times; last: {description}",
-            task.failures
-        );
+        let diagnostics = format!("task {task_index} failed {} times; last: {description}", task.failures);
         self.outcome = Some(JobOutcome::Failed { diagnostics });
         self.pending.clear();
         self.releases

@@ -1,17 +1,13 @@
 //! Unit tests of the shell task table: every decision without a network.
 
 use spindle_protocol::{
-    Allocation, AppId, ContainerId, ContainerState, ContainerStatus, ContainerToken, ExitReason,
-    FinalStatus, NodeId, Resources,
+    Allocation, AppId, ContainerId, ContainerState, ContainerStatus, ContainerToken, ExitReason, FinalStatus, NodeId, Resources,
 };
 
 use super::tasks::{JobOutcome, MAX_UNCOUNTED_LAUNCH_FAILURES, ShellTasks, TaskState};
 use crate::launch::{LaunchFailure, LaunchFailureKind};
 
-const TASK: Resources = Resources {
-    vcores: 1,
-    memory_mb: 128,
-};
+const TASK: Resources = Resources { vcores: 1, memory_mb: 128 };
 
 fn container(seq: u64) -> ContainerId {
     ContainerId {
@@ -154,10 +150,7 @@ fn a_task_past_max_retries_fails_the_job_and_releases_the_rest() {
     };
     assert_eq!(
         diagnostics,
-        &format!(
-            "task 0 failed 3 times; last: container {} exited with code 1: boom",
-            container(5)
-        )
+        &format!("task 0 failed 3 times; last: container {} exited with code 1: boom", container(5))
     );
     assert_eq!(tasks.take_releases(), [container(2)], "the live task container");
     assert_eq!(ask_count(&tasks), 0);

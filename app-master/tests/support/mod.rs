@@ -14,9 +14,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::json;
 use spindle_protocol::{
-    AllocateReply, AllocateRequest, Allocation, AppId, ContainerId, ContainerState,
-    ContainerStatus, ContainerToken, ExitReason, FinishAmRequest, LaunchRequest, NodeId,
-    RegisterAmReply, RegisterAmRequest, Resources,
+    AllocateReply, AllocateRequest, Allocation, AppId, ContainerId, ContainerState, ContainerStatus, ContainerToken, ExitReason,
+    FinishAmRequest, LaunchRequest, NodeId, RegisterAmReply, RegisterAmRequest, Resources,
 };
 use tokio::sync::Notify;
 
@@ -86,7 +85,12 @@ impl Drop for FakeCluster {
 
 impl FakeCluster {
     pub async fn start(behaviour: Behaviour) -> FakeCluster {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at("127.0.0.1:0", behaviour).await
+    }
+
+    /// Starts on a given address, e.g. one an AM is already trying to reach.
+    pub async fn start_at(address: &str, behaviour: Behaviour) -> FakeCluster {
+        let listener = tokio::net::TcpListener::bind(address).await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let shared = Arc::new(Shared {
             state: Mutex::new(FakeState {
@@ -149,19 +153,14 @@ fn error(status: u16, message: &str) -> Response {
 }
 
 fn authorized(headers: &HeaderMap) -> bool {
-    headers.get("authorization").and_then(|value| value.to_str().ok())
-        == Some(&format!("Bearer {AM_TOKEN}"))
+    headers.get("authorization").and_then(|value| value.to_str().ok()) == Some(&format!("Bearer {AM_TOKEN}"))
 }
 
 fn lock(shared: &Shared) -> MutexGuard<'_, FakeState> {
     shared.state.lock().unwrap()
 }
 
-async fn register(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Json(request): Json<RegisterAmRequest>,
-) -> Response {
+async fn register(State(shared): State<Arc<Shared>>, headers: HeaderMap, Json(request): Json<RegisterAmRequest>) -> Response {
     if !authorized(&headers) || request.app_id != APP || request.attempt != ATTEMPT {
         return error(401, "not this attempt");
     }
@@ -175,11 +174,7 @@ async fn register(
     .into_response()
 }
 
-async fn allocate(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Json(request): Json<AllocateRequest>,
-) -> Response {
+async fn allocate(State(shared): State<Arc<Shared>>, headers: HeaderMap, Json(request): Json<AllocateRequest>) -> Response {
     if !authorized(&headers) || request.app_id != APP || request.attempt != ATTEMPT {
         return error(401, "not this attempt");
     }
@@ -242,11 +237,7 @@ fn grant(container_id: ContainerId, resources: Resources, address: &str) -> Allo
     }
 }
 
-async fn finish(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Json(request): Json<FinishAmRequest>,
-) -> Response {
+async fn finish(State(shared): State<Arc<Shared>>, headers: HeaderMap, Json(request): Json<FinishAmRequest>) -> Response {
     if !authorized(&headers) {
         return error(401, "not this attempt");
     }
@@ -289,11 +280,7 @@ async fn launch(State(shared): State<Arc<Shared>>, Json(request): Json<LaunchReq
         let mut done = status.clone();
         done.state = ContainerState::Complete;
         done.exit_code = Some(code);
-        done.exit_reason = Some(if code == 0 {
-            ExitReason::Success
-        } else {
-            ExitReason::Failed
-        });
+        done.exit_reason = Some(if code == 0 { ExitReason::Success } else { ExitReason::Failed });
         done.diagnostics = if code == 0 { "" } else { "task said no" }.into();
         done.finished_at_ms = Some(2);
         state.completions.push(done);

@@ -20,7 +20,12 @@ pub async fn list(context: &ClientContext, args: &AppsArgs) -> anyhow::Result<Ex
     if context.json {
         print_json(&apps)?;
     } else if apps.is_empty() {
-        eprintln!("no apps (submit one with `spindle submit JOB.toml`)");
+        let filtered = args.state.is_some() || args.queue.is_some() || args.user.is_some();
+        if filtered {
+            eprintln!("no apps match");
+        } else {
+            eprintln!("no apps yet: submit one with `spindle submit JOB.toml`");
+        }
     } else {
         print!("{}", apps_table(&apps, now_ms()).render());
     }
@@ -28,8 +33,7 @@ pub async fn list(context: &ClientContext, args: &AppsArgs) -> anyhow::Result<Ex
 }
 
 pub fn apps_table(apps: &[AppReport], now_ms: u64) -> Table {
-    let mut table =
-        Table::new(&["ID", "NAME", "USER", "QUEUE", "STATE", "FINAL", "PROGRESS", "SUBMITTED"]).right_align(&[6]);
+    let mut table = Table::new(&["ID", "NAME", "USER", "QUEUE", "STATE", "FINAL", "PROGRESS", "SUBMITTED"]).right_align(&[6]);
     for app in apps {
         table.row(vec![
             app.app_id.to_string(),
@@ -66,9 +70,9 @@ pub async fn show(context: &ClientContext, app_id: AppId) -> anyhow::Result<Exit
 /// The human form of `spindle app ID`: key/values, then attempts, then containers.
 pub fn app_report(app: &AppReport, containers: &[ContainerReport], now_ms: u64) -> String {
     let when = |at: Option<u64>| at.map(|at| age(now_ms, at)).unwrap_or_else(|| "-".to_owned());
-    let runtime = app.started_at_ms.map(|started| {
-        precise_duration(app.finished_at_ms.unwrap_or(now_ms).saturating_sub(started))
-    });
+    let runtime = app
+        .started_at_ms
+        .map(|started| precise_duration(app.finished_at_ms.unwrap_or(now_ms).saturating_sub(started)));
     let mut out = key_values(&[
         ("id", app.app_id.to_string()),
         ("name", app.name.clone()),
@@ -79,12 +83,15 @@ pub fn app_report(app: &AppReport, containers: &[ContainerReport], now_ms: u64) 
         ("state", app.state.as_str().to_owned()),
         ("final status", wire_name(&app.final_status)),
         ("progress", percent(app.progress)),
-        ("containers", format!("{} running, holding {}", app.running_containers, resources(&app.allocated))),
+        (
+            "containers",
+            format!("{} running, holding {}", app.running_containers, resources(&app.allocated)),
+        ),
         ("submitted", age(now_ms, app.submitted_at_ms)),
         ("started", when(app.started_at_ms)),
         ("finished", when(app.finished_at_ms)),
         ("run time", or_dash(runtime)),
-        ("diagnostics", app.diagnostics.clone()),
+        ("diagnostics", or_dash(Some(&app.diagnostics).filter(|text| !text.is_empty()))),
     ]);
 
     let mut attempts = Table::new(&["ATTEMPT", "AM CONTAINER", "NODE", "STARTED", "FINISHED", "DIAGNOSTICS"]);
@@ -119,7 +126,10 @@ pub fn containers_table(containers: &[ContainerReport]) -> Table {
             wire_name(&container.state),
             resources(&container.resources),
             or_dash(container.exit_code),
-            container.exit_reason.map(|reason| wire_name(&reason)).unwrap_or_else(|| "-".to_owned()),
+            container
+                .exit_reason
+                .map(|reason| wire_name(&reason))
+                .unwrap_or_else(|| "-".to_owned()),
             container.diagnostics.clone(),
         ]);
     }
@@ -128,7 +138,12 @@ pub fn containers_table(containers: &[ContainerReport]) -> Table {
 
 /// `2 vcores, 512M`
 fn resources(resources: &spindle_protocol::Resources) -> String {
-    format!("{} vcore{}, {}", resources.vcores, if resources.vcores == 1 { "" } else { "s" }, memory(resources.memory_mb))
+    format!(
+        "{} vcore{}, {}",
+        resources.vcores,
+        if resources.vcores == 1 { "" } else { "s" },
+        memory(resources.memory_mb)
+    )
 }
 
 pub async fn kill(context: &ClientContext, app_id: AppId) -> anyhow::Result<ExitCode> {
@@ -148,7 +163,10 @@ mod tests {
 
     fn app(seq: u32, state: AppState) -> AppReport {
         AppReport {
-            app_id: AppId { cluster_ts: 1_700_000_000_000, seq },
+            app_id: AppId {
+                cluster_ts: 1_700_000_000_000,
+                seq,
+            },
             name: "hello".into(),
             queue: "default".into(),
             user: "ann".into(),
@@ -172,8 +190,14 @@ mod tests {
     fn the_apps_table_has_one_aligned_row_per_app() {
         let table = apps_table(&[app(1, AppState::Running), app(12, AppState::Accepted)], 4_000).render();
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines[0], "ID                              NAME   USER  QUEUE    STATE     FINAL      PROGRESS  SUBMITTED");
-        assert_eq!(lines[1], "application_1700000000000_0001  hello  ann   default  RUNNING   UNDEFINED       50%  3s ago");
+        assert_eq!(
+            lines[0],
+            "ID                              NAME   USER  QUEUE    STATE     FINAL      PROGRESS  SUBMITTED"
+        );
+        assert_eq!(
+            lines[1],
+            "application_1700000000000_0001  hello  ann   default  RUNNING   UNDEFINED       50%  3s ago"
+        );
         assert!(lines[2].starts_with("application_1700000000000_0012  hello  ann   default  ACCEPTED"));
     }
 

@@ -25,7 +25,10 @@ pub struct ClientContext {
 
 impl ClientContext {
     pub fn from_settings(settings: ClientSettings, json: bool) -> Self {
-        ClientContext { client: RmClient::new(&settings.rm_urls, settings.token), json }
+        ClientContext {
+            client: RmClient::new(&settings.rm_urls, settings.token),
+            json,
+        }
     }
 }
 

@@ -22,8 +22,7 @@ pub async fn list(context: &ClientContext) -> anyhow::Result<ExitCode> {
 }
 
 pub fn nodes_table(nodes: &[NodeReport], now_ms: u64) -> Table {
-    let mut table = Table::new(&["ID", "STATE", "RACK", "CONTAINERS", "VCORES", "MEMORY", "LAST HEARTBEAT"])
-        .right_align(&[3, 4, 5]);
+    let mut table = Table::new(&["ID", "STATE", "RACK", "CONTAINERS", "VCORES", "MEMORY", "LAST HEARTBEAT"]).right_align(&[3, 4, 5]);
     for node in nodes {
         table.row(vec![
             node.node_id.to_string(),
@@ -40,7 +39,10 @@ pub fn nodes_table(nodes: &[NodeReport], now_ms: u64) -> Table {
 
 pub async fn decommission(context: &ClientContext, args: &DecommissionArgs) -> anyhow::Result<ExitCode> {
     let node_id = NodeId(args.node_id.clone());
-    let request = DecommissionRequest { timeout_s: args.timeout_s, force: args.force };
+    let request = DecommissionRequest {
+        timeout_s: args.timeout_s,
+        force: args.force,
+    };
     let node = context
         .client
         .decommission(&node_id, &request)

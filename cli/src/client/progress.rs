@@ -30,8 +30,19 @@ const ERASE_LINE: &str = "\r\x1b[2K";
 impl ProgressLine {
     /// `Refresh` when stderr is a terminal, else `otherwise`.
     pub fn on_stderr(otherwise: ProgressMode) -> Self {
-        let mode = if std::io::stderr().is_terminal() { ProgressMode::Refresh } else { otherwise };
-        ProgressLine { mode, last_key: None, drawn: false }
+        ProgressLine::new(if std::io::stderr().is_terminal() {
+            ProgressMode::Refresh
+        } else {
+            otherwise
+        })
+    }
+
+    pub fn new(mode: ProgressMode) -> Self {
+        ProgressLine {
+            mode,
+            last_key: None,
+            drawn: false,
+        }
     }
 
     /// Shows `line`; `key` is what must change for `Changes` mode to print again.

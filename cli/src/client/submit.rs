@@ -23,15 +23,13 @@ const RM_OUTAGE_TOLERANCE: Duration = Duration::from_secs(60);
 
 /// Reads, parses and checks a job file; every error names the file and the field.
 pub fn load_spec(path: &Path) -> Result<JobSpec, UsageError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|err| UsageError::new(format!("cannot read job file {}: {err}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|err| UsageError::new(format!("cannot read job file {}: {err}", path.display())))?;
     parse_spec(&path.display().to_string(), &text)
 }
 
 /// Parses and checks a job spec; `source` names it in errors.
 pub fn parse_spec(source: &str, text: &str) -> Result<JobSpec, UsageError> {
-    let spec: JobSpec =
-        toml::from_str(text).map_err(|err| UsageError::new(format!("{source}: {}", err.to_string().trim_end())))?;
+    let spec: JobSpec = toml::from_str(text).map_err(|err| UsageError::new(format!("{source}: {}", err.to_string().trim_end())))?;
     spec.validate().map_err(|err| UsageError::new(format!("{source}: {err}")))?;
     Ok(spec)
 }
@@ -71,7 +69,11 @@ pub async fn submit(context: &ClientContext, args: &SubmitArgs) -> anyhow::Resul
 
 /// 0 only for an app that SUCCEEDED.
 pub fn exit_code_of(report: &AppReport) -> ExitCode {
-    if report.final_status == FinalStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILURE) }
+    if report.final_status == FinalStatus::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILURE)
+    }
 }
 
 /// `application_…  FINISHED  SUCCEEDED  in 3.2s`
@@ -158,20 +160,26 @@ memory_mb = 128
 
     #[test]
     fn type_errors_name_the_file_and_the_field() {
-        let err = parse_spec("job.toml", &HELLO.replace("vcores = 1", "vcores = -1")).unwrap_err().to_string();
+        let err = parse_spec("job.toml", &HELLO.replace("vcores = 1", "vcores = -1"))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("job.toml: "), "{err}");
         assert!(err.contains("vcores"), "{err}");
     }
 
     #[test]
     fn unknown_keys_are_named() {
-        let err = parse_spec("job.toml", &HELLO.replace("containers = 4", "contaners = 4")).unwrap_err().to_string();
+        let err = parse_spec("job.toml", &HELLO.replace("containers = 4", "contaners = 4"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("contaners"), "{err}");
     }
 
     #[test]
     fn invalid_values_are_named_like_the_api_does() {
-        let err = parse_spec("job.toml", &HELLO.replace("vcores = 1", "vcores = 0")).unwrap_err().to_string();
+        let err = parse_spec("job.toml", &HELLO.replace("vcores = 1", "vcores = 0"))
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "job.toml: shell.vcores: must be at least 1");
     }
 

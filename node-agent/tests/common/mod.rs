@@ -79,6 +79,8 @@ pub struct TestAgent {
     pub work_dir: PathBuf,
     pub shutdown: CancellationToken,
     pub run: Option<JoinHandle<Result<(), AgentError>>>,
+    /// One expiry for every token this agent's tests sign, so a token signed twice is the same.
+    token_expiry_ms: u64,
     _work_dir_guard: tempfile::TempDir,
 }
 
@@ -124,6 +126,7 @@ impl TestAgent {
             work_dir: work_dir_guard.path().canonicalize().unwrap(),
             shutdown,
             run: Some(run),
+            token_expiry_ms: now_ms() + 3_600_000,
             _work_dir_guard: work_dir_guard,
         })
     }
@@ -150,7 +153,7 @@ impl TestAgent {
             container_id(seq),
             self.node_id.clone(),
             Resources::new(1, memory_mb),
-            now_ms() + 60_000,
+            self.token_expiry_ms,
         )
     }
 
@@ -173,6 +176,21 @@ impl TestAgent {
         self.anonymous()
             .launch(&self.launch_request(seq, memory_mb, command))
             .await
+    }
+
+    /// `GET /v1/containers` with the agent token (the typed client has no call for it).
+    pub async fn list(&self) -> Vec<ContainerStatus> {
+        reqwest::Client::new()
+            .get(format!("http://{}/v1/containers", self.address))
+            .bearer_auth(secret().agent_token())
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     pub async fn wait_complete(&self, container: ContainerId) -> ContainerStatus {

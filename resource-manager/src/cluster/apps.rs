@@ -232,7 +232,8 @@ impl Cluster {
             self.kill_container(*release, ExitReason::KilledByApp, "released by the application master".to_owned(), now_ms);
         }
         let app = self.apps.get_mut(&request.app_id).expect("checked above");
-        app.record.progress = request.progress.clamp(0.0, 1.0);
+        // NaN would not survive a JSON round trip through the store.
+        app.record.progress = if request.progress.is_finite() { request.progress.clamp(0.0, 1.0) } else { 0.0 };
         // Asks are absolute from the AM's point of view; grants it has not heard of yet are
         // already on their way to it, so they are subtracted here.
         let mut asks = request.asks.clone();

@@ -66,9 +66,7 @@ pub enum StoreError {
 
 impl StoreError {
     pub(crate) fn bad_url(url: &str) -> StoreError {
-        StoreError::BadUrl {
-            url: mask_password(url),
-        }
+        StoreError::BadUrl { url: mask_password(url) }
     }
 }
 

@@ -12,7 +12,8 @@ use crate::records::Snapshot;
 
 /// Locks the epoch row for the rest of the transaction, so a `begin_epoch` by a newer RM waits
 /// for this write to finish, and a write waits for a `begin_epoch` in flight and then sees the
-/// new epoch (READ COMMITTED re-reads a row it had to wait for).
+/// new epoch (READ COMMITTED re-reads a row it had to wait for). It also queues concurrent
+/// writers one behind the other, as SQLite's write lock does.
 const READ_EPOCH: &str = "SELECT epoch FROM cluster_meta WHERE id = 1 FOR UPDATE";
 /// A REPEATABLE READ snapshot makes the three tables agree with each other at one instant.
 const BEGIN_READ: &str = "BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY";
@@ -39,9 +40,7 @@ impl PgStore {
             "postgres://{}:{}/{}",
             options.get_host(),
             options.get_port(),
-            options
-                .get_database()
-                .unwrap_or_else(|| options.get_username())
+            options.get_database().unwrap_or_else(|| options.get_username())
         );
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
@@ -68,11 +67,7 @@ impl PgStore {
         Ok(snapshot)
     }
 
-    pub(super) async fn write(
-        &self,
-        epoch: u64,
-        statements: Vec<Statement>,
-    ) -> Result<(), StoreError> {
+    pub(super) async fn write(&self, epoch: u64, statements: Vec<Statement>) -> Result<(), StoreError> {
         let tx = self.pool.begin().await?;
         Queries::<Postgres>::fenced_write(tx, READ_EPOCH, epoch, statements).await
     }

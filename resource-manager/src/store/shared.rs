@@ -18,8 +18,7 @@ use crate::records::{AppRecord, ContainerRecord, NodeRecord, Snapshot, WriteBatc
 const ROWS_PER_STATEMENT: usize = 200;
 
 /// Bumps the epoch in one statement, which is atomic on its own on both backends.
-const BUMP_EPOCH: &str =
-    "UPDATE cluster_meta SET epoch = epoch + 1, started_at_ms = $1 WHERE id = 1 RETURNING epoch";
+const BUMP_EPOCH: &str = "UPDATE cluster_meta SET epoch = epoch + 1, started_at_ms = $1 WHERE id = 1 RETURNING epoch";
 const LOAD_APPS: &str = "SELECT app_id, doc FROM apps ORDER BY submitted_at_ms, app_id";
 const LOAD_CONTAINERS: &str = "SELECT container_id, doc FROM containers ORDER BY container_id";
 const LOAD_NODES: &str = "SELECT node_id, doc FROM nodes ORDER BY node_id";
@@ -38,15 +37,7 @@ struct Table {
 
 const APPS: Table = Table {
     name: "apps",
-    columns: &[
-        "app_id",
-        "state",
-        "queue",
-        "user_name",
-        "submitted_at_ms",
-        "finished_at_ms",
-        "doc",
-    ],
+    columns: &["app_id", "state", "queue", "user_name", "submitted_at_ms", "finished_at_ms", "doc"],
 };
 const CONTAINERS: Table = Table {
     name: "containers",
@@ -76,41 +67,26 @@ pub(super) struct Statement {
 /// them. Done before the transaction begins, so JSON encoding never holds the write lock.
 ///
 /// A record that appears twice in the batch is written once, as its last version: PostgreSQL
-/// refuses one `INSERT` that touches a row twice. Rows go in key order, so concurrent writers
-/// lock rows in the same order and cannot deadlock on PostgreSQL.
+/// refuses one `INSERT` that touches a row twice. Rows go in key order, so the same batch
+/// always produces the same statements.
 pub(super) fn upsert_statements(batch: &WriteBatch) -> Result<Vec<Statement>, StoreError> {
     let mut statements = Vec::new();
-    let app_rows = batch
-        .apps
-        .iter()
-        .map(app_row)
-        .collect::<Result<Vec<_>, _>>()?;
+    let app_rows = batch.apps.iter().map(app_row).collect::<Result<Vec<_>, _>>()?;
     push_upserts(&mut statements, &APPS, app_rows);
-    push_upserts(
-        &mut statements,
-        &CONTAINERS,
-        batch.containers.iter().map(container_row).collect(),
-    );
-    push_upserts(
-        &mut statements,
-        &NODES,
-        batch.nodes.iter().map(node_row).collect(),
-    );
+    push_upserts(&mut statements, &CONTAINERS, batch.containers.iter().map(container_row).collect());
+    push_upserts(&mut statements, &NODES, batch.nodes.iter().map(node_row).collect());
     Ok(statements)
 }
 
-fn push_upserts(
-    statements: &mut Vec<Statement>,
-    table: &Table,
-    rows: Vec<(String, Vec<SqlValue>)>,
-) {
+fn push_upserts(statements: &mut Vec<Statement>, table: &Table, rows: Vec<(String, Vec<SqlValue>)>) {
     // Later versions of a record overwrite earlier ones; the map also sorts by key.
     let latest: BTreeMap<String, Vec<SqlValue>> = rows.into_iter().collect();
-    let rows: Vec<Vec<SqlValue>> = latest.into_values().collect();
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+    let mut rows = latest.into_values().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<SqlValue>> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
         statements.push(Statement {
             sql: upsert_sql(table, chunk.len()),
-            values: chunk.iter().flatten().cloned().collect(),
+            values: chunk.into_iter().flatten().collect(),
         });
     }
 }
@@ -120,9 +96,7 @@ fn upsert_sql(table: &Table, row_count: usize) -> String {
     let width = table.columns.len();
     let rows: Vec<String> = (0..row_count)
         .map(|row| {
-            let placeholders: Vec<String> = (1..=width)
-                .map(|column| format!("${}", row * width + column))
-                .collect();
+            let placeholders: Vec<String> = (1..=width).map(|column| format!("${}", row * width + column)).collect();
             format!("({})", placeholders.join(", "))
         })
         .collect();
@@ -211,19 +185,14 @@ fn epoch_from_sql(value: i64) -> Result<u64, StoreError> {
 }
 
 /// Decodes `(key, doc)` rows, checking that each doc describes the row it sits in.
-fn decode_rows<T: DeserializeOwned>(
-    table: &str,
-    rows: Vec<(String, String)>,
-    key_of: impl Fn(&T) -> String,
-) -> Result<Vec<T>, StoreError> {
+fn decode_rows<T: DeserializeOwned>(table: &str, rows: Vec<(String, String)>, key_of: impl Fn(&T) -> String) -> Result<Vec<T>, StoreError> {
     rows.into_iter()
         .map(|(key, doc)| {
             let corrupt = |reason: String| StoreError::Corrupt {
                 what: format!("{table} row {key}"),
                 reason,
             };
-            let record: T = serde_json::from_str(&doc)
-                .map_err(|error| corrupt(format!("doc does not decode: {error}")))?;
+            let record: T = serde_json::from_str(&doc).map_err(|error| corrupt(format!("doc does not decode: {error}")))?;
             let doc_key = key_of(&record);
             if doc_key != key {
                 return Err(corrupt(format!("doc describes {doc_key} instead")));
@@ -250,10 +219,7 @@ where
     for<'r> (String,): FromRow<'r, DB::Row>,
 {
     /// Increments the epoch, records `started_at_ms`, and returns the new epoch.
-    pub(super) async fn bump_epoch(
-        conn: &mut DB::Connection,
-        started_at_ms: u64,
-    ) -> Result<u64, StoreError> {
+    pub(super) async fn bump_epoch(conn: &mut DB::Connection, started_at_ms: u64) -> Result<u64, StoreError> {
         let row: Option<(i64,)> = sqlx::query_as(BUMP_EPOCH)
             .bind(to_sql_int(started_at_ms))
             .fetch_optional(conn)
@@ -261,8 +227,7 @@ where
         let Some((epoch,)) = row else {
             return Err(StoreError::Corrupt {
                 what: "cluster_meta".to_owned(),
-                reason: "the row with id = 1 is missing; it is created by the first migration"
-                    .to_owned(),
+                reason: "the row with id = 1 is missing; it is created by the first migration".to_owned(),
             });
         };
         epoch_from_sql(epoch)
@@ -270,23 +235,15 @@ where
 
     /// Reads the three tables; the caller runs this in one read transaction for a consistent view.
     pub(super) async fn load(conn: &mut DB::Connection) -> Result<Snapshot, StoreError> {
-        let app_rows: Vec<(String, String)> =
-            sqlx::query_as(LOAD_APPS).fetch_all(&mut *conn).await?;
-        let container_rows: Vec<(String, String)> = sqlx::query_as(LOAD_CONTAINERS)
-            .fetch_all(&mut *conn)
-            .await?;
-        let node_rows: Vec<(String, String)> =
-            sqlx::query_as(LOAD_NODES).fetch_all(&mut *conn).await?;
+        let app_rows: Vec<(String, String)> = sqlx::query_as(LOAD_APPS).fetch_all(&mut *conn).await?;
+        let container_rows: Vec<(String, String)> = sqlx::query_as(LOAD_CONTAINERS).fetch_all(&mut *conn).await?;
+        let node_rows: Vec<(String, String)> = sqlx::query_as(LOAD_NODES).fetch_all(&mut *conn).await?;
         Ok(Snapshot {
             apps: decode_rows("apps", app_rows, |app: &AppRecord| app.app_id.to_string())?,
-            containers: decode_rows(
-                "containers",
-                container_rows,
-                |container: &ContainerRecord| container.container_id.to_string(),
-            )?,
-            nodes: decode_rows("nodes", node_rows, |node: &NodeRecord| {
-                node.node_id.to_string()
+            containers: decode_rows("containers", container_rows, |container: &ContainerRecord| {
+                container.container_id.to_string()
             })?,
+            nodes: decode_rows("nodes", node_rows, |node: &NodeRecord| node.node_id.to_string())?,
         })
     }
 
@@ -344,20 +301,11 @@ where
     }
 
     /// Deletes terminal apps finished before `cutoff_ms` and their containers; returns how many apps.
-    pub(super) async fn purge_finished_before(
-        conn: &mut DB::Connection,
-        cutoff_ms: u64,
-    ) -> Result<u64, StoreError> {
+    pub(super) async fn purge_finished_before(conn: &mut DB::Connection, cutoff_ms: u64) -> Result<u64, StoreError> {
         let cutoff = to_sql_int(cutoff_ms);
-        sqlx::query(PURGE_CONTAINERS)
-            .bind(cutoff)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(PURGE_CONTAINERS).bind(cutoff).execute(&mut *conn).await?;
         // RETURNING rather than rows_affected(): sqlx has no driver-independent way to read it.
-        let purged: Vec<(String,)> = sqlx::query_as(PURGE_APPS)
-            .bind(cutoff)
-            .fetch_all(&mut *conn)
-            .await?;
+        let purged: Vec<(String,)> = sqlx::query_as(PURGE_APPS).bind(cutoff).fetch_all(&mut *conn).await?;
         Ok(purged.len() as u64)
     }
 }
@@ -394,25 +342,15 @@ mod tests {
             .map(|index| {
                 (
                     format!("node-{index:05}"),
-                    vec![
-                        SqlValue::Text(format!("node-{index:05}")),
-                        SqlValue::Int(0),
-                        SqlValue::Int(0),
-                    ],
+                    vec![SqlValue::Text(format!("node-{index:05}")), SqlValue::Int(0), SqlValue::Int(0)],
                 )
             })
             .collect();
         let mut statements = Vec::new();
         push_upserts(&mut statements, &NODES, rows);
-        let row_counts: Vec<usize> = statements
-            .iter()
-            .map(|statement| statement.values.len() / 3)
-            .collect();
+        let row_counts: Vec<usize> = statements.iter().map(|statement| statement.values.len() / 3).collect();
         assert_eq!(row_counts, [ROWS_PER_STATEMENT, ROWS_PER_STATEMENT, 3]);
-        assert_eq!(
-            statements[0].sql, statements[1].sql,
-            "full chunks reuse one prepared statement"
-        );
+        assert_eq!(statements[0].sql, statements[1].sql, "full chunks reuse one prepared statement");
     }
 
     #[test]
@@ -420,24 +358,14 @@ mod tests {
         let row = |key: &str, state: &str| {
             (
                 key.to_owned(),
-                vec![
-                    SqlValue::Text(key.to_owned()),
-                    SqlValue::Text(state.to_owned()),
-                ],
+                vec![SqlValue::Text(key.to_owned()), SqlValue::Text(state.to_owned())],
             )
         };
         let mut statements = Vec::new();
-        push_upserts(
-            &mut statements,
-            &NODES,
-            vec![row("b", "NEW"), row("a", "NEW"), row("b", "RUNNING")],
-        );
+        push_upserts(&mut statements, &NODES, vec![row("b", "NEW"), row("a", "NEW"), row("b", "RUNNING")]);
         assert_eq!(statements.len(), 1);
         let expected: Vec<SqlValue> = [row("a", "NEW").1, row("b", "RUNNING").1].concat();
-        assert_eq!(
-            statements[0].values, expected,
-            "deduplicated, last wins, in key order"
-        );
+        assert_eq!(statements[0].values, expected, "deduplicated, last wins, in key order");
     }
 
     #[test]

@@ -4,9 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::Sqlite;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use super::StoreError;
 use super::shared::{Queries, Statement};
@@ -84,11 +82,7 @@ impl SqliteStore {
         Ok(snapshot)
     }
 
-    pub(super) async fn write(
-        &self,
-        epoch: u64,
-        statements: Vec<Statement>,
-    ) -> Result<(), StoreError> {
+    pub(super) async fn write(&self, epoch: u64, statements: Vec<Statement>) -> Result<(), StoreError> {
         let tx = self.pool.begin_with(BEGIN_WRITE).await?;
         Queries::<Sqlite>::fenced_write(tx, READ_EPOCH, epoch, statements).await
     }

@@ -6,10 +6,7 @@ fn passwords_are_masked_in_urls() {
         mask_password("postgres://spindle:hunter2@db:5432/rm"),
         "postgres://spindle:***@db:5432/rm"
     );
-    assert_eq!(
-        mask_password("postgres://spindle@db/rm"),
-        "postgres://spindle@db/rm"
-    );
+    assert_eq!(mask_password("postgres://spindle@db/rm"), "postgres://spindle@db/rm");
     assert_eq!(mask_password("mysql://a:b@c/d"), "mysql://a:***@c/d");
     assert_eq!(mask_password("sqlite:///tmp/a@b:c"), "sqlite:///tmp/a@b:c");
     assert_eq!(mask_password("nonsense"), "nonsense");
