@@ -45,9 +45,9 @@ pub async fn demo() -> anyhow::Result<ExitCode> {
     options.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     options.agent_capacity = Some(DEMO_AGENT_CAPACITY);
     let cluster = LocalCluster::start(options).await?;
-    println!("  RM     {}", cluster.rm_url);
-    println!("  token  {}", cluster.token);
-    println!("  (both vanish when the demo ends; your own config is untouched)");
+    outln!("  RM     {}", cluster.rm_url);
+    outln!("  token  {}", cluster.token);
+    outln!("  (both vanish when the demo ends; your own config is untouched)");
 
     let outcome = tokio::select! {
         outcome = run_demo_job(&cluster) => outcome,
@@ -64,7 +64,7 @@ async fn run_demo_job(cluster: &LocalCluster) -> anyhow::Result<ExitCode> {
     let spec = parse_spec("the demo job", DEMO_JOB)?;
     let started = Instant::now();
     let app_id = client.submit(&spec).await.context("cannot submit the demo job")?;
-    println!("\nSubmitted {app_id}: 4 containers that each say hello.");
+    outln!("\nSubmitted {app_id}: 4 containers that each say hello.");
 
     let mut progress = ProgressLine::on_stderr(ProgressMode::Changes);
     let report = tokio::time::timeout(DEMO_TIMEOUT, wait_for_app(&client, app_id, &mut progress))
@@ -76,7 +76,7 @@ async fn run_demo_job(cluster: &LocalCluster) -> anyhow::Result<ExitCode> {
             )
         })??;
     drop(progress);
-    println!("{}", outcome_line(&report, started.elapsed()));
+    outln!("{}", outcome_line(&report, started.elapsed()));
 
     let mut tasks: Vec<_> = client
         .containers(app_id)
@@ -87,18 +87,18 @@ async fn run_demo_job(cluster: &LocalCluster) -> anyhow::Result<ExitCode> {
         .collect();
     tasks.sort_by_key(|container| container.container_id);
     if !tasks.is_empty() {
-        println!("\nWhat the containers printed:");
+        outln!("\nWhat the containers printed:");
     }
     for container in &tasks {
         match client.logs(container.container_id, "stdout").await {
-            Ok(stdout) if stdout.trim().is_empty() => println!("  {}: (nothing)", container.container_id),
-            Ok(stdout) => stdout.lines().for_each(|line| println!("  {line}")),
-            Err(err) => println!("  {}: (no output: {err})", container.container_id),
+            Ok(stdout) if stdout.trim().is_empty() => outln!("  {}: (nothing)", container.container_id),
+            Ok(stdout) => stdout.lines().for_each(|line| outln!("  {line}")),
+            Err(err) => outln!("  {}: (no output: {err})", container.container_id),
         }
     }
 
     if report.final_status == FinalStatus::Succeeded {
-        println!("\nThat was Spindle. Run a cluster that stays with `spindle local`.");
+        outln!("\nThat was Spindle. Run a cluster that stays with `spindle local`.");
     } else {
         eprintln!("\nThe demo job did not succeed: {}", report.diagnostics);
     }

@@ -1,6 +1,9 @@
 //! The `spindle` binary as a library: argument parsing, the wiring of every role, and the client
 //! commands. `LocalCluster` is public so tests can start a whole cluster in one process.
 
+#[macro_use]
+mod output;
+
 pub mod args;
 pub mod client;
 pub mod daemon;

@@ -81,10 +81,13 @@ pub struct LocalCluster {
     pub data_dir: PathBuf,
     /// Where each agent serves its API, in start order.
     pub agent_addresses: Vec<SocketAddr>,
-    /// Stops the agents first, so their last reports reach a live RM.
+    /// Cancelled first at shutdown, so the agents' last reports reach a live RM.
     agents_shutdown: CancellationToken,
+    /// Cancelled once the agents have stopped.
     rm_shutdown: CancellationToken,
+    /// The agents' tasks: joined at shutdown, watched for an early exit meanwhile.
     agent_tasks: JoinSet<RoleExit>,
+    /// The RM's task (a set of one, so it is watched the same way).
     rm_task: JoinSet<RoleExit>,
 }
 

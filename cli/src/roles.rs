@@ -141,7 +141,7 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<ExitCode> {
     let written = toml::to_string(&client_config)
         .map_err(anyhow::Error::from)
         .and_then(|text| write_private_file(&config_path, &text));
-    print!("{}", banner(&cluster, &config_path, args.agents, written.is_ok()));
+    out!("{}", banner(&cluster, &config_path, args.agents, written.is_ok()));
     if let Err(err) = written {
         eprintln!("warning: the client config was not written: {err:#}");
     }

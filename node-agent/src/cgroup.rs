@@ -116,6 +116,8 @@ impl CgroupRoot {
 }
 
 impl ContainerCgroup {
+    pub(crate) fn procs_path_for_experiment(&self) -> PathBuf { self.dir.join("cgroup.procs") }
+
     /// A `pre_exec` hook that moves the forked child into this cgroup before it execs, so
     /// not one byte the container allocates escapes the limit. Async-signal-safe: it only calls
     /// getpid/open/write/close on memory prepared before the fork.

@@ -137,7 +137,8 @@ pub(crate) fn spawn_container(
     if cgroup.is_none() && std::env::var_os("EXPERIMENT_FORK").is_some() {
         unsafe { command.pre_exec(|| Ok(())); }
     }
-    if let Some(cgroup) = &cgroup {
+    let post_spawn = std::env::var_os("EXPERIMENT_POST").is_some();
+    if let Some(cgroup) = &cgroup && !post_spawn {
         // SAFETY: the hook is async-signal-safe (see `join_hook`).
         unsafe {
             command.pre_exec(cgroup.join_hook());
@@ -149,6 +150,9 @@ pub(crate) fn spawn_container(
             let Some(pid) = child.id() else {
                 unreachable!("a just-spawned child has not been reaped yet")
             };
+            if post_spawn && let Some(cgroup) = &cgroup {
+                let _ = std::fs::write(cgroup.procs_path_for_experiment(), pid.to_string());
+            }
             Ok(SpawnedContainer {
                 child,
                 process_group: pid as i32,
@@ -437,5 +441,23 @@ mod timing_experiment {
             }
             println!("cgroups={with}: spawn {:?} wait {:?} remove {:?} per container", spawn_t / 300, wait_t / 300, remove_t / 300);
         }
+    }
+}
+
+#[cfg(test)]
+mod timing_experiment2 {
+    use std::time::Instant;
+    #[test]
+    #[ignore]
+    fn time_cgroup_ops() {
+        let root = crate::cgroup::CgroupRoot::detect().unwrap();
+        let n = 500;
+        let t = Instant::now();
+        let mut groups = Vec::new();
+        for i in 0..n { groups.push(root.create(&format!("exp-{i}"), 64 << 20).unwrap()); }
+        let created = t.elapsed();
+        let t = Instant::now();
+        for g in &groups { g.remove(); }
+        println!("create {:?} remove {:?} per cgroup", created / n, t.elapsed() / n);
     }
 }

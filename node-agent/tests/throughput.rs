@@ -18,8 +18,13 @@ const CONCURRENCY: u64 = 32;
 
 async fn measure(enforcement: MemoryEnforcement) {
     let rm = StubRm::start().await;
+    // On tmpfs when there is one: the point is the agent's cost, not the disk's.
+    let work_dir = tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).unwrap();
     let agent = Arc::new(
-        TestAgent::start(&rm.url, |config| config.memory_enforcement = enforcement)
+        TestAgent::start(&rm.url, |config| {
+            config.memory_enforcement = enforcement;
+            config.work_dir = work_dir.path().to_path_buf();
+        })
             .await
             .unwrap(),
     );

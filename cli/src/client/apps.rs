@@ -27,7 +27,7 @@ pub async fn list(context: &ClientContext, args: &AppsArgs) -> anyhow::Result<Ex
             eprintln!("no apps yet: submit one with `spindle submit JOB.toml`");
         }
     } else {
-        print!("{}", apps_table(&apps, now_ms()).render());
+        out!("{}", apps_table(&apps, now_ms()).render());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -62,7 +62,7 @@ pub async fn show(context: &ClientContext, app_id: AppId) -> anyhow::Result<Exit
         value["containers"] = serde_json::to_value(&containers)?;
         print_json(&value)?;
     } else {
-        print!("{}", app_report(&app, &containers, now_ms()));
+        out!("{}", app_report(&app, &containers, now_ms()));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -151,7 +151,7 @@ pub async fn kill(context: &ClientContext, app_id: AppId) -> anyhow::Result<Exit
     if context.json {
         print_json(&app)?;
     } else {
-        println!("{app_id}  {}  {}", app.state.as_str(), wire_name(&app.final_status));
+        outln!("{app_id}  {}  {}", app.state.as_str(), wire_name(&app.final_status));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,5 @@
 //! `spindle logs CONTAINER [--stderr]`: the RM fetches the file from the container's node.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -16,8 +15,6 @@ pub async fn print(context: &ClientContext, args: &LogsArgs) -> anyhow::Result<E
         .await
         .with_context(|| format!("cannot get the {stream} of {}", args.container_id))?;
     // Logs are printed as they are, even with --json: they are the program's own output.
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(text.as_bytes())?;
-    stdout.flush()?;
+    out!("{text}");
     Ok(ExitCode::SUCCESS)
 }

@@ -52,6 +52,6 @@ pub async fn run(command: Command, global: &GlobalArgs) -> anyhow::Result<ExitCo
 
 /// Prints `value` as pretty JSON on stdout.
 pub fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use spindle_protocol::{DecommissionRequest, NodeId, NodeReport, now_ms};
+use spindle_protocol::{DecommissionRequest, NodeId, NodeReport, NodeState, now_ms};
 
 use super::{ClientContext, print_json};
 use crate::args::DecommissionArgs;
@@ -16,7 +16,7 @@ pub async fn list(context: &ClientContext) -> anyhow::Result<ExitCode> {
     } else if nodes.is_empty() {
         eprintln!("no nodes: start one with `spindle node-agent --rm URL`, or a whole cluster with `spindle local`");
     } else {
-        print!("{}", nodes_table(&nodes, now_ms()).render());
+        out!("{}", nodes_table(&nodes, now_ms()).render());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -50,15 +50,15 @@ pub async fn decommission(context: &ClientContext, args: &DecommissionArgs) -> a
         .with_context(|| format!("cannot decommission {node_id}"))?;
     if context.json {
         print_json(&node)?;
-    } else if args.force {
-        println!("{node_id}  {}  (running containers are killed now)", wire_name(&node.state));
+    } else if node.state == NodeState::Decommissioning {
+        let grace = if args.force {
+            "are killed now".to_owned()
+        } else {
+            format!("get up to {}s to finish", args.timeout_s)
+        };
+        outln!("{node_id}  DECOMMISSIONING  (its {} running container(s) {grace})", node.containers);
     } else {
-        println!(
-            "{node_id}  {}  ({} running container(s) get up to {}s to finish)",
-            wire_name(&node.state),
-            node.containers,
-            args.timeout_s
-        );
+        outln!("{node_id}  {}", wire_name(&node.state));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -66,7 +66,7 @@ pub async fn decommission(context: &ClientContext, args: &DecommissionArgs) -> a
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spindle_protocol::{NodeState, NodeUsage, Resources};
+    use spindle_protocol::{NodeUsage, Resources};
 
     #[test]
     fn the_nodes_table_shows_used_over_capacity() {

@@ -45,12 +45,12 @@ pub async fn submit(context: &ClientContext, args: &SubmitArgs) -> anyhow::Resul
         if context.json {
             print_json(&serde_json::json!({ "app_id": app_id }))?;
         } else {
-            println!("{app_id}");
+            outln!("{app_id}");
         }
         return Ok(ExitCode::SUCCESS);
     }
     if !context.json {
-        println!("{app_id}");
+        outln!("{app_id}");
     }
     let started = Instant::now();
     let mut progress = ProgressLine::on_stderr(ProgressMode::Off);
@@ -59,7 +59,7 @@ pub async fn submit(context: &ClientContext, args: &SubmitArgs) -> anyhow::Resul
     if context.json {
         print_json(&report)?;
     } else {
-        println!("{}", outcome_line(&report, started.elapsed()));
+        outln!("{}", outcome_line(&report, started.elapsed()));
         if report.final_status != FinalStatus::Succeeded && !report.diagnostics.is_empty() {
             eprintln!("diagnostics: {}", report.diagnostics);
         }

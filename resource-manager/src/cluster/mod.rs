@@ -8,6 +8,7 @@ mod containers;
 mod nodes;
 mod recovery;
 mod reports;
+#[cfg(test)] mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -1,0 +1,237 @@
+//! The real `spindle` binary as processes: an RM and node agents started, killed and restarted
+//! the way an operator (or a crash) would, with jobs running through it all.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use spindle_protocol::{AppState, ContainerId, ContainerState, ExitReason, FinalStatus, NodeId, NodeState};
+use support::{Db, PgSchema, TestCluster, shell_job, task_containers, wait_for_app_end, wait_until};
+
+/// How long a job of these tests may take; they finish in well under half of it.
+const JOB_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rm_and_two_agents_run_a_shell_job() {
+    let mut cluster = TestCluster::start(Db::Sqlite).await;
+    cluster.start_agent(4, 4096).await;
+    cluster.start_agent(4, 4096).await;
+    let admin = cluster.admin();
+
+    // Over plain REST, as any HTTP client would.
+    let spec = shell_job("hello", "echo hello $SPINDLE_TASK_INDEX", 4, 128, 3);
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/apps", cluster.rm_url()))
+        .bearer_auth(support::ADMIN_TOKEN)
+        .json(&spec)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+    let location = response.headers().get("location").expect("a Location header").to_str().unwrap().to_owned();
+    let reply: spindle_protocol::SubmitReply = response.json().await.unwrap();
+    let app_id = reply.app_id;
+    assert_eq!(location, format!("/v1/apps/{app_id}"));
+
+    let report = wait_for_app_end(&admin, app_id, JOB_TIMEOUT).await;
+    assert_eq!((report.state, report.final_status), (AppState::Finished, FinalStatus::Succeeded), "{report:?}");
+
+    let tasks = task_containers(&admin, app_id).await;
+    assert_eq!(tasks.len(), 4, "{tasks:#?}");
+    let nodes: BTreeSet<&NodeId> = cluster.agents.iter().map(|agent| &agent.node_id).collect();
+    let mut greeted = BTreeSet::new();
+    for task in &tasks {
+        assert_eq!((task.state, task.exit_reason, task.exit_code), (ContainerState::Complete, Some(ExitReason::Success), Some(0)));
+        assert!(nodes.contains(&task.node_id), "{} ran on an unknown node {}", task.container_id, task.node_id);
+        let logs = cluster.cli(&["logs", &task.container_id.to_string()]).await;
+        assert!(logs.success(), "{logs}");
+        let index: u32 = logs
+            .stdout
+            .trim()
+            .strip_prefix("hello ")
+            .and_then(|index| index.parse().ok())
+            .unwrap_or_else(|| panic!("`spindle logs {}` printed {:?}", task.container_id, logs.stdout));
+        greeted.insert(index);
+    }
+    assert_eq!(greeted, (0..4).collect(), "every task index said hello once");
+
+    let apps = cluster.cli(&["apps", "--json"]).await;
+    assert!(apps.success(), "{apps}");
+    let listed: serde_json::Value = serde_json::from_str(&apps.stdout).expect("`apps --json` prints JSON");
+    assert!(listed.as_array().unwrap().iter().any(|app| app["app_id"] == app_id.to_string()), "{listed}");
+
+    let app = cluster.cli(&["app", &app_id.to_string()]).await;
+    assert!(app.success() && app.stdout.contains(&app_id.to_string()), "{app}");
+
+    let node_list = cluster.cli(&["nodes"]).await;
+    assert!(node_list.success(), "{node_list}");
+    for node_id in &nodes {
+        assert!(node_list.stdout.contains(node_id.as_str()), "{node_list}");
+    }
+
+    let example = support::examples_dir().join("hello-shell.toml");
+    let submitted = cluster.cli(&["submit", example.to_str().unwrap(), "--wait"]).await;
+    assert!(submitted.success(), "{submitted}");
+    assert!(submitted.stdout.contains("SUCCEEDED"), "{submitted}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_join_drain_and_die() {
+    let mut cluster = TestCluster::start(Db::Sqlite).await;
+    // Two vcores each: with the AM's, 12 one-vcore tasks cannot all run at once.
+    cluster.start_agent(2, 4096).await;
+    cluster.start_agent(2, 4096).await;
+    let admin = cluster.admin();
+    let app_id = admin.submit(&shell_job("drain", "sleep 2", 12, 64, 20)).await.unwrap();
+
+    // The agent under the AM is the one drained: its AM keeps it DECOMMISSIONING while the job
+    // runs. The other is killed: its tasks are lost and run again elsewhere.
+    let am_node = wait_until(Duration::from_secs(30), "the AM container to be placed", || async {
+        admin.app(app_id).await.ok()?.attempts.first()?.node_id.clone()
+    })
+    .await;
+    let drained = cluster.agents.iter().position(|agent| agent.node_id == am_node).expect("the AM runs on one of the agents");
+    let doomed = 1 - drained;
+    let (drained_node, doomed_node) = (cluster.node_id(drained).clone(), cluster.node_id(doomed).clone());
+
+    wait_until(Duration::from_secs(30), "tasks running on both agents", || async {
+        let running = running_tasks(&cluster, app_id).await;
+        running.iter().any(|(_, node)| *node == drained_node) && running.iter().any(|(_, node)| *node == doomed_node)
+    })
+    .await;
+
+    // A third agent joins mid-run and gets work.
+    let joined = cluster.start_agent(4, 4096).await;
+    let joined_node = cluster.node_id(joined).clone();
+    wait_until(Duration::from_secs(30), "a container on the agent that joined", || async {
+        task_containers(&admin, app_id).await.iter().any(|task| task.node_id == joined_node)
+    })
+    .await;
+    assert!(!admin.app(app_id).await.unwrap().state.is_terminal(), "the job must still be running when the third agent joins");
+
+    let decommission = cluster.cli(&["decommission", drained_node.as_str(), "--timeout-s", "30"]).await;
+    assert!(decommission.success(), "{decommission}");
+    assert_eq!(cluster.node_state(&drained_node).await, Some(NodeState::Decommissioning), "the AM still runs there");
+    let on_drained_before: BTreeSet<ContainerId> =
+        admin.containers(app_id).await.unwrap().iter().filter(|c| c.node_id == drained_node).map(|c| c.container_id).collect();
+
+    let live_on_doomed: Vec<ContainerId> = running_tasks(&cluster, app_id)
+        .await
+        .into_iter()
+        .filter(|(_, node)| *node == doomed_node)
+        .map(|(container, _)| container)
+        .collect();
+    cluster.agents[doomed].daemon.kill9();
+    let killed_at = Instant::now();
+    let lost_after = wait_until(Duration::from_secs(15), "the killed agent's node to be LOST", || async {
+        let nodes = admin.nodes().await.ok()?;
+        let node = nodes.iter().find(|node| node.node_id == doomed_node)?;
+        (node.state == NodeState::Lost).then(|| killed_at.elapsed())
+    })
+    .await;
+    assert!(
+        lost_after <= Duration::from_secs(support::NODE_EXPIRY_S + 1),
+        "the node was LOST {lost_after:?} after the kill; node_expiry is {}s",
+        support::NODE_EXPIRY_S
+    );
+
+    let report = wait_for_app_end(&admin, app_id, JOB_TIMEOUT).await;
+    assert_eq!((report.state, report.final_status), (AppState::Finished, FinalStatus::Succeeded), "{report:?}");
+
+    let containers = admin.containers(app_id).await.unwrap();
+    let on_drained_after: BTreeSet<ContainerId> =
+        containers.iter().filter(|c| c.node_id == drained_node).map(|c| c.container_id).collect();
+    assert_eq!(on_drained_after, on_drained_before, "no container may be placed on a decommissioning node");
+    for container_id in &live_on_doomed {
+        let container = containers.iter().find(|c| c.container_id == *container_id).unwrap();
+        assert_eq!(container.exit_reason, Some(ExitReason::NodeLost), "{container:?}");
+    }
+    let succeeded = containers.iter().filter(|c| !c.is_am && c.exit_reason == Some(ExitReason::Success)).count();
+    assert_eq!(succeeded, 12, "each task succeeded exactly once");
+
+    wait_until(Duration::from_secs(15), "the drained node to be DECOMMISSIONED", || async {
+        cluster.node_state(&drained_node).await == Some(NodeState::Decommissioned)
+    })
+    .await;
+    let status = wait_until(Duration::from_secs(15), "the decommissioned agent's process to exit", || {
+        let status = cluster.agents[drained].daemon.exit_status();
+        async move { status }
+    })
+    .await;
+    assert!(status.success(), "the decommissioned agent exited with {status}");
+    assert_eq!(cluster.node_state(&joined_node).await, Some(NodeState::Running));
+}
+
+/// The app's task containers that are running now, with their nodes.
+async fn running_tasks(cluster: &TestCluster, app_id: spindle_protocol::AppId) -> Vec<(ContainerId, NodeId)> {
+    task_containers(&cluster.admin(), app_id)
+        .await
+        .into_iter()
+        .filter(|task| task.state == ContainerState::Running)
+        .map(|task| (task.container_id, task.node_id))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rm_restart_preserves_work_sqlite() {
+    rm_restart_preserves_work(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rm_restart_preserves_work_postgres() {
+    let schema = PgSchema::create().await;
+    rm_restart_preserves_work(Db::Url(schema.url.clone())).await;
+    drop(schema);
+}
+
+/// Kills the RM with SIGKILL mid-job and starts it again on the same store: the job goes on
+/// without re-running what ran, and a submission made just before the crash is not lost.
+async fn rm_restart_preserves_work(db: Db) {
+    let mut cluster = TestCluster::start(db).await;
+    cluster.start_agent(2, 4096).await;
+    cluster.start_agent(2, 4096).await;
+    let admin = cluster.admin();
+    let epoch_before = admin.cluster().await.unwrap().epoch;
+
+    let ran = cluster.path().join("ran.txt");
+    let script = format!("echo $SPINDLE_TASK_INDEX >> {}; sleep 1", ran.display());
+    let app_id = admin.submit(&shell_job("waves", &script, 8, 64, 3)).await.unwrap();
+    wait_until(Duration::from_secs(30), "3 tasks to have run", || async { lines(&ran).len() >= 3 }).await;
+
+    let late_ran = cluster.path().join("late.txt");
+    let late_script = format!("echo $SPINDLE_TASK_INDEX >> {}", late_ran.display());
+    let late_app = admin.submit(&shell_job("late", &late_script, 2, 64, 3)).await.unwrap();
+    cluster.kill_rm();
+    let lines_at_crash = lines(&ran).len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.start_rm().await;
+
+    let epoch_after = admin.cluster().await.unwrap().epoch;
+    assert_eq!(epoch_after, epoch_before + 1, "every RM start opens a new epoch");
+    let listed = admin.apps(&Default::default()).await.unwrap();
+    for id in [app_id, late_app] {
+        assert!(listed.iter().any(|app| app.app_id == id), "{id} is not listed after the restart: {listed:#?}");
+    }
+
+    let report = wait_for_app_end(&admin, app_id, JOB_TIMEOUT).await;
+    assert_eq!((report.state, report.final_status), (AppState::Finished, FinalStatus::Succeeded), "{report:?}");
+    assert_eq!(report.app_id, app_id);
+    let mut indexes = lines(&ran);
+    indexes.sort_by_key(|index| index.parse::<u32>().unwrap_or(u32::MAX));
+    let expected: Vec<String> = (0..8).map(|index| index.to_string()).collect();
+    assert_eq!(indexes, expected, "each task ran exactly once ({lines_at_crash} had started at the crash)");
+
+    let late = wait_for_app_end(&admin, late_app, JOB_TIMEOUT).await;
+    assert_eq!((late.state, late.final_status), (AppState::Finished, FinalStatus::Succeeded), "{late:?}");
+    let mut late_indexes = lines(&late_ran);
+    late_indexes.sort();
+    assert_eq!(late_indexes, ["0", "1"], "the app submitted just before the crash ran once");
+    assert_eq!(report.attempts.len(), 1, "the AM survived the RM's restart: {:#?}", report.attempts);
+}
+
+/// The lines of a file the tasks append to (none if it does not exist yet).
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
+}
