@@ -30,21 +30,39 @@ async fn rm_and_two_agents_run_a_shell_job() {
         .await
         .unwrap();
     assert_eq!(response.status(), reqwest::StatusCode::CREATED);
-    let location = response.headers().get("location").expect("a Location header").to_str().unwrap().to_owned();
+    let location = response
+        .headers()
+        .get("location")
+        .expect("a Location header")
+        .to_str()
+        .unwrap()
+        .to_owned();
     let reply: spindle_protocol::SubmitReply = response.json().await.unwrap();
     let app_id = reply.app_id;
     assert_eq!(location, format!("/v1/apps/{app_id}"));
 
     let report = wait_for_app_end(&admin, app_id, JOB_TIMEOUT).await;
-    assert_eq!((report.state, report.final_status), (AppState::Finished, FinalStatus::Succeeded), "{report:?}");
+    assert_eq!(
+        (report.state, report.final_status),
+        (AppState::Finished, FinalStatus::Succeeded),
+        "{report:?}"
+    );
 
     let tasks = task_containers(&admin, app_id).await;
     assert_eq!(tasks.len(), 4, "{tasks:#?}");
     let nodes: BTreeSet<&NodeId> = cluster.agents.iter().map(|agent| &agent.node_id).collect();
     let mut greeted = BTreeSet::new();
     for task in &tasks {
-        assert_eq!((task.state, task.exit_reason, task.exit_code), (ContainerState::Complete, Some(ExitReason::Success), Some(0)));
-        assert!(nodes.contains(&task.node_id), "{} ran on an unknown node {}", task.container_id, task.node_id);
+        assert_eq!(
+            (task.state, task.exit_reason, task.exit_code),
+            (ContainerState::Complete, Some(ExitReason::Success), Some(0))
+        );
+        assert!(
+            nodes.contains(&task.node_id),
+            "{} ran on an unknown node {}",
+            task.container_id,
+            task.node_id
+        );
         let logs = cluster.cli(&["logs", &task.container_id.to_string()]).await;
         assert!(logs.success(), "{logs}");
         let index: u32 = logs
@@ -60,7 +78,10 @@ async fn rm_and_two_agents_run_a_shell_job() {
     let apps = cluster.cli(&["apps", "--json"]).await;
     assert!(apps.success(), "{apps}");
     let listed: serde_json::Value = serde_json::from_str(&apps.stdout).expect("`apps --json` prints JSON");
-    assert!(listed.as_array().unwrap().iter().any(|app| app["app_id"] == app_id.to_string()), "{listed}");
+    assert!(
+        listed.as_array().unwrap().iter().any(|app| app["app_id"] == app_id.to_string()),
+        "{listed}"
+    );
 
     let app = cluster.cli(&["app", &app_id.to_string()]).await;
     assert!(app.success() && app.stdout.contains(&app_id.to_string()), "{app}");
@@ -75,6 +96,17 @@ async fn rm_and_two_agents_run_a_shell_job() {
     let submitted = cluster.cli(&["submit", example.to_str().unwrap(), "--wait"]).await;
     assert!(submitted.success(), "{submitted}");
     assert!(submitted.stdout.contains("SUCCEEDED"), "{submitted}");
+
+    // SIGTERM stops every daemon cleanly: the agents first, then the RM.
+    for agent in &mut cluster.agents {
+        agent.daemon.terminate();
+        let status = agent.daemon.wait_for_exit(Duration::from_secs(15)).await;
+        assert!(status.success(), "{} exited with {status} on SIGTERM", agent.daemon.name);
+    }
+    let rm = cluster.rm.as_mut().unwrap();
+    rm.terminate();
+    let status = rm.wait_for_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "the RM exited with {status} on SIGTERM");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +124,11 @@ async fn agents_join_drain_and_die() {
         admin.app(app_id).await.ok()?.attempts.first()?.node_id.clone()
     })
     .await;
-    let drained = cluster.agents.iter().position(|agent| agent.node_id == am_node).expect("the AM runs on one of the agents");
+    let drained = cluster
+        .agents
+        .iter()
+        .position(|agent| agent.node_id == am_node)
+        .expect("the AM runs on one of the agents");
     let doomed = 1 - drained;
     let (drained_node, doomed_node) = (cluster.node_id(drained).clone(), cluster.node_id(doomed).clone());
 
@@ -109,13 +145,26 @@ async fn agents_join_drain_and_die() {
         task_containers(&admin, app_id).await.iter().any(|task| task.node_id == joined_node)
     })
     .await;
-    assert!(!admin.app(app_id).await.unwrap().state.is_terminal(), "the job must still be running when the third agent joins");
+    assert!(
+        !admin.app(app_id).await.unwrap().state.is_terminal(),
+        "the job must still be running when the third agent joins"
+    );
 
     let decommission = cluster.cli(&["decommission", drained_node.as_str(), "--timeout-s", "30"]).await;
     assert!(decommission.success(), "{decommission}");
-    assert_eq!(cluster.node_state(&drained_node).await, Some(NodeState::Decommissioning), "the AM still runs there");
-    let on_drained_before: BTreeSet<ContainerId> =
-        admin.containers(app_id).await.unwrap().iter().filter(|c| c.node_id == drained_node).map(|c| c.container_id).collect();
+    assert_eq!(
+        cluster.node_state(&drained_node).await,
+        Some(NodeState::Decommissioning),
+        "the AM still runs there"
+    );
+    let on_drained_before: BTreeSet<ContainerId> = admin
+        .containers(app_id)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|c| c.node_id == drained_node)
+        .map(|c| c.container_id)
+        .collect();
 
     let live_on_doomed: Vec<ContainerId> = running_tasks(&cluster, app_id)
         .await
@@ -136,30 +185,43 @@ async fn agents_join_drain_and_die() {
         "the node was LOST {lost_after:?} after the kill; node_expiry is {}s",
         support::NODE_EXPIRY_S
     );
+    eprintln!(
+        "the killed agent ran {} tasks; its node was LOST {lost_after:?} after the kill",
+        live_on_doomed.len()
+    );
 
     let report = wait_for_app_end(&admin, app_id, JOB_TIMEOUT).await;
-    assert_eq!((report.state, report.final_status), (AppState::Finished, FinalStatus::Succeeded), "{report:?}");
+    assert_eq!(
+        (report.state, report.final_status),
+        (AppState::Finished, FinalStatus::Succeeded),
+        "{report:?}"
+    );
 
     let containers = admin.containers(app_id).await.unwrap();
-    let on_drained_after: BTreeSet<ContainerId> =
-        containers.iter().filter(|c| c.node_id == drained_node).map(|c| c.container_id).collect();
-    assert_eq!(on_drained_after, on_drained_before, "no container may be placed on a decommissioning node");
+    let on_drained_after: BTreeSet<ContainerId> = containers
+        .iter()
+        .filter(|c| c.node_id == drained_node)
+        .map(|c| c.container_id)
+        .collect();
+    assert_eq!(
+        on_drained_after, on_drained_before,
+        "no container may be placed on a decommissioning node"
+    );
     for container_id in &live_on_doomed {
         let container = containers.iter().find(|c| c.container_id == *container_id).unwrap();
         assert_eq!(container.exit_reason, Some(ExitReason::NodeLost), "{container:?}");
     }
-    let succeeded = containers.iter().filter(|c| !c.is_am && c.exit_reason == Some(ExitReason::Success)).count();
+    let succeeded = containers
+        .iter()
+        .filter(|c| !c.is_am && c.exit_reason == Some(ExitReason::Success))
+        .count();
     assert_eq!(succeeded, 12, "each task succeeded exactly once");
 
     wait_until(Duration::from_secs(15), "the drained node to be DECOMMISSIONED", || async {
         cluster.node_state(&drained_node).await == Some(NodeState::Decommissioned)
     })
     .await;
-    let status = wait_until(Duration::from_secs(15), "the decommissioned agent's process to exit", || {
-        let status = cluster.agents[drained].daemon.exit_status();
-        async move { status }
-    })
-    .await;
+    let status = cluster.agents[drained].daemon.wait_for_exit(Duration::from_secs(15)).await;
     assert!(status.success(), "the decommissioned agent exited with {status}");
     assert_eq!(cluster.node_state(&joined_node).await, Some(NodeState::Running));
 }
@@ -205,6 +267,8 @@ async fn rm_restart_preserves_work(db: Db) {
     let late_app = admin.submit(&shell_job("late", &late_script, 2, 64, 3)).await.unwrap();
     cluster.kill_rm();
     let lines_at_crash = lines(&ran).len();
+    assert!(lines_at_crash < 8, "the job must still be running at the crash");
+    eprintln!("the RM was killed after {lines_at_crash} of 8 tasks had started");
     tokio::time::sleep(Duration::from_secs(1)).await;
     cluster.start_rm().await;
 
@@ -212,19 +276,33 @@ async fn rm_restart_preserves_work(db: Db) {
     assert_eq!(epoch_after, epoch_before + 1, "every RM start opens a new epoch");
     let listed = admin.apps(&Default::default()).await.unwrap();
     for id in [app_id, late_app] {
-        assert!(listed.iter().any(|app| app.app_id == id), "{id} is not listed after the restart: {listed:#?}");
+        assert!(
+            listed.iter().any(|app| app.app_id == id),
+            "{id} is not listed after the restart: {listed:#?}"
+        );
     }
 
     let report = wait_for_app_end(&admin, app_id, JOB_TIMEOUT).await;
-    assert_eq!((report.state, report.final_status), (AppState::Finished, FinalStatus::Succeeded), "{report:?}");
+    assert_eq!(
+        (report.state, report.final_status),
+        (AppState::Finished, FinalStatus::Succeeded),
+        "{report:?}"
+    );
     assert_eq!(report.app_id, app_id);
     let mut indexes = lines(&ran);
     indexes.sort_by_key(|index| index.parse::<u32>().unwrap_or(u32::MAX));
     let expected: Vec<String> = (0..8).map(|index| index.to_string()).collect();
-    assert_eq!(indexes, expected, "each task ran exactly once ({lines_at_crash} had started at the crash)");
+    assert_eq!(
+        indexes, expected,
+        "each task ran exactly once ({lines_at_crash} had started at the crash)"
+    );
 
     let late = wait_for_app_end(&admin, late_app, JOB_TIMEOUT).await;
-    assert_eq!((late.state, late.final_status), (AppState::Finished, FinalStatus::Succeeded), "{late:?}");
+    assert_eq!(
+        (late.state, late.final_status),
+        (AppState::Finished, FinalStatus::Succeeded),
+        "{late:?}"
+    );
     let mut late_indexes = lines(&late_ran);
     late_indexes.sort();
     assert_eq!(late_indexes, ["0", "1"], "the app submitted just before the crash ran once");
@@ -233,5 +311,9 @@ async fn rm_restart_preserves_work(db: Db) {
 
 /// The lines of a file the tasks append to (none if it does not exist yet).
 fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }

@@ -44,7 +44,11 @@ async fn container_over_memory_limit_is_killed() {
         .to_vec();
     let app_id = client.submit(&spec).await.unwrap();
     let report = wait_for_app_end(&client, app_id, Duration::from_secs(60)).await;
-    assert_eq!((report.state, report.final_status), (AppState::Failed, FinalStatus::Failed), "{report:?}");
+    assert_eq!(
+        (report.state, report.final_status),
+        (AppState::Failed, FinalStatus::Failed),
+        "{report:?}"
+    );
 
     let tasks = task_containers(&client, app_id).await;
     assert_eq!(tasks.len(), 1, "max_retries = 0: the task runs once: {tasks:#?}");

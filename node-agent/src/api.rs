@@ -35,18 +35,9 @@ const LOG_STREAMS: [&str; 2] = ["stdout", "stderr"];
 pub(crate) fn router(manager: Arc<ContainerManager>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
-        .route(
-            "/v1/containers",
-            get(list_containers).post(launch_container),
-        )
-        .route(
-            "/v1/containers/{container_id}",
-            get(container_status).delete(stop_container),
-        )
-        .route(
-            "/v1/containers/{container_id}/logs/{stream}",
-            get(container_log),
-        )
+        .route("/v1/containers", get(list_containers).post(launch_container))
+        .route("/v1/containers/{container_id}", get(container_status).delete(stop_container))
+        .route("/v1/containers/{container_id}/logs/{stream}", get(container_log))
         .fallback(unknown_route)
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(middleware::map_response(json_payload_too_large))
@@ -116,16 +107,10 @@ async fn container_log(
     let file = match tokio::fs::File::open(&path).await {
         Ok(file) => file,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return Err(AgentError::LogNotFound {
-                container_id,
-                stream,
-            });
+            return Err(AgentError::LogNotFound { container_id, stream });
         }
         Err(err) => {
-            return Err(AgentError::io(
-                format!("cannot open {}", path.display()),
-                err,
-            ));
+            return Err(AgentError::io(format!("cannot open {}", path.display()), err));
         }
     };
     let body = Body::from_stream(ReaderStream::new(file));
@@ -145,8 +130,7 @@ fn parse_container_id(text: &str) -> Result<ContainerId, AgentError> {
 fn bearer(headers: &HeaderMap) -> Result<&str, AgentError> {
     let missing = || {
         AgentError::Unauthorized(
-            "missing `Authorization: Bearer <token>`: use the agent token or the container's token signature"
-                .to_owned(),
+            "missing `Authorization: Bearer <token>`: use the agent token or the container's token signature".to_owned(),
         )
     };
     let value = headers
@@ -192,10 +176,7 @@ mod tests {
     #[test]
     fn bearer_tokens_are_read_from_the_header() {
         let mut headers = HeaderMap::new();
-        assert!(matches!(
-            bearer(&headers),
-            Err(AgentError::Unauthorized(_))
-        ));
+        assert!(matches!(bearer(&headers), Err(AgentError::Unauthorized(_))));
         headers.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
         assert_eq!(bearer(&headers).unwrap(), "abc");
         headers.insert(header::AUTHORIZATION, "bearer  xyz ".parse().unwrap());

@@ -36,9 +36,7 @@ impl FromStr for MemoryEnforcement {
             "auto" => Ok(MemoryEnforcement::Auto),
             "cgroup" => Ok(MemoryEnforcement::Cgroup),
             "sampling" => Ok(MemoryEnforcement::Sampling),
-            _ => Err(format!(
-                "unknown memory enforcement `{text}`: expected auto, cgroup or sampling"
-            )),
+            _ => Err(format!("unknown memory enforcement `{text}`: expected auto, cgroup or sampling")),
         }
     }
 }
@@ -90,14 +88,10 @@ impl AgentConfig {
     /// Refuses configurations that could never work, with what to change.
     pub(crate) fn validate(&self) -> Result<(), AgentError> {
         if self.rm_urls.iter().all(|url| url.trim().is_empty()) {
-            return Err(AgentError::Config(
-                "no RM URL given: pass at least one with --rm".to_owned(),
-            ));
+            return Err(AgentError::Config("no RM URL given: pass at least one with --rm".to_owned()));
         }
         if self.heartbeat_interval.is_zero() {
-            return Err(AgentError::Config(
-                "the heartbeat interval must be greater than zero".to_owned(),
-            ));
+            return Err(AgentError::Config("the heartbeat interval must be greater than zero".to_owned()));
         }
         if self.rack.is_empty() || !self.rack.starts_with('/') {
             return Err(AgentError::Config(format!(
@@ -136,14 +130,8 @@ mod tests {
     fn node_id_is_the_advertised_address() {
         let local: SocketAddr = "127.0.0.1:8042".parse().unwrap();
         assert_eq!(advertised_node_id(None, local).as_str(), "127.0.0.1:8042");
-        assert_eq!(
-            advertised_node_id(Some("worker-3"), local).as_str(),
-            "worker-3:8042"
-        );
-        assert_eq!(
-            advertised_node_id(Some("::1"), local).as_str(),
-            "[::1]:8042"
-        );
+        assert_eq!(advertised_node_id(Some("worker-3"), local).as_str(), "worker-3:8042");
+        assert_eq!(advertised_node_id(Some("::1"), local).as_str(), "[::1]:8042");
         let v6: SocketAddr = "[::1]:9000".parse().unwrap();
         assert_eq!(advertised_node_id(None, v6).as_str(), "[::1]:9000");
         let any: SocketAddr = "0.0.0.0:8042".parse().unwrap();
@@ -152,11 +140,7 @@ mod tests {
 
     #[test]
     fn defaults_and_validation() {
-        let config = AgentConfig::new(
-            vec!["127.0.0.1:8088".into()],
-            ClusterSecret::new("s"),
-            PathBuf::from("/tmp/x"),
-        );
+        let config = AgentConfig::new(vec!["127.0.0.1:8088".into()], ClusterSecret::new("s"), PathBuf::from("/tmp/x"));
         assert_eq!(config.rack, DEFAULT_RACK);
         assert_eq!(config.heartbeat_interval, Duration::from_secs(1));
         assert_eq!(config.memory_enforcement, MemoryEnforcement::Auto);
@@ -172,10 +156,7 @@ mod tests {
 
     #[test]
     fn memory_enforcement_parses() {
-        assert_eq!(
-            "Sampling".parse::<MemoryEnforcement>(),
-            Ok(MemoryEnforcement::Sampling)
-        );
+        assert_eq!("Sampling".parse::<MemoryEnforcement>(), Ok(MemoryEnforcement::Sampling));
         assert!("swap".parse::<MemoryEnforcement>().is_err());
     }
 }

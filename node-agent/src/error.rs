@@ -11,9 +11,7 @@ use spindle_protocol::{ContainerId, ErrorBody, ErrorDetail, TokenError};
 pub enum AgentError {
     #[error("invalid agent configuration: {0}")]
     Config(String),
-    #[error(
-        "cgroup memory enforcement was requested but is unavailable: {0}. Run as root with a writable /sys/fs/cgroup, or use sampling"
-    )]
+    #[error("cgroup memory enforcement was requested but is unavailable: {0}. Run as root with a writable /sys/fs/cgroup, or use sampling")]
     CgroupUnavailable(String),
     #[error("{context}: {source}")]
     Io {
@@ -32,10 +30,7 @@ pub enum AgentError {
     #[error("container {0} is not known on this node")]
     ContainerNotFound(String),
     #[error("no {stream} log for container {container_id} on this node")]
-    LogNotFound {
-        container_id: ContainerId,
-        stream: String,
-    },
+    LogNotFound { container_id: ContainerId, stream: String },
     #[error("no route for {0}: the agent serves /healthz and /v1/containers[/{{id}}[/logs/{{stream}}]]")]
     UnknownRoute(String),
     #[error("container {0} was already launched on this node: container ids are single-use")]
@@ -60,14 +55,10 @@ impl AgentError {
             AgentError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             AgentError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             AgentError::Forbidden(_) | AgentError::Token(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            AgentError::ContainerNotFound(_)
-            | AgentError::LogNotFound { .. }
-            | AgentError::UnknownRoute(_) => {
+            AgentError::ContainerNotFound(_) | AgentError::LogNotFound { .. } | AgentError::UnknownRoute(_) => {
                 (StatusCode::NOT_FOUND, "not_found")
             }
-            AgentError::DuplicateContainer(_) | AgentError::Draining => {
-                (StatusCode::CONFLICT, "conflict")
-            }
+            AgentError::DuplicateContainer(_) | AgentError::Draining => (StatusCode::CONFLICT, "conflict"),
             AgentError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             AgentError::Config(_) | AgentError::CgroupUnavailable(_) | AgentError::Io { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -100,10 +91,7 @@ mod tests {
     #[test]
     fn errors_map_to_statuses_and_codes() {
         let container = ContainerId {
-            app: AppId {
-                cluster_ts: 1,
-                seq: 1,
-            },
+            app: AppId { cluster_ts: 1, seq: 1 },
             attempt: 1,
             epoch: 1,
             seq: 1,
@@ -120,11 +108,7 @@ mod tests {
                 403,
                 "forbidden",
             ),
-            (
-                AgentError::ContainerNotFound(container.to_string()),
-                404,
-                "not_found",
-            ),
+            (AgentError::ContainerNotFound(container.to_string()), 404, "not_found"),
             (AgentError::DuplicateContainer(container), 409, "conflict"),
             (AgentError::Draining, 409, "conflict"),
             (AgentError::PayloadTooLarge, 413, "payload_too_large"),
@@ -134,10 +118,6 @@ mod tests {
             assert_eq!(actual_status.as_u16(), status, "{error}");
             assert_eq!(actual_code, code, "{error}");
         }
-        assert!(
-            AgentError::Draining
-                .to_string()
-                .contains("node is decommissioning")
-        );
+        assert!(AgentError::Draining.to_string().contains("node is decommissioning"));
     }
 }

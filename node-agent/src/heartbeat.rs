@@ -7,10 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use spindle_protocol::{
-    ClientError, NodeHeartbeatReply, NodeHeartbeatRequest, NodeId, RegisterNodeRequest,
-    Resources, RmClient,
-};
+use spindle_protocol::{ClientError, NodeHeartbeatReply, NodeHeartbeatRequest, NodeId, RegisterNodeRequest, Resources, RmClient};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -58,13 +55,7 @@ pub(crate) struct Heartbeater {
 }
 
 impl Heartbeater {
-    pub(crate) fn new(
-        client: RmClient,
-        manager: Arc<ContainerManager>,
-        node: NodeDescription,
-        probe: Probe,
-        interval: Duration,
-    ) -> Self {
+    pub(crate) fn new(client: RmClient, manager: Arc<ContainerManager>, node: NodeDescription, probe: Probe, interval: Duration) -> Self {
         let trigger = manager.report_trigger();
         Heartbeater {
             client,

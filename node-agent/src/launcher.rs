@@ -12,7 +12,7 @@ use std::time::Duration;
 use spindle_protocol::{ContainerId, ExitReason, LaunchSpec, NodeId, Resources, env};
 use tokio::process::{Child, Command};
 
-use crate::cgroup::{CgroupRoot, ContainerCgroup};
+use crate::cgroup::{CgroupRoot, ContainerCgroup, JoinMethod};
 
 /// How long a container may take to exit after SIGTERM before its process group gets SIGKILL.
 pub const CONTAINER_KILL_GRACE: Duration = Duration::from_secs(2);
@@ -70,6 +70,27 @@ pub(crate) struct SpawnFailure {
     pub diagnostics: String,
 }
 
+/// Refuses a launch spec the OS could not run as given, naming the bad part.
+pub(crate) fn check_spec(spec: &LaunchSpec) -> Result<(), String> {
+    if spec.command.is_empty() || spec.command[0].is_empty() {
+        return Err("launch.command is empty: give at least the program to run".to_owned());
+    }
+    if let Some(index) = spec.command.iter().position(|arg| arg.contains('\0')) {
+        return Err(format!("launch.command[{index}] contains a NUL byte"));
+    }
+    for (name, value) in &spec.env {
+        if name.is_empty() || name.contains(['=', '\0']) {
+            return Err(format!(
+                "launch.env has an invalid variable name `{name}`: names are non-empty, without `=` or NUL"
+            ));
+        }
+        if value.contains('\0') {
+            return Err(format!("launch.env.{name} contains a NUL byte"));
+        }
+    }
+    Ok(())
+}
+
 /// `<work_dir>/apps/<app_id>/<container_id>`: the container's working dir and log dir.
 pub(crate) fn container_dir(work_dir: &Path, container_id: &ContainerId) -> PathBuf {
     work_dir
@@ -91,17 +112,12 @@ pub(crate) fn spawn_container(
         exit_code: None,
         diagnostics: format!("the agent could not {what}: {err}"),
     };
-    std::fs::create_dir_all(&dir)
-        .map_err(|err| agent_failure(&format!("create {}", dir.display()), err))?;
-    let stdout = File::create(dir.join("stdout"))
-        .map_err(|err| agent_failure("create the stdout file", err))?;
-    let mut stderr = File::create(dir.join("stderr"))
-        .map_err(|err| agent_failure("create the stderr file", err))?;
-    let stderr_for_child = stderr
-        .try_clone()
-        .map_err(|err| agent_failure("open the stderr file", err))?;
+    std::fs::create_dir_all(&dir).map_err(|err| agent_failure(&format!("create {}", dir.display()), err))?;
+    let stdout = File::create(dir.join("stdout")).map_err(|err| agent_failure("create the stdout file", err))?;
+    let mut stderr = File::create(dir.join("stderr")).map_err(|err| agent_failure("create the stderr file", err))?;
+    let stderr_for_child = stderr.try_clone().map_err(|err| agent_failure("open the stderr file", err))?;
 
-    let (cgroup, cgroup_error) = match &context.cgroups {
+    let (mut cgroup, mut cgroup_error) = match &context.cgroups {
         Some(root) => {
             let name = format!("{}-{container_id}", context.node_port);
             match root.create(&name, resources.memory_mb.saturating_mul(1024 * 1024)) {
@@ -134,25 +150,37 @@ pub(crate) fn spawn_container(
         .env(env::NODE_ID, context.node_id.as_str())
         .env(env::MEMORY_MB, resources.memory_mb.to_string())
         .env(env::VCORES, resources.vcores.to_string());
-    if cgroup.is_none() && std::env::var_os("EXPERIMENT_FORK").is_some() {
-        unsafe { command.pre_exec(|| Ok(())); }
-    }
-    let post_spawn = std::env::var_os("EXPERIMENT_POST").is_some();
-    if let Some(cgroup) = &cgroup && !post_spawn {
-        // SAFETY: the hook is async-signal-safe (see `join_hook`).
-        unsafe {
-            command.pre_exec(cgroup.join_hook());
+    // The child must be in its cgroup before the container's program runs, or what it
+    // allocates first escapes the limit.
+    let spawned_inside = match &cgroup {
+        Some(cgroup) if cgroup.join_method() == JoinMethod::SpawningThread => Some(cgroup.spawn_from_inside(|| command.spawn())),
+        Some(cgroup) => {
+            // SAFETY: the hook is async-signal-safe (see `join_hook`).
+            unsafe {
+                command.pre_exec(cgroup.join_hook());
+            }
+            None
         }
-    }
+        None => None,
+    };
+    let spawned = match spawned_inside {
+        Some(Ok(spawned)) => spawned,
+        // The thread could not enter: run the container without a cgroup (sampled).
+        Some(Err(err)) => {
+            cgroup_error = Some(format!("cannot enter cgroup: {err}"));
+            if let Some(unused) = cgroup.take() {
+                unused.remove();
+            }
+            command.spawn()
+        }
+        None => command.spawn(),
+    };
 
-    match command.spawn() {
+    match spawned {
         Ok(child) => {
             let Some(pid) = child.id() else {
                 unreachable!("a just-spawned child has not been reaped yet")
             };
-            if post_spawn && let Some(cgroup) = &cgroup {
-                let _ = std::fs::write(cgroup.procs_path_for_experiment(), pid.to_string());
-            }
             Ok(SpawnedContainer {
                 child,
                 process_group: pid as i32,
@@ -161,11 +189,7 @@ pub(crate) fn spawn_container(
             })
         }
         Err(err) => {
-            let exit_code = if err.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            };
+            let exit_code = if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
             let diagnostics = format!("cannot start `{}`: {err}", program.display());
             // The AM's user reads logs first: say it there too.
             let _ = writeln!(stderr, "spindle: {diagnostics}");
@@ -260,18 +284,13 @@ pub(crate) fn classify_exit(
     } else if oom_killed {
         (
             ExitReason::ExceededMemory,
-            format!(
-                "container used more than its {memory_limit_mb} MB memory limit and was killed by the kernel (cgroup OOM)"
-            ),
+            format!("container used more than its {memory_limit_mb} MB memory limit and was killed by the kernel (cgroup OOM)"),
         )
     } else {
         match exit {
             ProcessExit::Code(0) => (ExitReason::Success, String::new()),
             ProcessExit::Code(code) => (ExitReason::Failed, format!("exited with code {code}")),
-            ProcessExit::Signal(signal) => (
-                ExitReason::Failed,
-                format!("killed by signal {signal} ({})", signal_name(signal)),
-            ),
+            ProcessExit::Signal(signal) => (ExitReason::Failed, format!("killed by signal {signal} ({})", signal_name(signal))),
         }
     };
     if reason == ExitReason::Failed && !stderr_tail.is_empty() {
@@ -364,13 +383,7 @@ mod tests {
     #[test]
     fn the_agents_own_kill_explains_the_signal() {
         let by_app = kill(ExitReason::KilledByApp, "stopped by its application");
-        let outcome = classify_exit(
-            ProcessExit::Signal(libc::SIGTERM),
-            Some(&by_app),
-            false,
-            64,
-            "tail",
-        );
+        let outcome = classify_exit(ProcessExit::Signal(libc::SIGTERM), Some(&by_app), false, 64, "tail");
         assert_eq!(outcome.reason, ExitReason::KilledByApp);
         assert_eq!(outcome.exit_code, 143);
         assert_eq!(outcome.diagnostics, "stopped by its application");
@@ -378,6 +391,21 @@ mod tests {
         let oom = classify_exit(ProcessExit::Signal(libc::SIGKILL), None, true, 64, "tail");
         assert_eq!(oom.reason, ExitReason::ExceededMemory);
         assert!(oom.diagnostics.contains("more than its 64 MB memory limit"));
+    }
+
+    #[test]
+    fn specs_the_os_cannot_run_are_refused() {
+        let spec = |command: &[&str], env: &[(&str, &str)]| LaunchSpec {
+            command: command.iter().map(|arg| arg.to_string()).collect(),
+            env: env.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect(),
+        };
+        assert!(check_spec(&spec(&["true"], &[("A", "b")])).is_ok());
+        assert!(check_spec(&spec(&[], &[])).unwrap_err().contains("launch.command"));
+        assert!(check_spec(&spec(&[""], &[])).is_err());
+        assert!(check_spec(&spec(&["echo", "a\0b"], &[])).unwrap_err().contains("command[1]"));
+        assert!(check_spec(&spec(&["true"], &[("A=B", "c")])).unwrap_err().contains("`A=B`"));
+        assert!(check_spec(&spec(&["true"], &[("", "c")])).is_err());
+        assert!(check_spec(&spec(&["true"], &[("A", "\0")])).unwrap_err().contains("launch.env.A"));
     }
 
     #[test]
@@ -403,61 +431,5 @@ mod tests {
         let long_line = "x".repeat(5000);
         std::fs::write(&path, format!("{long_line}\nlast\n")).unwrap();
         assert_eq!(read_tail(&path), "last");
-    }
-}
-
-#[cfg(test)]
-mod timing_experiment {
-    use super::*;
-    use std::time::Instant;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore]
-    async fn time_spawns() {
-        let dir = tempfile::tempdir().unwrap();
-        for cgroups in [None, Some(CgroupRoot::detect().unwrap())] {
-            let with = cgroups.is_some();
-            let context = LaunchContext {
-                node_id: NodeId("x:1".into()),
-                rm_urls: String::new(),
-                work_dir: dir.path().to_path_buf(),
-                spindle_bin: PathBuf::from("/bin/true"),
-                node_port: 1,
-                cgroups,
-            };
-            let spec = LaunchSpec { command: vec!["true".into()], env: Default::default() };
-            let (mut spawn_t, mut wait_t, mut remove_t) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-            for seq in 0..300u64 {
-                let id = ContainerId { app: spindle_protocol::AppId { cluster_ts: 1, seq: 1 }, attempt: 1, epoch: 1, seq: seq + if with { 1000 } else { 0 } };
-                let t = Instant::now();
-                let mut spawned = spawn_container(&context, &id, &Resources::new(1, 64), &spec).unwrap();
-                spawn_t += t.elapsed();
-                let t = Instant::now();
-                spawned.child.wait().await.unwrap();
-                wait_t += t.elapsed();
-                let t = Instant::now();
-                if let Some(c) = spawned.cgroup { c.remove(); }
-                remove_t += t.elapsed();
-            }
-            println!("cgroups={with}: spawn {:?} wait {:?} remove {:?} per container", spawn_t / 300, wait_t / 300, remove_t / 300);
-        }
-    }
-}
-
-#[cfg(test)]
-mod timing_experiment2 {
-    use std::time::Instant;
-    #[test]
-    #[ignore]
-    fn time_cgroup_ops() {
-        let root = crate::cgroup::CgroupRoot::detect().unwrap();
-        let n = 500;
-        let t = Instant::now();
-        let mut groups = Vec::new();
-        for i in 0..n { groups.push(root.create(&format!("exp-{i}"), 64 << 20).unwrap()); }
-        let created = t.elapsed();
-        let t = Instant::now();
-        for g in &groups { g.remove(); }
-        println!("create {:?} remove {:?} per cgroup", created / n, t.elapsed() / n);
     }
 }

@@ -40,27 +40,21 @@ use crate::probe::Probe;
 ///   `node_expiry` and reschedules their work.)
 /// - RM shutdown: the RM has given the node up, so its remaining containers are killed
 ///   (KILLED_BY_RM) before `run` returns.
-pub async fn run(
-    config: AgentConfig,
-    listener: tokio::net::TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), AgentError> {
+pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> Result<(), AgentError> {
     config.validate()?;
     let local_address = listener
         .local_addr()
         .map_err(|err| AgentError::io("cannot read the listener's address", err))?;
     let node_id = config::advertised_node_id(config.advertise_host.as_deref(), local_address);
-    tokio::fs::create_dir_all(config.work_dir.join("apps"))
-        .await
-        .map_err(|err| {
-            AgentError::io(
-                format!(
-                    "cannot create the work dir {}: check --work-dir and its permissions",
-                    config.work_dir.display()
-                ),
-                err,
-            )
-        })?;
+    tokio::fs::create_dir_all(config.work_dir.join("apps")).await.map_err(|err| {
+        AgentError::io(
+            format!(
+                "cannot create the work dir {}: check --work-dir and its permissions",
+                config.work_dir.display()
+            ),
+            err,
+        )
+    })?;
     let work_dir = tokio::fs::canonicalize(&config.work_dir)
         .await
         .map_err(|err| AgentError::io("cannot resolve the work dir", err))?;
@@ -104,10 +98,7 @@ pub async fn run(
     tracing::info!(node_id = %node_id, work_dir = %work_dir.display(), capacity = %capacity, "node agent serving");
 
     let heartbeater = Heartbeater::new(
-        RmClient::new(
-            &config.rm_urls,
-            Some(config.cluster_secret.agent_token()),
-        ),
+        RmClient::new(&config.rm_urls, Some(config.cluster_secret.agent_token())),
         manager.clone(),
         NodeDescription {
             node_id: node_id.clone(),
@@ -150,7 +141,7 @@ async fn select_cgroups(enforcement: MemoryEnforcement) -> Result<Option<CgroupR
         .map_err(|err| AgentError::CgroupUnavailable(err.to_string()))?;
     match (detected, enforcement) {
         (Ok(root), _) => {
-            tracing::info!(version = ?root.version(), "container memory limits enforced by cgroups");
+            tracing::info!(version = ?root.version(), join = ?root.join_method(), "container memory limits enforced by cgroups");
             Ok(Some(root))
         }
         (Err(reason), MemoryEnforcement::Cgroup) => Err(AgentError::CgroupUnavailable(reason)),

@@ -30,10 +30,7 @@ pub(crate) async fn run_memory_monitor(manager: Arc<ContainerManager>, stop: Can
             continue;
         };
         for container in watched {
-            let rss_bytes = rss_by_group
-                .get(&container.process_group)
-                .copied()
-                .unwrap_or(0);
+            let rss_bytes = rss_by_group.get(&container.process_group).copied().unwrap_or(0);
             if rss_bytes > container.limit_bytes {
                 let limit_mb = container.limit_bytes / (1024 * 1024);
                 tracing::info!(container_id = %container.container_id, rss_mb = rss_bytes / (1024 * 1024), limit_mb, "killing a container over its memory limit");
@@ -61,8 +58,7 @@ pub(crate) fn rss_by_process_group() -> HashMap<i32, u64> {
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
-        else {
+        let Some(pid) = name.to_str().filter(|name| name.bytes().all(|b| b.is_ascii_digit())) else {
             continue;
         };
         // A process may exit between listing and reading: skip it.

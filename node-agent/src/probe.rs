@@ -44,8 +44,7 @@ pub(crate) fn default_capacity() -> Resources {
 
 /// Bytes available to unprivileged users in the filesystem holding `path` (statvfs).
 pub(crate) fn free_disk_bytes(path: &Path) -> std::io::Result<u64> {
-    let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
     // SAFETY: statvfs only writes into the zeroed struct we own; the path is NUL-terminated.
     let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
     let result = unsafe { libc::statvfs(c_path.as_ptr(), &mut stats) };
@@ -68,10 +67,7 @@ pub(crate) fn disk_health(work_dir: &Path) -> (bool, String) {
             ),
         ),
         Ok(_) => (true, String::new()),
-        Err(err) => (
-            false,
-            format!("cannot check work dir {}: {err}", work_dir.display()),
-        ),
+        Err(err) => (false, format!("cannot check work dir {}: {err}", work_dir.display())),
     }
 }
 

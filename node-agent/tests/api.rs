@@ -7,11 +7,7 @@ use spindle_protocol::{AgentClient, ClientError, ErrorBody, NodeId, Resources, n
 
 fn api_error(result: Result<impl std::fmt::Debug, ClientError>) -> (u16, String, String) {
     match result.expect_err("the request should be refused") {
-        ClientError::Api {
-            status,
-            code,
-            message,
-        } => (status, code, message),
+        ClientError::Api { status, code, message } => (status, code, message),
         other => panic!("expected an API error, got {other}"),
     }
 }
@@ -39,12 +35,7 @@ async fn launches_need_a_valid_token_for_this_node() {
     assert!(message.contains("other-host:8042"), "{message}");
 
     let mut expired = agent.launch_request(3, 128, &["true"]);
-    expired.token = secret().sign_container(
-        container_id(3),
-        agent.node_id.clone(),
-        Resources::new(1, 128),
-        now_ms() - 1,
-    );
+    expired.token = secret().sign_container(container_id(3), agent.node_id.clone(), Resources::new(1, 128), now_ms() - 1);
     let (status, _, message) = api_error(client.launch(&expired).await);
     assert_eq!(status, 403);
     assert!(message.contains("expired"), "{message}");
@@ -111,11 +102,7 @@ async fn reads_and_stops_need_the_agent_token_or_the_containers_own() {
     assert_eq!(answer.status(), 403);
     let answer = http.get(&url).send().await.unwrap();
     assert_eq!(answer.status(), 401);
-    let healthz = http
-        .get(format!("http://{}/healthz", agent.address))
-        .send()
-        .await
-        .unwrap();
+    let healthz = http.get(format!("http://{}/healthz", agent.address)).send().await.unwrap();
     assert_eq!(healthz.status(), 200);
     assert_eq!(healthz.text().await.unwrap(), "ok");
 }
@@ -126,12 +113,7 @@ async fn malformed_requests_are_refused_with_json_errors() {
     let http = reqwest::Client::new();
     let url = format!("http://{}/v1/containers", agent.address);
 
-    let post = |body: String| {
-        http.post(&url)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-    };
+    let post = |body: String| http.post(&url).header("content-type", "application/json").body(body).send();
     let error_of = |answer: reqwest::Response| async move {
         let status = answer.status().as_u16();
         let body: ErrorBody = answer.json().await.expect("a JSON error body");
@@ -171,11 +153,7 @@ async fn malformed_requests_are_refused_with_json_errors() {
     assert_eq!(status, 400);
     assert!(message.contains("not-an-id"), "{message}");
 
-    let answer = http
-        .get(format!("http://{}/v2/nothing", agent.address))
-        .send()
-        .await
-        .unwrap();
+    let answer = http.get(format!("http://{}/v2/nothing", agent.address)).send().await.unwrap();
     let (status, code, _) = error_of(answer).await;
     assert_eq!((status, code.as_str()), (404, "not_found"));
 }

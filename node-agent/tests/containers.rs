@@ -12,10 +12,7 @@ use spindle_protocol::{AgentClient, ContainerState, ExitReason};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_successful_container_completes_and_serves_its_logs() {
     let agent = TestAgent::start_without_rm(|_| {}).await;
-    let started = agent
-        .launch(1, 128, &["sh", "-c", "echo hi; echo err >&2"])
-        .await
-        .unwrap();
+    let started = agent.launch(1, 128, &["sh", "-c", "echo hi; echo err >&2"]).await.unwrap();
     assert_eq!(started.state, ContainerState::Running);
     assert!(started.started_at_ms.is_some());
 
@@ -50,10 +47,7 @@ async fn containers_get_their_environment_and_working_dir() {
              echo $SPINDLE_NODE_ID $SPINDLE_RM $GREETING; pwd",
         ],
     );
-    request
-        .launch
-        .env
-        .insert("GREETING".into(), "hello".into());
+    request.launch.env.insert("GREETING".into(), "hello".into());
     agent.anonymous().launch(&request).await.unwrap();
     let done = agent.wait_complete(container_id(2)).await;
     assert_eq!(done.exit_reason, Some(ExitReason::Success), "{done:?}");
@@ -77,31 +71,20 @@ async fn containers_get_their_environment_and_working_dir() {
 async fn a_failing_container_reports_its_code_and_stderr() {
     let agent = TestAgent::start_without_rm(|_| {}).await;
     agent
-        .launch(
-            1,
-            128,
-            &["sh", "-c", "echo first >&2; echo 'no such input' >&2; exit 3"],
-        )
+        .launch(1, 128, &["sh", "-c", "echo first >&2; echo 'no such input' >&2; exit 3"])
         .await
         .unwrap();
     let done = agent.wait_complete(container_id(1)).await;
     assert_eq!(done.exit_reason, Some(ExitReason::Failed));
     assert_eq!(done.exit_code, Some(3));
-    assert!(
-        done.diagnostics.starts_with("exited with code 3"),
-        "{}",
-        done.diagnostics
-    );
+    assert!(done.diagnostics.starts_with("exited with code 3"), "{}", done.diagnostics);
     assert!(done.diagnostics.ends_with("first\nno such input"), "{}", done.diagnostics);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn programs_that_cannot_start_fail_with_shell_codes() {
     let agent = TestAgent::start_without_rm(|_| {}).await;
-    let status = agent
-        .launch(1, 128, &["/no/such/program", "arg"])
-        .await
-        .unwrap();
+    let status = agent.launch(1, 128, &["/no/such/program", "arg"]).await.unwrap();
     // Reported as a completion, as YARN does, so the AM sees it like any other failure.
     assert_eq!(status.state, ContainerState::Complete);
     let done = agent.wait_complete(container_id(1)).await;
@@ -114,10 +97,7 @@ async fn programs_that_cannot_start_fail_with_shell_codes() {
 
     let not_executable = agent.work_dir.join("not-executable.sh");
     std::fs::write(&not_executable, "#!/bin/sh\necho no\n").unwrap();
-    agent
-        .launch(2, 128, &[not_executable.to_str().unwrap()])
-        .await
-        .unwrap();
+    agent.launch(2, 128, &[not_executable.to_str().unwrap()]).await.unwrap();
     let done = agent.wait_complete(container_id(2)).await;
     assert_eq!(done.exit_code, Some(126));
     assert!(done.diagnostics.contains("Permission denied"), "{}", done.diagnostics);
@@ -148,9 +128,10 @@ async fn delete_kills_the_whole_process_group_quickly() {
     assert_eq!(stopped.exit_reason, Some(ExitReason::KilledByApp));
     assert_eq!(stopped.exit_code, Some(128 + libc::SIGTERM));
     for pid in pids {
-        common::eventually("the container's processes to die", || async move {
-            process_gone(pid).then_some(())
-        })
+        common::eventually(
+            "the container's processes to die",
+            || async move { process_gone(pid).then_some(()) },
+        )
         .await;
     }
     // Stopping it again just answers the final status.
@@ -180,27 +161,16 @@ async fn a_container_ignoring_sigterm_gets_sigkill_after_the_grace_period() {
 async fn orphans_die_with_their_leader() {
     let agent = TestAgent::start_without_rm(|_| {}).await;
     agent
-        .launch(
-            1,
-            128,
-            &["sh", "-c", "sleep 100 & echo $! > pids; exit 0"],
-        )
+        .launch(1, 128, &["sh", "-c", "sleep 100 & echo $! > pids; exit 0"])
         .await
         .unwrap();
     let done = agent.wait_complete(container_id(1)).await;
     assert_eq!(done.exit_reason, Some(ExitReason::Success));
     let orphan = agent.read_pids(1, "pids", 1).await[0];
-    common::eventually("the orphan to die", || async move {
-        process_gone(orphan).then_some(())
-    })
-    .await;
+    common::eventually("the orphan to die", || async move { process_gone(orphan).then_some(()) }).await;
 }
 
-const MEMORY_HOG: &[&str] = &[
-    "python3",
-    "-c",
-    "b = bytearray(300 * 1024 * 1024); import time; time.sleep(5)",
-];
+const MEMORY_HOG: &[&str] = &["python3", "-c", "b = bytearray(300 * 1024 * 1024); import time; time.sleep(5)"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cgroups_stop_a_container_at_its_memory_limit() {
@@ -223,6 +193,11 @@ async fn cgroups_stop_a_container_at_its_memory_limit() {
     assert!(
         done.diagnostics.contains("more than its 64 MB memory limit"),
         "{}",
+        done.diagnostics
+    );
+    assert!(
+        done.diagnostics.contains("cgroup OOM"),
+        "the kernel stopped it: {}",
         done.diagnostics
     );
     assert!(started.elapsed() < Duration::from_secs(4));
@@ -265,5 +240,11 @@ async fn sampling_kills_a_container_over_its_memory_limit() {
         "{}",
         done.diagnostics
     );
+    assert!(
+        done.diagnostics.contains("resident set"),
+        "the monitor stopped it: {}",
+        done.diagnostics
+    );
+    assert_eq!(done.exit_code, Some(128 + libc::SIGTERM));
     assert!(started.elapsed() < Duration::from_secs(4));
 }

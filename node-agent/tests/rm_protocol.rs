@@ -9,11 +9,7 @@ use std::time::Duration;
 use common::{StubRm, TestAgent, container_id, process_gone};
 use spindle_protocol::{ContainerState, ExitReason, NodeHeartbeatReply, Resources};
 
-fn reports(
-    request: &spindle_protocol::NodeHeartbeatRequest,
-    seq: u64,
-    state: ContainerState,
-) -> bool {
+fn reports(request: &spindle_protocol::NodeHeartbeatRequest, seq: u64, state: ContainerState) -> bool {
     request
         .containers
         .iter()
@@ -41,18 +37,11 @@ async fn container_starts_and_ends_are_reported_at_once() {
     assert_eq!(registration.labels, vec!["ssd".to_owned()]);
     assert!(registration.containers.is_empty());
 
-    agent
-        .launch(1, 128, &["sh", "-c", "sleep 0.3"])
-        .await
-        .unwrap();
-    rm.wait_for_heartbeat("the start report", |request| {
-        reports(request, 1, ContainerState::Running)
-    })
-    .await;
+    agent.launch(1, 128, &["sh", "-c", "sleep 0.3"]).await.unwrap();
+    rm.wait_for_heartbeat("the start report", |request| reports(request, 1, ContainerState::Running))
+        .await;
     let (arrived_ms, heartbeat) = rm
-        .wait_for_heartbeat("the completion report", |request| {
-            reports(request, 1, ContainerState::Complete)
-        })
+        .wait_for_heartbeat("the completion report", |request| reports(request, 1, ContainerState::Complete))
         .await;
     let status = heartbeat
         .containers
@@ -68,15 +57,10 @@ async fn container_starts_and_ends_are_reported_at_once() {
     // The stub acknowledged container 1: later heartbeats leave it out.
     agent.launch(2, 128, &["true"]).await.unwrap();
     let (_, later) = rm
-        .wait_for_heartbeat("the second completion", |request| {
-            reports(request, 2, ContainerState::Complete)
-        })
+        .wait_for_heartbeat("the second completion", |request| reports(request, 2, ContainerState::Complete))
         .await;
     assert!(
-        later
-            .containers
-            .iter()
-            .all(|status| status.container_id != container_id(1)),
+        later.containers.iter().all(|status| status.container_id != container_id(1)),
         "{later:?}"
     );
     assert_eq!(rm.state.unauthorized.load(Ordering::Relaxed), 0);
@@ -91,10 +75,8 @@ async fn the_rm_kill_list_kills_containers() {
     rm.state.heartbeat_interval_ms.store(200, Ordering::Relaxed);
     let agent = TestAgent::start(&rm.url, |_| {}).await.unwrap();
     agent.launch(1, 128, &["sleep", "100"]).await.unwrap();
-    rm.wait_for_heartbeat("the start report", |request| {
-        reports(request, 1, ContainerState::Running)
-    })
-    .await;
+    rm.wait_for_heartbeat("the start report", |request| reports(request, 1, ContainerState::Running))
+        .await;
     rm.queue_reply(NodeHeartbeatReply {
         kill: vec![container_id(1), container_id(404)],
         ..Default::default()
@@ -141,10 +123,7 @@ async fn rm_shutdown_stops_the_agent_and_its_containers() {
     let rm = StubRm::start().await;
     rm.state.heartbeat_interval_ms.store(200, Ordering::Relaxed);
     let mut agent = TestAgent::start(&rm.url, |_| {}).await.unwrap();
-    agent
-        .launch(1, 128, &["sh", "-c", "echo $$ > pids; exec sleep 100"])
-        .await
-        .unwrap();
+    agent.launch(1, 128, &["sh", "-c", "echo $$ > pids; exec sleep 100"]).await.unwrap();
     let pid = agent.read_pids(1, "pids", 1).await[0];
     rm.queue_reply(NodeHeartbeatReply {
         shutdown: true,
@@ -168,10 +147,8 @@ async fn resync_registers_again_with_unacknowledged_completions() {
     rm.wait_for_registrations(1).await;
     agent.launch(1, 128, &["sh", "-c", "exit 4"]).await.unwrap();
     agent.launch(2, 128, &["sleep", "100"]).await.unwrap();
-    rm.wait_for_heartbeat("the completion report", |request| {
-        reports(request, 1, ContainerState::Complete)
-    })
-    .await;
+    rm.wait_for_heartbeat("the completion report", |request| reports(request, 1, ContainerState::Complete))
+        .await;
 
     rm.queue_reply(NodeHeartbeatReply {
         resync: true,
@@ -186,9 +163,12 @@ async fn resync_registers_again_with_unacknowledged_completions() {
         .expect("the unacknowledged completion is part of the new registration");
     assert_eq!(completed.state, ContainerState::Complete);
     assert_eq!(completed.exit_code, Some(4));
-    assert!(again.containers.iter().any(|status| {
-        status.container_id == container_id(2) && status.state == ContainerState::Running
-    }));
+    assert!(
+        again
+            .containers
+            .iter()
+            .any(|status| { status.container_id == container_id(2) && status.state == ContainerState::Running })
+    );
     // Heartbeats go on after the new registration.
     let count = rm.heartbeat_count();
     common::eventually("heartbeats after resync", || {
@@ -208,32 +188,23 @@ async fn registers_once_the_rm_is_up_and_leaves_containers_running_on_shutdown()
     };
     let rm_url = format!("http://127.0.0.1:{port}");
     let mut agent = TestAgent::start(&rm_url, |_| {}).await.unwrap();
-    agent
-        .launch(1, 128, &["sh", "-c", "echo $$ > pids; exec sleep 100"])
-        .await
-        .unwrap();
+    agent.launch(1, 128, &["sh", "-c", "echo $$ > pids; exec sleep 100"]).await.unwrap();
     let pid = agent.read_pids(1, "pids", 1).await[0];
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let rm = StubRm::serve(listener).await;
     let registration = rm.wait_for_registrations(1).await.remove(0);
     assert!(
         registration
             .containers
             .iter()
-            .any(|status| status.container_id == container_id(1)
-                && status.state == ContainerState::Running),
+            .any(|status| status.container_id == container_id(1) && status.state == ContainerState::Running),
         "{registration:?}"
     );
 
     agent.stop().await.unwrap();
-    assert!(
-        !process_gone(pid),
-        "stopping the agent leaves its containers running"
-    );
+    assert!(!process_gone(pid), "stopping the agent leaves its containers running");
     // SAFETY: the container's process group, started by this test's agent.
     unsafe { libc::killpg(pid, libc::SIGKILL) };
 }

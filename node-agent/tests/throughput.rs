@@ -25,8 +25,8 @@ async fn measure(enforcement: MemoryEnforcement) {
             config.memory_enforcement = enforcement;
             config.work_dir = work_dir.path().to_path_buf();
         })
-            .await
-            .unwrap(),
+        .await
+        .unwrap(),
     );
     rm.wait_for_registrations(1).await;
     let started = Instant::now();

@@ -125,8 +125,13 @@ pub async fn wait_for_app_end(client: &RmClient, app_id: AppId, timeout: Duratio
 
 /// The task containers (not the AM's) of an app.
 pub async fn task_containers(client: &RmClient, app_id: AppId) -> Vec<ContainerReport> {
-    let mut containers: Vec<ContainerReport> =
-        client.containers(app_id).await.expect("list the app's containers").into_iter().filter(|container| !container.is_am).collect();
+    let mut containers: Vec<ContainerReport> = client
+        .containers(app_id)
+        .await
+        .expect("list the app's containers")
+        .into_iter()
+        .filter(|container| !container.is_am)
+        .collect();
     containers.sort_by_key(|container| container.container_id);
     containers
 }
@@ -147,7 +152,11 @@ impl CliOutput {
 
 impl std::fmt::Display for CliOutput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit status {}\n--- stdout\n{}--- stderr\n{}", self.status, self.stdout, self.stderr)
+        write!(
+            f,
+            "exit status {}\n--- stdout\n{}--- stderr\n{}",
+            self.status, self.stdout, self.stderr
+        )
     }
 }
 
@@ -203,7 +212,12 @@ impl Daemon {
             .stderr(File::create(&stderr_path).expect("create a log file"));
         isolate_env(&mut command, &dir.join("home"));
         let child = command.spawn().expect("start the spindle binary");
-        Daemon { name, child, stdout_path, stderr_path }
+        Daemon {
+            name,
+            child,
+            stdout_path,
+            stderr_path,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -227,6 +241,16 @@ impl Daemon {
     /// How it ended, if it has.
     pub fn exit_status(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().expect("query the child process")
+    }
+
+    /// Waits until it exits; panics naming it after `timeout`.
+    pub async fn wait_for_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let what = format!("{} to exit", self.name);
+        wait_until(timeout, &what, || {
+            let status = self.exit_status();
+            async move { status }
+        })
+        .await
     }
 
     /// Both its log files.
@@ -271,13 +295,22 @@ pub struct TestCluster {
 impl TestCluster {
     /// Writes the RM config and starts the RM; returns once it answers.
     pub async fn start(db: Db) -> TestCluster {
-        let dir = tempfile::Builder::new().prefix("spindle-e2e-").tempdir().expect("create a temporary directory");
+        let dir = tempfile::Builder::new()
+            .prefix("spindle-e2e-")
+            .tempdir()
+            .expect("create a temporary directory");
         let db = match db {
             Db::Sqlite => format!("sqlite://{}", dir.path().join("rm.db").display()),
             Db::Url(url) => url,
         };
         std::fs::write(dir.path().join("rm.toml"), rm_config_toml(&db)).expect("write the RM config");
-        let mut cluster = TestCluster { dir, rm_port: 0, rm: None, agents: Vec::new(), rm_starts: 0 };
+        let mut cluster = TestCluster {
+            dir,
+            rm_port: 0,
+            rm: None,
+            agents: Vec::new(),
+            rm_starts: 0,
+        };
         cluster.start_rm().await;
         cluster
     }
@@ -380,7 +413,11 @@ impl TestCluster {
                     break Ok(());
                 }
                 if Instant::now() > deadline {
-                    break Err(format!("did not register within {}s:\n{}", STARTUP_TIMEOUT.as_secs(), daemon.logs()));
+                    break Err(format!(
+                        "did not register within {}s:\n{}",
+                        STARTUP_TIMEOUT.as_secs(),
+                        daemon.logs()
+                    ));
                 }
                 tokio::time::sleep(POLL).await;
             };
@@ -452,7 +489,10 @@ fn rm_config_toml(db: &str) -> String {
 
 /// Waits until `url` answers 200 or the daemon exits (`Err` with its logs).
 async fn wait_for_http(daemon: &mut Daemon, url: &str) -> Result<(), String> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("an HTTP client");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("an HTTP client");
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     loop {
         if let Some(status) = daemon.exit_status() {
@@ -464,7 +504,12 @@ async fn wait_for_http(daemon: &mut Daemon, url: &str) -> Result<(), String> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!("{} did not answer {url} within {}s:\n{}", daemon.name, STARTUP_TIMEOUT.as_secs(), daemon.logs()));
+            return Err(format!(
+                "{} did not answer {url} within {}s:\n{}",
+                daemon.name,
+                STARTUP_TIMEOUT.as_secs(),
+                daemon.logs()
+            ));
         }
         tokio::time::sleep(POLL).await;
     }
@@ -482,7 +527,13 @@ pub fn dump_logs_under(dir: &Path) {
         }
         let lines: Vec<&str> = text.lines().collect();
         let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
-        eprintln!("===== {} (last {} of {} lines)\n{}", path.display(), tail.len(), lines.len(), tail.join("\n"));
+        eprintln!(
+            "===== {} (last {} of {} lines)\n{}",
+            path.display(),
+            tail.len(),
+            lines.len(),
+            tail.join("\n")
+        );
     }
 }
 
@@ -509,7 +560,9 @@ pub fn kill_processes_under(dir: &Path) {
     let own_pid = std::process::id();
     let Ok(entries) = std::fs::read_dir("/proc") else { return };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
+        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+            continue;
+        };
         if pid == own_pid {
             continue;
         }
@@ -538,7 +591,10 @@ impl PgSchema {
             panic!("PostgreSQL is unreachable at {server_url} ({error}): start it, or point SPINDLE_TEST_POSTGRES at one")
         });
         let schema = format!("spindle_e2e_{}", hex::encode(rand::random::<[u8; 8]>()));
-        sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&mut admin).await.expect("create the test schema");
+        sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&mut admin)
+            .await
+            .expect("create the test schema");
         let _ = admin.close().await;
         let separator = if server_url.contains('?') { '&' } else { '?' };
         let url = format!("{server_url}{separator}options=-c%20search_path%3D{schema}");
@@ -551,7 +607,10 @@ impl Drop for PgSchema {
         let (server_url, drop_schema) = (self.server_url.clone(), format!("DROP SCHEMA {} CASCADE", self.schema));
         // Drop cannot await, and the test's runtime may be unwinding: use a runtime of our own.
         let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
             runtime.block_on(async {
                 let mut admin = sqlx::PgConnection::connect(&server_url).await?;
                 sqlx::query("SET lock_timeout = '10s'").execute(&mut admin).await?;
@@ -576,16 +635,29 @@ pub struct InProcessRm {
 impl InProcessRm {
     /// The same users and timings as the process clusters'.
     pub async fn start() -> InProcessRm {
-        let dir = tempfile::Builder::new().prefix("spindle-e2e-rm-").tempdir().expect("create a temporary directory");
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind the RM's port");
+        let dir = tempfile::Builder::new()
+            .prefix("spindle-e2e-rm-")
+            .tempdir()
+            .expect("create a temporary directory");
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind the RM's port");
         let address: SocketAddr = listener.local_addr().expect("the RM's address");
         let config = RmConfig {
             listen: address,
             db: format!("sqlite://{}", dir.path().join("rm.db").display()),
             cluster_secret: SECRET.to_owned(),
             users: vec![
-                ApiUser { name: ADMIN.to_owned(), token: ADMIN_TOKEN.to_owned(), admin: true },
-                ApiUser { name: USER.to_owned(), token: USER_TOKEN.to_owned(), admin: false },
+                ApiUser {
+                    name: ADMIN.to_owned(),
+                    token: ADMIN_TOKEN.to_owned(),
+                    admin: true,
+                },
+                ApiUser {
+                    name: USER.to_owned(),
+                    token: USER_TOKEN.to_owned(),
+                    admin: false,
+                },
             ],
             node_expiry: Duration::from_secs(NODE_EXPIRY_S),
             heartbeat_interval: Duration::from_millis(HEARTBEAT_INTERVAL_MS),
@@ -599,7 +671,12 @@ impl InProcessRm {
                 panic!("the in-process RM failed: {error}");
             }
         });
-        let rm = InProcessRm { url: format!("http://{address}"), dir, shutdown, task: Some(task) };
+        let rm = InProcessRm {
+            url: format!("http://{address}"),
+            dir,
+            shutdown,
+            task: Some(task),
+        };
         let health = format!("{}/healthz", rm.url);
         let http = reqwest::Client::new();
         wait_until(STARTUP_TIMEOUT, "the in-process RM to answer", || async {

@@ -15,9 +15,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use spindle_node_agent::{AgentConfig, AgentError};
 use spindle_protocol::{
-    AgentClient, AppId, ClientError, ClusterSecret, ContainerId, ContainerState, ContainerStatus,
-    ContainerToken, LaunchRequest, LaunchSpec, NodeHeartbeatReply, NodeHeartbeatRequest, NodeId,
-    RegisterNodeReply, RegisterNodeRequest, Resources, now_ms,
+    AgentClient, AppId, ClientError, ClusterSecret, ContainerId, ContainerState, ContainerStatus, ContainerToken, LaunchRequest,
+    LaunchSpec, NodeHeartbeatReply, NodeHeartbeatRequest, NodeId, RegisterNodeReply, RegisterNodeRequest, Resources, now_ms,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -54,10 +53,7 @@ where
         if let Some(value) = probe().await {
             return value;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -66,9 +62,7 @@ where
 pub fn process_gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
 }
 
@@ -79,6 +73,8 @@ pub struct TestAgent {
     pub work_dir: PathBuf,
     pub shutdown: CancellationToken,
     pub run: Option<JoinHandle<Result<(), AgentError>>>,
+    /// Shared by launches, so they reuse connections as an AM's client does.
+    launch_client: AgentClient,
     /// One expiry for every token this agent's tests sign, so a token signed twice is the same.
     token_expiry_ms: u64,
     _work_dir_guard: tempfile::TempDir,
@@ -87,18 +83,11 @@ pub struct TestAgent {
 impl TestAgent {
     /// Starts an agent on 127.0.0.1:0 that heartbeats to `rm_url`; waits until it serves.
     /// Returns the agent's own error if `run` fails at start (for tests that may skip).
-    pub async fn start(
-        rm_url: &str,
-        customize: impl FnOnce(&mut AgentConfig),
-    ) -> Result<TestAgent, AgentError> {
+    pub async fn start(rm_url: &str, customize: impl FnOnce(&mut AgentConfig)) -> Result<TestAgent, AgentError> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let work_dir_guard = tempfile::tempdir().unwrap();
-        let mut config = AgentConfig::new(
-            vec![rm_url.to_owned()],
-            secret(),
-            work_dir_guard.path().to_path_buf(),
-        );
+        let mut config = AgentConfig::new(vec![rm_url.to_owned()], secret(), work_dir_guard.path().to_path_buf());
         config.capacity = Some(Resources::new(8, 8192));
         customize(&mut config);
         let shutdown = CancellationToken::new();
@@ -122,10 +111,11 @@ impl TestAgent {
         }
         Ok(TestAgent {
             node_id: NodeId(address.clone()),
-            address,
+            address: address.clone(),
             work_dir: work_dir_guard.path().canonicalize().unwrap(),
             shutdown,
             run: Some(run),
+            launch_client: AgentClient::new(&address, None),
             token_expiry_ms: now_ms() + 3_600_000,
             _work_dir_guard: work_dir_guard,
         })
@@ -133,9 +123,7 @@ impl TestAgent {
 
     /// An agent whose RM never answers (connection refused): for API-only tests.
     pub async fn start_without_rm(customize: impl FnOnce(&mut AgentConfig)) -> TestAgent {
-        TestAgent::start("http://127.0.0.1:1", customize)
-            .await
-            .unwrap()
+        TestAgent::start("http://127.0.0.1:1", customize).await.unwrap()
     }
 
     /// Client with the agent token (what the RM and admins use).
@@ -145,7 +133,7 @@ impl TestAgent {
 
     /// Client without a bearer token (launches carry their token in the body).
     pub fn anonymous(&self) -> AgentClient {
-        AgentClient::new(&self.address, None)
+        self.launch_client.clone()
     }
 
     pub fn token(&self, seq: u64, memory_mb: u64) -> ContainerToken {
@@ -167,15 +155,8 @@ impl TestAgent {
         }
     }
 
-    pub async fn launch(
-        &self,
-        seq: u64,
-        memory_mb: u64,
-        command: &[&str],
-    ) -> Result<ContainerStatus, ClientError> {
-        self.anonymous()
-            .launch(&self.launch_request(seq, memory_mb, command))
-            .await
+    pub async fn launch(&self, seq: u64, memory_mb: u64, command: &[&str]) -> Result<ContainerStatus, ClientError> {
+        self.anonymous().launch(&self.launch_request(seq, memory_mb, command)).await
     }
 
     /// `GET /v1/containers` with the agent token (the typed client has no call for it).
@@ -207,10 +188,7 @@ impl TestAgent {
 
     pub fn container_dir(&self, seq: u64) -> PathBuf {
         let id = container_id(seq);
-        self.work_dir
-            .join("apps")
-            .join(id.app.to_string())
-            .join(id.to_string())
+        self.work_dir.join("apps").join(id.app.to_string()).join(id.to_string())
     }
 
     /// Reads pids a container wrote to `file` in its working dir, once it wrote `count`.
@@ -242,10 +220,7 @@ impl Drop for TestAgent {
 
 fn read_pid_file(path: &Path, count: usize) -> Option<Vec<i32>> {
     let text = std::fs::read_to_string(path).ok()?;
-    let pids: Vec<i32> = text
-        .lines()
-        .filter_map(|line| line.trim().parse().ok())
-        .collect();
+    let pids: Vec<i32> = text.lines().filter_map(|line| line.trim().parse().ok()).collect();
     (pids.len() >= count).then_some(pids)
 }
 
@@ -301,11 +276,7 @@ impl StubRm {
                 .await
                 .unwrap();
         });
-        StubRm {
-            url,
-            state,
-            shutdown,
-        }
+        StubRm { url, state, shutdown }
     }
 
     pub fn queue_reply(&self, reply: NodeHeartbeatReply) {
@@ -321,11 +292,7 @@ impl StubRm {
     }
 
     /// The first heartbeat (with its arrival time) that satisfies `predicate`.
-    pub async fn wait_for_heartbeat(
-        &self,
-        what: &str,
-        predicate: impl Fn(&NodeHeartbeatRequest) -> bool,
-    ) -> (u64, NodeHeartbeatRequest) {
+    pub async fn wait_for_heartbeat(&self, what: &str, predicate: impl Fn(&NodeHeartbeatRequest) -> bool) -> (u64, NodeHeartbeatRequest) {
         eventually(what, || {
             let found = self
                 .state
@@ -391,12 +358,7 @@ async fn stub_heartbeat(
     if !has_agent_token(&state, &headers) {
         return Err(StatusCode::UNAUTHORIZED);
     }
-    let mut reply = state
-        .queued_replies
-        .lock()
-        .unwrap()
-        .pop_front()
-        .unwrap_or_default();
+    let mut reply = state.queued_replies.lock().unwrap().pop_front().unwrap_or_default();
     reply.drain |= state.drain.load(Ordering::Relaxed);
     if state.ack_completed.load(Ordering::Relaxed) {
         reply.acked.extend(

@@ -41,15 +41,9 @@ impl Cluster {
     /// Accepts a job: checks it against the cluster, gives it an id, queues its AM container.
     pub fn submit(&mut self, caller: &Caller, spec: JobSpec, now_ms: u64) -> Result<AppId, AppError> {
         spec.validate()?;
-        let largest_node = self.max_container();
-        let largest_ask = spec.largest_container();
-        // With no nodes yet the job waits for one, as YARN does; with nodes, refuse what none can hold.
-        if !largest_node.is_zero() && !largest_node.fits(&largest_ask) {
-            let field = if spec.am.fits(&largest_ask) && largest_ask != spec.am { "am" } else { "shell" };
-            return Err(AppError::InvalidSpec(SpecError {
-                field: format!("{field}.memory_mb/vcores"),
-                reason: format!("a container of {largest_ask} is bigger than any node (largest: {largest_node})"),
-            }));
+        self.check_fits_some_node("am", spec.am)?;
+        if let Some(shell) = &spec.shell {
+            self.check_fits_some_node("shell", shell.resources())?;
         }
         let app_id = AppId { cluster_ts: self.started_at_ms, seq: self.next_app_seq };
         self.next_app_seq += 1;
@@ -86,6 +80,24 @@ impl Cluster {
         self.start_attempt(app_id, now_ms);
         self.schedule(now_ms);
         Ok(app_id)
+    }
+
+    /// Refuses a container size (of spec section `field`) that no node could hold even empty.
+    /// With no nodes yet the job waits for one, as YARN does.
+    fn check_fits_some_node(&self, field: &str, ask: Resources) -> Result<(), AppError> {
+        let mut capacities = self.nodes.values().filter(|node| node.record.state.is_active()).map(|node| node.record.capacity).peekable();
+        if capacities.peek().is_none() || capacities.any(|capacity| capacity.fits(&ask)) {
+            return Ok(());
+        }
+        let largest = self.max_container();
+        let (field, reason) = if ask.vcores > largest.vcores {
+            (format!("{field}.vcores"), format!("{} is more than any node has (largest: {})", ask.vcores, largest.vcores))
+        } else if ask.memory_mb > largest.memory_mb {
+            (format!("{field}.memory_mb"), format!("{} is more than any node has (largest: {})", ask.memory_mb, largest.memory_mb))
+        } else {
+            (field.to_owned(), format!("no node has room for a container of {ask}: some have the vcores, others the memory"))
+        };
+        Err(AppError::InvalidSpec(SpecError { field, reason }))
     }
 
     /// Kills an app: it is KILLED at once; its containers are stopped by their agents.
@@ -233,7 +245,12 @@ impl Cluster {
         }
         let app = self.apps.get_mut(&request.app_id).expect("checked above");
         // NaN would not survive a JSON round trip through the store.
-        app.record.progress = if request.progress.is_finite() { request.progress.clamp(0.0, 1.0) } else { 0.0 };
+        let progress = if request.progress.is_finite() { request.progress.clamp(0.0, 1.0) } else { 0.0 };
+        if progress != app.record.progress {
+            // Users see it in app reports, so it is committed like any other change.
+            app.record.progress = progress;
+            self.dirty.apps.insert(request.app_id);
+        }
         // Asks are absolute from the AM's point of view; grants it has not heard of yet are
         // already on their way to it, so they are subtracted here.
         let mut asks = request.asks.clone();

@@ -25,7 +25,10 @@ impl Cluster {
             if attempt.am_container.is_none() {
                 pending.push(PendingAsk { app_id: *app_id, ask_index: None, resources: app.record.spec.am, count: 1, preferred_nodes: vec![] });
             } else if attempt.registered {
-                pending.extend(app.asks.iter().enumerate().filter(|(_, ask)| ask.count > 0).map(|(index, ask)| PendingAsk {
+                // Lower priority numbers first among one app's asks; the sort keeps the AM's order otherwise.
+                let mut asks: Vec<_> = app.asks.iter().enumerate().filter(|(_, ask)| ask.count > 0).collect();
+                asks.sort_by_key(|(_, ask)| ask.priority);
+                pending.extend(asks.into_iter().map(|(index, ask)| PendingAsk {
                     app_id: *app_id,
                     ask_index: Some(index),
                     resources: ask.resources,
@@ -119,20 +122,19 @@ impl Cluster {
         self.mark_container(container_id);
     }
 
-    /// Stops a container: one never launched completes now; a running one is killed by its
-    /// agent, and completes when the agent reports it.
+    /// Stops a container: one never launched completes now (if its AM launches it anyway, the
+    /// agent's report of an unknown-to-be-live container gets it killed); a running one is
+    /// killed by its agent, and completes when the agent reports it.
     pub(super) fn kill_container(&mut self, container_id: ContainerId, reason: ExitReason, diagnostics: String, now_ms: u64) {
         let Some(container) = self.containers.get_mut(&container_id) else { return };
         if !container.record.state.is_live() {
             return;
         }
-        let node_id = container.record.node_id.clone();
-        if let Some(node) = self.nodes.get_mut(&node_id) {
-            // Also for unlaunched ones: the AM may still be launching it with a valid token.
-            node.pending_kills.insert(container_id);
-        }
         if container.record.state == ContainerState::Running {
             container.kill_reason.get_or_insert((reason, diagnostics));
+            if let Some(node) = self.nodes.get_mut(&container.record.node_id) {
+                node.pending_kills.insert(container_id);
+            }
             return;
         }
         let status = synthetic_status(container_id, reason, diagnostics, now_ms);

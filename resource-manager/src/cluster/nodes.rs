@@ -127,7 +127,13 @@ impl Cluster {
                     self.complete_container(status, now_ms);
                     acked.push(container_id);
                 }
-                (ContainerState::Complete, _) => acked.push(container_id),
+                (ContainerState::Complete, _) => {
+                    // Its end is known (an orphan killed on request, say): stop asking for the kill.
+                    if let Some(node) = self.nodes.get_mut(node_id) {
+                        node.pending_kills.remove(&container_id);
+                    }
+                    acked.push(container_id);
+                }
                 // Unknown, or already given up on (lost, expired, killed): it must not run.
                 (_, None | Some(ContainerState::Complete)) => {
                     kill.push(container_id);

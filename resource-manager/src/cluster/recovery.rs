@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use spindle_protocol::{ContainerState, NodeUsage, Resources};
+use spindle_protocol::{AppState, ContainerId, ContainerState, ExitReason, NodeUsage, Resources};
 
 use super::{App, Cluster, ClusterSettings, Container, Node};
 use crate::records::Snapshot;
@@ -74,6 +74,26 @@ impl Cluster {
                 });
             }
             cluster.containers.insert(container_id, Container { record, kill_reason: None });
+        }
+        // Kills are soft state: ask again for those the old RM had asked for. An ended app's
+        // containers and a superseded attempt's must not run on (an AM that finished its app
+        // exits by itself, so only a KILLED app's AM container is killed).
+        let mut must_stop: Vec<ContainerId> = cluster
+            .containers
+            .values()
+            .filter(|container| container.record.state.is_live())
+            .filter(|container| {
+                let app = &cluster.apps[&container.record.container_id.app].record;
+                let current_attempt = app.attempts.last().map(|attempt| attempt.attempt);
+                current_attempt != Some(container.record.container_id.attempt)
+                    || app.state == AppState::Killed
+                    || (app.state.is_terminal() && !container.record.is_am)
+            })
+            .map(|container| container.record.container_id)
+            .collect();
+        must_stop.sort();
+        for container_id in must_stop {
+            cluster.kill_container(container_id, ExitReason::KilledByRm, "its application or attempt ended".to_owned(), now_ms);
         }
         // An AM container granted but maybe never launched before the crash: launch it again.
         // An agent that already runs it refuses the duplicate, which is harmless.

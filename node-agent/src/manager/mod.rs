@@ -7,21 +7,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use spindle_protocol::{
-    ClusterSecret, ContainerId, ContainerState, ContainerStatus, ExitReason, LaunchRequest,
-    NodeId, Resources, now_ms,
-};
+use spindle_protocol::{ClusterSecret, ContainerId, ContainerState, ContainerStatus, ExitReason, LaunchRequest, NodeId, Resources, now_ms};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::AgentError;
-use crate::cgroup::ContainerCgroup;
-use crate::launcher::{
-    self, CONTAINER_KILL_GRACE, KillRequest, LaunchContext, ProcessExit, SpawnFailure,
-    SpawnedContainer,
-};
+use crate::launcher::{self, CONTAINER_KILL_GRACE, KillRequest, LaunchContext, SpawnFailure};
 use crate::memory::SampledContainer;
+
+mod supervise;
 
 /// How long a completed container the RM has acknowledged stays queryable (status, and logs
 /// with its own token) before the agent forgets it. Its files stay regardless.
@@ -78,12 +73,7 @@ struct ContainerRecord {
 }
 
 impl ContainerManager {
-    pub(crate) fn new(
-        secret: ClusterSecret,
-        context: LaunchContext,
-        tasks: TaskTracker,
-        stop: CancellationToken,
-    ) -> Self {
+    pub(crate) fn new(secret: ClusterSecret, context: LaunchContext, tasks: TaskTracker, stop: CancellationToken) -> Self {
         ContainerManager {
             secret,
             context: Arc::new(context),
@@ -110,24 +100,14 @@ impl ContainerManager {
 
     fn lock(&self) -> MutexGuard<'_, ManagerState> {
         // A panic while holding the lock leaves plain data behind; carry on with it.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Checks the token, then starts the container. A program that cannot be started still
     /// yields a status (COMPLETE, FAILED), as YARN reports launch failures as completions.
-    pub(crate) async fn launch(
-        self: &Arc<Self>,
-        request: LaunchRequest,
-    ) -> Result<ContainerStatus, AgentError> {
-        if request.launch.command.is_empty() {
-            return Err(AgentError::BadRequest(
-                "launch.command is empty: give at least the program to run".to_owned(),
-            ));
-        }
-        self.secret
-            .verify_container(&request.token, self.node_id(), now_ms())?;
+    pub(crate) async fn launch(self: &Arc<Self>, request: LaunchRequest) -> Result<ContainerStatus, AgentError> {
+        launcher::check_spec(&request.launch).map_err(AgentError::BadRequest)?;
+        self.secret.verify_container(&request.token, self.node_id(), now_ms())?;
         let container_id = request.token.container_id;
         let resources = request.token.resources;
         let kill_signal = Arc::new(Notify::new());
@@ -163,16 +143,14 @@ impl ContainerManager {
 
         let context = self.context.clone();
         let spec = request.launch;
-        let spawned = tokio::task::spawn_blocking(move || {
-            launcher::spawn_container(&context, &container_id, &resources, &spec)
-        })
-        .await
-        .unwrap_or_else(|join_error| {
-            Err(SpawnFailure {
-                exit_code: None,
-                diagnostics: format!("the agent failed while starting the container: {join_error}"),
-            })
-        });
+        let spawned = tokio::task::spawn_blocking(move || launcher::spawn_container(&context, &container_id, &resources, &spec))
+            .await
+            .unwrap_or_else(|join_error| {
+                Err(SpawnFailure {
+                    exit_code: None,
+                    diagnostics: format!("the agent failed while starting the container: {join_error}"),
+                })
+            });
 
         match spawned {
             Ok(spawned) => {
@@ -190,23 +168,14 @@ impl ContainerManager {
                     record.status.clone()
                 };
                 tracing::debug!(container_id = %container_id, pid = spawned.process_group, "container started");
-                self.tasks.spawn(self.clone().supervise(
-                    container_id,
-                    spawned,
-                    kill_signal,
-                    resources.memory_mb,
-                ));
+                self.tasks
+                    .spawn(self.clone().supervise(container_id, spawned, kill_signal, resources.memory_mb));
                 self.report_trigger.notify_one();
                 Ok(status)
             }
             Err(failure) => {
                 tracing::info!(container_id = %container_id, diagnostics = %failure.diagnostics, "container could not start");
-                self.complete(
-                    container_id,
-                    failure.exit_code,
-                    ExitReason::Failed,
-                    failure.diagnostics,
-                );
+                self.complete(container_id, failure.exit_code, ExitReason::Failed, failure.diagnostics);
                 self.status(&container_id)
             }
         }
@@ -220,120 +189,14 @@ impl ContainerManager {
         }
     }
 
-    /// Waits for the container's exit, carries out a kill if one is asked for, and records the end.
-    async fn supervise(
-        self: Arc<Self>,
-        container_id: ContainerId,
-        spawned: SpawnedContainer,
-        kill_signal: Arc<Notify>,
-        memory_limit_mb: u64,
-    ) {
-        let SpawnedContainer {
-            mut child,
-            process_group,
-            cgroup,
-            ..
-        } = spawned;
-        let waited = {
-            let wait = child.wait();
-            tokio::pin!(wait);
-            // Set once SIGTERM went out: when the grace period ends.
-            let mut kill_deadline: Option<tokio::time::Instant> = None;
-            let mut sigkilled = false;
-            loop {
-                tokio::select! {
-                    status = &mut wait => break status,
-                    _ = kill_signal.notified(), if kill_deadline.is_none() => {
-                        launcher::signal_process_group(process_group, libc::SIGTERM);
-                        kill_deadline = Some(tokio::time::Instant::now() + CONTAINER_KILL_GRACE);
-                    }
-                    _ = sleep_until_optional(kill_deadline), if kill_deadline.is_some() && !sigkilled => {
-                        launcher::signal_process_group(process_group, libc::SIGKILL);
-                        sigkilled = true;
-                    }
-                    _ = self.stop.cancelled() => {
-                        // The agent is stopping on its own (not decommissioned): like a YARN
-                        // NodeManager with recovery, leave the container running.
-                        tracing::debug!(container_id = %container_id, "agent stopping; container left running");
-                        return;
-                    }
-                }
-            }
-        };
-        // The leader is gone; whatever is left of its process group goes with it.
-        launcher::signal_process_group(process_group, libc::SIGKILL);
-
-        let exit = match waited {
-            Ok(status) => ProcessExit::from(status),
-            Err(err) => {
-                tracing::warn!(container_id = %container_id, error = %err, "cannot wait for a container's process");
-                ProcessExit::Code(-1)
-            }
-        };
-        let kill = self
-            .lock()
-            .containers
-            .get(&container_id)
-            .and_then(|record| record.kill.clone());
-        let cgroup = cgroup.map(Arc::new);
-        // Only an unexplained failure needs the OOM counter and the stderr tail (file reads).
-        let (oom_killed, stderr_tail) = if kill.is_none() && exit != ProcessExit::Code(0) {
-            let cgroup = cgroup.clone();
-            let stderr_path =
-                launcher::container_dir(&self.context.work_dir, &container_id).join("stderr");
-            tokio::task::spawn_blocking(move || {
-                let oom = cgroup.as_deref().is_some_and(|cgroup: &ContainerCgroup| {
-                    cgroup.oom_killed(exit == ProcessExit::Signal(libc::SIGKILL))
-                });
-                let tail = if oom {
-                    String::new()
-                } else {
-                    launcher::read_tail(&stderr_path)
-                };
-                (oom, tail)
-            })
-            .await
-            .unwrap_or_default()
-        } else {
-            (false, String::new())
-        };
-        let outcome = launcher::classify_exit(
-            exit,
-            kill.as_ref(),
-            oom_killed,
-            memory_limit_mb,
-            &stderr_tail,
-        );
-        tracing::debug!(container_id = %container_id, exit_code = outcome.exit_code, reason = ?outcome.reason, "container ended");
-        self.complete(
-            container_id,
-            Some(outcome.exit_code),
-            outcome.reason,
-            outcome.diagnostics,
-        );
-        // After the report: removing a cgroup may wait on the kernel.
-        if let Some(cgroup) = cgroup {
-            self.tasks.spawn_blocking(move || cgroup.remove());
-        }
-    }
-
     /// Records a container's end, wakes DELETE waiters and the heartbeat loop.
-    fn complete(
-        &self,
-        container_id: ContainerId,
-        exit_code: Option<i32>,
-        reason: ExitReason,
-        diagnostics: String,
-    ) {
+    fn complete(&self, container_id: ContainerId, exit_code: Option<i32>, reason: ExitReason, diagnostics: String) {
         {
             let mut state = self.lock();
             let Some(record) = state.containers.get_mut(&container_id) else {
                 return;
             };
-            debug_assert!(
-                record.status.state == ContainerState::Running,
-                "a container completes once"
-            );
+            debug_assert!(record.status.state == ContainerState::Running, "a container completes once");
             record.status.state = ContainerState::Complete;
             record.status.exit_code = exit_code;
             record.status.exit_reason = Some(reason);
@@ -356,30 +219,19 @@ impl ContainerManager {
 
     /// Every container the agent still knows, in id order.
     pub(crate) fn list(&self) -> Vec<ContainerStatus> {
-        let mut statuses: Vec<ContainerStatus> = self
-            .lock()
-            .containers
-            .values()
-            .map(|record| record.status.clone())
-            .collect();
+        let mut statuses: Vec<ContainerStatus> = self.lock().containers.values().map(|record| record.status.clone()).collect();
         statuses.sort_by_key(|status| status.container_id);
         statuses
     }
 
     /// Admits the agent token (RM, admins) for anything, and a container's own token signature
     /// (its AM) for that container.
-    pub(crate) fn authorize(
-        &self,
-        bearer: &str,
-        container_id: Option<&ContainerId>,
-    ) -> Result<(), AgentError> {
+    pub(crate) fn authorize(&self, bearer: &str, container_id: Option<&ContainerId>) -> Result<(), AgentError> {
         if self.secret.verify_agent_token(bearer) {
             return Ok(());
         }
         let Some(container_id) = container_id else {
-            return Err(AgentError::Forbidden(
-                "only the agent token may list containers".to_owned(),
-            ));
+            return Err(AgentError::Forbidden("only the agent token may list containers".to_owned()));
         };
         let own_token = self
             .lock()
@@ -397,11 +249,7 @@ impl ContainerManager {
 
     /// Asks a container to stop; the first reason given wins. Unknown ids are an error; a
     /// container that already ended is left as it is.
-    pub(crate) fn kill(
-        &self,
-        container_id: &ContainerId,
-        request: KillRequest,
-    ) -> Result<(), AgentError> {
+    pub(crate) fn kill(&self, container_id: &ContainerId, request: KillRequest) -> Result<(), AgentError> {
         let mut state = self.lock();
         let record = state
             .containers
@@ -417,10 +265,7 @@ impl ContainerManager {
 
     /// `DELETE /v1/containers/{id}`: kills with KILLED_BY_APP and waits (up to the grace period
     /// and a little) for the end, so the answer usually shows the final status.
-    pub(crate) async fn stop_by_app(
-        &self,
-        container_id: &ContainerId,
-    ) -> Result<ContainerStatus, AgentError> {
+    pub(crate) async fn stop_by_app(&self, container_id: &ContainerId) -> Result<ContainerStatus, AgentError> {
         self.kill(
             container_id,
             KillRequest {
@@ -428,11 +273,7 @@ impl ContainerManager {
                 detail: "stopped at the request of its application".to_owned(),
             },
         )?;
-        let finished = self
-            .lock()
-            .containers
-            .get(container_id)
-            .map(|record| record.finished.subscribe());
+        let finished = self.lock().containers.get(container_id).map(|record| record.finished.subscribe());
         if let Some(mut finished) = finished {
             let wait = finished.wait_for(|done| *done);
             let _ = tokio::time::timeout(CONTAINER_KILL_GRACE + Duration::from_secs(2), wait).await;
@@ -563,24 +404,13 @@ impl ContainerManager {
     }
 }
 
-async fn sleep_until_optional(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Compares secrets without an early exit that would leak how much of a guess was right.
 fn constant_time_eq(expected: &str, given: &str) -> bool {
     let (expected, given) = (expected.as_bytes(), given.as_bytes());
     if expected.len() != given.len() {
         return false;
     }
-    expected
-        .iter()
-        .zip(given)
-        .fold(0u8, |difference, (a, b)| difference | (a ^ b))
-        == 0
+    expected.iter().zip(given).fold(0u8, |difference, (a, b)| difference | (a ^ b)) == 0
 }
 
 #[cfg(test)]

@@ -1,0 +1,97 @@
+//! A container's supervising task: it waits for the process to exit, turns a kill request into
+//! SIGTERM, a grace period and SIGKILL for the whole process group, and records how it ended.
+
+use std::sync::Arc;
+
+use spindle_protocol::ContainerId;
+use tokio::sync::Notify;
+
+use super::ContainerManager;
+use crate::cgroup::ContainerCgroup;
+use crate::launcher::{self, CONTAINER_KILL_GRACE, ProcessExit, SpawnedContainer};
+
+impl ContainerManager {
+    /// Waits for the container's exit, carries out a kill if one is asked for, and records the end.
+    pub(super) async fn supervise(
+        self: Arc<Self>,
+        container_id: ContainerId,
+        spawned: SpawnedContainer,
+        kill_signal: Arc<Notify>,
+        memory_limit_mb: u64,
+    ) {
+        let SpawnedContainer {
+            mut child,
+            process_group,
+            cgroup,
+            ..
+        } = spawned;
+        let waited = {
+            let wait = child.wait();
+            tokio::pin!(wait);
+            // Set once SIGTERM went out: when the grace period ends.
+            let mut kill_deadline: Option<tokio::time::Instant> = None;
+            let mut sigkilled = false;
+            loop {
+                tokio::select! {
+                    status = &mut wait => break status,
+                    _ = kill_signal.notified(), if kill_deadline.is_none() => {
+                        launcher::signal_process_group(process_group, libc::SIGTERM);
+                        kill_deadline = Some(tokio::time::Instant::now() + CONTAINER_KILL_GRACE);
+                    }
+                    _ = sleep_until_optional(kill_deadline), if kill_deadline.is_some() && !sigkilled => {
+                        launcher::signal_process_group(process_group, libc::SIGKILL);
+                        sigkilled = true;
+                    }
+                    _ = self.stop.cancelled() => {
+                        // The agent is stopping on its own (not decommissioned): like a YARN
+                        // NodeManager with recovery, leave the container running.
+                        tracing::debug!(container_id = %container_id, "agent stopping; container left running");
+                        return;
+                    }
+                }
+            }
+        };
+        // The leader is gone; whatever is left of its process group goes with it.
+        launcher::signal_process_group(process_group, libc::SIGKILL);
+
+        let exit = match waited {
+            Ok(status) => ProcessExit::from(status),
+            Err(err) => {
+                tracing::warn!(container_id = %container_id, error = %err, "cannot wait for a container's process");
+                ProcessExit::Code(-1)
+            }
+        };
+        let kill = self.lock().containers.get(&container_id).and_then(|record| record.kill.clone());
+        let cgroup = cgroup.map(Arc::new);
+        // Only an unexplained failure needs the OOM counter and the stderr tail (file reads).
+        let (oom_killed, stderr_tail) = if kill.is_none() && exit != ProcessExit::Code(0) {
+            let cgroup = cgroup.clone();
+            let stderr_path = launcher::container_dir(&self.context.work_dir, &container_id).join("stderr");
+            tokio::task::spawn_blocking(move || {
+                let oom = cgroup
+                    .as_deref()
+                    .is_some_and(|cgroup: &ContainerCgroup| cgroup.oom_killed(exit == ProcessExit::Signal(libc::SIGKILL)));
+                let tail = if oom { String::new() } else { launcher::read_tail(&stderr_path) };
+                (oom, tail)
+            })
+            .await
+            .unwrap_or_default()
+        } else {
+            (false, String::new())
+        };
+        let outcome = launcher::classify_exit(exit, kill.as_ref(), oom_killed, memory_limit_mb, &stderr_tail);
+        tracing::debug!(container_id = %container_id, exit_code = outcome.exit_code, reason = ?outcome.reason, "container ended");
+        self.complete(container_id, Some(outcome.exit_code), outcome.reason, outcome.diagnostics);
+        // After the report: removing a cgroup may wait on the kernel.
+        if let Some(cgroup) = cgroup {
+            self.tasks.spawn_blocking(move || cgroup.remove());
+        }
+    }
+}
+
+async fn sleep_until_optional(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

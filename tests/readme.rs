@@ -1,0 +1,14 @@
+//! What the README promises a newcomer: `spindle demo` runs a job on a throwaway cluster.
+
+mod support;
+
+use std::time::Duration;
+
+#[tokio::test]
+async fn demo_runs() {
+    let home = tempfile::tempdir().unwrap();
+    let output = support::run_spindle(home.path(), &["demo"], Duration::from_secs(90)).await;
+    assert!(output.success(), "{output}");
+    assert!(output.stdout.contains("hello from"), "{output}");
+    assert!(!home.path().join("config.toml").exists(), "the demo leaves the user's config alone");
+}
