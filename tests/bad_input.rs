@@ -365,7 +365,11 @@ async fn a_container_bigger_than_any_node_is_refused() {
         .await;
     post()
         .json(&hello_with("memory_mb", json!(2048)))
-        .refused(StatusCode::BAD_REQUEST, "bad_request", &["shell.memory_mb", "more than any node has"])
+        .refused(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &["shell.memory_mb", "more than any node has"],
+        )
         .await;
     let mut big_am = hello();
     big_am["am"] = json!({"vcores": 1, "memory_mb": 4096});

@@ -166,14 +166,17 @@ async fn agents_join_drain_and_die() {
         .map(|c| c.container_id)
         .collect();
 
+    cluster.agents[doomed].daemon.kill9();
+    let killed_at = Instant::now();
+    // What the RM still believes runs there once any report sent before the kill has landed:
+    // nobody can tell it otherwise now, so these must end NODE_LOST (well before node_expiry).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let live_on_doomed: Vec<ContainerId> = running_tasks(&cluster, app_id)
         .await
         .into_iter()
         .filter(|(_, node)| *node == doomed_node)
         .map(|(container, _)| container)
         .collect();
-    cluster.agents[doomed].daemon.kill9();
-    let killed_at = Instant::now();
     let lost_after = wait_until(Duration::from_secs(15), "the killed agent's node to be LOST", || async {
         let nodes = admin.nodes().await.ok()?;
         let node = nodes.iter().find(|node| node.node_id == doomed_node)?;

@@ -65,6 +65,10 @@ pub struct AgentConfig {
     pub spindle_bin: PathBuf,
     /// How container memory limits are enforced.
     pub memory_enforcement: MemoryEnforcement,
+    /// Kill running containers when `shutdown` stops the agent. Off for a real agent (its
+    /// containers outlive an agent restart); on for `spindle local`, whose Ctrl-C should leave
+    /// no orphan processes behind.
+    pub kill_containers_on_stop: bool,
 }
 
 impl AgentConfig {
@@ -82,6 +86,7 @@ impl AgentConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             spindle_bin: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("spindle")),
             memory_enforcement: MemoryEnforcement::Auto,
+            kill_containers_on_stop: false,
         }
     }
 

@@ -111,13 +111,14 @@ pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdow
         config.heartbeat_interval,
     );
     let end = heartbeater.run(&stop).await;
-    if end == HeartbeatEnd::ShutdownByRm {
+    let kill_reason = match end {
+        HeartbeatEnd::ShutdownByRm => Some("the node was decommissioned"),
+        _ if config.kill_containers_on_stop => Some("the node agent stopped"),
+        _ => None,
+    };
+    if let Some(detail) = kill_reason {
         manager
-            .kill_all_and_wait(
-                ExitReason::KilledByRm,
-                "the node was decommissioned",
-                CONTAINER_KILL_GRACE + Duration::from_secs(1),
-            )
+            .kill_all_and_wait(ExitReason::KilledByRm, detail, CONTAINER_KILL_GRACE + Duration::from_secs(1))
             .await;
     }
     stop.cancel();

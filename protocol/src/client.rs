@@ -12,16 +12,10 @@ use crate::*;
 /// What went wrong talking to a Spindle server.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error(
-        "cannot reach {urls}: {reason}. Is it running? Check the address (--rm or SPINDLE_RM)."
-    )]
+    #[error("cannot reach {urls}: {reason}. Is it running? Check the address (--rm or SPINDLE_RM).")]
     Unreachable { urls: String, reason: String },
     #[error("{message} (HTTP {status}, {code})")]
-    Api {
-        status: u16,
-        code: String,
-        message: String,
-    },
+    Api { status: u16, code: String, message: String },
     #[error("unexpected answer from {url}: {reason}")]
     Decode { url: String, reason: String },
 }
@@ -116,13 +110,10 @@ impl Http {
         let response = self.send_raw(method, path, body, timeout).await?;
         let response = check(response).await?;
         let url = response.url().to_string();
-        response
-            .json::<R>()
-            .await
-            .map_err(|err| ClientError::Decode {
-                url,
-                reason: err.to_string(),
-            })
+        response.json::<R>().await.map_err(|err| ClientError::Decode {
+            url,
+            reason: err.to_string(),
+        })
     }
 
     async fn text(&self, path: &str) -> Result<String, ClientError> {
@@ -145,14 +136,7 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response, ClientE
     let body = response.text().await.unwrap_or_default();
     let (code, message) = match serde_json::from_str::<ErrorBody>(&body) {
         Ok(parsed) => (parsed.error.code, parsed.error.message),
-        Err(_) => (
-            status_code_name(status),
-            if body.is_empty() {
-                status.to_string()
-            } else {
-                body
-            },
-        ),
+        Err(_) => (status_code_name(status), if body.is_empty() { status.to_string() } else { body }),
     };
     Err(ClientError::Api {
         status: status.as_u16(),
@@ -162,11 +146,7 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response, ClientE
 }
 
 fn status_code_name(status: StatusCode) -> String {
-    status
-        .canonical_reason()
-        .unwrap_or("error")
-        .to_lowercase()
-        .replace(' ', "_")
+    status.canonical_reason().unwrap_or("error").to_lowercase().replace(' ', "_")
 }
 
 /// Query of `GET /v1/apps`.
@@ -197,10 +177,7 @@ impl RmClient {
     }
 
     pub async fn submit(&self, spec: &JobSpec) -> Result<AppId, ClientError> {
-        let reply: SubmitReply = self
-            .http
-            .call(Method::POST, "/v1/apps", Some(spec), None)
-            .await?;
+        let reply: SubmitReply = self.http.call(Method::POST, "/v1/apps", Some(spec), None).await?;
         Ok(reply.app_id)
     }
 
@@ -210,24 +187,14 @@ impl RmClient {
             .as_object()
             .into_iter()
             .flatten()
-            .map(|(key, value)| {
-                (
-                    key.clone(),
-                    value
-                        .as_str()
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| value.to_string()),
-                )
-            })
+            .map(|(key, value)| (key.clone(), value.as_str().map(str::to_owned).unwrap_or_else(|| value.to_string())))
             .collect();
         let mut path = String::from("/v1/apps");
         for (index, (key, value)) in query.iter().enumerate() {
             path.push(if index == 0 { '?' } else { '&' });
             path.push_str(&format!("{key}={}", encode_query(value)));
         }
-        self.http
-            .call::<(), _>(Method::GET, &path, None, None)
-            .await
+        self.http.call::<(), _>(Method::GET, &path, None, None).await
     }
 
     pub async fn app(&self, app_id: AppId) -> Result<AppReport, ClientError> {
@@ -244,19 +211,12 @@ impl RmClient {
 
     pub async fn containers(&self, app_id: AppId) -> Result<Vec<ContainerReport>, ClientError> {
         self.http
-            .call::<(), _>(
-                Method::GET,
-                &format!("/v1/apps/{app_id}/containers"),
-                None,
-                None,
-            )
+            .call::<(), _>(Method::GET, &format!("/v1/apps/{app_id}/containers"), None, None)
             .await
     }
 
     pub async fn nodes(&self) -> Result<Vec<NodeReport>, ClientError> {
-        self.http
-            .call::<(), _>(Method::GET, "/v1/nodes", None, None)
-            .await
+        self.http.call::<(), _>(Method::GET, "/v1/nodes", None, None).await
     }
 
     pub async fn node(&self, node_id: &NodeId) -> Result<NodeReport, ClientError> {
@@ -265,98 +225,47 @@ impl RmClient {
             .await
     }
 
-    pub async fn decommission(
-        &self,
-        node_id: &NodeId,
-        request: &DecommissionRequest,
-    ) -> Result<NodeReport, ClientError> {
+    pub async fn decommission(&self, node_id: &NodeId, request: &DecommissionRequest) -> Result<NodeReport, ClientError> {
         self.http
-            .call(
-                Method::POST,
-                &format!("/v1/nodes/{node_id}/decommission"),
-                Some(request),
-                None,
-            )
+            .call(Method::POST, &format!("/v1/nodes/{node_id}/decommission"), Some(request), None)
             .await
     }
 
     pub async fn cluster(&self) -> Result<ClusterReport, ClientError> {
-        self.http
-            .call::<(), _>(Method::GET, "/v1/cluster", None, None)
-            .await
+        self.http.call::<(), _>(Method::GET, "/v1/cluster", None, None).await
     }
 
     /// A container's stdout or stderr, fetched by the RM from the container's node.
-    pub async fn logs(
-        &self,
-        container_id: ContainerId,
-        stream: &str,
-    ) -> Result<String, ClientError> {
+    pub async fn logs(&self, container_id: ContainerId, stream: &str) -> Result<String, ClientError> {
+        self.http.text(&format!("/v1/containers/{container_id}/logs/{stream}")).await
+    }
+
+    pub async fn register_node(&self, request: &RegisterNodeRequest) -> Result<RegisterNodeReply, ClientError> {
         self.http
-            .text(&format!("/v1/containers/{container_id}/logs/{stream}"))
+            .call(Method::POST, "/v1/internal/nodes/register", Some(request), None)
             .await
     }
 
-    pub async fn register_node(
-        &self,
-        request: &RegisterNodeRequest,
-    ) -> Result<RegisterNodeReply, ClientError> {
+    pub async fn node_heartbeat(&self, request: &NodeHeartbeatRequest) -> Result<NodeHeartbeatReply, ClientError> {
         self.http
-            .call(
-                Method::POST,
-                "/v1/internal/nodes/register",
-                Some(request),
-                None,
-            )
+            .call(Method::POST, "/v1/internal/nodes/heartbeat", Some(request), None)
             .await
     }
 
-    pub async fn node_heartbeat(
-        &self,
-        request: &NodeHeartbeatRequest,
-    ) -> Result<NodeHeartbeatReply, ClientError> {
-        self.http
-            .call(
-                Method::POST,
-                "/v1/internal/nodes/heartbeat",
-                Some(request),
-                None,
-            )
-            .await
-    }
-
-    pub async fn register_am(
-        &self,
-        request: &RegisterAmRequest,
-    ) -> Result<RegisterAmReply, ClientError> {
-        self.http
-            .call(
-                Method::POST,
-                "/v1/internal/am/register",
-                Some(request),
-                None,
-            )
-            .await
+    pub async fn register_am(&self, request: &RegisterAmRequest) -> Result<RegisterAmReply, ClientError> {
+        self.http.call(Method::POST, "/v1/internal/am/register", Some(request), None).await
     }
 
     /// Long-polls: the request may wait up to `wait_ms` on the server.
     pub async fn allocate(&self, request: &AllocateRequest) -> Result<AllocateReply, ClientError> {
         let timeout = Duration::from_millis(request.wait_ms) + Duration::from_secs(10);
         self.http
-            .call(
-                Method::POST,
-                "/v1/internal/am/allocate",
-                Some(request),
-                Some(timeout),
-            )
+            .call(Method::POST, "/v1/internal/am/allocate", Some(request), Some(timeout))
             .await
     }
 
     pub async fn finish_am(&self, request: &FinishAmRequest) -> Result<(), ClientError> {
-        let _: serde_json::Value = self
-            .http
-            .call(Method::POST, "/v1/internal/am/finish", Some(request), None)
-            .await?;
+        let _: serde_json::Value = self.http.call(Method::POST, "/v1/internal/am/finish", Some(request), None).await?;
         Ok(())
     }
 }
@@ -376,41 +285,23 @@ impl AgentClient {
     }
 
     pub async fn launch(&self, request: &LaunchRequest) -> Result<ContainerStatus, ClientError> {
-        self.http
-            .call(Method::POST, "/v1/containers", Some(request), None)
-            .await
+        self.http.call(Method::POST, "/v1/containers", Some(request), None).await
     }
 
     pub async fn status(&self, container_id: ContainerId) -> Result<ContainerStatus, ClientError> {
         self.http
-            .call::<(), _>(
-                Method::GET,
-                &format!("/v1/containers/{container_id}"),
-                None,
-                None,
-            )
+            .call::<(), _>(Method::GET, &format!("/v1/containers/{container_id}"), None, None)
             .await
     }
 
     pub async fn stop(&self, container_id: ContainerId) -> Result<ContainerStatus, ClientError> {
         self.http
-            .call::<(), _>(
-                Method::DELETE,
-                &format!("/v1/containers/{container_id}"),
-                None,
-                None,
-            )
+            .call::<(), _>(Method::DELETE, &format!("/v1/containers/{container_id}"), None, None)
             .await
     }
 
-    pub async fn logs(
-        &self,
-        container_id: ContainerId,
-        stream: &str,
-    ) -> Result<String, ClientError> {
-        self.http
-            .text(&format!("/v1/containers/{container_id}/logs/{stream}"))
-            .await
+    pub async fn logs(&self, container_id: ContainerId, stream: &str) -> Result<String, ClientError> {
+        self.http.text(&format!("/v1/containers/{container_id}/logs/{stream}")).await
     }
 }
 
@@ -418,9 +309,7 @@ fn encode_query(value: &str) -> String {
     value
         .bytes()
         .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (byte as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (byte as char).to_string(),
             other => format!("%{other:02X}"),
         })
         .collect()

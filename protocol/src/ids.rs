@@ -168,10 +168,7 @@ mod tests {
             epoch: 3,
             seq: 42,
         };
-        assert_eq!(
-            container.to_string(),
-            "container_e03_1700000000000_0007_01_000042"
-        );
+        assert_eq!(container.to_string(), "container_e03_1700000000000_0007_01_000042");
     }
 
     #[test]

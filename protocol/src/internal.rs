@@ -5,10 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{
-    AppId, ContainerId, ContainerState, ContainerToken, ExitReason, FinalStatus, NodeId, NodeUsage,
-    Resources,
-};
+use crate::{AppId, ContainerId, ContainerState, ContainerToken, ExitReason, FinalStatus, NodeId, NodeUsage, Resources};
 
 /// A container as its node agent sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

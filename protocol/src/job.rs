@@ -120,10 +120,7 @@ pub fn validate_resources(field: &str, resources: &Resources) -> Result<(), Spec
     if resources.vcores > MAX_VCORES {
         return Err(invalid(
             format!("{field}.vcores"),
-            format!(
-                "{} is more than the limit of {MAX_VCORES}",
-                resources.vcores
-            ),
+            format!("{} is more than the limit of {MAX_VCORES}", resources.vcores),
         ));
     }
     if resources.memory_mb == 0 {
@@ -132,10 +129,7 @@ pub fn validate_resources(field: &str, resources: &Resources) -> Result<(), Spec
     if resources.memory_mb > MAX_MEMORY_MB {
         return Err(invalid(
             format!("{field}.memory_mb"),
-            format!(
-                "{} is more than the limit of {MAX_MEMORY_MB}",
-                resources.memory_mb
-            ),
+            format!("{} is more than the limit of {MAX_MEMORY_MB}", resources.memory_mb),
         ));
     }
     Ok(())
@@ -144,9 +138,7 @@ pub fn validate_resources(field: &str, resources: &Resources) -> Result<(), Spec
 fn validate_command(field: &str, command: &[String]) -> Result<(), SpecError> {
     match command.first() {
         None => Err(invalid(field, "must name a program: it is empty")),
-        Some(program) if program.trim().is_empty() => {
-            Err(invalid(field, "the program name is blank"))
-        }
+        Some(program) if program.trim().is_empty() => Err(invalid(field, "the program name is blank")),
         Some(_) => Ok(()),
     }
 }
@@ -189,10 +181,7 @@ impl JobSpec {
                 if shell.containers > MAX_SHELL_CONTAINERS {
                     return Err(invalid(
                         "shell.containers",
-                        format!(
-                            "{} is more than the limit of {MAX_SHELL_CONTAINERS}",
-                            shell.containers
-                        ),
+                        format!("{} is more than the limit of {MAX_SHELL_CONTAINERS}", shell.containers),
                     ));
                 }
                 validate_resources("shell", &shell.resources())?;
@@ -202,21 +191,14 @@ impl JobSpec {
             }
             JobKind::Custom => {
                 let Some(custom) = &self.custom else {
-                    return Err(invalid(
-                        "custom",
-                        "kind = \"custom\" needs a [custom] section",
-                    ));
+                    return Err(invalid("custom", "kind = \"custom\" needs a [custom] section"));
                 };
                 validate_command("custom.command", &custom.command)?;
             }
             JobKind::Mapreduce | JobKind::Stream => {
                 return Err(invalid(
                     "kind",
-                    format!(
-                        "{:?} jobs are not supported by this version yet: use shell or custom",
-                        self.kind
-                    )
-                    .to_lowercase(),
+                    format!("{:?} jobs are not supported by this version yet: use shell or custom", self.kind).to_lowercase(),
                 ));
             }
         }
@@ -224,25 +206,15 @@ impl JobSpec {
             return Err(invalid("shell", "a [shell] section needs kind = \"shell\""));
         }
         if self.kind != JobKind::Custom && self.custom.is_some() {
-            return Err(invalid(
-                "custom",
-                "a [custom] section needs kind = \"custom\"",
-            ));
+            return Err(invalid("custom", "a [custom] section needs kind = \"custom\""));
         }
         Ok(())
     }
 
     /// The largest container the job will ask for: the RM refuses a job no node can hold.
     pub fn largest_container(&self) -> Resources {
-        let task = self
-            .shell
-            .as_ref()
-            .map(ShellSpec::resources)
-            .unwrap_or_default();
-        Resources::new(
-            self.am.vcores.max(task.vcores),
-            self.am.memory_mb.max(task.memory_mb),
-        )
+        let task = self.shell.as_ref().map(ShellSpec::resources).unwrap_or_default();
+        Resources::new(self.am.vcores.max(task.vcores), self.am.memory_mb.max(task.memory_mb))
     }
 }
 

@@ -5,10 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{
-    AppId, AppState, ContainerId, ContainerState, ExitReason, FinalStatus, JobKind, NodeId,
-    NodeState, Resources,
-};
+use crate::{AppId, AppState, ContainerId, ContainerState, ExitReason, FinalStatus, JobKind, NodeId, NodeState, Resources};
 
 /// `POST /v1/apps` answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

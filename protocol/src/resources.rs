@@ -12,10 +12,7 @@ pub struct Resources {
 }
 
 impl Resources {
-    pub const ZERO: Resources = Resources {
-        vcores: 0,
-        memory_mb: 0,
-    };
+    pub const ZERO: Resources = Resources { vcores: 0, memory_mb: 0 };
 
     pub fn new(vcores: u32, memory_mb: u64) -> Self {
         Resources { vcores, memory_mb }

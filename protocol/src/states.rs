@@ -78,10 +78,7 @@ impl AppState {
 
     /// Whether the app has ended for good.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            AppState::Finished | AppState::Failed | AppState::Killed
-        )
+        matches!(self, AppState::Finished | AppState::Failed | AppState::Killed)
     }
 
     /// The legal transitions. `Running → Accepted` is a failed AM attempt making way for the next.
@@ -139,9 +136,7 @@ impl ContainerState {
         use ContainerState::*;
         matches!(
             (self, next),
-            (Allocated, Acquired)
-                | (Allocated | Acquired, Running)
-                | (Allocated | Acquired | Running, Complete)
+            (Allocated, Acquired) | (Allocated | Acquired, Running) | (Allocated | Acquired | Running, Complete)
         )
     }
 
@@ -211,11 +206,7 @@ mod tests {
         ];
         for from in AppState::ALL {
             for to in AppState::ALL {
-                assert_eq!(
-                    from.can_become(to),
-                    legal.contains(&(from, to)),
-                    "{from:?} -> {to:?}"
-                );
+                assert_eq!(from.can_become(to), legal.contains(&(from, to)), "{from:?} -> {to:?}");
             }
         }
         for terminal in [Finished, Failed, Killed] {
@@ -236,11 +227,7 @@ mod tests {
         ];
         for from in ContainerState::ALL {
             for to in ContainerState::ALL {
-                assert_eq!(
-                    from.can_become(to),
-                    legal.contains(&(from, to)),
-                    "{from:?} -> {to:?}"
-                );
+                assert_eq!(from.can_become(to), legal.contains(&(from, to)), "{from:?} -> {to:?}");
             }
         }
     }
@@ -265,25 +252,15 @@ mod tests {
         ];
         for from in NodeState::ALL {
             for to in NodeState::ALL {
-                assert_eq!(
-                    from.can_become(to),
-                    legal.contains(&(from, to)),
-                    "{from:?} -> {to:?}"
-                );
+                assert_eq!(from.can_become(to), legal.contains(&(from, to)), "{from:?} -> {to:?}");
             }
         }
     }
 
     #[test]
     fn states_serialize_with_yarn_names() {
-        assert_eq!(
-            serde_json::to_string(&AppState::Accepted).unwrap(),
-            "\"ACCEPTED\""
-        );
-        assert_eq!(
-            serde_json::to_string(&ExitReason::ExceededMemory).unwrap(),
-            "\"EXCEEDED_MEMORY\""
-        );
+        assert_eq!(serde_json::to_string(&AppState::Accepted).unwrap(), "\"ACCEPTED\"");
+        assert_eq!(serde_json::to_string(&ExitReason::ExceededMemory).unwrap(), "\"EXCEEDED_MEMORY\"");
         assert_eq!("running".parse::<AppState>().unwrap(), AppState::Running);
     }
 }

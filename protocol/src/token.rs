@@ -67,19 +67,8 @@ impl ClusterSecret {
     }
 
     /// Signs a container grant.
-    pub fn sign_container(
-        &self,
-        container_id: ContainerId,
-        node_id: NodeId,
-        resources: Resources,
-        expires_at_ms: u64,
-    ) -> ContainerToken {
-        let signature = self.mac(&container_message(
-            &container_id,
-            &node_id,
-            &resources,
-            expires_at_ms,
-        ));
+    pub fn sign_container(&self, container_id: ContainerId, node_id: NodeId, resources: Resources, expires_at_ms: u64) -> ContainerToken {
+        let signature = self.mac(&container_message(&container_id, &node_id, &resources, expires_at_ms));
         ContainerToken {
             container_id,
             node_id,
@@ -90,18 +79,8 @@ impl ClusterSecret {
     }
 
     /// Checks a container token as the agent `node` at time `now_ms`.
-    pub fn verify_container(
-        &self,
-        token: &ContainerToken,
-        node: &NodeId,
-        now_ms: u64,
-    ) -> Result<(), TokenError> {
-        let message = container_message(
-            &token.container_id,
-            &token.node_id,
-            &token.resources,
-            token.expires_at_ms,
-        );
+    pub fn verify_container(&self, token: &ContainerToken, node: &NodeId, now_ms: u64) -> Result<(), TokenError> {
+        let message = container_message(&token.container_id, &token.node_id, &token.resources, token.expires_at_ms);
         if !self.verify_mac(&message, &token.signature) {
             return Err(TokenError::BadSignature);
         }
@@ -139,12 +118,7 @@ impl ClusterSecret {
     }
 }
 
-fn container_message(
-    container_id: &ContainerId,
-    node_id: &NodeId,
-    resources: &Resources,
-    expires_at_ms: u64,
-) -> String {
+fn container_message(container_id: &ContainerId, node_id: &NodeId, resources: &Resources, expires_at_ms: u64) -> String {
     format!(
         "container|{container_id}|{node_id}|{}|{}|{expires_at_ms}",
         resources.vcores, resources.memory_mb
@@ -157,10 +131,7 @@ mod tests {
 
     fn container() -> ContainerId {
         ContainerId {
-            app: AppId {
-                cluster_ts: 1,
-                seq: 2,
-            },
+            app: AppId { cluster_ts: 1, seq: 2 },
             attempt: 1,
             epoch: 1,
             seq: 3,
@@ -176,10 +147,7 @@ mod tests {
 
         let mut bigger = token.clone();
         bigger.resources.memory_mb = 4096;
-        assert_eq!(
-            secret.verify_container(&bigger, &node, 999),
-            Err(TokenError::BadSignature)
-        );
+        assert_eq!(secret.verify_container(&bigger, &node, 999), Err(TokenError::BadSignature));
         assert!(matches!(
             secret.verify_container(&token, &NodeId("other:1".into()), 999),
             Err(TokenError::WrongNode { .. })
@@ -197,10 +165,7 @@ mod tests {
     #[test]
     fn am_tokens_bind_app_and_attempt() {
         let secret = ClusterSecret::new("s3cret");
-        let app = AppId {
-            cluster_ts: 1,
-            seq: 2,
-        };
+        let app = AppId { cluster_ts: 1, seq: 2 };
         let token = secret.am_token(app, 1);
         assert!(secret.verify_am_token(app, 1, &token));
         assert!(!secret.verify_am_token(app, 2, &token));

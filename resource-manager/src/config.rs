@@ -76,9 +76,14 @@ pub enum ConfigError {
 impl RmConfig {
     /// Reads and checks a TOML file.
     pub fn from_file(path: &Path) -> Result<RmConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        let config: RmConfig =
-            toml::from_str(&text).map_err(|err| ConfigError::Parse { path: path.display().to_string(), message: err.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let config: RmConfig = toml::from_str(&text).map_err(|err| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: err.to_string(),
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -99,7 +104,10 @@ impl RmConfig {
                 });
             }
             if user.name.trim().is_empty() {
-                return Err(ConfigError::Invalid { field: "users.name", reason: format!("of user #{index} is empty") });
+                return Err(ConfigError::Invalid {
+                    field: "users.name",
+                    reason: format!("of user #{index} is empty"),
+                });
             }
         }
         if self.node_expiry < self.heartbeat_interval * 2 {
@@ -164,7 +172,10 @@ mod tests {
 
     #[test]
     fn short_secrets_are_refused() {
-        let config = RmConfig { cluster_secret: "short".into(), ..RmConfig::default() };
+        let config = RmConfig {
+            cluster_secret: "short".into(),
+            ..RmConfig::default()
+        };
         assert!(config.validate().unwrap_err().to_string().contains("cluster_secret"));
     }
 

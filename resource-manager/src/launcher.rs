@@ -33,12 +33,18 @@ pub struct HttpAmLauncher {
 
 impl HttpAmLauncher {
     pub fn new(secret: &ClusterSecret) -> Self {
-        HttpAmLauncher { agent_token: secret.agent_token(), clients: Mutex::new(HashMap::new()) }
+        HttpAmLauncher {
+            agent_token: secret.agent_token(),
+            clients: Mutex::new(HashMap::new()),
+        }
     }
 
     fn client(&self, address: &str) -> AgentClient {
         let mut clients = self.clients.lock().expect("launcher client map is never poisoned");
-        clients.entry(address.to_owned()).or_insert_with(|| AgentClient::new(address, Some(self.agent_token.clone()))).clone()
+        clients
+            .entry(address.to_owned())
+            .or_insert_with(|| AgentClient::new(address, Some(self.agent_token.clone())))
+            .clone()
     }
 }
 

@@ -25,14 +25,18 @@ pub use service::ResourceManager;
 pub async fn run(config: RmConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RmError> {
     config.validate()?;
     let store = store::Store::connect(&config.db).await?;
-    let launcher = Arc::new(launcher::HttpAmLauncher::new(&spindle_protocol::ClusterSecret::new(&config.cluster_secret)));
+    let launcher = Arc::new(launcher::HttpAmLauncher::new(&spindle_protocol::ClusterSecret::new(
+        &config.cluster_secret,
+    )));
     let rm = ResourceManager::start(config, store, launcher, shutdown.clone()).await?;
     let address = listener.local_addr()?;
     tracing::info!(%address, store = %rm.store_description(), "resource manager listening");
     let timers = tokio::spawn(Arc::clone(&rm).run_timers());
     let app = api::router(Arc::clone(&rm));
     let stopped = shutdown.clone();
-    axum::serve(listener, app).with_graceful_shutdown(async move { stopped.cancelled().await }).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stopped.cancelled().await })
+        .await?;
     shutdown.cancel();
     let _ = timers.await;
     Ok(())

@@ -62,13 +62,18 @@ impl Scheduler for FirstFit {
                     .filter_map(|wanted| nodes.iter().position(|node| &node.node_id == wanted))
                     .find(|&index| available[index].fits(&ask.resources));
                 let chosen = preferred.or_else(|| {
-                    (0..nodes.len()).map(|step| (self.cursor + step) % nodes.len()).find(|&index| available[index].fits(&ask.resources))
+                    (0..nodes.len())
+                        .map(|step| (self.cursor + step) % nodes.len())
+                        .find(|&index| available[index].fits(&ask.resources))
                 });
                 // Nothing fits this ask now: later asks of other shapes may still fit.
                 let Some(index) = chosen else { break };
                 available[index] -= ask.resources;
                 self.cursor = (index + 1) % nodes.len();
-                placements.push(Placement { ask: ask_index, node_id: nodes[index].node_id.clone() });
+                placements.push(Placement {
+                    ask: ask_index,
+                    node_id: nodes[index].node_id.clone(),
+                });
             }
         }
         placements
@@ -91,7 +96,10 @@ mod tests {
     }
 
     fn node(name: &str, vcores: u32, memory_mb: u64) -> NodeHeadroom {
-        NodeHeadroom { node_id: NodeId(name.into()), available: Resources::new(vcores, memory_mb) }
+        NodeHeadroom {
+            node_id: NodeId(name.into()),
+            available: Resources::new(vcores, memory_mb),
+        }
     }
 
     #[test]
@@ -112,7 +120,13 @@ mod tests {
     #[test]
     fn a_big_ask_does_not_block_a_small_one() {
         let placements = FirstFit::default().place(&[ask(1, 8, 100), ask(1, 1, 100)], &[node("a", 2, 1000)]);
-        assert_eq!(placements, vec![Placement { ask: 1, node_id: NodeId("a".into()) }]);
+        assert_eq!(
+            placements,
+            vec![Placement {
+                ask: 1,
+                node_id: NodeId("a".into())
+            }]
+        );
     }
 
     proptest! {

@@ -113,7 +113,12 @@ impl ResourceManager {
     }
 
     fn waker(&self, app_id: AppId) -> Arc<Notify> {
-        self.wakers.lock().expect("waker map is never poisoned").entry(app_id).or_default().clone()
+        self.wakers
+            .lock()
+            .expect("waker map is never poisoned")
+            .entry(app_id)
+            .or_default()
+            .clone()
     }
 
     fn dispatch(self: &Arc<Self>, outbox: Outbox) {
@@ -217,6 +222,9 @@ impl ResourceManager {
             }
             Err(err) => tracing::warn!(error = %err, "purging finished applications failed"),
         }
-        self.wakers.lock().expect("waker map is never poisoned").retain(|app_id, _| cluster.app_owner(*app_id).is_some());
+        self.wakers
+            .lock()
+            .expect("waker map is never poisoned")
+            .retain(|app_id, _| cluster.app_owner(*app_id).is_some());
     }
 }

@@ -23,7 +23,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
             let status = rejection.status();
             if status == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(status, "request body is too large: the limit is set by `max_body_bytes` in the RM config")
+                ApiError::new(
+                    status,
+                    "request body is too large: the limit is set by `max_body_bytes` in the RM config",
+                )
             } else {
                 ApiError::new(status, rejection.body_text())
             }
@@ -49,7 +52,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             ApiError::bad_request(format!("invalid field `{path}`: {inner}"))
         }
     })?;
-    deserializer.end().map_err(|err| ApiError::bad_request(format!("malformed JSON: {err}")))?;
+    deserializer
+        .end()
+        .map_err(|err| ApiError::bad_request(format!("malformed JSON: {err}")))?;
     Ok(value)
 }
 
@@ -58,7 +63,9 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         .headers
         .get(axum::http::header::AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthorized("missing `Authorization: Bearer <token>` header: pass --token or set SPINDLE_TOKEN"))?;
-    let value = header.to_str().map_err(|_| ApiError::unauthorized("the Authorization header is not valid text"))?;
+    let value = header
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("the Authorization header is not valid text"))?;
     value
         .strip_prefix("Bearer ")
         .map(str::trim)
@@ -77,7 +84,12 @@ impl FromRequestParts<Arc<ResourceManager>> for User {
             .users
             .iter()
             .find(|user| constant_time_eq(user.token.as_bytes(), token.as_bytes()))
-            .map(|user| User(Caller { user: user.name.clone(), admin: user.admin }))
+            .map(|user| {
+                User(Caller {
+                    user: user.name.clone(),
+                    admin: user.admin,
+                })
+            })
             .ok_or_else(|| ApiError::unauthorized("the API token is not valid for this cluster: check --token / SPINDLE_TOKEN"))
     }
 }
@@ -93,7 +105,9 @@ impl FromRequestParts<Arc<ResourceManager>> for Agent {
         if rm.secret.verify_agent_token(token) {
             Ok(Agent)
         } else {
-            Err(ApiError::forbidden("the agent's cluster secret does not match the resource manager's"))
+            Err(ApiError::forbidden(
+                "the agent's cluster secret does not match the resource manager's",
+            ))
         }
     }
 }
@@ -114,7 +128,9 @@ impl AmToken {
         if rm.secret.verify_am_token(app_id, attempt, &self.0) {
             Ok(())
         } else {
-            Err(ApiError::forbidden(format!("the AM token is not valid for attempt {attempt} of {app_id}")))
+            Err(ApiError::forbidden(format!(
+                "the AM token is not valid for attempt {attempt} of {app_id}"
+            )))
         }
     }
 }

@@ -16,7 +16,11 @@ use crate::service::ResourceManager;
 
 type Rm = State<Arc<ResourceManager>>;
 
-pub async fn register_node(State(rm): Rm, _agent: Agent, ApiJson(request): ApiJson<RegisterNodeRequest>) -> Result<Json<RegisterNodeReply>, ApiError> {
+pub async fn register_node(
+    State(rm): Rm,
+    _agent: Agent,
+    ApiJson(request): ApiJson<RegisterNodeRequest>,
+) -> Result<Json<RegisterNodeReply>, ApiError> {
     let node_id = request.node_id.clone();
     let containers = request.containers.len();
     let reply = rm.mutate(|cluster, now| cluster.register_node(request, now)).await??;
@@ -24,12 +28,20 @@ pub async fn register_node(State(rm): Rm, _agent: Agent, ApiJson(request): ApiJs
     Ok(Json(reply))
 }
 
-pub async fn node_heartbeat(State(rm): Rm, _agent: Agent, ApiJson(request): ApiJson<NodeHeartbeatRequest>) -> Result<Json<NodeHeartbeatReply>, ApiError> {
+pub async fn node_heartbeat(
+    State(rm): Rm,
+    _agent: Agent,
+    ApiJson(request): ApiJson<NodeHeartbeatRequest>,
+) -> Result<Json<NodeHeartbeatReply>, ApiError> {
     rm.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
     Ok(Json(rm.mutate(|cluster, now| cluster.node_heartbeat(request, now)).await?))
 }
 
-pub async fn register_am(State(rm): Rm, token: AmToken, ApiJson(request): ApiJson<RegisterAmRequest>) -> Result<Json<RegisterAmReply>, ApiError> {
+pub async fn register_am(
+    State(rm): Rm,
+    token: AmToken,
+    ApiJson(request): ApiJson<RegisterAmRequest>,
+) -> Result<Json<RegisterAmReply>, ApiError> {
     token.check(&rm, request.app_id, request.attempt)?;
     let reply = rm.mutate(|cluster, now| cluster.register_am(&request, now)).await??;
     tracing::info!(app = %request.app_id, attempt = request.attempt, "application master registered");
@@ -41,7 +53,11 @@ pub async fn allocate(State(rm): Rm, token: AmToken, ApiJson(request): ApiJson<A
     Ok(Json(rm.allocate(request).await?))
 }
 
-pub async fn finish_am(State(rm): Rm, token: AmToken, ApiJson(request): ApiJson<FinishAmRequest>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn finish_am(
+    State(rm): Rm,
+    token: AmToken,
+    ApiJson(request): ApiJson<FinishAmRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     token.check(&rm, request.app_id, request.attempt)?;
     rm.mutate(|cluster, now| cluster.finish_am(&request, now)).await??;
     tracing::info!(app = %request.app_id, status = ?request.final_status, "application finished");

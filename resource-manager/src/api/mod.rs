@@ -41,7 +41,10 @@ impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
         openapi.security = Some(vec![SecurityRequirement::new("token", Vec::<String>::new())]);
     }
 }
@@ -68,7 +71,9 @@ pub fn router(rm: Arc<ResourceManager>) -> Router {
         .route("/v1/internal/am/allocate", post(internal::allocate))
         .route("/v1/internal/am/finish", post(internal::finish_am))
         .fallback(|uri: axum::http::Uri| async move { ApiError::not_found(format!("no such endpoint: {}", uri.path())) })
-        .method_not_allowed_fallback(|| async { ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this path") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this path")
+        })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(rm)
 }
@@ -83,26 +88,66 @@ async fn metrics(State(rm): State<Arc<ResourceManager>>) -> impl IntoResponse {
             let _ = writeln!(out, "{name}{labels} {value}");
         }
     };
-    gauge("spindle_nodes", "Nodes by state.", report.nodes.iter().map(|(state, n)| (format!("{{state=\"{state}\"}}"), *n as f64)).collect());
-    gauge("spindle_apps", "Applications by state.", report.apps.iter().map(|(state, n)| (format!("{{state=\"{state}\"}}"), *n as f64)).collect());
-    gauge("spindle_containers_running", "Containers running.", vec![(String::new(), report.containers_running as f64)]);
+    gauge(
+        "spindle_nodes",
+        "Nodes by state.",
+        report
+            .nodes
+            .iter()
+            .map(|(state, n)| (format!("{{state=\"{state}\"}}"), *n as f64))
+            .collect(),
+    );
+    gauge(
+        "spindle_apps",
+        "Applications by state.",
+        report
+            .apps
+            .iter()
+            .map(|(state, n)| (format!("{{state=\"{state}\"}}"), *n as f64))
+            .collect(),
+    );
+    gauge(
+        "spindle_containers_running",
+        "Containers running.",
+        vec![(String::new(), report.containers_running as f64)],
+    );
     gauge(
         "spindle_capacity_vcores",
         "Virtual cores of active nodes.",
         vec![(String::new(), report.capacity.vcores as f64)],
     );
-    gauge("spindle_used_vcores", "Virtual cores granted.", vec![(String::new(), report.used.vcores as f64)]);
-    gauge("spindle_capacity_memory_mb", "Memory of active nodes.", vec![(String::new(), report.capacity.memory_mb as f64)]);
-    gauge("spindle_used_memory_mb", "Memory granted.", vec![(String::new(), report.used.memory_mb as f64)]);
+    gauge(
+        "spindle_used_vcores",
+        "Virtual cores granted.",
+        vec![(String::new(), report.used.vcores as f64)],
+    );
+    gauge(
+        "spindle_capacity_memory_mb",
+        "Memory of active nodes.",
+        vec![(String::new(), report.capacity.memory_mb as f64)],
+    );
+    gauge(
+        "spindle_used_memory_mb",
+        "Memory granted.",
+        vec![(String::new(), report.used.memory_mb as f64)],
+    );
     gauge("spindle_epoch", "RM restart epoch.", vec![(String::new(), report.epoch as f64)]);
     let counters = [
         ("spindle_store_commits_total", "Store transactions committed.", &rm.counters.commits),
         ("spindle_allocate_calls_total", "AM allocate calls.", &rm.counters.allocate_calls),
         ("spindle_heartbeats_total", "Agent heartbeats.", &rm.counters.heartbeats),
-        ("spindle_apps_submitted_total", "Applications submitted.", &rm.counters.apps_submitted),
+        (
+            "spindle_apps_submitted_total",
+            "Applications submitted.",
+            &rm.counters.apps_submitted,
+        ),
     ];
     for (name, help, counter) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", counter.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            counter.load(Ordering::Relaxed)
+        );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

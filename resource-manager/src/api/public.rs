@@ -46,21 +46,40 @@ pub async fn submit_app(State(rm): Rm, User(caller): User, ApiJson(spec): ApiJso
 #[utoipa::path(get, path = "/v1/apps", tag = "apps",
     params(("state" = Option<String>, Query), ("queue" = Option<String>, Query), ("user" = Option<String>, Query), ("limit" = Option<u32>, Query)),
     responses((status = 200, body = Vec<AppReport>), (status = 400, body = ErrorBody)))]
-pub async fn list_apps(State(rm): Rm, _user: User, Query(params): Query<HashMap<String, String>>) -> Result<Json<Vec<AppReport>>, ApiError> {
-    let mut query = AppQuery { limit: DEFAULT_APP_LIMIT, ..AppQuery::default() };
+pub async fn list_apps(
+    State(rm): Rm,
+    _user: User,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Vec<AppReport>>, ApiError> {
+    let mut query = AppQuery {
+        limit: DEFAULT_APP_LIMIT,
+        ..AppQuery::default()
+    };
     for (key, value) in params {
         match key.as_str() {
-            "state" => query.state = Some(value.parse::<AppState>().map_err(|err| ApiError::bad_request(format!("state: {err}")))?),
+            "state" => {
+                query.state = Some(
+                    value
+                        .parse::<AppState>()
+                        .map_err(|err| ApiError::bad_request(format!("state: {err}")))?,
+                )
+            }
             "queue" => query.queue = Some(value),
             "user" => query.user = Some(value),
             "limit" => {
-                let limit: usize = value.parse().map_err(|_| ApiError::bad_request(format!("limit: `{value}` is not a number")))?;
+                let limit: usize = value
+                    .parse()
+                    .map_err(|_| ApiError::bad_request(format!("limit: `{value}` is not a number")))?;
                 if limit == 0 || limit > MAX_APP_LIMIT {
                     return Err(ApiError::bad_request(format!("limit: must be 1 to {MAX_APP_LIMIT}")));
                 }
                 query.limit = limit;
             }
-            other => return Err(ApiError::bad_request(format!("unknown query parameter `{other}`: use state, queue, user or limit"))),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter `{other}`: use state, queue, user or limit"
+                )));
+            }
         }
     }
     Ok(Json(rm.read(|cluster| cluster.app_reports(&query)).await))
@@ -71,7 +90,10 @@ pub async fn list_apps(State(rm): Rm, _user: User, Query(params): Query<HashMap<
     responses((status = 200, body = AppReport), (status = 404, body = ErrorBody)))]
 pub async fn get_app(State(rm): Rm, _user: User, Path(app_id): Path<String>) -> Result<Json<AppReport>, ApiError> {
     let app_id = parse_app_id(&app_id)?;
-    rm.read(|cluster| cluster.app_report(app_id)).await.map(Json).ok_or_else(|| ApiError::not_found(format!("application {app_id} not found")))
+    rm.read(|cluster| cluster.app_report(app_id))
+        .await
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("application {app_id} not found")))
 }
 
 /// Kill an app (its owner or an admin).
@@ -86,7 +108,9 @@ pub async fn kill_app(State(rm): Rm, User(caller): User, Path(app_id): Path<Stri
         })
         .await??;
     tracing::info!(app = %app_id, user = %caller.user, "application killed");
-    report.map(Json).ok_or_else(|| ApiError::not_found(format!("application {app_id} not found")))
+    report
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("application {app_id} not found")))
 }
 
 /// An app's containers, live and finished.
@@ -111,7 +135,10 @@ pub async fn list_nodes(State(rm): Rm, _user: User) -> Json<Vec<NodeReport>> {
     responses((status = 200, body = NodeReport), (status = 404, body = ErrorBody)))]
 pub async fn get_node(State(rm): Rm, _user: User, Path(node_id): Path<String>) -> Result<Json<NodeReport>, ApiError> {
     let node_id = NodeId(node_id);
-    rm.read(|cluster| cluster.node_report(&node_id)).await.map(Json).ok_or_else(|| ApiError::not_found(format!("node {node_id} not found")))
+    rm.read(|cluster| cluster.node_report(&node_id))
+        .await
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("node {node_id} not found")))
 }
 
 /// Drain a node, then remove it (admins only).
@@ -125,7 +152,10 @@ pub async fn decommission_node(
     ApiJson(request): ApiJson<DecommissionRequest>,
 ) -> Result<Json<NodeReport>, ApiError> {
     if !caller.admin {
-        return Err(ApiError::forbidden(format!("user {} may not decommission nodes: only admins may", caller.user)));
+        return Err(ApiError::forbidden(format!(
+            "user {} may not decommission nodes: only admins may",
+            caller.user
+        )));
     }
     let node_id = NodeId(node_id);
     let report = rm
@@ -135,7 +165,9 @@ pub async fn decommission_node(
         })
         .await??;
     tracing::info!(node = %node_id, timeout_s = request.timeout_s, force = request.force, "node decommissioning");
-    report.map(Json).ok_or_else(|| ApiError::not_found(format!("node {node_id} not found")))
+    report
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("node {node_id} not found")))
 }
 
 /// Cluster totals.
@@ -161,22 +193,37 @@ pub async fn queues(State(rm): Rm, _user: User) -> Json<serde_json::Value> {
 #[utoipa::path(get, path = "/v1/containers/{container_id}/logs/{stream}", tag = "apps",
     params(("container_id" = String, Path), ("stream" = String, Path, description = "stdout or stderr")),
     responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
-pub async fn container_logs(State(rm): Rm, User(caller): User, Path((container_id, stream)): Path<(String, String)>) -> Result<Response, ApiError> {
+pub async fn container_logs(
+    State(rm): Rm,
+    User(caller): User,
+    Path((container_id, stream)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     let container_id = parse_container_id(&container_id)?;
     if stream != "stdout" && stream != "stderr" {
-        return Err(ApiError::bad_request(format!("stream: `{stream}` is not a log: use stdout or stderr")));
+        return Err(ApiError::bad_request(format!(
+            "stream: `{stream}` is not a log: use stdout or stderr"
+        )));
     }
     let location = rm
         .read(|cluster| cluster.container_location(container_id))
         .await
         .ok_or_else(|| ApiError::not_found(format!("container {container_id} not found")))?;
     if !caller.admin && location.owner != caller.user {
-        return Err(ApiError::forbidden(format!("container {container_id} belongs to {}; only its owner or an admin may read its logs", location.owner)));
+        return Err(ApiError::forbidden(format!(
+            "container {container_id} belongs to {}; only its owner or an admin may read its logs",
+            location.owner
+        )));
     }
     let agent = AgentClient::new(&location.node_address, Some(rm.secret.agent_token()));
     match agent.logs(container_id, &stream).await {
         Ok(text) => Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()),
-        Err(err) if err.is_not_found() => Err(ApiError::not_found(format!("node {} has no logs for {container_id}", location.node_address))),
-        Err(err) => Err(ApiError::new(StatusCode::BAD_GATEWAY, format!("cannot fetch logs from node {}: {err}", location.node_address))),
+        Err(err) if err.is_not_found() => Err(ApiError::not_found(format!(
+            "node {} has no logs for {container_id}",
+            location.node_address
+        ))),
+        Err(err) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("cannot fetch logs from node {}: {err}", location.node_address),
+        )),
     }
 }

@@ -45,7 +45,10 @@ impl Cluster {
         if let Some(shell) = &spec.shell {
             self.check_fits_some_node("shell", shell.resources())?;
         }
-        let app_id = AppId { cluster_ts: self.started_at_ms, seq: self.next_app_seq };
+        let app_id = AppId {
+            cluster_ts: self.started_at_ms,
+            seq: self.next_app_seq,
+        };
         self.next_app_seq += 1;
         let mut record = AppRecord {
             app_id,
@@ -85,17 +88,31 @@ impl Cluster {
     /// Refuses a container size (of spec section `field`) that no node could hold even empty.
     /// With no nodes yet the job waits for one, as YARN does.
     fn check_fits_some_node(&self, field: &str, ask: Resources) -> Result<(), AppError> {
-        let mut capacities = self.nodes.values().filter(|node| node.record.state.is_active()).map(|node| node.record.capacity).peekable();
+        let mut capacities = self
+            .nodes
+            .values()
+            .filter(|node| node.record.state.is_active())
+            .map(|node| node.record.capacity)
+            .peekable();
         if capacities.peek().is_none() || capacities.any(|capacity| capacity.fits(&ask)) {
             return Ok(());
         }
         let largest = self.max_container();
         let (field, reason) = if ask.vcores > largest.vcores {
-            (format!("{field}.vcores"), format!("{} is more than any node has (largest: {})", ask.vcores, largest.vcores))
+            (
+                format!("{field}.vcores"),
+                format!("{} is more than any node has (largest: {})", ask.vcores, largest.vcores),
+            )
         } else if ask.memory_mb > largest.memory_mb {
-            (format!("{field}.memory_mb"), format!("{} is more than any node has (largest: {})", ask.memory_mb, largest.memory_mb))
+            (
+                format!("{field}.memory_mb"),
+                format!("{} is more than any node has (largest: {})", ask.memory_mb, largest.memory_mb),
+            )
         } else {
-            (field.to_owned(), format!("no node has room for a container of {ask}: some have the vcores, others the memory"))
+            (
+                field.to_owned(),
+                format!("no node has room for a container of {ask}: some have the vcores, others the memory"),
+            )
         };
         Err(AppError::InvalidSpec(SpecError { field, reason }))
     }
@@ -110,9 +127,19 @@ impl Cluster {
             )));
         }
         if app.record.state.is_terminal() {
-            return Err(AppError::Conflict(format!("{app_id} already ended as {}", app.record.state.as_str())));
+            return Err(AppError::Conflict(format!(
+                "{app_id} already ended as {}",
+                app.record.state.as_str()
+            )));
         }
-        self.end_app(app_id, AppState::Killed, FinalStatus::Killed, format!("killed by user {}", caller.user), None, now_ms);
+        self.end_app(
+            app_id,
+            AppState::Killed,
+            FinalStatus::Killed,
+            format!("killed by user {}", caller.user),
+            None,
+            now_ms,
+        );
         Ok(())
     }
 
@@ -145,7 +172,11 @@ impl Cluster {
         let live: Vec<ContainerId> = app.live.iter().copied().filter(|id| Some(*id) != keep).collect();
         self.mark_app(app_id);
         self.outbox.wake.insert(app_id);
-        let reason = if state == AppState::Killed { "application killed" } else { "application ended" };
+        let reason = if state == AppState::Killed {
+            "application killed"
+        } else {
+            "application ended"
+        };
         for container_id in live {
             self.kill_container(container_id, ExitReason::KilledByRm, reason.to_owned(), now_ms);
         }
@@ -190,7 +221,10 @@ impl Cluster {
             (JobKind::Custom, Some(custom)) => (custom.command.clone(), custom.env.clone()),
             _ => (vec!["spindle".to_owned(), "app-master".to_owned()], Default::default()),
         };
-        launch_env.insert(env::AM_TOKEN.to_owned(), self.settings.secret.am_token(app_id, container_id.attempt));
+        launch_env.insert(
+            env::AM_TOKEN.to_owned(),
+            self.settings.secret.am_token(app_id, container_id.attempt),
+        );
         launch_env.insert(env::JOB_SPEC.to_owned(), serde_json::to_string(spec).expect("job specs serialize"));
         let token = self.settings.secret.sign_container(
             container_id,
@@ -198,7 +232,13 @@ impl Cluster {
             container.record.resources,
             container.record.launch_deadline_ms,
         );
-        Some(AmLaunch { node_address, request: LaunchRequest { token, launch: LaunchSpec { command, env: launch_env } } })
+        Some(AmLaunch {
+            node_address,
+            request: LaunchRequest {
+                token,
+                launch: LaunchSpec { command, env: launch_env },
+            },
+        })
     }
 
     /// The AM has started: the app is RUNNING.
@@ -217,7 +257,11 @@ impl Cluster {
             self.dirty.apps.insert(request.app_id);
         }
         let live_containers = app.live.iter().copied().filter(|id| id.attempt == request.attempt).collect();
-        Ok(RegisterAmReply { queue: app.record.spec.queue.clone(), max_container, live_containers })
+        Ok(RegisterAmReply {
+            queue: app.record.spec.queue.clone(),
+            max_container,
+            live_containers,
+        })
     }
 
     /// Refuses calls from an AM attempt that is not the app's current one.
@@ -225,8 +269,13 @@ impl Cluster {
         let app = self.apps.get(&app_id).ok_or(AppError::NotFound(app_id))?;
         match self.current_attempt(app_id) {
             Some(current) if current == attempt => Ok(()),
-            Some(current) => Err(AppError::Conflict(format!("attempt {attempt} of {app_id} is not current (current: {current})"))),
-            None => Err(AppError::Conflict(format!("{app_id} already ended as {}", app.record.state.as_str()))),
+            Some(current) => Err(AppError::Conflict(format!(
+                "attempt {attempt} of {app_id} is not current (current: {current})"
+            ))),
+            None => Err(AppError::Conflict(format!(
+                "{app_id} already ended as {}",
+                app.record.state.as_str()
+            ))),
         }
     }
 
@@ -239,13 +288,25 @@ impl Cluster {
         }
         for release in &request.releases {
             if release.app != request.app_id {
-                return Err(AppError::Forbidden(format!("container {release} does not belong to {}", request.app_id)));
+                return Err(AppError::Forbidden(format!(
+                    "container {release} does not belong to {}",
+                    request.app_id
+                )));
             }
-            self.kill_container(*release, ExitReason::KilledByApp, "released by the application master".to_owned(), now_ms);
+            self.kill_container(
+                *release,
+                ExitReason::KilledByApp,
+                "released by the application master".to_owned(),
+                now_ms,
+            );
         }
         let app = self.apps.get_mut(&request.app_id).expect("checked above");
         // NaN would not survive a JSON round trip through the store.
-        let progress = if request.progress.is_finite() { request.progress.clamp(0.0, 1.0) } else { 0.0 };
+        let progress = if request.progress.is_finite() {
+            request.progress.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         if progress != app.record.progress {
             // Users see it in app reports, so it is committed like any other change.
             app.record.progress = progress;
@@ -255,8 +316,13 @@ impl Cluster {
         // already on their way to it, so they are subtracted here.
         let mut asks = request.asks.clone();
         for container_id in &app.undelivered {
-            let Some(container) = self.containers.get(container_id) else { continue };
-            if let Some(ask) = asks.iter_mut().find(|ask| ask.resources == container.record.resources && ask.count > 0) {
+            let Some(container) = self.containers.get(container_id) else {
+                continue;
+            };
+            if let Some(ask) = asks
+                .iter_mut()
+                .find(|ask| ask.resources == container.record.resources && ask.count > 0)
+            {
                 ask.count -= 1;
             }
         }
@@ -271,7 +337,10 @@ impl Cluster {
     pub fn collect_news(&mut self, app_id: AppId, attempt: u32) -> Option<AllocateReply> {
         let app = self.apps.get(&app_id)?;
         if self.current_attempt(app_id) != Some(attempt) {
-            return Some(AllocateReply { shutdown: true, ..AllocateReply::default() });
+            return Some(AllocateReply {
+                shutdown: true,
+                ..AllocateReply::default()
+            });
         }
         if app.undelivered.is_empty() && app.completions.is_empty() {
             return None;
@@ -281,7 +350,9 @@ impl Cluster {
         let completed = std::mem::take(&mut app.completions);
         let mut allocated = Vec::with_capacity(granted.len());
         for container_id in granted {
-            let Some(container) = self.containers.get_mut(&container_id) else { continue };
+            let Some(container) = self.containers.get_mut(&container_id) else {
+                continue;
+            };
             if container.record.state != ContainerState::Allocated {
                 continue;
             }
@@ -292,17 +363,31 @@ impl Cluster {
                 node_id: record.node_id.clone(),
                 node_address: record.node_address.clone(),
                 resources: record.resources,
-                token: self.settings.secret.sign_container(container_id, record.node_id.clone(), record.resources, record.launch_deadline_ms),
+                token: self.settings.secret.sign_container(
+                    container_id,
+                    record.node_id.clone(),
+                    record.resources,
+                    record.launch_deadline_ms,
+                ),
             });
             self.dirty.containers.insert(container_id);
         }
         let headroom = self.headroom();
-        Some(AllocateReply { allocated, completed, preempt: Vec::new(), headroom, shutdown: false })
+        Some(AllocateReply {
+            allocated,
+            completed,
+            preempt: Vec::new(),
+            headroom,
+            shutdown: false,
+        })
     }
 
     /// The answer to an allocate call that waited and heard nothing.
     pub fn idle_reply(&self) -> AllocateReply {
-        AllocateReply { headroom: self.headroom(), ..AllocateReply::default() }
+        AllocateReply {
+            headroom: self.headroom(),
+            ..AllocateReply::default()
+        }
     }
 
     /// What is free on schedulable nodes now.
@@ -310,7 +395,9 @@ impl Cluster {
         self.nodes
             .values()
             .filter(|node| node.record.state.is_schedulable())
-            .fold(Resources::ZERO, |total, node| total + node.record.capacity.saturating_sub(&node.used))
+            .fold(Resources::ZERO, |total, node| {
+                total + node.record.capacity.saturating_sub(&node.used)
+            })
     }
 
     /// The AM reports the end of the app.
@@ -329,8 +416,19 @@ impl Cluster {
         } else {
             state
         };
-        let am_container = self.apps[&request.app_id].record.attempts.last().and_then(|attempt| attempt.am_container);
-        self.end_app(request.app_id, state, final_status, request.diagnostics.clone(), am_container, now_ms);
+        let am_container = self.apps[&request.app_id]
+            .record
+            .attempts
+            .last()
+            .and_then(|attempt| attempt.am_container);
+        self.end_app(
+            request.app_id,
+            state,
+            final_status,
+            request.diagnostics.clone(),
+            am_container,
+            now_ms,
+        );
         Ok(())
     }
 
@@ -343,7 +441,10 @@ impl Cluster {
             return;
         }
         let reason = status.exit_reason.unwrap_or(ExitReason::Failed);
-        let counts = !matches!(reason, ExitReason::NodeLost | ExitReason::Preempted | ExitReason::Expired | ExitReason::KilledByRm);
+        let counts = !matches!(
+            reason,
+            ExitReason::NodeLost | ExitReason::Preempted | ExitReason::Expired | ExitReason::KilledByRm
+        );
         let code = status.exit_code.map(|code| format!(" with code {code}")).unwrap_or_default();
         let diagnostics = format!(
             "AM container {} exited{code} ({reason:?}) before the application finished: {}",
@@ -366,7 +467,12 @@ impl Cluster {
         // As YARN does by default, a new attempt starts clean: the old attempt's containers go.
         let leftovers: Vec<ContainerId> = self.apps[&app_id].live.iter().copied().collect();
         for container_id in leftovers {
-            self.kill_container(container_id, ExitReason::KilledByRm, "its application master attempt failed".to_owned(), now_ms);
+            self.kill_container(
+                container_id,
+                ExitReason::KilledByRm,
+                "its application master attempt failed".to_owned(),
+                now_ms,
+            );
         }
         let app = self.apps.get_mut(&app_id).expect("checked above");
         app.record.state = AppState::Accepted;

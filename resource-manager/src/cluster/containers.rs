@@ -23,7 +23,13 @@ impl Cluster {
             let app = &self.apps[app_id];
             let Some(attempt) = app.record.attempts.last() else { continue };
             if attempt.am_container.is_none() {
-                pending.push(PendingAsk { app_id: *app_id, ask_index: None, resources: app.record.spec.am, count: 1, preferred_nodes: vec![] });
+                pending.push(PendingAsk {
+                    app_id: *app_id,
+                    ask_index: None,
+                    resources: app.record.spec.am,
+                    count: 1,
+                    preferred_nodes: vec![],
+                });
             } else if attempt.registered {
                 // Lower priority numbers first among one app's asks; the sort keeps the AM's order otherwise.
                 let mut asks: Vec<_> = app.asks.iter().enumerate().filter(|(_, ask)| ask.count > 0).collect();
@@ -44,7 +50,10 @@ impl Cluster {
             .nodes
             .values()
             .filter(|node| node.record.state.is_schedulable() && node.registered)
-            .map(|node| NodeHeadroom { node_id: node.record.node_id.clone(), available: node.record.capacity.saturating_sub(&node.used) })
+            .map(|node| NodeHeadroom {
+                node_id: node.record.node_id.clone(),
+                available: node.record.capacity.saturating_sub(&node.used),
+            })
             .collect();
         for placement in self.scheduler.place(&pending, &nodes) {
             let ask = &pending[placement.ask];
@@ -59,7 +68,12 @@ impl Cluster {
         let Some(app) = self.apps.get_mut(&app_id) else { return };
         let Some(node) = self.nodes.get_mut(node_id) else { return };
         let attempt = app.record.attempts.last().expect("scheduled apps have an attempt").attempt;
-        let container_id = ContainerId { app: app_id, attempt, epoch, seq: app.next_container_seq };
+        let container_id = ContainerId {
+            app: app_id,
+            attempt,
+            epoch,
+            seq: app.next_container_seq,
+        };
         app.next_container_seq += 1;
         let resources = match ask_index {
             None => app.record.spec.am,
@@ -84,7 +98,10 @@ impl Cluster {
             started_at_ms: None,
             finished_at_ms: None,
         };
-        debug_assert!(node.record.capacity.saturating_sub(&node.used).fits(&resources), "scheduler over-committed {node_id}");
+        debug_assert!(
+            node.record.capacity.saturating_sub(&node.used).fits(&resources),
+            "scheduler over-committed {node_id}"
+        );
         node.used += resources;
         node.live.insert(container_id);
         app.live.insert(container_id);
@@ -113,7 +130,9 @@ impl Cluster {
 
     /// A container's agent says it runs.
     pub(super) fn container_running(&mut self, container_id: ContainerId, started_at_ms: Option<u64>, now_ms: u64) {
-        let Some(container) = self.containers.get_mut(&container_id) else { return };
+        let Some(container) = self.containers.get_mut(&container_id) else {
+            return;
+        };
         if !container.record.state.can_become(ContainerState::Running) {
             return;
         }
@@ -126,7 +145,9 @@ impl Cluster {
     /// agent's report of an unknown-to-be-live container gets it killed); a running one is
     /// killed by its agent, and completes when the agent reports it.
     pub(super) fn kill_container(&mut self, container_id: ContainerId, reason: ExitReason, diagnostics: String, now_ms: u64) {
-        let Some(container) = self.containers.get_mut(&container_id) else { return };
+        let Some(container) = self.containers.get_mut(&container_id) else {
+            return;
+        };
         if !container.record.state.is_live() {
             return;
         }
@@ -145,7 +166,9 @@ impl Cluster {
     /// ones). Frees its resources and tells its AM.
     pub(super) fn complete_container(&mut self, mut status: ContainerStatus, now_ms: u64) {
         let container_id = status.container_id;
-        let Some(container) = self.containers.get_mut(&container_id) else { return };
+        let Some(container) = self.containers.get_mut(&container_id) else {
+            return;
+        };
         if !container.record.state.is_live() {
             return;
         }
@@ -208,7 +231,12 @@ impl Cluster {
             .collect();
         for container_id in expired {
             let after = self.settings.container_launch_expiry_ms / 1000;
-            self.kill_container(container_id, ExitReason::Expired, format!("not launched within {after} s of its grant"), now_ms);
+            self.kill_container(
+                container_id,
+                ExitReason::Expired,
+                format!("not launched within {after} s of its grant"),
+                now_ms,
+            );
         }
     }
 }

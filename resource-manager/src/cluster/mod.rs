@@ -8,7 +8,8 @@ mod containers;
 mod nodes;
 mod recovery;
 mod reports;
-#[cfg(test)] mod tests;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -139,9 +140,24 @@ impl Cluster {
     pub fn take_writes(&mut self) -> WriteBatch {
         let dirty = std::mem::take(&mut self.dirty);
         WriteBatch {
-            apps: dirty.apps.iter().filter_map(|id| self.apps.get(id)).map(|app| app.record.clone()).collect(),
-            containers: dirty.containers.iter().filter_map(|id| self.containers.get(id)).map(|c| c.record.clone()).collect(),
-            nodes: dirty.nodes.iter().filter_map(|id| self.nodes.get(id)).map(|node| node.record.clone()).collect(),
+            apps: dirty
+                .apps
+                .iter()
+                .filter_map(|id| self.apps.get(id))
+                .map(|app| app.record.clone())
+                .collect(),
+            containers: dirty
+                .containers
+                .iter()
+                .filter_map(|id| self.containers.get(id))
+                .map(|c| c.record.clone())
+                .collect(),
+            nodes: dirty
+                .nodes
+                .iter()
+                .filter_map(|id| self.nodes.get(id))
+                .map(|node| node.record.clone())
+                .collect(),
         }
     }
 

@@ -27,7 +27,10 @@ impl Cluster {
     /// An agent joins (or re-joins after an RM restart or after being LOST).
     pub fn register_node(&mut self, request: RegisterNodeRequest, now_ms: u64) -> Result<RegisterNodeReply, NodeError> {
         if request.capacity.vcores == 0 || request.capacity.memory_mb == 0 {
-            return Err(NodeError::Invalid { field: "capacity", reason: format!("{} has a zero resource", request.capacity) });
+            return Err(NodeError::Invalid {
+                field: "capacity",
+                reason: format!("{} has a zero resource", request.capacity),
+            });
         }
         let node_id = request.node_id.clone();
         let node = self.nodes.entry(node_id.clone()).or_insert_with(|| Node {
@@ -75,19 +78,42 @@ impl Cluster {
             self.complete_container(synthetic_status(container_id, ExitReason::NodeLost, diagnostics, now_ms), now_ms);
         }
         self.schedule(now_ms);
-        Ok(RegisterNodeReply { epoch: self.epoch, heartbeat_interval_ms: self.settings.heartbeat_interval_ms, kill, acked })
+        Ok(RegisterNodeReply {
+            epoch: self.epoch,
+            heartbeat_interval_ms: self.settings.heartbeat_interval_ms,
+            kill,
+            acked,
+        })
     }
 
     /// A periodic (or immediate) heartbeat: usage, health and container statuses.
     pub fn node_heartbeat(&mut self, request: NodeHeartbeatRequest, now_ms: u64) -> NodeHeartbeatReply {
         let node_id = request.node_id.clone();
         let Some(node) = self.nodes.get_mut(&node_id) else {
-            return NodeHeartbeatReply { resync: true, ..NodeHeartbeatReply::default() };
+            return NodeHeartbeatReply {
+                resync: true,
+                ..NodeHeartbeatReply::default()
+            };
         };
         match node.record.state {
-            NodeState::Decommissioned => return NodeHeartbeatReply { shutdown: true, ..NodeHeartbeatReply::default() },
-            NodeState::Lost => return NodeHeartbeatReply { resync: true, ..NodeHeartbeatReply::default() },
-            _ if !node.registered => return NodeHeartbeatReply { resync: true, ..NodeHeartbeatReply::default() },
+            NodeState::Decommissioned => {
+                return NodeHeartbeatReply {
+                    shutdown: true,
+                    ..NodeHeartbeatReply::default()
+                };
+            }
+            NodeState::Lost => {
+                return NodeHeartbeatReply {
+                    resync: true,
+                    ..NodeHeartbeatReply::default()
+                };
+            }
+            _ if !node.registered => {
+                return NodeHeartbeatReply {
+                    resync: true,
+                    ..NodeHeartbeatReply::default()
+                };
+            }
             _ => {}
         }
         node.last_heartbeat_ms = now_ms;
@@ -116,12 +142,21 @@ impl Cluster {
     }
 
     /// Applies what an agent says of its containers. Returns (to kill, completed to ack).
-    fn apply_container_statuses(&mut self, node_id: &NodeId, statuses: Vec<ContainerStatus>, now_ms: u64) -> (Vec<ContainerId>, Vec<ContainerId>) {
+    fn apply_container_statuses(
+        &mut self,
+        node_id: &NodeId,
+        statuses: Vec<ContainerStatus>,
+        now_ms: u64,
+    ) -> (Vec<ContainerId>, Vec<ContainerId>) {
         let mut kill = Vec::new();
         let mut acked = Vec::new();
         for status in statuses {
             let container_id = status.container_id;
-            let known_here = self.containers.get(&container_id).filter(|c| &c.record.node_id == node_id).map(|c| c.record.state);
+            let known_here = self
+                .containers
+                .get(&container_id)
+                .filter(|c| &c.record.node_id == node_id)
+                .map(|c| c.record.state);
             match (status.state, known_here) {
                 (ContainerState::Complete, Some(state)) if state.is_live() => {
                     self.complete_container(status, now_ms);
@@ -182,7 +217,10 @@ impl Cluster {
             });
         }
         if timeout_s > 7 * 24 * 3600 {
-            return Err(NodeError::Invalid { field: "timeout_s", reason: format!("{timeout_s} is more than a week") });
+            return Err(NodeError::Invalid {
+                field: "timeout_s",
+                reason: format!("{timeout_s} is more than a week"),
+            });
         }
         node.record.state = NodeState::Decommissioning;
         let deadline = if force { now_ms } else { now_ms.saturating_add(timeout_s * 1000) };
@@ -206,7 +244,12 @@ impl Cluster {
             if node.record.decommission_deadline_ms.is_some_and(|deadline| deadline <= now_ms) {
                 let overdue: Vec<ContainerId> = node.live.iter().filter(|id| !node.pending_kills.contains(id)).copied().collect();
                 for container_id in overdue {
-                    self.kill_container(container_id, ExitReason::KilledByRm, format!("node {node_id} was decommissioned"), now_ms);
+                    self.kill_container(
+                        container_id,
+                        ExitReason::KilledByRm,
+                        format!("node {node_id} was decommissioned"),
+                        now_ms,
+                    );
                 }
             }
             let node = self.nodes.get_mut(&node_id).expect("listed above");

@@ -47,7 +47,9 @@ impl Cluster {
         }
         for record in snapshot.containers {
             let container_id = record.container_id;
-            let Some(app) = cluster.apps.get_mut(&container_id.app) else { continue };
+            let Some(app) = cluster.apps.get_mut(&container_id.app) else {
+                continue;
+            };
             let current_attempt = app.record.attempts.last().map(|attempt| attempt.attempt);
             let of_current_attempt = current_attempt == Some(container_id.attempt) && !app.record.state.is_terminal();
             if record.state.is_live() {
@@ -93,7 +95,12 @@ impl Cluster {
             .collect();
         must_stop.sort();
         for container_id in must_stop {
-            cluster.kill_container(container_id, ExitReason::KilledByRm, "its application or attempt ended".to_owned(), now_ms);
+            cluster.kill_container(
+                container_id,
+                ExitReason::KilledByRm,
+                "its application or attempt ended".to_owned(),
+                now_ms,
+            );
         }
         // An AM container granted but maybe never launched before the crash: launch it again.
         // An agent that already runs it refuses the duplicate, which is harmless.
@@ -102,7 +109,12 @@ impl Cluster {
             .values()
             .filter(|app| !app.record.state.is_terminal())
             .filter_map(|app| app.record.attempts.last().and_then(|attempt| attempt.am_container))
-            .filter(|id| cluster.containers.get(id).is_some_and(|c| c.record.state == ContainerState::Allocated))
+            .filter(|id| {
+                cluster
+                    .containers
+                    .get(id)
+                    .is_some_and(|c| c.record.state == ContainerState::Allocated)
+            })
             .collect();
         for container_id in relaunch {
             let address = cluster.containers[&container_id].record.node_address.clone();

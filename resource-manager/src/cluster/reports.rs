@@ -45,8 +45,12 @@ impl Cluster {
 
     pub fn container_reports(&self, app_id: AppId) -> Option<Vec<ContainerReport>> {
         self.apps.get(&app_id)?;
-        let mut reports: Vec<ContainerReport> =
-            self.containers.values().filter(|c| c.record.container_id.app == app_id).map(container_report).collect();
+        let mut reports: Vec<ContainerReport> = self
+            .containers
+            .values()
+            .filter(|c| c.record.container_id.app == app_id)
+            .map(container_report)
+            .collect();
         reports.sort_by_key(|report| report.container_id);
         Some(reports)
     }
@@ -54,7 +58,10 @@ impl Cluster {
     pub fn container_location(&self, container_id: ContainerId) -> Option<ContainerLocation> {
         let container = self.containers.get(&container_id)?;
         let owner = self.apps.get(&container_id.app)?.record.user.clone();
-        Some(ContainerLocation { owner, node_address: container.record.node_address.clone() })
+        Some(ContainerLocation {
+            owner,
+            node_address: container.record.node_address.clone(),
+        })
     }
 
     pub fn node_reports(&self) -> Vec<NodeReport> {
@@ -80,7 +87,11 @@ impl Cluster {
         for app in self.apps.values() {
             *apps.entry(app.record.state.as_str().to_owned()).or_insert(0) += 1;
         }
-        let containers_running = self.containers.values().filter(|c| c.record.state == ContainerState::Running).count() as u32;
+        let containers_running = self
+            .containers
+            .values()
+            .filter(|c| c.record.state == ContainerState::Running)
+            .count() as u32;
         ClusterReport {
             epoch: self.epoch,
             started_at_ms: self.started_at_ms,
@@ -96,7 +107,10 @@ impl Cluster {
 }
 
 fn state_name(state: NodeState) -> String {
-    serde_json::to_value(state).ok().and_then(|value| value.as_str().map(str::to_owned)).unwrap_or_default()
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn app_report(app: &App, containers: &std::collections::HashMap<ContainerId, Container>) -> AppReport {

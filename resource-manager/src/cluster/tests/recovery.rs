@@ -1,7 +1,7 @@
 //! Recovery after an RM restart.
 
-use super::*;
 use super::nodes::job_with_tasks_on_n2;
+use super::*;
 
 #[test]
 fn a_restarted_rm_recovers_the_cluster_and_running_work_carries_on() {
