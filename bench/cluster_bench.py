@@ -126,11 +126,13 @@ def main():
     parser.add_argument("--containers", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--dir", default=None,
+                        help="where the cluster's data dir goes (default: the system temp dir); e.g. /dev/shm for tmpfs")
     args = parser.parse_args()
     spindle = shutil.which(args.spindle) or os.path.abspath(args.spindle)
     results = {"latency_p50_ms": [], "latency_p99_ms": [], "containers_per_sec": [], "containers_per_sec_submit_to_finish": []}
     for run in range(args.runs):
-        data_dir = tempfile.mkdtemp(prefix="spindle-bench-")
+        data_dir = tempfile.mkdtemp(prefix="spindle-bench-", dir=args.dir)
         proc, rm = start_cluster(spindle, data_dir, vcores=64, memory_mb=65536)
         try:
             latencies = latency_run(rm, args.jobs)

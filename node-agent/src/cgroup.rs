@@ -7,6 +7,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Name of the directory, under the memory hierarchy's root, that holds the containers' cgroups.
@@ -16,6 +17,11 @@ const SPINDLE_CGROUP: &str = "spindle";
 /// stopped while their containers ran: they are removed. Younger ones may belong to another
 /// agent on this host that is just starting a container.
 const STALE_CGROUP_AGE: Duration = Duration::from_secs(60);
+
+/// Emptied container cgroups kept for reuse. Creating and removing a memory cgroup costs more
+/// than starting a short container's process (the kernel's cgroup mutex, per-cgroup files),
+/// so an agent keeps up to this many idle ones and gives them to the next containers.
+const IDLE_CGROUP_LIMIT: usize = 256;
 
 /// How long removal waits for the kernel to let go of an emptied cgroup.
 const REMOVE_ATTEMPTS: u32 = 40;
@@ -51,6 +57,8 @@ pub(crate) struct CgroupRoot {
     /// `<memory root>/spindle`: parent of every container cgroup of every agent on this host.
     base: PathBuf,
     join_method: JoinMethod,
+    /// Emptied cgroups of this agent's finished containers, ready for new ones.
+    idle: Arc<Mutex<Vec<PathBuf>>>,
 }
 
 /// One container's cgroup.
@@ -62,6 +70,12 @@ pub(crate) struct ContainerCgroup {
     join_method: JoinMethod,
     /// `<dir>/cgroup.procs`, prepared before fork: the child may not allocate.
     procs_path: CString,
+    /// The cgroup's OOM-kill and limit-hit counters when this container got it: a reused
+    /// cgroup keeps the counts of its earlier containers.
+    oom_kills_before: u64,
+    failcnt_before: u64,
+    /// Where the cgroup goes back when the container ends.
+    idle: Arc<Mutex<Vec<PathBuf>>>,
 }
 
 impl CgroupRoot {
@@ -97,8 +111,27 @@ impl CgroupRoot {
         self.join_method
     }
 
-    /// Creates the cgroup `name` with a hard memory limit of `limit_bytes`.
+    /// Removes the idle cgroups kept for reuse (when the agent stops).
+    pub(crate) fn remove_idle(&self) {
+        let idle = std::mem::take(&mut *self.idle.lock().expect("idle cgroup list is never poisoned"));
+        for dir in idle {
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+
+    /// A cgroup with a hard memory limit of `limit_bytes`: an idle one of this agent if there
+    /// is one, else a new one named `name`.
     pub(crate) fn create(&self, name: &str, limit_bytes: u64) -> io::Result<ContainerCgroup> {
+        let reusable = self.idle.lock().expect("idle cgroup list is never poisoned").pop();
+        if let Some(dir) = reusable {
+            match self.configure(dir.clone(), limit_bytes) {
+                Ok(cgroup) => return Ok(cgroup),
+                // Removed meanwhile (another agent's clean-up), or its limit cannot be set.
+                Err(_) => {
+                    let _ = std::fs::remove_dir(&dir);
+                }
+            }
+        }
         let dir = self.base.join(name);
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
@@ -106,15 +139,24 @@ impl CgroupRoot {
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
             Err(err) => return Err(err),
         }
+        self.configure(dir.clone(), limit_bytes).inspect_err(|_| {
+            let _ = std::fs::remove_dir(&dir);
+        })
+    }
+
+    /// Sets the limits of an existing, empty cgroup and notes its counters.
+    fn configure(&self, dir: PathBuf, limit_bytes: u64) -> io::Result<ContainerCgroup> {
         let limit = limit_bytes.to_string();
         let limited = match self.version {
-            CgroupVersion::V1 => write_file(&dir.join("memory.limit_in_bytes"), &limit),
+            CgroupVersion::V1 => write_file(&dir.join("memory.limit_in_bytes"), &limit).or_else(|_| {
+                // v1 refuses a memory limit above the memory+swap limit a reused cgroup still
+                // has: raise that one first.
+                let _ = write_file(&dir.join("memory.memsw.limit_in_bytes"), &limit);
+                write_file(&dir.join("memory.limit_in_bytes"), &limit)
+            }),
             CgroupVersion::V2 => write_file(&dir.join("memory.max"), &limit),
         };
-        if let Err(err) = limited {
-            let _ = std::fs::remove_dir(&dir);
-            return Err(err);
-        }
+        limited?;
         // Best effort: without swap accounting a container could hide overuse in swap, and
         // without oom.group a v2 OOM kill could leave half a process tree behind.
         match self.version {
@@ -129,13 +171,40 @@ impl CgroupRoot {
         }
         let procs_path = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
             .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+        let (oom_kills_before, failcnt_before) = read_oom_counters(self.version, &dir);
         Ok(ContainerCgroup {
             version: self.version,
             mount: self.mount.clone(),
             dir,
             join_method: self.join_method,
             procs_path,
+            oom_kills_before: oom_kills_before.unwrap_or(0),
+            failcnt_before,
+            idle: Arc::clone(&self.idle),
         })
+    }
+}
+
+/// (OOM kills, times the limit was hit) of a cgroup; OOM kills are `None` on v1 kernels
+/// before 4.13, which do not count them.
+fn read_oom_counters(version: CgroupVersion, dir: &Path) -> (Option<u64>, u64) {
+    match version {
+        CgroupVersion::V1 => {
+            let kills = std::fs::read_to_string(dir.join("memory.oom_control"))
+                .ok()
+                .and_then(|text| counter(&text, "oom_kill"));
+            let failcnt = std::fs::read_to_string(dir.join("memory.failcnt"))
+                .ok()
+                .and_then(|text| text.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            (kills, failcnt)
+        }
+        CgroupVersion::V2 => {
+            let kills = std::fs::read_to_string(dir.join("memory.events"))
+                .ok()
+                .and_then(|text| counter(&text, "oom_kill"));
+            (kills, 0)
+        }
     }
 }
 
@@ -182,27 +251,27 @@ impl ContainerCgroup {
 
     /// Whether the kernel's OOM killer killed a process of this cgroup.
     pub(crate) fn oom_killed(&self, leader_sigkilled: bool) -> bool {
-        match self.version {
-            CgroupVersion::V1 => {
-                let control = std::fs::read_to_string(self.dir.join("memory.oom_control"));
-                match control.ok().and_then(|text| counter(&text, "oom_kill")) {
-                    Some(kills) => kills > 0,
-                    // Kernels before 4.13 have no oom_kill counter: a SIGKILLed leader in a
-                    // cgroup that hit its limit is the best evidence there is.
-                    None => {
-                        leader_sigkilled
-                            && std::fs::read_to_string(self.dir.join("memory.failcnt"))
-                                .ok()
-                                .and_then(|text| text.trim().parse::<u64>().ok())
-                                .is_some_and(|failures| failures > 0)
-                    }
-                }
-            }
-            CgroupVersion::V2 => std::fs::read_to_string(self.dir.join("memory.events"))
-                .ok()
-                .and_then(|text| counter(&text, "oom_kill"))
-                .is_some_and(|kills| kills > 0),
+        match read_oom_counters(self.version, &self.dir) {
+            (Some(kills), _) => kills > self.oom_kills_before,
+            // Kernels before 4.13 have no oom_kill counter: a SIGKILLed leader in a cgroup
+            // that hit its limit is the best evidence there is.
+            (None, failcnt) => leader_sigkilled && failcnt > self.failcnt_before,
         }
+    }
+
+    /// Gives the cgroup back for the next container once its last process is gone, or
+    /// removes it when enough are idle already (or it cannot be emptied).
+    pub(crate) fn release(self) {
+        self.kill_members();
+        let empty = std::fs::read_to_string(self.dir.join("cgroup.procs")).is_ok_and(|procs| procs.trim().is_empty());
+        if empty {
+            let mut idle = self.idle.lock().expect("idle cgroup list is never poisoned");
+            if idle.len() < IDLE_CGROUP_LIMIT {
+                idle.push(self.dir.clone());
+                return;
+            }
+        }
+        self.remove();
     }
 
     /// SIGKILLs whatever is still in the cgroup (processes that left the container's process
@@ -314,7 +383,11 @@ fn prepare(version: CgroupVersion, mount: &Path) -> Result<CgroupRoot, String> {
         CgroupVersion::V2 => "memory.max",
     };
     // A trial cgroup proves we may create cgroups and set limits, not just see the files.
-    let trial = base.join(format!("probe-{}", std::process::id()));
+    // Unique per agent, not just per process: `spindle local` runs several agents in one
+    // process, and two probes sharing a cgroup would see each other's removal.
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let probe = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let trial = base.join(format!("probe-{}-{probe}", std::process::id()));
     let _ = std::fs::create_dir(&trial);
     let result =
         std::fs::metadata(trial.join(limit_file)).map_err(|err| format!("cannot create a container cgroup with a memory limit: {err}"));
@@ -331,6 +404,7 @@ fn prepare(version: CgroupVersion, mount: &Path) -> Result<CgroupRoot, String> {
         mount: mount.to_path_buf(),
         base,
         join_method,
+        idle: Arc::new(Mutex::new(Vec::new())),
     })
 }
 

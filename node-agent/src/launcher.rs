@@ -128,7 +128,7 @@ pub(crate) fn spawn_container(
         None => (None, None),
     };
 
-    let program = program_path(&spec.command[0], &context.spindle_bin);
+    let program = program_path(&spec.command[0], &context.spindle_bin, &spec.env);
     let mut command = Command::new(&program);
     command
         .args(&spec.command[1..])
@@ -205,12 +205,32 @@ pub(crate) fn spawn_container(
 }
 
 /// argv[0] `spindle` means this agent's own binary; anything else is run as given.
-fn program_path(argv0: &str, spindle_bin: &Path) -> PathBuf {
+/// The program to run. A bare name is looked up on PATH here, in the agent, rather than by
+/// execvp in the child: std only uses posix_spawn (vfork, no page-table copy) for a program
+/// given as a path, and a fork of the multi-threaded agent costs more than the container's
+/// own start. The container's PATH (from its launch env) wins over the agent's.
+fn program_path(argv0: &str, spindle_bin: &Path, launch_env: &std::collections::BTreeMap<String, String>) -> PathBuf {
     if argv0 == "spindle" {
-        spindle_bin.to_path_buf()
-    } else {
-        PathBuf::from(argv0)
+        return spindle_bin.to_path_buf();
     }
+    if argv0.contains('/') {
+        return PathBuf::from(argv0);
+    }
+    let search_path = launch_env
+        .get("PATH")
+        .cloned()
+        .or_else(|| std::env::var("PATH").ok())
+        .unwrap_or_default();
+    std::env::split_paths(&search_path)
+        .map(|dir| dir.join(argv0))
+        .find(|candidate| is_executable_file(candidate))
+        // Not found: spawning the bare name fails with ENOENT, reported as exit code 127.
+        .unwrap_or_else(|| PathBuf::from(argv0))
+}
+
+fn is_executable_file(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
 /// Sends `signal` to every process of a container's process group; a group that is already
@@ -411,9 +431,27 @@ mod tests {
     #[test]
     fn argv0_spindle_is_the_agents_binary() {
         let bin = Path::new("/opt/spindle/bin/spindle");
-        assert_eq!(program_path("spindle", bin), bin);
-        assert_eq!(program_path("sh", bin), PathBuf::from("sh"));
-        assert_eq!(program_path("./spindle", bin), PathBuf::from("./spindle"));
+        let no_env = std::collections::BTreeMap::new();
+        assert_eq!(program_path("spindle", bin, &no_env), bin);
+        assert_eq!(program_path("./spindle", bin, &no_env), PathBuf::from("./spindle"));
+    }
+
+    #[test]
+    fn bare_names_are_found_on_the_containers_path_first() {
+        let bin = Path::new("/opt/spindle/bin/spindle");
+        let dir = tempfile::tempdir().unwrap();
+        let own_sh = dir.path().join("sh");
+        std::fs::write(&own_sh, "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&own_sh, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let env = std::collections::BTreeMap::from([("PATH".to_owned(), format!("{}:/bin:/usr/bin", dir.path().display()))]);
+        assert_eq!(program_path("sh", bin, &env), own_sh);
+        let found = program_path("sh", bin, &std::collections::BTreeMap::new());
+        assert!(found.is_absolute() && found.ends_with("sh"), "{}", found.display());
+        assert_eq!(
+            program_path("no-such-program-here", bin, &env),
+            PathBuf::from("no-such-program-here")
+        );
     }
 
     #[test]

@@ -76,7 +76,7 @@ pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdow
         work_dir: work_dir.clone(),
         spindle_bin: config.spindle_bin.clone(),
         node_port: local_address.port(),
-        cgroups,
+        cgroups: cgroups.clone(),
     };
     let manager = Arc::new(ContainerManager::new(
         config.cluster_secret.clone(),
@@ -127,6 +127,9 @@ pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdow
         .await
         .map_err(|err| AgentError::io("the API server task failed", std::io::Error::other(err)))?;
     tasks.wait().await;
+    if let Some(root) = cgroups {
+        let _ = tokio::task::spawn_blocking(move || root.remove_idle()).await;
+    }
     served.map_err(|err| AgentError::io("the API server failed", err))?;
     tracing::info!(node_id = %node_id, reason = ?end, "node agent stopped");
     Ok(())

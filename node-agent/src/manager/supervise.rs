@@ -82,9 +82,12 @@ impl ContainerManager {
         let outcome = launcher::classify_exit(exit, kill.as_ref(), oom_killed, memory_limit_mb, &stderr_tail);
         tracing::debug!(container_id = %container_id, exit_code = outcome.exit_code, reason = ?outcome.reason, "container ended");
         self.complete(container_id, Some(outcome.exit_code), outcome.reason, outcome.diagnostics);
-        // After the report: removing a cgroup may wait on the kernel.
+        // After the report: emptying a cgroup may wait on the kernel.
         if let Some(cgroup) = cgroup {
-            self.tasks.spawn_blocking(move || cgroup.remove());
+            self.tasks.spawn_blocking(move || match Arc::try_unwrap(cgroup) {
+                Ok(cgroup) => cgroup.release(),
+                Err(shared) => shared.remove(),
+            });
         }
     }
 }
