@@ -131,8 +131,13 @@ def main():
     args = parser.parse_args()
     spindle = shutil.which(args.spindle) or os.path.abspath(args.spindle)
     results = {"latency_p50_ms": [], "latency_p99_ms": [], "containers_per_sec": [], "containers_per_sec_submit_to_finish": []}
+    # Data dirs are deleted only at the end: on ext4, thousands of just-deleted inodes slow
+    # down the creation of new ones for minutes (see bench/README.md), which would make each
+    # run pay for the previous run's clean-up.
+    data_dirs = []
     for run in range(args.runs):
         data_dir = tempfile.mkdtemp(prefix="spindle-bench-", dir=args.dir)
+        data_dirs.append(data_dir)
         proc, rm = start_cluster(spindle, data_dir, vcores=64, memory_mb=65536)
         try:
             latencies = latency_run(rm, args.jobs)
@@ -150,7 +155,8 @@ def main():
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-            shutil.rmtree(data_dir, ignore_errors=True)
+    for data_dir in data_dirs:
+        shutil.rmtree(data_dir, ignore_errors=True)
     summary = {key: statistics.median(values) for key, values in results.items()}
     summary["runs"] = args.runs
     summary["jobs"] = args.jobs

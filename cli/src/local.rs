@@ -231,15 +231,24 @@ impl LocalCluster {
         RmClient::new(std::slice::from_ref(&self.rm_url), Some(self.token.clone()))
     }
 
-    /// Resolves when a role stops on its own (it failed, or the RM shut an agent down): the
-    /// error says which and why. Never resolves while all is well.
+    /// Resolves when a role stops on its own and the cluster cannot go on: the RM stopped, or
+    /// an agent failed. The error says which and why. An agent that stops cleanly was
+    /// decommissioned: the rest of the cluster carries on without it.
     pub async fn wait_for_unexpected_exit(&mut self) -> anyhow::Error {
-        let exit = tokio::select! {
-            Some(exit) = self.rm_task.join_next(), if !self.rm_task.is_empty() => exit,
-            Some(exit) = self.agent_tasks.join_next(), if !self.agent_tasks.is_empty() => exit,
-            else => return std::future::pending().await,
-        };
-        role_exit_error(exit)
+        loop {
+            let exit = tokio::select! {
+                Some(exit) = self.rm_task.join_next(), if !self.rm_task.is_empty() => exit,
+                Some(exit) = self.agent_tasks.join_next(), if !self.agent_tasks.is_empty() => match exit {
+                    Ok((role, Ok(()))) => {
+                        eprintln!("the {role} was decommissioned and stopped; the cluster goes on without it");
+                        continue;
+                    }
+                    other => other,
+                },
+                else => return std::future::pending().await,
+            };
+            return role_exit_error(exit);
+        }
     }
 
     /// Stops the agents, then the RM; reports the first role that failed or hung.

@@ -77,3 +77,32 @@ async fn the_demo_runs_and_exits_0() {
         "the demo must not write the client config"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_cluster_goes_on_after_one_of_its_agents_is_decommissioned() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::start(options(data_dir.path())).await.unwrap();
+    let client = cluster.client();
+    let drained = client.nodes().await.unwrap()[0].node_id.clone();
+    let request = spindle_protocol::DecommissionRequest {
+        timeout_s: 30,
+        force: false,
+    };
+    client.decommission(&drained, &request).await.unwrap();
+
+    // The drained agent stops by itself; the cluster does not stop with it.
+    let unexpected = tokio::time::timeout(Duration::from_secs(3), cluster.wait_for_unexpected_exit()).await;
+    assert!(unexpected.is_err(), "the cluster stopped: {:?}", unexpected.err());
+    let node = client.node(&drained).await.unwrap();
+    assert_eq!(node.state, spindle_protocol::NodeState::Decommissioned);
+
+    let app_id = client.submit(&hello_job()).await.unwrap();
+    let mut progress = ProgressLine::new(ProgressMode::Off);
+    let report = tokio::time::timeout(JOB_TIMEOUT, wait_for_app(&client, app_id, &mut progress))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.final_status, FinalStatus::Succeeded, "{}", report.diagnostics);
+    assert!(client.containers(app_id).await.unwrap().iter().all(|c| c.node_id != drained));
+    cluster.shutdown().await.unwrap();
+}

@@ -1,0 +1,346 @@
+//! The real binary as daemons: an RM and node agents as processes in a temporary directory,
+//! started on free ports, killed or stopped on demand, and cleaned up by a drop guard.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use spindle_protocol::{NodeId, NodeState, RmClient};
+
+use super::cleanup::{dump_logs_under, kill_processes_under};
+use super::cli::{CliOutput, isolate_env, run_spindle};
+use super::{
+    ADMIN, ADMIN_TOKEN, CONTAINER_LAUNCH_EXPIRY_S, HEARTBEAT_INTERVAL_MS, NODE_EXPIRY_S, POLL, SECRET, STARTUP_TIMEOUT, USER, USER_TOKEN,
+    free_port, spindle_bin, wait_until,
+};
+
+/// How many times a daemon is started again on another port when its port was taken meanwhile.
+const PORT_RETRIES: usize = 5;
+
+/// One daemon process (RM or agent) with its output in two files. Killed when dropped.
+pub struct Daemon {
+    /// For messages, e.g. `agent1#2` (the second start of agent 1).
+    pub name: String,
+    child: Child,
+    pub stdout_path: PathBuf,
+    pub stderr_path: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(name: String, dir: &Path, args: &[String]) -> Daemon {
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs).expect("create the log dir");
+        let stdout_path = logs.join(format!("{name}.stdout.log"));
+        let stderr_path = logs.join(format!("{name}.stderr.log"));
+        let mut command = Command::new(spindle_bin());
+        command
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout_path).expect("create a log file"))
+            .stderr(File::create(&stderr_path).expect("create a log file"));
+        isolate_env(&mut command, &dir.join("home"));
+        let child = command.spawn().expect("start the spindle binary");
+        Daemon {
+            name,
+            child,
+            stdout_path,
+            stderr_path,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM: ask it to stop.
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) with a pid we own; no memory is involved.
+        unsafe {
+            libc::kill(self.pid(), libc::SIGTERM);
+        }
+    }
+
+    /// How it ended, if it has.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("query the child process")
+    }
+
+    /// Waits until it exits; panics naming it after `timeout`.
+    pub async fn wait_for_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let what = format!("{} to exit", self.name);
+        wait_until(timeout, &what, || {
+            let status = self.exit_status();
+            async move { status }
+        })
+        .await
+    }
+
+    /// Both its log files.
+    pub fn logs(&self) -> String {
+        let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+        format!("{}{}", read(&self.stdout_path), read(&self.stderr_path))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Where the RM keeps its state.
+#[derive(Debug, Clone)]
+pub enum Db {
+    /// A file in the test's directory.
+    Sqlite,
+    /// A database URL, e.g. a PostgreSQL schema of the test's own (see [`PgSchema`]).
+    Url(String),
+}
+
+/// A node agent process and the node it registers as.
+pub struct TestAgent {
+    pub node_id: NodeId,
+    pub daemon: Daemon,
+}
+
+/// An RM process and any number of agent processes in one temporary directory.
+pub struct TestCluster {
+    /// Everything lives here: config, store, logs, agents' work dirs, files jobs write.
+    pub dir: tempfile::TempDir,
+    pub rm_port: u16,
+    /// `None` between `kill_rm` and `start_rm`.
+    pub rm: Option<Daemon>,
+    pub agents: Vec<TestAgent>,
+    rm_starts: usize,
+}
+
+impl TestCluster {
+    /// Writes the RM config and starts the RM; returns once it answers.
+    pub async fn start(db: Db) -> TestCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("spindle-e2e-")
+            .tempdir()
+            .expect("create a temporary directory");
+        let db = match db {
+            Db::Sqlite => format!("sqlite://{}", dir.path().join("rm.db").display()),
+            Db::Url(url) => url,
+        };
+        std::fs::write(dir.path().join("rm.toml"), rm_config_toml(&db)).expect("write the RM config");
+        let mut cluster = TestCluster {
+            dir,
+            rm_port: 0,
+            rm: None,
+            agents: Vec::new(),
+            rm_starts: 0,
+        };
+        cluster.start_rm().await;
+        cluster
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn rm_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.rm_port)
+    }
+
+    /// A client with the admin's token.
+    pub fn admin(&self) -> RmClient {
+        RmClient::new(&[self.rm_url()], Some(ADMIN_TOKEN.to_owned()))
+    }
+
+    /// A client with the normal user's token.
+    pub fn user(&self) -> RmClient {
+        RmClient::new(&[self.rm_url()], Some(USER_TOKEN.to_owned()))
+    }
+
+    /// Starts the RM with the config file; on its first start on a port of its own choosing,
+    /// later on the same port (agents and AMs know it). Returns once `/healthz` answers.
+    pub async fn start_rm(&mut self) {
+        assert!(self.rm.is_none(), "the RM is already running");
+        let keep_port = self.rm_port != 0;
+        for _ in 0..PORT_RETRIES {
+            if !keep_port {
+                self.rm_port = free_port();
+            }
+            self.rm_starts += 1;
+            let config = self.path().join("rm.toml");
+            let args = vec![
+                "resource-manager".to_owned(),
+                "--config".to_owned(),
+                config.display().to_string(),
+                "--listen".to_owned(),
+                format!("127.0.0.1:{}", self.rm_port),
+            ];
+            let mut daemon = Daemon::spawn(format!("rm#{}", self.rm_starts), self.path(), &args);
+            match wait_for_http(&mut daemon, &format!("{}/healthz", self.rm_url())).await {
+                Ok(()) => {
+                    self.rm = Some(daemon);
+                    return;
+                }
+                Err(logs) if logs.contains("in use") && !keep_port => continue,
+                Err(logs) if logs.contains("in use") => {
+                    // Our own port, held a moment longer by the previous process or a client.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(logs) => panic!("the RM did not start:\n{logs}"),
+            }
+        }
+        panic!("the RM could not get a port after {PORT_RETRIES} tries");
+    }
+
+    /// SIGKILL the RM: no goodbye, as a crash.
+    pub fn kill_rm(&mut self) {
+        let mut rm = self.rm.take().expect("the RM is running");
+        rm.kill9();
+    }
+
+    /// Starts agent number `self.agents.len()` offering `vcores` and `memory_mb`, on a port of
+    /// its own; returns its index once the RM lists its node RUNNING.
+    pub async fn start_agent(&mut self, vcores: u32, memory_mb: u64) -> usize {
+        let index = self.agents.len();
+        for attempt in 1..=PORT_RETRIES {
+            let port = free_port();
+            let work_dir = self.path().join(format!("agent{index}"));
+            let args: Vec<String> = [
+                "node-agent",
+                "--rm",
+                &self.rm_url(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--work-dir",
+                &work_dir.display().to_string(),
+                "--secret",
+                SECRET,
+                "--vcores",
+                &vcores.to_string(),
+                "--memory-mb",
+                &memory_mb.to_string(),
+            ]
+            .iter()
+            .map(|arg| arg.to_string())
+            .collect();
+            let mut daemon = Daemon::spawn(format!("agent{index}#{attempt}"), self.path(), &args);
+            let node_id = NodeId(format!("127.0.0.1:{port}"));
+            let client = self.admin();
+            let deadline = Instant::now() + STARTUP_TIMEOUT;
+            let registered = loop {
+                if let Some(status) = daemon.exit_status() {
+                    break Err(format!("exited with {status}:\n{}", daemon.logs()));
+                }
+                if let Ok(node) = client.node(&node_id).await
+                    && node.state == NodeState::Running
+                {
+                    break Ok(());
+                }
+                if Instant::now() > deadline {
+                    break Err(format!(
+                        "did not register within {}s:\n{}",
+                        STARTUP_TIMEOUT.as_secs(),
+                        daemon.logs()
+                    ));
+                }
+                tokio::time::sleep(POLL).await;
+            };
+            match registered {
+                Ok(()) => {
+                    self.agents.push(TestAgent { node_id, daemon });
+                    return index;
+                }
+                Err(logs) if logs.contains("in use") => continue,
+                Err(logs) => panic!("agent {index} {logs}"),
+            }
+        }
+        panic!("agent {index} could not get a port after {PORT_RETRIES} tries");
+    }
+
+    pub fn node_id(&self, agent: usize) -> &NodeId {
+        &self.agents[agent].node_id
+    }
+
+    /// The node's state as the RM reports it.
+    pub async fn node_state(&self, node_id: &NodeId) -> Option<NodeState> {
+        self.admin().node(node_id).await.ok().map(|node| node.state)
+    }
+
+    /// Runs a client command against this cluster with the admin's token.
+    pub async fn cli(&self, args: &[&str]) -> CliOutput {
+        let url = self.rm_url();
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["--rm", &url, "--token", ADMIN_TOKEN]);
+        run_spindle(&self.path().join("home"), &full, Duration::from_secs(60)).await
+    }
+
+    /// Every log of the cluster's processes and containers, for a failing test.
+    pub fn dump_logs(&self) {
+        dump_logs_under(self.path());
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        self.agents.clear();
+        self.rm = None;
+        kill_processes_under(self.path());
+    }
+}
+
+/// The RM's config file: short timings, an admin and a normal user.
+fn rm_config_toml(db: &str) -> String {
+    format!(
+        "db = {db:?}\n\
+         cluster_secret = {SECRET:?}\n\
+         node_expiry = {NODE_EXPIRY_S}\n\
+         heartbeat_interval = {HEARTBEAT_INTERVAL_MS}\n\
+         container_launch_expiry = {CONTAINER_LAUNCH_EXPIRY_S}\n\
+         \n\
+         [[users]]\n\
+         name = {ADMIN:?}\n\
+         token = {ADMIN_TOKEN:?}\n\
+         admin = true\n\
+         \n\
+         [[users]]\n\
+         name = {USER:?}\n\
+         token = {USER_TOKEN:?}\n"
+    )
+}
+
+/// Waits until `url` answers 200 or the daemon exits (`Err` with its logs).
+async fn wait_for_http(daemon: &mut Daemon, url: &str) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("an HTTP client");
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        if let Some(status) = daemon.exit_status() {
+            return Err(format!("{} exited with {status}:\n{}", daemon.name, daemon.logs()));
+        }
+        if let Ok(response) = client.get(url).send().await
+            && response.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} did not answer {url} within {}s:\n{}",
+                daemon.name,
+                STARTUP_TIMEOUT.as_secs(),
+                daemon.logs()
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
