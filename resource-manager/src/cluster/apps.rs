@@ -1,8 +1,6 @@
 //! App and attempt lifecycle: submit, kill, the AM protocol (register, allocate, finish), and
 //! what happens when an AM container ends.
 
-use std::collections::BTreeSet;
-
 use spindle_protocol::{
     AllocateReply, AllocateRequest, AppId, AppState, ContainerId, ContainerState, ContainerStatus, ExitReason, FinalStatus, JobKind,
     JobSpec, LaunchRequest, LaunchSpec, RegisterAmReply, RegisterAmRequest, Resources, SpecError, env,
@@ -68,18 +66,7 @@ impl Cluster {
             record.state = next;
         }
         record.diagnostics = "waiting for a container for the application master".to_owned();
-        self.apps.insert(
-            app_id,
-            App {
-                record,
-                asks: Vec::new(),
-                undelivered: Vec::new(),
-                completions: Vec::new(),
-                live: BTreeSet::new(),
-                allocated: Resources::ZERO,
-                next_container_seq: 1,
-            },
-        );
+        self.apps.insert(app_id, App::new(record));
         self.start_attempt(app_id, now_ms);
         self.schedule(now_ms);
         Ok(app_id)

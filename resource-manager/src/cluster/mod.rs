@@ -65,6 +65,38 @@ struct App {
     next_container_seq: u64,
 }
 
+impl App {
+    /// An app as the store knows it, with no soft state yet.
+    fn new(record: AppRecord) -> App {
+        App {
+            record,
+            asks: Vec::new(),
+            undelivered: Vec::new(),
+            completions: Vec::new(),
+            live: BTreeSet::new(),
+            allocated: Resources::ZERO,
+            next_container_seq: 1,
+        }
+    }
+}
+
+impl Node {
+    /// A node as the store knows it, not registered with this RM yet; `now_ms` starts its
+    /// `node_expiry` clock.
+    fn new(record: NodeRecord, now_ms: u64) -> Node {
+        Node {
+            record,
+            used: Resources::ZERO,
+            live: BTreeSet::new(),
+            last_heartbeat_ms: now_ms,
+            usage: NodeUsage::default(),
+            health_report: String::new(),
+            registered: false,
+            pending_kills: BTreeSet::new(),
+        }
+    }
+}
+
 struct Container {
     record: ContainerRecord,
     /// Set when the RM or the AM asked for the kill: the completion gets this reason.

@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 
 use spindle_protocol::{
-    ContainerId, ContainerState, ContainerStatus, ExitReason, NodeHeartbeatReply, NodeHeartbeatRequest, NodeId, NodeState, NodeUsage,
-    RegisterNodeReply, RegisterNodeRequest, Resources,
+    ContainerId, ContainerState, ContainerStatus, ExitReason, NodeHeartbeatReply, NodeHeartbeatRequest, NodeId, NodeState,
+    RegisterNodeReply, RegisterNodeRequest,
 };
 
 use super::containers::synthetic_status;
@@ -33,8 +33,8 @@ impl Cluster {
             });
         }
         let node_id = request.node_id.clone();
-        let node = self.nodes.entry(node_id.clone()).or_insert_with(|| Node {
-            record: NodeRecord {
+        let node = self.nodes.entry(node_id.clone()).or_insert_with(|| {
+            let record = NodeRecord {
                 node_id: node_id.clone(),
                 address: request.address.clone(),
                 rack: request.rack.clone(),
@@ -42,14 +42,8 @@ impl Cluster {
                 capacity: request.capacity,
                 state: NodeState::New,
                 decommission_deadline_ms: None,
-            },
-            used: Resources::ZERO,
-            live: BTreeSet::new(),
-            last_heartbeat_ms: now_ms,
-            usage: NodeUsage::default(),
-            health_report: String::new(),
-            registered: false,
-            pending_kills: BTreeSet::new(),
+            };
+            Node::new(record, now_ms)
         });
         node.record.address = request.address.clone();
         node.record.rack = request.rack.clone();

@@ -1,9 +1,7 @@
 //! Rebuilding the state machine from the store after an RM restart (work-preserving: running
 //! containers are kept; agents and AMs reconnect and carry on).
 
-use std::collections::BTreeSet;
-
-use spindle_protocol::{AppState, ContainerId, ContainerState, ExitReason, NodeUsage, Resources};
+use spindle_protocol::{AppState, ContainerId, ContainerState, ExitReason};
 
 use super::{App, Cluster, ClusterSettings, Container, Node};
 use crate::records::Snapshot;
@@ -17,33 +15,10 @@ impl Cluster {
         let mut cluster = Cluster::new(settings, epoch, now_ms.max(newest_ts + 1));
         for record in snapshot.nodes {
             let node_id = record.node_id.clone();
-            cluster.nodes.insert(
-                node_id,
-                Node {
-                    record,
-                    used: Resources::ZERO,
-                    live: BTreeSet::new(),
-                    last_heartbeat_ms: now_ms,
-                    usage: NodeUsage::default(),
-                    health_report: String::new(),
-                    registered: false,
-                    pending_kills: BTreeSet::new(),
-                },
-            );
+            cluster.nodes.insert(node_id, Node::new(record, now_ms));
         }
         for record in snapshot.apps {
-            cluster.apps.insert(
-                record.app_id,
-                App {
-                    record,
-                    asks: Vec::new(),
-                    undelivered: Vec::new(),
-                    completions: Vec::new(),
-                    live: BTreeSet::new(),
-                    allocated: Resources::ZERO,
-                    next_container_seq: 1,
-                },
-            );
+            cluster.apps.insert(record.app_id, App::new(record));
         }
         for record in snapshot.containers {
             let container_id = record.container_id;
