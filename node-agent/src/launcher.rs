@@ -205,10 +205,10 @@ pub(crate) fn spawn_container(
 }
 
 /// argv[0] `spindle` means this agent's own binary; anything else is run as given.
-/// The program to run. A bare name is looked up on PATH here, in the agent, rather than by
-/// execvp in the child: std only uses posix_spawn (vfork, no page-table copy) for a program
-/// given as a path, and a fork of the multi-threaded agent costs more than the container's
-/// own start. The container's PATH (from its launch env) wins over the agent's.
+/// The program to run. A bare name is looked up on PATH here, once, in the agent, rather than
+/// by the child trying one `execve` per PATH entry; and std keeps to posix_spawn (vfork) for
+/// a program given as a path even when a container's env sets PATH. The container's PATH
+/// (from its launch env) wins over the agent's.
 fn program_path(argv0: &str, spindle_bin: &Path, launch_env: &std::collections::BTreeMap<String, String>) -> PathBuf {
     if argv0 == "spindle" {
         return spindle_bin.to_path_buf();
