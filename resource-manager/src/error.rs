@@ -22,6 +22,8 @@ pub enum RmError {
     Node(#[from] NodeError),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the resource manager stopped because a store write failed ({0}); restart it to recover from the store")]
+    Stopped(String),
 }
 
 /// An error answer: status, stable code, message for people.

@@ -39,5 +39,8 @@ pub async fn run(config: RmConfig, listener: TcpListener, shutdown: Cancellation
         .await?;
     shutdown.cancel();
     let _ = timers.await;
-    Ok(())
+    match rm.fatal_error() {
+        Some(reason) => Err(RmError::Stopped(reason)),
+        None => Ok(()),
+    }
 }

@@ -45,6 +45,8 @@ pub struct ResourceManager {
     launcher: Arc<dyn AmLauncher>,
     /// Cancelled on a fatal store error, and by the caller to stop the RM.
     pub shutdown: CancellationToken,
+    /// Why the RM stopped itself, if it did: `run` then fails, so a supervisor restarts it.
+    fatal: Mutex<Option<String>>,
     pub counters: Counters,
 }
 
@@ -77,10 +79,16 @@ impl ResourceManager {
             wakers: Mutex::new(HashMap::new()),
             launcher,
             shutdown,
+            fatal: Mutex::new(None),
             counters: Counters::default(),
         });
         rm.dispatch(outbox);
         Ok(rm)
+    }
+
+    /// The store error that made the RM stop itself, if any.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.fatal.lock().expect("fatal slot is never poisoned").clone()
     }
 
     pub fn store_description(&self) -> String {
@@ -97,6 +105,10 @@ impl ResourceManager {
             if let Err(err) = self.store.commit(cluster.epoch(), &batch).await {
                 // Memory now holds changes the store does not: stop, and let a restart recover.
                 tracing::error!(error = %err, "store commit failed; stopping the resource manager");
+                self.fatal
+                    .lock()
+                    .expect("fatal slot is never poisoned")
+                    .get_or_insert_with(|| err.to_string());
                 self.shutdown.cancel();
                 return Err(RmError::Store(err));
             }
