@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use spindle_node_agent::DEFAULT_LOG_RETENTION;
 use spindle_protocol::{AppId, AppState, ContainerId};
 
 /// Spindle: a cluster resource manager and job runner in the lineage of Hadoop YARN.
@@ -124,6 +125,10 @@ pub struct NodeAgentArgs {
     /// Host name or IP the RM and AMs reach this agent at [default: the agent's guess]
     #[arg(long, value_name = "HOST")]
     pub advertise_host: Option<String>,
+    /// Seconds a finished container's directory (its stdout, stderr and files) is kept before
+    /// it is deleted.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_LOG_RETENTION.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub log_retention_s: u64,
 }
 
 #[derive(Debug, Args)]
@@ -224,5 +229,19 @@ mod tests {
         let cli = Cli::try_parse_from(["spindle", "local", "--agent-vcores", "2", "--agent-memory-mb", "512"]).unwrap();
         let Command::Local(local) = cli.command else { panic!("not local") };
         assert_eq!((local.agents, local.agent_vcores, local.agent_memory_mb), (2, Some(2), Some(512)));
+    }
+
+    #[test]
+    fn log_retention_defaults_to_a_day_and_must_be_positive() {
+        let retention = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["spindle", "node-agent"].iter().chain(args)).map_err(|err| err.to_string())?;
+            let Command::NodeAgent(agent) = cli.command else {
+                panic!("not node-agent")
+            };
+            Ok::<u64, String>(agent.log_retention_s)
+        };
+        assert_eq!(retention(&[]), Ok(86_400));
+        assert_eq!(retention(&["--log-retention-s", "600"]), Ok(600));
+        assert!(retention(&["--log-retention-s", "0"]).is_err());
     }
 }

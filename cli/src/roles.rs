@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use spindle_protocol::{ClusterSecret, Resources};
@@ -88,6 +89,7 @@ pub async fn node_agent(args: NodeAgentArgs, rm_flag: Option<&str>) -> anyhow::R
         config.rack = rack;
     }
     config.labels = args.labels;
+    config.log_retention = Duration::from_secs(args.log_retention_s);
     config.spindle_bin = std::env::current_exe().context("cannot find the running spindle binary")?;
     let listener = bind(args.listen, "node agent", "--listen").await?;
     tracing::info!(listen = %listener.local_addr()?, rm = %rm_list, "starting the node agent");

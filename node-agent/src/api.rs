@@ -107,7 +107,7 @@ async fn container_log(
     let file = match tokio::fs::File::open(&path).await {
         Ok(file) => file,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return Err(AgentError::LogNotFound { container_id, stream });
+            return Err(manager.missing_log(container_id, stream));
         }
         Err(err) => {
             return Err(AgentError::io(format!("cannot open {}", path.display()), err));

@@ -16,6 +16,9 @@ pub const DEFAULT_RACK: &str = "/default-rack";
 /// How often the agent heartbeats until the RM's register reply says otherwise.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a finished container's directory (its logs and whatever it wrote) stays on disk.
+pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// How container memory limits are enforced.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum MemoryEnforcement {
@@ -65,6 +68,12 @@ pub struct AgentConfig {
     pub spindle_bin: PathBuf,
     /// How container memory limits are enforced.
     pub memory_enforcement: MemoryEnforcement,
+    /// How long a finished container's directory (stdout, stderr, what it wrote) is kept after
+    /// its end; then a background sweep deletes it, and the app's directory once it is empty.
+    /// The sweep runs every quarter of this, at least every 10 minutes (and first at start), so
+    /// files go at most one sweep interval late. Directories an earlier agent process left
+    /// count from their modification time. Default 24 h.
+    pub log_retention: Duration,
     /// Kill running containers when `shutdown` stops the agent. Off for a real agent (its
     /// containers outlive an agent restart); on for `spindle local`, whose Ctrl-C should leave
     /// no orphan processes behind.
@@ -73,7 +82,7 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     /// A configuration with every default: probed capacity, `/default-rack`, 1 s heartbeats,
-    /// this executable as `spindle`, automatic memory enforcement.
+    /// this executable as `spindle`, automatic memory enforcement, logs kept for 24 h.
     pub fn new(rm_urls: Vec<String>, cluster_secret: ClusterSecret, work_dir: PathBuf) -> Self {
         AgentConfig {
             rm_urls,
@@ -86,6 +95,7 @@ impl AgentConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             spindle_bin: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("spindle")),
             memory_enforcement: MemoryEnforcement::Auto,
+            log_retention: DEFAULT_LOG_RETENTION,
             kill_containers_on_stop: false,
         }
     }
@@ -97,6 +107,11 @@ impl AgentConfig {
         }
         if self.heartbeat_interval.is_zero() {
             return Err(AgentError::Config("the heartbeat interval must be greater than zero".to_owned()));
+        }
+        if self.log_retention.is_zero() {
+            return Err(AgentError::Config(
+                "the log retention must be greater than zero: AMs and users read logs after containers end".to_owned(),
+            ));
         }
         if self.rack.is_empty() || !self.rack.starts_with('/') {
             return Err(AgentError::Config(format!(
@@ -149,7 +164,12 @@ mod tests {
         assert_eq!(config.rack, DEFAULT_RACK);
         assert_eq!(config.heartbeat_interval, Duration::from_secs(1));
         assert_eq!(config.memory_enforcement, MemoryEnforcement::Auto);
+        assert_eq!(config.log_retention, Duration::from_secs(86_400));
         config.validate().unwrap();
+
+        let mut no_retention = config.clone();
+        no_retention.log_retention = Duration::ZERO;
+        assert!(no_retention.validate().unwrap_err().to_string().contains("log retention"));
 
         let mut no_rm = config.clone();
         no_rm.rm_urls = vec![];

@@ -1,5 +1,7 @@
 //! The crate's one error type, and how each error becomes an HTTP answer.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -31,6 +33,11 @@ pub enum AgentError {
     ContainerNotFound(String),
     #[error("no {stream} log for container {container_id} on this node")]
     LogNotFound { container_id: ContainerId, stream: String },
+    #[error(
+        "the logs of container {container_id} were removed after the retention period: this node keeps a finished \
+         container's files for {retention:?} (--log-retention-s)"
+    )]
+    LogsRemoved { container_id: ContainerId, retention: Duration },
     #[error("no route for {0}: the agent serves /healthz and /v1/containers[/{{id}}[/logs/{{stream}}]]")]
     UnknownRoute(String),
     #[error("container {0} was already launched on this node: container ids are single-use")]
@@ -55,9 +62,10 @@ impl AgentError {
             AgentError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             AgentError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             AgentError::Forbidden(_) | AgentError::Token(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            AgentError::ContainerNotFound(_) | AgentError::LogNotFound { .. } | AgentError::UnknownRoute(_) => {
-                (StatusCode::NOT_FOUND, "not_found")
-            }
+            AgentError::ContainerNotFound(_)
+            | AgentError::LogNotFound { .. }
+            | AgentError::LogsRemoved { .. }
+            | AgentError::UnknownRoute(_) => (StatusCode::NOT_FOUND, "not_found"),
             AgentError::DuplicateContainer(_) | AgentError::Draining => (StatusCode::CONFLICT, "conflict"),
             AgentError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             AgentError::Config(_) | AgentError::CgroupUnavailable(_) | AgentError::Io { .. } => {
@@ -109,6 +117,14 @@ mod tests {
                 "forbidden",
             ),
             (AgentError::ContainerNotFound(container.to_string()), 404, "not_found"),
+            (
+                AgentError::LogsRemoved {
+                    container_id: container,
+                    retention: Duration::from_secs(60),
+                },
+                404,
+                "not_found",
+            ),
             (AgentError::DuplicateContainer(container), 409, "conflict"),
             (AgentError::Draining, 409, "conflict"),
             (AgentError::PayloadTooLarge, 413, "payload_too_large"),

@@ -1,6 +1,7 @@
 //! The Spindle node agent: registers with the RM and heartbeats, serves the container API,
 //! launches containers as process groups, enforces their memory limits (cgroups or RSS
-//! sampling) and reports how they end. See README.md for a map of the parts.
+//! sampling), reports how they end and deletes their directories once the log retention is
+//! over. See README.md for a map of the parts.
 
 mod api;
 mod cgroup;
@@ -11,6 +12,7 @@ mod launcher;
 mod manager;
 mod memory;
 mod probe;
+mod retention;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +21,7 @@ use spindle_protocol::{ExitReason, RmClient};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{AgentConfig, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_RACK, MemoryEnforcement};
+pub use config::{AgentConfig, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LOG_RETENTION, DEFAULT_RACK, MemoryEnforcement};
 pub use error::AgentError;
 pub use launcher::CONTAINER_KILL_GRACE;
 
@@ -83,6 +85,7 @@ pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdow
         context,
         tasks.clone(),
         stop.clone(),
+        config.log_retention,
     ));
 
     let server = {
@@ -95,6 +98,7 @@ pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdow
         })
     };
     tasks.spawn(memory::run_memory_monitor(manager.clone(), stop.clone()));
+    tasks.spawn(retention::run_retention_sweeper(manager.clone(), stop.clone()));
     tracing::info!(node_id = %node_id, work_dir = %work_dir.display(), capacity = %capacity, "node agent serving");
 
     let heartbeater = Heartbeater::new(

@@ -2,7 +2,7 @@
 //! monitor call its methods; only it changes a container's record. Each running container has
 //! one supervising task that waits for its exit, carries out kills and records the end.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -16,10 +16,11 @@ use crate::AgentError;
 use crate::launcher::{self, CONTAINER_KILL_GRACE, KillRequest, LaunchContext, SpawnFailure};
 use crate::memory::SampledContainer;
 
+mod retention;
 mod supervise;
 
 /// How long a completed container the RM has acknowledged stays queryable (status, and logs
-/// with its own token) before the agent forgets it. Its files stay regardless.
+/// with its own token) before the agent forgets it. Its files stay until `log_retention` ends.
 const ACKED_RETENTION: Duration = Duration::from_secs(10 * 60);
 /// At most this many acknowledged containers are kept, whatever their age.
 const MAX_ACKED_RETAINED: usize = 10_000;
@@ -40,6 +41,8 @@ pub(crate) struct ContainerManager {
     stop: CancellationToken,
     /// Cgroup set-up failures are logged at warn once, then at debug.
     cgroup_failure_logged: AtomicBool,
+    /// How long a finished container's directory is kept (`AgentConfig::log_retention`).
+    log_retention: Duration,
 }
 
 struct ManagerState {
@@ -48,6 +51,9 @@ struct ManagerState {
     acked_order: VecDeque<(Instant, ContainerId)>,
     /// The RM is decommissioning this node: refuse launches.
     draining: bool,
+    /// Containers whose directories the retention sweep is deleting right now. Launches of these
+    /// ids are refused, so a directory is never deleted under a container being launched.
+    removing_dirs: HashSet<ContainerId>,
 }
 
 /// Everything the agent knows about one container.
@@ -70,10 +76,20 @@ struct ContainerRecord {
     finished: watch::Sender<bool>,
     /// The RM has recorded the completion: no longer reported.
     acked: bool,
+    /// When it completed: the retention of its directory counts from here.
+    finished_at: Option<Instant>,
+    /// The retention sweep deleted its directory: logs answer that they were removed.
+    files_removed: bool,
 }
 
 impl ContainerManager {
-    pub(crate) fn new(secret: ClusterSecret, context: LaunchContext, tasks: TaskTracker, stop: CancellationToken) -> Self {
+    pub(crate) fn new(
+        secret: ClusterSecret,
+        context: LaunchContext,
+        tasks: TaskTracker,
+        stop: CancellationToken,
+        log_retention: Duration,
+    ) -> Self {
         ContainerManager {
             secret,
             context: Arc::new(context),
@@ -81,11 +97,13 @@ impl ContainerManager {
                 containers: HashMap::new(),
                 acked_order: VecDeque::new(),
                 draining: false,
+                removing_dirs: HashSet::new(),
             }),
             report_trigger: Arc::new(Notify::new()),
             tasks,
             stop,
             cgroup_failure_logged: AtomicBool::new(false),
+            log_retention,
         }
     }
 
@@ -116,7 +134,7 @@ impl ContainerManager {
             if state.draining {
                 return Err(AgentError::Draining);
             }
-            if state.containers.contains_key(&container_id) {
+            if state.containers.contains_key(&container_id) || state.removing_dirs.contains(&container_id) {
                 return Err(AgentError::DuplicateContainer(container_id));
             }
             let record = ContainerRecord {
@@ -137,6 +155,8 @@ impl ContainerManager {
                 kill_signal: kill_signal.clone(),
                 finished: watch::Sender::new(false),
                 acked: false,
+                finished_at: None,
+                files_removed: false,
             };
             state.containers.insert(container_id, record);
         }
@@ -202,6 +222,7 @@ impl ContainerManager {
             record.status.exit_reason = Some(reason);
             record.status.diagnostics = diagnostics;
             record.status.finished_at_ms = Some(now_ms());
+            record.finished_at = Some(Instant::now());
             record.process_group = None;
             record.sampled = false;
             record.finished.send_replace(true);

@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 use super::ContainerManager;
 use crate::cgroup::ContainerCgroup;
 use crate::launcher::{self, CONTAINER_KILL_GRACE, ProcessExit, SpawnedContainer};
+use crate::retention;
 
 impl ContainerManager {
     /// Waits for the container's exit, carries out a kill if one is asked for, and records the end.
@@ -82,13 +83,17 @@ impl ContainerManager {
         let outcome = launcher::classify_exit(exit, kill.as_ref(), oom_killed, memory_limit_mb, &stderr_tail);
         tracing::debug!(container_id = %container_id, exit_code = outcome.exit_code, reason = ?outcome.reason, "container ended");
         self.complete(container_id, Some(outcome.exit_code), outcome.reason, outcome.diagnostics);
-        // After the report: emptying a cgroup may wait on the kernel.
-        if let Some(cgroup) = cgroup {
-            self.tasks.spawn_blocking(move || match Arc::try_unwrap(cgroup) {
-                Ok(cgroup) => cgroup.release(),
-                Err(shared) => shared.remove(),
-            });
-        }
+        // After the report, on the blocking pool: the directory's mtime marks the end for the
+        // retention sweep, and emptying a cgroup may wait on the kernel.
+        let container_dir = launcher::container_dir(&self.context.work_dir, &container_id);
+        self.tasks.spawn_blocking(move || {
+            retention::mark_finished(&container_dir);
+            match cgroup.map(Arc::try_unwrap) {
+                Some(Ok(cgroup)) => cgroup.release(),
+                Some(Err(shared)) => shared.remove(),
+                None => {}
+            }
+        });
     }
 }
 
