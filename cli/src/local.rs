@@ -186,8 +186,6 @@ impl LocalCluster {
         config.advertise_host = Some(Ipv4Addr::LOCALHOST.to_string());
         config.capacity = options.agent_capacity;
         config.spindle_bin = options.spindle_bin.clone();
-        // A local cluster is one process: when it stops, nothing it started may keep running.
-        config.kill_containers_on_stop = true;
         let shutdown = self.agents_shutdown.clone();
         self.agent_tasks.spawn(async move {
             let outcome = spindle_node_agent::run(config, listener, shutdown).await;

@@ -74,9 +74,10 @@ pub struct AgentConfig {
     /// files go at most one sweep interval late. Directories an earlier agent process left
     /// count from their modification time. Default 24 h.
     pub log_retention: Duration,
-    /// Kill running containers when `shutdown` stops the agent. Off for a real agent (its
-    /// containers outlive an agent restart); on for `spindle local`, whose Ctrl-C should leave
-    /// no orphan processes behind.
+    /// Kill running containers when `shutdown` stops the agent (the default). An agent keeps
+    /// no state on disk, so a restarted one could not adopt them: left running, they would be
+    /// orphans the RM has already given up on (NODE_LOST) and re-run elsewhere. Turn it off
+    /// only to keep work going through a short agent outage that ends in a kill -9 anyway.
     pub kill_containers_on_stop: bool,
 }
 
@@ -96,7 +97,7 @@ impl AgentConfig {
             spindle_bin: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("spindle")),
             memory_enforcement: MemoryEnforcement::Auto,
             log_retention: DEFAULT_LOG_RETENTION,
-            kill_containers_on_stop: false,
+            kill_containers_on_stop: true,
         }
     }
 

@@ -34,12 +34,10 @@ use crate::probe::Probe;
 /// Serves the agent API on `listener`, registers with the RM and heartbeats until `shutdown` is
 /// cancelled or the RM says shutdown (the node is decommissioned). Returns `Ok` on a clean stop.
 ///
-/// The two stops differ in what happens to running containers:
-/// - cancelled `shutdown` (the operator stops the agent, or a test stops it): the agent stops
-///   heartbeating and serving but **leaves its containers running**, as a YARN NodeManager with
-///   recovery does, so restarting the agent does not kill work. (This agent keeps no state on
-///   disk: a restarted agent does not adopt those processes; the RM sees the node lost after
-///   `node_expiry` and reschedules their work.)
+/// What happens to running containers:
+/// - cancelled `shutdown` (the operator stops the agent): they are killed before `run`
+///   returns, unless `kill_containers_on_stop` is off — this agent keeps no state on disk, so
+///   a restarted agent could not adopt them, and the RM re-runs their work elsewhere.
 /// - RM shutdown: the RM has given the node up, so its remaining containers are killed
 ///   (KILLED_BY_RM) before `run` returns.
 pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> Result<(), AgentError> {
@@ -70,8 +68,10 @@ pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdow
     let cgroups = select_cgroups(config.memory_enforcement).await?;
 
     let tasks = TaskTracker::new();
-    // Cancelled by `shutdown` or by the RM's shutdown: stops the server, monitor and supervisors.
-    let stop = shutdown.child_token();
+    // Stops the server, monitor and supervisors once heartbeats have ended and the containers
+    // that must die are dead: not a child of `shutdown`, or the supervisors would be gone before
+    // they could kill anything.
+    let stop = CancellationToken::new();
     let context = LaunchContext {
         node_id: node_id.clone(),
         rm_urls: config.rm_urls.join(","),
@@ -114,7 +114,7 @@ pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdow
         Probe::new(work_dir),
         config.heartbeat_interval,
     );
-    let end = heartbeater.run(&stop).await;
+    let end = heartbeater.run(&shutdown).await;
     let kill_reason = match end {
         HeartbeatEnd::ShutdownByRm => Some("the node was decommissioned"),
         _ if config.kill_containers_on_stop => Some("the node agent stopped"),

@@ -180,7 +180,7 @@ async fn resync_registers_again_with_unacknowledged_completions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registers_once_the_rm_is_up_and_leaves_containers_running_on_shutdown() {
+async fn registers_once_the_rm_is_up_and_kills_its_containers_on_shutdown() {
     // A port nothing listens on yet: the RM "starts after the agent".
     let port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -204,7 +204,19 @@ async fn registers_once_the_rm_is_up_and_leaves_containers_running_on_shutdown()
     );
 
     agent.stop().await.unwrap();
-    assert!(!process_gone(pid), "stopping the agent leaves its containers running");
+    assert!(
+        process_gone(pid),
+        "stopping the agent kills its containers: nothing could adopt them"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_told_to_keep_its_containers_leaves_them_running_on_shutdown() {
+    let mut agent = TestAgent::start_without_rm(|config| config.kill_containers_on_stop = false).await;
+    agent.launch(1, 128, &["sh", "-c", "echo $$ > pids; exec sleep 100"]).await.unwrap();
+    let pid = agent.read_pids(1, "pids", 1).await[0];
+    agent.stop().await.unwrap();
+    assert!(!process_gone(pid), "the container outlives its agent");
     // SAFETY: the container's process group, started by this test's agent.
     unsafe { libc::killpg(pid, libc::SIGKILL) };
 }
