@@ -34,6 +34,8 @@ pub mod env {
     pub const AM_TOKEN: &str = "SPINDLE_AM_TOKEN";
     /// Only in AM containers: the job spec as JSON.
     pub const JOB_SPEC: &str = "SPINDLE_JOB_SPEC";
+    /// Only in shell job containers: which of the job's N tasks this is, from 0.
+    pub const TASK_INDEX: &str = "SPINDLE_TASK_INDEX";
 }
 
 /// Milliseconds since the Unix epoch: the time unit of every timestamp on the wire.

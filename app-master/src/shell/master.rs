@@ -15,7 +15,7 @@ use crate::rm::{Heartbeat, RmConnection};
 use crate::shell::tasks::ShellTasks;
 
 /// The variable that tells each task container which of the N tasks it is (0-based).
-pub const TASK_INDEX_ENV: &str = "SPINDLE_TASK_INDEX";
+pub const TASK_INDEX_ENV: &str = spindle_protocol::env::TASK_INDEX;
 
 /// How long an allocate may wait on the RM for news when the AM expects nothing of its own.
 const IDLE_WAIT: Duration = Duration::from_millis(1000);
