@@ -92,6 +92,11 @@ async fn rm_and_two_agents_run_a_shell_job() {
         assert!(node_list.stdout.contains(node_id.as_str()), "{node_list}");
     }
 
+    let queues = cluster.cli(&["queues", "--json"]).await;
+    assert!(queues.success(), "{queues}");
+    let root: spindle_protocol::QueueReport = serde_json::from_str(&queues.stdout).expect("queues --json prints the queue tree");
+    assert_eq!(root.children[0].name, "root.default");
+
     let example = support::examples_dir().join("hello-shell.toml");
     let submitted = cluster.cli(&["submit", example.to_str().unwrap(), "--wait"]).await;
     assert!(submitted.success(), "{submitted}");

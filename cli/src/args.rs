@@ -76,6 +76,8 @@ pub enum Command {
     },
     /// List node agents.
     Nodes,
+    /// Show the queue tree with each queue's shares and usage.
+    Queues,
     /// Drain a node, then remove it from the cluster.
     Decommission(DecommissionArgs),
     /// Print a container's stdout (or stderr).

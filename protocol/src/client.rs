@@ -231,6 +231,10 @@ impl RmClient {
             .await
     }
 
+    pub async fn queues(&self) -> Result<QueueReport, ClientError> {
+        self.http.call::<(), _>(Method::GET, "/v1/queues", None, None).await
+    }
+
     pub async fn cluster(&self) -> Result<ClusterReport, ClientError> {
         self.http.call::<(), _>(Method::GET, "/v1/cluster", None, None).await
     }

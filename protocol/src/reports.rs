@@ -106,6 +106,23 @@ pub struct ClusterReport {
     pub containers_running: u32,
 }
 
+/// One queue of the queue tree (`GET /v1/queues` answers the root).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QueueReport {
+    /// Dotted path from the root, e.g. `root.default`.
+    pub name: String,
+    /// Share of the parent's resources the queue is guaranteed, in percent.
+    pub guaranteed_percent: f32,
+    /// Share of the parent's resources the queue may use at most, in percent.
+    pub maximum_percent: f32,
+    /// Resources its apps' live containers hold now.
+    pub used: Resources,
+    /// Apps in the queue that have not ended.
+    pub apps_running: u32,
+    #[schema(no_recursion)]
+    pub children: Vec<QueueReport>,
+}
+
 /// `POST /v1/nodes/{node_id}/decommission` body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -42,6 +42,7 @@ pub async fn run(command: Command, global: &GlobalArgs) -> anyhow::Result<ExitCo
         Command::App { app_id } => apps::show(&context, app_id).await,
         Command::Kill { app_id } => apps::kill(&context, app_id).await,
         Command::Nodes => nodes::list(&context).await,
+        Command::Queues => nodes::queues(&context).await,
         Command::Decommission(args) => nodes::decommission(&context, &args).await,
         Command::Logs(args) => logs::print(&context, &args).await,
         Command::ResourceManager(_) | Command::NodeAgent(_) | Command::AppMaster | Command::Local(_) | Command::Demo => {

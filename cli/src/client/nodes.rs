@@ -1,9 +1,9 @@
-//! `spindle nodes` and `spindle decommission NODE`.
+//! `spindle nodes`, `spindle decommission NODE` and `spindle queues`: the cluster's capacity.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
-use spindle_protocol::{DecommissionRequest, NodeId, NodeReport, NodeState, now_ms};
+use spindle_protocol::{DecommissionRequest, NodeId, NodeReport, NodeState, QueueReport, now_ms};
 
 use super::{ClientContext, print_json};
 use crate::args::DecommissionArgs;
@@ -19,6 +19,37 @@ pub async fn list(context: &ClientContext) -> anyhow::Result<ExitCode> {
         out!("{}", nodes_table(&nodes, now_ms()).render());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+pub async fn queues(context: &ClientContext) -> anyhow::Result<ExitCode> {
+    let root = context.client.queues().await.context("cannot list queues")?;
+    if context.json {
+        print_json(&root)?;
+    } else {
+        out!("{}", queues_table(&root).render());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One row per queue, children indented under their parent.
+pub fn queues_table(root: &QueueReport) -> Table {
+    fn add(table: &mut Table, queue: &QueueReport, depth: usize) {
+        let short_name = queue.name.rsplit('.').next().unwrap_or(&queue.name);
+        table.row(vec![
+            format!("{}{short_name}", "  ".repeat(depth)),
+            format!("{:.0}%", queue.guaranteed_percent),
+            format!("{:.0}%", queue.maximum_percent),
+            queue.used.vcores.to_string(),
+            memory(queue.used.memory_mb),
+            queue.apps_running.to_string(),
+        ]);
+        for child in &queue.children {
+            add(table, child, depth + 1);
+        }
+    }
+    let mut table = Table::new(&["QUEUE", "GUARANTEED", "MAXIMUM", "USED VCORES", "USED MEMORY", "APPS"]).right_align(&[1, 2, 3, 4, 5]);
+    add(&mut table, root, 0);
+    table
 }
 
 pub fn nodes_table(nodes: &[NodeReport], now_ms: u64) -> Table {
@@ -88,6 +119,30 @@ mod tests {
             table,
             "ID              STATE    RACK           CONTAINERS  VCORES    MEMORY  LAST HEARTBEAT\n\
              127.0.0.1:8042  RUNNING  /default-rack           3     3/8  640M/16G  1s ago\n"
+        );
+    }
+
+    #[test]
+    fn the_queues_table_indents_children_under_their_parent() {
+        let leaf = QueueReport {
+            name: "root.default".into(),
+            guaranteed_percent: 100.0,
+            maximum_percent: 100.0,
+            used: Resources::new(3, 640),
+            apps_running: 2,
+            children: Vec::new(),
+        };
+        let root = QueueReport {
+            name: "root".into(),
+            children: vec![leaf.clone()],
+            ..leaf
+        };
+        let table = queues_table(&root).render();
+        assert_eq!(
+            table,
+            "QUEUE      GUARANTEED  MAXIMUM  USED VCORES  USED MEMORY  APPS\n\
+             root             100%     100%            3         640M     2\n\
+             \x20 default        100%     100%            3         640M     2\n"
         );
     }
 }

@@ -10,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use spindle_protocol::{
     AgentClient, AppId, AppReport, AppState, ClusterReport, ContainerId, ContainerReport, DecommissionRequest, ErrorBody, JobSpec, NodeId,
-    NodeReport, SubmitReply,
+    NodeReport, QueueReport, SubmitReply,
 };
 
 use super::extract::{ApiJson, User};
@@ -178,15 +178,10 @@ pub async fn cluster_report(State(rm): Rm, _user: User) -> Json<ClusterReport> {
 }
 
 /// The queue tree. Until the multi-tenant scheduler lands there is one leaf, `root.default`,
-/// holding the whole cluster.
-#[utoipa::path(get, path = "/v1/queues", tag = "cluster", responses((status = 200, body = Object)))]
-pub async fn queues(State(rm): Rm, _user: User) -> Json<serde_json::Value> {
-    let report = rm.read(|cluster| cluster.cluster_report(String::new())).await;
-    Json(serde_json::json!({
-        "name": "root", "guaranteed_percent": 100.0, "maximum_percent": 100.0,
-        "used": report.used, "capacity": report.capacity,
-        "children": [{"name": "default", "guaranteed_percent": 100.0, "maximum_percent": 100.0, "used": report.used, "children": []}]
-    }))
+/// holding the whole cluster, and every app runs in it whatever its spec's `queue` says.
+#[utoipa::path(get, path = "/v1/queues", tag = "cluster", responses((status = 200, body = QueueReport)))]
+pub async fn queues(State(rm): Rm, _user: User) -> Json<QueueReport> {
+    Json(rm.read(|cluster| cluster.queue_report()).await)
 }
 
 /// A container's stdout or stderr, fetched from its node (the app's owner or an admin).

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use spindle_protocol::{
     AppId, AppReport, AppState, AttemptReport, ClusterReport, ContainerId, ContainerReport, ContainerState, NodeId, NodeReport, NodeState,
-    Resources,
+    QueueReport, Resources,
 };
 
 use super::{App, Cluster, Container, Node};
@@ -70,6 +70,25 @@ impl Cluster {
 
     pub fn node_report(&self, node_id: &NodeId) -> Option<NodeReport> {
         self.nodes.get(node_id).map(node_report)
+    }
+
+    /// The queue tree: one leaf, `root.default`, until queues are configurable.
+    pub fn queue_report(&self) -> QueueReport {
+        let live = self.apps.values().filter(|app| !app.record.state.is_terminal());
+        let (used, apps_running) = live.fold((Resources::ZERO, 0), |(used, count), app| (used + app.allocated, count + 1));
+        let leaf = QueueReport {
+            name: "root.default".to_owned(),
+            guaranteed_percent: 100.0,
+            maximum_percent: 100.0,
+            used,
+            apps_running,
+            children: Vec::new(),
+        };
+        QueueReport {
+            name: "root".to_owned(),
+            children: vec![leaf.clone()],
+            ..leaf
+        }
     }
 
     pub fn cluster_report(&self, store: String) -> ClusterReport {
