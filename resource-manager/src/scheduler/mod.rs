@@ -2,6 +2,14 @@
 //! node headroom, with no I/O and no clock. This first implementation is first-fit; the
 //! multi-tenant scheduler (queues, fairness, preemption, locality) replaces it behind the same
 //! trait.
+//!
+//! The multi-tenant core (issue 3) is being built beside it: [`queues`] (the queue tree from the
+//! config) and [`capacity`] (hierarchical capacity + DRF `solve`), not yet wired into the RM.
+
+pub mod capacity;
+mod node_ring;
+pub mod queues;
+pub mod snapshot;
 
 use spindle_protocol::{AppId, NodeId, Resources};
 
