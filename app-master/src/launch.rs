@@ -24,7 +24,7 @@ pub struct LaunchFailure {
 /// Whether the agent saw the launch at all: the shell AM counts only refusals as task failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LaunchFailureKind {
-    /// Never answered (connection refused, timeout): the node is likely going away.
+    /// Never answered (connection refused, timeout), or is draining: the node is likely going away.
     AgentUnreachable,
     /// Answered with an error (bad token, bad command, …), or with an unreadable answer.
     AgentRefused,
@@ -66,15 +66,22 @@ impl ContainerLauncher for AgentLauncher {
         };
         match client.launch(&request).await {
             Ok(_status) => Ok(()),
-            Err(error @ ClientError::Unreachable { .. }) => Err(LaunchFailure {
-                kind: LaunchFailureKind::AgentUnreachable,
-                message: error.to_string(),
-            }),
-            Err(error) => Err(LaunchFailure {
-                kind: LaunchFailureKind::AgentRefused,
-                message: error.to_string(),
-            }),
+            Err(error) => Err(launch_failure(error)),
         }
+    }
+}
+
+/// How a launch failed. A draining agent (a decommission that raced the grant) says nothing
+/// about the task either: like an unreachable one, the node is going away.
+fn launch_failure(error: ClientError) -> LaunchFailure {
+    let kind = match &error {
+        ClientError::Unreachable { .. } => LaunchFailureKind::AgentUnreachable,
+        ClientError::Api { status: 409, message, .. } if message.contains("decommissioning") => LaunchFailureKind::AgentUnreachable,
+        _ => LaunchFailureKind::AgentRefused,
+    };
+    LaunchFailure {
+        kind,
+        message: error.to_string(),
     }
 }
 
@@ -135,5 +142,30 @@ impl<L: ContainerLauncher> LaunchPool<L> {
             }
         }
         results
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_draining_agent_does_not_count_against_the_task() {
+        let api = |status: u16, message: &str| ClientError::Api {
+            status,
+            code: "conflict".to_owned(),
+            message: message.to_owned(),
+        };
+        // As the node agent answers a launch while its node is being decommissioned.
+        let draining = api(409, "node is decommissioning: it takes no new containers");
+        assert_eq!(launch_failure(draining).kind, LaunchFailureKind::AgentUnreachable);
+        let duplicate = api(409, "container c was already launched on this node: container ids are single-use");
+        assert_eq!(launch_failure(duplicate).kind, LaunchFailureKind::AgentRefused);
+        assert_eq!(launch_failure(api(400, "bad command")).kind, LaunchFailureKind::AgentRefused);
+        let unreachable = ClientError::Unreachable {
+            urls: "n1:8042".to_owned(),
+            reason: "connection refused".to_owned(),
+        };
+        assert_eq!(launch_failure(unreachable).kind, LaunchFailureKind::AgentUnreachable);
     }
 }

@@ -35,8 +35,9 @@ pub struct Counters {
 /// The resource manager's service: state, store, and the wiring between them.
 pub struct ResourceManager {
     /// The state machine. A tokio mutex: it is held across the store commit on purpose, so
-    /// that commits happen in the order the changes were made.
-    cluster: tokio::sync::Mutex<Cluster>,
+    /// that commits happen in the order the changes were made. In an `Arc` so that a commit
+    /// task can own the guard.
+    cluster: Arc<tokio::sync::Mutex<Cluster>>,
     store: Store,
     pub config: RmConfig,
     pub secret: ClusterSecret,
@@ -72,7 +73,7 @@ impl ResourceManager {
         let mut cluster = Cluster::recover(settings, epoch, now_ms(), snapshot);
         let outbox = cluster.take_outbox();
         let rm = Arc::new(ResourceManager {
-            cluster: tokio::sync::Mutex::new(cluster),
+            cluster: Arc::new(tokio::sync::Mutex::new(cluster)),
             store,
             config,
             secret,
@@ -97,8 +98,19 @@ impl ResourceManager {
 
     /// Applies one change, commits it, then performs its side effects.
     pub async fn mutate<T>(self: &Arc<Self>, change: impl FnOnce(&mut Cluster, u64) -> T) -> Result<T, RmError> {
-        let mut cluster = self.cluster.lock().await;
+        let mut cluster = Arc::clone(&self.cluster).lock_owned().await;
         let result = change(&mut cluster, now_ms());
+        // Memory has changed: the commit and the outbox must happen even if the caller goes
+        // away (axum drops a handler's future when its client hangs up), so they run in a task
+        // of their own that keeps the state locked until the commit is done.
+        let rm = Arc::clone(self);
+        tokio::spawn(async move { rm.commit_and_dispatch(cluster).await })
+            .await
+            .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))?;
+        Ok(result)
+    }
+
+    async fn commit_and_dispatch(self: &Arc<Self>, mut cluster: tokio::sync::OwnedMutexGuard<Cluster>) -> Result<(), RmError> {
         let batch = cluster.take_writes();
         let outbox = cluster.take_outbox();
         if !batch.is_empty() {
@@ -116,7 +128,7 @@ impl ResourceManager {
         }
         drop(cluster);
         self.dispatch(outbox);
-        Ok(result)
+        Ok(())
     }
 
     /// A read-only look at the state.
@@ -152,11 +164,14 @@ impl ResourceManager {
                     Err(LaunchError::Failed(reason)) => {
                         tracing::warn!(container = %container_id, node = %node, %reason, "AM launch failed");
                         let diagnostics = format!("could not launch the application master on {node}: {reason}");
+                        // Never launched, through no fault of the app (agent unreachable or
+                        // draining, token expired while the RM was down): as an unlaunched
+                        // grant, EXPIRED, which does not count toward `max_attempts`.
                         let status = ContainerStatus {
                             container_id,
                             state: spindle_protocol::ContainerState::Complete,
                             exit_code: None,
-                            exit_reason: Some(ExitReason::Failed),
+                            exit_reason: Some(ExitReason::Expired),
                             diagnostics,
                             started_at_ms: None,
                             finished_at_ms: None,
@@ -217,7 +232,8 @@ impl ResourceManager {
                 return;
             }
             let retain_ms = self.config.retain_finished.as_millis() as u64;
-            if retain_ms > 0 && now_ms() - last_purge > 3_600_000 {
+            // The wall clock may step back: that must not underflow (and kill the timers).
+            if retain_ms > 0 && now_ms().saturating_sub(last_purge) > 3_600_000 {
                 last_purge = now_ms();
                 self.purge(last_purge.saturating_sub(retain_ms)).await;
             }
@@ -238,5 +254,108 @@ impl ResourceManager {
             .lock()
             .expect("waker map is never poisoned")
             .retain(|app_id, _| cluster.app_owner(*app_id).is_some());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use spindle_protocol::{NodeId, RegisterNodeRequest, Resources};
+
+    use super::*;
+    use crate::cluster::AmLaunch;
+
+    struct NoLaunches;
+
+    impl AmLauncher for NoLaunches {
+        fn launch(&self, _launch: AmLaunch) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), LaunchError>> + Send + '_>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    struct FailingLaunches;
+
+    impl AmLauncher for FailingLaunches {
+        fn launch(&self, _launch: AmLaunch) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), LaunchError>> + Send + '_>> {
+            Box::pin(async { Err(LaunchError::Failed("connection refused".to_owned())) })
+        }
+    }
+
+    /// An AM the RM could not even start (agent unreachable, draining, token expired while the
+    /// RM was down) did not fail through the app's fault: as README says, it does not count.
+    #[tokio::test]
+    async fn an_am_launch_the_rm_could_not_make_does_not_count_toward_max_attempts() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let config = RmConfig {
+            cluster_secret: "test-secret-0123456789".to_owned(),
+            ..RmConfig::default()
+        };
+        let rm = ResourceManager::start(config, store, Arc::new(FailingLaunches), CancellationToken::new())
+            .await
+            .unwrap();
+        let node = RegisterNodeRequest {
+            node_id: NodeId("n1:8042".to_owned()),
+            address: "n1:8042".to_owned(),
+            capacity: Resources::new(4, 4096),
+            rack: "/default".to_owned(),
+            labels: Vec::new(),
+            containers: Vec::new(),
+        };
+        rm.mutate(|cluster, now| cluster.register_node(node, now)).await.unwrap().unwrap();
+        let spec: spindle_protocol::JobSpec = toml::from_str(
+            "name = \"one\"\nkind = \"shell\"\nmax_attempts = 1\n[shell]\ncommand = [\"true\"]\ncontainers = 1\nvcores = 1\nmemory_mb = 128\n",
+        )
+        .unwrap();
+        let caller = crate::cluster::Caller {
+            user: "alice".to_owned(),
+            admin: false,
+        };
+        let app_id = rm.mutate(|cluster, now| cluster.submit(&caller, spec, now)).await.unwrap().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let report = rm.read(|cluster| cluster.app_report(app_id)).await.unwrap();
+            assert_ne!(report.state, spindle_protocol::AppState::Failed, "{}", report.diagnostics);
+            if report.attempts.len() >= 2 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no second attempt: {report:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A client that hangs up makes axum drop its handler's future, wherever it is waiting.
+    #[tokio::test]
+    async fn a_change_is_committed_even_if_its_caller_goes_away_during_the_commit() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let config = RmConfig {
+            cluster_secret: "test-secret-0123456789".to_owned(),
+            ..RmConfig::default()
+        };
+        let rm = ResourceManager::start(config, store, Arc::new(NoLaunches), CancellationToken::new())
+            .await
+            .unwrap();
+        let request = RegisterNodeRequest {
+            node_id: NodeId("n1:8042".to_owned()),
+            address: "n1:8042".to_owned(),
+            capacity: Resources::new(4, 4096),
+            rack: "/default".to_owned(),
+            labels: Vec::new(),
+            containers: Vec::new(),
+        };
+        // Polled once: the change is made and the commit has started, then the caller is gone.
+        let finished = tokio::select! {
+            biased;
+            result = rm.mutate(|cluster, now| cluster.register_node(request, now)) => Some(result),
+            () = std::future::ready(()) => None,
+        };
+        assert!(finished.is_none(), "the commit was still in flight");
+        assert!(
+            rm.read(|cluster| cluster.node_report(&NodeId("n1:8042".to_owned())))
+                .await
+                .is_some()
+        );
+        // Any later change waits for the one before it to be committed.
+        rm.mutate(|_, _| ()).await.unwrap();
+        assert_eq!(rm.store.load().await.unwrap().nodes.len(), 1, "memory and store agree");
+        assert!(rm.fatal_error().is_none());
     }
 }

@@ -54,6 +54,7 @@ backend_suite!(
     two_thousand_containers_commit_in_one_batch,
     concurrent_writers_both_succeed,
     purge_removes_only_old_terminal_apps_and_their_containers,
+    purge_keeps_an_ended_app_whose_containers_still_run,
     a_corrupt_doc_is_reported_with_its_row,
 );
 
@@ -360,6 +361,38 @@ async fn purge_removes_only_old_terminal_apps_and_their_containers(db: TestDb) {
     assert_eq!(container_apps, [3, 3, 4, 4, 5, 5]);
     assert_eq!(snapshot.nodes.len(), 1, "nodes are not touched");
     assert_eq!(store.purge_finished_before(1_000).await.unwrap(), 0, "purging again finds nothing");
+}
+
+async fn purge_keeps_an_ended_app_whose_containers_still_run(db: TestDb) {
+    // The RM keeps such an app in memory (an AM that finished its app may still be exiting);
+    // the store must keep it too, or the container's completion cannot be written later.
+    let store = db.connect().await;
+    let epoch = store.begin_epoch().await.unwrap();
+    let apps = vec![app(1, 10, AppState::Finished, Some(100)), app(2, 20, AppState::Finished, Some(100))];
+    let containers = vec![
+        container(1, 1, ContainerState::Running),
+        container(1, 2, ContainerState::Complete),
+        container(2, 1, ContainerState::Complete),
+    ];
+    store.commit(epoch, &batch(apps, containers, Vec::new())).await.unwrap();
+    assert_eq!(
+        store.purge_finished_before(1_000).await.unwrap(),
+        1,
+        "only the app with nothing live"
+    );
+    let snapshot = store.load().await.unwrap();
+    let kept_apps: Vec<u32> = snapshot.apps.iter().map(|app| app.app_id.seq).collect();
+    assert_eq!(kept_apps, [1]);
+    assert_eq!(snapshot.containers.len(), 2, "the live app keeps all its containers");
+    store
+        .commit(
+            epoch,
+            &batch(Vec::new(), vec![container(1, 1, ContainerState::Complete)], Vec::new()),
+        )
+        .await
+        .expect("the late completion is written");
+    assert_eq!(store.purge_finished_before(1_000).await.unwrap(), 1, "purged once nothing runs");
+    assert_eq!(store.load().await.unwrap(), Snapshot::default());
 }
 
 async fn a_corrupt_doc_is_reported_with_its_row(db: TestDb) {

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use spindle_protocol::{ClusterSecret, ContainerId, ContainerState, ContainerStatus, ExitReason, LaunchRequest, NodeId, Resources, now_ms};
+use spindle_protocol::{
+    ClusterSecret, ContainerId, ContainerState, ContainerStatus, ExitReason, LaunchRequest, LaunchSpec, NodeId, Resources, now_ms,
+};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -160,9 +162,23 @@ impl ContainerManager {
             };
             state.containers.insert(container_id, record);
         }
+        // From here the container exists: finish starting it even if the caller goes away
+        // (axum drops a handler's future when its client hangs up), or it would run unsupervised.
+        self.tasks
+            .spawn(Arc::clone(self).start(container_id, resources, request.launch, kill_signal))
+            .await
+            .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))
+    }
 
+    /// Spawns the process of a container `launch` recorded, and supervises it.
+    async fn start(
+        self: Arc<Self>,
+        container_id: ContainerId,
+        resources: Resources,
+        spec: LaunchSpec,
+        kill_signal: Arc<Notify>,
+    ) -> Result<ContainerStatus, AgentError> {
         let context = self.context.clone();
-        let spec = request.launch;
         let spawned = tokio::task::spawn_blocking(move || launcher::spawn_container(&context, &container_id, &resources, &spec))
             .await
             .unwrap_or_else(|join_error| {
@@ -437,6 +453,56 @@ fn constant_time_eq(expected: &str, given: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The AM's (or RM's) HTTP client may give up on a launch: axum then drops `launch`
+    /// wherever it waits. The container must still be supervised: it ends, and can be killed.
+    #[tokio::test]
+    async fn a_launch_whose_caller_goes_away_is_still_supervised() {
+        let work_dir = tempfile::tempdir().unwrap();
+        let secret = ClusterSecret::new("test-secret-0123456789");
+        let node_id = NodeId("n1:8042".to_owned());
+        let context = LaunchContext {
+            node_id: node_id.clone(),
+            rm_urls: "http://127.0.0.1:1".to_owned(),
+            work_dir: work_dir.path().to_owned(),
+            spindle_bin: "spindle".into(),
+            node_port: 8042,
+            cgroups: None,
+        };
+        let tasks = TaskTracker::new();
+        let manager = Arc::new(ContainerManager::new(
+            secret.clone(),
+            context,
+            tasks,
+            CancellationToken::new(),
+            Duration::from_secs(60),
+        ));
+        let container_id: ContainerId = "container_e01_1700000000000_0007_01_000001".parse().unwrap();
+        let request = LaunchRequest {
+            token: secret.sign_container(container_id, node_id, Resources::new(1, 64), now_ms() + 60_000),
+            launch: LaunchSpec {
+                command: vec!["sh".to_owned(), "-c".to_owned(), "exit 3".to_owned()],
+                env: Default::default(),
+            },
+        };
+        // Polled once, then dropped.
+        let finished = tokio::select! {
+            biased;
+            result = manager.launch(request) => Some(result),
+            () = std::future::ready(()) => None,
+        };
+        assert!(finished.is_none(), "the launch was still in progress: {finished:?}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = manager.status(&container_id).unwrap();
+            if status.state == ContainerState::Complete {
+                assert_eq!(status.exit_code, Some(3), "{status:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "the container never completed: {status:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 
     #[test]
     fn constant_time_eq_compares() {

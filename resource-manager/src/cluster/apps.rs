@@ -3,7 +3,7 @@
 
 use spindle_protocol::{
     AllocateReply, AllocateRequest, AppId, AppState, ContainerId, ContainerState, ContainerStatus, ExitReason, FinalStatus, JobKind,
-    JobSpec, LaunchRequest, LaunchSpec, RegisterAmReply, RegisterAmRequest, Resources, SpecError, env,
+    JobSpec, LaunchRequest, LaunchSpec, RegisterAmReply, RegisterAmRequest, Resources, SpecError, env, validate_resources,
 };
 
 use super::{AmLaunch, App, Cluster};
@@ -272,6 +272,11 @@ impl Cluster {
             // A superseded or ended attempt gets `shutdown` from `collect_news`, not an error.
             self.apps.get(&request.app_id).ok_or(AppError::NotFound(request.app_id))?;
             return Ok(());
+        }
+        // A container of no size fits anywhere any number of times: the scheduler would grant
+        // the whole count (up to u32::MAX) in one round.
+        for (index, ask) in request.asks.iter().enumerate() {
+            validate_resources(&format!("asks[{index}].resources"), &ask.resources)?;
         }
         for release in &request.releases {
             if release.app != request.app_id {

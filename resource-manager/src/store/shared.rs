@@ -23,11 +23,16 @@ const LOAD_APPS: &str = "SELECT app_id, doc FROM apps ORDER BY submitted_at_ms, 
 const LOAD_CONTAINERS: &str = "SELECT container_id, doc FROM containers ORDER BY container_id";
 const LOAD_NODES: &str = "SELECT node_id, doc FROM nodes ORDER BY node_id";
 /// The terminal app states, spelled out so the statement is a constant; a unit test keeps the
-/// list in step with `AppState::is_terminal`.
+/// list in step with `AppState::is_terminal`. An ended app some of whose containers still run
+/// (an AM that finished its app and is still exiting) stays: the RM keeps it in memory and
+/// will write those containers' completions.
 const PURGE_CONTAINERS: &str = "DELETE FROM containers WHERE app_id IN (SELECT app_id FROM apps \
-     WHERE state IN ('FINISHED', 'FAILED', 'KILLED') AND finished_at_ms < $1)";
+     WHERE state IN ('FINISHED', 'FAILED', 'KILLED') AND finished_at_ms < $1 \
+     AND NOT EXISTS (SELECT 1 FROM containers live WHERE live.app_id = apps.app_id AND live.state <> 'COMPLETE'))";
 const PURGE_APPS: &str = "DELETE FROM apps WHERE state IN ('FINISHED', 'FAILED', 'KILLED') \
-     AND finished_at_ms < $1 RETURNING app_id";
+     AND finished_at_ms < $1 \
+     AND NOT EXISTS (SELECT 1 FROM containers live WHERE live.app_id = apps.app_id AND live.state <> 'COMPLETE') \
+     RETURNING app_id";
 
 /// One table as the upsert code sees it; the first column is the primary key.
 struct Table {

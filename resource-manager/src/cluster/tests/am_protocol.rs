@@ -166,3 +166,22 @@ fn an_am_may_finish_without_registering() {
     Am::of(&rm, app_id).finish(&mut rm, FinalStatus::Succeeded, 10).unwrap();
     assert_eq!(rm.app(app_id).state, AppState::Finished);
 }
+
+#[test]
+fn an_ask_for_containers_of_no_size_is_refused() {
+    let mut rm = cluster();
+    let mut n1 = register(&mut rm, "n1:8042", 4, 4096, 0);
+    let am = start_job(&mut rm, &mut n1, shell_spec(1), 0);
+    // A zero-sized container fits anywhere, any number of times: without a check every
+    // scheduling round would grant all of `count` (up to u32::MAX) containers.
+    for resources in [Resources::new(0, 0), Resources::new(0, 128), Resources::new(1, 0)] {
+        let ask = ResourceAsk {
+            resources,
+            count: 1_000,
+            ..task_ask(0)
+        };
+        let err = am.update_asks(&mut rm, &am.request(vec![ask], Vec::new()), 10).unwrap_err();
+        assert!(matches!(err, AppError::InvalidSpec(_)), "{err:?}");
+    }
+    assert_eq!(rm.containers(am.app_id).len(), 1, "only the AM container");
+}
