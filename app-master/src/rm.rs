@@ -51,6 +51,9 @@ pub struct RmConnection {
     outage: OutageClock,
     /// A call failed on the way (the RM may have restarted): register again before the next one.
     must_reregister: bool,
+    /// The `response_id` of the last allocate reply received: sent with every allocate, so
+    /// the RM sends a reply lost on the way again instead of losing its grants and completions.
+    last_response_id: u64,
 }
 
 impl RmConnection {
@@ -61,6 +64,7 @@ impl RmConnection {
             attempt,
             outage: OutageClock::new(policy),
             must_reregister: false,
+            last_response_id: 0,
         }
     }
 
@@ -93,6 +97,10 @@ impl RmConnection {
 
     /// One long-polling allocate. After an outage it registers again first, and says so.
     pub async fn allocate(&mut self, request: &AllocateRequest, shutdown: &CancellationToken) -> Result<Heartbeat, AmError> {
+        let request = &AllocateRequest {
+            response_id: Some(self.last_response_id),
+            ..request.clone()
+        };
         let mut reregistered = None;
         loop {
             if self.must_reregister {
@@ -107,6 +115,7 @@ impl RmConnection {
             match sent {
                 Some(reply) => {
                     self.outage.reset();
+                    self.last_response_id = reply.response_id;
                     return Ok(Heartbeat { reply, reregistered });
                 }
                 // The RM may have restarted meanwhile: register before resending.

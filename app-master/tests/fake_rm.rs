@@ -77,6 +77,9 @@ async fn four_containers_succeed() {
         assert_eq!(launch.env["GREETING"], "hi");
         assert_eq!(state.registers, 1);
         assert!(state.releases.is_empty());
+        // Each allocate names the last reply the AM got, so the RM can send a lost one again.
+        let expected: Vec<Option<u64>> = (0..state.response_ids_seen.len() as u64).map(Some).collect();
+        assert_eq!(state.response_ids_seen, expected);
     });
 }
 

@@ -107,6 +107,12 @@ pub struct AllocateRequest {
     pub progress: f32,
     /// Answer at once if anything is new, else wait up to this long for news.
     pub wait_ms: u64,
+    /// The `response_id` of the last reply the AM received (`Some(0)` before the first). If
+    /// the RM's last reply has the next id, that reply was lost on the way: the RM sends it
+    /// again instead of new news, so no grant or completion is lost (YARN's responseId). An
+    /// AM that sends none gets no such replays.
+    #[serde(default)]
+    pub response_id: Option<u64>,
 }
 
 /// A container granted to an AM, with the token the node agent will ask for.
@@ -129,6 +135,9 @@ pub struct AllocateReply {
     pub headroom: Resources,
     /// The app was killed or this attempt is no longer current: stop.
     pub shutdown: bool,
+    /// Numbers the replies to one attempt, from 1; the AM sends back the last one it got.
+    #[serde(default)]
+    pub response_id: u64,
 }
 
 /// AM → RM at the end.

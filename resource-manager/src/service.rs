@@ -193,12 +193,7 @@ impl ResourceManager {
         // Enabled before looking, so a wake-up between the look and the wait is not missed.
         let mut notified = Box::pin(notify.notified());
         notified.as_mut().enable();
-        let news = self
-            .mutate(|cluster, now| {
-                cluster.update_asks(&request, now)?;
-                Ok::<_, crate::cluster::AppError>(cluster.collect_news(app_id, attempt))
-            })
-            .await??;
+        let news = self.mutate(move |cluster, now| cluster.allocate(&request, now)).await??;
         if let Some(reply) = news {
             return Ok(reply);
         }
@@ -208,7 +203,7 @@ impl ResourceManager {
                 _ = self.shutdown.cancelled() => false,
             };
             if !woken {
-                return Ok(self.read(|cluster| cluster.idle_reply()).await);
+                return self.mutate(move |cluster, _| cluster.idle_reply(app_id, attempt)).await;
             }
             notified = Box::pin(notify.notified());
             notified.as_mut().enable();

@@ -117,6 +117,7 @@ impl<L: ContainerLauncher> ShellMaster<L> {
                 releases: tasks.take_releases(),
                 progress: tasks.progress(),
                 wait_ms: wait.as_millis() as u64,
+                response_id: None, // numbered by RmConnection
             };
             let Heartbeat { reply, reregistered } = rm.allocate(&request, shutdown).await?;
             if let Some(registered) = reregistered {
@@ -159,6 +160,7 @@ impl<L: ContainerLauncher> ShellMaster<L> {
                 releases,
                 progress: tasks.progress(),
                 wait_ms: 0,
+                response_id: None, // numbered by RmConnection
             };
             if rm.allocate(&request, shutdown).await?.reply.shutdown {
                 return Ok(AmExit::ShutdownByRm);

@@ -58,6 +58,9 @@ pub struct FakeState {
     pub refused_launches: u32,
     /// Listed as live in the register reply.
     pub live_on_register: Vec<ContainerId>,
+    /// The `response_id` of every allocate that got an answer, in order.
+    pub response_ids_seen: Vec<Option<u64>>,
+    replies_sent: u64,
     behaviour: Behaviour,
     next_seq: u64,
     completions: Vec<ContainerStatus>,
@@ -105,6 +108,8 @@ impl FakeCluster {
                 extra_grants: 0,
                 refused_launches: 0,
                 live_on_register: Vec::new(),
+                response_ids_seen: Vec::new(),
+                replies_sent: 0,
                 behaviour,
                 next_seq: 2,
                 completions: Vec::new(),
@@ -188,6 +193,7 @@ async fn allocate(State(shared): State<Arc<Shared>>, headers: HeaderMap, Json(re
             state.failing_allocates -= 1;
             return error(503, "restarting");
         }
+        state.response_ids_seen.push(request.response_id);
         state.released.extend(request.releases.iter().copied());
         state.releases.extend(request.releases.iter().copied());
         let asked: u32 = request.asks.iter().map(|ask| ask.count).sum();
@@ -206,12 +212,14 @@ async fn allocate(State(shared): State<Arc<Shared>>, headers: HeaderMap, Json(re
             let mut state = lock(&shared);
             let news = state.shutdown || !allocated.is_empty() || !state.completions.is_empty();
             if news || tokio::time::Instant::now() >= deadline {
+                state.replies_sent += 1;
                 return Json(AllocateReply {
                     allocated,
                     completed: std::mem::take(&mut state.completions),
                     preempt: Vec::new(),
                     headroom: Resources::ZERO,
                     shutdown: state.shutdown,
+                    response_id: state.replies_sent,
                 })
                 .into_response();
             }

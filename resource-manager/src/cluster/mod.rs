@@ -14,7 +14,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use spindle_protocol::{
-    AppId, ClusterSecret, ContainerId, ContainerStatus, ExitReason, LaunchRequest, NodeId, NodeUsage, ResourceAsk, Resources,
+    AllocateReply, AppId, ClusterSecret, ContainerId, ContainerStatus, ExitReason, LaunchRequest, NodeId, NodeUsage, ResourceAsk, Resources,
 };
 
 use crate::records::{AppRecord, ContainerRecord, NodeRecord, WriteBatch};
@@ -63,6 +63,8 @@ struct App {
     live: BTreeSet<ContainerId>,
     allocated: Resources,
     next_container_seq: u64,
+    /// The last allocate reply of the current attempt, kept to send again if it was lost.
+    last_reply: Option<AllocateReply>,
 }
 
 impl App {
@@ -76,6 +78,7 @@ impl App {
             live: BTreeSet::new(),
             allocated: Resources::ZERO,
             next_container_seq: 1,
+            last_reply: None,
         }
     }
 }

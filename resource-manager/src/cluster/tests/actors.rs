@@ -182,6 +182,7 @@ impl Am {
             releases,
             progress: 0.5,
             wait_ms: 0,
+            response_id: None,
         }
     }
 

@@ -185,3 +185,31 @@ fn an_ask_for_containers_of_no_size_is_refused() {
     }
     assert_eq!(rm.containers(am.app_id).len(), 1, "only the AM container");
 }
+
+#[test]
+fn a_lost_allocate_reply_is_sent_again_and_nothing_is_lost_or_granted_twice() {
+    let mut rm = cluster();
+    let mut n1 = register(&mut rm, "n1:8042", 16, 16_384, 0);
+    let app_id = rm.submit(shell_spec(3), 0).unwrap();
+    n1.start_am(&mut rm, 10);
+    let am = Am::of(&rm, app_id);
+    am.register(&mut rm, 20).unwrap();
+    let allocate = |rm: &mut Rm, response_id: Option<u64>, count: u32, now: u64| {
+        let mut request = am.request(vec![task_ask(count)], vec![]);
+        request.response_id = response_id;
+        rm.mutate(|cluster| cluster.allocate(&request, now)).unwrap()
+    };
+
+    let first = allocate(&mut rm, Some(0), 3, 30).expect("three grants");
+    assert_eq!((first.response_id, first.allocated.len()), (1, 3));
+    // That reply never arrived: the AM asks again, still for 3, saying it last got reply 0.
+    let again = allocate(&mut rm, Some(0), 3, 40).expect("the lost reply, again");
+    assert_eq!(again, first);
+    assert_eq!(rm.containers(app_id).len(), 4, "the AM and three tasks: nothing granted twice");
+
+    // Having got reply 1, the AM wants nothing more: no news, no replay.
+    assert!(allocate(&mut rm, Some(1), 0, 50).is_none());
+    assert_eq!(rm.containers(app_id).len(), 4);
+    // An AM that does not number its requests never gets replays.
+    assert!(allocate(&mut rm, None, 0, 60).is_none());
+}
