@@ -100,6 +100,13 @@ impl ResourceManager {
     pub async fn mutate<T>(self: &Arc<Self>, change: impl FnOnce(&mut Cluster, u64) -> T) -> Result<T, RmError> {
         let mut cluster = Arc::clone(&self.cluster).lock_owned().await;
         let result = change(&mut cluster, now_ms());
+        if !cluster.has_writes() {
+            // Nothing to commit: nothing can be half done if the caller goes away.
+            let outbox = cluster.take_outbox();
+            drop(cluster);
+            self.dispatch(outbox);
+            return Ok(result);
+        }
         // Memory has changed: the commit and the outbox must happen even if the caller goes
         // away (axum drops a handler's future when its client hangs up), so they run in a task
         // of their own that keeps the state locked until the commit is done.

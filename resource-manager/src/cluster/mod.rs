@@ -171,6 +171,11 @@ impl Cluster {
         &self.settings
     }
 
+    /// Whether anything changed since the last `take_writes`.
+    pub fn has_writes(&self) -> bool {
+        !(self.dirty.apps.is_empty() && self.dirty.containers.is_empty() && self.dirty.nodes.is_empty())
+    }
+
     /// The records changed since the last call, for one transaction.
     pub fn take_writes(&mut self) -> WriteBatch {
         let dirty = std::mem::take(&mut self.dirty);
