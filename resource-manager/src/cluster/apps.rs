@@ -1,9 +1,9 @@
-//! App and attempt lifecycle: submit, kill, the AM protocol (register, allocate, finish), and
-//! what happens when an AM container ends.
+//! App and attempt lifecycle: submit, kill, the AM's register and finish (allocate has a file
+//! of its own), and what happens when an AM container ends.
 
 use spindle_protocol::{
-    AllocateReply, AllocateRequest, AppId, AppState, ContainerId, ContainerState, ContainerStatus, ExitReason, FinalStatus, JobKind,
-    JobSpec, LaunchRequest, LaunchSpec, RegisterAmReply, RegisterAmRequest, Resources, SpecError, env, validate_resources,
+    AppId, AppState, ContainerId, ContainerStatus, ExitReason, FinalStatus, JobKind, JobSpec, LaunchRequest, LaunchSpec, RegisterAmReply,
+    RegisterAmRequest, Resources, SpecError, env,
 };
 
 use super::{AmLaunch, App, Cluster};
@@ -191,7 +191,7 @@ impl Cluster {
     }
 
     /// The current attempt number, if the app is live.
-    fn current_attempt(&self, app_id: AppId) -> Option<u32> {
+    pub(super) fn current_attempt(&self, app_id: AppId) -> Option<u32> {
         let app = self.apps.get(&app_id)?;
         if app.record.state.is_terminal() {
             return None;
@@ -253,7 +253,7 @@ impl Cluster {
     }
 
     /// Refuses calls from an AM attempt that is not the app's current one.
-    fn check_attempt(&self, app_id: AppId, attempt: u32) -> Result<(), AppError> {
+    pub(super) fn check_attempt(&self, app_id: AppId, attempt: u32) -> Result<(), AppError> {
         let app = self.apps.get(&app_id).ok_or(AppError::NotFound(app_id))?;
         match self.current_attempt(app_id) {
             Some(current) if current == attempt => Ok(()),
@@ -265,181 +265,6 @@ impl Cluster {
                 app.record.state.as_str()
             ))),
         }
-    }
-
-    /// One allocate call: the last reply again if the AM did not get it (its `response_id` is
-    /// one behind), else the AM's asks, releases and progress, and whatever news there is.
-    /// `None`: nothing new, the caller may long-poll.
-    pub fn allocate(&mut self, request: &AllocateRequest, now_ms: u64) -> Result<Option<AllocateReply>, AppError> {
-        if let Some(lost) = self.lost_reply(request) {
-            // The asks of this request were written without the lost grants: ignore them.
-            // Releases and progress were never applied, since they came in no earlier request.
-            self.apply_releases_and_progress(request, now_ms)?;
-            return Ok(Some(lost));
-        }
-        self.update_asks(request, now_ms)?;
-        Ok(self.collect_news(request.app_id, request.attempt))
-    }
-
-    /// The last reply to this attempt, if the AM's `response_id` says it never arrived.
-    fn lost_reply(&self, request: &AllocateRequest) -> Option<AllocateReply> {
-        if self.current_attempt(request.app_id) != Some(request.attempt) {
-            return None;
-        }
-        let received = request.response_id?;
-        let last = self.apps.get(&request.app_id)?.last_reply.as_ref()?;
-        (last.response_id == received + 1).then(|| last.clone())
-    }
-
-    /// Checks, then applies, a request's releases and progress: all or nothing.
-    fn apply_releases_and_progress(&mut self, request: &AllocateRequest, now_ms: u64) -> Result<(), AppError> {
-        // A container of no size fits anywhere any number of times: the scheduler would grant
-        // the whole count (up to u32::MAX) in one round.
-        for (index, ask) in request.asks.iter().enumerate() {
-            validate_resources(&format!("asks[{index}].resources"), &ask.resources)?;
-        }
-        if let Some(foreign) = request.releases.iter().find(|release| release.app != request.app_id) {
-            return Err(AppError::Forbidden(format!(
-                "container {foreign} does not belong to {}",
-                request.app_id
-            )));
-        }
-        for release in &request.releases {
-            self.kill_container(
-                *release,
-                ExitReason::KilledByApp,
-                "released by the application master".to_owned(),
-                now_ms,
-            );
-        }
-        let app = self.apps.get_mut(&request.app_id).ok_or(AppError::NotFound(request.app_id))?;
-        // NaN would not survive a JSON round trip through the store.
-        let progress = if request.progress.is_finite() {
-            request.progress.clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
-        if progress != app.record.progress {
-            // Users see it in app reports, so it is committed like any other change.
-            app.record.progress = progress;
-            self.dirty.apps.insert(request.app_id);
-        }
-        Ok(())
-    }
-
-    /// Numbers a reply to the current attempt and keeps it, in case it is lost on the way.
-    fn seal_reply(&mut self, app_id: AppId, mut reply: AllocateReply) -> AllocateReply {
-        if let Some(app) = self.apps.get_mut(&app_id) {
-            reply.response_id = app.last_reply.as_ref().map_or(1, |last| last.response_id + 1);
-            app.last_reply = Some(reply.clone());
-        }
-        reply
-    }
-
-    /// Takes an AM's asks, releases and progress. Returns whether the app is still live.
-    pub fn update_asks(&mut self, request: &AllocateRequest, now_ms: u64) -> Result<(), AppError> {
-        if self.check_attempt(request.app_id, request.attempt).is_err() {
-            // A superseded or ended attempt gets `shutdown` from `collect_news`, not an error.
-            self.apps.get(&request.app_id).ok_or(AppError::NotFound(request.app_id))?;
-            return Ok(());
-        }
-        self.apply_releases_and_progress(request, now_ms)?;
-        let app = self.apps.get_mut(&request.app_id).expect("checked above");
-        // Asks are absolute from the AM's point of view; grants it has not heard of yet are
-        // already on their way to it, so they are subtracted here.
-        let mut asks = request.asks.clone();
-        for container_id in &app.undelivered {
-            let Some(container) = self.containers.get(container_id) else {
-                continue;
-            };
-            if let Some(ask) = asks
-                .iter_mut()
-                .find(|ask| ask.resources == container.record.resources && ask.count > 0)
-            {
-                ask.count -= 1;
-            }
-        }
-        asks.retain(|ask| ask.count > 0);
-        app.asks = asks;
-        self.schedule(now_ms);
-        Ok(())
-    }
-
-    /// What the AM has not heard yet: new grants (now ACQUIRED) and completions. `None` if
-    /// there is nothing, so the caller may long-poll.
-    pub fn collect_news(&mut self, app_id: AppId, attempt: u32) -> Option<AllocateReply> {
-        let app = self.apps.get(&app_id)?;
-        if self.current_attempt(app_id) != Some(attempt) {
-            return Some(AllocateReply {
-                shutdown: true,
-                ..AllocateReply::default()
-            });
-        }
-        if app.undelivered.is_empty() && app.completions.is_empty() {
-            return None;
-        }
-        let app = self.apps.get_mut(&app_id).expect("checked above");
-        let granted = std::mem::take(&mut app.undelivered);
-        let completed = std::mem::take(&mut app.completions);
-        let mut allocated = Vec::with_capacity(granted.len());
-        for container_id in granted {
-            let Some(container) = self.containers.get_mut(&container_id) else {
-                continue;
-            };
-            if container.record.state != ContainerState::Allocated {
-                continue;
-            }
-            container.record.state = ContainerState::Acquired;
-            let record = &container.record;
-            allocated.push(spindle_protocol::Allocation {
-                container_id,
-                node_id: record.node_id.clone(),
-                node_address: record.node_address.clone(),
-                resources: record.resources,
-                token: self.settings.secret.sign_container(
-                    container_id,
-                    record.node_id.clone(),
-                    record.resources,
-                    record.launch_deadline_ms,
-                ),
-            });
-            self.dirty.containers.insert(container_id);
-        }
-        let headroom = self.headroom();
-        let reply = AllocateReply {
-            allocated,
-            completed,
-            preempt: Vec::new(),
-            headroom,
-            shutdown: false,
-            response_id: 0,
-        };
-        Some(self.seal_reply(app_id, reply))
-    }
-
-    /// The answer to an allocate call that waited and heard nothing.
-    pub fn idle_reply(&mut self, app_id: AppId, attempt: u32) -> AllocateReply {
-        if self.current_attempt(app_id) != Some(attempt) {
-            return AllocateReply {
-                shutdown: true,
-                ..AllocateReply::default()
-            };
-        }
-        let reply = AllocateReply {
-            headroom: self.headroom(),
-            ..AllocateReply::default()
-        };
-        self.seal_reply(app_id, reply)
-    }
-
-    /// What is free on schedulable nodes now.
-    fn headroom(&self) -> Resources {
-        self.nodes
-            .values()
-            .filter(|node| node.record.state.is_schedulable())
-            .fold(Resources::ZERO, |total, node| {
-                total + node.record.capacity.saturating_sub(&node.used)
-            })
     }
 
     /// The AM reports the end of the app.

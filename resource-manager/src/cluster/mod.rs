@@ -3,6 +3,7 @@
 //! records it touched; the service commits those (one transaction) before anyone is told, and
 //! only then carries out the outbox (AM launches, waking long-polling AMs).
 
+mod allocate;
 mod apps;
 mod containers;
 mod nodes;

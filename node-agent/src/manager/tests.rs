@@ -1,0 +1,61 @@
+//! Unit tests of the container manager.
+
+use super::*;
+
+/// The AM's (or RM's) HTTP client may give up on a launch: axum then drops `launch`
+/// wherever it waits. The container must still be supervised: it ends, and can be killed.
+#[tokio::test]
+async fn a_launch_whose_caller_goes_away_is_still_supervised() {
+    let work_dir = tempfile::tempdir().unwrap();
+    let secret = ClusterSecret::new("test-secret-0123456789");
+    let node_id = NodeId("n1:8042".to_owned());
+    let context = LaunchContext {
+        node_id: node_id.clone(),
+        rm_urls: "http://127.0.0.1:1".to_owned(),
+        work_dir: work_dir.path().to_owned(),
+        spindle_bin: "spindle".into(),
+        node_port: 8042,
+        cgroups: None,
+    };
+    let tasks = TaskTracker::new();
+    let manager = Arc::new(ContainerManager::new(
+        secret.clone(),
+        context,
+        tasks,
+        CancellationToken::new(),
+        Duration::from_secs(60),
+    ));
+    let container_id: ContainerId = "container_e01_1700000000000_0007_01_000001".parse().unwrap();
+    let request = LaunchRequest {
+        token: secret.sign_container(container_id, node_id, Resources::new(1, 64), now_ms() + 60_000),
+        launch: LaunchSpec {
+            command: vec!["sh".to_owned(), "-c".to_owned(), "exit 3".to_owned()],
+            env: Default::default(),
+        },
+    };
+    // Polled once, then dropped.
+    let finished = tokio::select! {
+        biased;
+        result = manager.launch(request) => Some(result),
+        () = std::future::ready(()) => None,
+    };
+    assert!(finished.is_none(), "the launch was still in progress: {finished:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = manager.status(&container_id).unwrap();
+        if status.state == ContainerState::Complete {
+            assert_eq!(status.exit_code, Some(3), "{status:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the container never completed: {status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn constant_time_eq_compares() {
+    assert!(constant_time_eq("abc", "abc"));
+    assert!(!constant_time_eq("abc", "abd"));
+    assert!(!constant_time_eq("abc", "ab"));
+    assert!(!constant_time_eq("", "a"));
+}
