@@ -9,14 +9,57 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use spindle_protocol::{AllocateReply, AllocateRequest, AppId, ClusterSecret, ContainerStatus, ExitReason, now_ms};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedMutexGuard};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, ClusterSettings, Outbox};
 use crate::config::RmConfig;
 use crate::error::RmError;
 use crate::launcher::{AmLauncher, LaunchError};
+use crate::records::WriteBatch;
 use crate::store::Store;
+
+/// A change applied in memory whose commit and side effects are not done yet. Dropped before
+/// `finish` completes (its caller went away mid-commit), it finishes them in a task of its
+/// own: the batch holds whole records, so committing it again is harmless if the first try
+/// got through.
+struct PendingCommit {
+    rm: Arc<ResourceManager>,
+    work: Option<(OwnedMutexGuard<Cluster>, WriteBatch, Outbox)>,
+}
+
+impl PendingCommit {
+    async fn finish(&mut self) -> Result<(), RmError> {
+        let Some((cluster, batch, _)) = self.work.as_ref() else {
+            return Ok(());
+        };
+        if !batch.is_empty()
+            && let Err(err) = self.rm.store.commit(cluster.epoch(), batch).await
+        {
+            // Nothing left to finish: the RM stops and a restart recovers from the store.
+            self.work = None;
+            return Err(self.rm.fail_stop(err));
+        }
+        let (cluster, batch, outbox) = self.work.take().expect("checked above");
+        if !batch.is_empty() {
+            self.rm.counters.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(cluster);
+        self.rm.dispatch(outbox);
+        Ok(())
+    }
+}
+
+impl Drop for PendingCommit {
+    fn drop(&mut self) {
+        if let Some((cluster, batch, outbox)) = self.work.take() {
+            let rm = Arc::clone(&self.rm);
+            tokio::spawn(async move {
+                let _ = rm.commit_and_dispatch(cluster, batch, outbox).await;
+            });
+        }
+    }
+}
 
 /// Longest an allocate call may wait for news, whatever the AM asks.
 const MAX_ALLOCATE_WAIT: Duration = Duration::from_secs(30);
@@ -100,42 +143,49 @@ impl ResourceManager {
     pub async fn mutate<T>(self: &Arc<Self>, change: impl FnOnce(&mut Cluster, u64) -> T) -> Result<T, RmError> {
         let mut cluster = Arc::clone(&self.cluster).lock_owned().await;
         let result = change(&mut cluster, now_ms());
-        if !cluster.has_writes() {
-            // Nothing to commit: nothing can be half done if the caller goes away.
-            let outbox = cluster.take_outbox();
-            drop(cluster);
-            self.dispatch(outbox);
-            return Ok(result);
-        }
+        let batch = cluster.take_writes();
+        let outbox = cluster.take_outbox();
         // Memory has changed: the commit and the outbox must happen even if the caller goes
-        // away (axum drops a handler's future when its client hangs up), so they run in a task
-        // of their own that keeps the state locked until the commit is done.
-        let rm = Arc::clone(self);
-        tokio::spawn(async move { rm.commit_and_dispatch(cluster).await })
-            .await
-            .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))?;
+        // away (axum drops a handler's future when its client hangs up). They run here, and
+        // `PendingCommit` finishes them in a task of its own if this future is dropped midway.
+        let mut pending = PendingCommit {
+            rm: Arc::clone(self),
+            work: Some((cluster, batch, outbox)),
+        };
+        pending.finish().await?;
         Ok(result)
     }
 
-    async fn commit_and_dispatch(self: &Arc<Self>, mut cluster: tokio::sync::OwnedMutexGuard<Cluster>) -> Result<(), RmError> {
-        let batch = cluster.take_writes();
-        let outbox = cluster.take_outbox();
+    /// Commits a change's writes (the state stays locked until they are durable), then
+    /// performs its outbox.
+    async fn commit_and_dispatch(
+        self: &Arc<Self>,
+        cluster: OwnedMutexGuard<Cluster>,
+        batch: WriteBatch,
+        outbox: Outbox,
+    ) -> Result<(), RmError> {
         if !batch.is_empty() {
-            if let Err(err) = self.store.commit(cluster.epoch(), &batch).await {
-                // Memory now holds changes the store does not: stop, and let a restart recover.
-                tracing::error!(error = %err, "store commit failed; stopping the resource manager");
-                self.fatal
-                    .lock()
-                    .expect("fatal slot is never poisoned")
-                    .get_or_insert_with(|| err.to_string());
-                self.shutdown.cancel();
-                return Err(RmError::Store(err));
-            }
+            self.store
+                .commit(cluster.epoch(), &batch)
+                .await
+                .map_err(|err| self.fail_stop(err))?;
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
         }
         drop(cluster);
         self.dispatch(outbox);
         Ok(())
+    }
+
+    /// A commit failed: memory now holds changes the store does not. Stop, and let a restart
+    /// recover from the store.
+    fn fail_stop(&self, err: crate::store::StoreError) -> RmError {
+        tracing::error!(error = %err, "store commit failed; stopping the resource manager");
+        self.fatal
+            .lock()
+            .expect("fatal slot is never poisoned")
+            .get_or_insert_with(|| err.to_string());
+        self.shutdown.cancel();
+        RmError::Store(err)
     }
 
     /// A read-only look at the state.
