@@ -332,26 +332,35 @@ mod tests {
         }
     }
 
-    /// An AM the RM could not even start (agent unreachable, draining, token expired while the
-    /// RM was down) did not fail through the app's fault: as README says, it does not count.
-    #[tokio::test]
-    async fn an_am_launch_the_rm_could_not_make_does_not_count_toward_max_attempts() {
+    /// An RM on an in-memory SQLite store that launches AMs through `launcher`.
+    async fn start_rm(launcher: Arc<dyn AmLauncher>) -> Arc<ResourceManager> {
         let store = Store::connect("sqlite::memory:").await.unwrap();
         let config = RmConfig {
             cluster_secret: "test-secret-0123456789".to_owned(),
             ..RmConfig::default()
         };
-        let rm = ResourceManager::start(config, store, Arc::new(FailingLaunches), CancellationToken::new())
+        ResourceManager::start(config, store, launcher, CancellationToken::new())
             .await
-            .unwrap();
-        let node = RegisterNodeRequest {
+            .unwrap()
+    }
+
+    fn node_n1() -> RegisterNodeRequest {
+        RegisterNodeRequest {
             node_id: NodeId("n1:8042".to_owned()),
             address: "n1:8042".to_owned(),
             capacity: Resources::new(4, 4096),
             rack: "/default".to_owned(),
             labels: Vec::new(),
             containers: Vec::new(),
-        };
+        }
+    }
+
+    /// An AM the RM could not even start (agent unreachable, draining, token expired while the
+    /// RM was down) did not fail through the app's fault: as README says, it does not count.
+    #[tokio::test]
+    async fn an_am_launch_the_rm_could_not_make_does_not_count_toward_max_attempts() {
+        let rm = start_rm(Arc::new(FailingLaunches)).await;
+        let node = node_n1();
         rm.mutate(|cluster, now| cluster.register_node(node, now)).await.unwrap().unwrap();
         let spec: spindle_protocol::JobSpec = toml::from_str(
             "name = \"one\"\nkind = \"shell\"\nmax_attempts = 1\n[shell]\ncommand = [\"true\"]\ncontainers = 1\nvcores = 1\nmemory_mb = 128\n",
@@ -377,22 +386,8 @@ mod tests {
     /// A client that hangs up makes axum drop its handler's future, wherever it is waiting.
     #[tokio::test]
     async fn a_change_is_committed_even_if_its_caller_goes_away_during_the_commit() {
-        let store = Store::connect("sqlite::memory:").await.unwrap();
-        let config = RmConfig {
-            cluster_secret: "test-secret-0123456789".to_owned(),
-            ..RmConfig::default()
-        };
-        let rm = ResourceManager::start(config, store, Arc::new(NoLaunches), CancellationToken::new())
-            .await
-            .unwrap();
-        let request = RegisterNodeRequest {
-            node_id: NodeId("n1:8042".to_owned()),
-            address: "n1:8042".to_owned(),
-            capacity: Resources::new(4, 4096),
-            rack: "/default".to_owned(),
-            labels: Vec::new(),
-            containers: Vec::new(),
-        };
+        let rm = start_rm(Arc::new(NoLaunches)).await;
+        let request = node_n1();
         // Polled once: the change is made and the commit has started, then the caller is gone.
         let finished = tokio::select! {
             biased;
