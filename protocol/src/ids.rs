@@ -35,7 +35,7 @@ pub struct ContainerId {
 }
 
 /// A node agent, named by the address it serves on (`host:port`), as YARN names NodeManagers.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct NodeId(pub String);
 

@@ -95,6 +95,10 @@ pub struct ResourceAsk {
     pub nodes: Vec<NodeId>,
     #[serde(default)]
     pub racks: Vec<String>,
+    /// A node label the containers require (they run only on nodes carrying it, and only if
+    /// the app's queue may use it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 /// AM → RM: the asks, releases and progress; long-polls for grants and completions.

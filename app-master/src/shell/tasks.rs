@@ -135,6 +135,7 @@ impl ShellTasks {
             count,
             nodes: Vec::new(),
             racks: Vec::new(),
+            label: None,
         }]
     }
 

@@ -29,17 +29,41 @@ use super::snapshot::{ClusterSnapshot, ContainerKind, ContainerPlacement, Decisi
 #[cfg(test)]
 mod tests;
 
+/// How long asks with locality preferences wait for a better node, in scheduling opportunities
+/// (rounds in which the ask could have been placed elsewhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalitySettings {
+    /// Rounds an ask waits for one of its preferred nodes before it accepts its preferred racks.
+    pub node_delay: u32,
+    /// Further rounds it waits for its preferred racks before it accepts any node.
+    pub rack_delay: u32,
+}
+
+impl Default for LocalitySettings {
+    fn default() -> Self {
+        LocalitySettings { node_delay: 4, rack_delay: 4 }
+    }
+}
+
 /// Hierarchical capacity scheduling with DRF between users. Holds only the node cursor between
 /// rounds, so consecutive rounds spread containers over the cluster like `FirstFit`.
 #[derive(Debug, Default)]
 pub struct CapacityScheduler {
     /// Snapshot node index where the next round starts its node search.
     node_cursor: usize,
+    locality: LocalitySettings,
 }
 
 impl CapacityScheduler {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    pub fn with_locality(locality: LocalitySettings) -> Self {
+        CapacityScheduler {
+            locality,
+            ..Self::default()
+        }
     }
 
     /// Decides where pending containers go this round. Pure: the same scheduler state and

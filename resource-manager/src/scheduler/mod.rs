@@ -8,6 +8,7 @@
 
 pub mod capacity;
 mod node_ring;
+pub mod preemption;
 pub mod queues;
 pub mod snapshot;
 

@@ -44,6 +44,9 @@ pub struct QueueConfig {
     /// Users allowed to administer this queue and its descendants (`*` = everyone).
     #[serde(default)]
     pub admin_users: Vec<String>,
+    /// Node labels apps of this queue (and its descendants) may run on (`*` = all).
+    #[serde(default)]
+    pub accessible_labels: Vec<String>,
     /// Sub-queues; a queue without children is a leaf and the only kind that holds apps.
     #[serde(default)]
     pub children: Vec<QueueConfig>,
@@ -96,9 +99,16 @@ pub struct Queue {
     pub am_share_percent: u32,
     pub submit_users: Vec<String>,
     pub admin_users: Vec<String>,
+    /// Node labels this queue may use: its own list plus its ancestors'.
+    pub accessible_labels: Vec<String>,
 }
 
 impl Queue {
+    /// Whether apps of this queue may run on nodes carrying `label`.
+    pub fn may_use_label(&self, label: &str) -> bool {
+        allows(&self.accessible_labels, label)
+    }
+
     pub fn is_leaf(&self) -> bool {
         self.children.is_empty()
     }
@@ -167,6 +177,13 @@ impl QueueTree {
             am_share_percent: config.am_share_percent,
             submit_users: config.submit_users.clone(),
             admin_users: config.admin_users.clone(),
+            accessible_labels: {
+                let mut labels = parent.map(|parent| self.queues[parent].accessible_labels.clone()).unwrap_or_default();
+                labels.extend(config.accessible_labels.iter().cloned());
+                labels.sort();
+                labels.dedup();
+                labels
+            },
         });
         if config.children.is_empty() {
             if let Some(&other) = self.leaves_by_name.get(&config.name) {

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use spindle_protocol::{AppId, NodeId, Resources};
+use spindle_protocol::{AppId, ContainerId, NodeId, Resources};
 
 use super::queues::QueueTree;
 
@@ -21,9 +21,14 @@ pub struct ClusterSnapshot<'a> {
 }
 
 /// One node as the scheduler sees it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct SnapshotNode {
     pub node_id: NodeId,
+    /// Rack the agent reports (`/default-rack` unless configured); for rack-local placement.
+    pub rack: String,
+    /// Labels the agent carries, sorted. Only asks whose queue may use every one of them land
+    /// here; an ask that requires a label lands only on nodes carrying it.
+    pub labels: Vec<String>,
     /// Total resources the node offers; tells "no node is large enough" from "cluster is full".
     pub capacity: Resources,
     /// What is still free on it.
@@ -50,13 +55,34 @@ pub struct SnapshotApp {
     pub pending_am: Option<Resources>,
     /// Containers the running AM asked for, in the app's ask-table order.
     pub asks: Vec<AppAsk>,
+    /// Its live containers (AM included), for preemption; `solve` does not read them.
+    pub containers: Vec<SnapshotContainer>,
 }
 
-/// `count` more containers of one size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `count` more containers of one size, with where they would rather run.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AppAsk {
     pub resources: Resources,
     pub count: u32,
+    /// Preferred nodes; empty means no node preference.
+    pub nodes: Vec<NodeId>,
+    /// Preferred racks (besides the racks of `nodes`); empty means no rack preference.
+    pub racks: Vec<String>,
+    /// A node label the containers require; `None` runs on unlabelled nodes (or nodes whose
+    /// labels the queue may use).
+    pub label: Option<String>,
+}
+
+/// A live container, as preemption sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotContainer {
+    pub container_id: ContainerId,
+    pub resources: Resources,
+    pub is_am: bool,
+    /// When it was granted: the youngest go first.
+    pub allocated_at_ms: u64,
+    /// Already under a preemption notice (its grace period runs).
+    pub preempting: bool,
 }
 
 /// Which container of an app a placement is for.
@@ -125,6 +151,10 @@ pub enum WaitReason {
     ClusterFull { size: Resources },
     /// The app names a queue that is not a leaf of the current tree.
     UnknownQueue { queue: String },
+    /// No schedulable node carries the label the ask requires.
+    LabelNotPresent { label: String },
+    /// The ask requires a label its queue may not use.
+    LabelNotAccessible { queue: String, label: String },
 }
 
 impl fmt::Display for WaitReason {
@@ -162,6 +192,12 @@ impl fmt::Display for WaitReason {
             }
             WaitReason::UnknownQueue { queue } => {
                 write!(f, "queue `{queue}` is not a leaf queue of the current configuration")
+            }
+            WaitReason::LabelNotPresent { label } => {
+                write!(f, "no schedulable node carries label `{label}`")
+            }
+            WaitReason::LabelNotAccessible { queue, label } => {
+                write!(f, "queue `{queue}` may not use node label `{label}` (see its accessible_labels)")
             }
         }
     }

@@ -112,6 +112,7 @@ fn task_ask(count: u32) -> ResourceAsk {
         count,
         nodes: Vec::new(),
         racks: Vec::new(),
+        label: None,
     }
 }
 

@@ -30,6 +30,7 @@ fn nodes(count: usize, vcores: u32, memory_mb: u64) -> Vec<SnapshotNode> {
             capacity: Resources::new(vcores, memory_mb),
             headroom: Resources::new(vcores, memory_mb),
             schedulable: true,
+            ..SnapshotNode::default()
         })
         .collect()
 }
@@ -49,8 +50,10 @@ fn app(seq: u32, queue: &str, user: &str, asks: &[(u32, u32, u64)]) -> SnapshotA
             .map(|&(count, vcores, memory_mb)| AppAsk {
                 resources: Resources::new(vcores, memory_mb),
                 count,
+                ..AppAsk::default()
             })
             .collect(),
+        containers: Vec::new(),
     }
 }
 
@@ -256,6 +259,7 @@ proptest! {
             capacity: Resources::new(vcores, memory_mb),
             headroom: Resources::new(vcores / 2 + 1, memory_mb / 2 + 128),
             schedulable,
+            ..SnapshotNode::default()
         }).collect();
         let apps: Vec<SnapshotApp> = app_specs.iter().enumerate().map(|(index, (in_a, user, priority, am, asks))| {
             let mut app = app(index as u32 + 1, if *in_a { "a" } else { "b" }, &format!("u{user}"), asks);
