@@ -76,12 +76,23 @@ pub enum Command {
     },
     /// List node agents.
     Nodes,
-    /// Show the queue tree with each queue's shares and usage.
-    Queues,
+    /// Show the queue tree with each queue's shares, usage and users; `queues reload` applies
+    /// the RM config file's [queues] again.
+    Queues {
+        #[command(subcommand)]
+        action: Option<QueuesAction>,
+    },
     /// Drain a node, then remove it from the cluster.
     Decommission(DecommissionArgs),
     /// Print a container's stdout (or stderr).
     Logs(LogsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueuesAction {
+    /// Make the RM read its config file again and apply its [queues] (admins only; like
+    /// SIGHUP). Refused, changing nothing, if running apps would lose their queue.
+    Reload,
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +161,10 @@ pub struct LocalArgs {
     /// Memory in MB each agent offers, instead of the probed size (needs --agent-vcores).
     #[arg(long, value_name = "N", requires = "agent_vcores")]
     pub agent_memory_mb: Option<u64>,
+    /// An RM config file (TOML) for its [queues], [scheduler] and [[users]]; the local RM keeps
+    /// its own listen address, store, secret and admin user. `spindle queues reload` re-reads it.
+    #[arg(long, value_name = "FILE")]
+    pub rm_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -41,6 +41,9 @@ pub struct LocalOptions {
     pub agent_capacity: Option<Resources>,
     /// The binary agents run for `spindle app-master`: this one, except in tests.
     pub spindle_bin: PathBuf,
+    /// An RM config file whose queues and scheduler settings the local RM uses (and reloads
+    /// on `spindle queues reload`); its listen, db, secret and users are the local ones.
+    pub rm_config: Option<PathBuf>,
 }
 
 impl LocalOptions {
@@ -52,6 +55,7 @@ impl LocalOptions {
             data_dir: data_dir.into(),
             agent_capacity: None,
             spindle_bin: std::env::current_exe().context("cannot find the running spindle binary")?,
+            rm_config: None,
         })
     }
 }
@@ -97,16 +101,22 @@ impl LocalCluster {
         std::fs::create_dir_all(&options.data_dir).with_context(|| format!("cannot create the data dir {}", options.data_dir.display()))?;
         let data_dir = options.data_dir.canonicalize()?;
         let mut state = load_or_create_state(&data_dir)?;
+        let base = match &options.rm_config {
+            Some(path) => RmConfig::parse_file(path)?,
+            None => RmConfig::default(),
+        };
+        let mut users = base.users.clone();
+        users.push(ApiUser {
+            name: local_user_name(),
+            token: state.token.clone(),
+            admin: true,
+        });
         let config = RmConfig {
             listen: options.listen,
             db: format!("sqlite://{}", data_dir.join("spindle.db").display()),
             cluster_secret: state.cluster_secret.clone(),
-            users: vec![ApiUser {
-                name: local_user_name(),
-                token: state.token.clone(),
-                admin: true,
-            }],
-            ..RmConfig::default()
+            users,
+            ..base
         };
         config.validate().context("the local RM configuration is not valid")?;
 

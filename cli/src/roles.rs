@@ -39,17 +39,13 @@ pub async fn resource_manager(args: ResourceManagerArgs) -> anyhow::Result<ExitC
 
 /// The RM's config: the file (or defaults), then `SPINDLE_CLUSTER_SECRET`, then the flags.
 pub fn rm_config(args: &ResourceManagerArgs, env_secret: Option<String>) -> anyhow::Result<RmConfig> {
-    // Read here rather than with `RmConfig::from_file`, which validates before the environment's
-    // secret and the flags have had their say.
+    // Parsed, not yet validated: the environment's secret and the flags have their say first.
     let (mut config, source) = match &args.config {
         None => (RmConfig::default(), "the RM configuration".to_owned()),
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|err| UsageError::new(format!("cannot read config file {}: {err}", path.display())))?;
-            let config =
-                toml::from_str(&text).map_err(|err| UsageError::new(format!("{}: {}", path.display(), err.to_string().trim_end())))?;
-            (config, path.display().to_string())
-        }
+        Some(path) => (
+            RmConfig::parse_file(path).map_err(|err| UsageError::new(err.to_string()))?,
+            path.display().to_string(),
+        ),
     };
     if let Some(secret) = env_secret {
         config.cluster_secret = secret;
@@ -133,6 +129,7 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<ExitCode> {
     options.agents = args.agents;
     options.listen = args.listen;
     options.agent_capacity = capacity(args.agent_vcores, args.agent_memory_mb);
+    options.rm_config = args.rm_config;
     let mut cluster = LocalCluster::start(options).await?;
 
     let config_path = client_config_path(&home);

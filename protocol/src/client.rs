@@ -235,6 +235,11 @@ impl RmClient {
         self.http.call::<(), _>(Method::GET, "/v1/queues", None, None).await
     }
 
+    /// Makes the RM apply its config file's queues again (admins only).
+    pub async fn reload_queues(&self) -> Result<QueueReport, ClientError> {
+        self.http.call::<(), _>(Method::POST, "/v1/queues/reload", None, None).await
+    }
+
     pub async fn cluster(&self) -> Result<ClusterReport, ClientError> {
         self.http.call::<(), _>(Method::GET, "/v1/cluster", None, None).await
     }

@@ -115,12 +115,32 @@ pub struct QueueReport {
     pub guaranteed_percent: f32,
     /// Share of the parent's resources the queue may use at most, in percent.
     pub maximum_percent: f32,
+    /// Its guarantee and maximum in resources, for the cluster's current size.
+    #[serde(default)]
+    pub guaranteed: Resources,
+    #[serde(default)]
+    pub maximum: Resources,
     /// Resources its apps' live containers hold now.
     pub used: Resources,
+    /// Resources its apps ask for and have not got yet (AM containers included).
+    #[serde(default)]
+    pub pending: Resources,
     /// Apps in the queue that have not ended.
     pub apps_running: u32,
+    /// Leaf queues: the users with live apps here, and what each holds.
+    #[serde(default)]
+    pub users: Vec<QueueUserReport>,
     #[schema(no_recursion)]
     pub children: Vec<QueueReport>,
+}
+
+/// One user of a leaf queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QueueUserReport {
+    pub user: String,
+    pub used: Resources,
+    pub pending: Resources,
+    pub apps_running: u32,
 }
 
 /// `POST /v1/nodes/{node_id}/decommission` body.

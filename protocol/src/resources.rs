@@ -33,6 +33,14 @@ impl Resources {
     pub fn is_zero(&self) -> bool {
         self.vcores == 0 && self.memory_mb == 0
     }
+
+    /// `count` containers of this size (saturating: asks may be huge).
+    pub fn times(&self, count: u32) -> Resources {
+        Resources {
+            vcores: self.vcores.saturating_mul(count),
+            memory_mb: self.memory_mb.saturating_mul(u64::from(count)),
+        }
+    }
 }
 
 impl std::ops::Add for Resources {

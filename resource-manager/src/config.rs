@@ -2,10 +2,12 @@
 //! `spindle local` generates and a real install writes once (see deploy/).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::scheduler::queues::{QueueConfig, QueueConfigError, QueueTree};
 
 /// An API user: the bearer token a client presents and the user name it maps to.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -44,6 +46,42 @@ pub struct RmConfig {
     /// Finished apps older than this are purged from the store (0 keeps them forever).
     #[serde(with = "seconds")]
     pub retain_finished: Duration,
+    /// Preemption and locality; reloaded with the queues.
+    pub scheduler: SchedulerConfig,
+    /// The queue tree (`root` and its children); reloaded by `spindle queues reload` or SIGHUP.
+    pub queues: QueueConfig,
+    /// The file this config was read from, if any: what a reload reads again.
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
+}
+
+/// How the scheduler takes capacity back and waits for locality.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// Take lent capacity back from queues above their guarantee when a queue below its
+    /// guarantee has pending asks.
+    pub preemption: bool,
+    /// How long a container under a preemption notice may run on (seconds) before it is
+    /// killed as PREEMPTED; its AM may release other containers of its own meanwhile.
+    #[serde(with = "seconds")]
+    pub preemption_grace: Duration,
+    /// Scheduling rounds an ask with preferred nodes waits for one of them before it takes a
+    /// node of a preferred rack.
+    pub node_locality_delay: u32,
+    /// Further rounds it waits for a preferred rack before it takes any node.
+    pub rack_locality_delay: u32,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            preemption: true,
+            preemption_grace: Duration::from_secs(15),
+            node_locality_delay: 4,
+            rack_locality_delay: 4,
+        }
+    }
 }
 
 impl Default for RmConfig {
@@ -58,6 +96,9 @@ impl Default for RmConfig {
             container_launch_expiry: Duration::from_secs(60),
             max_body_bytes: 1024 * 1024,
             retain_finished: Duration::from_secs(7 * 24 * 3600),
+            scheduler: SchedulerConfig::default(),
+            queues: QueueConfig::default(),
+            path: None,
         }
     }
 }
@@ -71,21 +112,36 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("config field `{field}` {reason}")]
     Invalid { field: &'static str, reason: String },
+    #[error("config section [queues]: {0}")]
+    Queues(#[from] QueueConfigError),
 }
 
 impl RmConfig {
     /// Reads and checks a TOML file.
     pub fn from_file(path: &Path) -> Result<RmConfig, ConfigError> {
+        let config = RmConfig::parse_file(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a TOML file without checking it (the CLI applies its flags first), remembering
+    /// the path for reloads.
+    pub fn parse_file(path: &Path) -> Result<RmConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        let config: RmConfig = toml::from_str(&text).map_err(|err| ConfigError::Parse {
+        let mut config: RmConfig = toml::from_str(&text).map_err(|err| ConfigError::Parse {
             path: path.display().to_string(),
-            message: err.to_string(),
+            message: err.to_string().trim_end().to_owned(),
         })?;
-        config.validate()?;
+        config.path = Some(path.to_owned());
         Ok(config)
+    }
+
+    /// The validated queue tree of this config.
+    pub fn queue_tree(&self) -> Result<QueueTree, ConfigError> {
+        Ok(QueueTree::from_config(&self.queues)?)
     }
 
     /// Checks what serde cannot.
@@ -122,6 +178,7 @@ impl RmConfig {
                 reason: "and container_launch_expiry must be positive".to_owned(),
             });
         }
+        self.queue_tree()?;
         Ok(())
     }
 }

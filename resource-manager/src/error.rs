@@ -6,6 +6,7 @@ use spindle_protocol::{ErrorBody, ErrorDetail};
 
 use crate::cluster::AppError;
 use crate::cluster::NodeError;
+use crate::cluster::ReloadRefused;
 use crate::config::ConfigError;
 use crate::store::StoreError;
 
@@ -24,6 +25,19 @@ pub enum RmError {
     Io(#[from] std::io::Error),
     #[error("the resource manager stopped because a store write failed ({0}); restart it to recover from the store")]
     Stopped(String),
+    #[error("queue reload refused: {0}")]
+    Reload(#[from] ReloadError),
+}
+
+/// Why a queue reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("the resource manager was started without a config file (--config FILE): there is nothing to reload")]
+    NoConfigFile,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Refused(#[from] ReloadRefused),
 }
 
 /// An error answer: status, stable code, message for people.
@@ -118,6 +132,8 @@ impl From<RmError> for ApiError {
         match err {
             RmError::App(app) => app.into(),
             RmError::Node(node) => node.into(),
+            RmError::Reload(ReloadError::Config(config)) => ApiError::bad_request(format!("queue reload refused: {config}")),
+            RmError::Reload(reload) => ApiError::new(StatusCode::CONFLICT, format!("queue reload refused: {reload}")),
             RmError::Store(store) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("the resource manager could not save the change and is stopping ({store}); retry against a restarted RM"),

@@ -32,6 +32,7 @@ pub async fn run(config: RmConfig, listener: TcpListener, shutdown: Cancellation
     let address = listener.local_addr()?;
     tracing::info!(%address, store = %rm.store_description(), "resource manager listening");
     let timers = tokio::spawn(Arc::clone(&rm).run_timers());
+    tokio::spawn(reload_on_sighup(Arc::clone(&rm)));
     let app = api::router(Arc::clone(&rm));
     let stopped = shutdown.clone();
     axum::serve(listener, app)
@@ -42,5 +43,28 @@ pub async fn run(config: RmConfig, listener: TcpListener, shutdown: Cancellation
     match rm.fatal_error() {
         Some(reason) => Err(RmError::Stopped(reason)),
         None => Ok(()),
+    }
+}
+
+/// SIGHUP reloads the queues from the config file, as `spindle queues reload` does; a refused
+/// reload is logged and changes nothing.
+async fn reload_on_sighup(rm: Arc<ResourceManager>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: reload the queues with `spindle queues reload`");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = rm.shutdown.cancelled() => return,
+                received = hangups.recv() => if received.is_none() { return },
+            }
+            match rm.reload_queues().await {
+                Ok(_) => tracing::info!("SIGHUP: queues reloaded"),
+                Err(err) => tracing::error!(error = %err, "SIGHUP: queue reload refused; the old queues stay"),
+            }
+        }
     }
 }

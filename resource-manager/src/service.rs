@@ -8,12 +8,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use spindle_protocol::{AllocateReply, AllocateRequest, AppId, ClusterSecret, ContainerStatus, ExitReason, now_ms};
+use spindle_protocol::{AllocateReply, AllocateRequest, AppId, ClusterSecret, ContainerStatus, ExitReason, QueueReport, now_ms};
 use tokio::sync::{Notify, OwnedMutexGuard};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, ClusterSettings, Outbox};
 use crate::config::RmConfig;
+use crate::error::ReloadError;
+use crate::scheduler::capacity::LocalitySettings;
 use crate::error::RmError;
 use crate::launcher::{AmLauncher, LaunchError};
 use crate::records::WriteBatch;
@@ -109,6 +111,12 @@ impl ResourceManager {
             node_expiry_ms: config.node_expiry.as_millis() as u64,
             heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
             container_launch_expiry_ms: config.container_launch_expiry.as_millis() as u64,
+            queues: config.queue_tree()?,
+            preemption_grace_ms: config.scheduler.preemption.then(|| config.scheduler.preemption_grace.as_millis() as u64),
+            locality: LocalitySettings {
+                node_delay: config.scheduler.node_locality_delay,
+                rack_delay: config.scheduler.rack_locality_delay,
+            },
         };
         let epoch = store.begin_epoch().await?;
         let snapshot = store.load().await?;
@@ -238,6 +246,22 @@ impl ResourceManager {
                 }
             });
         }
+    }
+
+    /// Reads the config file again and swaps in its queue tree, unless that would orphan live
+    /// apps. Other fields of the file need a restart and are ignored here.
+    pub async fn reload_queues(self: &Arc<Self>) -> Result<QueueReport, RmError> {
+        let path = self.config.path.as_ref().ok_or(ReloadError::NoConfigFile)?;
+        let fresh = RmConfig::parse_file(path).map_err(ReloadError::from)?;
+        let queues = fresh.queue_tree().map_err(ReloadError::from)?;
+        let report = self
+            .mutate(move |cluster, _| {
+                cluster.replace_queues(queues)?;
+                Ok::<_, ReloadError>(cluster.queue_report())
+            })
+            .await??;
+        tracing::info!(path = %path.display(), "queues reloaded");
+        Ok(report)
     }
 
     /// The AM protocol's allocate: record asks, then answer at once with news, or wait for

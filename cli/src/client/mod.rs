@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 use spindle_protocol::RmClient;
 
-use crate::args::{Command, GlobalArgs};
+use crate::args::{Command, GlobalArgs, QueuesAction};
 use crate::settings::ClientSettings;
 
 /// What every client command needs: a client of the RM and the output format.
@@ -42,7 +42,10 @@ pub async fn run(command: Command, global: &GlobalArgs) -> anyhow::Result<ExitCo
         Command::App { app_id } => apps::show(&context, app_id).await,
         Command::Kill { app_id } => apps::kill(&context, app_id).await,
         Command::Nodes => nodes::list(&context).await,
-        Command::Queues => nodes::queues(&context).await,
+        Command::Queues { action: None } => nodes::queues(&context).await,
+        Command::Queues {
+            action: Some(QueuesAction::Reload),
+        } => nodes::reload_queues(&context).await,
         Command::Decommission(args) => nodes::decommission(&context, &args).await,
         Command::Logs(args) => logs::print(&context, &args).await,
         Command::ResourceManager(_) | Command::NodeAgent(_) | Command::AppMaster | Command::Local(_) | Command::Demo => {

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use spindle_protocol::{DecommissionRequest, NodeId, NodeReport, NodeState, QueueReport, now_ms};
+use spindle_protocol::{DecommissionRequest, NodeId, NodeReport, NodeState, QueueReport, Resources, now_ms};
 
 use super::{ClientContext, print_json};
 use crate::args::DecommissionArgs;
@@ -31,23 +31,38 @@ pub async fn queues(context: &ClientContext) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One row per queue, children indented under their parent.
+pub async fn reload_queues(context: &ClientContext) -> anyhow::Result<ExitCode> {
+    let root = context.client.reload_queues().await.context("cannot reload queues")?;
+    if context.json {
+        print_json(&root)?;
+    } else {
+        out!("queues reloaded\n{}", queues_table(&root).render());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One row per queue, children indented under their parent; resources as `vcores/memory`.
 pub fn queues_table(root: &QueueReport) -> Table {
     fn add(table: &mut Table, queue: &QueueReport, depth: usize) {
         let short_name = queue.name.rsplit('.').next().unwrap_or(&queue.name);
+        let users: Vec<&str> = queue.users.iter().map(|user| user.user.as_str()).collect();
         table.row(vec![
             format!("{}{short_name}", "  ".repeat(depth)),
             format!("{:.0}%", queue.guaranteed_percent),
             format!("{:.0}%", queue.maximum_percent),
-            queue.used.vcores.to_string(),
-            memory(queue.used.memory_mb),
+            resources(queue.used),
+            resources(queue.pending),
             queue.apps_running.to_string(),
+            users.join(","),
         ]);
         for child in &queue.children {
             add(table, child, depth + 1);
         }
     }
-    let mut table = Table::new(&["QUEUE", "GUARANTEED", "MAXIMUM", "USED VCORES", "USED MEMORY", "APPS"]).right_align(&[1, 2, 3, 4, 5]);
+    fn resources(value: Resources) -> String {
+        format!("{}/{}", value.vcores, memory(value.memory_mb))
+    }
+    let mut table = Table::new(&["QUEUE", "GUARANTEED", "MAXIMUM", "USED", "PENDING", "APPS", "USERS"]).right_align(&[1, 2, 3, 4, 5]);
     add(&mut table, root, 0);
     table
 }
@@ -97,7 +112,7 @@ pub async fn decommission(context: &ClientContext, args: &DecommissionArgs) -> a
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spindle_protocol::{NodeUsage, Resources};
+    use spindle_protocol::{NodeUsage, QueueUserReport};
 
     #[test]
     fn the_nodes_table_shows_used_over_capacity() {
@@ -128,21 +143,31 @@ mod tests {
             name: "root.default".into(),
             guaranteed_percent: 100.0,
             maximum_percent: 100.0,
+            guaranteed: Resources::new(8, 16_384),
+            maximum: Resources::new(8, 16_384),
             used: Resources::new(3, 640),
+            pending: Resources::new(1, 128),
             apps_running: 2,
+            users: vec![QueueUserReport {
+                user: "alice".into(),
+                used: Resources::new(3, 640),
+                pending: Resources::new(1, 128),
+                apps_running: 2,
+            }],
             children: Vec::new(),
         };
         let root = QueueReport {
             name: "root".into(),
+            users: Vec::new(),
             children: vec![leaf.clone()],
             ..leaf
         };
         let table = queues_table(&root).render();
         assert_eq!(
             table,
-            "QUEUE      GUARANTEED  MAXIMUM  USED VCORES  USED MEMORY  APPS\n\
-             root             100%     100%            3         640M     2\n\
-             \x20 default        100%     100%            3         640M     2\n"
+            "QUEUE      GUARANTEED  MAXIMUM    USED  PENDING  APPS  USERS\n\
+             root             100%     100%  3/640M   1/128M     2  \n\
+             \x20 default        100%     100%  3/640M   1/128M     2  alice\n"
         );
     }
 }

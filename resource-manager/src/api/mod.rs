@@ -25,7 +25,7 @@ pub use extract::parse_json;
     info(title = "Spindle resource manager", description = "Submit jobs, watch apps, containers and nodes."),
     paths(
         public::submit_app, public::list_apps, public::get_app, public::kill_app, public::app_containers,
-        public::list_nodes, public::get_node, public::decommission_node, public::cluster_report, public::queues,
+        public::list_nodes, public::get_node, public::decommission_node, public::cluster_report, public::queues, public::reload_queues,
         public::container_logs
     ),
     components(schemas(spindle_protocol::JobSpec, spindle_protocol::ShellSpec, spindle_protocol::CustomSpec, spindle_protocol::JobKind,
@@ -64,6 +64,7 @@ pub fn router(rm: Arc<ResourceManager>) -> Router {
         .route("/v1/nodes/{node_id}/decommission", post(public::decommission_node))
         .route("/v1/cluster", get(public::cluster_report))
         .route("/v1/queues", get(public::queues))
+        .route("/v1/queues/reload", post(public::reload_queues))
         .route("/v1/containers/{container_id}/logs/{stream}", get(public::container_logs))
         .route("/v1/internal/nodes/register", post(internal::register_node))
         .route("/v1/internal/nodes/heartbeat", post(internal::node_heartbeat))

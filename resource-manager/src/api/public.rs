@@ -177,11 +177,21 @@ pub async fn cluster_report(State(rm): Rm, _user: User) -> Json<ClusterReport> {
     Json(rm.read(|cluster| cluster.cluster_report(store)).await)
 }
 
-/// The queue tree. Until the multi-tenant scheduler lands there is one leaf, `root.default`,
-/// holding the whole cluster, and every app runs in it whatever its spec's `queue` says.
+/// The queue tree: each queue's guarantee, maximum, use, pending demand and users.
 #[utoipa::path(get, path = "/v1/queues", tag = "cluster", responses((status = 200, body = QueueReport)))]
 pub async fn queues(State(rm): Rm, _user: User) -> Json<QueueReport> {
     Json(rm.read(|cluster| cluster.queue_report()).await)
+}
+
+/// Reads the RM's config file again and applies its `[queues]` (admins only; SIGHUP does the
+/// same). Refused with 409, changing nothing, if live apps would lose their queue.
+#[utoipa::path(post, path = "/v1/queues/reload", tag = "cluster",
+    responses((status = 200, body = QueueReport), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn reload_queues(State(rm): Rm, User(caller): User) -> Result<Json<QueueReport>, ApiError> {
+    if !caller.admin {
+        return Err(ApiError::forbidden(format!("user {} may not reload the queues: only admins may", caller.user)));
+    }
+    Ok(Json(rm.reload_queues().await?))
 }
 
 /// A container's stdout or stderr, fetched from its node (the app's owner or an admin).

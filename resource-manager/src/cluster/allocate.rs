@@ -1,9 +1,35 @@
 //! The AM protocol's `allocate`: asks, releases and progress in; grants and completions out,
 //! numbered so a reply lost on the way is sent again.
 
-use spindle_protocol::{AllocateReply, AllocateRequest, AppId, ContainerState, ExitReason, Resources, validate_resources};
+use spindle_protocol::{AllocateReply, AllocateRequest, AppId, ContainerState, ExitReason, Resources, SpecError, validate_resources};
 
 use super::{AppError, Cluster};
+
+/// Most preferred nodes (and racks) one ask may name: enough for any data-local read, small
+/// enough that locality checks stay cheap.
+const MAX_PREFERRED_NODES: usize = 1_000;
+const MAX_PREFERRED_RACKS: usize = 100;
+
+/// Locality preferences and labels must be few and non-empty.
+fn validate_locality(index: usize, ask: &spindle_protocol::ResourceAsk) -> Result<(), SpecError> {
+    let invalid = |field: &str, reason: String| SpecError {
+        field: format!("asks[{index}].{field}"),
+        reason,
+    };
+    if ask.nodes.len() > MAX_PREFERRED_NODES {
+        return Err(invalid("nodes", format!("{} preferred nodes; at most {MAX_PREFERRED_NODES}", ask.nodes.len())));
+    }
+    if ask.racks.len() > MAX_PREFERRED_RACKS {
+        return Err(invalid("racks", format!("{} preferred racks; at most {MAX_PREFERRED_RACKS}", ask.racks.len())));
+    }
+    if ask.nodes.iter().any(|node| node.0.trim().is_empty()) || ask.racks.iter().any(|rack| rack.trim().is_empty()) {
+        return Err(invalid("nodes", "node and rack names must not be empty".to_owned()));
+    }
+    if ask.label.as_deref().is_some_and(|label| label.trim().is_empty()) {
+        return Err(invalid("label", "must not be empty (leave it out for no label)".to_owned()));
+    }
+    Ok(())
+}
 
 impl Cluster {
     /// One allocate call: the last reply again if the AM did not get it (its `response_id` is
@@ -36,6 +62,7 @@ impl Cluster {
         // the whole count (up to u32::MAX) in one round.
         for (index, ask) in request.asks.iter().enumerate() {
             validate_resources(&format!("asks[{index}].resources"), &ask.resources)?;
+            validate_locality(index, ask)?;
         }
         if let Some(foreign) = request.releases.iter().find(|release| release.app != request.app_id) {
             return Err(AppError::Forbidden(format!(
@@ -68,6 +95,8 @@ impl Cluster {
 
     /// Numbers a reply to the current attempt and keeps it, in case it is lost on the way.
     fn seal_reply(&mut self, app_id: AppId, mut reply: AllocateReply) -> AllocateReply {
+        // Every reply lists all notices in force, so an AM that missed one still hears of it.
+        reply.preempt = self.preempt_notices(app_id);
         if let Some(app) = self.apps.get_mut(&app_id) {
             reply.response_id = app.last_reply.as_ref().map_or(1, |last| last.response_id + 1);
             app.last_reply = Some(reply.clone());
@@ -114,10 +143,11 @@ impl Cluster {
                 ..AllocateReply::default()
             });
         }
-        if app.undelivered.is_empty() && app.completions.is_empty() {
+        if app.undelivered.is_empty() && app.completions.is_empty() && !app.preempt_news {
             return None;
         }
         let app = self.apps.get_mut(&app_id).expect("checked above");
+        app.preempt_news = false;
         let granted = std::mem::take(&mut app.undelivered);
         let completed = std::mem::take(&mut app.completions);
         let mut allocated = Vec::with_capacity(granted.len());

@@ -39,6 +39,7 @@ impl Cluster {
     /// Accepts a job: checks it against the cluster, gives it an id, queues its AM container.
     pub fn submit(&mut self, caller: &Caller, spec: JobSpec, now_ms: u64) -> Result<AppId, AppError> {
         spec.validate()?;
+        self.check_queue_access(caller, &spec.queue)?;
         self.check_fits_some_node("am", spec.am)?;
         if let Some(shell) = &spec.shell {
             self.check_fits_some_node("shell", shell.resources())?;
@@ -70,6 +71,38 @@ impl Cluster {
         self.start_attempt(app_id, now_ms);
         self.schedule(now_ms);
         Ok(app_id)
+    }
+
+    /// The queue must be a leaf of the current tree, and the caller allowed to submit to it
+    /// (listed in its `submit_users`, an admin of it or of a parent, or a cluster admin).
+    fn check_queue_access(&self, caller: &Caller, queue: &str) -> Result<(), AppError> {
+        let queues = &self.settings.queues;
+        let Some(leaf) = queues.leaf(queue) else {
+            let leaves: Vec<&str> = queues.leaf_names().collect();
+            return Err(AppError::InvalidSpec(SpecError {
+                field: "queue".to_owned(),
+                reason: format!("`{queue}` is not a leaf queue of this cluster; leaf queues: {}", leaves.join(", ")),
+            }));
+        };
+        if caller.admin || queues.can_submit(leaf, &caller.user) {
+            return Ok(());
+        }
+        Err(AppError::Forbidden(format!(
+            "user {} may not submit to queue `{queue}`: not in its submit_users and not an admin of it",
+            caller.user
+        )))
+    }
+
+    /// Whether `caller` may act on an app of `owner` in `queue`: its owner, an admin of the
+    /// queue (or a parent), or a cluster admin.
+    pub fn may_administer_app(&self, caller: &Caller, owner: &str, queue: &str) -> bool {
+        caller.admin
+            || caller.user == owner
+            || self
+                .settings
+                .queues
+                .leaf(queue)
+                .is_some_and(|leaf| self.settings.queues.can_administer(leaf, &caller.user))
     }
 
     /// Refuses a container size (of spec section `field`) that no node could hold even empty.
@@ -107,10 +140,10 @@ impl Cluster {
     /// Kills an app: it is KILLED at once; its containers are stopped by their agents.
     pub fn kill_app(&mut self, caller: &Caller, app_id: AppId, now_ms: u64) -> Result<(), AppError> {
         let app = self.apps.get(&app_id).ok_or(AppError::NotFound(app_id))?;
-        if !caller.admin && app.record.user != caller.user {
+        if !self.may_administer_app(caller, &app.record.user, &app.record.spec.queue) {
             return Err(AppError::Forbidden(format!(
-                "user {} may not kill {app_id}: it belongs to {}; only its owner or an admin may",
-                caller.user, app.record.user
+                "user {} may not kill {app_id}: it belongs to {}; only its owner, an admin of queue `{}` or a cluster admin may",
+                caller.user, app.record.user, app.record.spec.queue
             )));
         }
         if app.record.state.is_terminal() {

@@ -1,68 +1,14 @@
 //! Container lifecycle: scheduling rounds that grant them, launches seen by agents, kills,
 //! completions, and reclaiming grants nobody launched.
 
-use spindle_protocol::{AppId, AppState, ContainerId, ContainerState, ContainerStatus, ExitReason, NodeId};
+use spindle_protocol::{AppId, ContainerId, ContainerState, ContainerStatus, ExitReason, NodeId};
 
 use super::{Cluster, Container, exit_reason_of};
 use crate::records::ContainerRecord;
-use crate::scheduler::{NodeHeadroom, PendingAsk};
 
 impl Cluster {
-    /// One scheduling round: asks in service order (priority, then submit time), placed by the
-    /// scheduler, turned into ALLOCATED containers.
-    pub fn schedule(&mut self, now_ms: u64) {
-        let mut order: Vec<(&AppId, i32, u64)> = self
-            .apps
-            .iter()
-            .filter(|(_, app)| matches!(app.record.state, AppState::Accepted | AppState::Running))
-            .map(|(id, app)| (id, app.record.spec.priority, app.record.submitted_at_ms))
-            .collect();
-        order.sort_by_key(|(id, priority, submitted)| (-priority, *submitted, **id));
-        let mut pending = Vec::new();
-        for (app_id, _, _) in order {
-            let app = &self.apps[app_id];
-            let Some(attempt) = app.record.attempts.last() else { continue };
-            if attempt.am_container.is_none() {
-                pending.push(PendingAsk {
-                    app_id: *app_id,
-                    ask_index: None,
-                    resources: app.record.spec.am,
-                    count: 1,
-                    preferred_nodes: vec![],
-                });
-            } else if attempt.registered {
-                // Lower priority numbers first among one app's asks; the sort keeps the AM's order otherwise.
-                let mut asks: Vec<_> = app.asks.iter().enumerate().filter(|(_, ask)| ask.count > 0).collect();
-                asks.sort_by_key(|(_, ask)| ask.priority);
-                pending.extend(asks.into_iter().map(|(index, ask)| PendingAsk {
-                    app_id: *app_id,
-                    ask_index: Some(index),
-                    resources: ask.resources,
-                    count: ask.count,
-                    preferred_nodes: ask.nodes.clone(),
-                }));
-            }
-        }
-        if pending.is_empty() {
-            return;
-        }
-        let nodes: Vec<NodeHeadroom> = self
-            .nodes
-            .values()
-            .filter(|node| node.record.state.is_schedulable() && node.registered)
-            .map(|node| NodeHeadroom {
-                node_id: node.record.node_id.clone(),
-                available: node.record.capacity.saturating_sub(&node.used),
-            })
-            .collect();
-        for placement in self.scheduler.place(&pending, &nodes) {
-            let ask = &pending[placement.ask];
-            self.allocate_container(ask.app_id, ask.ask_index, &placement.node_id, now_ms);
-        }
-    }
-
     /// Grants one container of an app's ask (or its AM container) on a node.
-    fn allocate_container(&mut self, app_id: AppId, ask_index: Option<usize>, node_id: &NodeId, now_ms: u64) {
+    pub(super) fn allocate_container(&mut self, app_id: AppId, ask_index: Option<usize>, node_id: &NodeId, now_ms: u64) {
         let epoch = self.epoch;
         let launch_expiry = self.settings.container_launch_expiry_ms;
         let Some(app) = self.apps.get_mut(&app_id) else { return };

@@ -9,6 +9,7 @@ mod containers;
 mod nodes;
 mod recovery;
 mod reports;
+mod scheduling;
 #[cfg(test)]
 mod tests;
 
@@ -19,11 +20,13 @@ use spindle_protocol::{
 };
 
 use crate::records::{AppRecord, ContainerRecord, NodeRecord, WriteBatch};
-use crate::scheduler::{FirstFit, Scheduler};
+use crate::scheduler::capacity::{CapacityScheduler, LocalitySettings};
+use crate::scheduler::queues::QueueTree;
 
 pub use apps::{AppError, Caller};
 pub use nodes::NodeError;
 pub use reports::{AppQuery, ContainerLocation};
+pub use scheduling::ReloadRefused;
 
 /// Timing and identity settings the state machine needs.
 #[derive(Debug, Clone)]
@@ -32,6 +35,11 @@ pub struct ClusterSettings {
     pub node_expiry_ms: u64,
     pub heartbeat_interval_ms: u64,
     pub container_launch_expiry_ms: u64,
+    /// The queue tree; replaced as a whole by a reload.
+    pub queues: QueueTree,
+    /// Grace period of a preemption notice; `None` turns preemption off.
+    pub preemption_grace_ms: Option<u64>,
+    pub locality: LocalitySettings,
 }
 
 /// The RM's whole in-memory state. One owner (the service) holds it behind one lock.
@@ -45,7 +53,9 @@ pub struct Cluster {
     apps: BTreeMap<AppId, App>,
     containers: HashMap<ContainerId, Container>,
     nodes: BTreeMap<NodeId, Node>,
-    scheduler: Box<dyn Scheduler>,
+    scheduler: CapacityScheduler,
+    /// Containers under a preemption notice → when they are killed if still chosen.
+    preempting: BTreeMap<ContainerId, u64>,
     dirty: Dirty,
     outbox: Outbox,
 }
@@ -66,6 +76,11 @@ struct App {
     next_container_seq: u64,
     /// The last allocate reply of the current attempt, kept to send again if it was lost.
     last_reply: Option<AllocateReply>,
+    /// Why the last scheduling round left it waiting, shown as its diagnostics (not stored:
+    /// every round works it out again).
+    waiting: Option<String>,
+    /// A preemption notice its AM has not heard of yet.
+    preempt_news: bool,
 }
 
 impl App {
@@ -80,6 +95,8 @@ impl App {
             allocated: Resources::ZERO,
             next_container_seq: 1,
             last_reply: None,
+            waiting: None,
+            preempt_news: false,
         }
     }
 }
@@ -147,6 +164,7 @@ impl Cluster {
     /// A cluster with no apps or nodes yet (a new database, or before recovery).
     pub fn new(settings: ClusterSettings, epoch: u64, now_ms: u64) -> Cluster {
         Cluster {
+            scheduler: CapacityScheduler::with_locality(settings.locality),
             settings,
             epoch,
             started_at_ms: now_ms,
@@ -154,7 +172,7 @@ impl Cluster {
             apps: BTreeMap::new(),
             containers: HashMap::new(),
             nodes: BTreeMap::new(),
-            scheduler: Box::new(FirstFit::default()),
+            preempting: BTreeMap::new(),
             dirty: Dirty::default(),
             outbox: Outbox::default(),
         }
@@ -230,11 +248,13 @@ impl Cluster {
             })
     }
 
-    /// Periodic work: lose silent nodes, reclaim unlaunched grants, finish decommissions, place.
+    /// Periodic work: lose silent nodes, reclaim unlaunched grants, finish decommissions,
+    /// preempt, place.
     pub fn tick(&mut self, now_ms: u64) {
         self.expire_nodes(now_ms);
         self.expire_unlaunched_containers(now_ms);
         self.advance_decommissions(now_ms);
+        self.preempt(now_ms);
         self.schedule(now_ms);
     }
 

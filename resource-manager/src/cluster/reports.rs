@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use spindle_protocol::{
     AppId, AppReport, AppState, AttemptReport, ClusterReport, ContainerId, ContainerReport, ContainerState, NodeId, NodeReport, NodeState,
-    QueueReport, Resources,
+    QueueReport, QueueUserReport, Resources,
 };
 
 use super::{App, Cluster, Container, Node};
@@ -72,23 +72,62 @@ impl Cluster {
         self.nodes.get(node_id).map(node_report)
     }
 
-    /// The queue tree: one leaf, `root.default`, until queues are configurable.
+    /// The queue tree with each queue's guarantee, maximum, use, pending demand and (leaves)
+    /// users. Resources of apps in a queue the tree no longer has count nowhere.
     pub fn queue_report(&self) -> QueueReport {
-        let live = self.apps.values().filter(|app| !app.record.state.is_terminal());
-        let (used, apps_running) = live.fold((Resources::ZERO, 0), |(used, count), app| (used + app.allocated, count + 1));
-        let leaf = QueueReport {
-            name: "root.default".to_owned(),
-            guaranteed_percent: 100.0,
-            maximum_percent: 100.0,
-            used,
-            apps_running,
-            children: Vec::new(),
-        };
-        QueueReport {
-            name: "root".to_owned(),
-            children: vec![leaf.clone()],
-            ..leaf
+        let tree = &self.settings.queues;
+        let capacities = tree.capacities(self.schedulable_capacity());
+        let mut used = vec![Resources::ZERO; tree.queues.len()];
+        let mut pending = vec![Resources::ZERO; tree.queues.len()];
+        let mut apps_running = vec![0u32; tree.queues.len()];
+        let mut users: Vec<BTreeMap<&str, QueueUserReport>> = vec![BTreeMap::new(); tree.queues.len()];
+        for app in self.apps.values().filter(|app| !app.record.state.is_terminal()) {
+            let Some(leaf) = tree.leaf(&app.record.spec.queue) else { continue };
+            let app_pending = pending_of(app);
+            let user = users[leaf].entry(app.record.user.as_str()).or_insert_with(|| QueueUserReport {
+                user: app.record.user.clone(),
+                used: Resources::ZERO,
+                pending: Resources::ZERO,
+                apps_running: 0,
+            });
+            user.used += app.allocated;
+            user.pending += app_pending;
+            user.apps_running += 1;
+            let mut queue = Some(leaf);
+            while let Some(index) = queue {
+                used[index] += app.allocated;
+                pending[index] += app_pending;
+                apps_running[index] += 1;
+                queue = tree.queues[index].parent;
+            }
         }
+        // Children come after their parent in `queues`: build the reports bottom-up.
+        let mut reports: Vec<Option<QueueReport>> = vec![None; tree.queues.len()];
+        for index in (0..tree.queues.len()).rev() {
+            let queue = &tree.queues[index];
+            let children = queue.children.iter().map(|&child| reports[child].take().expect("built before its parent")).collect();
+            reports[index] = Some(QueueReport {
+                name: queue.path.clone(),
+                guaranteed_percent: queue.guaranteed_percent as f32,
+                maximum_percent: queue.maximum_percent as f32,
+                guaranteed: capacities[index].guaranteed,
+                maximum: capacities[index].maximum,
+                used: used[index],
+                pending: pending[index],
+                apps_running: apps_running[index],
+                users: std::mem::take(&mut users[index]).into_values().collect(),
+                children,
+            });
+        }
+        reports[0].take().expect("the tree has a root")
+    }
+
+    /// What schedulable nodes offer in total: the base of queue shares.
+    fn schedulable_capacity(&self) -> Resources {
+        self.nodes
+            .values()
+            .filter(|node| node.record.state.is_schedulable() && node.registered)
+            .fold(Resources::ZERO, |total, node| total + node.record.capacity)
     }
 
     pub fn cluster_report(&self, store: String) -> ClusterReport {
@@ -132,6 +171,27 @@ fn state_name(state: NodeState) -> String {
         .unwrap_or_default()
 }
 
+/// The stored diagnostics, or why the scheduler keeps the app waiting: an app must never be
+/// silently stuck in ACCEPTED.
+fn diagnostics(app: &App) -> String {
+    match (&app.waiting, app.record.state) {
+        (Some(reason), AppState::Accepted) => format!("waiting for its application master container: {reason}"),
+        (Some(reason), AppState::Running) => format!("running; more containers wait: {reason}"),
+        _ => app.record.diagnostics.clone(),
+    }
+}
+
+/// What an app asks for and has not got: its AM container until granted, then its asks.
+fn pending_of(app: &App) -> Resources {
+    let Some(attempt) = app.record.attempts.last() else {
+        return Resources::ZERO;
+    };
+    if attempt.am_container.is_none() {
+        return app.record.spec.am;
+    }
+    app.asks.iter().fold(Resources::ZERO, |total, ask| total + ask.resources.times(ask.count))
+}
+
 fn app_report(app: &App, containers: &std::collections::HashMap<ContainerId, Container>) -> AppReport {
     let record = &app.record;
     let running_containers = app
@@ -148,7 +208,7 @@ fn app_report(app: &App, containers: &std::collections::HashMap<ContainerId, Con
         priority: record.spec.priority,
         state: record.state,
         final_status: record.final_status,
-        diagnostics: record.diagnostics.clone(),
+        diagnostics: diagnostics(app),
         progress: record.progress,
         max_attempts: record.spec.max_attempts,
         attempts: record

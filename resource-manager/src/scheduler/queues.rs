@@ -52,6 +52,28 @@ pub struct QueueConfig {
     pub children: Vec<QueueConfig>,
 }
 
+impl Default for QueueConfig {
+    /// `root` with one leaf, `default`, that has the whole cluster: what an RM without a
+    /// `[queues]` section runs with.
+    fn default() -> Self {
+        let leaf = |name: &str, guaranteed_percent| QueueConfig {
+            name: name.to_owned(),
+            guaranteed_percent,
+            maximum_percent: default_maximum_percent(),
+            user_limit_percent: default_user_limit_percent(),
+            am_share_percent: default_am_share_percent(),
+            submit_users: everyone(),
+            admin_users: Vec::new(),
+            accessible_labels: Vec::new(),
+            children: Vec::new(),
+        };
+        QueueConfig {
+            children: vec![leaf("default", Some(100))],
+            ..leaf("root", None)
+        }
+    }
+}
+
 fn default_maximum_percent() -> u32 {
     100
 }
@@ -95,6 +117,9 @@ pub struct Queue {
     pub guaranteed_fraction: f64,
     /// Fraction of the cluster this queue may reach, bounded by every ancestor's maximum.
     pub maximum_fraction: f64,
+    /// The configured percentages of the parent, as written (for reports).
+    pub guaranteed_percent: u32,
+    pub maximum_percent: u32,
     pub user_limit_percent: u32,
     pub am_share_percent: u32,
     pub submit_users: Vec<String>,
@@ -173,6 +198,8 @@ impl QueueTree {
             children: Vec::new(),
             guaranteed_fraction,
             maximum_fraction,
+            guaranteed_percent: config.guaranteed_percent.unwrap_or(100),
+            maximum_percent: config.maximum_percent,
             user_limit_percent: config.user_limit_percent,
             am_share_percent: config.am_share_percent,
             submit_users: config.submit_users.clone(),
@@ -223,6 +250,11 @@ impl QueueTree {
             self.queues[index].children.push(child_index);
         }
         Ok(index)
+    }
+
+    /// Names of the leaf queues, sorted (for messages that list the choices).
+    pub fn leaf_names(&self) -> impl Iterator<Item = &str> {
+        self.leaves_by_name.keys().map(String::as_str)
     }
 
     /// The leaf queue called `name`; `None` for unknown names and for parent queues.

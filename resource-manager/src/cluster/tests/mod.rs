@@ -22,6 +22,8 @@ use spindle_protocol::{
 
 use super::{AmLaunch, AppError, AppQuery, Caller, Cluster, ClusterSettings, NodeError};
 use crate::records::{AppRecord, ContainerRecord, NodeRecord, Snapshot, WriteBatch};
+use crate::scheduler::capacity::LocalitySettings;
+use crate::scheduler::queues::{QueueConfig, QueueTree};
 
 mod actors;
 mod harness;
@@ -47,8 +49,23 @@ fn settings() -> ClusterSettings {
         node_expiry_ms: NODE_EXPIRY_MS,
         heartbeat_interval_ms: 1000,
         container_launch_expiry_ms: LAUNCH_EXPIRY_MS,
+        queues: lifecycle_queues(),
+        preemption_grace_ms: Some(PREEMPTION_GRACE_MS),
+        locality: LocalitySettings::default(),
     }
 }
+
+/// The default tree, but AMs may hold the whole queue: lifecycle tests run several jobs on one
+/// small node, where the default 10% AM share would admit one AM at a time (scheduling.rs tests
+/// that limit).
+fn lifecycle_queues() -> QueueTree {
+    let mut config = QueueConfig::default();
+    config.children[0].am_share_percent = 100;
+    QueueTree::from_config(&config).expect("the default queues are valid")
+}
+
+/// Grace period of preemption notices in these tests.
+const PREEMPTION_GRACE_MS: u64 = 15_000;
 
 fn secret() -> ClusterSecret {
     ClusterSecret::new(SECRET)
@@ -131,6 +148,7 @@ fn reasons(statuses: &[ContainerStatus]) -> Vec<(ContainerId, ExitReason)> {
 mod am_protocol;
 mod attempts;
 mod nodes;
+mod queues;
 mod random_operations;
 mod recovery;
 mod submit;

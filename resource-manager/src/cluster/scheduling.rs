@@ -1,0 +1,234 @@
+//! Scheduling rounds and preemption, the cluster's side of the pure scheduler: a snapshot of
+//! apps and nodes goes in, placements come back as ALLOCATED containers and wait reasons as
+//! app diagnostics; victims chosen by the preemption planner get a notice, a grace period, and
+//! then a PREEMPTED kill.
+
+use std::collections::BTreeSet;
+
+use spindle_protocol::{AppId, AppState, ContainerId, ExitReason, Resources};
+
+use super::{App, Cluster};
+use crate::scheduler::preemption;
+use crate::scheduler::queues::QueueTree;
+use crate::scheduler::snapshot::{AppAsk, ClusterSnapshot, ContainerKind, SnapshotApp, SnapshotContainer, SnapshotNode};
+
+/// Why a queue reload was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the new queue configuration would orphan running apps: {}; move or finish them first, or keep these leaf queues",
+    orphans.iter().map(|(queue, apps)| format!("queue `{queue}` holds {}", apps.join(", "))).collect::<Vec<_>>().join("; ")
+)]
+pub struct ReloadRefused {
+    /// Leaf queue name → ids of the live apps in it, for every leaf the new tree lacks.
+    pub orphans: Vec<(String, Vec<String>)>,
+}
+
+/// One app of a snapshot, with the map from snapshot ask index back to the app's ask table
+/// (the snapshot lists asks by priority and leaves out empty ones).
+struct SnapshotEntry {
+    app: SnapshotApp,
+    ask_table_index: Vec<usize>,
+}
+
+impl Cluster {
+    /// One scheduling round: the capacity scheduler places what it can; every app that still
+    /// waits gets the reason in its diagnostics.
+    pub fn schedule(&mut self, now_ms: u64) {
+        let entries = self.snapshot_apps(false);
+        if !entries.iter().any(|entry| wants_something(&entry.app)) {
+            for app in self.apps.values_mut() {
+                app.waiting = None;
+            }
+            return;
+        }
+        let (apps, ask_maps): (Vec<SnapshotApp>, Vec<Vec<usize>>) = entries.into_iter().map(|entry| (entry.app, entry.ask_table_index)).unzip();
+        let snapshot = ClusterSnapshot {
+            queues: &self.settings.queues,
+            nodes: self.snapshot_nodes(),
+            apps,
+            now_ms,
+        };
+        let decisions = self.scheduler.solve(&snapshot);
+        let apps = snapshot.apps;
+        for placement in &decisions.placements {
+            let index = apps
+                .binary_search_by_key(&placement.app_id, |app| app.app_id)
+                .expect("placements name snapshot apps");
+            let ask_index = match placement.container {
+                ContainerKind::Am => None,
+                ContainerKind::Ask(ask) => Some(ask_maps[index][ask]),
+            };
+            self.allocate_container(placement.app_id, ask_index, &placement.node_id, now_ms);
+        }
+        for app in &apps {
+            if let Some(state) = self.apps.get_mut(&app.app_id) {
+                state.waiting = decisions.wait_reason(app.app_id).map(ToString::to_string);
+            }
+        }
+    }
+
+    /// Preemption, run by `tick`: ask the planner which containers should be under notice;
+    /// give new ones a deadline (their AM hears of it in its next allocate reply), withdraw
+    /// notices the plan dropped, and kill those whose deadline has passed as PREEMPTED.
+    pub(super) fn preempt(&mut self, now_ms: u64) {
+        let Some(grace_ms) = self.settings.preemption_grace_ms else {
+            return;
+        };
+        let containers = &self.containers;
+        self.preempting
+            .retain(|id, _| containers.get(id).is_some_and(|container| container.record.state.is_live()));
+        let apps = self.snapshot_apps(true).into_iter().map(|entry| entry.app).collect();
+        let snapshot = ClusterSnapshot {
+            queues: &self.settings.queues,
+            nodes: self.snapshot_nodes(),
+            apps,
+            now_ms,
+        };
+        let chosen = preemption::victims(&snapshot);
+        let chosen_set: BTreeSet<ContainerId> = chosen.iter().copied().collect();
+        self.preempting.retain(|id, _| chosen_set.contains(id));
+        for container_id in chosen {
+            if self.preempting.contains_key(&container_id) {
+                continue;
+            }
+            self.preempting.insert(container_id, now_ms + grace_ms);
+            if let Some(app) = self.apps.get_mut(&container_id.app) {
+                app.preempt_news = true;
+            }
+            self.outbox.wake.insert(container_id.app);
+        }
+        let due: Vec<ContainerId> = self
+            .preempting
+            .iter()
+            .filter(|&(_, &deadline)| deadline <= now_ms)
+            .map(|(&id, _)| id)
+            .collect();
+        for container_id in due {
+            let queue = self.apps.get(&container_id.app).map(|app| app.record.spec.queue.clone()).unwrap_or_default();
+            self.kill_container(
+                container_id,
+                ExitReason::Preempted,
+                format!(
+                    "preempted after a notice of {} s: its queue `{queue}` ran above its guarantee while another queue needed its own",
+                    grace_ms / 1000
+                ),
+                now_ms,
+            );
+        }
+    }
+
+    /// The containers of `app_id` under a preemption notice now.
+    pub(super) fn preempt_notices(&self, app_id: AppId) -> Vec<ContainerId> {
+        self.preempting.keys().filter(|id| id.app == app_id).copied().collect()
+    }
+
+    /// Replaces the queue tree, unless a live app's queue would no longer be a leaf.
+    pub fn replace_queues(&mut self, queues: QueueTree) -> Result<(), ReloadRefused> {
+        let mut orphans: Vec<(String, Vec<String>)> = Vec::new();
+        for app in self.apps.values().filter(|app| !app.record.state.is_terminal()) {
+            let queue = &app.record.spec.queue;
+            if queues.leaf(queue).is_some() {
+                continue;
+            }
+            match orphans.iter_mut().find(|(name, _)| name == queue) {
+                Some((_, apps)) => apps.push(app.record.app_id.to_string()),
+                None => orphans.push((queue.clone(), vec![app.record.app_id.to_string()])),
+            }
+        }
+        if !orphans.is_empty() {
+            return Err(ReloadRefused { orphans });
+        }
+        self.settings.queues = queues;
+        Ok(())
+    }
+
+    /// Schedulable nodes, sorted by id (the map's order), as the scheduler sees them.
+    fn snapshot_nodes(&self) -> Vec<SnapshotNode> {
+        self.nodes
+            .values()
+            .filter(|node| node.record.state.is_schedulable() && node.registered)
+            .map(|node| {
+                let mut labels = node.record.labels.clone();
+                labels.sort();
+                SnapshotNode {
+                    node_id: node.record.node_id.clone(),
+                    rack: node.record.rack.clone(),
+                    labels,
+                    capacity: node.record.capacity,
+                    headroom: node.record.capacity.saturating_sub(&node.used),
+                    schedulable: true,
+                }
+            })
+            .collect()
+    }
+
+    /// Accepted and running apps in id order, with their live containers if `with_containers`.
+    fn snapshot_apps(&self, with_containers: bool) -> Vec<SnapshotEntry> {
+        self.apps
+            .values()
+            .filter(|app| matches!(app.record.state, AppState::Accepted | AppState::Running))
+            .filter_map(|app| self.snapshot_app(app, with_containers))
+            .collect()
+    }
+
+    fn snapshot_app(&self, app: &App, with_containers: bool) -> Option<SnapshotEntry> {
+        let attempt = app.record.attempts.last()?;
+        let am_container = attempt.am_container.and_then(|id| self.containers.get(&id));
+        let am_used = am_container
+            .filter(|container| container.record.state.is_live())
+            .map_or(Resources::ZERO, |container| container.record.resources);
+        let mut ask_table_index: Vec<usize> = Vec::new();
+        if attempt.am_container.is_some() && attempt.registered {
+            ask_table_index = (0..app.asks.len()).filter(|&index| app.asks[index].count > 0).collect();
+            // Lower priority numbers first; the stable sort keeps the AM's order otherwise.
+            ask_table_index.sort_by_key(|&index| app.asks[index].priority);
+        }
+        let asks = ask_table_index
+            .iter()
+            .map(|&index| {
+                let ask = &app.asks[index];
+                AppAsk {
+                    resources: ask.resources,
+                    count: ask.count,
+                    nodes: ask.nodes.clone(),
+                    racks: ask.racks.clone(),
+                    label: ask.label.clone(),
+                }
+            })
+            .collect();
+        let containers = if with_containers {
+            app.live
+                .iter()
+                .filter_map(|id| self.containers.get(id))
+                .map(|container| SnapshotContainer {
+                    container_id: container.record.container_id,
+                    resources: container.record.resources,
+                    is_am: container.record.is_am,
+                    allocated_at_ms: container.record.allocated_at_ms,
+                    preempting: self.preempting.contains_key(&container.record.container_id),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Some(SnapshotEntry {
+            app: SnapshotApp {
+                app_id: app.record.app_id,
+                queue: app.record.spec.queue.clone(),
+                user: app.record.user.clone(),
+                priority: app.record.spec.priority,
+                submitted_at_ms: app.record.submitted_at_ms,
+                used: app.allocated,
+                am_used,
+                pending_am: attempt.am_container.is_none().then_some(app.record.spec.am),
+                asks,
+                containers,
+            },
+            ask_table_index,
+        })
+    }
+}
+
+fn wants_something(app: &SnapshotApp) -> bool {
+    app.pending_am.is_some() || app.asks.iter().any(|ask| ask.count > 0)
+}

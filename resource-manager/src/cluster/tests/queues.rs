@@ -1,0 +1,223 @@
+//! Queues as the RM applies them: submit ACLs, who may kill, wait reasons in diagnostics,
+//! reloads that would orphan apps, the queue report, and preemption's notice → grace → kill.
+
+use super::*;
+
+/// `streaming` (60%, alice only, AMs may hold all of it) and `batch` (40%, anyone; carol
+/// administers it); both may borrow the whole cluster.
+fn two_team_queues() -> QueueTree {
+    let config: QueueConfig = toml::from_str(
+        r#"
+        name = "root"
+        [[children]]
+        name = "streaming"
+        guaranteed_percent = 60
+        am_share_percent = 100
+        submit_users = ["alice"]
+        [[children]]
+        name = "batch"
+        guaranteed_percent = 40
+        am_share_percent = 100
+        admin_users = ["carol"]
+        "#,
+    )
+    .expect("queue config parses");
+    QueueTree::from_config(&config).expect("queue config is valid")
+}
+
+fn cluster_with(queues: QueueTree) -> Rm {
+    Rm::new(Cluster::new(ClusterSettings { queues, ..settings() }, 1, 0))
+}
+
+fn user(name: &str) -> Caller {
+    Caller {
+        user: name.to_owned(),
+        admin: false,
+    }
+}
+
+fn in_queue(queue: &str, tasks: u32) -> JobSpec {
+    JobSpec {
+        queue: queue.to_owned(),
+        ..shell_spec(tasks)
+    }
+}
+
+fn submit_as(rm: &mut Rm, who: &str, spec: JobSpec, now: u64) -> Result<AppId, AppError> {
+    rm.mutate(|cluster| cluster.submit(&user(who), spec, now))
+}
+
+#[test]
+fn a_user_outside_a_queue_acl_may_not_submit_to_it() {
+    let mut rm = cluster_with(two_team_queues());
+    register(&mut rm, "n1:8042", 8, 8192, 0);
+    let refused = submit_as(&mut rm, "bob", in_queue("streaming", 1), 0).unwrap_err();
+    let AppError::Forbidden(message) = refused else {
+        panic!("expected Forbidden (403), got {refused:?}");
+    };
+    assert!(message.contains("bob may not submit to queue `streaming`"), "{message}");
+    submit_as(&mut rm, "alice", in_queue("streaming", 1), 0).expect("alice is in the ACL");
+    submit_as(&mut rm, "bob", in_queue("batch", 1), 0).expect("batch lets everyone submit");
+    let admin = Caller {
+        user: "root".to_owned(),
+        admin: true,
+    };
+    rm.mutate(|cluster| cluster.submit(&admin, in_queue("streaming", 1), 0))
+        .expect("cluster admins may submit anywhere");
+}
+
+#[test]
+fn an_unknown_or_parent_queue_is_refused_with_the_leaf_names() {
+    let mut rm = cluster_with(two_team_queues());
+    for queue in ["nightly", "root"] {
+        let refused = submit_as(&mut rm, "alice", in_queue(queue, 1), 0).unwrap_err();
+        let AppError::InvalidSpec(error) = refused else {
+            panic!("expected InvalidSpec, got {refused:?}");
+        };
+        assert_eq!(error.field, "queue");
+        assert!(error.reason.contains("leaf queues: batch, streaming"), "{}", error.reason);
+    }
+}
+
+#[test]
+fn the_owner_a_queue_admin_or_a_cluster_admin_may_kill_an_app() {
+    let mut rm = cluster_with(two_team_queues());
+    register(&mut rm, "n1:8042", 8, 8192, 0);
+    let first = submit_as(&mut rm, "bob", in_queue("batch", 1), 0).unwrap();
+    let second = submit_as(&mut rm, "bob", in_queue("batch", 1), 0).unwrap();
+    let AppError::Forbidden(message) = rm.kill(&user("dave"), first, 1).unwrap_err() else {
+        panic!("dave is neither owner nor admin");
+    };
+    assert!(message.contains("an admin of queue `batch`"), "{message}");
+    rm.kill(&user("carol"), first, 1).expect("carol administers batch");
+    rm.kill(&user("bob"), second, 1).expect("bob owns it");
+}
+
+#[test]
+fn an_app_blocked_by_the_am_share_limit_says_so_in_its_diagnostics() {
+    // The default tree: AMs may hold 10% of the queue, 819 MB of this node; each AM has 256 MB.
+    let mut rm = cluster_with(QueueTree::from_config(&QueueConfig::default()).unwrap());
+    let mut n1 = register(&mut rm, "n1:8042", 64, 8192, 0);
+    let mut admitted = Vec::new();
+    for _ in 0..4 {
+        admitted.push(rm.submit(shell_spec(1), 0).unwrap());
+        n1.start_ams(&mut rm, 0);
+    }
+    let states: Vec<AppState> = admitted.iter().map(|&app| rm.app(app).state).collect();
+    assert_eq!(
+        states,
+        [AppState::Accepted; 4],
+        "an AM launched is not registered yet, but it holds its container"
+    );
+    let waiting = admitted[3];
+    assert!(rm.app(waiting).attempts[0].am_container.is_none(), "the fourth AM was not granted");
+    let diagnostics = rm.app(waiting).diagnostics;
+    assert!(
+        diagnostics.contains("AM share limit of queue `root.default`") && diagnostics.contains("memory:768 MB"),
+        "{diagnostics}"
+    );
+    assert!(rm.app(admitted[0]).attempts[0].am_container.is_some());
+}
+
+#[test]
+fn a_job_larger_than_the_free_space_says_the_cluster_is_full() {
+    let mut rm = cluster();
+    let mut n1 = register(&mut rm, "n1:8042", 2, 2048, 0);
+    let (_am, _tasks) = running_job(&mut rm, &mut n1, 1, 0);
+    let waiting = rm.submit(shell_spec(1), 1).unwrap();
+    let diagnostics = rm.app(waiting).diagnostics;
+    assert!(diagnostics.contains("the cluster is full"), "{diagnostics}");
+}
+
+#[test]
+fn a_reload_that_would_orphan_live_apps_is_refused_and_changes_nothing() {
+    let mut rm = cluster_with(two_team_queues());
+    register(&mut rm, "n1:8042", 8, 8192, 0);
+    let app = submit_as(&mut rm, "bob", in_queue("batch", 1), 0).unwrap();
+    let without_batch: QueueConfig = toml::from_str(
+        "name = \"root\"\n[[children]]\nname = \"streaming\"\nguaranteed_percent = 100\nsubmit_users = [\"alice\"]\n",
+    )
+    .unwrap();
+    let tree = QueueTree::from_config(&without_batch).unwrap();
+    let refused = rm.mutate(|cluster| cluster.replace_queues(tree.clone())).unwrap_err();
+    assert_eq!(refused.orphans, [("batch".to_owned(), vec![app.to_string()])]);
+    assert!(refused.to_string().contains(&format!("queue `batch` holds {app}")), "{refused}");
+    assert!(
+        rm.mutate(|cluster| cluster.queue_report()).children.iter().any(|queue| queue.name == "root.batch"),
+        "the old tree stays"
+    );
+
+    rm.kill(&user("bob"), app, 1).unwrap();
+    rm.mutate(|cluster| cluster.replace_queues(tree)).expect("no live app is left in batch");
+    let report = rm.mutate(|cluster| cluster.queue_report());
+    assert_eq!(report.children.len(), 1);
+}
+
+#[test]
+fn the_queue_report_shows_guarantees_use_pending_and_users() {
+    let mut rm = cluster_with(two_team_queues());
+    let mut n1 = register(&mut rm, "n1:8042", 10, 10_240, 0);
+    let am = start_job(&mut rm, &mut n1, in_queue_as_alice("streaming"), 0);
+    am.ask(&mut rm, 20, 0);
+    let report = rm.mutate(|cluster| cluster.queue_report());
+    let streaming = &report.children[0];
+    assert_eq!(streaming.name, "root.streaming");
+    assert_eq!(streaming.guaranteed, Resources::new(6, 6144));
+    assert_eq!(streaming.maximum, Resources::new(10, 10_240));
+    // The AM and 9 tasks fill the node; 11 tasks wait.
+    assert_eq!(streaming.used, AM + TASK.times(9));
+    assert_eq!(streaming.pending, TASK.times(11));
+    assert_eq!(streaming.users.len(), 1);
+    assert_eq!(streaming.users[0].user, "alice");
+    assert_eq!(report.used, streaming.used, "the root sums its children");
+    assert_eq!(report.children[1].users, []);
+}
+
+fn in_queue_as_alice(queue: &str) -> JobSpec {
+    // `Rm::submit` submits as alice, who may use every queue of `two_team_queues`.
+    in_queue(queue, 1)
+}
+
+/// Queue `a` (50%) fills the node while `b` (50%) is idle; then `b` submits one job.
+#[test]
+fn preemption_gives_a_starved_queue_its_guarantee_back_after_the_grace_period() {
+    let config: QueueConfig = toml::from_str(
+        "name = \"root\"\n\
+         [[children]]\nname = \"a\"\nguaranteed_percent = 50\nam_share_percent = 100\n\
+         [[children]]\nname = \"b\"\nguaranteed_percent = 50\nam_share_percent = 100\n",
+    )
+    .unwrap();
+    let mut rm = cluster_with(QueueTree::from_config(&config).unwrap());
+    let mut n1 = register(&mut rm, "n1:8042", 8, 8192, 0);
+    let mut greedy = start_job(&mut rm, &mut n1, in_queue("a", 7), 0);
+    let tasks = grant_and_launch(&mut rm, &mut greedy, &mut n1, 7, 0);
+    assert_eq!(rm.node("n1:8042").used.vcores, 8, "queue a borrowed the whole node");
+
+    let starved = rm.submit(in_queue("b", 3), 1_000).unwrap();
+    rm.tick(1_000);
+    let notice = greedy.collect_news(&mut rm).expect("a preemption notice is news");
+    assert!(!notice.preempt.is_empty(), "queue a gets a notice");
+    assert!(notice.preempt.iter().all(|victim| tasks.contains(victim)), "tasks go first, not the AM");
+    // Only what b asks for is taken back: room for its AM (its tasks are not asked for yet).
+    assert_eq!(notice.preempt.len(), 1, "{:?}", notice.preempt);
+    let youngest = *tasks.iter().max().expect("a has tasks");
+    assert_eq!(notice.preempt, [youngest]);
+
+    // Inside the grace period nothing is killed.
+    rm.tick(1_000 + PREEMPTION_GRACE_MS - 1);
+    assert!(n1.heartbeat(&mut rm, 1_000 + PREEMPTION_GRACE_MS - 1).kill.is_empty());
+    rm.tick(1_000 + PREEMPTION_GRACE_MS);
+    let reply = n1.heartbeat(&mut rm, 1_000 + PREEMPTION_GRACE_MS);
+    assert_eq!(sorted(reply.kill.clone()), sorted(notice.preempt.clone()));
+    n1.heartbeat(&mut rm, 1_000 + PREEMPTION_GRACE_MS + 1);
+    greedy.collect_news(&mut rm);
+    let preempted: Vec<ExitReason> = greedy.completed.iter().filter_map(|status| status.exit_reason).collect();
+    assert_eq!(preempted, [ExitReason::Preempted]);
+
+    rm.tick(1_000 + PREEMPTION_GRACE_MS + 2);
+    assert!(
+        rm.app(starved).attempts[0].am_container.is_some(),
+        "queue b's AM got the freed room: {}",
+        rm.app(starved).diagnostics
+    );
+}
