@@ -4,26 +4,29 @@ use std::time::Instant;
 use proptest::prelude::*;
 use spindle_protocol::{AppId, NodeId, Resources};
 
-use super::CapacityScheduler;
+use super::{CapacityScheduler, LocalitySettings};
 use crate::scheduler::queues::{QueueConfig, QueueTree};
-use crate::scheduler::snapshot::{AppAsk, ClusterSnapshot, ContainerKind, Decisions, SnapshotApp, SnapshotNode, WaitReason};
+use crate::scheduler::snapshot::{
+    AppAsk, ClusterSnapshot, ContainerKind, ContainerPlacement, Decisions, SnapshotApp, SnapshotNode, WaitReason,
+};
 
-fn tree(text: &str) -> QueueTree {
+pub(super) fn tree(text: &str) -> QueueTree {
     let config: QueueConfig = toml::from_str(text).expect("queue config parses");
     QueueTree::from_config(&config).expect("queue config is valid")
 }
 
-/// `root` with leaves `a` and `b` at the given guaranteed / maximum percentages.
-fn two_queues(a: (u32, u32), b: (u32, u32)) -> QueueTree {
+/// `root` with leaves `a` and `b` at the given guaranteed / maximum percentages; `a` may use
+/// nodes labelled `gpu` (a label no other test node carries unless the test says so).
+pub(super) fn two_queues(a: (u32, u32), b: (u32, u32)) -> QueueTree {
     tree(&format!(
         "name = \"root\"\n\
-         [[children]]\nname = \"a\"\nguaranteed_percent = {}\nmaximum_percent = {}\n\
+         [[children]]\nname = \"a\"\nguaranteed_percent = {}\nmaximum_percent = {}\naccessible_labels = [\"gpu\"]\n\
          [[children]]\nname = \"b\"\nguaranteed_percent = {}\nmaximum_percent = {}\n",
         a.0, a.1, b.0, b.1
     ))
 }
 
-fn nodes(count: usize, vcores: u32, memory_mb: u64) -> Vec<SnapshotNode> {
+pub(super) fn nodes(count: usize, vcores: u32, memory_mb: u64) -> Vec<SnapshotNode> {
     (0..count)
         .map(|index| SnapshotNode {
             node_id: NodeId(format!("node-{index:05}")),
@@ -35,7 +38,7 @@ fn nodes(count: usize, vcores: u32, memory_mb: u64) -> Vec<SnapshotNode> {
         .collect()
 }
 
-fn app(seq: u32, queue: &str, user: &str, asks: &[(u32, u32, u64)]) -> SnapshotApp {
+pub(super) fn app(seq: u32, queue: &str, user: &str, asks: &[(u32, u32, u64)]) -> SnapshotApp {
     SnapshotApp {
         app_id: AppId { cluster_ts: 1, seq },
         queue: queue.to_owned(),
@@ -57,7 +60,7 @@ fn app(seq: u32, queue: &str, user: &str, asks: &[(u32, u32, u64)]) -> SnapshotA
     }
 }
 
-fn solve(queues: &QueueTree, nodes: Vec<SnapshotNode>, apps: Vec<SnapshotApp>) -> Decisions {
+pub(super) fn solve(queues: &QueueTree, nodes: Vec<SnapshotNode>, apps: Vec<SnapshotApp>) -> Decisions {
     CapacityScheduler::new().solve(&ClusterSnapshot {
         queues,
         nodes,
@@ -66,7 +69,7 @@ fn solve(queues: &QueueTree, nodes: Vec<SnapshotNode>, apps: Vec<SnapshotApp>) -
     })
 }
 
-fn count_for(decisions: &Decisions, seq: u32) -> usize {
+pub(super) fn count_for(decisions: &Decisions, seq: u32) -> usize {
     decisions.placements.iter().filter(|p| p.app_id.seq == seq).count()
 }
 
@@ -239,107 +242,206 @@ fn unschedulable_nodes_take_nothing_and_the_cursor_rotates_between_rounds() {
     assert_eq!(on, ["node-00000", "node-00002", "node-00000"]);
 }
 
+/// What the proptest varies per node: vcores, memory, schedulable, label (0: none, 1: `gpu`,
+/// 2: `ssd`), rack.
+type NodeSpec = (u32, u64, bool, u8, u8);
+/// Per ask: count, vcores, memory, label (0 and 3: none, 1: `gpu`, 2: `ssd`), preferred node.
+type AskSpec = (u32, u32, u64, u8, Option<usize>);
+
+fn label_for(choice: u8) -> Option<String> {
+    match choice {
+        1 => Some("gpu".to_owned()),
+        2 => Some("ssd".to_owned()),
+        _ => None,
+    }
+}
+
 proptest! {
-    /// No node over-committed, no queue past its maximum, every short app explained, and the
-    /// same input gives the same decisions.
+    /// Over three rounds of one snapshot (locality counters move on between them): no node
+    /// over-committed, no queue past its maximum, labels respected, every short app without
+    /// preferences explained, and two schedulers fed the same snapshots decide the same.
     #[test]
-    fn never_overcommits_respects_maximums_and_is_deterministic(
+    fn never_overcommits_respects_maximums_and_labels_and_is_deterministic(
         (a_guaranteed, a_extra) in (0u32..=100, 0u32..=100),
-        node_shapes in proptest::collection::vec((1u32..16, 256u64..16_384, any::<bool>()), 1..12),
+        node_specs in proptest::collection::vec((1u32..16, 256u64..16_384, any::<bool>(), 0u8..3, 0u8..3), 1..12),
         app_specs in proptest::collection::vec(
             (any::<bool>(), 0u8..3, -1i32..2, proptest::option::of((1u32..4, 128u64..2048)),
-             proptest::collection::vec((0u32..30, 1u32..6, 64u64..4096), 0..3)),
+             proptest::collection::vec((0u32..30, 1u32..6, 64u64..4096, 0u8..4, proptest::option::of(0usize..12)), 0..3)),
             1..12,
         ),
     ) {
         let a_maximum = (a_guaranteed + a_extra).clamp(1, 100);
         let queues = two_queues((a_guaranteed, a_maximum), (100 - a_guaranteed, 100));
-        let nodes: Vec<SnapshotNode> = node_shapes.iter().enumerate().map(|(index, &(vcores, memory_mb, schedulable))| SnapshotNode {
+        let nodes: Vec<SnapshotNode> = node_specs.iter().enumerate().map(|(index, &(vcores, memory_mb, schedulable, label, rack)): (usize, &NodeSpec)| SnapshotNode {
             node_id: NodeId(format!("n{index}")),
+            rack: format!("r{rack}"),
+            labels: label_for(label).into_iter().collect(),
             capacity: Resources::new(vcores, memory_mb),
             headroom: Resources::new(vcores / 2 + 1, memory_mb / 2 + 128),
             schedulable,
-            ..SnapshotNode::default()
         }).collect();
         let apps: Vec<SnapshotApp> = app_specs.iter().enumerate().map(|(index, (in_a, user, priority, am, asks))| {
-            let mut app = app(index as u32 + 1, if *in_a { "a" } else { "b" }, &format!("u{user}"), asks);
+            let mut app = app(index as u32 + 1, if *in_a { "a" } else { "b" }, &format!("u{user}"), &[]);
             app.priority = *priority;
             app.pending_am = am.map(|(vcores, memory_mb)| Resources::new(vcores, memory_mb));
+            app.asks = asks.iter().map(|&(count, vcores, memory_mb, label, preferred): &AskSpec| AppAsk {
+                resources: Resources::new(vcores, memory_mb),
+                count,
+                nodes: preferred.map(|node| NodeId(format!("n{node}"))).into_iter().collect(),
+                racks: Vec::new(),
+                label: label_for(label),
+            }).collect();
             app
         }).collect();
         let snapshot = ClusterSnapshot { queues: &queues, nodes: nodes.clone(), apps: apps.clone(), now_ms: 7 };
-        let decisions = CapacityScheduler::new().solve(&snapshot);
-        prop_assert_eq!(&decisions, &CapacityScheduler::new().solve(&snapshot));
-
-        let size_of = |placement: &crate::scheduler::snapshot::ContainerPlacement| {
-            let app = apps.iter().find(|app| app.app_id == placement.app_id).unwrap();
-            match placement.container {
-                ContainerKind::Am => app.pending_am.unwrap(),
-                ContainerKind::Ask(index) => app.asks[index].resources,
-            }
-        };
-        let mut node_used: BTreeMap<&str, Resources> = BTreeMap::new();
-        let mut queue_used: BTreeMap<&str, Resources> = BTreeMap::new();
-        let mut placed_per_app: BTreeMap<u32, usize> = BTreeMap::new();
-        for placement in &decisions.placements {
-            *node_used.entry(placement.node_id.as_str()).or_default() += size_of(placement);
-            let app = apps.iter().find(|app| app.app_id == placement.app_id).unwrap();
-            *queue_used.entry(app.queue.as_str()).or_default() += size_of(placement);
-            *placed_per_app.entry(placement.app_id.seq).or_default() += 1;
-        }
-        for node in &nodes {
-            let used = node_used.get(node.node_id.as_str()).copied().unwrap_or_default();
-            prop_assert!(node.headroom.fits(&used), "node {} over-committed: {} on {}", node.node_id, used, node.headroom);
-            prop_assert!(node.schedulable || used.is_zero());
-        }
-        let cluster = nodes.iter().filter(|n| n.schedulable).fold(Resources::ZERO, |sum, n| sum + n.capacity);
-        let capacities = queues.capacities(cluster);
-        for (name, used) in &queue_used {
-            let maximum = capacities[queues.leaf(name).unwrap()].maximum;
-            prop_assert!(maximum.fits(used), "queue {} at {} over its maximum {}", name, used, maximum);
-        }
-        for app in &apps {
-            let wanted = if app.pending_am.is_some() { 1 } else { app.asks.iter().map(|ask| ask.count as usize).sum() };
-            let got = placed_per_app.get(&app.app_id.seq).copied().unwrap_or(0);
-            prop_assert_eq!(got < wanted, decisions.wait_reason(app.app_id).is_some(), "app {}", app.app_id.seq);
+        let locality = LocalitySettings { node_delay: 1, rack_delay: 1 };
+        let (mut first, mut second) = (CapacityScheduler::with_locality(locality), CapacityScheduler::with_locality(locality));
+        for _round in 0..3 {
+            let decisions = first.solve(&snapshot);
+            prop_assert_eq!(&decisions, &second.solve(&snapshot));
+            check_invariants(&queues, &nodes, &apps, &decisions)?;
         }
     }
 }
 
+/// The invariants every round's decisions must keep, whatever the input.
+fn check_invariants(queues: &QueueTree, nodes: &[SnapshotNode], apps: &[SnapshotApp], decisions: &Decisions) -> Result<(), TestCaseError> {
+    let app_of = |placement: &ContainerPlacement| apps.iter().find(|app| app.app_id == placement.app_id).unwrap();
+    let size_of = |placement: &ContainerPlacement| match placement.container {
+        ContainerKind::Am => app_of(placement).pending_am.unwrap(),
+        ContainerKind::Ask(index) => app_of(placement).asks[index].resources,
+    };
+    let mut node_used: BTreeMap<&str, Resources> = BTreeMap::new();
+    let mut queue_used: BTreeMap<&str, Resources> = BTreeMap::new();
+    let mut placed_per_app: BTreeMap<u32, usize> = BTreeMap::new();
+    for placement in &decisions.placements {
+        let app = app_of(placement);
+        *node_used.entry(placement.node_id.as_str()).or_default() += size_of(placement);
+        *queue_used.entry(app.queue.as_str()).or_default() += size_of(placement);
+        *placed_per_app.entry(placement.app_id.seq).or_default() += 1;
+        let node = nodes.iter().find(|node| node.node_id == placement.node_id).unwrap();
+        let queue = &queues.queues[queues.leaf(&app.queue).unwrap()];
+        prop_assert!(
+            node.labels.iter().all(|label| queue.may_use_label(label)),
+            "app {} of queue {} on node {} labelled {:?}",
+            app.app_id.seq,
+            app.queue,
+            node.node_id,
+            node.labels
+        );
+        if let ContainerKind::Ask(index) = placement.container
+            && let Some(label) = &app.asks[index].label
+        {
+            prop_assert!(
+                node.labels.contains(label),
+                "ask for {} on node {} labelled {:?}",
+                label,
+                node.node_id,
+                node.labels
+            );
+        }
+    }
+    for node in nodes {
+        let used = node_used.get(node.node_id.as_str()).copied().unwrap_or_default();
+        prop_assert!(
+            node.headroom.fits(&used),
+            "node {} over-committed: {} on {}",
+            node.node_id,
+            used,
+            node.headroom
+        );
+        prop_assert!(node.schedulable || used.is_zero());
+    }
+    let cluster = nodes
+        .iter()
+        .filter(|n| n.schedulable)
+        .fold(Resources::ZERO, |sum, n| sum + n.capacity);
+    let capacities = queues.capacities(cluster);
+    for (name, used) in &queue_used {
+        let maximum = capacities[queues.leaf(name).unwrap()].maximum;
+        prop_assert!(maximum.fits(used), "queue {} at {} over its maximum {}", name, used, maximum);
+    }
+    for app in apps {
+        let wanted = if app.pending_am.is_some() {
+            1
+        } else {
+            app.asks.iter().map(|ask| ask.count as usize).sum()
+        };
+        let got = placed_per_app.get(&app.app_id.seq).copied().unwrap_or(0);
+        let explained = decisions.wait_reason(app.app_id).is_some();
+        // An ask waiting for locality shows no reason: it resolves by itself.
+        let may_wait_for_locality = app.pending_am.is_none() && app.asks.iter().any(|ask| ask.count > 0 && !ask.nodes.is_empty());
+        if may_wait_for_locality {
+            prop_assert!(!explained || got < wanted, "app {} got all it wanted yet waits", app.app_id.seq);
+        } else {
+            prop_assert_eq!(got < wanted, explained, "app {}", app.app_id.seq);
+        }
+    }
+    Ok(())
+}
+
 /// Times one `solve` of 1,000 apps at 500 and 5,000 nodes. Run with
-/// `cargo test --release -p spindle-resource-manager -- --ignored --nocapture`.
+/// `cargo test --release -p spindle-resource-manager --lib scheduler -- --ignored --nocapture`.
 #[test]
 #[ignore = "benchmark; prints placements per second"]
 fn bench_solve_at_500_and_5000_nodes() {
+    for node_count in [500, 5_000] {
+        bench_solve(node_count, 0);
+    }
+}
+
+/// The same with 30% of the asks preferring one node (delay scheduling on the hot path).
+#[test]
+#[ignore = "benchmark; prints placements per second"]
+fn bench_solve_with_30_percent_of_asks_preferring_a_node() {
+    for node_count in [500, 5_000] {
+        bench_solve(node_count, 30);
+    }
+}
+
+/// Best of five fresh `solve`s (the machine is shared, so the minimum is the figure that means
+/// something); `preferred_percent` of the asks name one node.
+fn bench_solve(node_count: usize, preferred_percent: usize) {
     let queues = tree(
         "name = \"root\"\n\
          [[children]]\nname = \"streaming\"\nguaranteed_percent = 40\nmaximum_percent = 80\n\
          [[children]]\nname = \"batch\"\nguaranteed_percent = 40\nuser_limit_percent = 50\n\
          [[children]]\nname = \"adhoc\"\nguaranteed_percent = 20\nmaximum_percent = 50\n",
     );
-    for node_count in [500, 5_000] {
-        let apps: Vec<SnapshotApp> = (0..1_000u32)
-            .map(|index| {
-                let queue = ["streaming", "batch", "adhoc"][index as usize % 3];
-                let user = format!("user{}", index % 50);
-                let shapes = [(200, 1, 2048), (100, 2, 4096), (50, 4, 1024)];
-                app(index + 1, queue, &user, &shapes)
-            })
-            .collect();
-        let snapshot = ClusterSnapshot {
-            queues: &queues,
-            nodes: nodes(node_count, 32, 128 * 1024),
-            apps,
-            now_ms: 0,
-        };
+    let apps: Vec<SnapshotApp> = (0..1_000usize)
+        .map(|index| {
+            let queue = ["streaming", "batch", "adhoc"][index % 3];
+            let user = format!("user{}", index % 50);
+            let shapes = [(200, 1, 2048), (100, 2, 4096), (50, 4, 1024)];
+            let mut app = app(index as u32 + 1, queue, &user, &shapes);
+            for (ask_index, ask) in app.asks.iter_mut().enumerate() {
+                if (index * 3 + ask_index) % 100 < preferred_percent {
+                    ask.nodes = vec![NodeId(format!("node-{:05}", (index * 37 + ask_index * 11) % node_count))];
+                }
+            }
+            app
+        })
+        .collect();
+    let snapshot = ClusterSnapshot {
+        queues: &queues,
+        nodes: nodes(node_count, 32, 128 * 1024),
+        apps,
+        now_ms: 0,
+    };
+    let mut best = None;
+    let mut placements = 0;
+    for _ in 0..5 {
         let started = Instant::now();
         let decisions = CapacityScheduler::new().solve(&snapshot);
         let elapsed = started.elapsed();
-        let placements = decisions.placements.len();
-        println!(
-            "{node_count} nodes, 1000 apps: {placements} placements in {elapsed:?} = {:.0} placements/s, {:.2} µs each",
-            placements as f64 / elapsed.as_secs_f64(),
-            elapsed.as_secs_f64() * 1e6 / placements.max(1) as f64
-        );
+        placements = decisions.placements.len();
+        best = Some(best.map_or(elapsed, |best: std::time::Duration| best.min(elapsed)));
     }
+    let best = best.unwrap();
+    println!(
+        "{node_count} nodes, 1000 apps, {preferred_percent}% of asks preferring a node: {placements} placements in {best:?} (best of 5) \
+         = {:.0} placements/s, {:.2} µs each",
+        placements as f64 / best.as_secs_f64(),
+        best.as_secs_f64() * 1e6 / placements.max(1) as f64
+    );
 }
