@@ -60,6 +60,16 @@ impl LocalOptions {
     }
 }
 
+/// The RM defaults, except that AMs may hold half of the `default` queue: a laptop cluster of a
+/// few vcores would otherwise run one app at a time (10% of 8 vcores is less than one AM).
+fn local_rm_config() -> RmConfig {
+    let mut config = RmConfig::default();
+    for leaf in &mut config.queues.children {
+        leaf.am_share_percent = 50;
+    }
+    config
+}
+
 /// What a data dir remembers between runs (`local.toml`, owner-only: it holds secrets).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,7 +113,7 @@ impl LocalCluster {
         let mut state = load_or_create_state(&data_dir)?;
         let base = match &options.rm_config {
             Some(path) => RmConfig::parse_file(path)?,
-            None => RmConfig::default(),
+            None => local_rm_config(),
         };
         let mut users = base.users.clone();
         users.push(ApiUser {

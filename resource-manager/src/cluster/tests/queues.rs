@@ -203,7 +203,11 @@ fn preemption_gives_a_starved_queue_its_guarantee_back_after_the_grace_period() 
     let youngest = *tasks.iter().max().expect("a has tasks");
     assert_eq!(notice.preempt, [youngest]);
 
-    // Inside the grace period nothing is killed.
+    // Inside the grace period nothing is killed (the node heartbeats, or it would be LOST).
+    for now in (1_000..1_000 + PREEMPTION_GRACE_MS).step_by(5_000) {
+        rm.tick(now);
+        assert!(n1.heartbeat(&mut rm, now).kill.is_empty());
+    }
     rm.tick(1_000 + PREEMPTION_GRACE_MS - 1);
     assert!(n1.heartbeat(&mut rm, 1_000 + PREEMPTION_GRACE_MS - 1).kill.is_empty());
     rm.tick(1_000 + PREEMPTION_GRACE_MS);
