@@ -67,6 +67,9 @@ pub struct ShellSpec {
     /// How many times a failed or lost container is run again before the job fails.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// A node label the task containers require (the job's queue must be allowed to use it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_label: Option<String>,
 }
 
 /// The user's own application master command, speaking the AM protocol.
@@ -187,6 +190,9 @@ impl JobSpec {
                 validate_resources("shell", &shell.resources())?;
                 if shell.max_retries > 100 {
                     return Err(invalid("shell.max_retries", "must be at most 100"));
+                }
+                if shell.node_label.as_deref().is_some_and(|label| label.trim().is_empty()) {
+                    return Err(invalid("shell.node_label", "must not be empty (leave it out for no label)"));
                 }
             }
             JobKind::Custom => {

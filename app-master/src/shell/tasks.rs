@@ -93,6 +93,8 @@ pub struct ShellTasks {
     /// The size of every task container: what to ask for, and the least a grant must have.
     task_resources: Resources,
     outcome: Option<JobOutcome>,
+    /// The node label every task container requires, if any.
+    label: Option<String>,
 }
 
 /// What a completed container means for its task.
@@ -121,8 +123,15 @@ impl ShellTasks {
             failures: 0,
             max_retries,
             task_resources,
+            label: None,
             outcome: None,
         }
+    }
+
+    /// Task containers must run on nodes carrying `label`.
+    pub fn with_label(mut self, label: Option<String>) -> Self {
+        self.label = label;
+        self
     }
 
     /// The asks of the next allocate: one container per task that has none (absolute count).
@@ -135,7 +144,7 @@ impl ShellTasks {
             count,
             nodes: Vec::new(),
             racks: Vec::new(),
-            label: None,
+            label: self.label.clone(),
         }]
     }
 

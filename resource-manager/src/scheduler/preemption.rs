@@ -9,7 +9,8 @@
 //! starved    leaves below their guarantee (dominant share) with pending containers; each
 //!            needs min(guaranteed − used, pending) per resource — and only if that is non-zero
 //!            in every resource its asks use
-//! shortfall  total need − free space usable by the smallest pending container; empty → done
+//! shortfall  total need − free space usable by the smallest pending container; a resource
+//!            free in plenty while the other is short drops out; empty → done
 //! donors     leaves above their guarantee (dominant share); only their containers are victims
 //! choose     three passes, each taking one container at a time from the donor leaf furthest
 //!            over its guarantee (dominant share / guaranteed fraction, re-evaluated after every

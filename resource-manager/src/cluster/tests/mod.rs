@@ -100,6 +100,7 @@ fn shell_spec(containers: u32) -> JobSpec {
             memory_mb: TASK.memory_mb,
             env: BTreeMap::new(),
             max_retries: 3,
+            node_label: None,
         }),
         custom: None,
     }
