@@ -325,3 +325,50 @@ fn lines(path: &Path) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// The queue tree can change without a restart: SIGHUP or `spindle queues reload` re-read the
+/// config file; a tree that is not valid is refused with the queue and field at fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_and_queues_reload_apply_a_new_queue_tree() {
+    let cluster = TestCluster::start(Db::Sqlite).await;
+    let config = cluster.path().join("rm.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let with_teams = format!(
+        "{original}\n[queues]\nname = \"root\"\n\
+         [[queues.children]]\nname = \"default\"\nguaranteed_percent = 50\n\
+         [[queues.children]]\nname = \"teams\"\nguaranteed_percent = 50\nsubmit_users = [\"admin\"]\n"
+    );
+    std::fs::write(&config, &with_teams).unwrap();
+    let pid = cluster.rm.as_ref().expect("the RM runs").pid();
+    // SAFETY: kill(2) with a valid signal number on our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let admin = cluster.admin();
+    wait_until(Duration::from_secs(10), "the RM to apply the new queues after SIGHUP", || async {
+        let root = admin.queues().await.ok()?;
+        root.children.iter().any(|queue| queue.name == "root.teams").then_some(())
+    })
+    .await;
+    assert!(cluster.rm.as_ref().unwrap().logs().contains("queues reloaded"));
+
+    let mut job = shell_job("team-job", "true", 1, 64, 0);
+    job.queue = "teams".to_owned();
+    let refused = cluster.user().submit(&job).await.unwrap_err();
+    assert_eq!(refused.status(), Some(403), "alice is not in teams' submit_users: {refused}");
+
+    std::fs::write(&config, with_teams.replace("guaranteed_percent = 50\nsubmit", "guaranteed_percent = 60\nsubmit")).unwrap();
+    let output = cluster.cli(&["queues", "reload"]).await;
+    assert!(!output.success(), "{output:?}");
+    assert!(
+        output.stderr.contains("queue `root`: field `children`: guaranteed_percent of the children sums to 110"),
+        "{}",
+        output.stderr
+    );
+    let root = admin.queues().await.unwrap();
+    assert_eq!(root.children.len(), 2, "the old tree stays");
+
+    std::fs::write(&config, &original).unwrap();
+    let output = cluster.cli(&["queues", "reload"]).await;
+    assert!(output.success(), "{output:?}");
+    assert!(output.stdout.contains("queues reloaded"), "{}", output.stdout);
+    assert_eq!(admin.queues().await.unwrap().children.len(), 1, "back to root.default alone");
+}
