@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use spindle_protocol::{AppId, AppReport, ClientError, FinalStatus, JobSpec, RmClient};
+use spindle_protocol::{AppId, AppReport, AppState, ClientError, FinalStatus, JobSpec, RmClient};
 
 use super::progress::{ProgressLine, ProgressMode};
 use super::{ClientContext, print_json};
@@ -93,7 +93,7 @@ pub fn outcome_line(report: &AppReport, waited: Duration) -> String {
 
 /// The one-line status of a live app: state, progress, containers, time so far.
 pub fn progress_line(report: &AppReport, elapsed: Duration) -> String {
-    format!(
+    let line = format!(
         "{}  {:<9} {:>4}  {} running container{}  {}",
         report.app_id,
         report.state.as_str(),
@@ -101,7 +101,12 @@ pub fn progress_line(report: &AppReport, elapsed: Duration) -> String {
         report.running_containers,
         if report.running_containers == 1 { "" } else { "s" },
         precise_duration(elapsed.as_millis() as u64)
-    )
+    );
+    // An app that has not started says why it waits (AM share, queue maximum, full cluster…).
+    if report.state == AppState::Accepted && !report.diagnostics.is_empty() {
+        return format!("{line}  ({})", report.diagnostics);
+    }
+    line
 }
 
 /// Polls the app until it ends, showing its progress; rides out short RM outages.
