@@ -86,6 +86,8 @@ pub enum Command {
     Decommission(DecommissionArgs),
     /// Print a container's stdout (or stderr).
     Logs(LogsArgs),
+    /// Run the scheduler against a synthetic workload in simulated time; report speed and fairness.
+    Simulate(SimulateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -212,6 +214,28 @@ pub struct LogsArgs {
     /// Print stderr instead of stdout.
     #[arg(long)]
     pub stderr: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Nodes at the start (about 1% more join and 1% are lost and come back during the run).
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub nodes: usize,
+    /// Apps submitted over the run (about 15% streaming, the rest batch).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub apps: usize,
+    /// Leaf queues under root, with uneven guarantees summing to 100%.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100))]
+    pub queues: usize,
+    /// Seed of the workload; the same seed gives the same decisions.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub seed: u64,
+    /// Simulated seconds at most (the run ends earlier once every batch app has finished).
+    #[arg(long, value_name = "S", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub horizon_s: u64,
+    /// Simulated seconds a container under a preemption notice runs before it is killed.
+    #[arg(long, value_name = "S", default_value_t = 15)]
+    pub grace_s: u64,
 }
 
 #[cfg(test)]

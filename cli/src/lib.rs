@@ -12,6 +12,7 @@ pub mod error;
 pub mod local;
 pub mod roles;
 pub mod settings;
+pub mod simulate;
 pub mod table;
 
 use std::process::ExitCode;
@@ -62,6 +63,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_tracing(log_format, "warn");
             demo::demo().await
         }
+        Command::Simulate(args) => simulate::simulate(&args, cli.global.json),
         command => client::run(command, &cli.global).await,
     }
 }

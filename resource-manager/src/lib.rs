@@ -9,6 +9,7 @@ pub mod launcher;
 pub mod records;
 pub mod scheduler;
 pub mod service;
+pub mod sim;
 pub mod store;
 
 use std::sync::Arc;

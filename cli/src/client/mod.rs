@@ -48,8 +48,13 @@ pub async fn run(command: Command, global: &GlobalArgs) -> anyhow::Result<ExitCo
         } => nodes::reload_queues(&context).await,
         Command::Decommission(args) => nodes::decommission(&context, &args).await,
         Command::Logs(args) => logs::print(&context, &args).await,
-        Command::ResourceManager(_) | Command::NodeAgent(_) | Command::AppMaster | Command::Local(_) | Command::Demo => {
-            unreachable!("roles are dispatched before the client is built")
+        Command::ResourceManager(_)
+        | Command::NodeAgent(_)
+        | Command::AppMaster
+        | Command::Local(_)
+        | Command::Demo
+        | Command::Simulate(_) => {
+            unreachable!("roles and the simulator are dispatched before the client is built")
         }
     }
 }

@@ -166,7 +166,7 @@ mod tests {
         assert_eq!(
             table,
             "QUEUE      GUARANTEED  MAXIMUM    USED  PENDING  APPS  USERS\n\
-             root             100%     100%  3/640M   1/128M     2  \n\
+             root             100%     100%  3/640M   1/128M     2\n\
              \x20 default        100%     100%  3/640M   1/128M     2  alice\n"
         );
     }
