@@ -355,11 +355,17 @@ async fn sighup_and_queues_reload_apply_a_new_queue_tree() {
     let refused = cluster.user().submit(&job).await.unwrap_err();
     assert_eq!(refused.status(), Some(403), "alice is not in teams' submit_users: {refused}");
 
-    std::fs::write(&config, with_teams.replace("guaranteed_percent = 50\nsubmit", "guaranteed_percent = 60\nsubmit")).unwrap();
+    std::fs::write(
+        &config,
+        with_teams.replace("guaranteed_percent = 50\nsubmit", "guaranteed_percent = 60\nsubmit"),
+    )
+    .unwrap();
     let output = cluster.cli(&["queues", "reload"]).await;
     assert!(!output.success(), "{output:?}");
     assert!(
-        output.stderr.contains("queue `root`: field `children`: guaranteed_percent of the children sums to 110"),
+        output
+            .stderr
+            .contains("queue `root`: field `children`: guaranteed_percent of the children sums to 110"),
         "{}",
         output.stderr
     );

@@ -128,7 +128,10 @@ async fn streaming_gets_its_guarantee_within_the_grace_period_and_batch_uses_the
             }
             _ => {}
         }
-        assert!(submitted_at.elapsed() < Duration::from_secs(40), "streaming never reached its guarantee: {root:#?}");
+        assert!(
+            submitted_at.elapsed() < Duration::from_secs(40),
+            "streaming never reached its guarantee: {root:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     if let Some(since) = starved_since {
@@ -145,7 +148,10 @@ async fn streaming_gets_its_guarantee_within_the_grace_period_and_batch_uses_the
     let watch_until = Instant::now() + Duration::from_secs(6);
     while Instant::now() < watch_until {
         let root = alice.queues().await.unwrap();
-        assert!(leaf(&root, "streaming").used.vcores >= 4, "streaming fell below its guarantee: {root:#?}");
+        assert!(
+            leaf(&root, "streaming").used.vcores >= 4,
+            "streaming fell below its guarantee: {root:#?}"
+        );
         batch_peak = batch_peak.max(leaf(&root, "batch").used.vcores);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

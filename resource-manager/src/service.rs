@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::{Cluster, ClusterSettings, Outbox};
 use crate::config::RmConfig;
 use crate::error::ReloadError;
-use crate::scheduler::capacity::LocalitySettings;
 use crate::error::RmError;
 use crate::launcher::{AmLauncher, LaunchError};
 use crate::records::WriteBatch;
+use crate::scheduler::capacity::LocalitySettings;
 use crate::store::Store;
 
 /// A change applied in memory whose commit and side effects are not done yet. Dropped before
@@ -112,7 +112,10 @@ impl ResourceManager {
             heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
             container_launch_expiry_ms: config.container_launch_expiry.as_millis() as u64,
             queues: config.queue_tree()?,
-            preemption_grace_ms: config.scheduler.preemption.then_some(config.scheduler.preemption_grace.as_millis() as u64),
+            preemption_grace_ms: config
+                .scheduler
+                .preemption
+                .then_some(config.scheduler.preemption_grace.as_millis() as u64),
             locality: LocalitySettings {
                 node_delay: config.scheduler.node_locality_delay,
                 rack_delay: config.scheduler.rack_locality_delay,

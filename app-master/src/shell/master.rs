@@ -86,7 +86,8 @@ impl<L: ContainerLauncher> ShellMaster<L> {
             context.attempt,
             context.rm_retry,
         );
-        let mut tasks = ShellTasks::new(self.shell.containers, self.shell.max_retries, self.shell.resources()).with_label(self.shell.node_label.clone());
+        let mut tasks = ShellTasks::new(self.shell.containers, self.shell.max_retries, self.shell.resources())
+            .with_label(self.shell.node_label.clone());
         let mut launches = LaunchPool::new(self.launcher, self.max_launches_in_flight);
         let mut launched_total: u64 = 0;
         tracing::info!(

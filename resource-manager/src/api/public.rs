@@ -189,7 +189,10 @@ pub async fn queues(State(rm): Rm, _user: User) -> Json<QueueReport> {
     responses((status = 200, body = QueueReport), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn reload_queues(State(rm): Rm, User(caller): User) -> Result<Json<QueueReport>, ApiError> {
     if !caller.admin {
-        return Err(ApiError::forbidden(format!("user {} may not reload the queues: only admins may", caller.user)));
+        return Err(ApiError::forbidden(format!(
+            "user {} may not reload the queues: only admins may",
+            caller.user
+        )));
     }
     Ok(Json(rm.reload_queues().await?))
 }

@@ -17,10 +17,16 @@ fn validate_locality(index: usize, ask: &spindle_protocol::ResourceAsk) -> Resul
         reason,
     };
     if ask.nodes.len() > MAX_PREFERRED_NODES {
-        return Err(invalid("nodes", format!("{} preferred nodes; at most {MAX_PREFERRED_NODES}", ask.nodes.len())));
+        return Err(invalid(
+            "nodes",
+            format!("{} preferred nodes; at most {MAX_PREFERRED_NODES}", ask.nodes.len()),
+        ));
     }
     if ask.racks.len() > MAX_PREFERRED_RACKS {
-        return Err(invalid("racks", format!("{} preferred racks; at most {MAX_PREFERRED_RACKS}", ask.racks.len())));
+        return Err(invalid(
+            "racks",
+            format!("{} preferred racks; at most {MAX_PREFERRED_RACKS}", ask.racks.len()),
+        ));
     }
     if ask.nodes.iter().any(|node| node.0.trim().is_empty()) || ask.racks.iter().any(|rack| rack.trim().is_empty()) {
         return Err(invalid("nodes", "node and rack names must not be empty".to_owned()));

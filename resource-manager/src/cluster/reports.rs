@@ -105,7 +105,11 @@ impl Cluster {
         let mut reports: Vec<Option<QueueReport>> = vec![None; tree.queues.len()];
         for index in (0..tree.queues.len()).rev() {
             let queue = &tree.queues[index];
-            let children = queue.children.iter().map(|&child| reports[child].take().expect("built before its parent")).collect();
+            let children = queue
+                .children
+                .iter()
+                .map(|&child| reports[child].take().expect("built before its parent"))
+                .collect();
             reports[index] = Some(QueueReport {
                 name: queue.path.clone(),
                 guaranteed_percent: queue.guaranteed_percent as f32,
@@ -189,7 +193,9 @@ fn pending_of(app: &App) -> Resources {
     if attempt.am_container.is_none() {
         return app.record.spec.am;
     }
-    app.asks.iter().fold(Resources::ZERO, |total, ask| total + ask.resources.times(ask.count))
+    app.asks
+        .iter()
+        .fold(Resources::ZERO, |total, ask| total + ask.resources.times(ask.count))
 }
 
 fn app_report(app: &App, containers: &std::collections::HashMap<ContainerId, Container>) -> AppReport {

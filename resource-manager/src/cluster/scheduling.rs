@@ -41,7 +41,8 @@ impl Cluster {
             }
             return;
         }
-        let (apps, ask_maps): (Vec<SnapshotApp>, Vec<Vec<usize>>) = entries.into_iter().map(|entry| (entry.app, entry.ask_table_index)).unzip();
+        let (apps, ask_maps): (Vec<SnapshotApp>, Vec<Vec<usize>>) =
+            entries.into_iter().map(|entry| (entry.app, entry.ask_table_index)).unzip();
         let snapshot = ClusterSnapshot {
             queues: &self.settings.queues,
             nodes: self.snapshot_nodes(),
@@ -104,7 +105,11 @@ impl Cluster {
             .map(|(&id, _)| id)
             .collect();
         for container_id in due {
-            let queue = self.apps.get(&container_id.app).map(|app| app.record.spec.queue.clone()).unwrap_or_default();
+            let queue = self
+                .apps
+                .get(&container_id.app)
+                .map(|app| app.record.spec.queue.clone())
+                .unwrap_or_default();
             self.kill_container(
                 container_id,
                 ExitReason::Preempted,

@@ -205,7 +205,9 @@ impl QueueTree {
             submit_users: config.submit_users.clone(),
             admin_users: config.admin_users.clone(),
             accessible_labels: {
-                let mut labels = parent.map(|parent| self.queues[parent].accessible_labels.clone()).unwrap_or_default();
+                let mut labels = parent
+                    .map(|parent| self.queues[parent].accessible_labels.clone())
+                    .unwrap_or_default();
                 labels.extend(config.accessible_labels.iter().cloned());
                 labels.sort();
                 labels.dedup();

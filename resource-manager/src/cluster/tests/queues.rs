@@ -134,21 +134,24 @@ fn a_reload_that_would_orphan_live_apps_is_refused_and_changes_nothing() {
     let mut rm = cluster_with(two_team_queues());
     register(&mut rm, "n1:8042", 8, 8192, 0);
     let app = submit_as(&mut rm, "bob", in_queue("batch", 1), 0).unwrap();
-    let without_batch: QueueConfig = toml::from_str(
-        "name = \"root\"\n[[children]]\nname = \"streaming\"\nguaranteed_percent = 100\nsubmit_users = [\"alice\"]\n",
-    )
-    .unwrap();
+    let without_batch: QueueConfig =
+        toml::from_str("name = \"root\"\n[[children]]\nname = \"streaming\"\nguaranteed_percent = 100\nsubmit_users = [\"alice\"]\n")
+            .unwrap();
     let tree = QueueTree::from_config(&without_batch).unwrap();
     let refused = rm.mutate(|cluster| cluster.replace_queues(tree.clone())).unwrap_err();
     assert_eq!(refused.orphans, [("batch".to_owned(), vec![app.to_string()])]);
     assert!(refused.to_string().contains(&format!("queue `batch` holds {app}")), "{refused}");
     assert!(
-        rm.mutate(|cluster| cluster.queue_report()).children.iter().any(|queue| queue.name == "root.batch"),
+        rm.mutate(|cluster| cluster.queue_report())
+            .children
+            .iter()
+            .any(|queue| queue.name == "root.batch"),
         "the old tree stays"
     );
 
     rm.kill(&user("bob"), app, 1).unwrap();
-    rm.mutate(|cluster| cluster.replace_queues(tree)).expect("no live app is left in batch");
+    rm.mutate(|cluster| cluster.replace_queues(tree))
+        .expect("no live app is left in batch");
     let report = rm.mutate(|cluster| cluster.queue_report());
     assert_eq!(report.children.len(), 1);
 }
@@ -197,7 +200,10 @@ fn preemption_gives_a_starved_queue_its_guarantee_back_after_the_grace_period() 
     rm.tick(1_000);
     let notice = greedy.collect_news(&mut rm).expect("a preemption notice is news");
     assert!(!notice.preempt.is_empty(), "queue a gets a notice");
-    assert!(notice.preempt.iter().all(|victim| tasks.contains(victim)), "tasks go first, not the AM");
+    assert!(
+        notice.preempt.iter().all(|victim| tasks.contains(victim)),
+        "tasks go first, not the AM"
+    );
     // Only what b asks for is taken back: room for its AM (its tasks are not asked for yet).
     assert_eq!(notice.preempt.len(), 1, "{:?}", notice.preempt);
     let youngest = *tasks.iter().max().expect("a has tasks");
