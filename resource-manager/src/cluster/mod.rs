@@ -21,6 +21,7 @@ use spindle_protocol::{
 
 use crate::records::{AppRecord, ContainerRecord, NodeRecord, WriteBatch};
 use crate::scheduler::capacity::{CapacityScheduler, LocalitySettings};
+use crate::scheduler::preemption::NoticeBook;
 use crate::scheduler::queues::QueueTree;
 
 pub use apps::{AppError, Caller};
@@ -54,8 +55,8 @@ pub struct Cluster {
     containers: HashMap<ContainerId, Container>,
     nodes: BTreeMap<NodeId, Node>,
     scheduler: CapacityScheduler,
-    /// Containers under a preemption notice → when they are killed if still chosen.
-    preempting: BTreeMap<ContainerId, u64>,
+    /// Containers under a preemption notice and their deadlines.
+    notices: NoticeBook,
     dirty: Dirty,
     outbox: Outbox,
 }
@@ -165,6 +166,7 @@ impl Cluster {
     pub fn new(settings: ClusterSettings, epoch: u64, now_ms: u64) -> Cluster {
         Cluster {
             scheduler: CapacityScheduler::with_locality(settings.locality),
+            notices: NoticeBook::new(settings.preemption_grace_ms.unwrap_or(0)),
             settings,
             epoch,
             started_at_ms: now_ms,
@@ -172,7 +174,7 @@ impl Cluster {
             apps: BTreeMap::new(),
             containers: HashMap::new(),
             nodes: BTreeMap::new(),
-            preempting: BTreeMap::new(),
+
             dirty: Dirty::default(),
             outbox: Outbox::default(),
         }

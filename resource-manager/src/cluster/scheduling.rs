@@ -3,8 +3,6 @@
 //! app diagnostics; victims chosen by the preemption planner get a notice, a grace period, and
 //! then a PREEMPTED kill.
 
-use std::collections::BTreeSet;
-
 use spindle_protocol::{AppId, AppState, ContainerId, ExitReason, Resources};
 
 use super::{App, Cluster};
@@ -68,16 +66,16 @@ impl Cluster {
         }
     }
 
-    /// Preemption, run by `tick`: ask the planner which containers should be under notice;
-    /// give new ones a deadline (their AM hears of it in its next allocate reply), withdraw
-    /// notices the plan dropped, and kill those whose deadline has passed as PREEMPTED.
+    /// Preemption, run by `tick`: ask the planner which containers should be under notice and
+    /// apply the plan to the notice book: new notices wake their AM (the allocate reply lists
+    /// them), withdrawn ones just disappear from the list, due ones are killed as PREEMPTED.
     pub(super) fn preempt(&mut self, now_ms: u64) {
         let Some(grace_ms) = self.settings.preemption_grace_ms else {
             return;
         };
         let containers = &self.containers;
-        self.preempting
-            .retain(|id, _| containers.get(id).is_some_and(|container| container.record.state.is_live()));
+        self.notices
+            .retain(|id| containers.get(id).is_some_and(|container| container.record.state.is_live()));
         let apps = self.snapshot_apps(true).into_iter().map(|entry| entry.app).collect();
         let snapshot = ClusterSnapshot {
             queues: &self.settings.queues,
@@ -86,25 +84,14 @@ impl Cluster {
             now_ms,
         };
         let chosen = preemption::victims(&snapshot);
-        let chosen_set: BTreeSet<ContainerId> = chosen.iter().copied().collect();
-        self.preempting.retain(|id, _| chosen_set.contains(id));
-        for container_id in chosen {
-            if self.preempting.contains_key(&container_id) {
-                continue;
-            }
-            self.preempting.insert(container_id, now_ms + grace_ms);
+        let changes = self.notices.apply(&chosen, now_ms);
+        for container_id in changes.noticed {
             if let Some(app) = self.apps.get_mut(&container_id.app) {
                 app.preempt_news = true;
             }
             self.outbox.wake.insert(container_id.app);
         }
-        let due: Vec<ContainerId> = self
-            .preempting
-            .iter()
-            .filter(|&(_, &deadline)| deadline <= now_ms)
-            .map(|(&id, _)| id)
-            .collect();
-        for container_id in due {
+        for container_id in changes.due {
             let queue = self
                 .apps
                 .get(&container_id.app)
@@ -124,7 +111,7 @@ impl Cluster {
 
     /// The containers of `app_id` under a preemption notice now.
     pub(super) fn preempt_notices(&self, app_id: AppId) -> Vec<ContainerId> {
-        self.preempting.keys().filter(|id| id.app == app_id).copied().collect()
+        self.notices.of_app(app_id).collect()
     }
 
     /// Replaces the queue tree, unless a live app's queue would no longer be a leaf.
@@ -210,7 +197,7 @@ impl Cluster {
                     resources: container.record.resources,
                     is_am: container.record.is_am,
                     allocated_at_ms: container.record.allocated_at_ms,
-                    preempting: self.preempting.contains_key(&container.record.container_id),
+                    preempting: self.notices.is_under_notice(&container.record.container_id),
                 })
                 .collect()
         } else {

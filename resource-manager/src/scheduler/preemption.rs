@@ -64,8 +64,11 @@ use spindle_protocol::{ContainerId, Resources};
 use super::queues::{QueueCapacity, QueueIndex, QueueTree};
 use super::snapshot::{ClusterSnapshot, SnapshotContainer, SnapshotNode};
 
+mod notices;
 #[cfg(test)]
 mod tests;
+
+pub use notices::{NoticeBook, NoticeChanges, STARVATION_PATIENCE_MS};
 
 /// The containers that should be under a preemption notice now, in the order they were chosen.
 ///

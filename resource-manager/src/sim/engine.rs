@@ -19,13 +19,14 @@ mod notices;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use spindle_protocol::{AppId, ContainerId, NodeId, Resources};
+use spindle_protocol::{AppId, NodeId, Resources};
 
 use super::containers::ContainerTable;
 use super::metrics::{LeafInfo, Recorder, RunFacts, SimReport, dominant_share};
 use super::rng::SplitMix64;
 use super::workload::{AppKind, AppSpec, NodeChange, NodeEvent, Workload};
 use crate::scheduler::capacity::CapacityScheduler;
+use crate::scheduler::preemption::NoticeBook;
 use crate::scheduler::queues::{QueueConfigError, QueueTree};
 use crate::scheduler::snapshot::{ClusterSnapshot, SnapshotApp, SnapshotNode};
 
@@ -143,7 +144,7 @@ pub struct Simulation {
     events_scheduled: u64,
     node_events: Vec<NodeEvent>,
     /// Containers under a preemption notice after the last plan (some may have ended since).
-    under_notice: Vec<ContainerId>,
+    notices: NoticeBook,
     batch_apps: usize,
     batch_apps_finished: usize,
     recorder: Recorder,
@@ -212,7 +213,7 @@ impl Simulation {
             events: BTreeMap::new(),
             events_scheduled: 0,
             node_events: workload.node_events,
-            under_notice: Vec::new(),
+            notices: NoticeBook::new(config.grace_ms),
             batch_apps: runs.iter().filter(|run| matches!(run.spec.kind, AppKind::Batch { .. })).count(),
             batch_apps_finished: 0,
             recorder: Recorder::new(leaf_infos, user_leaf),

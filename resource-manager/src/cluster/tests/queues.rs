@@ -2,6 +2,7 @@
 //! reloads that would orphan apps, the queue report, and preemption's notice → grace → kill.
 
 use super::*;
+use crate::scheduler::preemption::STARVATION_PATIENCE_MS;
 
 /// `streaming` (60%, alice only, AMs may hold all of it) and `batch` (40%, anyone; carol
 /// administers it); both may borrow the whole cluster.
@@ -198,6 +199,9 @@ fn preemption_gives_a_starved_queue_its_guarantee_back_after_the_grace_period() 
 
     let starved = rm.submit(in_queue("b", 3), 1_000).unwrap();
     rm.tick(1_000);
+    assert!(greedy.collect_news(&mut rm).is_none(), "a moment of starvation gives no notice yet");
+    let noticed_at = 1_000 + STARVATION_PATIENCE_MS;
+    rm.tick(noticed_at);
     let notice = greedy.collect_news(&mut rm).expect("a preemption notice is news");
     assert!(!notice.preempt.is_empty(), "queue a gets a notice");
     assert!(
@@ -210,21 +214,21 @@ fn preemption_gives_a_starved_queue_its_guarantee_back_after_the_grace_period() 
     assert_eq!(notice.preempt, [youngest]);
 
     // Inside the grace period nothing is killed (the node heartbeats, or it would be LOST).
-    for now in (1_000..1_000 + PREEMPTION_GRACE_MS).step_by(5_000) {
+    for now in (noticed_at..noticed_at + PREEMPTION_GRACE_MS).step_by(5_000) {
         rm.tick(now);
         assert!(n1.heartbeat(&mut rm, now).kill.is_empty());
     }
-    rm.tick(1_000 + PREEMPTION_GRACE_MS - 1);
-    assert!(n1.heartbeat(&mut rm, 1_000 + PREEMPTION_GRACE_MS - 1).kill.is_empty());
-    rm.tick(1_000 + PREEMPTION_GRACE_MS);
-    let reply = n1.heartbeat(&mut rm, 1_000 + PREEMPTION_GRACE_MS);
+    rm.tick(noticed_at + PREEMPTION_GRACE_MS - 1);
+    assert!(n1.heartbeat(&mut rm, noticed_at + PREEMPTION_GRACE_MS - 1).kill.is_empty());
+    rm.tick(noticed_at + PREEMPTION_GRACE_MS);
+    let reply = n1.heartbeat(&mut rm, noticed_at + PREEMPTION_GRACE_MS);
     assert_eq!(sorted(reply.kill.clone()), sorted(notice.preempt.clone()));
-    n1.heartbeat(&mut rm, 1_000 + PREEMPTION_GRACE_MS + 1);
+    n1.heartbeat(&mut rm, noticed_at + PREEMPTION_GRACE_MS + 1);
     greedy.collect_news(&mut rm);
     let preempted: Vec<ExitReason> = greedy.completed.iter().filter_map(|status| status.exit_reason).collect();
     assert_eq!(preempted, [ExitReason::Preempted]);
 
-    rm.tick(1_000 + PREEMPTION_GRACE_MS + 2);
+    rm.tick(noticed_at + PREEMPTION_GRACE_MS + 2);
     assert!(
         rm.app(starved).attempts[0].am_container.is_some(),
         "queue b's AM got the freed room: {}",

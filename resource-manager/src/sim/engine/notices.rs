@@ -1,4 +1,5 @@
-//! The RM's side of the preemption contract: notices, withdrawals and kills from each plan.
+//! The RM's side of the preemption contract (the shared `NoticeBook`): notices, withdrawals and
+//! kills from each plan.
 
 use std::time::Instant;
 
@@ -16,31 +17,26 @@ impl Simulation {
             (chosen, started.elapsed())
         });
         self.recorder.record_preemption_planning(wall);
-        let mut chosen_sorted = chosen.clone();
-        chosen_sorted.sort_unstable();
-        for id in std::mem::take(&mut self.under_notice) {
-            if chosen_sorted.binary_search(&id).is_err()
-                && let Some(slot) = self.containers.slot_of(&id)
-            {
+        let changes = self.notices.apply(&chosen, self.now_ms);
+        for id in changes.withdrawn {
+            // Containers that ended on their own leave the book this way too: not counted.
+            if let Some(slot) = self.containers.slot_of(&id) {
                 self.set_notice(slot, None);
                 self.recorder.preemption_notices_withdrawn += 1;
             }
         }
-        for id in chosen {
-            // Killing an AM ends its app's other containers, which may be chosen too.
-            let Some(slot) = self.containers.slot_of(&id) else { continue };
-            match self.containers.get(slot).and_then(|container| container.notice_deadline_ms) {
-                Some(deadline) if deadline <= self.now_ms => {
-                    self.recorder.preemption_kills += 1;
-                    self.end_container(slot, EndReason::Preempted);
-                }
-                Some(_) => self.under_notice.push(id),
-                None => {
-                    self.set_notice(slot, Some(self.now_ms + self.config.grace_ms));
-                    self.recorder.preemption_notices += 1;
-                    self.under_notice.push(id);
-                }
+        for id in changes.noticed {
+            if let Some(slot) = self.containers.slot_of(&id) {
+                self.set_notice(slot, Some(self.now_ms + self.config.grace_ms));
+                self.recorder.preemption_notices += 1;
             }
+        }
+        for id in changes.due {
+            self.notices.forget(&id);
+            // Killing an AM ends its app's other containers, which may be due too.
+            let Some(slot) = self.containers.slot_of(&id) else { continue };
+            self.recorder.preemption_kills += 1;
+            self.end_container(slot, EndReason::Preempted);
         }
     }
 
