@@ -33,18 +33,6 @@ fn rm_config(with_batch: bool) -> String {
     )
 }
 
-/// Kills what the cluster's agents left running under `dir` and prints its logs on failure.
-struct Cleanup<'a>(&'a std::path::Path);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            support::dump_logs_under(self.0);
-        }
-        support::kill_processes_under(self.0);
-    }
-}
-
 fn leaf<'a>(root: &'a QueueReport, name: &str) -> &'a QueueReport {
     root.children
         .iter()
@@ -76,7 +64,7 @@ async fn batch_stream(bob: RmClient, stop: tokio_util::sync::CancellationToken) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_gets_its_guarantee_within_the_grace_period_and_batch_uses_the_rest() {
     let dir = tempfile::Builder::new().prefix("spindle-queues-").tempdir().unwrap();
-    let _cleanup = Cleanup(dir.path());
+    let _cleanup = support::CleanupDir(dir.path());
     let config_path = dir.path().join("rm.toml");
     std::fs::write(&config_path, rm_config(true)).unwrap();
     let mut options = LocalOptions::new(dir.path().join("local")).expect("local options");

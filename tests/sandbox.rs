@@ -19,22 +19,10 @@ async fn start_local(dir: &std::path::Path, agents: usize) -> LocalCluster {
     LocalCluster::start(options).await.expect("the local cluster starts")
 }
 
-/// Kills what the cluster's agents left running under `dir` and prints its logs on failure.
-struct Cleanup<'a>(&'a std::path::Path);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            support::dump_logs_under(self.0);
-        }
-        support::kill_processes_under(self.0);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_over_memory_limit_is_killed() {
     let dir = tempfile::Builder::new().prefix("spindle-sandbox-").tempdir().unwrap();
-    let _cleanup = Cleanup(dir.path());
+    let _cleanup = support::CleanupDir(dir.path());
     let cluster = start_local(dir.path(), 1).await;
     let client = cluster.client();
 

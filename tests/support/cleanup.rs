@@ -64,3 +64,16 @@ pub fn kill_processes_under(dir: &Path) {
         }
     }
 }
+
+/// Kills what a cluster's agents left running under a directory when dropped, and prints its
+/// logs first if the test is failing.
+pub struct CleanupDir<'a>(pub &'a Path);
+
+impl Drop for CleanupDir<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            dump_logs_under(self.0);
+        }
+        kill_processes_under(self.0);
+    }
+}

@@ -29,7 +29,7 @@ use spindle_protocol::{AppId, AppReport, ContainerReport, JobSpec, RmClient};
 // compiles it uses only part of it, which `dead_code` does not cover for re-exports.
 #[allow(unused_imports)]
 pub use self::{
-    cleanup::{dump_logs_under, kill_processes_under},
+    cleanup::{CleanupDir, dump_logs_under, kill_processes_under},
     cli::{CliOutput, run_spindle},
     daemons::{Daemon, Db, TestAgent, TestCluster},
     in_process::InProcessRm,

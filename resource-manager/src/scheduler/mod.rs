@@ -13,4 +13,5 @@ pub mod capacity;
 mod node_ring;
 pub mod preemption;
 pub mod queues;
+pub(crate) mod share;
 pub mod snapshot;

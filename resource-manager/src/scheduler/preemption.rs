@@ -55,13 +55,14 @@
 //! nodes into per-queue totals. A plan sorts the donors' containers once and scans them at most
 //! once per pass: O(containers · log containers).
 
-use std::cmp::{Ordering, Reverse};
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::ops::Range;
 
 use spindle_protocol::{ContainerId, Resources};
 
 use super::queues::{QueueCapacity, QueueIndex, QueueTree};
+use super::share::{Share, dominant_share};
 use super::snapshot::{ClusterSnapshot, SnapshotContainer, SnapshotNode};
 
 mod notices;
@@ -89,21 +90,9 @@ pub fn victims(snapshot: &ClusterSnapshot<'_>) -> Vec<ContainerId> {
     plan.victims
 }
 
-/// Dominant share of `used` in `cluster` (DRF over vcores and memory); 0 for an empty cluster.
-fn dominant_share(used: Resources, cluster: Resources) -> f64 {
-    let part = |used: f64, total: f64| if total > 0.0 { used / total } else { 0.0 };
-    part(f64::from(used.vcores), f64::from(cluster.vcores)).max(part(used.memory_mb as f64, cluster.memory_mb as f64))
-}
-
 /// Componentwise minimum.
 fn smaller(a: Resources, b: Resources) -> Resources {
     Resources::new(a.vcores.min(b.vcores), a.memory_mb.min(b.memory_mb))
-}
-
-/// `count` containers of `size`, saturating: pending demand is only compared, never summed into
-/// anything that must be exact.
-fn times(size: Resources, count: u32) -> Resources {
-    Resources::new(size.vcores.saturating_mul(count), size.memory_mb.saturating_mul(u64::from(count)))
 }
 
 fn saturating_add(a: Resources, b: Resources) -> Resources {
@@ -151,7 +140,7 @@ impl<'s> QueueLoads<'s> {
             used[leaf] = saturating_add(used[leaf], app.used);
             let asks = app.asks.iter().filter(|ask| ask.count > 0).map(|ask| (ask.resources, ask.count));
             for (size, count) in app.pending_am.map(|size| (size, 1)).into_iter().chain(asks) {
-                pending[leaf] = saturating_add(pending[leaf], times(size, count));
+                pending[leaf] = saturating_add(pending[leaf], size.times(count));
                 let smallest = &mut smallest_pending[leaf];
                 *smallest = Some(smallest.map_or(size, |smallest| smaller(smallest, size)));
             }
@@ -234,22 +223,6 @@ fn usable_free(nodes: &[SnapshotNode], size: Resources) -> Resources {
         free = saturating_add(free, usable);
     }
     free
-}
-
-/// An `f64` ordered with `total_cmp`, so shares can key a heap.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Share(f64);
-
-impl Eq for Share {}
-impl PartialOrd for Share {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Share {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.0.total_cmp(&other.0)
-    }
 }
 
 /// Max-heap key of a donor leaf: how far over its guarantee it is, then its share, then the

@@ -22,12 +22,13 @@ use std::time::Instant;
 use spindle_protocol::{AppId, NodeId, Resources};
 
 use super::containers::ContainerTable;
-use super::metrics::{LeafInfo, Recorder, RunFacts, SimReport, dominant_share};
+use super::metrics::{LeafInfo, Recorder, RunFacts, SimReport};
 use super::rng::SplitMix64;
 use super::workload::{AppKind, AppSpec, NodeChange, NodeEvent, Workload};
 use crate::scheduler::capacity::CapacityScheduler;
 use crate::scheduler::preemption::NoticeBook;
 use crate::scheduler::queues::{QueueConfigError, QueueTree};
+use crate::scheduler::share::dominant_share;
 use crate::scheduler::snapshot::{ClusterSnapshot, SnapshotApp, SnapshotNode};
 
 /// How the simulated RM runs; the defaults are the RM's.

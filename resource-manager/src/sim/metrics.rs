@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use spindle_protocol::{AppId, NodeId, Resources};
 
+use crate::scheduler::share::dominant_share;
 use crate::scheduler::snapshot::ContainerKind;
 
 /// A leaf queue as the report names it.
@@ -282,12 +283,6 @@ pub struct QueueReport {
     pub mean_share_percent: f64,
     /// Dominant share of the cluster at each of `sample_times_s`.
     pub shares_percent: Vec<f64>,
-}
-
-/// The larger of `used`'s fractions of the cluster's vcores and memory.
-pub(crate) fn dominant_share(used: Resources, cluster: Resources) -> f64 {
-    let part = |used: f64, total: f64| if total > 0.0 { used / total } else { 0.0 };
-    part(f64::from(used.vcores), f64::from(cluster.vcores)).max(part(used.memory_mb as f64, cluster.memory_mb as f64))
 }
 
 /// Weighted max-min division of `total` among claimants: each gets at most its demand, and what

@@ -1,7 +1,7 @@
 //! The working state of one `solve`: queues, users and apps in service order, the limit checks,
 //! and the bookkeeping of each placement. Node choice lives in `node_choice.rs`.
 
-use std::cmp::{Ordering, Reverse};
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
 use spindle_protocol::{AppId, Resources};
@@ -10,23 +10,8 @@ use super::LocalitySettings;
 use super::locality::{AskLocality, LocalityMisses, has_preferences};
 use super::node_choice::{Blocked, NodeChoice};
 use crate::scheduler::queues::{QueueCapacity, QueueIndex, QueueTree, scale};
+use crate::scheduler::share::{self, Share};
 use crate::scheduler::snapshot::{ClusterSnapshot, ContainerKind, ContainerPlacement, Decisions, SnapshotApp, SnapshotNode, WaitReason};
-
-/// An `f64` ordered with `total_cmp`, so shares can key a heap.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Share(f64);
-
-impl Eq for Share {}
-impl PartialOrd for Share {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Share {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.0.total_cmp(&other.0)
-    }
-}
 
 /// Min-heap key of a leaf queue: ratio to its guarantee, then share of the cluster, then index.
 type QueueKey = Reverse<(Share, Share, QueueIndex)>;
@@ -254,8 +239,7 @@ impl<'s> Round<'s> {
 
     /// Dominant share of `used` in the whole cluster.
     fn dominant_share(&self, used: Resources) -> f64 {
-        let part = |used: f64, total: f64| if total > 0.0 { used / total } else { 0.0 };
-        part(f64::from(used.vcores), f64::from(self.cluster.vcores)).max(part(used.memory_mb as f64, self.cluster.memory_mb as f64))
+        share::dominant_share(used, self.cluster)
     }
 
     fn queue_key(&self, leaf: QueueIndex) -> QueueKey {
