@@ -180,7 +180,7 @@ impl Cluster {
             });
             self.dirty.containers.insert(container_id);
         }
-        let headroom = self.headroom();
+        let headroom = self.headroom(app_id);
         let reply = AllocateReply {
             allocated,
             completed,
@@ -201,19 +201,32 @@ impl Cluster {
             };
         }
         let reply = AllocateReply {
-            headroom: self.headroom(),
+            headroom: self.headroom(app_id),
             ..AllocateReply::default()
         };
         self.seal_reply(app_id, reply)
     }
 
-    /// What is free on schedulable nodes now.
-    fn headroom(&self) -> Resources {
-        self.nodes
+    /// What the app could still get now: what is free on schedulable nodes, capped by what its
+    /// leaf queue may still grow (its maximum less what the queue's apps hold).
+    fn headroom(&self, app_id: AppId) -> Resources {
+        let mut capacity = Resources::ZERO;
+        let mut free = Resources::ZERO;
+        for node in self.nodes.values().filter(|node| node.record.state.is_schedulable()) {
+            capacity += node.record.capacity;
+            free += node.record.capacity.saturating_sub(&node.used);
+        }
+        let queues = &self.settings.queues;
+        let Some(leaf) = self.apps.get(&app_id).and_then(|app| queues.leaf(&app.record.spec.queue)) else {
+            return free;
+        };
+        let queue_name = &queues.queues[leaf].name;
+        let queue_used = self
+            .apps
             .values()
-            .filter(|node| node.record.state.is_schedulable())
-            .fold(Resources::ZERO, |total, node| {
-                total + node.record.capacity.saturating_sub(&node.used)
-            })
+            .filter(|app| !app.record.state.is_terminal() && &app.record.spec.queue == queue_name)
+            .fold(Resources::ZERO, |used, app| used + app.allocated);
+        let room = queues.capacities(capacity)[leaf].maximum.saturating_sub(&queue_used);
+        Resources::new(free.vcores.min(room.vcores), free.memory_mb.min(room.memory_mb))
     }
 }

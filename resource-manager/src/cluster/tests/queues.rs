@@ -235,3 +235,20 @@ fn preemption_gives_a_starved_queue_its_guarantee_back_after_the_grace_period() 
         rm.app(starved).diagnostics
     );
 }
+
+#[test]
+fn allocate_headroom_is_capped_by_the_queue_maximum() {
+    let config: QueueConfig = toml::from_str(
+        "name = \"root\"\n\
+         [[children]]\nname = \"small\"\nguaranteed_percent = 25\nmaximum_percent = 50\nam_share_percent = 100\n\
+         [[children]]\nname = \"big\"\nguaranteed_percent = 75\n",
+    )
+    .unwrap();
+    let mut rm = cluster_with(QueueTree::from_config(&config).unwrap());
+    let mut n1 = register(&mut rm, "n1:8042", 8, 8192, 0);
+    let mut am = start_job(&mut rm, &mut n1, in_queue("small", 1), 0);
+    grant_and_launch(&mut rm, &mut am, &mut n1, 1, 0);
+    // The queue may hold 4 vcores and 4096 MB; its AM and task hold 2 vcores and 384 MB.
+    let reply = rm.mutate(|cluster| cluster.idle_reply(am.app_id, am.attempt));
+    assert_eq!(reply.headroom, Resources::new(2, 4096 - 384));
+}
