@@ -135,6 +135,7 @@ impl Cluster {
         }
         asks.retain(|ask| ask.count > 0);
         app.asks = asks;
+        self.round_due = true;
         self.schedule(now_ms);
         Ok(())
     }

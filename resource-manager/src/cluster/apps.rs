@@ -221,6 +221,8 @@ impl Cluster {
         app.completions.clear();
         app.last_reply = None;
         self.mark_app(app_id);
+        // A new attempt wants an AM container.
+        self.round_due = true;
     }
 
     /// The current attempt number, if the app is live.

@@ -118,6 +118,8 @@ impl Cluster {
         if !container.record.state.is_live() {
             return;
         }
+        // Its room is free again.
+        self.round_due = true;
         // A kill the RM or AM asked for keeps its reason, unless the container beat it to the end.
         if let Some((reason, diagnostics)) = container.kill_reason.take()
             && !matches!(status.exit_reason, Some(ExitReason::Success | ExitReason::ExceededMemory))

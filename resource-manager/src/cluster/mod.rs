@@ -57,6 +57,11 @@ pub struct Cluster {
     scheduler: CapacityScheduler,
     /// Containers under a preemption notice and their deadlines.
     notices: NoticeBook,
+    /// Something changed that a scheduling round could act on: new demand (a submit, an AM's
+    /// asks, a new attempt) or freed room (a completion, a node that can take containers
+    /// again). Heartbeats that change neither skip the round, which at thousands of nodes is
+    /// most of them; `tick` runs one regardless.
+    round_due: bool,
     dirty: Dirty,
     outbox: Outbox,
 }
@@ -167,6 +172,7 @@ impl Cluster {
         Cluster {
             scheduler: CapacityScheduler::with_locality(settings.locality),
             notices: NoticeBook::new(settings.preemption_grace_ms.unwrap_or(0)),
+            round_due: false,
             settings,
             epoch,
             started_at_ms: now_ms,
@@ -257,6 +263,7 @@ impl Cluster {
         self.expire_unlaunched_containers(now_ms);
         self.advance_decommissions(now_ms);
         self.preempt(now_ms);
+        self.round_due = true;
         self.schedule(now_ms);
     }
 

@@ -71,6 +71,8 @@ impl Cluster {
             let diagnostics = format!("node {node_id} registered again without this container");
             self.complete_container(synthetic_status(container_id, ExitReason::NodeLost, diagnostics, now_ms), now_ms);
         }
+        // A node that (re)registers brings room.
+        self.round_due = true;
         self.schedule(now_ms);
         Ok(RegisterNodeReply {
             epoch: self.epoch,
@@ -121,6 +123,7 @@ impl Cluster {
         if let Some(next) = next_state {
             node.record.state = next;
             self.mark_node(&node_id);
+            self.round_due |= next == NodeState::Running;
         }
         let (_, acked) = self.apply_container_statuses(&node_id, request.containers, now_ms);
         self.advance_decommissions(now_ms);

@@ -29,16 +29,19 @@ struct SnapshotEntry {
 }
 
 impl Cluster {
-    /// One scheduling round: the capacity scheduler places what it can; every app that still
-    /// waits gets the reason in its diagnostics.
+    /// One scheduling round, if one is due: the capacity scheduler places what it can; every
+    /// app that still waits gets the reason in its diagnostics.
     pub fn schedule(&mut self, now_ms: u64) {
-        let entries = self.snapshot_apps(false);
-        if !entries.iter().any(|entry| wants_something(&entry.app)) {
+        if !std::mem::take(&mut self.round_due) {
+            return;
+        }
+        if !self.apps.values().any(app_wants_something) {
             for app in self.apps.values_mut() {
                 app.waiting = None;
             }
             return;
         }
+        let entries = self.snapshot_apps(false);
         let (apps, ask_maps): (Vec<SnapshotApp>, Vec<Vec<usize>>) =
             entries.into_iter().map(|entry| (entry.app, entry.ask_table_index)).unzip();
         let snapshot = ClusterSnapshot {
@@ -131,6 +134,7 @@ impl Cluster {
             return Err(ReloadRefused { orphans });
         }
         self.settings.queues = queues;
+        self.round_due = true;
         Ok(())
     }
 
@@ -221,6 +225,13 @@ impl Cluster {
     }
 }
 
-fn wants_something(app: &SnapshotApp) -> bool {
-    app.pending_am.is_some() || app.asks.iter().any(|ask| ask.count > 0)
+/// Whether a live app waits for its AM container or for containers its AM asked for.
+fn app_wants_something(app: &App) -> bool {
+    if !matches!(app.record.state, AppState::Accepted | AppState::Running) {
+        return false;
+    }
+    let Some(attempt) = app.record.attempts.last() else {
+        return false;
+    };
+    attempt.am_container.is_none() || (attempt.registered && app.asks.iter().any(|ask| ask.count > 0))
 }
