@@ -9,15 +9,23 @@ pub(super) struct Agent {
     pub(super) node_id: NodeId,
     pub(super) capacity: Resources,
     pub(super) healthy: bool,
+    /// Node labels it registers with.
+    pub(super) labels: Vec<String>,
     pub(super) containers: BTreeMap<ContainerId, ContainerStatus>,
 }
 
 /// A new agent at `address` that registers with the RM.
 pub(super) fn register(rm: &mut Rm, address: &str, vcores: u32, memory_mb: u64, now: u64) -> Agent {
+    register_labelled(rm, address, vcores, memory_mb, &[], now)
+}
+
+/// A new agent carrying `labels` that registers with the RM.
+pub(super) fn register_labelled(rm: &mut Rm, address: &str, vcores: u32, memory_mb: u64, labels: &[&str], now: u64) -> Agent {
     let mut agent = Agent {
         node_id: node_id(address),
         capacity: Resources::new(vcores, memory_mb),
         healthy: true,
+        labels: labels.iter().map(|label| (*label).to_owned()).collect(),
         containers: BTreeMap::new(),
     };
     agent.register(rm, now);
@@ -31,7 +39,7 @@ impl Agent {
             address: self.node_id.0.clone(),
             capacity: self.capacity,
             rack: "/default".to_owned(),
-            labels: Vec::new(),
+            labels: self.labels.clone(),
             containers: self.containers.values().cloned().collect(),
         };
         let reply = rm

@@ -28,7 +28,7 @@ use crate::scheduler::queues::{QueueConfig, QueueTree};
 mod actors;
 mod harness;
 
-use actors::{Agent, Am, grant_and_launch, register, running_job, start_job};
+use actors::{Agent, Am, grant_and_launch, register, register_labelled, running_job, start_job};
 use harness::Rm;
 
 const SECRET: &str = "test-secret-0123456789";

@@ -60,6 +60,7 @@ fn an_unknown_node_is_told_to_register() {
         node_id: node_id("x:8042"),
         capacity: Resources::new(1, 1),
         healthy: true,
+        labels: Vec::new(),
         containers: BTreeMap::new(),
     };
     assert!(stranger.heartbeat(&mut rm, 0).resync);

@@ -252,3 +252,46 @@ fn allocate_headroom_is_capped_by_the_queue_maximum() {
     let reply = rm.mutate(|cluster| cluster.idle_reply(am.app_id, am.attempt));
     assert_eq!(reply.headroom, Resources::new(2, 4096 - 384));
 }
+
+/// `gpu` nodes: only queues allowed the label use them, and only asks that require it wait for them.
+#[test]
+fn labelled_nodes_serve_only_queues_allowed_their_label() {
+    let config: QueueConfig = toml::from_str(
+        "name = \"root\"\n\
+         [[children]]\nname = \"ml\"\nguaranteed_percent = 50\nam_share_percent = 100\naccessible_labels = [\"gpu\"]\n\
+         [[children]]\nname = \"web\"\nguaranteed_percent = 50\nam_share_percent = 100\n",
+    )
+    .unwrap();
+    let mut rm = cluster_with(QueueTree::from_config(&config).unwrap());
+    let mut plain = register(&mut rm, "cpu1:8042", 4, 4096, 0);
+    let mut gpu = register_labelled(&mut rm, "gpu1:8042", 4, 4096, &["gpu"], 0);
+
+    // web's AM must not land on the gpu node, whatever the ring's cursor says.
+    for _ in 0..3 {
+        rm.submit(in_queue("web", 1), 0).unwrap();
+    }
+    assert_eq!(gpu.start_ams(&mut rm, 0), [], "web may not use gpu nodes");
+    assert_eq!(plain.start_ams(&mut rm, 0).len(), 3);
+
+    // A web job that requires gpu waits, saying why; an ml one runs there.
+    let mut web = start_job(&mut rm, &mut plain, in_queue("web", 1), 0);
+    let gpu_ask = ResourceAsk {
+        label: Some("gpu".to_owned()),
+        ..task_ask(1)
+    };
+    web.update_asks(&mut rm, &web.request(vec![gpu_ask.clone()], Vec::new()), 1)
+        .unwrap();
+    assert!(web.collect_news(&mut rm).is_none());
+    let diagnostics = rm.app(web.app_id).diagnostics;
+    assert!(diagnostics.contains("may not use node label `gpu`"), "{diagnostics}");
+
+    let ml_app = rm.submit(in_queue("ml", 1), 2).unwrap();
+    let am = gpu.start_ams(&mut rm, 2);
+    assert_eq!(am.len(), 1, "ml's AM may use the gpu node, the only one with room");
+    let mut ml = Am::of(&rm, ml_app);
+    ml.register(&mut rm, 2).unwrap();
+    ml.update_asks(&mut rm, &ml.request(vec![gpu_ask], Vec::new()), 2).unwrap();
+    let grants = ml.collect_news(&mut rm).expect("ml gets its gpu container").allocated;
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0].node_id, gpu.node_id);
+}
