@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::Resources;
+use crate::mapreduce::MapReduceSpec;
 
 /// Largest container any spec may ask for, whatever the nodes are: a guard against typos
 /// (`memory_mb = 10000000`) before the RM compares the ask with real node sizes.
@@ -38,6 +39,8 @@ pub struct JobSpec {
     pub shell: Option<ShellSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom: Option<CustomSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapreduce: Option<MapReduceSpec>,
 }
 
 /// The kinds of job; each has its own section in the spec.
@@ -201,7 +204,17 @@ impl JobSpec {
                 };
                 validate_command("custom.command", &custom.command)?;
             }
-            JobKind::Mapreduce | JobKind::Stream => {
+            JobKind::Mapreduce => {
+                let Some(mapreduce) = &self.mapreduce else {
+                    return Err(invalid("mapreduce", "kind = \"mapreduce\" needs a [mapreduce] section"));
+                };
+                mapreduce.validate()?;
+                return Err(invalid(
+                    "kind",
+                    "mapreduce jobs cannot run on this version yet: its application master is still being built",
+                ));
+            }
+            JobKind::Stream => {
                 return Err(invalid(
                     "kind",
                     format!("{:?} jobs are not supported by this version yet: use shell or custom", self.kind).to_lowercase(),
@@ -214,12 +227,19 @@ impl JobSpec {
         if self.kind != JobKind::Custom && self.custom.is_some() {
             return Err(invalid("custom", "a [custom] section needs kind = \"custom\""));
         }
+        if self.kind != JobKind::Mapreduce && self.mapreduce.is_some() {
+            return Err(invalid("mapreduce", "a [mapreduce] section needs kind = \"mapreduce\""));
+        }
         Ok(())
     }
 
     /// The largest container the job will ask for: the RM refuses a job no node can hold.
     pub fn largest_container(&self) -> Resources {
-        let task = self.shell.as_ref().map(ShellSpec::resources).unwrap_or_default();
+        let task = match (&self.shell, &self.mapreduce) {
+            (Some(shell), _) => shell.resources(),
+            (_, Some(mapreduce)) => mapreduce.largest_task(),
+            _ => Resources::ZERO,
+        };
         Resources::new(self.am.vcores.max(task.vcores), self.am.memory_mb.max(task.memory_mb))
     }
 }

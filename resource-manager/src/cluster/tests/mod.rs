@@ -103,6 +103,7 @@ fn shell_spec(containers: u32) -> JobSpec {
             node_label: None,
         }),
         custom: None,
+        mapreduce: None,
     }
 }
 
