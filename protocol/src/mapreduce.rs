@@ -311,7 +311,8 @@ mod tests {
 
     #[test]
     fn bad_fields_are_named() {
-        let cases: [(fn(&mut MapReduceSpec), &str); 9] = [
+        type Breakage = fn(&mut MapReduceSpec);
+        let cases: [(Breakage, &str); 9] = [
             (|spec| spec.input.clear(), "mapreduce.input"),
             (|spec| spec.input = vec!["books".into()], "mapreduce.input[0]"),
             (|spec| spec.output = "/".into(), "mapreduce.output"),
