@@ -106,6 +106,8 @@ pub fn compact_duration(ms: u64) -> String {
 pub fn precise_duration(ms: u64) -> String {
     let seconds = ms / 1000;
     match seconds {
+        // Jobs on an idle local cluster end in tens of milliseconds: "0.0s" would hide that.
+        0 if ms < 100 => format!("{ms}ms"),
         0..60 => format!("{:.1}s", ms as f64 / 1000.0),
         60..3600 => format!("{}m{:02}s", seconds / 60, seconds % 60),
         _ => format!("{}h{:02}m", seconds / 3600, (seconds % 3600) / 60),
@@ -184,6 +186,7 @@ mod tests {
         assert_eq!(age(1_000, 5_000), "0s ago");
         assert_eq!(compact_duration(5 * 60_000 + 30_000), "5m");
         assert_eq!(compact_duration(3 * 86_400_000), "3d");
+        assert_eq!(precise_duration(42), "42ms");
         assert_eq!(precise_duration(1_300), "1.3s");
         assert_eq!(precise_duration(65_000), "1m05s");
         assert_eq!(memory(512), "512M");
