@@ -6,6 +6,7 @@
 //! | `POST /v1/containers` | whoever holds a container token the RM signed for this node |
 //! | `GET /v1/containers` | agent token |
 //! | `GET`/`DELETE /v1/containers/{id}`, `GET …/{id}/logs/{stdout,stderr}` | agent token, or the container's own token signature |
+//! | `GET /v1/shuffle/{app_id}/{output_name}/{partition}` | the app's shuffle token (its own tasks) |
 
 use std::sync::Arc;
 
@@ -18,18 +19,24 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use spindle_protocol::{ContainerId, ContainerStatus, LaunchRequest};
+use spindle_protocol::{AppId, ContainerId, ContainerStatus, LaunchRequest};
+use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::AgentError;
 use crate::manager::ContainerManager;
+use crate::shuffle;
 
 /// Largest request body accepted (a launch request with its environment).
 pub(crate) const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The log streams a container has.
 const LOG_STREAMS: [&str; 2] = ["stdout", "stderr"];
+
+/// Read size when streaming a partition: larger than ReaderStream's 4 KiB default, since
+/// partitions run to megabytes and more.
+const SHUFFLE_CHUNK_BYTES: usize = 64 * 1024;
 
 /// All routes, with the body limit, sharing the container manager.
 pub(crate) fn router(manager: Arc<ContainerManager>) -> Router {
@@ -38,6 +45,7 @@ pub(crate) fn router(manager: Arc<ContainerManager>) -> Router {
         .route("/v1/containers", get(list_containers).post(launch_container))
         .route("/v1/containers/{container_id}", get(container_status).delete(stop_container))
         .route("/v1/containers/{container_id}/logs/{stream}", get(container_log))
+        .route("/v1/shuffle/{app_id}/{output_name}/{partition}", get(shuffle_partition))
         .fallback(unknown_route)
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(middleware::map_response(json_payload_too_large))
@@ -115,6 +123,37 @@ async fn container_log(
     };
     let body = Body::from_stream(ReaderStream::new(file));
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}
+
+/// Streams one partition of a map output: a byte range of its data file, never all in memory.
+async fn shuffle_partition(
+    State(manager): State<Arc<ContainerManager>>,
+    headers: HeaderMap,
+    Path((app_id, output_name, partition)): Path<(String, String, String)>,
+) -> Result<Response, AgentError> {
+    let app_id: AppId = app_id
+        .parse()
+        .map_err(|err: spindle_protocol::IdParseError| AgentError::BadRequest(format!("app_id: {err}")))?;
+    let token = bearer(&headers).map_err(|_| {
+        AgentError::Unauthorized("missing `Authorization: Bearer <token>`: use the app's shuffle token (SPINDLE_SHUFFLE_TOKEN)".to_owned())
+    })?;
+    manager.authorize_shuffle(app_id, token)?;
+    shuffle::check_output_name(&output_name)?;
+    let partition: u32 = partition.parse().map_err(|_| {
+        AgentError::BadRequest(format!(
+            "partition `{partition}` is not a partition number: expected 0 to reducers - 1"
+        ))
+    })?;
+    let range = shuffle::open_partition(app_id, &manager.app_shuffle_dir(app_id), &output_name, partition).await?;
+    let body = Body::from_stream(ReaderStream::with_capacity(range.file.take(range.len), SHUFFLE_CHUNK_BYTES));
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+            (header::CONTENT_LENGTH, HeaderValue::from(range.len)),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 async fn unknown_route(method: Method, uri: Uri) -> AgentError {

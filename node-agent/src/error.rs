@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use spindle_protocol::{ContainerId, ErrorBody, ErrorDetail, TokenError};
+use spindle_protocol::{AppId, ContainerId, ErrorBody, ErrorDetail, TokenError};
 
 /// Everything that can go wrong in the agent: at start-up (returned by `run`) and per request
 /// (turned into `{"error": {"code", "message"}}` with a fitting status).
@@ -38,7 +38,15 @@ pub enum AgentError {
          container's files for {retention:?} (--log-retention-s)"
     )]
     LogsRemoved { container_id: ContainerId, retention: Duration },
-    #[error("no route for {0}: the agent serves /healthz and /v1/containers[/{{id}}[/logs/{{stream}}]]")]
+    #[error(
+        "no complete map output {output} of app {app_id} on this node: the map has not finished writing it \
+         (its index is missing), it ran elsewhere, or the app's shuffle data was cleaned up"
+    )]
+    ShuffleOutputNotFound { app_id: AppId, output: String },
+    #[error(
+        "no route for {0}: the agent serves /healthz, /v1/containers[/{{id}}[/logs/{{stream}}]] and \
+         /v1/shuffle/{{app_id}}/{{output_name}}/{{partition}}"
+    )]
     UnknownRoute(String),
     #[error("container {0} was already launched on this node: container ids are single-use")]
     DuplicateContainer(ContainerId),
@@ -65,6 +73,7 @@ impl AgentError {
             AgentError::ContainerNotFound(_)
             | AgentError::LogNotFound { .. }
             | AgentError::LogsRemoved { .. }
+            | AgentError::ShuffleOutputNotFound { .. }
             | AgentError::UnknownRoute(_) => (StatusCode::NOT_FOUND, "not_found"),
             AgentError::DuplicateContainer(_) | AgentError::Draining => (StatusCode::CONFLICT, "conflict"),
             AgentError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
@@ -121,6 +130,14 @@ mod tests {
                 AgentError::LogsRemoved {
                     container_id: container,
                     retention: Duration::from_secs(60),
+                },
+                404,
+                "not_found",
+            ),
+            (
+                AgentError::ShuffleOutputNotFound {
+                    app_id: container.app,
+                    output: "m_1".into(),
                 },
                 404,
                 "not_found",

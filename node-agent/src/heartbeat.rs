@@ -126,6 +126,7 @@ impl Heartbeater {
         self.manager.acknowledge(&reply.acked);
         self.manager.kill_by_rm(&reply.kill);
         self.manager.set_draining(reply.drain);
+        self.manager.start_shuffle_cleanup(reply.cleanup_apps.clone());
         if reply.shutdown {
             tracing::info!(node_id = %self.node.node_id, "the RM says this node is decommissioned; stopping");
             return Some(HeartbeatEnd::ShutdownByRm);
@@ -195,5 +196,49 @@ impl Heartbeater {
             self.in_outage = false;
             tracing::info!(node_id = %self.node.node_id, "the RM answers again");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spindle_protocol::AppId;
+
+    /// The RM's `cleanup_apps` reach the disk: the listed app's shuffle dir goes, others stay.
+    #[tokio::test]
+    async fn a_reply_listing_an_ended_app_deletes_its_shuffle_dir() {
+        let work_dir = tempfile::tempdir().unwrap();
+        let manager = crate::shuffle::api_tests::test_manager(work_dir.path());
+        let ended = AppId { cluster_ts: 1, seq: 1 };
+        let running = AppId { cluster_ts: 1, seq: 2 };
+        for app_id in [ended, running] {
+            let dir = manager.app_shuffle_dir(app_id);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("m_1.index"), [0u8; 16]).unwrap();
+        }
+        let heartbeater = Heartbeater::new(
+            RmClient::new(&["http://127.0.0.1:1".to_owned()], None),
+            manager.clone(),
+            NodeDescription {
+                node_id: NodeId("n1:8042".to_owned()),
+                address: "n1:8042".to_owned(),
+                capacity: Resources::new(1, 1024),
+                rack: crate::DEFAULT_RACK.to_owned(),
+                labels: Vec::new(),
+            },
+            Probe::new(work_dir.path().to_owned()),
+            Duration::from_secs(1),
+        );
+        let reply = NodeHeartbeatReply {
+            cleanup_apps: vec![ended],
+            ..NodeHeartbeatReply::default()
+        };
+        assert_eq!(heartbeater.apply(&reply), None);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while manager.app_shuffle_dir(ended).exists() {
+            assert!(Instant::now() < deadline, "the ended app's shuffle dir is still there");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(manager.app_shuffle_dir(running).is_dir());
     }
 }

@@ -23,7 +23,7 @@ const STDERR_TAIL_LINES: usize = 20;
 
 /// Inherited variables a container must not see from the agent's own environment: either the
 /// agent sets them per container, or they are credentials of whoever started the agent.
-const STRIPPED_ENV: [&str; 10] = [
+const STRIPPED_ENV: [&str; 12] = [
     env::APP_ID,
     env::CONTAINER_ID,
     env::ATTEMPT,
@@ -33,6 +33,8 @@ const STRIPPED_ENV: [&str; 10] = [
     env::VCORES,
     env::AM_TOKEN,
     env::JOB_SPEC,
+    env::SHUFFLE_DIR,
+    env::SHUFFLE_TOKEN,
     "SPINDLE_TOKEN",
 ];
 
@@ -99,13 +101,16 @@ pub(crate) fn container_dir(work_dir: &Path, container_id: &ContainerId) -> Path
         .join(container_id.to_string())
 }
 
-/// Prepares the container's directory, log files and cgroup and starts its command in a new
-/// process group. Blocking (file system, fork): call on the blocking pool, inside the runtime.
+/// Prepares the container's directory, the app's shuffle directory, log files and cgroup and
+/// starts its command in a new process group. `shuffle_token` is the app's
+/// (`ClusterSecret::shuffle_token`). Blocking (file system, fork): call on the blocking pool,
+/// inside the runtime.
 pub(crate) fn spawn_container(
     context: &LaunchContext,
     container_id: &ContainerId,
     resources: &Resources,
     spec: &LaunchSpec,
+    shuffle_token: &str,
 ) -> Result<SpawnedContainer, SpawnFailure> {
     let dir = container_dir(&context.work_dir, container_id);
     let agent_failure = |what: &str, err: std::io::Error| SpawnFailure {
@@ -113,6 +118,8 @@ pub(crate) fn spawn_container(
         diagnostics: format!("the agent could not {what}: {err}"),
     };
     std::fs::create_dir_all(&dir).map_err(|err| agent_failure(&format!("create {}", dir.display()), err))?;
+    let shuffle_dir = crate::shuffle::app_shuffle_dir(&context.work_dir, container_id.app);
+    std::fs::create_dir_all(&shuffle_dir).map_err(|err| agent_failure(&format!("create {}", shuffle_dir.display()), err))?;
     let stdout = File::create(dir.join("stdout")).map_err(|err| agent_failure("create the stdout file", err))?;
     let mut stderr = File::create(dir.join("stderr")).map_err(|err| agent_failure("create the stderr file", err))?;
     let stderr_for_child = stderr.try_clone().map_err(|err| agent_failure("open the stderr file", err))?;
@@ -149,7 +156,9 @@ pub(crate) fn spawn_container(
         .env(env::RM, &context.rm_urls)
         .env(env::NODE_ID, context.node_id.as_str())
         .env(env::MEMORY_MB, resources.memory_mb.to_string())
-        .env(env::VCORES, resources.vcores.to_string());
+        .env(env::VCORES, resources.vcores.to_string())
+        .env(env::SHUFFLE_DIR, &shuffle_dir)
+        .env(env::SHUFFLE_TOKEN, shuffle_token);
     // The child must be in its cgroup before the container's program runs, or what it
     // allocates first escapes the limit.
     let spawned_inside = match &cgroup {

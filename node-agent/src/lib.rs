@@ -1,7 +1,8 @@
 //! The Spindle node agent: registers with the RM and heartbeats, serves the container API,
 //! launches containers as process groups, enforces their memory limits (cgroups or RSS
-//! sampling), reports how they end and deletes their directories once the log retention is
-//! over. See README.md for a map of the parts.
+//! sampling), reports how they end, deletes their directories once the log retention is over,
+//! and serves apps' map output (the shuffle) until the RM says they ended. See README.md for a
+//! map of the parts.
 
 mod api;
 mod cgroup;
@@ -13,6 +14,7 @@ mod manager;
 mod memory;
 mod probe;
 mod retention;
+mod shuffle;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -74,11 +74,23 @@ impl Http {
         body: Option<&B>,
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response, ClientError> {
+        self.send_as(self.token.as_deref(), method, path, body, timeout).await
+    }
+
+    /// Sends with `token` as the bearer instead of the client's own (`None`: no header).
+    async fn send_as<B: Serialize>(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, ClientError> {
         let mut last_error = String::from("no URL configured");
         for base in &self.bases {
             let url = format!("{base}{path}");
             let mut request = self.client.request(method.clone(), &url);
-            if let Some(token) = &self.token {
+            if let Some(token) = token {
                 request = request.bearer_auth(token);
             }
             if let Some(body) = body {
@@ -312,7 +324,61 @@ impl AgentClient {
     pub async fn logs(&self, container_id: ContainerId, stream: &str) -> Result<String, ClientError> {
         self.http.text(&format!("/v1/containers/{container_id}/logs/{stream}")).await
     }
+
+    /// Partition `partition` of the map output `output_name` of `app_id`, read with the app's
+    /// shuffle token (`SPINDLE_SHUFFLE_TOKEN`) rather than the client's own token, so one
+    /// client per agent serves every fetch. The whole partition is held in memory: use
+    /// `fetch_shuffle_to` to stream a large one into a file.
+    pub async fn fetch_shuffle(&self, app_id: AppId, output_name: &str, partition: u32, token: &str) -> Result<Vec<u8>, ClientError> {
+        let mut bytes = Vec::new();
+        self.fetch_shuffle_to(app_id, output_name, partition, token, &mut bytes).await?;
+        Ok(bytes)
+    }
+
+    /// Like `fetch_shuffle`, but writes the partition to `sink` as it arrives; returns its length.
+    /// A body shorter than the agent's `Content-Length` (a broken connection) is an error.
+    pub async fn fetch_shuffle_to<W>(
+        &self,
+        app_id: AppId,
+        output_name: &str,
+        partition: u32,
+        token: &str,
+        sink: &mut W,
+    ) -> Result<u64, ClientError>
+    where
+        W: tokio::io::AsyncWrite + Unpin + ?Sized,
+    {
+        use tokio::io::AsyncWriteExt;
+
+        let path = format!("/v1/shuffle/{app_id}/{}/{partition}", encode_query(output_name));
+        let response = self
+            .http
+            .send_as::<()>(Some(token), Method::GET, &path, None, Some(SHUFFLE_FETCH_TIMEOUT))
+            .await?;
+        let mut response = check(response).await?;
+        let url = response.url().to_string();
+        let decode_error = |reason: String| ClientError::Decode { url: url.clone(), reason };
+        let expected = response.content_length();
+        let mut received: u64 = 0;
+        while let Some(chunk) = response.chunk().await.map_err(|err| decode_error(err.to_string()))? {
+            sink.write_all(&chunk)
+                .await
+                .map_err(|err| decode_error(format!("cannot store the partition: {err}")))?;
+            received += chunk.len() as u64;
+        }
+        sink.flush()
+            .await
+            .map_err(|err| decode_error(format!("cannot store the partition: {err}")))?;
+        if let Some(expected) = expected.filter(|expected| *expected != received) {
+            return Err(decode_error(format!("the partition ended after {received} of {expected} bytes")));
+        }
+        Ok(received)
+    }
 }
+
+/// How long one shuffle fetch may take in all: partitions can be large, so far more than the
+/// control calls' 30 s; a fetch that fails is retried by the reducer.
+const SHUFFLE_FETCH_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 fn encode_query(value: &str) -> String {
     value

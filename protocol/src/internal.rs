@@ -63,6 +63,10 @@ pub struct NodeHeartbeatReply {
     pub shutdown: bool,
     /// The RM does not know this node (it restarted, or declared it LOST): register again.
     pub resync: bool,
+    /// Apps that ended and have no container left on this node: delete their shuffle data
+    /// (`<work dir>/shuffle/<app_id>`). Repeated in a few replies; deleting is idempotent.
+    #[serde(default)]
+    pub cleanup_apps: Vec<AppId>,
 }
 
 /// AM → RM when the AM starts, and again after an RM restart.

@@ -38,6 +38,11 @@ pub mod env {
     pub const JOB_SPEC: &str = "SPINDLE_JOB_SPEC";
     /// Only in shell job containers: which of the job's N tasks this is, from 0.
     pub const TASK_INDEX: &str = "SPINDLE_TASK_INDEX";
+    /// Where the app's tasks write map output on this node (`<work dir>/shuffle/<app_id>`):
+    /// outside the container's own dir, so it outlives the container and the agent serves it.
+    pub const SHUFFLE_DIR: &str = "SPINDLE_SHUFFLE_DIR";
+    /// The bearer token that reads the app's map output from any agent's `/v1/shuffle/…`.
+    pub const SHUFFLE_TOKEN: &str = "SPINDLE_SHUFFLE_TOKEN";
 }
 
 /// Milliseconds since the Unix epoch: the time unit of every timestamp on the wire.

@@ -116,6 +116,23 @@ impl ClusterSecret {
     pub fn verify_agent_token(&self, token: &str) -> bool {
         self.verify_mac("agent", token)
     }
+
+    /// The bearer token that reads an app's map output from any agent's shuffle endpoint. Agents
+    /// give it (`SPINDLE_SHUFFLE_TOKEN`) only to the app's own containers, so one job cannot
+    /// read another's intermediate data.
+    pub fn shuffle_token(&self, app_id: AppId) -> String {
+        self.mac(&shuffle_message(app_id))
+    }
+
+    /// Checks a shuffle token for `app_id` in constant time.
+    pub fn verify_shuffle_token(&self, app_id: AppId, token: &str) -> bool {
+        self.verify_mac(&shuffle_message(app_id), token)
+    }
+}
+
+/// A purpose prefix of its own, so a shuffle token never doubles as another kind of token.
+fn shuffle_message(app_id: AppId) -> String {
+    format!("shuffle|{app_id}")
 }
 
 fn container_message(container_id: &ContainerId, node_id: &NodeId, resources: &Resources, expires_at_ms: u64) -> String {
@@ -170,5 +187,28 @@ mod tests {
         assert!(secret.verify_am_token(app, 1, &token));
         assert!(!secret.verify_am_token(app, 2, &token));
         assert!(!secret.verify_am_token(app, 1, "zz"));
+    }
+
+    #[test]
+    fn shuffle_tokens_bind_the_app_and_nothing_else() {
+        let secret = ClusterSecret::new("s3cret");
+        let app = AppId { cluster_ts: 1, seq: 2 };
+        let other_app = AppId { cluster_ts: 1, seq: 3 };
+        let token = secret.shuffle_token(app);
+        assert_eq!(
+            token,
+            secret.shuffle_token(app),
+            "deterministic: every agent derives the same token"
+        );
+        assert!(secret.verify_shuffle_token(app, &token));
+        assert!(!secret.verify_shuffle_token(other_app, &token));
+        assert!(!ClusterSecret::new("other").verify_shuffle_token(app, &token));
+        assert!(!secret.verify_shuffle_token(app, ""));
+        assert!(!secret.verify_shuffle_token(app, "not hex"));
+        // Distinct purposes: no other token of the same secret is a shuffle token.
+        assert!(!secret.verify_shuffle_token(app, &secret.agent_token()));
+        assert!(!secret.verify_shuffle_token(app, &secret.am_token(app, 1)));
+        assert!(!secret.verify_am_token(app, 1, &token));
+        assert!(!secret.verify_agent_token(&token));
     }
 }

@@ -19,6 +19,7 @@ use crate::launcher::{self, CONTAINER_KILL_GRACE, KillRequest, LaunchContext, Sp
 use crate::memory::SampledContainer;
 
 mod retention;
+mod shuffle;
 mod supervise;
 
 /// How long a completed container the RM has acknowledged stays queryable (status, and logs
@@ -31,7 +32,8 @@ const MIB: u64 = 1024 * 1024;
 
 /// Owns the containers map and every change to it.
 pub(crate) struct ContainerManager {
-    /// Checks launch tokens and the agent token of GET/DELETE callers.
+    /// Checks launch tokens, the agent token of GET/DELETE callers and shuffle tokens; derives
+    /// the shuffle token containers get.
     secret: ClusterSecret,
     context: Arc<LaunchContext>,
     state: Mutex<ManagerState>,
@@ -179,14 +181,14 @@ impl ContainerManager {
         kill_signal: Arc<Notify>,
     ) -> Result<ContainerStatus, AgentError> {
         let context = self.context.clone();
-        let spawned = tokio::task::spawn_blocking(move || launcher::spawn_container(&context, &container_id, &resources, &spec))
-            .await
-            .unwrap_or_else(|join_error| {
-                Err(SpawnFailure {
-                    exit_code: None,
-                    diagnostics: format!("the agent failed while starting the container: {join_error}"),
-                })
-            });
+        let shuffle_token = self.secret.shuffle_token(container_id.app);
+        let spawn = move || launcher::spawn_container(&context, &container_id, &resources, &spec, &shuffle_token);
+        let spawned = tokio::task::spawn_blocking(spawn).await.unwrap_or_else(|join_error| {
+            Err(SpawnFailure {
+                exit_code: None,
+                diagnostics: format!("the agent failed while starting the container: {join_error}"),
+            })
+        });
 
         match spawned {
             Ok(spawned) => {

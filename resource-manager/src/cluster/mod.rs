@@ -120,6 +120,7 @@ impl Node {
             health_report: String::new(),
             registered: false,
             pending_kills: BTreeSet::new(),
+            shuffle_apps: BTreeMap::new(),
         }
     }
 }
@@ -141,6 +142,9 @@ struct Node {
     registered: bool,
     /// Containers the agent must kill; sent in every heartbeat reply until they complete.
     pending_kills: BTreeSet<ContainerId>,
+    /// Apps that ran containers on this node, so their shuffle data may be on its disk, each
+    /// with how many heartbeat replies have told the agent to delete it (nodes.rs; soft state).
+    shuffle_apps: BTreeMap<AppId, u32>,
 }
 
 #[derive(Default)]

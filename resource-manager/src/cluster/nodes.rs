@@ -4,13 +4,18 @@
 use std::collections::BTreeSet;
 
 use spindle_protocol::{
-    ContainerId, ContainerState, ContainerStatus, ExitReason, NodeHeartbeatReply, NodeHeartbeatRequest, NodeId, NodeState,
+    AppId, ContainerId, ContainerState, ContainerStatus, ExitReason, NodeHeartbeatReply, NodeHeartbeatRequest, NodeId, NodeState,
     RegisterNodeReply, RegisterNodeRequest,
 };
 
 use super::containers::synthetic_status;
 use super::{Cluster, Node};
 use crate::records::NodeRecord;
+
+/// How many heartbeat replies tell an agent to delete an ended app's shuffle data. Deleting is
+/// idempotent and the agent acts on the first reply it gets, so repeating the order a few times
+/// makes it survive a lost reply without the agent having to confirm it.
+pub(super) const SHUFFLE_CLEANUP_REPLIES: u32 = 3;
 
 /// Why a node operation was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -128,6 +133,7 @@ impl Cluster {
         let (_, acked) = self.apply_container_statuses(&node_id, request.containers, now_ms);
         self.advance_decommissions(now_ms);
         self.schedule(now_ms);
+        let cleanup_apps = self.shuffle_cleanup(&node_id);
         let node = &self.nodes[&node_id];
         NodeHeartbeatReply {
             kill: node.pending_kills.iter().copied().collect(),
@@ -135,7 +141,39 @@ impl Cluster {
             drain: node.record.state == NodeState::Decommissioning,
             shutdown: node.record.state == NodeState::Decommissioned,
             resync: false,
+            cleanup_apps,
         }
+    }
+
+    /// The apps whose shuffle data the node should delete now: they ran containers there, have
+    /// ended (or were purged) and have no live container left there. Each is listed in
+    /// `SHUFFLE_CLEANUP_REPLIES` replies, then forgotten (a new report of one of its containers
+    /// lists it again).
+    fn shuffle_cleanup(&mut self, node_id: &NodeId) -> Vec<AppId> {
+        let Some(node) = self.nodes.get(node_id) else {
+            return Vec::new();
+        };
+        let mut ended: Vec<AppId> = node
+            .shuffle_apps
+            .keys()
+            .filter(|app_id| self.apps.get(app_id).is_none_or(|app| app.record.state.is_terminal()))
+            .copied()
+            .collect();
+        if ended.is_empty() {
+            // Most heartbeats: every app that ran here still runs.
+            return ended;
+        }
+        let live_apps: BTreeSet<AppId> = node.live.iter().map(|container_id| container_id.app).collect();
+        ended.retain(|app_id| !live_apps.contains(app_id));
+        let node = self.nodes.get_mut(node_id).expect("looked up above");
+        for app_id in &ended {
+            let replies = node.shuffle_apps.get_mut(app_id).expect("listed from the map");
+            *replies += 1;
+            if *replies >= SHUFFLE_CLEANUP_REPLIES {
+                node.shuffle_apps.remove(app_id);
+            }
+        }
+        ended
     }
 
     /// Applies what an agent says of its containers. Returns (to kill, completed to ack).
@@ -147,6 +185,13 @@ impl Cluster {
     ) -> (Vec<ContainerId>, Vec<ContainerId>) {
         let mut kill = Vec::new();
         let mut acked = Vec::new();
+        // Every container the agent started made its app a shuffle dir there: remember the app
+        // until that dir is cleaned up (a new report starts the clean-up count again).
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            for status in &statuses {
+                node.shuffle_apps.insert(status.container_id.app, 0);
+            }
+        }
         for status in statuses {
             let container_id = status.container_id;
             let known_here = self

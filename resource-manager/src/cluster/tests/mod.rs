@@ -149,6 +149,7 @@ fn reasons(statuses: &[ContainerStatus]) -> Vec<(ContainerId, ExitReason)> {
 
 mod am_protocol;
 mod attempts;
+mod cleanup;
 mod nodes;
 mod queues;
 mod random_operations;
