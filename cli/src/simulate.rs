@@ -98,6 +98,26 @@ fn render(report: &SimReport, config: &SimConfig) -> String {
             ),
         ),
         (
+            "locality",
+            format!(
+                "{:.1}% node-local, {:.1}% rack-local, {:.1}% off-rack of {} containers of asks with preferred nodes",
+                report.node_local_fraction * 100.0,
+                report.rack_local_fraction * 100.0,
+                report.off_rack_fraction * 100.0,
+                report.locality_placements
+            ),
+        ),
+        (
+            "node labels",
+            format!(
+                "{} containers of asks requiring a label ({} off it), {} on labelled nodes ({} of queues without access)",
+                report.label_required_placements,
+                report.label_required_placements_off_label,
+                report.labelled_node_placements,
+                report.inaccessible_label_placements
+            ),
+        ),
+        (
             "fairness",
             format!("Jain index {jain} over {} users (time-averaged share ÷ fair share)", report.users),
         ),

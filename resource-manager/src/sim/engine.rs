@@ -423,7 +423,8 @@ impl Simulation {
 
 #[cfg(test)]
 impl Simulation {
-    /// Checks that the snapshot the scheduler sees agrees with the containers the simulation runs.
+    /// Checks that the snapshot the scheduler sees agrees with the containers the simulation runs,
+    /// and that every container keeps to the node-label rules.
     pub(crate) fn assert_consistent(&self) {
         let mut node_used = vec![Resources::ZERO; self.nodes.len()];
         for (position, app) in self.apps.iter().enumerate() {
@@ -440,6 +441,7 @@ impl Simulation {
                 assert_eq!(snapshot_container.preempting, container.notice_deadline_ms.is_some());
                 used += container.resources;
                 node_used[container.node] += container.resources;
+                self.assert_label_rules_hold(run, container);
             }
             assert_eq!(app.used, used, "app {} used", app.app_id);
         }
@@ -450,5 +452,24 @@ impl Simulation {
                 assert!(used.is_zero(), "lost node {} still runs containers", node.node_id);
             }
         }
+    }
+
+    /// A container of an ask requiring a label runs on a node carrying it, and no container runs
+    /// on a node with a label its queue may not use.
+    fn assert_label_rules_hold(&self, run: &AppRun, container: &super::containers::LiveContainer) {
+        let node = &self.nodes[container.node];
+        if let (AppKind::Batch { task_groups }, Some(group)) = (&run.spec.kind, container.ask)
+            && let Some(label) = &task_groups[group].label
+        {
+            assert!(node.labels.contains(label), "an ask requiring {label} runs on {}", node.node_id);
+        }
+        let queue = &self.tree.queues[self.tree.leaf(&run.spec.queue).expect("apps of placed containers have a leaf")];
+        assert!(
+            node.labels.iter().all(|label| queue.may_use_label(label)),
+            "queue {} runs a container on {} labelled {:?}",
+            queue.name,
+            node.node_id,
+            node.labels
+        );
     }
 }

@@ -17,6 +17,27 @@ pub(crate) struct LeafInfo {
     pub maximum_fraction: f64,
 }
 
+/// How close to its preferred nodes a container of an ask with preferences landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Locality {
+    /// On one of the ask's preferred nodes.
+    Node,
+    /// On another node of a preferred node's rack.
+    Rack,
+    OffRack,
+}
+
+/// Placements by what the node-label rules say about them.
+#[derive(Debug, Clone, Copy, Default)]
+struct LabelCounts {
+    /// Containers of asks requiring a label, and those of them on a node without it.
+    required: u64,
+    required_off_label: u64,
+    /// Containers on labelled nodes, and those of them whose queue may not use the node's labels.
+    on_labelled_nodes: u64,
+    on_inaccessible_nodes: u64,
+}
+
 /// Counters and samples gathered while the simulation runs.
 #[derive(Debug)]
 pub(crate) struct Recorder {
@@ -33,6 +54,9 @@ pub(crate) struct Recorder {
     pub containers_lost_with_nodes: u64,
     pub am_restarts: u64,
     pub peak_live_containers: usize,
+    /// Containers of asks with preferences, node-local, rack-local and off-rack.
+    locality: [u64; 3],
+    labels: LabelCounts,
     leaves: Vec<LeafInfo>,
     sample_times_ms: Vec<u64>,
     /// Per leaf, its dominant share of the cluster at each sample.
@@ -63,6 +87,8 @@ impl Recorder {
             containers_lost_with_nodes: 0,
             am_restarts: 0,
             peak_live_containers: 0,
+            locality: [0; 3],
+            labels: LabelCounts::default(),
             queue_series: vec![Vec::new(); leaves.len()],
             leaves,
             sample_times_ms: Vec::new(),
@@ -98,6 +124,19 @@ impl Recorder {
             self.digest_bytes(&word.to_le_bytes());
         }
         self.digest_bytes(node_id.as_str().as_bytes());
+    }
+
+    pub fn record_locality(&mut self, locality: Locality) {
+        self.locality[locality as usize] += 1;
+    }
+
+    /// One placement of an ask requiring a label (`required`) or on a labelled node.
+    pub fn record_labels(&mut self, required: bool, on_labelled_node: bool, node_carries_required: bool, queue_may_use_node: bool) {
+        let counts = &mut self.labels;
+        counts.required += u64::from(required);
+        counts.required_off_label += u64::from(required && !node_carries_required);
+        counts.on_labelled_nodes += u64::from(on_labelled_node);
+        counts.on_inaccessible_nodes += u64::from(on_labelled_node && !queue_may_use_node);
     }
 
     fn digest_bytes(&mut self, bytes: &[u8]) {
@@ -170,6 +209,8 @@ impl Recorder {
                 shares_percent: series.iter().map(|share| round1(share * 100.0)).collect(),
             })
             .collect();
+        let locality_placements: u64 = self.locality.iter().sum();
+        let locality_fraction = |count: u64| count as f64 / locality_placements.max(1) as f64;
         SimReport {
             nodes: run.nodes,
             apps: run.apps,
@@ -197,6 +238,14 @@ impl Recorder {
             containers_lost_with_nodes: self.containers_lost_with_nodes,
             am_restarts: self.am_restarts,
             peak_live_containers: self.peak_live_containers,
+            locality_placements,
+            node_local_fraction: locality_fraction(self.locality[Locality::Node as usize]),
+            rack_local_fraction: locality_fraction(self.locality[Locality::Rack as usize]),
+            off_rack_fraction: locality_fraction(self.locality[Locality::OffRack as usize]),
+            label_required_placements: self.labels.required,
+            label_required_placements_off_label: self.labels.required_off_label,
+            labelled_node_placements: self.labels.on_labelled_nodes,
+            inaccessible_label_placements: self.labels.on_inaccessible_nodes,
             batch_apps: run.batch_apps,
             batch_apps_finished: run.batch_apps_finished,
             streaming_apps: run.apps - run.batch_apps,
@@ -259,6 +308,20 @@ pub struct SimReport {
     /// AM containers lost (preempted or with their node) whose app started a new attempt.
     pub am_restarts: u64,
     pub peak_live_containers: usize,
+    /// Containers placed for asks with preferred nodes, and the fractions of them that landed on
+    /// a preferred node, elsewhere in a preferred node's rack, and off those racks (0 without any).
+    pub locality_placements: u64,
+    pub node_local_fraction: f64,
+    pub rack_local_fraction: f64,
+    pub off_rack_fraction: f64,
+    /// Containers placed for asks requiring a node label, and those of them on a node without it
+    /// (a scheduler bug if not 0).
+    pub label_required_placements: u64,
+    pub label_required_placements_off_label: u64,
+    /// Containers placed on labelled nodes, and those of them whose queue may not use every
+    /// label of the node (a scheduler bug if not 0).
+    pub labelled_node_placements: u64,
+    pub inaccessible_label_placements: u64,
     pub batch_apps: usize,
     pub batch_apps_finished: usize,
     pub streaming_apps: usize,

@@ -26,6 +26,12 @@
 //!   of what it was entitled to.
 //! * **preemptions**: containers killed because a notice ran out while `victims` still chose
 //!   them; notices sent and withdrawn are reported beside it.
+//! * **node_local_fraction / rack_local_fraction / off_rack_fraction**: of the containers placed
+//!   for asks with preferred nodes, those on a preferred node, on another node of a preferred
+//!   node's rack, and elsewhere.
+//! * **label placements**: containers of asks requiring a label, counted with those that landed
+//!   on a node without it, and containers on labelled nodes, counted with those whose queue may
+//!   not use the node's labels; both "without" counts must stay 0.
 //!
 //! Determinism: the workload and task durations come from [`rng::SplitMix64`] seeded by the
 //! caller, events are replayed in (time, insertion) order, and the scheduler is pure, so one seed

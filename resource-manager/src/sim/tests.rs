@@ -24,6 +24,7 @@ fn nodes(count: usize) -> Vec<NodeSpec> {
         .map(|index| NodeSpec {
             capacity: NODE,
             rack: format!("/rack-{}", index / 10),
+            labels: Vec::new(),
         })
         .collect()
 }
@@ -170,6 +171,15 @@ fn a_generated_run_stays_consistent_and_reports_sane_figures() {
     assert!(workload.node_events.iter().any(|event| matches!(event.change, NodeChange::Lost(_))));
     let guarantees: u32 = workload.queues.children.iter().filter_map(|queue| queue.guaranteed_percent).sum();
     assert_eq!(guarantees, 100);
+    let groups = || {
+        workload.apps.iter().flat_map(|app| match &app.kind {
+            AppKind::Batch { task_groups } => task_groups.as_slice(),
+            AppKind::Streaming { .. } => &[],
+        })
+    };
+    assert!(groups().any(|group| group.preferred_nodes.len() == 3), "some asks prefer nodes");
+    assert!(groups().any(|group| group.label.is_some()), "some asks require gpu");
+    assert!(workload.nodes.iter().any(|node| !node.labels.is_empty()), "some nodes carry gpu");
     let mut simulation = Simulation::new(config, workload, 3).unwrap();
     while simulation.now_ms() <= config.horizon_ms {
         simulation.run_until(simulation.now_ms() + 10_000);
@@ -179,6 +189,16 @@ fn a_generated_run_stays_consistent_and_reports_sane_figures() {
     assert_eq!(report.queues, 3);
     assert!(report.placements > 0 && report.allocations_per_sec > 0.0);
     assert!(report.decision_p50_us <= report.decision_p99_us);
+    // Locality: every placement of an ask with preferences is counted once.
+    assert!(report.locality_placements > 0, "{report:?}");
+    let fractions = report.node_local_fraction + report.rack_local_fraction + report.off_rack_fraction;
+    assert!((fractions - 1.0).abs() < 1e-9, "{report:?}");
+    assert!(report.node_local_fraction > 0.0, "{report:?}");
+    // Labels: gpu asks ran, only on gpu nodes, and no queue without access used a gpu node.
+    assert!(report.label_required_placements > 0, "{report:?}");
+    assert_eq!(report.label_required_placements_off_label, 0);
+    assert!(report.labelled_node_placements >= report.label_required_placements);
+    assert_eq!(report.inaccessible_label_placements, 0);
     let jain = report.jain_index.expect("users had demand");
     assert!(jain > 0.0 && jain <= 1.0 + 1e-9, "{jain}");
     for queue in &report.per_queue {
@@ -189,6 +209,44 @@ fn a_generated_run_stays_consistent_and_reports_sane_figures() {
             "{queue:?}"
         );
     }
+}
+
+#[test]
+fn generated_preferences_follow_hdfs_placement_and_only_the_last_queue_uses_gpu() {
+    let params = WorkloadParams {
+        nodes: 400,
+        apps: 400,
+        queues: 4,
+        seed: 5,
+    };
+    let workload = Workload::generate(&params, SimConfig::default().horizon_ms);
+    let gpu_nodes = workload.nodes.iter().filter(|node| node.labels == [workload::GPU_LABEL]).count();
+    assert_eq!(gpu_nodes, 20, "5% of the nodes");
+    let queues = &workload.queues.children;
+    assert!(queues[..3].iter().all(|queue| queue.accessible_labels.is_empty()));
+    assert_eq!(queues[3].accessible_labels, [workload::GPU_LABEL]);
+    let (mut batch, mut with_preferences, mut requiring_gpu) = (0, 0, 0);
+    for app in &workload.apps {
+        let AppKind::Batch { task_groups } = &app.kind else { continue };
+        batch += 1;
+        with_preferences += usize::from(task_groups.iter().any(|group| !group.preferred_nodes.is_empty()));
+        requiring_gpu += usize::from(task_groups.iter().any(|group| group.label.is_some()));
+        for group in task_groups {
+            if group.label.is_some() {
+                assert_eq!(app.queue, queues[3].name, "only the queue that may use gpu requires it");
+            }
+            let [first, second, third] = group.preferred_nodes[..] else {
+                assert!(group.preferred_nodes.is_empty(), "{group:?}");
+                continue;
+            };
+            let rack = |node: usize| &workload.nodes[node].rack;
+            assert!(second != third && rack(second) == rack(third), "{group:?}");
+            assert_ne!(rack(first), rack(second), "{group:?}");
+        }
+    }
+    let locality_share = with_preferences as f64 / batch as f64;
+    assert!((0.2..0.4).contains(&locality_share), "{locality_share}");
+    assert!(requiring_gpu > 0);
 }
 
 #[test]
@@ -208,6 +266,8 @@ fn tasks_on_a_lost_node_run_again_and_the_app_finishes() {
                     count: 40,
                     min_duration_ms: 10_000,
                     max_duration_ms: 10_000,
+                    preferred_nodes: Vec::new(),
+                    label: None,
                 }],
             },
         }],

@@ -12,6 +12,8 @@ use crate::scheduler::queues::QueueConfig;
 pub struct NodeSpec {
     pub capacity: Resources,
     pub rack: String,
+    /// Node labels it carries, sorted (the generator gives a few nodes `gpu`).
+    pub labels: Vec<String>,
 }
 
 /// A change to the node set at a point of simulated time.
@@ -61,13 +63,19 @@ pub enum AppKind {
     },
 }
 
-/// `count` tasks of one size, each running a duration drawn uniformly from the range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `count` tasks of one size, each running a duration drawn uniformly from the range; one ask of
+/// the app, so all its tasks share one set of preferred nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskGroup {
     pub resources: Resources,
     pub count: u32,
     pub min_duration_ms: u64,
     pub max_duration_ms: u64,
+    /// Nodes (indices into `Workload::nodes`) holding the tasks' input, like the replicas of an
+    /// HDFS block; empty for no preference. The ask's preferred racks are theirs.
+    pub preferred_nodes: Vec<usize>,
+    /// A node label every task requires.
+    pub label: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,13 +118,31 @@ const STREAMING_FRACTION: f64 = 0.15;
 const BATCH_LOAD: f64 = 1.2;
 /// Part of the cluster streaming jobs want at their peak, all together.
 const STREAMING_PEAK_SHARE: f64 = 0.3;
+/// Share of batch apps whose tasks read input stored on particular nodes (locality preferences).
+const LOCALITY_FRACTION: f64 = 0.3;
+/// Replicas of each input block, placed as HDFS does by default.
+const REPLICAS: usize = 3;
+/// A task group with locality becomes one ask per replica set of about this many tasks...
+const TASKS_PER_REPLICA_SET: u32 = 4;
+/// ...but at most this many asks: a big input is approximated by this many replica sets, each
+/// preferred by many tasks, which keeps the ask table (and the scheduler's locality state) small.
+const MAX_REPLICA_SETS: u32 = 32;
+/// The label of the nodes only the last leaf queue may use, and the share of nodes carrying it.
+pub const GPU_LABEL: &str = "gpu";
+const GPU_NODE_FRACTION: f64 = 0.05;
+/// Share of the labelled queue's batch apps whose tasks require the label.
+const GPU_APP_FRACTION: f64 = 0.3;
+/// Demand of the apps requiring the label over the arrival window, as a multiple of what the
+/// labelled nodes can run in it: below 1, so the run does not wait long for them at the end.
+const GPU_LOAD: f64 = 0.5;
 
 impl Workload {
     /// A synthetic workload: `queues` leaves with uneven guarantees summing to 100, 2–4 users
     /// each; nodes of 16–64 vcores and 64–256 GiB; batch apps of 1–20 s tasks arriving over the
-    /// first 60% of the horizon, sized to the cluster so it stays busy; streaming apps that scale
-    /// every 20–60 s; about 1% of nodes lost (back after 30–120 s) and 1% joining. Laid out
-    /// over `horizon_ms` of simulated time.
+    /// first 60% of the horizon, sized to the cluster so it stays busy, 30% of them with locality
+    /// preferences; streaming apps that scale every 20–60 s; about 1% of nodes lost (back after
+    /// 30–120 s) and 1% joining; 5% of nodes labelled `gpu`, which only the last leaf may use and
+    /// some of its batch apps require. Laid out over `horizon_ms` of simulated time.
     pub fn generate(params: &WorkloadParams, horizon_ms: u64) -> Workload {
         let mut rng = SplitMix64::new(params.seed);
         let queues = generated_queues(params.queues, &mut rng);
@@ -131,8 +157,10 @@ impl Workload {
                 )
             })
             .collect();
-        let nodes: Vec<NodeSpec> = (0..params.nodes).map(|index| generated_node(index, &mut rng)).collect();
+        let mut nodes: Vec<NodeSpec> = (0..params.nodes).map(|index| generated_node(index, &mut rng)).collect();
         let cluster_vcores: f64 = nodes.iter().map(|node| f64::from(node.capacity.vcores)).sum();
+        let gpu_vcores = label_gpu_nodes(&mut nodes, &mut rng);
+        let gpu_queue = queues.children.last().map(|queue| queue.name.clone()).filter(|_| gpu_vcores > 0.0);
         let horizon = horizon_ms;
 
         let streaming_apps = (0..params.apps).filter(|_| rng.unit() < STREAMING_FRACTION).count();
@@ -141,6 +169,9 @@ impl Workload {
         // Expected vcore-milliseconds of one batch app, before its skew.
         let batch_budget =
             BATCH_LOAD * (1.0 - STREAMING_PEAK_SHARE / 2.0) * cluster_vcores * arrival_window_ms as f64 / batch_apps.max(1) as f64;
+        // Expected vcore-milliseconds of one app requiring `gpu`, from the expected number of them.
+        let gpu_apps = (batch_apps as f64 / users.len() as f64 * GPU_APP_FRACTION).max(1.0);
+        let gpu_budget = GPU_LOAD * gpu_vcores * arrival_window_ms as f64 / gpu_apps;
         let mut apps = Vec::with_capacity(params.apps);
         for index in 0..params.apps {
             let (queue, queue_users) = rng.pick(&users);
@@ -148,8 +179,12 @@ impl Workload {
             let streaming = index < streaming_apps;
             let kind = if streaming {
                 generated_streaming(horizon, cluster_vcores * STREAMING_PEAK_SHARE / streaming_apps as f64, &mut rng)
+            } else if gpu_queue.as_ref() == Some(queue) && rng.unit() < GPU_APP_FRACTION {
+                generated_batch(gpu_budget, Some(GPU_LABEL), &mut rng)
+            } else if rng.unit() < LOCALITY_FRACTION {
+                with_replica_sets(generated_batch(batch_budget, None, &mut rng), params.nodes, &mut rng)
             } else {
-                generated_batch(batch_budget, &mut rng)
+                generated_batch(batch_budget, None, &mut rng)
             };
             let submit_at_ms = match &kind {
                 AppKind::Streaming { parallelism, .. } => parallelism[0].at_ms,
@@ -195,6 +230,12 @@ fn generated_queues(count: usize, rng: &mut SplitMix64) -> QueueConfig {
             guaranteed_percent: Some(guarantee as u32),
             // Elastic, but not all the way: some queues meet their maximum.
             maximum_percent: (guarantee * 2 + 30).min(100) as u32,
+            // The last leaf alone may use the `gpu` nodes.
+            accessible_labels: if index + 1 == count {
+                vec![GPU_LABEL.to_owned()]
+            } else {
+                Vec::new()
+            },
             ..leaf_queue(&format!("q{index}"), 0, 100)
         })
         .collect();
@@ -225,10 +266,31 @@ fn generated_node(index: usize, rng: &mut SplitMix64) -> NodeSpec {
     NodeSpec {
         capacity: Resources::new(NODE_VCORES[grade], NODE_MEMORY_MB[memory_grade]),
         rack: format!("/rack-{}", index / NODES_PER_RACK),
+        labels: Vec::new(),
     }
 }
 
-fn generated_batch(budget_vcore_ms: f64, rng: &mut SplitMix64) -> AppKind {
+/// Labels about 5% of the nodes (at least one, in clusters of 10 or more) `gpu`; returns their
+/// vcores.
+fn label_gpu_nodes(nodes: &mut [NodeSpec], rng: &mut SplitMix64) -> f64 {
+    if nodes.len() < 10 {
+        return 0.0;
+    }
+    let wanted = ((nodes.len() as f64 * GPU_NODE_FRACTION).round() as usize).max(1);
+    let mut labelled = 0;
+    let mut vcores = 0.0;
+    while labelled < wanted {
+        let node = &mut nodes[rng.below(nodes.len() as u64) as usize];
+        if node.labels.is_empty() {
+            node.labels.push(GPU_LABEL.to_owned());
+            vcores += f64::from(node.capacity.vcores);
+            labelled += 1;
+        }
+    }
+    vcores
+}
+
+fn generated_batch(budget_vcore_ms: f64, label: Option<&str>, rng: &mut SplitMix64) -> AppKind {
     // App sizes are skewed (exponential, mean 1): many small jobs, a few big ones.
     let skew = (-(1.0 - rng.unit()).ln()).clamp(0.05, 5.0);
     let groups = rng.between(1, 2) as usize;
@@ -244,9 +306,62 @@ fn generated_batch(budget_vcore_ms: f64, rng: &mut SplitMix64) -> AppKind {
             count,
             min_duration_ms,
             max_duration_ms,
+            preferred_nodes: Vec::new(),
+            label: label.map(str::to_owned),
         });
     }
     AppKind::Batch { task_groups }
+}
+
+/// Splits each task group into replica sets: asks of the same shape whose tasks prefer the three
+/// nodes holding their input (see `TASKS_PER_REPLICA_SET` and `MAX_REPLICA_SETS`).
+fn with_replica_sets(batch: AppKind, node_count: usize, rng: &mut SplitMix64) -> AppKind {
+    let AppKind::Batch { task_groups } = batch else {
+        return batch;
+    };
+    if node_count == 0 {
+        return AppKind::Batch { task_groups };
+    }
+    let mut split = Vec::new();
+    for group in task_groups {
+        let sets = group.count.div_ceil(TASKS_PER_REPLICA_SET).clamp(1, MAX_REPLICA_SETS);
+        for set in 0..sets {
+            // The first `count % sets` sets take one task more.
+            let count = group.count / sets + u32::from(set < group.count % sets);
+            split.push(TaskGroup {
+                count,
+                preferred_nodes: replica_nodes(node_count, rng),
+                ..group.clone()
+            });
+        }
+    }
+    AppKind::Batch { task_groups: split }
+}
+
+/// Where HDFS's default policy puts a block's replicas: one node, then two nodes of one other
+/// rack (racks are runs of `NODES_PER_RACK` node indices, as `generated_node` lays them out).
+/// Clusters of one rack get distinct nodes anywhere.
+fn replica_nodes(node_count: usize, rng: &mut SplitMix64) -> Vec<usize> {
+    let first = rng.below(node_count as u64) as usize;
+    let mut replicas = vec![first];
+    let racks = node_count.div_ceil(NODES_PER_RACK);
+    if racks >= 2 {
+        let other_rack = (first / NODES_PER_RACK + 1 + rng.below(racks as u64 - 1) as usize) % racks;
+        let rack_start = other_rack * NODES_PER_RACK;
+        let rack_len = (node_count - rack_start).min(NODES_PER_RACK);
+        let second = rng.below(rack_len as u64) as usize;
+        replicas.push(rack_start + second);
+        if rack_len > 1 {
+            replicas.push(rack_start + (second + 1 + rng.below(rack_len as u64 - 1) as usize) % rack_len);
+        }
+    }
+    while replicas.len() < REPLICAS.min(node_count) {
+        let candidate = rng.below(node_count as u64) as usize;
+        if !replicas.contains(&candidate) {
+            replicas.push(candidate);
+        }
+    }
+    replicas
 }
 
 fn generated_streaming(horizon_ms: u64, peak_vcores: f64, rng: &mut SplitMix64) -> AppKind {

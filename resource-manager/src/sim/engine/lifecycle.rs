@@ -8,6 +8,7 @@ use spindle_protocol::{ContainerId, NodeId, Resources};
 
 use super::{AppPhase, EndReason, EventKind, Simulation};
 use crate::scheduler::snapshot::{AppAsk, ContainerKind, ContainerPlacement, SnapshotApp, SnapshotContainer, SnapshotNode};
+use crate::sim::metrics::Locality;
 use crate::sim::workload::{AppKind, NodeSpec};
 
 impl Simulation {
@@ -46,6 +47,7 @@ impl Simulation {
         if ask.is_none() {
             snapshot_app.am_used += resources;
         }
+        self.record_where(app, ask, node);
         let node_state = &mut self.nodes[node];
         debug_assert!(
             node_state.schedulable && node_state.headroom.fits(&resources),
@@ -57,22 +59,64 @@ impl Simulation {
         match (&run.spec.kind, ask) {
             (_, None) => {}
             (AppKind::Batch { task_groups }, Some(group)) => {
-                let group = task_groups[group];
-                let duration = self.rng.between(group.min_duration_ms, group.max_duration_ms);
+                let duration = self
+                    .rng
+                    .between(task_groups[group].min_duration_ms, task_groups[group].max_duration_ms);
                 self.schedule(self.now_ms + duration, EventKind::TaskEnds { slot, seq: id.seq });
             }
             (AppKind::Streaming { .. }, Some(_)) => run.running += 1,
         }
     }
 
+    /// Counts how local a placement of an ask with preferences was, and whether it kept to the
+    /// label rules, for the report.
+    fn record_where(&mut self, app: usize, ask: Option<usize>, node: usize) {
+        let run = &self.runs[app];
+        let group = match (&run.spec.kind, ask) {
+            (AppKind::Batch { task_groups }, Some(group)) => Some(&task_groups[group]),
+            _ => None,
+        };
+        let placed_on = &self.nodes[node];
+        if let Some(group) = group
+            && !group.preferred_nodes.is_empty()
+        {
+            let locality = if group.preferred_nodes.contains(&node) {
+                Locality::Node
+            } else if group
+                .preferred_nodes
+                .iter()
+                .any(|&preferred| self.nodes.get(preferred).is_some_and(|preferred| preferred.rack == placed_on.rack))
+            {
+                Locality::Rack
+            } else {
+                Locality::OffRack
+            };
+            self.recorder.record_locality(locality);
+        }
+        let required = group.and_then(|group| group.label.as_deref());
+        if required.is_none() && placed_on.labels.is_empty() {
+            return;
+        }
+        // Only the few placements on labelled nodes or of labelled asks get here.
+        let queue = self.tree.leaf(&run.spec.queue).map(|leaf| &self.tree.queues[leaf]);
+        let queue_may_use_node = queue.is_some_and(|queue| placed_on.labels.iter().all(|label| queue.may_use_label(label)));
+        let carries_required = required.is_none_or(|label| placed_on.labels.iter().any(|carried| carried == label));
+        self.recorder.record_labels(
+            required.is_some(),
+            !placed_on.labels.is_empty(),
+            carries_required,
+            queue_may_use_node,
+        );
+    }
+
     /// A node joins, empty; ids are zero-padded so appending keeps the snapshot in id order.
     pub(super) fn add_node(&mut self, spec: NodeSpec) {
-        let node_id = NodeId(format!("node-{:06}", self.nodes.len()));
+        let node_id = node_id(self.nodes.len());
         self.node_by_id.insert(node_id.clone(), self.nodes.len());
         self.nodes.push(SnapshotNode {
             node_id,
             rack: spec.rack,
-            labels: Vec::new(),
+            labels: spec.labels,
             capacity: spec.capacity,
             headroom: spec.capacity,
             schedulable: true,
@@ -106,7 +150,9 @@ impl Simulation {
                 .map(|group| AppAsk {
                     resources: group.resources,
                     count: group.count,
-                    ..AppAsk::default()
+                    nodes: group.preferred_nodes.iter().map(|&node| node_id(node)).collect(),
+                    racks: Vec::new(),
+                    label: group.label.clone(),
                 })
                 .collect(),
             AppKind::Streaming { resources, .. } => vec![AppAsk {
@@ -236,4 +282,10 @@ impl Simulation {
             self.batch_apps_finished += 1;
         }
     }
+}
+
+/// The id of the node at `index`: zero-padded, so joins (appended) keep the snapshot in id order,
+/// and a workload can name nodes by index before they join.
+fn node_id(index: usize) -> NodeId {
+    NodeId(format!("node-{index:06}"))
 }
