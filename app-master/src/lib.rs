@@ -5,6 +5,7 @@
 mod context;
 mod error;
 mod launch;
+pub mod mapreduce;
 mod rm;
 pub mod shell;
 
