@@ -164,10 +164,19 @@ impl MapReduceSpec {
             ));
         }
         let mapper = TaskFunction::parse("mapreduce.mapper", &self.mapper, Stage::Map)?;
-        if let Some(combiner) = &self.combiner {
-            TaskFunction::parse("mapreduce.combiner", combiner, Stage::Combine)?;
-        }
+        let combiner = self
+            .combiner
+            .as_deref()
+            .map(|combiner| TaskFunction::parse("mapreduce.combiner", combiner, Stage::Combine))
+            .transpose()?;
         let reducer = TaskFunction::parse("mapreduce.reducer", &self.reducer, Stage::Reduce)?;
+        // A count combiner turns values into counts: only summing them gives the right answer.
+        if combiner == Some(TaskFunction::Builtin(Builtin::Count)) && reducer != TaskFunction::Builtin(Builtin::Sum) {
+            return Err(invalid(
+                "mapreduce.reducer",
+                "with combiner = \"count\" the reducer must be \"sum\" (it adds the partial counts)",
+            ));
+        }
         let sorts = |function: &TaskFunction| matches!(function, TaskFunction::Builtin(Builtin::Sort));
         if sorts(&mapper) != sorts(&reducer) {
             return Err(invalid(
@@ -312,7 +321,14 @@ mod tests {
     #[test]
     fn bad_fields_are_named() {
         type Breakage = fn(&mut MapReduceSpec);
-        let cases: [(Breakage, &str); 9] = [
+        let cases: [(Breakage, &str); 10] = [
+            (
+                |spec| {
+                    spec.combiner = Some("count".into());
+                    spec.reducer = "count".into();
+                },
+                "mapreduce.reducer",
+            ),
             (|spec| spec.input.clear(), "mapreduce.input"),
             (|spec| spec.input = vec!["books".into()], "mapreduce.input[0]"),
             (|spec| spec.output = "/".into(), "mapreduce.output"),
