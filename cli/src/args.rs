@@ -56,6 +56,9 @@ pub enum Command {
     /// Run an application master (started by node agents inside containers, never by hand).
     #[command(hide = true)]
     AppMaster,
+    /// Run one MapReduce task attempt (started by node agents for a MapReduce AM, never by hand).
+    #[command(hide = true)]
+    MrTask,
     /// Run an RM and N node agents in this process, and write the client config.
     Local(LocalArgs),
     /// Start a throwaway local cluster, run a job on it and show the results.

@@ -54,6 +54,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_tracing(log_format, "info");
             roles::app_master().await
         }
+        Command::MrTask => {
+            init_tracing(log_format, "info");
+            let code = spindle_app_master::mapreduce::task_main::run_from_env().await?;
+            Ok(ExitCode::from(code))
+        }
         Command::Local(args) => {
             init_tracing(log_format, "info");
             roles::local(args).await

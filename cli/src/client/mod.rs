@@ -51,6 +51,7 @@ pub async fn run(command: Command, global: &GlobalArgs) -> anyhow::Result<ExitCo
         Command::ResourceManager(_)
         | Command::NodeAgent(_)
         | Command::AppMaster
+        | Command::MrTask
         | Command::Local(_)
         | Command::Demo
         | Command::Simulate(_) => {
