@@ -39,6 +39,7 @@ mod sampling;
 mod sort_buffer;
 mod split_reader;
 mod streaming;
+pub mod task_api;
 pub mod task_main;
 pub mod umbilical;
 #[cfg(test)]
