@@ -31,6 +31,7 @@ mod error;
 mod functions;
 mod glob;
 mod input;
+pub mod job;
 mod map_output;
 mod map_task;
 mod merge;
