@@ -44,9 +44,9 @@ mod split_reader;
 mod streaming;
 pub mod task_api;
 pub mod task_main;
-pub mod umbilical;
 #[cfg(test)]
 mod tests;
+pub mod umbilical;
 
 pub use counters::TaskCounters;
 pub use error::{TaskError, TaskResult};
