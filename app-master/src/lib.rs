@@ -35,6 +35,7 @@ pub enum AmExit {
 pub async fn run(context: AmContext, shutdown: CancellationToken) -> Result<AmExit, AmError> {
     match context.spec.kind {
         JobKind::Shell => ShellMaster::new(context)?.run(shutdown).await,
+        JobKind::Mapreduce => mapreduce::master::MapReduceMaster::new(context)?.run(shutdown).await,
         other => Err(AmError::UnsupportedKind {
             kind: format!("{other:?}").to_lowercase(),
         }),

@@ -209,10 +209,6 @@ impl JobSpec {
                     return Err(invalid("mapreduce", "kind = \"mapreduce\" needs a [mapreduce] section"));
                 };
                 mapreduce.validate()?;
-                return Err(invalid(
-                    "kind",
-                    "mapreduce jobs cannot run on this version yet: its application master is still being built",
-                ));
             }
             JobKind::Stream => {
                 return Err(invalid(

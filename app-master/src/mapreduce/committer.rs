@@ -71,6 +71,11 @@ impl OutputCommitter {
         })
     }
 
+    /// The hidden staging directory (reduce attempts write under it).
+    pub fn staging_dir(&self) -> &Path {
+        &self.staging
+    }
+
     /// Where a reduce attempt writes its part file (created by the task runtime).
     pub fn attempt_dir(&self, attempt: TaskAttemptId) -> PathBuf {
         self.staging.join(attempt.to_string())

@@ -34,6 +34,7 @@ mod input;
 pub mod job;
 mod map_output;
 mod map_task;
+pub mod master;
 mod merge;
 pub mod planning;
 mod records;

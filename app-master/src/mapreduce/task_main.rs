@@ -137,9 +137,11 @@ async fn reduce(
         Err(error) => return (TaskOutcome::Failed { error }, TaskCounters::default()),
     };
     let fetch_dir = environment.work_dir.join("fetched");
-    if let Err(err) = tokio::fs::create_dir_all(&fetch_dir).await {
-        let error = format!("cannot create {}: {err}", fetch_dir.display());
-        return (TaskOutcome::Failed { error }, TaskCounters::default());
+    for dir in [&fetch_dir, &output_dir.to_owned()] {
+        if let Err(err) = tokio::fs::create_dir_all(dir).await {
+            let error = format!("cannot create {}: {err}", dir.display());
+            return (TaskOutcome::Failed { error }, TaskCounters::default());
+        }
     }
     let files = match fetch_all(environment, partition, maps, &fetch_dir).await {
         Ok(files) => files,

@@ -44,6 +44,10 @@ impl Cluster {
         if let Some(shell) = &spec.shell {
             self.check_fits_some_node("shell", shell.resources())?;
         }
+        if let Some(mapreduce) = &spec.mapreduce {
+            self.check_fits_some_node("mapreduce.map", mapreduce.map)?;
+            self.check_fits_some_node("mapreduce.reduce", mapreduce.reduce)?;
+        }
         let app_id = AppId {
             cluster_ts: self.started_at_ms,
             seq: self.next_app_seq,
