@@ -36,7 +36,7 @@ fn write_text(dir: &Path) -> BTreeMap<String, u64> {
                 state ^= state << 17;
                 let word = words[(state % words.len() as u64) as usize];
                 if position > 0 {
-                    text.push(if state % 5 == 0 { '\t' } else { ' ' });
+                    text.push(if state.is_multiple_of(5) { '\t' } else { ' ' });
                 }
                 text.push_str(word);
                 *counts.entry(word.to_owned()).or_insert(0) += 1;
