@@ -121,6 +121,9 @@ pub struct AllocateRequest {
     /// AM that sends none gets no such replays.
     #[serde(default)]
     pub response_id: Option<u64>,
+    /// The job's stages and counters, shown in its app report; `None` keeps the last ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<crate::JobDetail>,
 }
 
 /// A container granted to an AM, with the token the node agent will ask for.

@@ -36,7 +36,32 @@ pub struct AppReport {
     pub submitted_at_ms: u64,
     pub started_at_ms: Option<u64>,
     pub finished_at_ms: Option<u64>,
+    /// What the AM says of its job's stages and counters (MapReduce); absent for kinds that
+    /// report none. Soft state: the AM sends it again with its next allocate after an RM restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<JobDetail>,
 }
+
+/// Stages and counters of a job, as its AM reports them with each allocate.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct JobDetail {
+    /// In execution order, e.g. `map` then `reduce`.
+    pub stages: Vec<StageStatus>,
+    /// Named totals, e.g. `map_input_records`.
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// One stage of a job: its tasks by state.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct StageStatus {
+    pub name: String,
+    pub total: u32,
+    pub running: u32,
+    pub succeeded: u32,
+}
+
+/// Most stages and counters a `JobDetail` may carry (the RM refuses more).
+pub const MAX_DETAIL_ENTRIES: usize = 64;
 
 /// One AM attempt of an app.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

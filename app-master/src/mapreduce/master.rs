@@ -6,12 +6,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use spindle_protocol::{AllocateRequest, FinalStatus, LaunchSpec, MapReduceSpec, env, now_ms};
+use spindle_protocol::{AllocateRequest, FinalStatus, JobDetail, LaunchSpec, MapReduceSpec, StageStatus, env, now_ms};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::committer::OutputCommitter;
-use super::job::{GrantDecision, JobOutcome, JobPlan, JobSettings, MapReduceJob};
+use super::job::{GrantDecision, JobOutcome, JobPlan, JobProgress, JobSettings, MapReduceJob, StageProgress};
 use super::planning::plan_maps;
 use super::task_api::{self, TaskApi};
 use super::umbilical::{JobFunctions, TASK_ENV};
@@ -131,14 +131,16 @@ impl<L: ContainerLauncher> MapReduceMaster<L> {
             if job.outcome().is_some() {
                 break;
             }
+            let progress = job.progress();
             let request = AllocateRequest {
                 app_id: context.app_id,
                 attempt: context.attempt,
                 asks: job.asks(),
                 releases: job.take_releases(),
-                progress: job.progress().progress,
+                progress: progress.progress,
                 wait_ms: ALLOCATE_WAIT.as_millis() as u64,
                 response_id: None, // numbered by RmConnection
+                detail: Some(job_detail(&progress)),
             };
             let Heartbeat { reply, reregistered } = rm.allocate(&request, shutdown).await?;
             if let Some(registered) = reregistered {
@@ -176,6 +178,7 @@ impl<L: ContainerLauncher> MapReduceMaster<L> {
                 progress: job.progress().progress,
                 wait_ms: 0,
                 response_id: None,
+                detail: Some(job_detail(&job.progress())),
             };
             if rm.allocate(&request, shutdown).await?.reply.shutdown {
                 return Ok(AmExit::ShutdownByRm);
@@ -209,6 +212,32 @@ impl<L: ContainerLauncher> MapReduceMaster<L> {
             }
             JobOutcome::ReadyToCommit => unreachable!("commit_done or commit_failed ended the job"),
         }
+    }
+}
+
+/// The stages and counters the app report shows.
+fn job_detail(progress: &JobProgress) -> JobDetail {
+    let stage = |name: &str, stage: &StageProgress| StageStatus {
+        name: name.to_owned(),
+        total: stage.total,
+        running: stage.running,
+        succeeded: stage.succeeded,
+    };
+    let mut counters: BTreeMap<String, u64> = match serde_json::to_value(progress.counters) {
+        Ok(serde_json::Value::Object(fields)) => fields
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, value.as_u64()?)))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    counters.insert("failed_attempts".to_owned(), progress.failed_attempts);
+    counters.insert("killed_attempts".to_owned(), progress.killed_attempts);
+    counters.insert("speculative_attempts".to_owned(), progress.speculative_attempts);
+    counters.insert("fetch_failures".to_owned(), progress.fetch_failures);
+    counters.insert("lost_map_outputs".to_owned(), progress.lost_map_outputs);
+    JobDetail {
+        stages: vec![stage("map", &progress.maps), stage("reduce", &progress.reduces)],
+        counters,
     }
 }
 

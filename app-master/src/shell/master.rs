@@ -119,6 +119,7 @@ impl<L: ContainerLauncher> ShellMaster<L> {
                 progress: tasks.progress(),
                 wait_ms: wait.as_millis() as u64,
                 response_id: None, // numbered by RmConnection
+                detail: None,
             };
             let Heartbeat { reply, reregistered } = rm.allocate(&request, shutdown).await?;
             if let Some(registered) = reregistered {
@@ -162,6 +163,7 @@ impl<L: ContainerLauncher> ShellMaster<L> {
                 progress: tasks.progress(),
                 wait_ms: 0,
                 response_id: None, // numbered by RmConnection
+                detail: None,
             };
             if rm.allocate(&request, shutdown).await?.reply.shutdown {
                 return Ok(AmExit::ShutdownByRm);

@@ -105,6 +105,9 @@ pub fn app_report(app: &AppReport, containers: &[ContainerReport], now_ms: u64) 
             attempt.diagnostics.clone(),
         ]);
     }
+    if let Some(detail) = &app.detail {
+        out.push_str(&detail_tables(detail));
+    }
     if !attempts.is_empty() {
         out.push_str("\nAttempts\n");
         out.push_str(&attempts.render());
@@ -114,6 +117,45 @@ pub fn app_report(app: &AppReport, containers: &[ContainerReport], now_ms: u64) 
         out.push_str(&containers_table(containers).render());
     }
     out
+}
+
+/// A job's stages (with a bar each) and counters, as its AM reports them.
+fn detail_tables(detail: &spindle_protocol::JobDetail) -> String {
+    let mut out = String::new();
+    let mut stages = Table::new(&["STAGE", "DONE", "RUNNING", "TOTAL", ""]).right_align(&[1, 2, 3]);
+    for stage in &detail.stages {
+        stages.row(vec![
+            stage.name.clone(),
+            stage.succeeded.to_string(),
+            stage.running.to_string(),
+            stage.total.to_string(),
+            progress_bar(stage.succeeded, stage.total),
+        ]);
+    }
+    if !stages.is_empty() {
+        out.push_str("\nStages\n");
+        out.push_str(&stages.render());
+    }
+    let mut counters = Table::new(&["COUNTER", "VALUE"]).right_align(&[1]);
+    for (name, value) in &detail.counters {
+        counters.row(vec![name.clone(), value.to_string()]);
+    }
+    if !counters.is_empty() {
+        out.push_str("\nCounters\n");
+        out.push_str(&counters.render());
+    }
+    out
+}
+
+/// `[#######-------------]` for `done` of `total`, 20 wide.
+pub fn progress_bar(done: u32, total: u32) -> String {
+    const WIDTH: usize = 20;
+    let filled = if total == 0 {
+        WIDTH
+    } else {
+        (done as usize * WIDTH / total as usize).min(WIDTH)
+    };
+    format!("[{}{}]", "#".repeat(filled), "-".repeat(WIDTH - filled))
 }
 
 pub fn containers_table(containers: &[ContainerReport]) -> Table {
@@ -183,6 +225,7 @@ mod tests {
             submitted_at_ms: 1_000,
             started_at_ms: Some(2_000),
             finished_at_ms: None,
+            detail: None,
         }
     }
 

@@ -106,7 +106,26 @@ pub fn progress_line(report: &AppReport, elapsed: Duration) -> String {
     if report.state == AppState::Accepted && !report.diagnostics.is_empty() {
         return format!("{line}  ({})", report.diagnostics);
     }
-    line
+    // Stages with a bar each: `map [####----] 12/30  reduce [--------] 0/2`.
+    let stages: Vec<String> = report
+        .detail
+        .iter()
+        .flat_map(|detail| &detail.stages)
+        .map(|stage| {
+            format!(
+                "{} {} {}/{}",
+                stage.name,
+                super::apps::progress_bar(stage.succeeded, stage.total),
+                stage.succeeded,
+                stage.total
+            )
+        })
+        .collect();
+    if stages.is_empty() {
+        line
+    } else {
+        format!("{line}  {}", stages.join("  "))
+    }
 }
 
 /// Polls the app until it ends, showing its progress; rides out short RM outages.

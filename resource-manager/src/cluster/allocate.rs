@@ -10,6 +10,33 @@ use super::{AppError, Cluster};
 const MAX_PREFERRED_NODES: usize = 1_000;
 const MAX_PREFERRED_RACKS: usize = 100;
 
+/// A job detail must stay small: it rides along in every app report.
+fn validate_detail(detail: &spindle_protocol::JobDetail) -> Result<(), SpecError> {
+    let too_many = |field: &str, count: usize| SpecError {
+        field: format!("detail.{field}"),
+        reason: format!("{count} entries; at most {}", spindle_protocol::MAX_DETAIL_ENTRIES),
+    };
+    if detail.stages.len() > spindle_protocol::MAX_DETAIL_ENTRIES {
+        return Err(too_many("stages", detail.stages.len()));
+    }
+    if detail.counters.len() > spindle_protocol::MAX_DETAIL_ENTRIES {
+        return Err(too_many("counters", detail.counters.len()));
+    }
+    let long_name = detail
+        .stages
+        .iter()
+        .map(|stage| stage.name.as_str())
+        .chain(detail.counters.keys().map(String::as_str))
+        .find(|name| name.is_empty() || name.len() > 64);
+    if let Some(name) = long_name {
+        return Err(SpecError {
+            field: "detail".to_owned(),
+            reason: format!("stage and counter names must be 1 to 64 bytes, not `{name}`"),
+        });
+    }
+    Ok(())
+}
+
 /// Locality preferences and labels must be few and non-empty.
 fn validate_locality(index: usize, ask: &spindle_protocol::ResourceAsk) -> Result<(), SpecError> {
     let invalid = |field: &str, reason: String| SpecError {
@@ -70,6 +97,9 @@ impl Cluster {
             validate_resources(&format!("asks[{index}].resources"), &ask.resources)?;
             validate_locality(index, ask)?;
         }
+        if let Some(detail) = &request.detail {
+            validate_detail(detail)?;
+        }
         if let Some(foreign) = request.releases.iter().find(|release| release.app != request.app_id) {
             return Err(AppError::Forbidden(format!(
                 "container {foreign} does not belong to {}",
@@ -91,6 +121,9 @@ impl Cluster {
         } else {
             0.0
         };
+        if let Some(detail) = &request.detail {
+            app.detail = Some(detail.clone());
+        }
         if progress != app.record.progress {
             // Users see it in app reports, so it is committed like any other change.
             app.record.progress = progress;

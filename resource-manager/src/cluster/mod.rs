@@ -87,6 +87,8 @@ struct App {
     waiting: Option<String>,
     /// A preemption notice its AM has not heard of yet.
     preempt_news: bool,
+    /// The stages and counters its AM reported last (not stored: the AM resends them).
+    detail: Option<spindle_protocol::JobDetail>,
 }
 
 impl App {
@@ -103,6 +105,7 @@ impl App {
             last_reply: None,
             waiting: None,
             preempt_news: false,
+            detail: None,
         }
     }
 }

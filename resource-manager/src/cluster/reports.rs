@@ -234,6 +234,7 @@ fn app_report(app: &App, containers: &std::collections::HashMap<ContainerId, Con
         submitted_at_ms: record.submitted_at_ms,
         started_at_ms: record.started_at_ms,
         finished_at_ms: record.finished_at_ms,
+        detail: app.detail.clone(),
     }
 }
 

@@ -191,6 +191,7 @@ impl Am {
             progress: 0.5,
             wait_ms: 0,
             response_id: None,
+            detail: None,
         }
     }
 

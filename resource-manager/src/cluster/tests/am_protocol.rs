@@ -213,3 +213,36 @@ fn a_lost_allocate_reply_is_sent_again_and_nothing_is_lost_or_granted_twice() {
     // An AM that does not number its requests never gets replays.
     assert!(allocate(&mut rm, None, 0, 60).is_none());
 }
+
+#[test]
+fn the_ams_job_detail_shows_in_the_app_report_and_oversized_ones_are_refused() {
+    let mut rm = cluster();
+    let mut n1 = register(&mut rm, "n1:8042", 8, 8192, 0);
+    let (am, _) = running_job(&mut rm, &mut n1, 1, 0);
+    let detail = spindle_protocol::JobDetail {
+        stages: vec![spindle_protocol::StageStatus {
+            name: "map".into(),
+            total: 10,
+            running: 2,
+            succeeded: 3,
+        }],
+        counters: BTreeMap::from([("map_input_records".to_owned(), 42)]),
+    };
+    let mut request = am.request(Vec::new(), Vec::new());
+    request.detail = Some(detail.clone());
+    am.update_asks(&mut rm, &request, 1).unwrap();
+    assert_eq!(rm.app(am.app_id).detail, Some(detail.clone()));
+
+    // A request without one keeps the last; an oversized one is refused naming the field.
+    am.update_asks(&mut rm, &am.request(Vec::new(), Vec::new()), 2).unwrap();
+    assert_eq!(rm.app(am.app_id).detail, Some(detail));
+    let mut oversized = am.request(Vec::new(), Vec::new());
+    oversized.detail = Some(spindle_protocol::JobDetail {
+        stages: Vec::new(),
+        counters: (0..100).map(|index| (format!("c{index}"), 1)).collect(),
+    });
+    let AppError::InvalidSpec(error) = am.update_asks(&mut rm, &oversized, 3).unwrap_err() else {
+        panic!("an oversized detail is invalid");
+    };
+    assert_eq!(error.field, "detail.counters");
+}
