@@ -10,5 +10,8 @@ async fn demo_runs() {
     let output = support::run_spindle(home.path(), &["demo"], Duration::from_secs(90)).await;
     assert!(output.success(), "{output}");
     assert!(output.stdout.contains("hello from"), "{output}");
+    assert!(output.stdout.contains("The most frequent words"), "{output}");
+    // "the" is twice in each of the four sentences, written 5,000 × (1, 2, 3, 4) times.
+    assert!(output.stdout.contains("the          100000"), "{output}");
     assert!(!home.path().join("config.toml").exists(), "the demo leaves the user's config alone");
 }

@@ -1,5 +1,5 @@
 //! `spindle demo`: a throwaway local cluster, one shell job on it with live progress, then each
-//! container's output. It leaves nothing behind: the data dir is temporary and the user's
+//! container's output, then a MapReduce word count and its most frequent words. It leaves nothing behind: the data dir is temporary and the user's
 //! `$SPINDLE_HOME/config.toml` is not touched.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -49,8 +49,15 @@ pub async fn demo() -> anyhow::Result<ExitCode> {
     outln!("  token  {}", cluster.token);
     outln!("  (both vanish when the demo ends; your own config is untouched)");
 
+    let demo = async {
+        let shell = run_demo_job(&cluster).await?;
+        if shell != ExitCode::SUCCESS {
+            return Ok(shell);
+        }
+        run_demo_wordcount(&cluster, data_dir.path()).await
+    };
     let outcome = tokio::select! {
-        outcome = run_demo_job(&cluster) => outcome,
+        outcome = demo => outcome,
         () = shutdown_signal() => Err(anyhow!("interrupted")),
     };
     let stopped = cluster.shutdown().await;
@@ -97,11 +104,72 @@ async fn run_demo_job(cluster: &LocalCluster) -> anyhow::Result<ExitCode> {
         }
     }
 
-    if report.final_status == FinalStatus::Succeeded {
-        outln!("\nThat was Spindle. Run a cluster that stays with `spindle local`.");
-    } else {
+    if report.final_status != FinalStatus::Succeeded {
         eprintln!("\nThe demo job did not succeed: {}", report.diagnostics);
     }
+    Ok(exit_code_of(&report))
+}
+
+/// A text for the word count: a few sentences, many times, in four files.
+fn write_demo_text(dir: &std::path::Path) -> anyhow::Result<()> {
+    const SENTENCES: [&str; 4] = [
+        "the resource manager grants containers to the application master",
+        "the application master runs map and reduce tasks in the containers",
+        "map tasks count the words and reduce tasks add the counts",
+        "the node agents serve map output to the reduce tasks",
+    ];
+    std::fs::create_dir_all(dir)?;
+    for (index, sentence) in SENTENCES.iter().enumerate() {
+        let text = format!("{sentence}\n").repeat(5_000 * (index + 1));
+        std::fs::write(dir.join(format!("text-{index}.txt")), text)?;
+    }
+    Ok(())
+}
+
+/// The MapReduce part of the demo: a word count over generated text, with a bar per stage,
+/// then the most frequent words.
+async fn run_demo_wordcount(cluster: &LocalCluster, data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let (input, output) = (data_dir.join("wordcount-input"), data_dir.join("wordcount-output"));
+    write_demo_text(&input).context("cannot write the demo's input text")?;
+    let job = format!(
+        "name = \"demo-wordcount\"\nkind = \"mapreduce\"\n[mapreduce]\ninput = [{:?}]\noutput = {:?}\n\
+         mapper = \"wordcount\"\ncombiner = \"sum\"\nreducer = \"sum\"\nreducers = 2\nsplit_size_mb = 1\n\
+         map = {{ vcores = 1, memory_mb = 256 }}\nreduce = {{ vcores = 1, memory_mb = 256 }}\nsort_buffer_mb = 32\n",
+        input.display().to_string(),
+        output.display().to_string()
+    );
+    let spec = parse_spec("the demo word count", &job)?;
+    let client = cluster.client();
+    let started = Instant::now();
+    let app_id = client.submit(&spec).await.context("cannot submit the demo word count")?;
+    outln!("\nSubmitted {app_id}: a MapReduce word count over 50,000 lines.");
+    let mut progress = ProgressLine::on_stderr(ProgressMode::Changes);
+    let report = tokio::time::timeout(DEMO_TIMEOUT, wait_for_app(&client, app_id, &mut progress))
+        .await
+        .map_err(|_| anyhow!("the demo word count did not finish within {}s", DEMO_TIMEOUT.as_secs()))??;
+    drop(progress);
+    outln!("{}", outcome_line(&report, started.elapsed()));
+    if report.final_status != FinalStatus::Succeeded {
+        eprintln!("\nThe demo word count did not succeed: {}", report.diagnostics);
+        return Ok(exit_code_of(&report));
+    }
+    let mut counts: Vec<(u64, String)> = Vec::new();
+    for entry in std::fs::read_dir(&output).context("cannot read the word count's output")? {
+        let path = entry?.path();
+        if path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("part-r-")) {
+            for line in std::fs::read_to_string(&path)?.lines() {
+                if let Some((word, count)) = line.split_once('\t') {
+                    counts.push((count.parse().unwrap_or(0), word.to_owned()));
+                }
+            }
+        }
+    }
+    counts.sort_by(|a, b| b.cmp(a));
+    outln!("\nThe most frequent words ({} part files in {}):", 2, output.display());
+    for (count, word) in counts.iter().take(5) {
+        outln!("  {word:<12} {count}");
+    }
+    outln!("\nThat was Spindle. Run a cluster that stays with `spindle local`.");
     Ok(exit_code_of(&report))
 }
 
