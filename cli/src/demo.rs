@@ -1,6 +1,7 @@
 //! `spindle demo`: a throwaway local cluster, one shell job on it with live progress, then each
-//! container's output, then a MapReduce word count and its most frequent words. It leaves nothing behind: the data dir is temporary and the user's
-//! `$SPINDLE_HOME/config.toml` is not touched.
+//! container's output, then a MapReduce word count and its most frequent words. It leaves
+//! nothing behind: the data dir is temporary and the user's `$SPINDLE_HOME/config.toml` is not
+//! touched.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
