@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use spindle_cli::local::{LocalCluster, LocalOptions};
 use spindle_protocol::{AppState, ContainerId, ContainerState, ExitReason, FinalStatus, JobSpec, NodeId, Resources};
-use support::{Db, TestCluster, task_containers, wait_for_app_end, wait_until};
+use support::{Db, TestCluster, read_counts, task_containers, wait_for_app_end, wait_until};
 
 async fn start_local(dir: &Path) -> LocalCluster {
     let mut options = LocalOptions::new(dir.join("local")).expect("local options");
@@ -48,25 +48,6 @@ fn write_text(dir: &Path, files: usize) -> BTreeMap<String, u64> {
             text.push('\n');
         }
         std::fs::write(dir.join(format!("part-{file}.txt")), text).unwrap();
-    }
-    counts
-}
-
-/// Every `key<TAB>count` line of the job's part files.
-fn read_counts(output: &Path) -> BTreeMap<String, u64> {
-    let mut counts = BTreeMap::new();
-    for entry in std::fs::read_dir(output).unwrap() {
-        let path = entry.unwrap().path();
-        if !path.file_name().unwrap().to_string_lossy().starts_with("part-r-") {
-            continue;
-        }
-        for line in std::fs::read_to_string(&path).unwrap().lines() {
-            let (word, count) = line.split_once('\t').unwrap_or_else(|| panic!("{line:?} in {}", path.display()));
-            assert!(
-                counts.insert(word.to_owned(), count.parse::<u64>().unwrap()).is_none(),
-                "{word} twice"
-            );
-        }
     }
     counts
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use spindle_cli::local::{LocalCluster, LocalOptions};
 use spindle_protocol::{AppState, FinalStatus, JobSpec, Resources, RmClient};
-use support::wait_for_app_end;
+use support::{read_counts, wait_for_app_end};
 
 /// How long the straggler sleeps: far beyond the 5 s a task must run before it may be speculated.
 const STRAGGLE_S: u64 = 25;
@@ -28,20 +28,6 @@ fn write_input(dir: &Path) -> BTreeMap<String, u64> {
             *counts.entry("common".to_owned()).or_insert(0) += 1;
         }
         std::fs::write(dir.join(format!("part-{file}.txt")), text).unwrap();
-    }
-    counts
-}
-
-fn read_counts(output: &Path) -> BTreeMap<String, u64> {
-    let mut counts = BTreeMap::new();
-    for entry in std::fs::read_dir(output).unwrap() {
-        let path = entry.unwrap().path();
-        if path.file_name().unwrap().to_string_lossy().starts_with("part-r-") {
-            for line in std::fs::read_to_string(&path).unwrap().lines() {
-                let (word, count) = line.split_once('\t').unwrap();
-                counts.insert(word.to_owned(), count.parse::<u64>().unwrap());
-            }
-        }
     }
     counts
 }

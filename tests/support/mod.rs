@@ -148,3 +148,22 @@ pub async fn task_containers(client: &RmClient, app_id: AppId) -> Vec<ContainerR
     containers.sort_by_key(|container| container.container_id);
     containers
 }
+
+/// Every `key<TAB>count` line of the job's part files.
+pub fn read_counts(output: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(output).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.file_name().unwrap().to_string_lossy().starts_with("part-r-") {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let (word, count) = line.split_once('\t').unwrap_or_else(|| panic!("{line:?} in {}", path.display()));
+            assert!(
+                counts.insert(word.to_owned(), count.parse::<u64>().unwrap()).is_none(),
+                "{word} twice"
+            );
+        }
+    }
+    counts
+}
