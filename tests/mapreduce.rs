@@ -88,6 +88,12 @@ async fn word_count_with_builtins_and_with_streaming_scripts_matches_the_referen
         "{report:#?}"
     );
     assert!(builtins.join("_SUCCESS").exists());
+    // The AM's counters reach the app report.
+    let counters = &report.detail.as_ref().expect("the MapReduce AM reports its detail").counters;
+    assert_eq!(counters["map_input_records"], 60_000, "{counters:?}");
+    assert_eq!(counters["map_output_records"], expected.values().sum::<u64>(), "{counters:?}");
+    assert_eq!(counters["reduce_output_records"], expected.len() as u64, "{counters:?}");
+    assert!(counters["shuffle_bytes"] > 0, "{counters:?}");
     assert_eq!(read_counts(&builtins), expected);
 
     // Hadoop Streaming: any executable reading lines on stdin and writing key<TAB>value lines.

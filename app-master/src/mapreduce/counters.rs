@@ -27,4 +27,7 @@ pub struct TaskCounters {
     pub reduce_output_records: u64,
     /// Bytes of the task's output: the map output's `.data`, or the reducer's `part-r-NNNNN`.
     pub bytes_written: u64,
+    /// Bytes a reduce task fetched from the maps' agents (Hadoop's shuffle bytes).
+    #[serde(default)]
+    pub shuffle_bytes: u64,
 }

@@ -167,22 +167,20 @@ impl<L: ContainerLauncher> MapReduceMaster<L> {
             }
         }
 
-        // Hand back every container still held before committing or failing.
-        let releases = job.take_releases();
-        if !releases.is_empty() {
-            let request = AllocateRequest {
-                app_id: context.app_id,
-                attempt: context.attempt,
-                asks: Vec::new(),
-                releases,
-                progress: job.progress().progress,
-                wait_ms: 0,
-                response_id: None,
-                detail: Some(job_detail(&job.progress())),
-            };
-            if rm.allocate(&request, shutdown).await?.reply.shutdown {
-                return Ok(AmExit::ShutdownByRm);
-            }
+        // Hand back every container still held, and send the final stages and counters, before
+        // committing or failing.
+        let request = AllocateRequest {
+            app_id: context.app_id,
+            attempt: context.attempt,
+            asks: Vec::new(),
+            releases: job.take_releases(),
+            progress: job.progress().progress,
+            wait_ms: 0,
+            response_id: None,
+            detail: Some(job_detail(&job.progress())),
+        };
+        if rm.allocate(&request, shutdown).await?.reply.shutdown {
+            return Ok(AmExit::ShutdownByRm);
         }
         let outcome = job.outcome().cloned().expect("the loop ends with an outcome");
         if outcome == JobOutcome::ReadyToCommit {

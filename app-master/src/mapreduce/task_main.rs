@@ -167,7 +167,18 @@ async fn reduce(
         output_dir: output_dir.to_owned(),
         env: assignment.functions.env.clone(),
     };
-    let result = blocking(move || run_reduce_task(params).map(|report| report.counters)).await;
+    let shuffle_bytes: u64 = files
+        .iter()
+        .filter_map(|path| std::fs::metadata(path).ok())
+        .map(|meta| meta.len())
+        .sum();
+    let result = blocking(move || {
+        run_reduce_task(params).map(|report| TaskCounters {
+            shuffle_bytes,
+            ..report.counters
+        })
+    })
+    .await;
     // The fetched copies are not needed any more, whatever happened.
     let _ = tokio::fs::remove_dir_all(&fetch_dir).await;
     match result {

@@ -127,6 +127,7 @@ pub fn add_counters(total: &mut TaskCounters, counters: &TaskCounters) {
         reduce_input_records,
         reduce_output_records,
         bytes_written,
+        shuffle_bytes,
     } = *counters;
     total.map_input_records += map_input_records;
     total.map_input_bytes += map_input_bytes;
@@ -139,4 +140,5 @@ pub fn add_counters(total: &mut TaskCounters, counters: &TaskCounters) {
     total.reduce_input_records += reduce_input_records;
     total.reduce_output_records += reduce_output_records;
     total.bytes_written += bytes_written;
+    total.shuffle_bytes += shuffle_bytes;
 }
