@@ -13,6 +13,13 @@ use super::{CgroupVersion, IDLE_CGROUP_LIMIT, JoinMethod, write_file};
 const REMOVE_ATTEMPTS: u32 = 40;
 const REMOVE_RETRY_DELAY: Duration = Duration::from_millis(25);
 
+/// An emptied cgroup still charged with more memory than this is removed, not reused: files its
+/// containers wrote on tmpfs (MapReduce map output in the shuffle dir, for one) stay charged to
+/// it and cannot be reclaimed, so the next container would start with that much of its limit
+/// gone (a 1 GiB sort's reducers were OOM-killed that way). Removal hands the charge to the
+/// parent cgroup.
+const REUSE_MAX_CHARGED_BYTES: u64 = 8 * 1024 * 1024;
+
 /// One container's cgroup.
 #[derive(Debug)]
 pub(crate) struct ContainerCgroup {
@@ -109,7 +116,7 @@ impl ContainerCgroup {
     pub(crate) fn release(self) {
         self.kill_members();
         let empty = std::fs::read_to_string(self.dir.join("cgroup.procs")).is_ok_and(|procs| procs.trim().is_empty());
-        if empty {
+        if empty && self.charged_bytes().is_some_and(|bytes| bytes <= REUSE_MAX_CHARGED_BYTES) {
             let mut idle = self.idle.lock().expect("idle cgroup list is never poisoned");
             if idle.len() < IDLE_CGROUP_LIMIT {
                 idle.push(self.dir.clone());
@@ -117,6 +124,15 @@ impl ContainerCgroup {
             }
         }
         self.remove();
+    }
+
+    /// Memory still charged to the cgroup (page cache, tmpfs files), if the kernel says.
+    fn charged_bytes(&self) -> Option<u64> {
+        let file = match self.version {
+            CgroupVersion::V1 => "memory.usage_in_bytes",
+            CgroupVersion::V2 => "memory.current",
+        };
+        std::fs::read_to_string(self.dir.join(file)).ok()?.trim().parse().ok()
     }
 
     /// SIGKILLs whatever is still in the cgroup (processes that left the container's process
