@@ -421,3 +421,29 @@ async fn word_count_survives_kill_9_of_an_agent_while_reducers_run() {
         "{succeeded} task containers succeeded; 6 maps, 3 reduces and the {maps_on_victim} maps lost with {victim_node} must have"
     );
 }
+
+/// Input "on one node's local disk" (`input_locations`): its maps run on that node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maps_run_on_the_node_that_holds_their_input() {
+    let dir = tempfile::Builder::new().prefix("spindle-mr-locality-").tempdir().unwrap();
+    let _cleanup = support::CleanupDir(dir.path());
+    let expected = write_text(&dir.path().join("input"), 3);
+    let cluster = start_local(dir.path()).await;
+    let client = cluster.client();
+    let holder = format!("127.0.0.1:{}", cluster.agent_addresses[1].port());
+
+    let output = dir.path().join("out");
+    let mut spec = wordcount_job(&dir.path().join("input"), &output, "wordcount", Some("sum"), "sum");
+    let mapreduce = spec.mapreduce.as_mut().unwrap();
+    mapreduce.input_locations = [(dir.path().join("input").display().to_string(), vec![holder.clone()])].into();
+    let app = client.submit(&spec).await.unwrap();
+    let report = wait_for_app_end(&client, app, Duration::from_secs(120)).await;
+    assert_eq!(report.final_status, FinalStatus::Succeeded, "{report:#?}");
+    assert_eq!(read_counts(&output), expected);
+
+    // The first task containers are the maps (3 files of ~0.7 MB in 1 MB splits: 3 maps).
+    let tasks = task_containers(&client, app).await;
+    let maps_on_holder = tasks.iter().take(3).filter(|task| task.node_id.0 == holder).count();
+    assert_eq!(maps_on_holder, 3, "maps ran where their input is: {tasks:#?}");
+    cluster.shutdown().await.expect("the local cluster stops cleanly");
+}

@@ -60,6 +60,11 @@ pub struct MapReduceSpec {
     /// Extra environment of the task processes (and of mapper/reducer commands).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Where input lives on node-local disks: a path prefix → the nodes (`host:port` ids) that
+    /// hold the files under it. Map tasks of those files ask for those nodes first (delay
+    /// scheduling); without an entry a split has no preference.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub input_locations: BTreeMap<String, Vec<String>>,
 }
 
 /// What runs as a mapper, combiner or reducer.
@@ -212,6 +217,20 @@ impl MapReduceSpec {
                     self.sort_buffer_mb, self.map.memory_mb
                 ),
             ));
+        }
+        for (prefix, nodes) in &self.input_locations {
+            if !prefix.starts_with('/') {
+                return Err(invalid(
+                    "mapreduce.input_locations",
+                    format!("`{prefix}` must be an absolute path prefix"),
+                ));
+            }
+            if nodes.is_empty() || nodes.iter().any(|node| node.trim().is_empty()) || nodes.len() > 100 {
+                return Err(invalid(
+                    format!("mapreduce.input_locations.{prefix}"),
+                    "must list 1 to 100 node ids (host:port, as `spindle nodes` shows them)",
+                ));
+            }
         }
         if self.max_containers == Some(0) {
             return Err(invalid(

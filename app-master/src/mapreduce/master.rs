@@ -88,7 +88,7 @@ impl<L: ContainerLauncher> MapReduceMaster<L> {
         // Planning and output setup read the shared file system: a bad input or an existing
         // output fails the job with the reason, it is not an AM crash.
         let prepared = prepare(&self.spec, context).await;
-        let (plan_splits, partitioner, committer) = match prepared {
+        let (plan_splits, preferred_nodes, partitioner, committer) = match prepared {
             Ok(prepared) => prepared,
             Err(diagnostics) => return finish(&mut rm, FinalStatus::Failed, diagnostics, shutdown).await,
         };
@@ -100,7 +100,7 @@ impl<L: ContainerLauncher> MapReduceMaster<L> {
         let maps = plan_splits.len();
         let plan = JobPlan {
             splits: plan_splits,
-            preferred_nodes: Vec::new(),
+            preferred_nodes,
             partitioner,
             functions: JobFunctions {
                 mapper: self.spec.mapper.clone(),
@@ -240,7 +240,18 @@ fn job_detail(progress: &JobProgress) -> JobDetail {
 }
 
 /// Plans the maps and sets up the output, off the async threads; `Err` is the diagnostics.
-async fn prepare(spec: &MapReduceSpec, context: &AmContext) -> Result<(Vec<super::Split>, super::Partitioner, OutputCommitter), String> {
+async fn prepare(
+    spec: &MapReduceSpec,
+    context: &AmContext,
+) -> Result<
+    (
+        Vec<super::Split>,
+        Vec<Vec<spindle_protocol::NodeId>>,
+        super::Partitioner,
+        OutputCommitter,
+    ),
+    String,
+> {
     let (spec, app_id) = (spec.clone(), context.app_id);
     let joined = tokio::task::spawn_blocking(move || {
         let plan = plan_maps(&spec).map_err(|err| format!("cannot plan the maps: {err}"))?;
@@ -249,7 +260,7 @@ async fn prepare(spec: &MapReduceSpec, context: &AmContext) -> Result<(Vec<super
         }
         let committer =
             OutputCommitter::setup(std::path::Path::new(&spec.output), spec.overwrite, app_id).map_err(|err| err.to_string())?;
-        Ok((plan.splits, plan.partitioner, committer))
+        Ok((plan.splits, plan.preferred_nodes, plan.partitioner, committer))
     })
     .await;
     joined.unwrap_or_else(|join| Err(format!("planning panicked: {join}")))

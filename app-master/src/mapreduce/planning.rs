@@ -1,7 +1,7 @@
 //! What a MapReduce job will run, worked out by its AM before the first task: the input's
 //! splits (one map task each) and the partitioner every map uses.
 
-use spindle_protocol::{Builtin, MapReduceSpec, TaskFunction};
+use spindle_protocol::{Builtin, MapReduceSpec, NodeId, TaskFunction};
 
 use super::{Partitioner, Split, TaskResult, compute_splits, expand_inputs, sample_input_keys, sample_split_points};
 
@@ -14,6 +14,9 @@ pub struct MapPlan {
     /// One map task per split, in input order.
     pub splits: Vec<Split>,
     pub partitioner: Partitioner,
+    /// Per split, the nodes whose local disks hold it (from `input_locations`); empty when
+    /// unknown.
+    pub preferred_nodes: Vec<Vec<NodeId>>,
     /// Total size of the input files.
     pub input_bytes: u64,
 }
@@ -36,11 +39,27 @@ pub fn plan_maps(spec: &MapReduceSpec) -> TaskResult<MapPlan> {
     } else {
         Partitioner::Hash { reducers: spec.reducers }
     };
+    let preferred_nodes = splits
+        .iter()
+        .map(|split| nodes_holding(&spec.input_locations, &split.path))
+        .collect();
     Ok(MapPlan {
         splits,
         partitioner,
+        preferred_nodes,
         input_bytes,
     })
+}
+
+/// The nodes of the longest `input_locations` prefix that contains `path` (whole path
+/// components: `/data/n1` covers `/data/n1/a.txt`, not `/data/n10/a.txt`).
+fn nodes_holding(locations: &std::collections::BTreeMap<String, Vec<String>>, path: &std::path::Path) -> Vec<NodeId> {
+    locations
+        .iter()
+        .filter(|(prefix, _)| path.starts_with(prefix.as_str()))
+        .max_by_key(|(prefix, _)| prefix.len())
+        .map(|(_, nodes)| nodes.iter().map(|node| NodeId(node.clone())).collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -74,6 +93,37 @@ mod tests {
         };
         assert_eq!(boundaries.len(), 2);
         assert!(boundaries[0] < boundaries[1]);
+    }
+
+    #[test]
+    fn splits_prefer_the_nodes_of_the_longest_location_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        for node in ["n1", "n10"] {
+            std::fs::create_dir_all(dir.path().join(node)).unwrap();
+            std::fs::write(dir.path().join(node).join("a.txt"), "x y\n").unwrap();
+        }
+        let mut spec = spec(dir.path(), "wordcount", "sum");
+        let root = dir.path().display().to_string();
+        spec.input_locations = [
+            (format!("{root}/n1"), vec!["n1:8042".to_owned()]),
+            (format!("{root}/n1/a.txt"), vec!["n1:8042".to_owned(), "n2:8042".to_owned()]),
+        ]
+        .into();
+        spec.validate().unwrap();
+        let plan = plan_maps(&spec).unwrap();
+        let by_path: Vec<(String, Vec<NodeId>)> = plan
+            .splits
+            .iter()
+            .zip(&plan.preferred_nodes)
+            .map(|(split, nodes)| (split.path.strip_prefix(dir.path()).unwrap().display().to_string(), nodes.clone()))
+            .collect();
+        assert_eq!(
+            by_path,
+            [
+                ("n1/a.txt".to_owned(), vec![NodeId("n1:8042".into()), NodeId("n2:8042".into())]),
+                ("n10/a.txt".to_owned(), vec![]),
+            ]
+        );
     }
 
     #[test]
