@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use spindle_cli::local::{LocalCluster, LocalOptions};
 use spindle_protocol::{AppState, ContainerId, ContainerState, ExitReason, FinalStatus, JobSpec, NodeId, Resources};
-use support::{Db, TestCluster, read_counts, task_containers, wait_for_app_end, wait_until};
+use support::{Db, TestCluster, read_counts, run_to_success, task_containers, wait_for_app_end, wait_until};
 
 async fn start_local(dir: &Path) -> LocalCluster {
     let mut options = LocalOptions::new(dir.join("local")).expect("local options");
@@ -80,13 +80,7 @@ async fn word_count_with_builtins_and_with_streaming_scripts_matches_the_referen
 
     let builtins = dir.path().join("out-builtins");
     let spec = example_job("wordcount.toml", &dir.path().join("input"), &builtins);
-    let app = client.submit(&spec).await.unwrap();
-    let report = wait_for_app_end(&client, app, Duration::from_secs(120)).await;
-    assert_eq!(
-        (report.state, report.final_status),
-        (AppState::Finished, FinalStatus::Succeeded),
-        "{report:#?}"
-    );
+    let report = run_to_success(&client, &spec, Duration::from_secs(120)).await;
     assert!(builtins.join("_SUCCESS").exists());
     // The AM's counters reach the app report.
     let counters = &report.detail.as_ref().expect("the MapReduce AM reports its detail").counters;
@@ -99,13 +93,7 @@ async fn word_count_with_builtins_and_with_streaming_scripts_matches_the_referen
     // Hadoop Streaming: any executable reading lines on stdin and writing key<TAB>value lines.
     let streaming = dir.path().join("out-streaming");
     let spec = example_job("streaming-wordcount.toml", &dir.path().join("input"), &streaming);
-    let app = client.submit(&spec).await.unwrap();
-    let report = wait_for_app_end(&client, app, Duration::from_secs(120)).await;
-    assert_eq!(
-        (report.state, report.final_status),
-        (AppState::Finished, FinalStatus::Succeeded),
-        "{report:#?}"
-    );
+    run_to_success(&client, &spec, Duration::from_secs(120)).await;
     assert_eq!(read_counts(&streaming), expected);
 
     // An existing output is refused unless overwrite: the job fails, saying why, and the old
@@ -294,13 +282,7 @@ async fn sort_of_100_byte_records_is_globally_ordered_across_reducers() {
     );
     // A buffer smaller than a split: maps spill and merge their spills.
     mapreduce.sort_buffer_mb = 1;
-    let app = client.submit(&spec).await.unwrap();
-    let report = wait_for_app_end(&client, app, Duration::from_secs(120)).await;
-    assert_eq!(
-        (report.state, report.final_status),
-        (AppState::Finished, FinalStatus::Succeeded),
-        "{report:#?}"
-    );
+    let report = run_to_success(&client, &spec, Duration::from_secs(120)).await;
     eprintln!("sort: {}", report.diagnostics);
     let sorted = validate_sorted_output(&output, 3);
     assert_eq!(sorted, written, "the output holds other records than the input");
@@ -436,9 +418,8 @@ async fn maps_run_on_the_node_that_holds_their_input() {
     let mut spec = wordcount_job(&dir.path().join("input"), &output, "wordcount", Some("sum"), "sum");
     let mapreduce = spec.mapreduce.as_mut().unwrap();
     mapreduce.input_locations = [(dir.path().join("input").display().to_string(), vec![holder.clone()])].into();
-    let app = client.submit(&spec).await.unwrap();
-    let report = wait_for_app_end(&client, app, Duration::from_secs(120)).await;
-    assert_eq!(report.final_status, FinalStatus::Succeeded, "{report:#?}");
+    let report = run_to_success(&client, &spec, Duration::from_secs(120)).await;
+    let app = report.app_id;
     assert_eq!(read_counts(&output), expected);
 
     // The first task containers are the maps (3 files of ~0.7 MB in 1 MB splits: 3 maps).

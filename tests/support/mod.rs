@@ -128,6 +128,18 @@ pub fn shell_job(name: &str, script: &str, containers: u32, memory_mb: u64, max_
     .expect("a valid shell job")
 }
 
+/// Submits a job and waits for it to end; panics (with the report) unless it SUCCEEDED.
+pub async fn run_to_success(client: &RmClient, spec: &JobSpec, timeout: Duration) -> AppReport {
+    let app_id = client.submit(spec).await.expect("the job is accepted");
+    let report = wait_for_app_end(client, app_id, timeout).await;
+    assert_eq!(
+        (report.state, report.final_status),
+        (spindle_protocol::AppState::Finished, spindle_protocol::FinalStatus::Succeeded),
+        "{report:#?}"
+    );
+    report
+}
+
 /// Polls the app until it is FINISHED, FAILED or KILLED.
 pub async fn wait_for_app_end(client: &RmClient, app_id: AppId, timeout: Duration) -> AppReport {
     wait_until(timeout, &format!("{app_id} to end"), || async {
