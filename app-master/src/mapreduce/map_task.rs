@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use spindle_protocol::TaskFunction;
 
@@ -57,6 +58,15 @@ pub struct MapTaskReport {
 /// Runs a map task to completion (blocking: call it from a thread of its own or
 /// `spawn_blocking`).
 pub fn run_map_task(params: MapTaskParams) -> TaskResult<MapTaskReport> {
+    run_map_task_with_progress(params, &AtomicU64::new(0))
+}
+
+/// How many input lines pass between two updates of the progress counter.
+const PROGRESS_EVERY_LINES: u64 = 4096;
+
+/// `run_map_task`, storing the bytes of the split read so far into `bytes_read` as it goes
+/// (every few thousand lines), for the task's progress reports.
+pub fn run_map_task_with_progress(params: MapTaskParams, bytes_read: &AtomicU64) -> TaskResult<MapTaskReport> {
     if !is_valid_output_name(&params.output_name) {
         return Err(TaskError::InvalidParams(format!(
             "map output name `{}` must match [A-Za-z0-9_.-]+",
@@ -90,6 +100,9 @@ pub fn run_map_task(params: MapTaskParams) -> TaskResult<MapTaskReport> {
             while let Some(line) = reader.next_line()? {
                 input_records += 1;
                 mapper.map_line(line, &mut emit)?;
+                if input_records % PROGRESS_EVERY_LINES == 0 {
+                    bytes_read.store(reader.bytes_read(), Ordering::Relaxed);
+                }
             }
         }
         TaskFunction::Command(command) => {
@@ -108,6 +121,9 @@ pub fn run_map_task(params: MapTaskParams) -> TaskResult<MapTaskReport> {
                         *records += 1;
                         stdin.write_all(line).map_err(stdin_error)?;
                         stdin.write_all(b"\n").map_err(stdin_error)?;
+                        if *records % PROGRESS_EVERY_LINES == 0 {
+                            bytes_read.store(reader.bytes_read(), Ordering::Relaxed);
+                        }
                     }
                     Ok(())
                 },
@@ -115,6 +131,7 @@ pub fn run_map_task(params: MapTaskParams) -> TaskResult<MapTaskReport> {
             )?;
         }
     }
+    bytes_read.store(reader.bytes_read(), Ordering::Relaxed);
     let (output, index, mut counters) = collector.finish()?;
     counters.map_input_records = input_records;
     counters.map_input_bytes = reader.bytes_read();

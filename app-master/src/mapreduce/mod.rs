@@ -54,7 +54,7 @@ pub use error::{TaskError, TaskResult};
 pub use functions::{split_key_value, write_text_record};
 pub use input::{InputFile, Split, compute_splits, expand_inputs};
 pub use map_output::{MapOutputFiles, is_valid_output_name};
-pub use map_task::{MapTaskParams, MapTaskReport, run_map_task};
+pub use map_task::{MapTaskParams, MapTaskReport, run_map_task, run_map_task_with_progress};
 pub use records::{FrameReader, Partitioner, SortedRecords, fnv1a_64, write_frame};
 pub use reduce_task::{MapSegment, ReduceTaskParams, ReduceTaskReport, part_file_name, run_reduce_task};
 pub use sampling::{sample_input_keys, sample_split_points};

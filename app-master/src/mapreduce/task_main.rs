@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use spindle_protocol::{AgentClient, AppId, Stage, TaskFunction, env};
@@ -12,7 +13,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::umbilical::{MapOutputLocation, TASK_ENV, TaskAssignment, TaskOutcome, TaskReport, TaskWork};
-use super::{MapSegment, MapTaskParams, ReduceTaskParams, TaskCounters, run_map_task, run_reduce_task};
+use super::{MapSegment, MapTaskParams, ReduceTaskParams, TaskCounters, run_map_task_with_progress, run_reduce_task};
 
 /// Exit codes of a task container, read by the AM when no report arrived.
 pub mod exit_code {
@@ -82,6 +83,7 @@ async fn run_attempt(assignment: &TaskAssignment, environment: &TaskEnvironment)
             match parsed {
                 Err(error) => Err(error),
                 Ok((mapper, combiner)) => {
+                    let split_bytes = split.length.max(1);
                     let params = MapTaskParams {
                         split: split.clone(),
                         mapper,
@@ -92,7 +94,14 @@ async fn run_attempt(assignment: &TaskAssignment, environment: &TaskEnvironment)
                         output_name: assignment.attempt.output_name(),
                         env: assignment.functions.env.clone(),
                     };
-                    blocking(move || run_map_task(params).map(|report| report.counters)).await
+                    let bytes_read = Arc::new(AtomicU64::new(0));
+                    let reporter = report_progress_while_running(assignment, environment, {
+                        let bytes_read = Arc::clone(&bytes_read);
+                        move || (bytes_read.load(Ordering::Relaxed) as f64 / split_bytes as f64).min(0.99) as f32
+                    });
+                    let result = blocking(move || run_map_task_with_progress(params, &bytes_read).map(|report| report.counters)).await;
+                    reporter.abort();
+                    result
                 }
             }
         }
@@ -248,6 +257,46 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> super::TaskResult<T>
         Ok(Err(err)) => Err(err.to_string()),
         Err(join) => Err(format!("the task panicked: {join}")),
     }
+}
+
+/// How often a running task tells the AM its progress (what speculation estimates from).
+const PROGRESS_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reports `progress()` to the AM every second until aborted; a lost report is not retried
+/// (the next one carries newer progress).
+fn report_progress_while_running(
+    assignment: &TaskAssignment,
+    environment: &TaskEnvironment,
+    progress: impl Fn() -> f32 + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let (am_url, token, attempt) = (assignment.am_url.clone(), environment.shuffle_token.clone(), assignment.attempt);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(PROGRESS_REPORT_INTERVAL).await;
+            let report = TaskReport {
+                attempt,
+                progress: progress(),
+                counters: TaskCounters::default(),
+                outcome: None,
+            };
+            if let Err(err) = send_report_once(&am_url, &token, &report).await {
+                tracing::debug!(error = %err, "progress report not delivered");
+            }
+        }
+    })
+}
+
+async fn send_report_once(am_url: &str, token: &str, report: &TaskReport) -> anyhow::Result<()> {
+    let url = format!("{}/v1/tasks/{}", am_url.trim_end_matches('/'), report.attempt);
+    let response = reqwest::Client::new()
+        .post(&url)
+        .timeout(std::time::Duration::from_secs(2))
+        .bearer_auth(token)
+        .json(report)
+        .send()
+        .await?;
+    anyhow::ensure!(response.status().is_success(), "{url} answered {}", response.status());
+    Ok(())
 }
 
 /// `POST {am_url}/v1/tasks/{attempt}` with the app's shuffle token; a few tries.

@@ -29,11 +29,16 @@ impl MapReduceJob {
             tracing::debug!(attempt = %id, "ignoring the report of an attempt that is not live");
             return;
         };
+        // A progress report may arrive after the final one (HTTP requests race): it changes nothing.
+        if report.outcome.is_none() && attempt.reported_success {
+            return;
+        }
         attempt.progress = f64::from(report.progress).clamp(0.0, 1.0);
-        attempt.counters = report.counters;
         match &report.outcome {
+            // Progress reports carry no counters; the final report has them all.
             None => {}
             Some(TaskOutcome::Succeeded) => {
+                attempt.counters = report.counters;
                 attempt.reported_success = true;
                 attempt.progress = 1.0;
                 if attempt.exited_cleanly_ms.is_some() {

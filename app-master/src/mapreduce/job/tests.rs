@@ -279,6 +279,25 @@ fn progress_counts_half_for_maps_and_half_for_reduces() {
 }
 
 #[test]
+fn a_progress_report_arriving_after_the_final_one_changes_nothing() {
+    let mut harness = Harness::new(plan(1, 1, Vec::new()), settings());
+    harness.launch("a");
+    harness.report(map(0, 0), 1.0, Some(TaskOutcome::Succeeded));
+    // A progress report sent before the end, delivered after it: no counters, lower progress.
+    let late = TaskReport {
+        attempt: map(0, 0),
+        progress: 0.4,
+        counters: TaskCounters::default(),
+        outcome: None,
+    };
+    harness.job.on_task_report(&late, harness.now_ms);
+    harness.complete(map(0, 0), ExitReason::Success, Some(0));
+    let progress = harness.job.progress();
+    assert_eq!(progress.maps.succeeded, 1);
+    assert_eq!(progress.counters.map_input_records, 10, "the final report's counters stay");
+}
+
+#[test]
 fn a_grant_on_a_node_runs_the_map_that_prefers_that_node() {
     let preferred = vec![vec![node("a")], vec![node("b"), node("a")], vec![]];
     let mut harness = Harness::new(plan(3, 1, preferred), settings());
