@@ -152,16 +152,97 @@ async fn reduce(
             return (TaskOutcome::Failed { error }, TaskCounters::default());
         }
     }
-    let files = match fetch_all(environment, partition, maps, &fetch_dir).await {
+    // Progress: the first half is fetching (maps fetched), the second half merging and reducing
+    // (bytes of the fetched segments read).
+    let fetched = Arc::new(AtomicU64::new(0));
+    let merged_bytes = Arc::new(AtomicU64::new(0));
+    let fetched_bytes = Arc::new(AtomicU64::new(0));
+    let reporter = report_progress_while_running(assignment, environment, {
+        let (fetched, merged_bytes, fetched_bytes) = (Arc::clone(&fetched), Arc::clone(&merged_bytes), Arc::clone(&fetched_bytes));
+        let maps = maps.len().max(1) as f64;
+        move || {
+            let fetching = fetched.load(Ordering::Relaxed) as f64 / maps;
+            let total = fetched_bytes.load(Ordering::Relaxed).max(1) as f64;
+            let reducing = merged_bytes.load(Ordering::Relaxed) as f64 / total;
+            (0.5 * fetching + 0.5 * reducing).min(0.99) as f32
+        }
+    });
+    let (outcome, counters) = reduce_fetched(
+        assignment,
+        environment,
+        partition,
+        maps,
+        output_dir,
+        reducer,
+        &fetch_dir,
+        Progress {
+            fetched,
+            merged_bytes,
+            fetched_bytes,
+        },
+    )
+    .await;
+    reporter.abort();
+    (outcome, counters)
+}
+
+/// Counters a reduce attempt updates as it goes, for its progress reports.
+struct Progress {
+    /// Maps whose segment has been fetched.
+    fetched: Arc<AtomicU64>,
+    /// Bytes of the fetched segments the merge has read.
+    merged_bytes: Arc<AtomicU64>,
+    /// Total bytes fetched (known once fetching ends).
+    fetched_bytes: Arc<AtomicU64>,
+}
+
+/// A reader that adds the bytes it hands out to a shared counter.
+struct CountingReader<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: std::io::Read> std::io::Read for CountingReader<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let count = self.inner.read(buffer)?;
+        self.read.fetch_add(count as u64, Ordering::Relaxed);
+        Ok(count)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn reduce_fetched(
+    assignment: &TaskAssignment,
+    environment: &TaskEnvironment,
+    partition: u32,
+    maps: &[MapOutputLocation],
+    output_dir: &Path,
+    reducer: TaskFunction,
+    fetch_dir: &Path,
+    progress: Progress,
+) -> (TaskOutcome, TaskCounters) {
+    let files = match fetch_all(environment, partition, maps, fetch_dir, &progress.fetched).await {
         Ok(files) => files,
         Err((maps, error)) => return (TaskOutcome::FetchFailed { maps, error }, TaskCounters::default()),
     };
+    let shuffle_bytes: u64 = files
+        .iter()
+        .filter_map(|path| std::fs::metadata(path).ok())
+        .map(|meta| meta.len())
+        .sum();
+    progress.fetched_bytes.store(shuffle_bytes, Ordering::Relaxed);
     let mut segments = Vec::with_capacity(files.len());
     for (location, path) in maps.iter().zip(&files) {
         match std::fs::File::open(path) {
             Ok(file) => segments.push(MapSegment {
                 name: format!("map {} on {}", location.map, location.node_id),
-                reader: Box::new(std::io::BufReader::with_capacity(256 * 1024, file)),
+                reader: Box::new(std::io::BufReader::with_capacity(
+                    256 * 1024,
+                    CountingReader {
+                        inner: file,
+                        read: Arc::clone(&progress.merged_bytes),
+                    },
+                )),
             }),
             Err(err) => {
                 let error = format!("cannot open fetched segment {}: {err}", path.display());
@@ -189,7 +270,7 @@ async fn reduce(
     })
     .await;
     // The fetched copies are not needed any more, whatever happened.
-    let _ = tokio::fs::remove_dir_all(&fetch_dir).await;
+    let _ = tokio::fs::remove_dir_all(fetch_dir).await;
     match result {
         Ok(counters) => (TaskOutcome::Succeeded, counters),
         Err(error) => (TaskOutcome::Failed { error }, TaskCounters::default()),
@@ -203,6 +284,7 @@ async fn fetch_all(
     partition: u32,
     maps: &[MapOutputLocation],
     fetch_dir: &Path,
+    fetched: &AtomicU64,
 ) -> Result<Vec<PathBuf>, (Vec<u32>, String)> {
     let permits = Arc::new(Semaphore::new(PARALLEL_FETCHES));
     let mut fetches = JoinSet::new();
@@ -238,9 +320,14 @@ async fn fetch_all(
     let mut failed = Vec::new();
     let mut first_error = None;
     while let Some(joined) = fetches.join_next().await {
-        if let Err((map, error)) = joined.expect("fetch tasks do not panic") {
-            failed.push(map);
-            first_error.get_or_insert(error);
+        match joined.expect("fetch tasks do not panic") {
+            Ok(()) => {
+                fetched.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((map, error)) => {
+                failed.push(map);
+                first_error.get_or_insert(error);
+            }
         }
     }
     if failed.is_empty() {
