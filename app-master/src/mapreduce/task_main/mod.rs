@@ -2,18 +2,22 @@
 //! the environment, run the map or reduce attempt, report the outcome to the AM, and exit with a
 //! code that says the same (for an AM that never got the report).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+mod fetch;
+mod reports;
+#[cfg(test)]
+mod tests;
+
 use anyhow::Context;
-use spindle_protocol::{AgentClient, AppId, Stage, TaskFunction, env};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use spindle_protocol::{AppId, Stage, TaskFunction, env};
 
 use super::umbilical::{MapOutputLocation, TASK_ENV, TaskAssignment, TaskOutcome, TaskReport, TaskWork};
 use super::{MapSegment, MapTaskParams, ReduceTaskParams, TaskCounters, run_map_task_with_progress, run_reduce_task};
+use fetch::{CountingReader, fetch_all};
+use reports::{report_progress_while_running, send_report};
 
 /// Exit codes of a task container, read by the AM when no report arrived.
 pub mod exit_code {
@@ -21,10 +25,6 @@ pub mod exit_code {
     pub const FAILED: u8 = 1;
     pub const FETCH_FAILED: u8 = 3;
 }
-
-/// Map outputs a reducer fetches at once: enough to keep every agent busy, few enough not to
-/// open hundreds of connections.
-const PARALLEL_FETCHES: usize = 8;
 
 /// What a task container needs besides its assignment, from the agent's environment.
 struct TaskEnvironment {
@@ -95,10 +95,11 @@ async fn run_attempt(assignment: &TaskAssignment, environment: &TaskEnvironment)
                         env: assignment.functions.env.clone(),
                     };
                     let bytes_read = Arc::new(AtomicU64::new(0));
-                    let reporter = report_progress_while_running(assignment, environment, {
-                        let bytes_read = Arc::clone(&bytes_read);
-                        move || (bytes_read.load(Ordering::Relaxed) as f64 / split_bytes as f64).min(0.99) as f32
-                    });
+                    let reporter =
+                        report_progress_while_running(assignment.am_url.clone(), environment.shuffle_token.clone(), assignment.attempt, {
+                            let bytes_read = Arc::clone(&bytes_read);
+                            move || (bytes_read.load(Ordering::Relaxed) as f64 / split_bytes as f64).min(0.99) as f32
+                        });
                     let result = blocking(move || run_map_task_with_progress(params, &bytes_read).map(|report| report.counters)).await;
                     reporter.abort();
                     result
@@ -157,7 +158,7 @@ async fn reduce(
     let fetched = Arc::new(AtomicU64::new(0));
     let merged_bytes = Arc::new(AtomicU64::new(0));
     let fetched_bytes = Arc::new(AtomicU64::new(0));
-    let reporter = report_progress_while_running(assignment, environment, {
+    let reporter = report_progress_while_running(assignment.am_url.clone(), environment.shuffle_token.clone(), assignment.attempt, {
         let (fetched, merged_bytes, fetched_bytes) = (Arc::clone(&fetched), Arc::clone(&merged_bytes), Arc::clone(&fetched_bytes));
         let maps = maps.len().max(1) as f64;
         move || {
@@ -194,20 +195,6 @@ struct Progress {
     merged_bytes: Arc<AtomicU64>,
     /// Total bytes fetched (known once fetching ends).
     fetched_bytes: Arc<AtomicU64>,
-}
-
-/// A reader that adds the bytes it hands out to a shared counter.
-struct CountingReader<R> {
-    inner: R,
-    read: Arc<AtomicU64>,
-}
-
-impl<R: std::io::Read> std::io::Read for CountingReader<R> {
-    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
-        let count = self.inner.read(buffer)?;
-        self.read.fetch_add(count as u64, Ordering::Relaxed);
-        Ok(count)
-    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -277,250 +264,11 @@ async fn reduce_fetched(
     }
 }
 
-/// Fetches this partition of every map into a file each (in map order), a few at a time.
-/// Errors: the maps that could not be fetched, and the first error.
-async fn fetch_all(
-    environment: &TaskEnvironment,
-    partition: u32,
-    maps: &[MapOutputLocation],
-    fetch_dir: &Path,
-    fetched: &AtomicU64,
-) -> Result<Vec<PathBuf>, (Vec<u32>, String)> {
-    let permits = Arc::new(Semaphore::new(PARALLEL_FETCHES));
-    let mut fetches = JoinSet::new();
-    let mut clients: BTreeMap<String, AgentClient> = BTreeMap::new();
-    let mut files = Vec::with_capacity(maps.len());
-    for location in maps {
-        let client = clients
-            .entry(location.node_address.clone())
-            .or_insert_with(|| AgentClient::new(&location.node_address, None))
-            .clone();
-        let path = fetch_dir.join(format!("map_{:06}", location.map));
-        files.push(path.clone());
-        let (app_id, token, location, permits) = (
-            environment.app_id,
-            environment.shuffle_token.clone(),
-            location.clone(),
-            Arc::clone(&permits),
-        );
-        fetches.spawn(async move {
-            let _permit = permits.acquire_owned().await.expect("the semaphore is never closed");
-            let result = async {
-                let mut file = tokio::fs::File::create(&path).await.map_err(|err| err.to_string())?;
-                client
-                    .fetch_shuffle_to(app_id, &location.output_name, partition, &token, &mut file)
-                    .await
-                    .map_err(|err| err.to_string())?;
-                tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(|err| err.to_string())
-            }
-            .await;
-            result.map_err(|error| (location.map, format!("map {} on {}: {error}", location.map, location.node_id)))
-        });
-    }
-    let mut failed = Vec::new();
-    let mut first_error = None;
-    while let Some(joined) = fetches.join_next().await {
-        match joined.expect("fetch tasks do not panic") {
-            Ok(()) => {
-                fetched.fetch_add(1, Ordering::Relaxed);
-            }
-            Err((map, error)) => {
-                failed.push(map);
-                first_error.get_or_insert(error);
-            }
-        }
-    }
-    if failed.is_empty() {
-        return Ok(files);
-    }
-    failed.sort_unstable();
-    Err((failed, first_error.unwrap_or_default()))
-}
-
 /// Runs blocking task work off the async threads; a panic becomes a task failure.
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> super::TaskResult<T> + Send + 'static) -> Result<T, String> {
     match tokio::task::spawn_blocking(work).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(err)) => Err(err.to_string()),
         Err(join) => Err(format!("the task panicked: {join}")),
-    }
-}
-
-/// How often a running task tells the AM its progress (what speculation estimates from).
-const PROGRESS_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Reports `progress()` to the AM every second until aborted; a lost report is not retried
-/// (the next one carries newer progress).
-fn report_progress_while_running(
-    assignment: &TaskAssignment,
-    environment: &TaskEnvironment,
-    progress: impl Fn() -> f32 + Send + 'static,
-) -> tokio::task::JoinHandle<()> {
-    let (am_url, token, attempt) = (assignment.am_url.clone(), environment.shuffle_token.clone(), assignment.attempt);
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(PROGRESS_REPORT_INTERVAL).await;
-            let report = TaskReport {
-                attempt,
-                progress: progress(),
-                counters: TaskCounters::default(),
-                outcome: None,
-            };
-            if let Err(err) = send_report_once(&am_url, &token, &report).await {
-                tracing::debug!(error = %err, "progress report not delivered");
-            }
-        }
-    })
-}
-
-async fn send_report_once(am_url: &str, token: &str, report: &TaskReport) -> anyhow::Result<()> {
-    let url = format!("{}/v1/tasks/{}", am_url.trim_end_matches('/'), report.attempt);
-    let response = reqwest::Client::new()
-        .post(&url)
-        .timeout(std::time::Duration::from_secs(2))
-        .bearer_auth(token)
-        .json(report)
-        .send()
-        .await?;
-    anyhow::ensure!(response.status().is_success(), "{url} answered {}", response.status());
-    Ok(())
-}
-
-/// `POST {am_url}/v1/tasks/{attempt}` with the app's shuffle token; a few tries.
-async fn send_report(am_url: &str, token: &str, report: &TaskReport) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(10))
-        .build()
-        .context("cannot build an HTTP client")?;
-    let url = format!("{}/v1/tasks/{}", am_url.trim_end_matches('/'), report.attempt);
-    let mut last_error = None;
-    for delay_ms in [0, 200, 1_000] {
-        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
-        match client.post(&url).bearer_auth(token).json(report).send().await {
-            Ok(response) if response.status().is_success() => return Ok(()),
-            Ok(response) => last_error = Some(anyhow::anyhow!("{url} answered {}", response.status())),
-            Err(err) => last_error = Some(anyhow::anyhow!("{url}: {err}")),
-        }
-    }
-    Err(last_error.expect("at least one try"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::mapreduce::umbilical::{JobFunctions, TaskAttemptId, TaskKind};
-    use crate::mapreduce::{MapOutputFiles, Partitioner, Split};
-
-    fn functions() -> JobFunctions {
-        JobFunctions {
-            mapper: "wordcount".into(),
-            combiner: Some("sum".into()),
-            reducer: "sum".into(),
-            sort_buffer_bytes: 1 << 20,
-            env: BTreeMap::new(),
-        }
-    }
-
-    fn environment(dir: &Path) -> TaskEnvironment {
-        TaskEnvironment {
-            app_id: "application_1_0001".parse().unwrap(),
-            shuffle_dir: dir.join("shuffle"),
-            shuffle_token: "token".into(),
-            work_dir: dir.join("work"),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_map_attempt_writes_its_output_where_the_shuffle_serves_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let input = dir.path().join("input.txt");
-        std::fs::write(&input, "a b a\nc a\n").unwrap();
-        let environment = environment(dir.path());
-        std::fs::create_dir_all(&environment.shuffle_dir).unwrap();
-        let attempt = TaskAttemptId {
-            kind: TaskKind::Map,
-            task: 0,
-            attempt: 0,
-        };
-        let assignment = TaskAssignment {
-            attempt,
-            functions: functions(),
-            work: TaskWork::Map {
-                split: Split {
-                    path: input,
-                    start: 0,
-                    length: 10,
-                },
-                partitioner: Partitioner::Hash { reducers: 2 },
-            },
-            am_url: "http://127.0.0.1:9".into(),
-        };
-        let (outcome, counters) = run_attempt(&assignment, &environment).await;
-        assert_eq!(outcome, TaskOutcome::Succeeded);
-        assert_eq!((counters.map_input_records, counters.map_output_records), (2, 5));
-        let files = MapOutputFiles::at(&environment.shuffle_dir, &attempt.output_name());
-        assert_eq!(files.read_index().unwrap().len(), 3, "two partitions");
-    }
-
-    #[tokio::test]
-    async fn a_reduce_that_cannot_fetch_names_the_maps_to_run_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let environment = environment(dir.path());
-        let unreachable = |map| MapOutputLocation {
-            map,
-            node_id: spindle_protocol::NodeId("gone:1".into()),
-            node_address: "127.0.0.1:9".into(),
-            output_name: format!("m_{map:06}_0"),
-        };
-        let assignment = TaskAssignment {
-            attempt: TaskAttemptId {
-                kind: TaskKind::Reduce,
-                task: 0,
-                attempt: 0,
-            },
-            functions: functions(),
-            work: TaskWork::Reduce {
-                partition: 0,
-                maps: vec![unreachable(0), unreachable(1)],
-                output_dir: dir.path().join("out"),
-            },
-            am_url: "http://127.0.0.1:9".into(),
-        };
-        let (outcome, _) = run_attempt(&assignment, &environment).await;
-        let TaskOutcome::FetchFailed { maps, error } = outcome else {
-            panic!("expected a fetch failure, got {outcome:?}");
-        };
-        assert_eq!(maps, [0, 1]);
-        assert!(error.contains("map 0 on gone:1") || error.contains("map 1 on gone:1"), "{error}");
-    }
-
-    #[tokio::test]
-    async fn a_function_the_spec_does_not_allow_fails_the_attempt() {
-        let dir = tempfile::tempdir().unwrap();
-        let environment = environment(dir.path());
-        let mut functions = functions();
-        functions.mapper = "sum".into();
-        let assignment = TaskAssignment {
-            attempt: TaskAttemptId {
-                kind: TaskKind::Map,
-                task: 0,
-                attempt: 0,
-            },
-            functions,
-            work: TaskWork::Map {
-                split: Split {
-                    path: dir.path().join("missing"),
-                    start: 0,
-                    length: 1,
-                },
-                partitioner: Partitioner::Hash { reducers: 1 },
-            },
-            am_url: "http://127.0.0.1:9".into(),
-        };
-        let (outcome, _) = run_attempt(&assignment, &environment).await;
-        assert!(
-            matches!(outcome, TaskOutcome::Failed { ref error } if error.contains("mapper")),
-            "{outcome:?}"
-        );
     }
 }
