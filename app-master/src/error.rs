@@ -46,4 +46,7 @@ pub enum AmError {
 
     #[error("the application master was asked to stop")]
     Cancelled,
+
+    #[error("I/O: {0}")]
+    Io(String),
 }

@@ -8,6 +8,7 @@ mod launch;
 pub mod mapreduce;
 mod rm;
 pub mod shell;
+pub mod stream;
 
 use spindle_protocol::{FinalStatus, JobKind};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +37,7 @@ pub async fn run(context: AmContext, shutdown: CancellationToken) -> Result<AmEx
     match context.spec.kind {
         JobKind::Shell => ShellMaster::new(context)?.run(shutdown).await,
         JobKind::Mapreduce => mapreduce::master::MapReduceMaster::new(context)?.run(shutdown).await,
+        JobKind::Stream => stream::master::StreamMaster::new(context)?.run(shutdown).await,
         other => Err(AmError::UnsupportedKind {
             kind: format!("{other:?}").to_lowercase(),
         }),

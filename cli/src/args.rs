@@ -59,6 +59,9 @@ pub enum Command {
     /// Run one MapReduce task attempt (started by node agents for a MapReduce AM, never by hand).
     #[command(hide = true)]
     MrTask,
+    /// Run a streaming job's worker (started by node agents for a stream AM, never by hand).
+    #[command(hide = true)]
+    StreamTask,
     /// Run an RM and N node agents in this process, and write the client config.
     Local(LocalArgs),
     /// Start a throwaway local cluster, run a job on it and show the results.
@@ -77,6 +80,8 @@ pub enum Command {
         /// application_<cluster-ts>_<seq>
         app_id: AppId,
     },
+    /// Set the parallelism of a streaming job's operator; its AM rescales it while it runs.
+    Scale(ScaleArgs),
     /// List node agents.
     Nodes,
     /// Show the queue tree with each queue's shares, usage and users; `queues reload` applies
@@ -199,6 +204,17 @@ pub struct AppsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// application_<cluster-ts>_<seq>
+    pub app_id: AppId,
+    /// The operator's name, as in the job file and `spindle app ID`.
+    pub operator: String,
+    /// How many instances it should run.
+    #[arg(value_name = "N")]
+    pub parallelism: u32,
+}
+
+#[derive(Debug, Args)]
 pub struct DecommissionArgs {
     /// Node id (host:port), as `spindle nodes` shows it.
     pub node_id: String,
@@ -265,6 +281,14 @@ mod tests {
         let err = Cli::try_parse_from(["spindle", "app", "app_1"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("application_<cluster-ts>_<seq>"), "{err}");
+    }
+
+    #[test]
+    fn scale_takes_an_app_an_operator_and_a_number() {
+        let cli = Cli::try_parse_from(["spindle", "scale", "application_1700000000000_0001", "count", "4"]).unwrap();
+        let Command::Scale(scale) = cli.command else { panic!("not scale") };
+        assert_eq!((scale.operator.as_str(), scale.parallelism), ("count", 4));
+        assert!(Cli::try_parse_from(["spindle", "scale", "application_1700000000000_0001", "count", "four"]).is_err());
     }
 
     #[test]

@@ -59,6 +59,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let code = spindle_app_master::mapreduce::task_main::run_from_env().await?;
             Ok(ExitCode::from(code))
         }
+        Command::StreamTask => {
+            init_tracing(log_format, "info");
+            let registry = spindle_app_master::stream::OperatorRegistry::new();
+            spindle_app_master::stream::runtime::worker::serve(registry).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Local(args) => {
             init_tracing(log_format, "info");
             roles::local(args).await

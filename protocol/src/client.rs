@@ -221,6 +221,12 @@ impl RmClient {
             .await
     }
 
+    /// Asks for operator `operator` of stream app `app_id` to run with `parallelism` instances.
+    pub async fn scale_operator(&self, app_id: AppId, operator: &str, parallelism: u32) -> Result<ScaleReply, ClientError> {
+        let path = format!("/v1/apps/{app_id}/operators/{}", encode_query(operator));
+        self.http.call(Method::PUT, &path, Some(&ScaleRequest { parallelism }), None).await
+    }
+
     pub async fn containers(&self, app_id: AppId) -> Result<Vec<ContainerReport>, ClientError> {
         self.http
             .call::<(), _>(Method::GET, &format!("/v1/apps/{app_id}/containers"), None, None)

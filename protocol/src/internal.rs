@@ -149,6 +149,11 @@ pub struct AllocateReply {
     /// Numbers the replies to one attempt, from 1; the AM sends back the last one it got.
     #[serde(default)]
     pub response_id: u64,
+    /// Stream jobs: the parallelism every operator should have, by name, as the job spec
+    /// stored at the RM says (changed by `PUT /v1/apps/{app_id}/operators/{name}`). Sent in
+    /// every reply so an AM converges on it, even after missing a reply or restarting.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub operators: BTreeMap<String, u32>,
 }
 
 /// AM → RM at the end.

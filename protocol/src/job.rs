@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 
 use crate::Resources;
 use crate::mapreduce::MapReduceSpec;
+use crate::stream::StreamSpec;
 
 /// Largest container any spec may ask for, whatever the nodes are: a guard against typos
 /// (`memory_mb = 10000000`) before the RM compares the ask with real node sizes.
@@ -41,6 +42,8 @@ pub struct JobSpec {
     pub custom: Option<CustomSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mapreduce: Option<MapReduceSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamSpec>,
 }
 
 /// The kinds of job; each has its own section in the spec.
@@ -51,6 +54,18 @@ pub enum JobKind {
     Mapreduce,
     Stream,
     Custom,
+}
+
+impl JobKind {
+    /// The name as written in a spec (`kind = "stream"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Shell => "shell",
+            JobKind::Mapreduce => "mapreduce",
+            JobKind::Stream => "stream",
+            JobKind::Custom => "custom",
+        }
+    }
 }
 
 /// YARN's DistributedShell: N containers of one command.
@@ -141,7 +156,7 @@ pub fn validate_resources(field: &str, resources: &Resources) -> Result<(), Spec
     Ok(())
 }
 
-fn validate_command(field: &str, command: &[String]) -> Result<(), SpecError> {
+pub(crate) fn validate_command(field: &str, command: &[String]) -> Result<(), SpecError> {
     match command.first() {
         None => Err(invalid(field, "must name a program: it is empty")),
         Some(program) if program.trim().is_empty() => Err(invalid(field, "the program name is blank")),
@@ -211,10 +226,10 @@ impl JobSpec {
                 mapreduce.validate()?;
             }
             JobKind::Stream => {
-                return Err(invalid(
-                    "kind",
-                    format!("{:?} jobs are not supported by this version yet: use shell or custom", self.kind).to_lowercase(),
-                ));
+                let Some(stream) = &self.stream else {
+                    return Err(invalid("stream", "kind = \"stream\" needs a [stream] section"));
+                };
+                stream.validate()?;
             }
         }
         if self.kind != JobKind::Shell && self.shell.is_some() {
@@ -226,14 +241,18 @@ impl JobSpec {
         if self.kind != JobKind::Mapreduce && self.mapreduce.is_some() {
             return Err(invalid("mapreduce", "a [mapreduce] section needs kind = \"mapreduce\""));
         }
+        if self.kind != JobKind::Stream && self.stream.is_some() {
+            return Err(invalid("stream", "a [stream] section needs kind = \"stream\""));
+        }
         Ok(())
     }
 
     /// The largest container the job will ask for: the RM refuses a job no node can hold.
     pub fn largest_container(&self) -> Resources {
-        let task = match (&self.shell, &self.mapreduce) {
-            (Some(shell), _) => shell.resources(),
-            (_, Some(mapreduce)) => mapreduce.largest_task(),
+        let task = match (&self.shell, &self.mapreduce, &self.stream) {
+            (Some(shell), _, _) => shell.resources(),
+            (_, Some(mapreduce), _) => mapreduce.largest_task(),
+            (_, _, Some(stream)) => stream.worker,
             _ => Resources::ZERO,
         };
         Resources::new(self.am.vcores.max(task.vcores), self.am.memory_mb.max(task.memory_mb))

@@ -9,6 +9,8 @@ mod mapreduce;
 mod reports;
 mod resources;
 mod states;
+mod stream;
+mod stream_validate;
 mod token;
 
 pub use client::{AgentClient, AppFilter, ClientError, RmClient};
@@ -19,6 +21,8 @@ pub use mapreduce::{Builtin, MapReduceSpec, Stage, TaskFunction};
 pub use reports::*;
 pub use resources::Resources;
 pub use states::{AppState, ContainerState, ExitReason, FinalStatus, NodeState};
+pub use stream::{Aggregate, AutoscaleSpec, DEFAULT_KEY_GROUPS, MAX_KEY_GROUPS, MAX_PARALLELISM, OperatorKind, OperatorSpec, StreamSpec};
+pub use stream_validate::MAX_OPERATORS;
 pub use token::{ClusterSecret, ContainerToken, TokenError};
 
 /// Environment variables every container gets from its agent.

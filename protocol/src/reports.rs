@@ -49,6 +49,83 @@ pub struct JobDetail {
     pub stages: Vec<StageStatus>,
     /// Named totals, e.g. `map_input_records`.
     pub counters: BTreeMap<String, u64>,
+    /// A streaming job's operators, instances and checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamDetail>,
+}
+
+/// What a streaming job's AM reports of its pipeline (every figure per second is averaged over
+/// the last report interval of about a second).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct StreamDetail {
+    pub operators: Vec<OperatorStatus>,
+    /// The latest complete checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint: Option<CheckpointStatus>,
+    /// Restarts from a checkpoint after failures so far.
+    pub restarts: u32,
+    /// A rescale in progress or the last one: its operator, from and to, and its pause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rescale: Option<RescaleStatus>,
+}
+
+/// One operator of a streaming job (fused transforms are listed with the operator they run in).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct OperatorStatus {
+    pub name: String,
+    pub kind: String,
+    /// Instances running now.
+    pub parallelism: u32,
+    /// Instances asked for (differs from `parallelism` while rescaling).
+    pub target_parallelism: u32,
+    pub instances: Vec<InstanceStatus>,
+}
+
+/// One instance of an operator.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct InstanceStatus {
+    pub index: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<ContainerId>,
+    /// Key groups it owns, `[first, end)`, for keyed operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_groups: Option<(u32, u32)>,
+    pub records_in: u64,
+    pub records_out: u64,
+    pub records_in_per_s: f64,
+    pub records_out_per_s: f64,
+    /// Fraction of the last interval spent processing (DS2's "useful time").
+    pub busy: f64,
+    /// Fraction of the last interval spent waiting for downstream credit.
+    pub backpressured: f64,
+    pub state_bytes: u64,
+    /// Sources: records (or messages) available but not read yet, where the source knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_lag: Option<u64>,
+}
+
+/// A complete checkpoint.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct CheckpointStatus {
+    pub id: u64,
+    pub completed_at_ms: u64,
+    /// From trigger to the last acknowledgement.
+    pub duration_ms: u64,
+    pub size_bytes: u64,
+}
+
+/// A change of one operator's parallelism.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct RescaleStatus {
+    pub operator: String,
+    pub from: u32,
+    pub to: u32,
+    pub started_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+    /// Longest time any moved key group could not be processed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_ms: Option<u64>,
 }
 
 /// One stage of a job: its tasks by state.
@@ -182,6 +259,25 @@ pub struct DecommissionRequest {
 
 fn default_decommission_timeout() -> u64 {
     300
+}
+
+/// `PUT /v1/apps/{app_id}/operators/{name}` body: the parallelism a streaming job's operator
+/// should have. Declarative: the RM stores it in the job spec and the AM converges on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    pub parallelism: u32,
+}
+
+/// `PUT /v1/apps/{app_id}/operators/{name}` answer: the stored change (the AM rescales after).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ScaleReply {
+    pub app_id: AppId,
+    pub operator: String,
+    /// The parallelism now asked for.
+    pub parallelism: u32,
+    /// The parallelism asked for before this change.
+    pub previous: u32,
 }
 
 /// `{"error": {"code", "message"}}`, the body of every error answer.

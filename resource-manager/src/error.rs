@@ -103,8 +103,8 @@ impl IntoResponse for ApiError {
 impl From<AppError> for ApiError {
     fn from(err: AppError) -> ApiError {
         let status = match &err {
-            AppError::InvalidSpec(_) => StatusCode::BAD_REQUEST,
-            AppError::NotFound(_) | AppError::ContainerNotFound(_) => StatusCode::NOT_FOUND,
+            AppError::InvalidSpec(_) | AppError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::NotFound(_) | AppError::ContainerNotFound(_) | AppError::OperatorNotFound(_) => StatusCode::NOT_FOUND,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::Conflict(_) => StatusCode::CONFLICT,
         };

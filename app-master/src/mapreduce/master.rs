@@ -236,6 +236,7 @@ fn job_detail(progress: &JobProgress) -> JobDetail {
     JobDetail {
         stages: vec![stage("map", &progress.maps), stage("reduce", &progress.reduces)],
         counters,
+        stream: None,
     }
 }
 

@@ -220,6 +220,7 @@ async fn allocate(State(shared): State<Arc<Shared>>, headers: HeaderMap, Json(re
                     headroom: Resources::ZERO,
                     shutdown: state.shutdown,
                     response_id: state.replies_sent,
+                    operators: Default::default(),
                 })
                 .into_response();
             }

@@ -5,6 +5,7 @@ pub mod apps;
 pub mod logs;
 pub mod nodes;
 pub mod progress;
+pub mod stream;
 pub mod submit;
 
 use std::process::ExitCode;
@@ -41,6 +42,7 @@ pub async fn run(command: Command, global: &GlobalArgs) -> anyhow::Result<ExitCo
         Command::Apps(args) => apps::list(&context, &args).await,
         Command::App { app_id } => apps::show(&context, app_id).await,
         Command::Kill { app_id } => apps::kill(&context, app_id).await,
+        Command::Scale(args) => stream::scale(&context, &args).await,
         Command::Nodes => nodes::list(&context).await,
         Command::Queues { action: None } => nodes::queues(&context).await,
         Command::Queues {
@@ -52,6 +54,7 @@ pub async fn run(command: Command, global: &GlobalArgs) -> anyhow::Result<ExitCo
         | Command::NodeAgent(_)
         | Command::AppMaster
         | Command::MrTask
+        | Command::StreamTask
         | Command::Local(_)
         | Command::Demo
         | Command::Simulate(_) => {

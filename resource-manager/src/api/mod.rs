@@ -3,6 +3,7 @@
 mod extract;
 mod internal;
 mod public;
+mod stream_metrics;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use utoipa::OpenApi;
 
 use crate::error::ApiError;
@@ -24,7 +25,7 @@ pub use extract::parse_json;
 #[openapi(
     info(title = "Spindle resource manager", description = "Submit jobs, watch apps, containers and nodes."),
     paths(
-        public::submit_app, public::list_apps, public::get_app, public::kill_app, public::app_containers,
+        public::submit_app, public::list_apps, public::get_app, public::kill_app, public::scale_operator, public::app_containers,
         public::list_nodes, public::get_node, public::decommission_node, public::cluster_report, public::queues, public::reload_queues,
         public::container_logs
     ),
@@ -59,6 +60,7 @@ pub fn router(rm: Arc<ResourceManager>) -> Router {
         .route("/v1/apps", post(public::submit_app).get(public::list_apps))
         .route("/v1/apps/{app_id}", get(public::get_app).delete(public::kill_app))
         .route("/v1/apps/{app_id}/containers", get(public::app_containers))
+        .route("/v1/apps/{app_id}/operators/{name}", put(public::scale_operator))
         .route("/v1/nodes", get(public::list_nodes))
         .route("/v1/nodes/{node_id}", get(public::get_node))
         .route("/v1/nodes/{node_id}/decommission", post(public::decommission_node))
@@ -81,7 +83,9 @@ pub fn router(rm: Arc<ResourceManager>) -> Router {
 
 /// Prometheus text format.
 async fn metrics(State(rm): State<Arc<ResourceManager>>) -> impl IntoResponse {
-    let report = rm.read(|cluster| cluster.cluster_report(String::new())).await;
+    let (report, stream_details) = rm
+        .read(|cluster| (cluster.cluster_report(String::new()), cluster.stream_details()))
+        .await;
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, samples: Vec<(String, f64)>| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -150,5 +154,6 @@ async fn metrics(State(rm): State<Arc<ResourceManager>>) -> impl IntoResponse {
             counter.load(Ordering::Relaxed)
         );
     }
+    stream_metrics::write_stream_metrics(&mut out, &stream_details);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -10,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use spindle_protocol::{
     AgentClient, AppId, AppReport, AppState, ClusterReport, ContainerId, ContainerReport, DecommissionRequest, ErrorBody, JobSpec, NodeId,
-    NodeReport, QueueReport, SubmitReply,
+    NodeReport, QueueReport, ScaleReply, ScaleRequest, SubmitReply,
 };
 
 use super::extract::{ApiJson, User};
@@ -111,6 +111,26 @@ pub async fn kill_app(State(rm): Rm, User(caller): User, Path(app_id): Path<Stri
     report
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("application {app_id} not found")))
+}
+
+/// Set the parallelism of a stream app's operator (its owner or an admin). The change is
+/// stored at once; the AM then rescales the running operator to it.
+#[utoipa::path(put, path = "/v1/apps/{app_id}/operators/{name}", request_body = ScaleRequest, tag = "apps",
+    params(("app_id" = String, Path), ("name" = String, Path, description = "operator name")),
+    responses((status = 200, body = ScaleReply), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn scale_operator(
+    State(rm): Rm,
+    User(caller): User,
+    Path((app_id, name)): Path<(String, String)>,
+    ApiJson(request): ApiJson<ScaleRequest>,
+) -> Result<Json<ScaleReply>, ApiError> {
+    let app_id = parse_app_id(&app_id)?;
+    let reply = rm
+        .mutate(|cluster, _| cluster.scale_operator(&caller, app_id, &name, request.parallelism))
+        .await??;
+    tracing::info!(app = %app_id, user = %caller.user, operator = %name, from = reply.previous, to = reply.parallelism, "operator scaled");
+    Ok(Json(reply))
 }
 
 /// An app's containers, live and finished.

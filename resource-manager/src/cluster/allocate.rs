@@ -1,6 +1,8 @@
 //! The AM protocol's `allocate`: asks, releases and progress in; grants and completions out,
 //! numbered so a reply lost on the way is sent again.
 
+use std::collections::BTreeMap;
+
 use spindle_protocol::{AllocateReply, AllocateRequest, AppId, ContainerState, ExitReason, Resources, SpecError, validate_resources};
 
 use super::{AppError, Cluster};
@@ -34,7 +36,10 @@ fn validate_detail(detail: &spindle_protocol::JobDetail) -> Result<(), SpecError
             reason: format!("stage and counter names must be 1 to 64 bytes, not `{name}`"),
         });
     }
-    Ok(())
+    match &detail.stream {
+        Some(stream) => super::stream::validate_stream_detail(stream),
+        None => Ok(()),
+    }
 }
 
 /// Locality preferences and labels must be few and non-empty.
@@ -69,10 +74,12 @@ impl Cluster {
     /// one behind), else the AM's asks, releases and progress, and whatever news there is.
     /// `None`: nothing new, the caller may long-poll.
     pub fn allocate(&mut self, request: &AllocateRequest, now_ms: u64) -> Result<Option<AllocateReply>, AppError> {
-        if let Some(lost) = self.lost_reply(request) {
+        if let Some(mut lost) = self.lost_reply(request) {
             // The asks of this request were written without the lost grants: ignore them.
             // Releases and progress were never applied, since they came in no earlier request.
             self.apply_releases_and_progress(request, now_ms)?;
+            // Not news but a desired state: the current one, not the one of the lost reply.
+            lost.operators = self.operator_parallelism(request.app_id);
             return Ok(Some(lost));
         }
         self.update_asks(request, now_ms)?;
@@ -136,6 +143,7 @@ impl Cluster {
     fn seal_reply(&mut self, app_id: AppId, mut reply: AllocateReply) -> AllocateReply {
         // Every reply lists all notices in force, so an AM that missed one still hears of it.
         reply.preempt = self.preempt_notices(app_id);
+        reply.operators = self.operator_parallelism(app_id);
         if let Some(app) = self.apps.get_mut(&app_id) {
             reply.response_id = app.last_reply.as_ref().map_or(1, |last| last.response_id + 1);
             app.last_reply = Some(reply.clone());
@@ -183,11 +191,12 @@ impl Cluster {
                 ..AllocateReply::default()
             });
         }
-        if app.undelivered.is_empty() && app.completions.is_empty() && !app.preempt_news {
+        if app.undelivered.is_empty() && app.completions.is_empty() && !app.preempt_news && !app.operators_news {
             return None;
         }
         let app = self.apps.get_mut(&app_id).expect("checked above");
         app.preempt_news = false;
+        app.operators_news = false;
         let granted = std::mem::take(&mut app.undelivered);
         let completed = std::mem::take(&mut app.completions);
         let mut allocated = Vec::with_capacity(granted.len());
@@ -222,6 +231,7 @@ impl Cluster {
             headroom,
             shutdown: false,
             response_id: 0,
+            operators: BTreeMap::new(),
         };
         Some(self.seal_reply(app_id, reply))
     }

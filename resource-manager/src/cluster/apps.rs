@@ -29,6 +29,12 @@ pub enum AppError {
     Forbidden(String),
     #[error("{0}")]
     Conflict(String),
+    /// A stream app has no operator of that name (the message lists those it has).
+    #[error("{0}")]
+    OperatorNotFound(String),
+    /// A request that is not a job spec named a bad field (e.g. a scale's `parallelism`).
+    #[error(transparent)]
+    InvalidRequest(SpecError),
 }
 
 /// More AM attempts than this are never made, even when failures do not count (a node that
@@ -47,6 +53,9 @@ impl Cluster {
         if let Some(mapreduce) = &spec.mapreduce {
             self.check_fits_some_node("mapreduce.map", mapreduce.map)?;
             self.check_fits_some_node("mapreduce.reduce", mapreduce.reduce)?;
+        }
+        if let Some(stream) = &spec.stream {
+            self.check_fits_some_node("stream.worker", stream.worker)?;
         }
         let app_id = AppId {
             cluster_ts: self.started_at_ms,

@@ -10,6 +10,7 @@ mod nodes;
 mod recovery;
 mod reports;
 mod scheduling;
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -87,6 +88,9 @@ struct App {
     waiting: Option<String>,
     /// A preemption notice its AM has not heard of yet.
     preempt_news: bool,
+    /// A stream app's operator parallelism changed since its AM last heard (every reply
+    /// carries the parallelism; this only makes a waiting allocate return at once).
+    operators_news: bool,
     /// The stages and counters its AM reported last (not stored: the AM resends them).
     detail: Option<spindle_protocol::JobDetail>,
 }
@@ -105,6 +109,7 @@ impl App {
             last_reply: None,
             waiting: None,
             preempt_news: false,
+            operators_news: false,
             detail: None,
         }
     }

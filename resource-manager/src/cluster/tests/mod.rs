@@ -104,6 +104,7 @@ fn shell_spec(containers: u32) -> JobSpec {
         }),
         custom: None,
         mapreduce: None,
+        stream: None,
     }
 }
 
@@ -154,4 +155,5 @@ mod nodes;
 mod queues;
 mod random_operations;
 mod recovery;
+mod stream;
 mod submit;

@@ -1,0 +1,661 @@
+//! The streaming AM's brain (Flink's JobManager): deployments, checkpoints, restarts and the
+//! end of a bounded job. It owns the job's state; the I/O loop (`master/mod.rs`) feeds it
+//! events and carries out what it sends (messages to workers, commits, container asks).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use spindle_protocol::{ContainerId, StreamSpec, now_ms};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::super::checkpoints::{CheckpointMeta, SnapshotFile, Storage};
+use super::super::control::{Ack, EdgePlan, InputPlan, InstancePlan, StateFileRef, TargetPlan, ToWorker};
+use super::super::operator::Commit;
+use super::super::plan::{Graph, Layout, Placed, fresh_layout, intersect, workers_needed};
+use super::super::wire::InstanceId;
+use super::metrics::Metrics;
+use super::rescale::Rescale;
+
+/// A worker container.
+pub struct Worker {
+    pub data_address: Option<String>,
+    pub tx: Option<UnboundedSender<ToWorker>>,
+}
+
+/// Where the job is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for enough workers to deploy.
+    Deploying,
+    /// Waiting for workers to stop the instances of an earlier deployment.
+    Resetting {
+        waiting: BTreeSet<ContainerId>,
+        since: Instant,
+    },
+    Running,
+    /// Every sink finished: the last commit is being made.
+    Finishing,
+}
+
+/// A checkpoint in flight.
+pub struct Pending {
+    pub started: Instant,
+    /// Instance → (stage, index, range) as the barrier found them.
+    pub expected: BTreeMap<InstanceId, (usize, u32, (u32, u32))>,
+    pub acks: BTreeMap<InstanceId, Ack>,
+}
+
+/// What the I/O loop must do for the coordinator.
+pub enum Effect {
+    /// Run these commits in order (then prune old checkpoints).
+    Commit(Vec<Commit>),
+    /// The job is over: after the commits, finish with this status.
+    Finish { succeeded: bool, diagnostics: String },
+}
+
+pub struct Coordinator {
+    pub spec: StreamSpec,
+    pub app_id: String,
+    pub graph: Graph,
+    pub storage: Storage,
+    /// Wanted parallelism by stage.
+    pub parallelism: Vec<u32>,
+    pub workers: BTreeMap<ContainerId, Worker>,
+    /// The layout's worker numbers → containers.
+    pub slots: Vec<ContainerId>,
+    pub layout: Option<Layout>,
+    pub phase: Phase,
+    pub epoch: u64,
+    next_id: u64,
+    pub next_checkpoint: u64,
+    last_trigger: Instant,
+    pub pending: BTreeMap<u64, Pending>,
+    pub last_complete: Option<CheckpointMeta>,
+    /// Instances whose input ended, with sinks' last commits.
+    pub finished: BTreeMap<InstanceId, Option<Commit>>,
+    pub sources_done: bool,
+    pub restarts: u32,
+    pub rescale: Option<Rescale>,
+    pub metrics: Metrics,
+    pub effects: Vec<Effect>,
+    /// The parallelism the RM last said it stores: only its changes are news (the autoscaler
+    /// may have moved away from it since).
+    rm_parallelism: BTreeMap<String, u32>,
+    /// When each stage was last rescaled (autoscaling cooldown).
+    last_rescaled: BTreeMap<usize, Instant>,
+    started: Instant,
+    /// Slots of workers the RM will take back (preemption): rescales retire their instances.
+    pub draining: BTreeSet<usize>,
+}
+
+impl Coordinator {
+    pub fn new(spec: StreamSpec, app_id: String, attempt: u32, checkpoint_dir: &std::path::Path) -> Coordinator {
+        let graph = Graph::build(&spec);
+        let storage = Storage::new(checkpoint_dir, &app_id);
+        let last_complete = storage.complete_checkpoints().pop();
+        let mut parallelism: Vec<u32> = graph.stages.iter().map(|stage| stage.spec.parallelism).collect();
+        // A rescale survives an AM restart through the checkpoint that made it.
+        if let Some(meta) = &last_complete {
+            for (stage, p) in graph.stages.iter().zip(parallelism.iter_mut()) {
+                if let Some(&restored) = meta.parallelism.get(&stage.spec.name) {
+                    *p = restored;
+                }
+            }
+        }
+        let next_checkpoint = storage.ids().last().map_or(1, |id| id + 1);
+        let epoch = u64::from(attempt) << 32;
+        Coordinator {
+            spec,
+            app_id,
+            graph,
+            storage,
+            parallelism,
+            workers: BTreeMap::new(),
+            slots: Vec::new(),
+            layout: None,
+            phase: Phase::Deploying,
+            epoch,
+            next_id: epoch,
+            next_checkpoint,
+            last_trigger: Instant::now(),
+            pending: BTreeMap::new(),
+            last_complete,
+            finished: BTreeMap::new(),
+            sources_done: false,
+            restarts: 0,
+            rescale: None,
+            metrics: Metrics::default(),
+            effects: Vec::new(),
+            rm_parallelism: BTreeMap::new(),
+            last_rescaled: BTreeMap::new(),
+            started: Instant::now(),
+            draining: BTreeSet::new(),
+        }
+    }
+
+    pub fn next_instance_id(&mut self) -> InstanceId {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub fn workers_wanted(&self) -> usize {
+        workers_needed(&self.parallelism)
+    }
+
+    /// Workers that said hello, in a stable order.
+    pub fn connected(&self) -> Vec<ContainerId> {
+        self.workers
+            .iter()
+            .filter(|(_, worker)| worker.tx.is_some() && worker.data_address.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    pub fn send(&self, worker: ContainerId, message: ToWorker) {
+        if let Some(tx) = self.workers.get(&worker).and_then(|worker| worker.tx.as_ref()) {
+            let _ = tx.send(message);
+        }
+    }
+
+    pub fn address_of_slot(&self, slot: usize) -> String {
+        self.workers
+            .get(&self.slots[slot])
+            .and_then(|worker| worker.data_address.clone())
+            .unwrap_or_default()
+    }
+
+    /// The desired parallelism changed (the RM's `PUT …/operators/{name}`).
+    pub fn set_desired(&mut self, desired: &BTreeMap<String, u32>) {
+        for (stage, p) in self.graph.stages.iter().zip(self.parallelism.iter_mut()) {
+            let name = &stage.spec.name;
+            if let Some(&wanted) = desired.get(name)
+                && self.rm_parallelism.get(name) != Some(&wanted)
+                && stage.spec.is_rescalable()
+                && wanted >= 1
+            {
+                // The first map only says what was submitted; a restarted AM keeps what its
+                // checkpoint recorded unless the RM's value differs from the submitted one.
+                if !self.rm_parallelism.is_empty() || wanted != stage.spec.parallelism {
+                    *p = wanted;
+                }
+            }
+        }
+        self.rm_parallelism = desired.clone();
+    }
+
+    /// DS2 autoscaling, when the job asks for it: one stage at a time, after its cooldown.
+    fn maybe_autoscale(&mut self) {
+        let Some(settings) = self.spec.autoscale.clone() else { return };
+        let cooldown = Duration::from_millis(settings.cooldown_ms);
+        if self.rescale.is_some() || self.sources_done || self.started.elapsed() < cooldown {
+            return;
+        }
+        let Some(layout) = &self.layout else { return };
+        let rates = self.metrics.stage_rates(layout);
+        let current: Vec<u32> = layout.iter().map(|placed| placed.len() as u32).collect();
+        let Some(wanted) = super::autoscale::ds2(&self.graph, &rates, &current, &settings, self.spec.key_groups) else {
+            return;
+        };
+        let ready = |stage: usize| self.last_rescaled.get(&stage).is_none_or(|at| at.elapsed() >= cooldown);
+        if let Some(stage) = (0..wanted.len()).find(|&stage| wanted[stage] != current[stage] && ready(stage)) {
+            tracing::info!(
+                operator = %self.graph.stages[stage].spec.name,
+                from = current[stage],
+                to = wanted[stage],
+                "autoscaling"
+            );
+            self.parallelism[stage] = wanted[stage];
+            self.last_rescaled.insert(stage, Instant::now());
+        }
+    }
+
+    /// Called often: deploys when ready, triggers checkpoints, starts rescales.
+    pub fn tick(&mut self) {
+        match &self.phase {
+            Phase::Deploying => {
+                if self.connected().len() >= self.workers_wanted() {
+                    self.deploy();
+                }
+            }
+            Phase::Resetting { since, .. } => {
+                if since.elapsed() > Duration::from_secs(15) {
+                    tracing::warn!("workers did not confirm a reset within 15 s: deploying without them");
+                    if let Phase::Resetting { waiting, .. } = std::mem::replace(&mut self.phase, Phase::Deploying) {
+                        for worker in waiting {
+                            self.workers.remove(&worker);
+                        }
+                    }
+                }
+            }
+            Phase::Running => {
+                self.maybe_autoscale();
+                self.maybe_start_rescale();
+                self.maybe_trigger();
+            }
+            Phase::Finishing => {}
+        }
+    }
+
+    fn maybe_trigger(&mut self) {
+        let interval = Duration::from_millis(self.spec.checkpoint_interval_ms);
+        if self.rescale.is_some() || !self.pending.is_empty() || self.sources_done || self.last_trigger.elapsed() < interval {
+            return;
+        }
+        let id = self.next_checkpoint;
+        self.next_checkpoint += 1;
+        self.trigger(id);
+    }
+
+    /// Sends barrier `id` into the sources of the current layout.
+    pub fn trigger(&mut self, id: u64) {
+        let Some(layout) = &self.layout else { return };
+        self.last_trigger = Instant::now();
+        let mut expected = BTreeMap::new();
+        let mut by_worker: BTreeMap<ContainerId, Vec<InstanceId>> = BTreeMap::new();
+        for (stage, placed) in layout.iter().enumerate() {
+            for instance in placed {
+                expected.insert(instance.id, (stage, instance.index, instance.range));
+                if self.graph.stages[stage].spec.kind().is_source() {
+                    by_worker.entry(self.slots[instance.worker]).or_default().push(instance.id);
+                }
+            }
+        }
+        self.pending.insert(
+            id,
+            Pending {
+                started: Instant::now(),
+                expected,
+                acks: BTreeMap::new(),
+            },
+        );
+        for (worker, instances) in by_worker {
+            self.send(worker, ToWorker::Trigger { checkpoint: id, instances });
+        }
+    }
+
+    /// A deployment from the latest complete checkpoint onto the connected workers.
+    fn deploy(&mut self) {
+        let connected = self.connected();
+        let needed = self.workers_wanted();
+        self.slots = connected.into_iter().take(needed).collect();
+        self.draining.clear();
+        let mut ids = Vec::new();
+        for _ in 0..self.parallelism.iter().map(|&p| p as usize).sum::<usize>() {
+            ids.push(self.next_instance_id());
+        }
+        let mut ids = ids.into_iter();
+        let layout = fresh_layout(&self.graph, &self.parallelism, self.spec.key_groups, || {
+            ids.next().expect("enough ids")
+        });
+        let restored = self.last_complete.as_ref().map_or(0, |meta| meta.id);
+        if let Some(meta) = &self.last_complete {
+            // Publish what the checkpoint committed, in case the AM died before doing so.
+            self.effects.push(Effect::Commit(meta.commits.clone()));
+        }
+        let mut starts: BTreeMap<ContainerId, Vec<InstancePlan>> = BTreeMap::new();
+        for (stage, placed) in layout.iter().enumerate() {
+            for instance in placed {
+                let plan = self.instance_plan(&layout, stage, instance, restored, None);
+                starts.entry(self.slots[instance.worker]).or_default().push(plan);
+            }
+        }
+        tracing::info!(
+            epoch = self.epoch,
+            restored,
+            workers = self.slots.len(),
+            "deploying the pipeline{}",
+            if restored > 0 { " from a checkpoint" } else { "" }
+        );
+        for (worker, instances) in starts {
+            self.send(worker, ToWorker::Start { instances });
+        }
+        self.layout = Some(layout);
+        self.phase = Phase::Running;
+        self.last_trigger = Instant::now();
+    }
+
+    /// The plan of one instance within `layout`. `starts_after`: it is added by a rescale at
+    /// that barrier (its connections carry only later data).
+    pub fn instance_plan(
+        &self,
+        layout: &Layout,
+        stage: usize,
+        instance: &Placed,
+        restored: u64,
+        starts_after: Option<u64>,
+    ) -> InstancePlan {
+        let spec = &self.graph.stages[stage].spec;
+        let inputs = self
+            .graph
+            .incoming(stage)
+            .into_iter()
+            .flat_map(|edge| layout[self.graph.edges[edge].from].iter())
+            .map(|upstream| InputPlan {
+                from: upstream.id,
+                starts_after,
+            })
+            .collect();
+        let outputs = self
+            .graph
+            .outgoing(stage)
+            .into_iter()
+            .map(|edge| {
+                let edge = &self.graph.edges[edge];
+                EdgePlan {
+                    chain: edge.chain.clone(),
+                    keyed: edge.keyed,
+                    targets: layout[edge.to]
+                        .iter()
+                        .map(|target| TargetPlan {
+                            id: target.id,
+                            address: self.address_of_slot(target.worker),
+                            range: target.range,
+                            starts_after,
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        let restore = if starts_after.is_some() {
+            Vec::new()
+        } else {
+            self.restore_files(stage, instance)
+        };
+        InstancePlan {
+            id: instance.id,
+            spec: spec.clone(),
+            index: instance.index,
+            parallelism: layout[stage].len() as u32,
+            epoch: self.epoch,
+            key_groups: self.spec.key_groups,
+            range: instance.range,
+            inputs,
+            outputs,
+            restore,
+            await_load: starts_after.filter(|_| spec.is_keyed()),
+            last_checkpoint: starts_after.unwrap_or(restored),
+            app_id: self.app_id.clone(),
+            checkpoint_dir: self.storage.root().to_owned(),
+            env: self.spec.env.clone(),
+        }
+    }
+
+    /// Snapshot files an instance restores from: keyed stages read every file's groups inside
+    /// their range; others read the file of their own index (sources' offsets).
+    fn restore_files(&self, stage: usize, instance: &Placed) -> Vec<StateFileRef> {
+        let Some(meta) = &self.last_complete else { return Vec::new() };
+        let spec = &self.graph.stages[stage].spec;
+        let Some(files) = meta.stages.get(&spec.name) else {
+            return Vec::new();
+        };
+        if spec.is_keyed() {
+            files
+                .iter()
+                .filter_map(|file| {
+                    intersect(file.range, instance.range).map(|range| StateFileRef {
+                        path: file.path.clone(),
+                        range,
+                        operator_state: false,
+                    })
+                })
+                .collect()
+        } else {
+            files
+                .iter()
+                .filter(|file| file.index == instance.index)
+                .map(|file| StateFileRef {
+                    path: file.path.clone(),
+                    range: (0, 0),
+                    operator_state: true,
+                })
+                .collect()
+        }
+    }
+
+    /// An instance's part of checkpoint `id` arrived.
+    pub fn on_ack(&mut self, ack: Ack) {
+        let id = ack.checkpoint;
+        let Some(pending) = self.pending.get_mut(&id) else { return };
+        if !pending.expected.contains_key(&ack.instance) {
+            return;
+        }
+        pending.acks.insert(ack.instance, ack);
+        self.rescale_on_ack(id);
+        let pending = &self.pending[&id];
+        if pending.acks.len() == pending.expected.len() {
+            self.complete(id);
+        }
+    }
+
+    fn complete(&mut self, id: u64) {
+        let pending = self.pending.remove(&id).expect("checked by the caller");
+        let mut stages: BTreeMap<String, Vec<SnapshotFile>> = BTreeMap::new();
+        let mut commits = Vec::new();
+        let mut size = 0;
+        for (instance, ack) in &pending.acks {
+            let (stage, index, range) = pending.expected[instance];
+            size += ack.state_bytes;
+            if let Some(path) = &ack.state_file {
+                stages
+                    .entry(self.graph.stages[stage].spec.name.clone())
+                    .or_default()
+                    .push(SnapshotFile {
+                        index,
+                        range,
+                        path: path.clone(),
+                    });
+            }
+            if let Some(commit) = &ack.commit {
+                commits.push(commit.clone());
+            }
+        }
+        let meta = CheckpointMeta {
+            id,
+            completed_at_ms: now_ms(),
+            duration_ms: pending.started.elapsed().as_millis() as u64,
+            size_bytes: size,
+            parallelism: self.parallelism_by_name(),
+            stages,
+            commits: commits.clone(),
+            last: false,
+        };
+        if let Err(error) = self.storage.complete(&meta) {
+            tracing::warn!(checkpoint = id, %error, "cannot write checkpoint metadata: the checkpoint does not count");
+            return;
+        }
+        tracing::debug!(checkpoint = id, bytes = size, duration_ms = meta.duration_ms, "checkpoint complete");
+        self.pending.retain(|&other, _| other > id);
+        self.last_complete = Some(meta);
+        self.effects.push(Effect::Commit(commits));
+        self.rescale_on_complete(id);
+    }
+
+    pub fn parallelism_by_name(&self) -> BTreeMap<String, u32> {
+        self.graph
+            .stages
+            .iter()
+            .zip(&self.parallelism)
+            .map(|(stage, &p)| (stage.spec.name.clone(), p))
+            .collect()
+    }
+
+    /// An instance's input ended for good (bounded sources).
+    pub fn on_finished(&mut self, instance: InstanceId, commit: Option<Commit>) {
+        let Some(layout) = &self.layout else { return };
+        let Some(stage) = layout.iter().position(|placed| placed.iter().any(|p| p.id == instance)) else {
+            return;
+        };
+        if self.graph.stages[stage].spec.kind().is_source() {
+            self.sources_done = true;
+        }
+        self.finished.insert(instance, commit);
+        let sinks_done = layout
+            .iter()
+            .enumerate()
+            .filter(|(stage, _)| self.graph.stages[*stage].spec.kind().is_sink())
+            .all(|(_, placed)| placed.iter().all(|p| self.finished.contains_key(&p.id)));
+        if sinks_done && self.phase == Phase::Running {
+            self.finish_job();
+        }
+    }
+
+    /// Every sink ended: the last checkpoint commits what no complete checkpoint did.
+    fn finish_job(&mut self) {
+        let mut commits: Vec<Commit> = Vec::new();
+        for pending in self.pending.values() {
+            commits.extend(pending.acks.values().filter_map(|ack| ack.commit.clone()));
+        }
+        commits.extend(self.finished.values().flatten().cloned());
+        let id = self.next_checkpoint;
+        self.next_checkpoint += 1;
+        let meta = CheckpointMeta {
+            id,
+            completed_at_ms: now_ms(),
+            duration_ms: 0,
+            size_bytes: 0,
+            parallelism: self.parallelism_by_name(),
+            stages: BTreeMap::new(),
+            commits: commits.clone(),
+            last: true,
+        };
+        self.phase = Phase::Finishing;
+        if let Err(error) = self.storage.complete(&meta) {
+            self.effects.push(Effect::Finish {
+                succeeded: false,
+                diagnostics: format!("cannot record the last checkpoint: {error}"),
+            });
+            return;
+        }
+        tracing::info!(checkpoint = id, "every source ended and every sink finished: committing the rest");
+        self.effects.push(Effect::Commit(commits));
+        self.effects.push(Effect::Finish {
+            succeeded: true,
+            diagnostics: format!(
+                "every source ended; output committed (last checkpoint {id}, {} restarts)",
+                self.restarts
+            ),
+        });
+    }
+
+    /// Something failed: stop everything and start again from the latest complete checkpoint.
+    pub fn restart(&mut self, reason: &str) {
+        if matches!(self.phase, Phase::Finishing) {
+            return;
+        }
+        self.restarts += 1;
+        if self.restarts > self.spec.max_restarts {
+            self.phase = Phase::Finishing;
+            self.effects.push(Effect::Finish {
+                succeeded: false,
+                diagnostics: format!("restarted {} times (max_restarts); last failure: {reason}", self.spec.max_restarts),
+            });
+            return;
+        }
+        tracing::warn!(restarts = self.restarts, %reason, "restarting the pipeline from its latest checkpoint");
+        self.epoch += 1;
+        self.pending.clear();
+        self.finished.clear();
+        self.sources_done = false;
+        self.rescale = None;
+        self.layout = None;
+        let waiting: BTreeSet<ContainerId> = self.connected().into_iter().collect();
+        for &worker in &waiting {
+            self.send(worker, ToWorker::Reset { epoch: self.epoch });
+        }
+        self.phase = if waiting.is_empty() {
+            Phase::Deploying
+        } else {
+            Phase::Resetting {
+                waiting,
+                since: Instant::now(),
+            }
+        };
+    }
+
+    pub fn on_reset_done(&mut self, worker: ContainerId, epoch: u64) {
+        if epoch != self.epoch {
+            return;
+        }
+        if let Phase::Resetting { waiting, .. } = &mut self.phase {
+            waiting.remove(&worker);
+            if waiting.is_empty() {
+                self.phase = Phase::Deploying;
+            }
+        }
+    }
+
+    /// A worker is gone (its container ended or its control connection broke).
+    pub fn on_worker_lost(&mut self, worker: ContainerId, reason: &str) {
+        // A worker cut off from its node (or whose container the RM gave up on) must not go on
+        // running anything of this job.
+        self.send(worker, ToWorker::Shutdown);
+        if self.workers.remove(&worker).is_none() {
+            return;
+        }
+        if let Phase::Resetting { waiting, .. } = &mut self.phase {
+            waiting.remove(&worker);
+            if waiting.is_empty() {
+                self.phase = Phase::Deploying;
+            }
+        }
+        if self.hosts_instances(worker) {
+            self.restart(&format!("worker {worker} lost: {reason}"));
+        }
+    }
+
+    /// The RM will preempt these containers: scale down the operators on them instead of
+    /// failing when they go. A worker hosting a source cannot be emptied (sources keep their
+    /// parallelism): its loss will restart the job from its checkpoint, as a failure would.
+    pub fn on_preempt(&mut self, containers: &[ContainerId]) {
+        let Some(layout) = &self.layout else { return };
+        for container in containers {
+            let Some(slot) = self.slots.iter().position(|id| id == container) else {
+                continue;
+            };
+            if !self.draining.insert(slot) {
+                continue;
+            }
+            let hosted: Vec<usize> = (0..layout.len())
+                .filter(|&stage| layout[stage].iter().any(|p| p.worker == slot))
+                .collect();
+            if hosted.iter().any(|&stage| !self.graph.stages[stage].spec.is_rescalable()) {
+                tracing::warn!(%container, "a preempted worker hosts a source: the job will restart from its checkpoint when it goes");
+                continue;
+            }
+            for stage in hosted {
+                self.parallelism[stage] = self.parallelism[stage].saturating_sub(1).max(1);
+            }
+            tracing::info!(%container, "preemption notice: scaling down the operators on it");
+        }
+    }
+
+    /// Whether the current layout has instances on `worker`.
+    pub fn hosts_instances(&self, worker: ContainerId) -> bool {
+        let Some(layout) = &self.layout else { return false };
+        layout.iter().flatten().any(|placed| self.slots.get(placed.worker) == Some(&worker))
+    }
+
+    /// Workers hosting nothing and not needed: hand them back.
+    pub fn idle_workers(&self) -> Vec<ContainerId> {
+        let wanted = self.workers_wanted();
+        if self.layout.is_none() || self.rescale.is_some() || self.phase != Phase::Running {
+            // Only extras beyond what a deployment needs.
+            let connected = self.connected();
+            return if connected.len() > wanted && self.phase == Phase::Deploying {
+                connected[wanted..].to_vec()
+            } else {
+                Vec::new()
+            };
+        }
+        let layout = self.layout.as_ref().expect("checked");
+        let used: BTreeSet<usize> = layout.iter().flatten().map(|p| p.worker).collect();
+        self.workers
+            .keys()
+            .filter(|id| match self.slots.iter().position(|slot| slot == *id) {
+                Some(slot) => !used.contains(&slot),
+                None => self.workers[*id].data_address.is_some(),
+            })
+            .copied()
+            .collect()
+    }
+}

@@ -1,0 +1,199 @@
+//! The physical plan of a streaming job, pure: which operators run as instances (stages),
+//! the edges between them with the transforms fused into each, and where instances go.
+
+use std::collections::BTreeMap;
+
+use spindle_protocol::{OperatorSpec, StreamSpec};
+
+use super::control::Range;
+use super::keys::even_ranges;
+
+/// An operator that runs as instances of its own.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub spec: OperatorSpec,
+}
+
+/// Records from one stage to another, through fused transforms.
+#[derive(Debug, Clone)]
+pub struct Edge {
+    pub from: usize,
+    pub to: usize,
+    pub chain: Vec<OperatorSpec>,
+    /// The chain has a `key_by`: partition by key group.
+    pub keyed: bool,
+}
+
+/// Stages and edges; edges of one stage are numbered by their order in `outgoing(stage)`.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    pub stages: Vec<Stage>,
+    pub edges: Vec<Edge>,
+}
+
+impl Graph {
+    /// Builds the graph of a validated spec.
+    pub fn build(spec: &StreamSpec) -> Graph {
+        let by_name: BTreeMap<&str, &OperatorSpec> = spec.operators.iter().map(|op| (op.name.as_str(), op)).collect();
+        let stages: Vec<Stage> = spec
+            .operators
+            .iter()
+            .filter(|op| !op.is_fused())
+            .map(|op| Stage { spec: op.clone() })
+            .collect();
+        let index: BTreeMap<&str, usize> = stages.iter().enumerate().map(|(i, stage)| (stage.spec.name.as_str(), i)).collect();
+        let mut edges = Vec::new();
+        for (to, stage) in stages.iter().enumerate() {
+            for input in &stage.spec.input {
+                // Walk up through fused transforms to the stage that feeds them.
+                let mut chain = Vec::new();
+                let mut name = input.as_str();
+                while let Some(op) = by_name.get(name).filter(|op| op.is_fused()) {
+                    chain.push((*op).clone());
+                    name = op.input.first().map(String::as_str).unwrap_or_default();
+                }
+                chain.reverse();
+                let Some(&from) = index.get(name) else { continue };
+                let keyed = chain.iter().any(|op| op.kind() == spindle_protocol::OperatorKind::KeyBy);
+                edges.push(Edge { from, to, chain, keyed });
+            }
+        }
+        Graph { stages, edges }
+    }
+
+    pub fn stage(&self, name: &str) -> Option<usize> {
+        self.stages.iter().position(|stage| stage.spec.name == name)
+    }
+
+    /// Indices (into `edges`) of the edges leaving `stage`, in edge-number order.
+    pub fn outgoing(&self, stage: usize) -> Vec<usize> {
+        (0..self.edges.len()).filter(|&edge| self.edges[edge].from == stage).collect()
+    }
+
+    /// Indices of the edges entering `stage`.
+    pub fn incoming(&self, stage: usize) -> Vec<usize> {
+        (0..self.edges.len()).filter(|&edge| self.edges[edge].to == stage).collect()
+    }
+
+    /// The number of edge `edge` among its source stage's outgoing edges.
+    pub fn local_edge(&self, edge: usize) -> usize {
+        self.outgoing(self.edges[edge].from)
+            .iter()
+            .position(|&e| e == edge)
+            .expect("an edge is among its stage's outgoing edges")
+    }
+}
+
+/// One placed instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    pub id: u64,
+    pub index: u32,
+    pub range: Range,
+    /// Index into the worker list the layout was made for.
+    pub worker: usize,
+}
+
+/// Where every instance of every stage runs, by stage index.
+pub type Layout = Vec<Vec<Placed>>;
+
+/// Workers a job needs: as many as its widest stage (each worker hosts at most one instance of
+/// each stage: Flink's slot sharing).
+pub fn workers_needed(parallelism: &[u32]) -> usize {
+    parallelism.iter().copied().max().unwrap_or(1).max(1) as usize
+}
+
+/// A fresh layout: instance `i` of every stage on worker `i`; keyed stages get even ranges.
+pub fn fresh_layout(graph: &Graph, parallelism: &[u32], key_groups: u32, mut next_id: impl FnMut() -> u64) -> Layout {
+    graph
+        .stages
+        .iter()
+        .zip(parallelism)
+        .map(|(stage, &p)| {
+            let ranges = if stage.spec.is_keyed() {
+                even_ranges(key_groups, p).into_iter().map(|r| (r.start, r.end)).collect()
+            } else {
+                vec![(0, key_groups); p as usize]
+            };
+            ranges
+                .into_iter()
+                .enumerate()
+                .map(|(index, range)| Placed {
+                    id: next_id(),
+                    index: index as u32,
+                    range,
+                    worker: index,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The part of `a` inside `b`, if any.
+pub fn intersect(a: Range, b: Range) -> Option<Range> {
+    let start = a.0.max(b.0);
+    let end = a.1.min(b.1);
+    (start < end).then_some((start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> StreamSpec {
+        let toml = r#"
+            [[operators]]
+            name = "events"
+            kind = "generator"
+            parallelism = 2
+            [[operators]]
+            name = "by_key"
+            kind = "key_by"
+            input = ["events"]
+            expr = "$1"
+            [[operators]]
+            name = "count"
+            kind = "window"
+            input = ["by_key"]
+            size_ms = 1000
+            aggregate = "count"
+            parallelism = 3
+            [[operators]]
+            name = "out"
+            kind = "discard_sink"
+            input = ["count"]
+        "#;
+        toml::from_str(toml).unwrap()
+    }
+
+    #[test]
+    fn fused_transforms_ride_on_the_edge_into_the_next_stage() {
+        let graph = Graph::build(&spec());
+        let names: Vec<&str> = graph.stages.iter().map(|stage| stage.spec.name.as_str()).collect();
+        assert_eq!(names, ["events", "count", "out"]);
+        assert_eq!(graph.edges.len(), 2);
+        assert_eq!((graph.edges[0].from, graph.edges[0].to, graph.edges[0].keyed), (0, 1, true));
+        assert_eq!(graph.edges[0].chain[0].name, "by_key");
+        assert_eq!((graph.edges[1].from, graph.edges[1].to, graph.edges[1].keyed), (1, 2, false));
+        assert_eq!(graph.local_edge(1), 0);
+    }
+
+    #[test]
+    fn a_fresh_layout_shares_workers_between_stages() {
+        let graph = Graph::build(&spec());
+        let mut id = 0;
+        let layout = fresh_layout(&graph, &[2, 3, 1], 128, || {
+            id += 1;
+            id
+        });
+        assert_eq!(workers_needed(&[2, 3, 1]), 3);
+        assert_eq!(
+            layout[1].iter().map(|p| p.range).collect::<Vec<_>>(),
+            vec![(0, 43), (43, 86), (86, 128)]
+        );
+        assert_eq!(layout[1][2].worker, 2);
+        assert_eq!(layout[0].len(), 2);
+        assert_eq!(intersect((0, 10), (5, 20)), Some((5, 10)));
+        assert_eq!(intersect((0, 5), (5, 20)), None);
+    }
+}

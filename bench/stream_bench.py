@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Streaming benchmarks on a local 2-agent cluster (see bench/README.md, "Streaming").
+
+(a) Throughput: examples/stream-window-count.toml (generator → key_by → 1 s tumbling count per
+    key over 100,000 keys → discarding sink, parallelism 2, unthrottled generators). Events/s is
+    the sum over the window instances of records in per second, as the AM reports them (rates
+    over ~1 s intervals); after a warm-up, the median of the samples of each run; runs repeat
+    with a fresh job each.
+(b) Rescale pause: the same pipeline with a 60 s window over 3,000,000 keys (so the window's
+    keyed state grows to about --state-mb MB), throttled generators; once the state is that big,
+    `PUT /v1/apps/{id}/operators/count {"parallelism": 4}`; the pause is the longest time an
+    instance that gained key groups could not process (from the barrier that moved them to
+    their state loaded), as the AM reports it; the stall seen by the pipeline (seconds with no
+    window input) is printed beside it.
+
+The cluster's data dir (and the checkpoints) live under --dir (tmpfs by default).
+Usage: bench/stream_bench.py [--runs 3] [--seconds 20] [--skip-rescale] [--state-mb 100]
+Needs the release build: `cargo build --release -p spindle-cli`.
+"""
+import argparse
+import copy
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import tomllib
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cluster_bench import start_cluster  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def load_example():
+    with open(os.path.join(ROOT, "examples", "stream-window-count.toml"), "rb") as f:
+        return tomllib.load(f)
+
+
+def operator(spec, name):
+    return next(op for op in spec["stream"]["operators"] if op["name"] == name)
+
+
+def detail(rm, app_id):
+    app = rm.call("GET", f"/v1/apps/{app_id}")
+    if app["state"] in ("FINISHED", "FAILED", "KILLED"):
+        raise RuntimeError(f"the job ended: {app['diagnostics']}")
+    return (app.get("detail") or {}).get("stream")
+
+
+def window_rate(stream):
+    count = next(op for op in stream["operators"] if op["name"] == "count")
+    return sum(i["records_in_per_s"] for i in count["instances"]), count
+
+
+def throughput_run(rm, checkpoint_dir, seconds, warmup):
+    spec = load_example()
+    spec["name"] = "stream-throughput"
+    spec["stream"]["checkpoint_dir"] = checkpoint_dir
+    app_id = rm.call("POST", "/v1/apps", spec)["app_id"]
+    samples, busy = [], []
+    deadline = time.time() + warmup + seconds + 60
+    started = None
+    while time.time() < deadline:
+        time.sleep(1)
+        stream = detail(rm, app_id)
+        if not stream:
+            continue
+        rate, count = window_rate(stream)
+        if rate <= 0 and started is None:
+            continue
+        started = started or time.time()
+        if time.time() - started < warmup:
+            continue
+        samples.append(rate)
+        busy.append(statistics.mean(i["busy"] for i in count["instances"]))
+        if len(samples) >= seconds:
+            break
+    rm.call("DELETE", f"/v1/apps/{app_id}")
+    return statistics.median(samples), statistics.median(busy), stream.get("last_checkpoint")
+
+
+def rescale_run(rm, checkpoint_dir, state_mb):
+    spec = load_example()
+    spec["name"] = "stream-rescale"
+    spec["stream"]["checkpoint_dir"] = checkpoint_dir
+    spec["stream"]["checkpoint_interval_ms"] = 5000
+    spec["stream"]["worker"] = {"vcores": 1, "memory_mb": 2048}
+    events = operator(spec, "events")
+    events.update({"keys": 3_000_000, "rate": 300_000, "event_rate": 300_000})
+    operator(spec, "count")["size_ms"] = 600_000
+    app_id = rm.call("POST", "/v1/apps", spec)["app_id"]
+    while True:
+        time.sleep(1)
+        stream = detail(rm, app_id)
+        if not stream:
+            continue
+        _, count = window_rate(stream)
+        state = sum(i["state_bytes"] for i in count["instances"])
+        if state >= state_mb * 1_000_000:
+            break
+    log(f"state {state / 1e6:.0f} MB: rescaling count 2 → 4")
+    t0 = time.time()
+    rm.call("PUT", f"/v1/apps/{app_id}/operators/count", {"parallelism": 4})
+    rates = []
+    while True:
+        time.sleep(0.25)
+        stream = detail(rm, app_id)
+        rate, count = window_rate(stream)
+        rates.append((time.time() - t0, rate))
+        rescale = stream.get("last_rescale") or {}
+        if rescale.get("to") == 4 and rescale.get("finished_at_ms"):
+            break
+        if time.time() - t0 > 120:
+            raise RuntimeError("the rescale did not finish within 120 s")
+    took = rescale["finished_at_ms"] - rescale["started_at_ms"]
+    rm.call("DELETE", f"/v1/apps/{app_id}")
+    return state, rescale["pause_ms"], took, rates
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spindle", default=os.path.join(ROOT, "target/release/spindle"))
+    parser.add_argument("--dir", default="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--state-mb", type=int, default=100)
+    parser.add_argument("--skip-rescale", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
+    args = parser.parse_args()
+    data_dir = tempfile.mkdtemp(prefix="spindle-stream-bench-", dir=args.dir)
+    proc, rm = start_cluster(args.spindle, data_dir, 4, 12288)
+    try:
+        checkpoints = os.path.join(data_dir, "checkpoints")
+        if not args.skip_throughput:
+            rates = []
+            for run in range(args.runs):
+                rate, busy, checkpoint = throughput_run(rm, checkpoints, args.seconds, args.warmup)
+                rates.append(rate)
+                log(f"run {run + 1}: {rate / 1e6:.2f} M events/s (window busy {busy:.0%}; last checkpoint {checkpoint})")
+            print(f"throughput: median {statistics.median(rates) / 1e6:.2f} M events/s over {args.runs} runs "
+                  f"({', '.join(f'{r / 1e6:.2f}' for r in rates)})")
+        if not args.skip_rescale:
+            state, pause, took, rates = rescale_run(rm, checkpoints, args.state_mb)
+            stalled = [t for t, r in rates if r == 0]
+            print(f"rescale 2 → 4 with {state / 1e6:.0f} MB of keyed state: pause {pause} ms "
+                  f"(rescale done in {took} ms; samples with no window input: {len(stalled)} of {len(rates)} at 250 ms)")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+//! Streaming jobs at the RM: submitting them, scaling their operators, what their AMs report.
+
+use spindle_protocol::{InstanceStatus, JobDetail, OperatorStatus, StreamDetail, StreamSpec};
+
+use super::*;
+
+/// generator → key_by → window `count` (parallelism 2) → file sink.
+fn stream_spec() -> JobSpec {
+    let stream: StreamSpec = toml::from_str(
+        r#"
+        worker = { vcores = 1, memory_mb = 512 }
+        [[operators]]
+        name = "events"
+        kind = "generator"
+        [[operators]]
+        name = "by-key"
+        kind = "key_by"
+        input = ["events"]
+        expr = "$1"
+        [[operators]]
+        name = "count"
+        kind = "window"
+        input = ["by-key"]
+        parallelism = 2
+        size_ms = 1000
+        aggregate = "count"
+        [[operators]]
+        name = "out"
+        kind = "file_sink"
+        input = ["count"]
+        path = "/tmp/spindle-out"
+        "#,
+    )
+    .expect("the pipeline parses");
+    JobSpec {
+        kind: JobKind::Stream,
+        shell: None,
+        stream: Some(stream),
+        ..shell_spec(1)
+    }
+}
+
+fn parallelism_of(record: &AppRecord, operator: &str) -> u32 {
+    record
+        .spec
+        .stream
+        .as_ref()
+        .and_then(|stream| stream.operator(operator))
+        .expect("the operator exists")
+        .parallelism
+}
+
+fn scale(rm: &mut Rm, by: &Caller, app_id: AppId, operator: &str, parallelism: u32) -> Result<spindle_protocol::ScaleReply, AppError> {
+    rm.mutate(|cluster| cluster.scale_operator(by, app_id, operator, parallelism))
+}
+
+fn expected_operators(count: u32) -> BTreeMap<String, u32> {
+    BTreeMap::from([
+        ("events".to_owned(), 1),
+        ("by-key".to_owned(), 1),
+        ("count".to_owned(), count),
+        ("out".to_owned(), 1),
+    ])
+}
+
+#[test]
+fn stream_jobs_are_accepted_unless_no_node_could_hold_a_worker() {
+    let mut rm = cluster();
+    register(&mut rm, "n1:8042", 4, 4096, 0);
+    rm.submit(stream_spec(), 0).expect("a stream job is accepted");
+    let mut too_big = stream_spec();
+    too_big.stream.as_mut().unwrap().worker.memory_mb = 8192;
+    let AppError::InvalidSpec(error) = rm.submit(too_big, 0).unwrap_err() else {
+        panic!("a worker no node can hold is an invalid spec");
+    };
+    assert_eq!(error.field, "stream.worker.memory_mb");
+}
+
+#[test]
+fn scaling_by_the_owner_is_stored_and_wakes_the_waiting_am_with_the_new_parallelism() {
+    let mut rm = cluster();
+    let mut n1 = register(&mut rm, "n1:8042", 4, 4096, 0);
+    let mut am = start_job(&mut rm, &mut n1, stream_spec(), 0);
+    assert!(am.collect_news(&mut rm).is_none(), "nothing new: the AM would wait");
+    let idle = rm.mutate(|cluster| cluster.idle_reply(am.app_id, am.attempt));
+    assert_eq!(idle.operators, expected_operators(2), "every reply carries the parallelism");
+
+    rm.woken.clear();
+    let reply = scale(&mut rm, &caller(), am.app_id, "count", 4).unwrap();
+    assert_eq!(
+        (reply.app_id, reply.operator.as_str(), reply.parallelism, reply.previous),
+        (am.app_id, "count", 4, 2)
+    );
+    assert_eq!(rm.last_writes.apps.len(), 1, "the change is committed before anyone is told");
+    assert_eq!(parallelism_of(&rm.last_writes.apps[0], "count"), 4);
+    assert!(rm.woken.contains(&am.app_id), "a long-polling AM is woken");
+    let news = am.collect_news(&mut rm).expect("a new parallelism is news");
+    assert_eq!(news.operators, expected_operators(4));
+    assert!(am.collect_news(&mut rm).is_none(), "and it is news once");
+
+    // The same parallelism again changes nothing and wakes nobody.
+    rm.woken.clear();
+    assert_eq!(scale(&mut rm, &caller(), am.app_id, "count", 4).unwrap().previous, 4);
+    assert!(rm.woken.is_empty() && rm.last_writes.apps.is_empty());
+
+    // An admin may scale anyone's app; a restarted RM still knows the new parallelism.
+    let admin = Caller {
+        user: "root".to_owned(),
+        admin: true,
+    };
+    scale(&mut rm, &admin, am.app_id, "out", 3).unwrap();
+    rm.restart(100);
+    let idle = rm.mutate(|cluster| cluster.idle_reply(am.app_id, am.attempt));
+    assert_eq!(idle.operators["count"], 4);
+    assert_eq!(idle.operators["out"], 3);
+}
+
+#[test]
+fn a_replayed_allocate_reply_carries_the_current_parallelism() {
+    let mut rm = cluster();
+    let mut n1 = register(&mut rm, "n1:8042", 4, 4096, 0);
+    let am = start_job(&mut rm, &mut n1, stream_spec(), 0);
+    let allocate = |rm: &mut Rm, response_id: Option<u64>, count: u32, now: u64| {
+        let mut request = am.request(vec![task_ask(count)], vec![]);
+        request.response_id = response_id;
+        rm.mutate(|cluster| cluster.allocate(&request, now)).unwrap()
+    };
+    let first = allocate(&mut rm, Some(0), 1, 10).expect("a grant");
+    assert_eq!(first.operators, expected_operators(2));
+    scale(&mut rm, &caller(), am.app_id, "count", 3).unwrap();
+    // The first reply was lost: it comes again, with its grant and today's parallelism.
+    let again = allocate(&mut rm, Some(0), 1, 20).expect("the lost reply");
+    assert_eq!((again.response_id, again.allocated), (first.response_id, first.allocated));
+    assert_eq!(again.operators, expected_operators(3));
+}
+
+#[test]
+fn scaling_is_refused_for_other_users_unknown_operators_bad_numbers_and_ended_or_other_apps() {
+    let mut rm = cluster();
+    let mut n1 = register(&mut rm, "n1:8042", 8, 8192, 0);
+    let am = start_job(&mut rm, &mut n1, stream_spec(), 0);
+    let app_id = am.app_id;
+    let bob = Caller {
+        user: "bob".to_owned(),
+        admin: false,
+    };
+    let err = scale(&mut rm, &bob, app_id, "count", 4).unwrap_err();
+    assert!(
+        matches!(&err, AppError::Forbidden(message) if message.contains("may not scale")),
+        "{err:?}"
+    );
+
+    let err = scale(&mut rm, &caller(), app_id, "counts", 4).unwrap_err();
+    let AppError::OperatorNotFound(message) = &err else {
+        panic!("an unknown operator is not found: {err:?}");
+    };
+    assert!(message.contains("`counts`") && message.contains("`count`, `out`"), "{message}");
+
+    for (operator, parallelism, field) in [
+        ("count", 0, "parallelism"),
+        ("count", 129, "parallelism"),
+        ("events", 2, "operator"),
+    ] {
+        let err = scale(&mut rm, &caller(), app_id, operator, parallelism).unwrap_err();
+        assert!(matches!(&err, AppError::InvalidRequest(spec) if spec.field == field), "{err:?}");
+    }
+    assert!(rm.last_writes.apps.is_empty(), "a refused scale writes nothing");
+
+    let unknown = AppId { seq: 99, ..app_id };
+    assert_eq!(
+        scale(&mut rm, &caller(), unknown, "count", 2).unwrap_err(),
+        AppError::NotFound(unknown)
+    );
+
+    let shell = rm.submit(shell_spec(1), 0).unwrap();
+    let err = scale(&mut rm, &caller(), shell, "count", 2).unwrap_err();
+    assert_eq!(
+        err,
+        AppError::Conflict(format!("app {shell} is a shell job: only stream jobs have operators"))
+    );
+
+    rm.kill(&caller(), app_id, 10).unwrap();
+    let err = scale(&mut rm, &caller(), app_id, "count", 4).unwrap_err();
+    assert!(
+        matches!(&err, AppError::Conflict(message) if message.contains("already ended")),
+        "{err:?}"
+    );
+}
+
+fn stream_detail(operators: usize, instances: u32) -> JobDetail {
+    let operator = |index: usize| OperatorStatus {
+        name: format!("op{index}"),
+        kind: "map".to_owned(),
+        parallelism: instances,
+        target_parallelism: instances,
+        instances: (0..instances)
+            .map(|index| InstanceStatus {
+                index,
+                busy: 0.5,
+                ..InstanceStatus::default()
+            })
+            .collect(),
+    };
+    JobDetail {
+        stream: Some(StreamDetail {
+            operators: (0..operators).map(operator).collect(),
+            ..StreamDetail::default()
+        }),
+        ..JobDetail::default()
+    }
+}
+
+#[test]
+fn a_stream_detail_shows_in_reports_and_metrics_and_oversized_ones_are_refused() {
+    let mut rm = cluster();
+    let mut n1 = register(&mut rm, "n1:8042", 4, 4096, 0);
+    let am = start_job(&mut rm, &mut n1, stream_spec(), 0);
+    let send = |rm: &mut Rm, detail: JobDetail| {
+        let mut request = am.request(Vec::new(), Vec::new());
+        request.detail = Some(detail);
+        am.update_asks(rm, &request, 1)
+    };
+    send(&mut rm, stream_detail(3, 4)).unwrap();
+    assert_eq!(rm.app(am.app_id).detail, Some(stream_detail(3, 4)));
+    let details = rm.cluster.stream_details();
+    assert_eq!((details.len(), details[0].0), (1, am.app_id));
+
+    let field = |result: Result<(), AppError>| match result {
+        Err(AppError::InvalidSpec(error)) => error.field,
+        other => panic!("refused as an invalid detail: {other:?}"),
+    };
+    assert_eq!(field(send(&mut rm, stream_detail(65, 1))), "detail.stream.operators");
+    assert_eq!(field(send(&mut rm, stream_detail(1, 1025))), "detail.stream.operators[0].instances");
+    let mut long_name = stream_detail(1, 1);
+    long_name.stream.as_mut().unwrap().operators[0].name = "x".repeat(129);
+    assert_eq!(field(send(&mut rm, long_name)), "detail.stream");
+    let mut not_a_number = stream_detail(2, 1);
+    not_a_number.stream.as_mut().unwrap().operators[1].instances[0].busy = f64::NAN;
+    assert_eq!(field(send(&mut rm, not_a_number)), "detail.stream.operators[1].instances");
+    assert_eq!(
+        rm.app(am.app_id).detail,
+        Some(stream_detail(3, 4)),
+        "a refused detail keeps the last"
+    );
+
+    rm.kill(&caller(), am.app_id, 10).unwrap();
+    assert!(rm.cluster.stream_details().is_empty(), "ended apps leave /metrics");
+}

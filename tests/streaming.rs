@@ -1,0 +1,256 @@
+//! Streaming jobs end to end, with real AM and worker processes: exactly-once output through
+//! `kill -9` of a worker, of a whole node and of the AM; and a live rescale 2 → 4 → 1 of the
+//! keyed window operator with the output still exact. The jobs are `examples/stream-*.toml`.
+//!
+//! The generator is deterministic from its seed, so the committed output is compared with the
+//! counts computed from the seed: every (key, window) once, with its exact count.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use spindle_app_master::stream::ops::generator::expected_window_counts;
+use spindle_cli::local::{LocalCluster, LocalOptions};
+use spindle_protocol::{AppId, AppReport, AppState, ContainerState, FinalStatus, JobSpec, Resources, RmClient, StreamDetail};
+use support::{CleanupDir, Db, TestCluster, kill_processes_under, task_containers, wait_for_app_end, wait_until};
+
+/// The exactly-once example with its output and checkpoints in `dir`.
+fn example_job(name: &str, dir: &Path) -> JobSpec {
+    let text = std::fs::read_to_string(support::examples_dir().join(name)).unwrap();
+    let mut spec: JobSpec = toml::from_str(&text).unwrap();
+    let stream = spec.stream.as_mut().unwrap();
+    stream.checkpoint_dir = Some(dir.join("checkpoints").display().to_string());
+    for operator in &mut stream.operators {
+        if operator.path.is_some() {
+            operator.path = Some(dir.join("out").display().to_string());
+        }
+    }
+    spec.validate().unwrap();
+    spec
+}
+
+/// What the job's generators produce, counted per key and 1 s window.
+fn expected(spec: &JobSpec) -> BTreeMap<(String, i64), u64> {
+    let stream = spec.stream.as_ref().unwrap();
+    let generator = stream.operators.iter().find(|op| op.name == "events").unwrap();
+    let event_rate = generator.event_rate.or(generator.rate).unwrap_or(1_000_000);
+    expected_window_counts(
+        generator.seed.unwrap_or(0),
+        generator.parallelism,
+        generator.keys.unwrap_or(1000),
+        generator.limit.unwrap(),
+        event_rate,
+        1000,
+    )
+}
+
+/// Every committed `key<TAB>start<TAB>end<TAB>count` line; a (key, window) twice fails.
+fn committed_windows(out: &Path) -> BTreeMap<(String, i64), u64> {
+    let mut windows = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(out) else { return windows };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !entry.file_name().to_string_lossy().starts_with("part-") {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let fields: Vec<&str> = line.split('\t').collect();
+            assert_eq!(fields.len(), 4, "{line:?} in {}", path.display());
+            let key = (fields[0].to_owned(), fields[1].parse::<i64>().unwrap());
+            let count = fields[3].parse::<u64>().unwrap();
+            assert!(
+                windows.insert(key.clone(), count).is_none(),
+                "{key:?} committed twice (in {})",
+                path.display()
+            );
+        }
+    }
+    windows
+}
+
+fn assert_exact(out: &Path, expected: &BTreeMap<(String, i64), u64>) {
+    let committed = committed_windows(out);
+    let missing: Vec<_> = expected.keys().filter(|key| !committed.contains_key(*key)).take(5).collect();
+    let extra: Vec<_> = committed.keys().filter(|key| !expected.contains_key(*key)).take(5).collect();
+    let wrong: Vec<_> = expected
+        .iter()
+        .filter(|(key, count)| committed.get(*key).is_some_and(|c| c != *count))
+        .take(5)
+        .map(|(key, count)| (key.clone(), *count, committed[key]))
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && wrong.is_empty(),
+        "{} windows expected, {} committed; missing {missing:?}, extra {extra:?}, wrong (key, expected, got) {wrong:?}",
+        expected.len(),
+        committed.len()
+    );
+}
+
+async fn stream_detail(client: &RmClient, app_id: AppId) -> Option<(AppReport, StreamDetail)> {
+    let report = client.app(app_id).await.ok()?;
+    assert!(!report.state.is_terminal(), "the job ended early: {report:#?}");
+    let detail = report.detail.clone()?.stream?;
+    Some((report, detail))
+}
+
+/// Waits for a checkpoint newer than `after` with at least `restarts` restarts behind it.
+async fn wait_for_checkpoint(client: &RmClient, app_id: AppId, after: u64, restarts: u32, what: &str) -> u64 {
+    wait_until(Duration::from_secs(60), what, || async {
+        let (_, detail) = stream_detail(client, app_id).await?;
+        let id = detail.last_checkpoint?.id;
+        (id > after && detail.restarts >= restarts).then_some(id)
+    })
+    .await
+}
+
+fn node_of(cluster: &TestCluster, node: &spindle_protocol::NodeId) -> usize {
+    (0..cluster.agents.len()).find(|&agent| cluster.node_id(agent) == node).unwrap()
+}
+
+fn agent_dir(cluster: &TestCluster, agent: usize) -> PathBuf {
+    cluster.path().join(format!("agent{agent}"))
+}
+
+/// `kill -9` of one worker, then of a whole node (agent and containers), then of the AM: each
+/// time the job resumes from its latest checkpoint, and the committed output is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_through_kill_9_of_a_worker_a_node_and_the_am() {
+    let mut cluster = TestCluster::start(Db::Sqlite).await;
+    for _ in 0..3 {
+        cluster.start_agent(4, 4096).await;
+    }
+    let admin = cluster.admin();
+    let spec = example_job("stream-exactly-once.toml", cluster.path());
+    let expected = expected(&spec);
+    let out = cluster.path().join("out");
+    let started = Instant::now();
+    let app_id = admin.submit(&spec).await.unwrap();
+
+    // 1. A worker container.
+    let first = wait_for_checkpoint(&admin, app_id, 0, 0, "a first checkpoint").await;
+    let workers = task_containers(&admin, app_id).await;
+    let victim = workers
+        .iter()
+        .find(|c| c.state == ContainerState::Running)
+        .expect("a running worker");
+    let dir = agent_dir(&cluster, node_of(&cluster, &victim.node_id))
+        .join("apps")
+        .join(app_id.to_string())
+        .join(victim.container_id.to_string());
+    eprintln!(
+        "{:.1}s: kill -9 worker {} after checkpoint {first}",
+        started.elapsed().as_secs_f64(),
+        victim.container_id
+    );
+    kill_processes_under(&dir);
+    let second = wait_for_checkpoint(&admin, app_id, first, 1, "a checkpoint after the worker's loss").await;
+
+    // 2. A node that runs workers but not the AM: the agent and everything it started.
+    let report = admin.app(app_id).await.unwrap();
+    let am_node = report.attempts.last().unwrap().node_id.clone().unwrap();
+    let workers = task_containers(&admin, app_id).await;
+    let node = workers
+        .iter()
+        .filter(|c| c.state == ContainerState::Running && c.node_id != am_node)
+        .map(|c| node_of(&cluster, &c.node_id))
+        .next()
+        .expect("a worker outside the AM's node");
+    eprintln!(
+        "{:.1}s: kill -9 node {} after checkpoint {second}",
+        started.elapsed().as_secs_f64(),
+        cluster.node_id(node)
+    );
+    cluster.agents[node].daemon.kill9();
+    kill_processes_under(&agent_dir(&cluster, node).join("apps"));
+    let third = wait_for_checkpoint(&admin, app_id, second, 2, "a checkpoint after the node's loss").await;
+
+    // 3. The AM: the RM starts a new attempt, which resumes from the checkpoints on disk.
+    let report = admin.app(app_id).await.unwrap();
+    let attempt = report.attempts.last().unwrap();
+    let am_dir = agent_dir(&cluster, node_of(&cluster, attempt.node_id.as_ref().unwrap()))
+        .join("apps")
+        .join(app_id.to_string())
+        .join(attempt.am_container.unwrap().to_string());
+    eprintln!("{:.1}s: kill -9 the AM after checkpoint {third}", started.elapsed().as_secs_f64());
+    kill_processes_under(&am_dir);
+
+    let report = wait_for_app_end(&admin, app_id, Duration::from_secs(120)).await;
+    eprintln!("{:.1}s: the job ended: {}", started.elapsed().as_secs_f64(), report.diagnostics);
+    assert_eq!(
+        (report.state, report.final_status),
+        (AppState::Finished, FinalStatus::Succeeded),
+        "{report:#?}"
+    );
+    // The RM may first place the new AM on the killed node (not yet declared lost): such an
+    // attempt fails to launch and does not count.
+    assert!(
+        report.attempts.len() >= 2,
+        "a new AM attempt after the kill: {:#?}",
+        report.attempts
+    );
+    assert_exact(&out, &expected);
+}
+
+async fn start_local(dir: &Path) -> LocalCluster {
+    let mut options = LocalOptions::new(dir.join("local")).expect("local options");
+    options.agents = 2;
+    options.agent_capacity = Some(Resources::new(4, 8192));
+    options.spindle_bin = support::spindle_bin();
+    LocalCluster::start(options).await.expect("the local cluster starts")
+}
+
+/// Waits until the rescale to `to` is done; returns its pause.
+async fn wait_for_rescale(client: &RmClient, app_id: AppId, to: u32) -> u64 {
+    wait_until(Duration::from_secs(60), &format!("the rescale to {to}"), || async {
+        let (_, detail) = stream_detail(client, app_id).await?;
+        let rescale = detail.last_rescale?;
+        let count = detail.operators.iter().find(|op| op.name == "count")?;
+        (rescale.to == to && rescale.finished_at_ms.is_some() && count.parallelism == to).then_some(rescale.pause_ms.unwrap_or(0))
+    })
+    .await
+}
+
+/// The keyed window operator goes 2 → 4 → 1 while the job runs; nothing restarts and the
+/// output is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescaling_the_window_operator_2_to_4_to_1_keeps_the_output_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_local(dir.path()).await;
+    let _cleanup = CleanupDir(dir.path());
+    let client = cluster.client();
+    let mut spec = example_job("stream-exactly-once.toml", dir.path());
+    let generator = spec
+        .stream
+        .as_mut()
+        .unwrap()
+        .operators
+        .iter_mut()
+        .find(|op| op.name == "events")
+        .unwrap();
+    generator.keys = Some(1000);
+    generator.limit = Some(200_000);
+    let expected = expected(&spec);
+    let app_id = client.submit(&spec).await.unwrap();
+    wait_for_checkpoint(&client, app_id, 0, 0, "a first checkpoint").await;
+
+    let reply = client.scale_operator(app_id, "count", 4).await.unwrap();
+    assert_eq!((reply.previous, reply.parallelism), (2, 4));
+    let up = wait_for_rescale(&client, app_id, 4).await;
+    let reply = client.scale_operator(app_id, "count", 1).await.unwrap();
+    assert_eq!((reply.previous, reply.parallelism), (4, 1));
+    let down = wait_for_rescale(&client, app_id, 1).await;
+    eprintln!("rescale pauses: 2 → 4 {up} ms, 4 → 1 {down} ms");
+
+    let report = wait_for_app_end(&client, app_id, Duration::from_secs(120)).await;
+    assert_eq!(
+        (report.state, report.final_status),
+        (AppState::Finished, FinalStatus::Succeeded),
+        "{report:#?}"
+    );
+    let detail = report.detail.and_then(|detail| detail.stream).unwrap();
+    assert_eq!(detail.restarts, 0, "a rescale restarts nothing");
+    assert_exact(&dir.path().join("out"), &expected);
+    let _ = cluster.shutdown().await;
+}
