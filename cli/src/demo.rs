@@ -1,5 +1,6 @@
 //! `spindle demo`: a throwaway local cluster, one shell job on it with live progress, then each
-//! container's output, then a MapReduce word count and its most frequent words. It leaves
+//! container's output, then a MapReduce word count and its most frequent words while a
+//! streaming job runs beside them (`demo_stream.rs`), rescaled live. It leaves
 //! nothing behind: the data dir is temporary and the user's `$SPINDLE_HOME/config.toml` is not
 //! touched.
 
@@ -51,11 +52,18 @@ pub async fn demo() -> anyhow::Result<ExitCode> {
     outln!("  (both vanish when the demo ends; your own config is untouched)");
 
     let demo = async {
+        let stream = crate::demo_stream::start(&cluster, data_dir.path()).await?;
         let shell = run_demo_job(&cluster).await?;
         if shell != ExitCode::SUCCESS {
             return Ok(shell);
         }
-        run_demo_wordcount(&cluster, data_dir.path()).await
+        let wordcount = run_demo_wordcount(&cluster, data_dir.path()).await?;
+        if wordcount != ExitCode::SUCCESS {
+            return Ok(wordcount);
+        }
+        let exact = crate::demo_stream::finish(&cluster, stream, data_dir.path()).await?;
+        outln!("\nThat was Spindle. Run a cluster that stays with `spindle local`.");
+        Ok(if exact { ExitCode::SUCCESS } else { ExitCode::FAILURE })
     };
     let outcome = tokio::select! {
         outcome = demo => outcome,
@@ -170,7 +178,6 @@ async fn run_demo_wordcount(cluster: &LocalCluster, data_dir: &std::path::Path) 
     for (count, word) in counts.iter().take(5) {
         outln!("  {word:<12} {count}");
     }
-    outln!("\nThat was Spindle. Run a cluster that stays with `spindle local`.");
     Ok(exit_code_of(&report))
 }
 

@@ -8,6 +8,7 @@ pub mod args;
 pub mod client;
 pub mod daemon;
 pub mod demo;
+mod demo_stream;
 pub mod error;
 pub mod local;
 pub mod roles;

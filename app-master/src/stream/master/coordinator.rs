@@ -635,27 +635,18 @@ impl Coordinator {
         layout.iter().flatten().any(|placed| self.slots.get(placed.worker) == Some(&worker))
     }
 
-    /// Workers hosting nothing and not needed: hand them back.
+    /// Workers beyond what the job needs that host nothing: hand them back. Nothing goes
+    /// while a deployment or rescale may still place instances.
     pub fn idle_workers(&self) -> Vec<ContainerId> {
-        let wanted = self.workers_wanted();
-        if self.layout.is_none() || self.rescale.is_some() || self.phase != Phase::Running {
-            // Only extras beyond what a deployment needs.
-            let connected = self.connected();
-            return if connected.len() > wanted && self.phase == Phase::Deploying {
-                connected[wanted..].to_vec()
-            } else {
-                Vec::new()
-            };
+        if self.phase != Phase::Running || self.rescale.is_some() {
+            return Vec::new();
         }
-        let layout = self.layout.as_ref().expect("checked");
-        let used: BTreeSet<usize> = layout.iter().flatten().map(|p| p.worker).collect();
+        let excess = self.workers.len().saturating_sub(self.workers_wanted());
         self.workers
-            .keys()
-            .filter(|id| match self.slots.iter().position(|slot| slot == *id) {
-                Some(slot) => !used.contains(&slot),
-                None => self.workers[*id].data_address.is_some(),
-            })
-            .copied()
+            .iter()
+            .filter(|(id, worker)| worker.data_address.is_some() && !self.hosts_instances(**id))
+            .map(|(id, _)| *id)
+            .take(excess)
             .collect()
     }
 }

@@ -6,6 +6,8 @@ mod autoscale;
 mod coordinator;
 mod metrics;
 mod rescale;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

@@ -1,0 +1,316 @@
+//! The coordinator without processes: workers are channels, and the tests play their part
+//! (acks, prepared, loaded) and read what the coordinator tells them.
+
+use std::collections::BTreeMap;
+
+use spindle_protocol::{AppId, ContainerId, StreamSpec};
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+use super::coordinator::{Coordinator, Effect, Phase, Worker};
+use crate::stream::control::{Ack, InstanceChange, ToWorker};
+
+const SPEC: &str = r#"
+    checkpoint_interval_ms = 0
+    [[operators]]
+    name = "events"
+    kind = "generator"
+    parallelism = 2
+    [[operators]]
+    name = "by_key"
+    kind = "key_by"
+    input = ["events"]
+    expr = "$1"
+    [[operators]]
+    name = "count"
+    kind = "window"
+    input = ["by_key"]
+    size_ms = 1000
+    aggregate = "count"
+    parallelism = 2
+    [[operators]]
+    name = "out"
+    kind = "file_sink"
+    input = ["count"]
+    parallelism = 2
+    path = "/tmp/out"
+"#;
+
+struct Harness {
+    coordinator: Coordinator,
+    inboxes: BTreeMap<ContainerId, UnboundedReceiver<ToWorker>>,
+    _dir: tempfile::TempDir,
+}
+
+fn container(n: u64) -> ContainerId {
+    ContainerId {
+        app: AppId { cluster_ts: 1, seq: 1 },
+        attempt: 1,
+        epoch: 1,
+        seq: n,
+    }
+}
+
+impl Harness {
+    fn new(workers: u64) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let spec: StreamSpec = toml::from_str(SPEC).unwrap();
+        let mut harness = Harness {
+            coordinator: Coordinator::new(spec, "app".into(), 1, dir.path()),
+            inboxes: BTreeMap::new(),
+            _dir: dir,
+        };
+        for n in 2..2 + workers {
+            harness.add_worker(n);
+        }
+        harness
+    }
+
+    fn add_worker(&mut self, n: u64) {
+        let (tx, rx) = unbounded_channel();
+        self.coordinator.workers.insert(
+            container(n),
+            Worker {
+                data_address: Some(format!("127.0.0.1:{}", 9000 + n)),
+                tx: Some(tx),
+            },
+        );
+        self.inboxes.insert(container(n), rx);
+    }
+
+    /// Everything sent to each worker since the last call.
+    fn sent(&mut self) -> BTreeMap<ContainerId, Vec<ToWorker>> {
+        self.inboxes
+            .iter_mut()
+            .map(|(id, rx)| {
+                let mut messages = Vec::new();
+                while let Ok(message) = rx.try_recv() {
+                    messages.push(message);
+                }
+                (*id, messages)
+            })
+            .collect()
+    }
+
+    /// Acks checkpoint `id` for every instance it expects (snapshot paths are made up).
+    fn ack_all(&mut self, id: u64) {
+        let expected: Vec<u64> = self.coordinator.pending[&id].expected.keys().copied().collect();
+        for instance in expected {
+            self.coordinator.on_ack(ack(instance, id));
+        }
+    }
+}
+
+fn ack(instance: u64, checkpoint: u64) -> Ack {
+    Ack {
+        instance,
+        checkpoint,
+        state_file: Some(format!("/chk-{checkpoint}/{instance}.state").into()),
+        state_bytes: 10,
+        commit: None,
+        duration_ms: 1,
+    }
+}
+
+#[test]
+fn deploys_one_instance_of_each_stage_per_worker_and_completes_checkpoints_on_every_ack() {
+    let mut h = Harness::new(2);
+    h.coordinator.tick();
+    assert_eq!(h.coordinator.phase, Phase::Running);
+    for (_, messages) in h.sent() {
+        let [ToWorker::Start { instances }] = &messages[..] else {
+            panic!("{messages:?}")
+        };
+        let names: Vec<&str> = instances.iter().map(|plan| plan.spec.name.as_str()).collect();
+        assert_eq!(names, ["events", "count", "out"]);
+        assert_eq!(instances[1].outputs[0].targets.len(), 2, "count feeds both sinks");
+        assert!(instances[0].outputs[0].keyed, "the key_by is fused into the generator's edge");
+    }
+    h.coordinator.tick();
+    let checkpoint = *h.coordinator.pending.keys().next().expect("a checkpoint was triggered");
+    let triggers: usize = h
+        .sent()
+        .values()
+        .flatten()
+        .filter(|message| matches!(message, ToWorker::Trigger { instances, .. } if instances.len() == 1))
+        .count();
+    assert_eq!(triggers, 2, "each worker's one source gets the barrier");
+    h.ack_all(checkpoint);
+    assert!(h.coordinator.pending.is_empty());
+    assert_eq!(h.coordinator.last_complete.as_ref().unwrap().id, checkpoint);
+    assert_eq!(h.coordinator.storage.complete_checkpoints().len(), 1);
+    assert!(matches!(h.coordinator.effects.last(), Some(Effect::Commit(_))));
+}
+
+#[test]
+fn a_rescale_starts_new_instances_switches_upstream_at_a_barrier_and_hands_state_over() {
+    let mut h = Harness::new(2);
+    h.coordinator.tick();
+    h.sent();
+    h.coordinator.set_desired(&BTreeMap::from([("count".to_owned(), 2)]));
+    h.coordinator.set_desired(&BTreeMap::from([("count".to_owned(), 4)]));
+    h.coordinator.tick();
+    assert!(h.coordinator.rescale.is_none(), "two more workers are needed first");
+    assert_eq!(h.coordinator.workers_wanted(), 4);
+    // A checkpoint went out meanwhile; a rescale waits for it to complete.
+    let running = *h.coordinator.pending.keys().next().unwrap();
+    h.ack_all(running);
+    h.add_worker(4);
+    h.add_worker(5);
+    h.coordinator.tick();
+    let rescale = h.coordinator.rescale.as_ref().expect("the rescale started");
+    let checkpoint = rescale.checkpoint;
+    let sent = h.sent();
+    let starts: usize = sent.values().flatten().filter(|m| matches!(m, ToWorker::Start { .. })).count();
+    assert_eq!(starts, 2, "one new count instance on each new worker");
+    let changes: Vec<&InstanceChange> = sent
+        .values()
+        .flatten()
+        .filter_map(|m| match m {
+            ToWorker::Rescale { changes, .. } => Some(changes),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let retargets = changes
+        .iter()
+        .filter(|c| matches!(c, InstanceChange::Retarget { targets, .. } if targets.len() == 4))
+        .count();
+    let regroups = changes
+        .iter()
+        .filter(|c| {
+            matches!(
+                c,
+                InstanceChange::Regroup {
+                    range: Some(_),
+                    gains: false,
+                    ..
+                }
+            )
+        })
+        .count();
+    let added = changes
+        .iter()
+        .filter(|c| matches!(c, InstanceChange::AddInputs { inputs, .. } if inputs.len() == 2))
+        .count();
+    assert_eq!((retargets, regroups, added), (2, 2, 2), "{changes:?}");
+
+    // Only once every worker has the changes queued does the barrier go out.
+    let workers: Vec<ContainerId> = sent
+        .iter()
+        .filter(|(_, m)| m.iter().any(|m| matches!(m, ToWorker::Rescale { .. })))
+        .map(|(id, _)| *id)
+        .collect();
+    for worker in &workers {
+        assert!(h.coordinator.pending.is_empty());
+        h.coordinator.on_prepared(*worker, checkpoint);
+    }
+    assert!(h.coordinator.pending.contains_key(&checkpoint));
+    h.ack_all(checkpoint);
+    let loads: Vec<(u64, usize)> = h
+        .sent()
+        .values()
+        .flatten()
+        .filter_map(|m| match m {
+            ToWorker::Load { instance, files, .. } => Some((*instance, files.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(loads.len(), 2, "each new instance loads its groups");
+    assert!(
+        loads.iter().all(|(_, files)| *files == 1),
+        "from the one old owner of its range: {loads:?}"
+    );
+    for (instance, _) in loads {
+        h.coordinator.on_loaded(instance, checkpoint, 5);
+    }
+    assert!(h.coordinator.rescale.is_none(), "the rescale is over");
+    let layout = h.coordinator.layout.as_ref().unwrap();
+    assert_eq!(
+        layout[1].iter().map(|p| p.range).collect::<Vec<_>>(),
+        vec![(0, 32), (32, 64), (64, 96), (96, 128)]
+    );
+    assert_eq!(h.coordinator.last_complete.as_ref().unwrap().parallelism["count"], 4);
+}
+
+#[test]
+fn a_lost_worker_resets_the_others_and_redeploys_from_the_latest_checkpoint() {
+    let mut h = Harness::new(2);
+    h.coordinator.tick();
+    h.coordinator.tick();
+    let checkpoint = *h.coordinator.pending.keys().next().unwrap();
+    h.ack_all(checkpoint);
+    h.sent();
+    h.coordinator.on_worker_lost(container(3), "gone");
+    assert_eq!(h.coordinator.restarts, 1);
+    let sent = h.sent();
+    assert!(matches!(sent[&container(2)][..], [ToWorker::Reset { .. }]));
+    let epoch = h.coordinator.epoch;
+    h.coordinator.on_reset_done(container(2), epoch);
+    assert_eq!(h.coordinator.phase, Phase::Deploying);
+    h.add_worker(6);
+    h.coordinator.tick();
+    assert_eq!(h.coordinator.phase, Phase::Running);
+    let starts = h.sent();
+    let plans: Vec<_> = starts
+        .values()
+        .flatten()
+        .filter_map(|m| match m {
+            ToWorker::Start { instances } => Some(instances),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(plans.len(), 6);
+    let count = plans.iter().find(|plan| plan.spec.name == "count" && plan.index == 0).unwrap();
+    assert_eq!(count.last_checkpoint, checkpoint);
+    assert_eq!(count.restore.len(), 1, "its range was one old instance's: {:?}", count.restore);
+}
+
+#[test]
+fn a_preempted_worker_that_hosts_no_source_is_emptied_by_a_scale_down() {
+    let mut h = Harness::new(2);
+    h.coordinator.tick();
+    // Grow count to 3 so that a worker hosts only a count instance.
+    h.coordinator.set_desired(&BTreeMap::from([("count".to_owned(), 2)]));
+    h.coordinator.set_desired(&BTreeMap::from([("count".to_owned(), 3)]));
+    h.add_worker(4);
+    h.coordinator.tick();
+    let checkpoint = h.coordinator.rescale.as_ref().unwrap().checkpoint;
+    for worker in [container(2), container(3), container(4)] {
+        h.coordinator.on_prepared(worker, checkpoint);
+    }
+    h.ack_all(checkpoint);
+    let new: Vec<u64> = h.coordinator.rescale.as_ref().unwrap().gaining.keys().copied().collect();
+    for instance in new {
+        h.coordinator.on_loaded(instance, checkpoint, 1);
+    }
+    assert!(h.coordinator.rescale.is_none());
+    h.sent();
+
+    h.coordinator.on_preempt(&[container(4)]);
+    assert_eq!(
+        h.coordinator.parallelism[1], 2,
+        "count shrinks by the instance on the preempted worker"
+    );
+    h.coordinator.tick();
+    let sent = h.sent();
+    let retired: Vec<&InstanceChange> = sent
+        .values()
+        .flatten()
+        .filter_map(|m| match m {
+            ToWorker::Rescale { changes, .. } => Some(changes),
+            _ => None,
+        })
+        .flatten()
+        .filter(|c| matches!(c, InstanceChange::Regroup { range: None, .. }))
+        .collect();
+    assert_eq!(retired.len(), 1);
+    assert!(
+        sent[&container(4)].iter().any(|m| matches!(m, ToWorker::Rescale { .. })),
+        "the retired one is on worker 4"
+    );
+
+    // A worker with a source cannot be emptied: nothing changes until it goes.
+    h.coordinator.on_preempt(&[container(2)]);
+    assert_eq!(h.coordinator.parallelism, vec![2, 2, 2]);
+}
