@@ -254,3 +254,45 @@ async fn rescaling_the_window_operator_2_to_4_to_1_keeps_the_output_exact() {
     assert_exact(&dir.path().join("out"), &expected);
     let _ = cluster.shutdown().await;
 }
+
+/// Files → filter → an external command (awk) → key_by → a keyed sum in one big window →
+/// files: a bounded file source ends the job, and the sums are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_pipeline_with_a_filter_an_external_command_and_a_keyed_sum_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_local(dir.path()).await;
+    let _cleanup = CleanupDir(dir.path());
+    let input = dir.path().join("input");
+    std::fs::create_dir_all(&input).unwrap();
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    for file in 0..2 {
+        let mut text = String::new();
+        for line in 0..5_000i64 {
+            let (key, value, time) = (format!("user{}", line % 7), (line * 31 + file) % 100, line * 10);
+            text.push_str(&format!("{key} {value} {time}\n"));
+            if value > 10 {
+                *expected.entry(key).or_default() += value * 2;
+            }
+        }
+        std::fs::write(input.join(format!("events-{file}.log")), text).unwrap();
+    }
+    let spec = example_job("stream-files.toml", dir.path());
+    let mut spec = spec;
+    let stream = spec.stream.as_mut().unwrap();
+    stream.operators.iter_mut().find(|op| op.name == "lines").unwrap().path = Some(input.display().to_string());
+    let report = support::run_to_success(&cluster.client(), &spec, Duration::from_secs(120)).await;
+    let detail = report.detail.and_then(|detail| detail.stream).unwrap();
+    assert_eq!(detail.restarts, 0);
+    let mut sums = BTreeMap::new();
+    for entry in std::fs::read_dir(dir.path().join("out")).unwrap().flatten() {
+        if !entry.file_name().to_string_lossy().starts_with("part-") {
+            continue;
+        }
+        for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
+            let fields: Vec<&str> = line.split('\t').collect();
+            assert!(sums.insert(fields[0].to_owned(), fields[3].parse::<i64>().unwrap()).is_none(), "{line} twice");
+        }
+    }
+    assert_eq!(sums, expected);
+    let _ = cluster.shutdown().await;
+}

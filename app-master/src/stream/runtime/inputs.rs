@@ -192,9 +192,13 @@ impl Inputs {
         } else {
             self.channels.remove(&from);
         }
-        let mut changes = vec![self.check_aligned(), self.recompute_watermark()];
+        let mut changes = vec![self.check_aligned()];
         if last && self.channels.values().all(|channel| channel.ended) {
+            // No watermark first: `finish` emits what is left, and only then may the final
+            // watermark pass (records after it would be late downstream).
             changes.push(InputChange::Ended);
+        } else {
+            changes.push(self.recompute_watermark());
         }
         changes.retain(|change| *change != InputChange::Nothing);
         changes

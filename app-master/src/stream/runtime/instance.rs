@@ -355,6 +355,9 @@ impl Instance {
         for change in changes {
             match change {
                 InputChange::Nothing => {}
+                // The end of every input: `finish` passes it on after the last output, which
+                // an operator may still produce (an external command's last lines).
+                InputChange::Watermark(EventTime::MAX) => {}
                 InputChange::Watermark(watermark) => {
                     if let Body::Operator(operator) = body {
                         self.out.clear();
