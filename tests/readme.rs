@@ -1,4 +1,5 @@
-//! What the README promises a newcomer: `spindle demo` runs a job on a throwaway cluster.
+//! What the README promises a newcomer: `spindle demo` runs a shell job, a word count and a
+//! streaming job on a throwaway cluster.
 
 mod support;
 
@@ -13,5 +14,8 @@ async fn demo_runs() {
     assert!(output.stdout.contains("The most frequent words"), "{output}");
     // "the" is twice in each of the four sentences, written 5,000 × (1, 2, 3, 4) times.
     assert!(output.stdout.contains("the          100000"), "{output}");
+    // The streaming job beside them: rescaled live, every generated event counted exactly once.
+    assert!(output.stdout.contains("rescaled `count` 2 → 3 live"), "{output}");
+    assert!(output.stdout.contains("counting 120000 events exactly once"), "{output}");
     assert!(!home.path().join("config.toml").exists(), "the demo leaves the user's config alone");
 }

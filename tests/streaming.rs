@@ -290,9 +290,77 @@ async fn a_file_pipeline_with_a_filter_an_external_command_and_a_keyed_sum_is_ex
         }
         for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
             let fields: Vec<&str> = line.split('\t').collect();
-            assert!(sums.insert(fields[0].to_owned(), fields[3].parse::<i64>().unwrap()).is_none(), "{line} twice");
+            assert!(
+                sums.insert(fields[0].to_owned(), fields[3].parse::<i64>().unwrap()).is_none(),
+                "{line} twice"
+            );
         }
     }
     assert_eq!(sums, expected);
+    let _ = cluster.shutdown().await;
+}
+
+/// A job binary with a Rust operator of its own (`cli/examples/stream_user_operator.rs`, built
+/// with the tests): its keyed state goes through checkpoints and a live rescale like a
+/// built-in's, and its output is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_operator_from_a_job_binary_of_its_own_is_checkpointed_and_rescaled() {
+    let binary = support::spindle_bin()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("stream_user_operator");
+    if !binary.exists() {
+        // `cargo test` and `cargo nextest` build examples; a bare `--test` build may not.
+        panic!(
+            "{} is missing: build it with `cargo build -p spindle-cli --example stream_user_operator`",
+            binary.display()
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_local(dir.path()).await;
+    let _cleanup = CleanupDir(dir.path());
+    let client = cluster.client();
+    let mut spec = example_job("stream-user-operator.toml", dir.path());
+    let stream = spec.stream.as_mut().unwrap();
+    stream.worker_command = Some(vec![binary.display().to_string()]);
+    let (seed, keys, limit) = (3, 20, 40_000);
+    let mut distinct: BTreeMap<String, std::collections::BTreeSet<u64>> = BTreeMap::new();
+    for instance in 0..2 {
+        for n in 0..limit {
+            let (key, value) = spindle_app_master::stream::ops::generator::event(seed, instance, n, keys);
+            distinct.entry(format!("k{key}")).or_default().insert(value);
+        }
+    }
+    let app_id = client.submit(&spec).await.unwrap();
+    wait_for_checkpoint(&client, app_id, 0, 0, "a first checkpoint").await;
+    client.scale_operator(app_id, "distinct", 3).await.unwrap();
+    wait_until(Duration::from_secs(60), "the rescale to 3", || async {
+        let (_, detail) = stream_detail(&client, app_id).await?;
+        detail.last_rescale.filter(|r| r.to == 3 && r.finished_at_ms.is_some())
+    })
+    .await;
+    let report = wait_for_app_end(&client, app_id, Duration::from_secs(120)).await;
+    assert_eq!(
+        (report.state, report.final_status),
+        (AppState::Finished, FinalStatus::Succeeded),
+        "{report:#?}"
+    );
+    // Each key's lines count 1, 2, … up to its number of distinct values, each once.
+    let mut seen: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for entry in std::fs::read_dir(dir.path().join("out")).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().starts_with("part-") {
+            for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
+                let (key, count) = line.split_once('\t').unwrap();
+                seen.entry(key.to_owned()).or_default().push(count.parse().unwrap());
+            }
+        }
+    }
+    for (key, values) in &distinct {
+        let mut counts = seen.remove(key).unwrap_or_default();
+        counts.sort_unstable();
+        assert_eq!(counts, (1..=values.len()).collect::<Vec<_>>(), "key {key}");
+    }
+    assert!(seen.is_empty(), "keys that were never generated: {seen:?}");
     let _ = cluster.shutdown().await;
 }
