@@ -6,8 +6,9 @@
     the sum over the window instances of records in per second, as the AM reports them (rates
     over ~1 s intervals); after a warm-up, the median of the samples of each run; runs repeat
     with a fresh job each.
-(b) Rescale pause: the same pipeline with a 60 s window over 3,000,000 keys (so the window's
-    keyed state grows to about --state-mb MB), throttled generators; once the state is that big,
+(b) Rescale pause: the same pipeline with a 10 min window over --keys keys (so the window's
+    keyed state grows to --state-mb MB, in memory or, with --measure snapshot, as written to a
+    checkpoint), generators throttled to 300,000 events/s each; once the state is that big,
     `PUT /v1/apps/{id}/operators/count {"parallelism": 4}`; the pause is the longest time an
     instance that gained key groups could not process (from the barrier that moved them to
     their state loaded), as the AM reports it; the stall seen by the pipeline (seconds with no
@@ -85,14 +86,14 @@ def throughput_run(rm, checkpoint_dir, seconds, warmup):
     return statistics.median(samples), statistics.median(busy), stream.get("last_checkpoint")
 
 
-def rescale_run(rm, checkpoint_dir, state_mb):
+def rescale_run(rm, checkpoint_dir, state_mb, keys, measure):
     spec = load_example()
     spec["name"] = "stream-rescale"
     spec["stream"]["checkpoint_dir"] = checkpoint_dir
     spec["stream"]["checkpoint_interval_ms"] = 5000
     spec["stream"]["worker"] = {"vcores": 1, "memory_mb": 2048}
     events = operator(spec, "events")
-    events.update({"keys": 3_000_000, "rate": 300_000, "event_rate": 300_000})
+    events.update({"keys": keys, "rate": 300_000, "event_rate": 300_000})
     operator(spec, "count")["size_ms"] = 600_000
     app_id = rm.call("POST", "/v1/apps", spec)["app_id"]
     while True:
@@ -101,10 +102,13 @@ def rescale_run(rm, checkpoint_dir, state_mb):
         if not stream:
             continue
         _, count = window_rate(stream)
-        state = sum(i["state_bytes"] for i in count["instances"])
+        if measure == "snapshot":
+            state = (stream.get("last_checkpoint") or {}).get("size_bytes", 0)
+        else:
+            state = sum(i["state_bytes"] for i in count["instances"])
         if state >= state_mb * 1_000_000:
             break
-    log(f"state {state / 1e6:.0f} MB: rescaling count 2 → 4")
+    log(f"state {state / 1e6:.0f} MB ({measure}): rescaling count 2 → 4")
     t0 = time.time()
     rm.call("PUT", f"/v1/apps/{app_id}/operators/count", {"parallelism": 4})
     rates = []
@@ -132,6 +136,9 @@ def main():
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--state-mb", type=int, default=100)
+    parser.add_argument("--keys", type=int, default=3_000_000, help="distinct keys of the rescale run")
+    parser.add_argument("--measure", choices=["memory", "snapshot"], default="memory",
+                        help="--state-mb counts the instances' in-memory state, or the checkpoint's bytes")
     parser.add_argument("--skip-rescale", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
@@ -150,7 +157,7 @@ def main():
         if not args.skip_rescale:
             pauses = []
             for run in range(args.runs):
-                state, pause, took, rates, checkpoint = rescale_run(rm, checkpoints, args.state_mb)
+                state, pause, took, rates, checkpoint = rescale_run(rm, checkpoints, args.state_mb, args.keys, args.measure)
                 pauses.append(pause)
                 log(f"run {run + 1}: rescale 2 → 4 with {state / 1e6:.0f} MB of keyed state: pause {pause} ms, "
                     f"rescale done in {took} ms; its checkpoint (synchronous snapshot of every instance) took "

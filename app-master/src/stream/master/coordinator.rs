@@ -419,8 +419,9 @@ impl Coordinator {
         if !pending.expected.contains_key(&ack.instance) {
             return;
         }
+        let (instance, duration_ms) = (ack.instance, ack.duration_ms);
         pending.acks.insert(ack.instance, ack);
-        self.rescale_on_ack(id);
+        self.rescale_on_ack(id, instance, duration_ms);
         let pending = &self.pending[&id];
         if pending.acks.len() == pending.expected.len() {
             self.complete(id);

@@ -24,9 +24,14 @@ pub struct Rescale {
     /// Instances that gain groups → their range before the rescale (`None`: new instance).
     pub gaining: BTreeMap<u64, Option<(u32, u32)>>,
     pub loads_sent: bool,
+    /// Gaining instances told to load.
+    pub loaded_requested: BTreeSet<u64>,
     pub loaded: BTreeSet<u64>,
     pub checkpoint_done: bool,
     pub started: Instant,
+    /// When the first old instance stopped at the barrier (its ack's arrival less the time it
+    /// spent on the snapshot): moved groups are not processed from then until loaded.
+    pub barrier_at: Option<Instant>,
     pub status: RescaleStatus,
 }
 
@@ -198,9 +203,11 @@ impl Coordinator {
             awaiting_prepared,
             gaining,
             loads_sent: false,
+            loaded_requested: BTreeSet::new(),
             loaded: BTreeSet::new(),
             checkpoint_done: false,
             started: Instant::now(),
+            barrier_at: None,
         });
         self.metrics.last_rescale = self.rescale.as_ref().map(|r| r.status.clone());
     }
@@ -222,42 +229,53 @@ impl Coordinator {
         }
     }
 
-    /// Once every old instance of the stage snapshotted the barrier, gaining instances load.
-    pub(super) fn rescale_on_ack(&mut self, checkpoint: u64) {
+    /// As the old instances of the stage snapshot the barrier, gaining instances load.
+    pub(super) fn rescale_on_ack(&mut self, checkpoint: u64, instance: u64, duration_ms: u64) {
+        if let Some(rescale) = &mut self.rescale
+            && rescale.checkpoint == checkpoint
+            && rescale.old.iter().any(|p| p.id == instance)
+        {
+            let stopped = Instant::now() - std::time::Duration::from_millis(duration_ms);
+            rescale.barrier_at = Some(rescale.barrier_at.map_or(stopped, |at| at.min(stopped)));
+        }
         let Some(rescale) = &self.rescale else { return };
         if rescale.checkpoint != checkpoint || rescale.loads_sent {
             return;
         }
         let Some(pending) = self.pending.get(&checkpoint) else { return };
-        let mut files = Vec::new();
-        for old in &rescale.old {
-            match pending.acks.get(&old.id).and_then(|ack| ack.state_file.clone()) {
-                Some(path) => files.push((old.id, old.range, path)),
-                None => return,
-            }
-        }
+        // Each gaining instance loads as soon as the old owners of its new groups have written
+        // their snapshots; it need not wait for the others.
         let mut loads = Vec::new();
         for placed in &rescale.new {
             let Some(&before) = rescale.gaining.get(&placed.id) else { continue };
-            let refs: Vec<StateFileRef> = files
-                .iter()
-                .filter(|(owner, _, _)| *owner != placed.id)
-                .filter_map(|(_, range, path)| {
-                    let gained = intersect(*range, placed.range)?;
-                    // Groups it already had stay in memory.
-                    if before.is_some_and(|b| b.0 <= gained.0 && gained.1 <= b.1) {
-                        return None;
-                    }
-                    Some(StateFileRef {
-                        path: path.clone(),
+            if rescale.loaded_requested.contains(&placed.id) {
+                continue;
+            }
+            let mut refs = Vec::new();
+            let mut ready = true;
+            for old in rescale.old.iter().filter(|old| old.id != placed.id) {
+                let Some(gained) = intersect(old.range, placed.range) else { continue };
+                // Groups it already had stay in memory.
+                if before.is_some_and(|b| b.0 <= gained.0 && gained.1 <= b.1) {
+                    continue;
+                }
+                match pending.acks.get(&old.id).and_then(|ack| ack.state_file.clone()) {
+                    Some(path) => refs.push(StateFileRef {
+                        path,
                         range: gained,
                         operator_state: false,
-                    })
-                })
-                .collect();
-            loads.push((self.slots[placed.worker], placed.id, refs));
+                    }),
+                    None => ready = false,
+                }
+            }
+            if ready {
+                loads.push((self.slots[placed.worker], placed.id, refs));
+            }
         }
         for (worker, instance, files) in loads {
+            if let Some(rescale) = &mut self.rescale {
+                rescale.loaded_requested.insert(instance);
+            }
             self.send(
                 worker,
                 ToWorker::Load {
@@ -267,7 +285,9 @@ impl Coordinator {
                 },
             );
         }
-        if let Some(rescale) = &mut self.rescale {
+        if let Some(rescale) = &mut self.rescale
+            && rescale.gaining.keys().all(|id| rescale.loaded_requested.contains(id))
+        {
             rescale.loads_sent = true;
         }
         self.maybe_end_rescale();
@@ -288,6 +308,9 @@ impl Coordinator {
             return;
         }
         rescale.loaded.insert(instance);
+        // Measured on the AM's clock from the barrier at the old owners; the instance's own
+        // figure (from when it started waiting) only when that is unknown.
+        let paused_ms = rescale.barrier_at.map_or(paused_ms, |at| at.elapsed().as_millis() as u64);
         let pause = rescale.status.pause_ms.unwrap_or(0).max(paused_ms);
         rescale.status.pause_ms = Some(pause);
         self.maybe_end_rescale();
