@@ -254,7 +254,9 @@ impl Coordinator {
             let mut refs = Vec::new();
             let mut ready = true;
             for old in rescale.old.iter().filter(|old| old.id != placed.id) {
-                let Some(gained) = intersect(old.range, placed.range) else { continue };
+                let Some(gained) = intersect(old.range, placed.range) else {
+                    continue;
+                };
                 // Groups it already had stay in memory.
                 if before.is_some_and(|b| b.0 <= gained.0 && gained.1 <= b.1) {
                     continue;
