@@ -101,6 +101,18 @@ fn generator_and_key_by() {
         checksum += keyed.len();
     }
     report("baseline: Batch::push_record alone", RECORDS, start);
+
+    // Floor: the key slicing written inline by hand.
+    let start = Instant::now();
+    for _ in 0..RECORDS / BATCH as u64 {
+        keyed.clear();
+        for record in &generated {
+            let key = super::fields::whitespace_field(record.value, 1).unwrap_or_default();
+            keyed.push(record.time, key, record.value);
+        }
+        checksum += keyed.len();
+    }
+    report("floor: whitespace_field + Batch::push by hand", RECORDS, start);
     assert!(checksum > 0);
 }
 
@@ -149,4 +161,47 @@ fn window_on_100k_keys() {
     );
     println!("windows fired: {fired} rows; peak state ≈ {} MB", peak_state >> 20);
     assert!(fired > 0);
+}
+
+#[test]
+#[ignore]
+fn window_snapshot_and_restore_of_big_state() {
+    const KEYS: u64 = 2_000_000;
+    let spec = OperatorSpec {
+        name: "count".into(),
+        kind: Some(OperatorKind::Window),
+        size_ms: Some(1000),
+        aggregate: Some(Aggregate::Count),
+        ..OperatorSpec::default()
+    };
+    let mut window = Window::new(&spec, &context()).unwrap();
+    let mut out = Batch::new();
+    let mut key = Vec::new();
+    for id in 0..KEYS {
+        key.clear();
+        key.push(b'k');
+        super::fields::write_u64(&mut key, id);
+        let record = crate::stream::record::Record {
+            time: 5,
+            key: &key,
+            value: &key,
+        };
+        window.process(record, key_group(&key, KEY_GROUPS), &mut out).unwrap();
+    }
+    println!("state ≈ {} MB for {KEYS} keys", window.state_bytes() >> 20);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let start = Instant::now();
+    let mut writer = crate::stream::state::StateWriter::create(&path).unwrap();
+    window.snapshot(&mut writer).unwrap();
+    let size = writer.finish().unwrap();
+    println!("snapshot: {:?} ({} MB file)", start.elapsed(), size >> 20);
+    let start = Instant::now();
+    let mut fresh = Window::new(&spec, &context()).unwrap();
+    let mut reader = crate::stream::state::StateReader::open(&path).unwrap();
+    reader
+        .read_key_groups(&(0..KEY_GROUPS), |group, bytes| fresh.restore_key_group(group, bytes))
+        .unwrap();
+    println!("restore of every group: {:?}", start.elapsed());
+    assert_eq!(fresh.state_bytes(), window.state_bytes());
 }

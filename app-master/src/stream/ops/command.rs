@@ -109,7 +109,15 @@ impl CommandMap {
 
     /// The error for a program that ended (or broke its pipe): its status and stderr tail.
     fn died(&mut self, what: &str) -> OperatorError {
-        // Give the stderr thread a moment to collect the last words.
+        // A program that closed a pipe may still be running: give it a second to end, then end it.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        // Then give the stderr thread a moment to collect the last words.
         let status = self
             .child
             .wait()

@@ -69,10 +69,17 @@ impl Fields {
             }
         }
     }
+
+    /// Whether fields are split on whitespace runs (callers on hot paths call
+    /// `whitespace_field` directly so it inlines).
+    pub fn is_whitespace(&self) -> bool {
+        matches!(self.delimiter, Delimiter::Whitespace)
+    }
 }
 
-#[inline]
-fn whitespace_field(line: &[u8], n: usize) -> Option<&[u8]> {
+/// Field `n` (1-based) of `line` split on runs of ASCII whitespace.
+#[inline(always)]
+pub fn whitespace_field(line: &[u8], n: usize) -> Option<&[u8]> {
     let mut at = 0;
     let mut index = 0;
     loop {

@@ -121,3 +121,111 @@ pub(crate) fn restore_all(
         to.restore_operator_state(&bytes).unwrap();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: OperatorKind) -> OperatorSpec {
+        OperatorSpec {
+            name: kind.as_str().into(),
+            kind: Some(kind),
+            ..OperatorSpec::default()
+        }
+    }
+
+    #[test]
+    fn builders_build_their_kinds_and_refuse_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let context = test_context(0, 1);
+        let registry = OperatorRegistry::new();
+        assert!(build_source(&spec(OperatorKind::Generator), &context).is_ok());
+        let path = Some(dir.path().display().to_string());
+        assert!(
+            build_source(
+                &OperatorSpec {
+                    path: path.clone(),
+                    ..spec(OperatorKind::FileSource)
+                },
+                &context
+            )
+            .is_ok()
+        );
+        assert!(build_source(&spec(OperatorKind::Window), &context).is_err());
+        let window = OperatorSpec {
+            size_ms: Some(1000),
+            aggregate: Some(spindle_protocol::Aggregate::Count),
+            ..spec(OperatorKind::Window)
+        };
+        assert!(build_operator(&window, &context, &registry).is_ok());
+        let reduce = OperatorSpec {
+            aggregate: Some(spindle_protocol::Aggregate::Count),
+            ..spec(OperatorKind::Reduce)
+        };
+        assert!(build_operator(&reduce, &context, &registry).is_ok());
+        let command = OperatorSpec {
+            command: Some(vec!["cat".into()]),
+            ..spec(OperatorKind::Map)
+        };
+        assert!(build_operator(&command, &context, &registry).is_ok());
+        let user = OperatorSpec {
+            class: Some("mine".into()),
+            ..spec(OperatorKind::User)
+        };
+        assert!(build_operator(&user, &context, &registry).is_err(), "not registered");
+        assert!(
+            build_operator(&spec(OperatorKind::KeyBy), &context, &registry).is_err(),
+            "fused, no instances"
+        );
+        assert!(
+            build_sink(
+                &OperatorSpec {
+                    path,
+                    ..spec(OperatorKind::FileSink)
+                },
+                &context
+            )
+            .is_ok()
+        );
+        assert!(build_sink(&spec(OperatorKind::DiscardSink), &context).is_ok());
+        assert!(build_sink(&spec(OperatorKind::StdoutSink), &context).is_ok());
+        assert!(build_sink(&spec(OperatorKind::Generator), &context).is_err());
+    }
+
+    #[test]
+    fn chains_build_in_order() {
+        let filter = OperatorSpec {
+            expr: Some("$2 > 1".into()),
+            ..spec(OperatorKind::Filter)
+        };
+        let key_by = OperatorSpec {
+            expr: Some("$1".into()),
+            ..spec(OperatorKind::KeyBy)
+        };
+        let chain = build_chain(&[&filter, &key_by]).unwrap();
+        assert_eq!(chain.len(), 2);
+        let mut out = crate::stream::record::Batch::new();
+        chain.apply(
+            crate::stream::record::Record {
+                time: 1,
+                key: b"",
+                value: b"a 2",
+            },
+            &mut out,
+        );
+        chain.apply(
+            crate::stream::record::Record {
+                time: 1,
+                key: b"",
+                value: b"b 1",
+            },
+            &mut out,
+        );
+        assert_eq!(
+            out.iter().map(|record| record.key.to_vec()).collect::<Vec<_>>(),
+            vec![b"a".to_vec()]
+        );
+        assert!(build_chain(&[&spec(OperatorKind::Filter)]).is_err(), "no expr");
+        assert!(build_chain(&[]).unwrap().is_empty());
+    }
+}

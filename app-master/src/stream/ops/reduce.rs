@@ -97,14 +97,17 @@ impl Operator for Reduce {
         for _ in 0..entries {
             let key = decoder.bytes()?;
             let aggregate = decoder.signed()?;
-            self.aggregator.update(map, key, aggregate);
+            if self.aggregator.update(map, key, aggregate).1 {
+                self.entries += 1;
+                self.key_bytes += key.len() as u64;
+            }
         }
         if !decoder.is_empty() {
             return Err(OperatorError::CorruptState(format!(
                 "reduce state of key group {group}: trailing bytes"
             )));
         }
-        self.recount();
+        // Counted as they came in: a rescale restores many groups in a row.
         Ok(())
     }
 

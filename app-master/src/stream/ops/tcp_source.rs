@@ -8,7 +8,7 @@
 //! `time_field` or the time the line was read. A trailing `\r` is dropped.
 
 use std::io::{BufRead, BufReader, ErrorKind};
-use std::net::TcpStream;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
@@ -23,6 +23,7 @@ use crate::stream::record::Batch;
 /// Lines buffered between the reader thread and `poll`.
 const CHANNEL_LINES: usize = 64 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_millis(200);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A `tcp` source instance.
 pub struct TcpSource {
@@ -65,7 +66,7 @@ impl Drop for TcpSource {
 fn read_lines(address: &str, sender: &SyncSender<Vec<u8>>, stop: &AtomicBool) {
     let mut backoff = Duration::from_millis(100);
     while !stop.load(Ordering::Relaxed) {
-        let stream = match TcpStream::connect(address) {
+        let stream = match connect(address) {
             Ok(stream) => stream,
             Err(error) => {
                 tracing::debug!(%address, %error, "tcp source: cannot connect; retrying in {backoff:?}");
@@ -109,6 +110,16 @@ fn read_lines(address: &str, sender: &SyncSender<Vec<u8>>, stop: &AtomicBool) {
             return;
         }
     }
+}
+
+/// Connects to the first address `address` resolves to, with a timeout (a plain connect to an
+/// unreachable host can hang for minutes, and the thread must notice `stop`).
+fn connect(address: &str) -> std::io::Result<TcpStream> {
+    let target = address
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(ErrorKind::NotFound, format!("{address} resolves to no address")))?;
+    TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)
 }
 
 impl Source for TcpSource {

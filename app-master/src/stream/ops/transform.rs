@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use spindle_protocol::{OperatorKind, OperatorSpec};
 
 use super::expr::{Condition, ValueExpr, parse_condition, parse_value, parse_value_list};
-use super::fields::Fields;
+use super::fields::{Fields, whitespace_field};
 use crate::stream::operator::OperatorError;
 use crate::stream::record::{Batch, EventTime, Record};
 
@@ -69,6 +69,8 @@ impl KeyByExpr {
     #[inline]
     pub fn with_key<R>(&self, line: &[u8], with: impl FnOnce(&[u8]) -> R) -> R {
         match &self.key {
+            // The common `key_by $N` of whitespace-separated lines: the splitter inlined here.
+            ValueExpr::Field(n) if *n > 0 && self.fields.is_whitespace() => with(whitespace_field(line, *n).unwrap_or_default()),
             ValueExpr::Field(n) => with(self.fields.field(line, *n).unwrap_or_default()),
             ValueExpr::Str(text) => with(text),
             other => with_scratch(|buffer| {
@@ -83,6 +85,9 @@ impl Transform {
     /// Builds the transform of a `map` (with `expr`), `filter` or `key_by` spec.
     pub fn build(spec: &OperatorSpec) -> Result<Transform, OperatorError> {
         let failed = |message: String| OperatorError::failed(format!("operator {}: {message}", spec.name));
+        if spec.kind() == OperatorKind::Map && spec.command.is_some() {
+            return Err(failed("a map with `command` is not a fused transform".into()));
+        }
         let expr = spec
             .expr
             .as_deref()
@@ -90,7 +95,6 @@ impl Transform {
         let fields = Fields::new(spec.delimiter.as_deref());
         let parse_failed = |error: super::expr::ExprError| failed(error.to_string());
         match spec.kind() {
-            OperatorKind::Map if spec.command.is_some() => Err(failed("a map with `command` is not a fused transform".into())),
             OperatorKind::Map => Ok(Transform::Map(MapExpr {
                 fields,
                 values: parse_value_list(expr).map_err(parse_failed)?,
@@ -134,13 +138,18 @@ impl Chain {
     /// Appends what the chain makes of `record` (0 or 1 records) to `out`.
     #[inline]
     pub fn apply(&self, record: Record<'_>, out: &mut Batch) {
+        // The edge into every keyed operator is a lone `key_by`: skip the general walk.
+        if let [Transform::KeyBy(key_by)] = self.0.as_slice() {
+            key_by.with_key(record.value, |key| out.push(record.time, key, record.value));
+            return;
+        }
         run(&self.0, record, out);
     }
 
     /// Runs the chain on every record of `batch`, appending to `out`.
     pub fn apply_batch(&self, batch: &Batch, out: &mut Batch) {
         for record in batch {
-            run(&self.0, record, out);
+            self.apply(record, out);
         }
     }
 

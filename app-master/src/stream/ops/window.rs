@@ -175,11 +175,20 @@ impl Operator for Window {
                 sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
                 for (key, aggregate) in &sorted {
                     self.write_output(out, *end, key, *aggregate);
+                    self.key_bytes -= key.len() as u64;
                 }
+                self.entries -= map.len() as u64;
             }
         }
         drop(sorted);
-        self.recount();
+        // Counted down above rather than recounted: the windows still open may be large.
+        self.earliest_end = self
+            .groups
+            .iter()
+            .flatten()
+            .filter_map(|group| group.windows.keys().next().copied())
+            .min()
+            .unwrap_or(EventTime::MAX);
         Ok(())
     }
 
@@ -227,15 +236,19 @@ impl Operator for Window {
             for _ in 0..entries {
                 let key = decoder.bytes()?;
                 let aggregate = decoder.signed()?;
-                self.aggregator.update(map, key, aggregate);
+                if self.aggregator.update(map, key, aggregate).1 {
+                    self.entries += 1;
+                    self.key_bytes += key.len() as u64;
+                }
             }
+            self.earliest_end = self.earliest_end.min(end);
         }
         if !decoder.is_empty() {
             return Err(OperatorError::CorruptState(format!(
                 "window state of key group {group}: trailing bytes"
             )));
         }
-        self.recount();
+        // Counted as they came in, not recounted: a rescale restores many groups in a row.
         Ok(())
     }
 

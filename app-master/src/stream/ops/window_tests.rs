@@ -150,6 +150,7 @@ fn run(spec: &OperatorSpec, steps: &[Step], restore: bool) -> (Output, u64) {
             Step::Snapshot if restore => {
                 let mut fresh = Window::new(spec, &test_context(0, 1)).unwrap();
                 restore_all(&mut window, &mut fresh, GROUPS);
+                assert_eq!(fresh.state_bytes(), window.state_bytes(), "state is counted as it is restored");
                 late += window.late_records();
                 window = fresh;
             }
