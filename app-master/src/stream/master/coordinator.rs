@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use spindle_protocol::{ContainerId, StreamSpec, now_ms};
+use spindle_protocol::{ContainerId, StreamSpec};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::super::checkpoints::{CheckpointMeta, SnapshotFile, Storage};
+use super::super::checkpoints::{CheckpointMeta, Storage};
 use super::super::control::{Ack, EdgePlan, InputPlan, InstancePlan, StateFileRef, TargetPlan, ToWorker};
 use super::super::operator::Commit;
 use super::super::plan::{Graph, Layout, Placed, fresh_layout, intersect, workers_needed};
@@ -66,9 +66,9 @@ pub struct Coordinator {
     pub layout: Option<Layout>,
     pub phase: Phase,
     pub epoch: u64,
-    next_id: u64,
+    pub(super) next_id: u64,
     pub next_checkpoint: u64,
-    last_trigger: Instant,
+    pub(super) last_trigger: Instant,
     pub pending: BTreeMap<u64, Pending>,
     pub last_complete: Option<CheckpointMeta>,
     /// Instances whose input ended, with sinks' last commits.
@@ -80,10 +80,10 @@ pub struct Coordinator {
     pub effects: Vec<Effect>,
     /// The parallelism the RM last said it stores: only its changes are news (the autoscaler
     /// may have moved away from it since).
-    rm_parallelism: BTreeMap<String, u32>,
+    pub(super) rm_parallelism: BTreeMap<String, u32>,
     /// When each stage was last rescaled (autoscaling cooldown).
-    last_rescaled: BTreeMap<usize, Instant>,
-    started: Instant,
+    pub(super) last_rescaled: BTreeMap<usize, Instant>,
+    pub(super) started: Instant,
     /// Slots of workers the RM will take back (preemption): rescales retire their instances.
     pub draining: BTreeSet<usize>,
 }
@@ -236,43 +236,6 @@ impl Coordinator {
         }
     }
 
-    fn maybe_trigger(&mut self) {
-        let interval = Duration::from_millis(self.spec.checkpoint_interval_ms);
-        if self.rescale.is_some() || !self.pending.is_empty() || self.sources_done || self.last_trigger.elapsed() < interval {
-            return;
-        }
-        let id = self.next_checkpoint;
-        self.next_checkpoint += 1;
-        self.trigger(id);
-    }
-
-    /// Sends barrier `id` into the sources of the current layout.
-    pub fn trigger(&mut self, id: u64) {
-        let Some(layout) = &self.layout else { return };
-        self.last_trigger = Instant::now();
-        let mut expected = BTreeMap::new();
-        let mut by_worker: BTreeMap<ContainerId, Vec<InstanceId>> = BTreeMap::new();
-        for (stage, placed) in layout.iter().enumerate() {
-            for instance in placed {
-                expected.insert(instance.id, (stage, instance.index, instance.range));
-                if self.graph.stages[stage].spec.kind().is_source() {
-                    by_worker.entry(self.slots[instance.worker]).or_default().push(instance.id);
-                }
-            }
-        }
-        self.pending.insert(
-            id,
-            Pending {
-                started: Instant::now(),
-                expected,
-                acks: BTreeMap::new(),
-            },
-        );
-        for (worker, instances) in by_worker {
-            self.send(worker, ToWorker::Trigger { checkpoint: id, instances });
-        }
-    }
-
     /// A deployment from the latest complete checkpoint onto the connected workers.
     fn deploy(&mut self) {
         let connected = self.connected();
@@ -412,242 +375,12 @@ impl Coordinator {
         }
     }
 
-    /// An instance's part of checkpoint `id` arrived.
-    pub fn on_ack(&mut self, ack: Ack) {
-        let id = ack.checkpoint;
-        let Some(pending) = self.pending.get_mut(&id) else { return };
-        if !pending.expected.contains_key(&ack.instance) {
-            return;
-        }
-        let (instance, duration_ms) = (ack.instance, ack.duration_ms);
-        pending.acks.insert(ack.instance, ack);
-        self.rescale_on_ack(id, instance, duration_ms);
-        let pending = &self.pending[&id];
-        if pending.acks.len() == pending.expected.len() {
-            self.complete(id);
-        }
-    }
-
-    fn complete(&mut self, id: u64) {
-        let pending = self.pending.remove(&id).expect("checked by the caller");
-        let mut stages: BTreeMap<String, Vec<SnapshotFile>> = BTreeMap::new();
-        let mut commits = Vec::new();
-        let mut size = 0;
-        for (instance, ack) in &pending.acks {
-            let (stage, index, range) = pending.expected[instance];
-            size += ack.state_bytes;
-            if let Some(path) = &ack.state_file {
-                stages
-                    .entry(self.graph.stages[stage].spec.name.clone())
-                    .or_default()
-                    .push(SnapshotFile {
-                        index,
-                        range,
-                        path: path.clone(),
-                    });
-            }
-            if let Some(commit) = &ack.commit {
-                commits.push(commit.clone());
-            }
-        }
-        let meta = CheckpointMeta {
-            id,
-            completed_at_ms: now_ms(),
-            duration_ms: pending.started.elapsed().as_millis() as u64,
-            size_bytes: size,
-            parallelism: self.parallelism_by_name(),
-            stages,
-            commits: commits.clone(),
-            last: false,
-        };
-        if let Err(error) = self.storage.complete(&meta) {
-            tracing::warn!(checkpoint = id, %error, "cannot write checkpoint metadata: the checkpoint does not count");
-            return;
-        }
-        tracing::debug!(checkpoint = id, bytes = size, duration_ms = meta.duration_ms, "checkpoint complete");
-        self.pending.retain(|&other, _| other > id);
-        self.last_complete = Some(meta);
-        self.effects.push(Effect::Commit(commits));
-        self.rescale_on_complete(id);
-    }
-
     pub fn parallelism_by_name(&self) -> BTreeMap<String, u32> {
         self.graph
             .stages
             .iter()
             .zip(&self.parallelism)
             .map(|(stage, &p)| (stage.spec.name.clone(), p))
-            .collect()
-    }
-
-    /// An instance's input ended for good (bounded sources).
-    pub fn on_finished(&mut self, instance: InstanceId, commit: Option<Commit>) {
-        let Some(layout) = &self.layout else { return };
-        let Some(stage) = layout.iter().position(|placed| placed.iter().any(|p| p.id == instance)) else {
-            return;
-        };
-        if self.graph.stages[stage].spec.kind().is_source() {
-            self.sources_done = true;
-        }
-        self.finished.insert(instance, commit);
-        let sinks_done = layout
-            .iter()
-            .enumerate()
-            .filter(|(stage, _)| self.graph.stages[*stage].spec.kind().is_sink())
-            .all(|(_, placed)| placed.iter().all(|p| self.finished.contains_key(&p.id)));
-        if sinks_done && self.phase == Phase::Running {
-            self.finish_job();
-        }
-    }
-
-    /// Every sink ended: the last checkpoint commits what no complete checkpoint did.
-    fn finish_job(&mut self) {
-        let mut commits: Vec<Commit> = Vec::new();
-        for pending in self.pending.values() {
-            commits.extend(pending.acks.values().filter_map(|ack| ack.commit.clone()));
-        }
-        commits.extend(self.finished.values().flatten().cloned());
-        let id = self.next_checkpoint;
-        self.next_checkpoint += 1;
-        let meta = CheckpointMeta {
-            id,
-            completed_at_ms: now_ms(),
-            duration_ms: 0,
-            size_bytes: 0,
-            parallelism: self.parallelism_by_name(),
-            stages: BTreeMap::new(),
-            commits: commits.clone(),
-            last: true,
-        };
-        self.phase = Phase::Finishing;
-        if let Err(error) = self.storage.complete(&meta) {
-            self.effects.push(Effect::Finish {
-                succeeded: false,
-                diagnostics: format!("cannot record the last checkpoint: {error}"),
-            });
-            return;
-        }
-        tracing::info!(checkpoint = id, "every source ended and every sink finished: committing the rest");
-        self.effects.push(Effect::Commit(commits));
-        self.effects.push(Effect::Finish {
-            succeeded: true,
-            diagnostics: format!(
-                "every source ended; output committed (last checkpoint {id}, {} restarts)",
-                self.restarts
-            ),
-        });
-    }
-
-    /// Something failed: stop everything and start again from the latest complete checkpoint.
-    pub fn restart(&mut self, reason: &str) {
-        if matches!(self.phase, Phase::Finishing) {
-            return;
-        }
-        self.restarts += 1;
-        if self.restarts > self.spec.max_restarts {
-            self.phase = Phase::Finishing;
-            self.effects.push(Effect::Finish {
-                succeeded: false,
-                diagnostics: format!("restarted {} times (max_restarts); last failure: {reason}", self.spec.max_restarts),
-            });
-            return;
-        }
-        tracing::warn!(restarts = self.restarts, %reason, "restarting the pipeline from its latest checkpoint");
-        self.epoch += 1;
-        self.pending.clear();
-        self.finished.clear();
-        self.sources_done = false;
-        self.rescale = None;
-        self.layout = None;
-        let waiting: BTreeSet<ContainerId> = self.connected().into_iter().collect();
-        for &worker in &waiting {
-            self.send(worker, ToWorker::Reset { epoch: self.epoch });
-        }
-        self.phase = if waiting.is_empty() {
-            Phase::Deploying
-        } else {
-            Phase::Resetting {
-                waiting,
-                since: Instant::now(),
-            }
-        };
-    }
-
-    pub fn on_reset_done(&mut self, worker: ContainerId, epoch: u64) {
-        if epoch != self.epoch {
-            return;
-        }
-        if let Phase::Resetting { waiting, .. } = &mut self.phase {
-            waiting.remove(&worker);
-            if waiting.is_empty() {
-                self.phase = Phase::Deploying;
-            }
-        }
-    }
-
-    /// A worker is gone (its container ended or its control connection broke).
-    pub fn on_worker_lost(&mut self, worker: ContainerId, reason: &str) {
-        // A worker cut off from its node (or whose container the RM gave up on) must not go on
-        // running anything of this job.
-        self.send(worker, ToWorker::Shutdown);
-        if self.workers.remove(&worker).is_none() {
-            return;
-        }
-        if let Phase::Resetting { waiting, .. } = &mut self.phase {
-            waiting.remove(&worker);
-            if waiting.is_empty() {
-                self.phase = Phase::Deploying;
-            }
-        }
-        if self.hosts_instances(worker) {
-            self.restart(&format!("worker {worker} lost: {reason}"));
-        }
-    }
-
-    /// The RM will preempt these containers: scale down the operators on them instead of
-    /// failing when they go. A worker hosting a source cannot be emptied (sources keep their
-    /// parallelism): its loss will restart the job from its checkpoint, as a failure would.
-    pub fn on_preempt(&mut self, containers: &[ContainerId]) {
-        let Some(layout) = &self.layout else { return };
-        for container in containers {
-            let Some(slot) = self.slots.iter().position(|id| id == container) else {
-                continue;
-            };
-            if !self.draining.insert(slot) {
-                continue;
-            }
-            let hosted: Vec<usize> = (0..layout.len())
-                .filter(|&stage| layout[stage].iter().any(|p| p.worker == slot))
-                .collect();
-            if hosted.iter().any(|&stage| !self.graph.stages[stage].spec.is_rescalable()) {
-                tracing::warn!(%container, "a preempted worker hosts a source: the job will restart from its checkpoint when it goes");
-                continue;
-            }
-            for stage in hosted {
-                self.parallelism[stage] = self.parallelism[stage].saturating_sub(1).max(1);
-            }
-            tracing::info!(%container, "preemption notice: scaling down the operators on it");
-        }
-    }
-
-    /// Whether the current layout has instances on `worker`.
-    pub fn hosts_instances(&self, worker: ContainerId) -> bool {
-        let Some(layout) = &self.layout else { return false };
-        layout.iter().flatten().any(|placed| self.slots.get(placed.worker) == Some(&worker))
-    }
-
-    /// Workers beyond what the job needs that host nothing: hand them back. Nothing goes
-    /// while a deployment or rescale may still place instances.
-    pub fn idle_workers(&self) -> Vec<ContainerId> {
-        if self.phase != Phase::Running || self.rescale.is_some() {
-            return Vec::new();
-        }
-        let excess = self.workers.len().saturating_sub(self.workers_wanted());
-        self.workers
-            .iter()
-            .filter(|(id, worker)| worker.data_address.is_some() && !self.hosts_instances(**id))
-            .map(|(id, _)| *id)
-            .take(excess)
             .collect()
     }
 }

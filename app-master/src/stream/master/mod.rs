@@ -3,7 +3,9 @@
 //! decisions (deployments, checkpoints, rescales, restarts, commits) until the job ends.
 
 mod autoscale;
+mod checkpointing;
 mod coordinator;
+mod failures;
 mod metrics;
 mod rescale;
 #[cfg(test)]
