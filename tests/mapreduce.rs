@@ -10,17 +10,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use spindle_cli::local::{LocalCluster, LocalOptions};
-use spindle_protocol::{AppState, ContainerId, ContainerState, ExitReason, FinalStatus, JobSpec, NodeId, Resources};
-use support::{Db, TestCluster, read_counts, run_to_success, task_containers, wait_for_app_end, wait_until};
-
-async fn start_local(dir: &Path) -> LocalCluster {
-    let mut options = LocalOptions::new(dir.join("local")).expect("local options");
-    options.agents = 2;
-    options.agent_capacity = Some(Resources::new(4, 8192));
-    options.spindle_bin = support::spindle_bin();
-    LocalCluster::start(options).await.expect("the local cluster starts")
-}
+use spindle_protocol::{AppState, ContainerId, ContainerState, ExitReason, FinalStatus, JobSpec, NodeId};
+use support::{Db, TestCluster, read_counts, run_to_success, start_local, task_containers, wait_for_app_end, wait_until};
 
 /// Deterministic text over a small vocabulary, in `files` files of about 0.7 MB, and its word
 /// counts.

@@ -12,9 +12,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use spindle_app_master::stream::ops::generator::expected_window_counts;
-use spindle_cli::local::{LocalCluster, LocalOptions};
-use spindle_protocol::{AppId, AppReport, AppState, ContainerState, FinalStatus, JobSpec, Resources, RmClient, StreamDetail};
-use support::{CleanupDir, Db, TestCluster, kill_processes_under, task_containers, wait_for_app_end, wait_until};
+use spindle_protocol::{AppId, AppState, ContainerState, FinalStatus, JobSpec, RmClient};
+use support::{
+    CleanupDir, Db, TestCluster, kill_processes_under, start_local, stream_detail, task_containers, wait_for_app_end, wait_for_checkpoint,
+    wait_until,
+};
 
 /// The exactly-once example with its output and checkpoints in `dir`.
 fn example_job(name: &str, dir: &Path) -> JobSpec {
@@ -86,23 +88,6 @@ fn assert_exact(out: &Path, expected: &BTreeMap<(String, i64), u64>) {
         expected.len(),
         committed.len()
     );
-}
-
-async fn stream_detail(client: &RmClient, app_id: AppId) -> Option<(AppReport, StreamDetail)> {
-    let report = client.app(app_id).await.ok()?;
-    assert!(!report.state.is_terminal(), "the job ended early: {report:#?}");
-    let detail = report.detail.clone()?.stream?;
-    Some((report, detail))
-}
-
-/// Waits for a checkpoint newer than `after` with at least `restarts` restarts behind it.
-async fn wait_for_checkpoint(client: &RmClient, app_id: AppId, after: u64, restarts: u32, what: &str) -> u64 {
-    wait_until(Duration::from_secs(60), what, || async {
-        let (_, detail) = stream_detail(client, app_id).await?;
-        let id = detail.last_checkpoint?.id;
-        (id > after && detail.restarts >= restarts).then_some(id)
-    })
-    .await
 }
 
 fn node_of(cluster: &TestCluster, node: &spindle_protocol::NodeId) -> usize {
@@ -193,18 +178,10 @@ async fn exactly_once_through_kill_9_of_a_worker_a_node_and_the_am() {
     assert_exact(&out, &expected);
 }
 
-async fn start_local(dir: &Path) -> LocalCluster {
-    let mut options = LocalOptions::new(dir.join("local")).expect("local options");
-    options.agents = 2;
-    options.agent_capacity = Some(Resources::new(4, 8192));
-    options.spindle_bin = support::spindle_bin();
-    LocalCluster::start(options).await.expect("the local cluster starts")
-}
-
 /// Waits until the rescale to `to` is done; returns its pause.
 async fn wait_for_rescale(client: &RmClient, app_id: AppId, to: u32) -> u64 {
     wait_until(Duration::from_secs(60), &format!("the rescale to {to}"), || async {
-        let (_, detail) = stream_detail(client, app_id).await?;
+        let detail = stream_detail(client, app_id).await?;
         let rescale = detail.last_rescale?;
         let count = detail.operators.iter().find(|op| op.name == "count")?;
         (rescale.to == to && rescale.finished_at_ms.is_some() && count.parallelism == to).then_some(rescale.pause_ms.unwrap_or(0))
@@ -336,7 +313,7 @@ async fn a_user_operator_from_a_job_binary_of_its_own_is_checkpointed_and_rescal
     wait_for_checkpoint(&client, app_id, 0, 0, "a first checkpoint").await;
     client.scale_operator(app_id, "distinct", 3).await.unwrap();
     wait_until(Duration::from_secs(60), "the rescale to 3", || async {
-        let (_, detail) = stream_detail(&client, app_id).await?;
+        let detail = stream_detail(&client, app_id).await?;
         detail.last_rescale.filter(|r| r.to == 3 && r.finished_at_ms.is_some())
     })
     .await;

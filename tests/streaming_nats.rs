@@ -17,9 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, consumer::AckPolicy, consumer::DeliverPolicy, consumer::pull};
 use futures_util::StreamExt;
-use spindle_cli::local::{LocalCluster, LocalOptions};
-use spindle_protocol::{AppId, ContainerState, JobSpec, Resources, RmClient, StreamDetail};
-use support::{CleanupDir, kill_processes_under, task_containers, wait_until};
+use spindle_protocol::{ContainerState, JobSpec};
+use support::{CleanupDir, kill_processes_under, start_local, stream_detail, task_containers, wait_for_checkpoint, wait_until};
 
 const URL: &str = "nats://127.0.0.1:4222";
 /// Input messages `k{key}\t{i}\t{i / 2}`: 10 s of event time, then one far later.
@@ -114,22 +113,6 @@ async fn read_all(js: &jetstream::Context, stream: &str) -> Vec<String> {
         .collect()
 }
 
-async fn stream_detail(client: &RmClient, app_id: AppId) -> Option<StreamDetail> {
-    let report = client.app(app_id).await.ok()?;
-    assert!(!report.state.is_terminal(), "the job ended: {report:#?}");
-    report.detail?.stream
-}
-
-/// Waits for a checkpoint newer than `after` with at least `restarts` restarts behind it.
-async fn wait_for_checkpoint(client: &RmClient, app_id: AppId, after: u64, restarts: u32, what: &str) -> u64 {
-    wait_until(Duration::from_secs(60), what, || async {
-        let detail = stream_detail(client, app_id).await?;
-        let id = detail.last_checkpoint?.id;
-        (id > after && detail.restarts >= restarts).then_some(id)
-    })
-    .await
-}
-
 /// The example with the test's streams, subjects and checkpoint dir.
 fn example_job(dir: &Path, input: (&str, &str), output_subject: &str) -> JobSpec {
     let text = std::fs::read_to_string(support::examples_dir().join("stream-nats.toml")).unwrap();
@@ -142,14 +125,6 @@ fn example_job(dir: &Path, input: (&str, &str), output_subject: &str) -> JobSpec
     stream.operators.iter_mut().find(|op| op.name == "out").unwrap().subject = Some(output_subject.to_owned());
     spec.validate().unwrap();
     spec
-}
-
-async fn start_local(dir: &Path) -> LocalCluster {
-    let mut options = LocalOptions::new(dir.join("local")).expect("local options");
-    options.agents = 2;
-    options.agent_capacity = Some(Resources::new(4, 8192));
-    options.spindle_bin = support::spindle_bin();
-    LocalCluster::start(options).await.expect("the local cluster starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,7 @@ mod cli;
 mod daemons;
 mod in_process;
 mod postgres;
+mod streams;
 
 use std::future::Future;
 use std::net::Ipv4Addr;
@@ -34,6 +35,7 @@ pub use self::{
     daemons::{Daemon, Db, TestAgent, TestCluster},
     in_process::InProcessRm,
     postgres::PgSchema,
+    streams::{start_local, stream_detail, wait_for_checkpoint},
 };
 
 /// The cluster secret every test cluster shares between its RM and agents.

@@ -86,37 +86,10 @@ fn topological(graph: &Graph) -> Vec<usize> {
 
 #[cfg(test)]
 mod tests {
-    use spindle_protocol::StreamSpec;
-
     use super::*;
 
     fn graph() -> Graph {
-        let spec: StreamSpec = toml::from_str(
-            r#"
-            [[operators]]
-            name = "events"
-            kind = "generator"
-            parallelism = 2
-            [[operators]]
-            name = "by_key"
-            kind = "key_by"
-            input = ["events"]
-            expr = "$1"
-            [[operators]]
-            name = "count"
-            kind = "window"
-            input = ["by_key"]
-            size_ms = 1000
-            aggregate = "count"
-            parallelism = 2
-            [[operators]]
-            name = "out"
-            kind = "discard_sink"
-            input = ["count"]
-            "#,
-        )
-        .unwrap();
-        Graph::build(&spec)
+        Graph::build(&crate::stream::plan::window_count_spec(2))
     }
 
     fn settings() -> AutoscaleSpec {

@@ -194,6 +194,33 @@ impl Aggregator {
     }
 }
 
+/// Appends a key map: its length, then each key and aggregate (the state of `reduce`, and of
+/// each of `window`'s windows).
+pub fn put_key_map(out: &mut Vec<u8>, map: &KeyMap<i64>) {
+    put_varint(out, map.len() as u64);
+    for (key, aggregate) in map {
+        put_bytes(out, key.as_slice());
+        put_signed(out, *aggregate);
+    }
+}
+
+/// Reads a key map `put_key_map` wrote, combining into `map`; returns the entries it added and
+/// their key bytes.
+pub fn read_key_map(decoder: &mut Decoder<'_>, map: &mut KeyMap<i64>, aggregator: &Aggregator) -> Result<(u64, u64), OperatorError> {
+    let entries = decoder.count()?;
+    map.reserve(entries);
+    let (mut added, mut key_bytes) = (0, 0);
+    for _ in 0..entries {
+        let key = decoder.bytes()?;
+        let aggregate = decoder.signed()?;
+        if aggregator.update(map, key, aggregate).1 {
+            added += 1;
+            key_bytes += key.len() as u64;
+        }
+    }
+    Ok((added, key_bytes))
+}
+
 /// Appends an unsigned LEB128 varint.
 #[inline]
 pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {

@@ -6,7 +6,7 @@
 use spindle_protocol::OperatorSpec;
 
 use super::fields::write_i64;
-use super::keyed::{Aggregator, Decoder, ENTRY_OVERHEAD, KeyMap, group_slots, put_bytes, put_signed, put_varint, slot};
+use super::keyed::{Aggregator, Decoder, ENTRY_OVERHEAD, KeyMap, group_slots, put_key_map, read_key_map, slot};
 use crate::stream::keys::KeyGroupRange;
 use crate::stream::operator::{InstanceContext, Operator, OperatorError};
 use crate::stream::record::{Batch, Record};
@@ -74,11 +74,7 @@ impl Operator for Reduce {
             };
             state.key_group(group as u32, |out| {
                 out.push(FORMAT_VERSION);
-                put_varint(out, map.len() as u64);
-                for (key, aggregate) in map {
-                    put_bytes(out, key.as_slice());
-                    put_signed(out, *aggregate);
-                }
+                put_key_map(out, map);
             })?;
         }
         Ok(())
@@ -91,17 +87,10 @@ impl Operator for Reduce {
                 "reduce state of key group {group}: unknown format"
             )));
         }
-        let entries = decoder.count()?;
         let map = slot(&mut self.groups, group);
-        map.reserve(entries);
-        for _ in 0..entries {
-            let key = decoder.bytes()?;
-            let aggregate = decoder.signed()?;
-            if self.aggregator.update(map, key, aggregate).1 {
-                self.entries += 1;
-                self.key_bytes += key.len() as u64;
-            }
-        }
+        let (added, key_bytes) = read_key_map(&mut decoder, map, &self.aggregator)?;
+        self.entries += added;
+        self.key_bytes += key_bytes;
         if !decoder.is_empty() {
             return Err(OperatorError::CorruptState(format!(
                 "reduce state of key group {group}: trailing bytes"

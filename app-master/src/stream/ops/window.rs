@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use spindle_protocol::OperatorSpec;
 
 use super::fields::write_i64;
-use super::keyed::{Aggregator, Decoder, ENTRY_OVERHEAD, KeyMap, group_slots, put_bytes, put_signed, put_varint, slot};
+use super::keyed::{Aggregator, Decoder, ENTRY_OVERHEAD, KeyMap, group_slots, put_key_map, put_signed, put_varint, read_key_map, slot};
 use crate::stream::keys::KeyGroupRange;
 use crate::stream::operator::{InstanceContext, Operator, OperatorError};
 use crate::stream::record::{Batch, EventTime, Record};
@@ -206,11 +206,7 @@ impl Operator for Window {
                 put_varint(out, windows.map_or(0, BTreeMap::len) as u64);
                 for (end, map) in windows.into_iter().flatten() {
                     put_signed(out, *end);
-                    put_varint(out, map.len() as u64);
-                    for (key, aggregate) in map {
-                        put_bytes(out, key.as_slice());
-                        put_signed(out, *aggregate);
-                    }
+                    put_key_map(out, map);
                 }
             })?;
         }
@@ -230,17 +226,10 @@ impl Operator for Window {
         state.watermark = state.watermark.max(watermark);
         for _ in 0..windows {
             let end = decoder.signed()?;
-            let entries = decoder.count()?;
             let map = state.windows.entry(end).or_default();
-            map.reserve(entries);
-            for _ in 0..entries {
-                let key = decoder.bytes()?;
-                let aggregate = decoder.signed()?;
-                if self.aggregator.update(map, key, aggregate).1 {
-                    self.entries += 1;
-                    self.key_bytes += key.len() as u64;
-                }
-            }
+            let (added, key_bytes) = read_key_map(&mut decoder, map, &self.aggregator)?;
+            self.entries += added;
+            self.key_bytes += key_bytes;
             self.earliest_end = self.earliest_end.min(end);
         }
         if !decoder.is_empty() {
