@@ -176,6 +176,13 @@ async fn exactly_once_through_kill_9_of_a_worker_a_node_and_the_am() {
         report.attempts
     );
     assert_exact(&out, &expected);
+    // What the failed attempts staged was cleaned up when the pipeline was deployed again.
+    let staged: Vec<_> = std::fs::read_dir(out.join(".staging"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name())
+        .collect();
+    assert!(staged.is_empty(), "left in .staging: {staged:?}");
 }
 
 /// Waits until the rescale to `to` is done; returns its pause.

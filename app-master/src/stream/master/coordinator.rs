@@ -49,6 +49,9 @@ pub struct Pending {
 pub enum Effect {
     /// Run these commits in order (then prune old checkpoints).
     Commit(Vec<Commit>),
+    /// After the commits queued before it: delete what file sinks staged in these directories
+    /// before `epoch` (attempts that failed; nothing will ever commit those files).
+    CleanStaging { dirs: Vec<std::path::PathBuf>, epoch: u64 },
     /// The job is over: after the commits, finish with this status.
     Finish { succeeded: bool, diagnostics: String },
 }
@@ -251,9 +254,27 @@ impl Coordinator {
             ids.next().expect("enough ids")
         });
         let restored = self.last_complete.as_ref().map_or(0, |meta| meta.id);
-        if let Some(meta) = &self.last_complete {
-            // Publish what the checkpoint committed, in case the AM died before doing so.
-            self.effects.push(Effect::Commit(meta.commits.clone()));
+        if self.last_complete.is_some() {
+            // Publish what the kept checkpoints committed, oldest first, in case an earlier
+            // attempt died before doing so (committing is idempotent; a checkpoint is pruned
+            // only after its commits ran).
+            let commits: Vec<Commit> = self
+                .storage
+                .complete_checkpoints()
+                .into_iter()
+                .flat_map(|meta| meta.commits)
+                .collect();
+            self.effects.push(Effect::Commit(commits));
+        }
+        let dirs: Vec<std::path::PathBuf> = self
+            .graph
+            .stages
+            .iter()
+            .filter(|stage| stage.spec.kind() == spindle_protocol::OperatorKind::FileSink)
+            .filter_map(|stage| stage.spec.path.as_ref().map(|path| std::path::Path::new(path).join(".staging")))
+            .collect();
+        if !dirs.is_empty() {
+            self.effects.push(Effect::CleanStaging { dirs, epoch: self.epoch });
         }
         let mut starts: BTreeMap<ContainerId, Vec<InstancePlan>> = BTreeMap::new();
         for (stage, placed) in layout.iter().enumerate() {

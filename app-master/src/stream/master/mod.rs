@@ -52,7 +52,12 @@ enum Event {
     },
 }
 
-type CommitJob = (Vec<Commit>, Option<oneshot::Sender<Result<(), String>>>);
+/// Commits to run (or, with no commits, staging dirs to clean of files older than an epoch).
+struct CommitJob {
+    commits: Vec<Commit>,
+    clean: Option<(Vec<PathBuf>, u64)>,
+    done: Option<oneshot::Sender<Result<(), String>>>,
+}
 
 /// The application master of a `stream` job.
 pub struct StreamMaster<L = AgentLauncher> {
@@ -221,9 +226,20 @@ impl<L: ContainerLauncher> StreamMaster<L> {
                     Effect::Commit(batch) => {
                         if !batch.is_empty() {
                             let (done_tx, done_rx) = oneshot::channel();
-                            let _ = commits.send((batch, Some(done_tx)));
+                            let _ = commits.send(CommitJob {
+                                commits: batch,
+                                clean: None,
+                                done: Some(done_tx),
+                            });
                             pending_commits.push(done_rx);
                         }
+                    }
+                    Effect::CleanStaging { dirs, epoch } => {
+                        let _ = commits.send(CommitJob {
+                            commits: Vec::new(),
+                            clean: Some((dirs, epoch)),
+                            done: None,
+                        });
                     }
                     Effect::Finish { succeeded, diagnostics } => outcome = Some((succeeded, diagnostics)),
                 }
@@ -434,12 +450,16 @@ async fn serve_worker(stream: TcpStream, token: &str, events: mpsc::UnboundedSen
 fn spawn_committer(storage: super::checkpoints::Storage, keep: usize) -> mpsc::UnboundedSender<CommitJob> {
     let (tx, mut rx) = mpsc::unbounded_channel::<CommitJob>();
     tokio::spawn(async move {
-        while let Some((batch, done)) = rx.recv().await {
+        while let Some(CommitJob { commits, clean, done }) = rx.recv().await {
             let storage = storage.clone();
             let result = tokio::task::spawn_blocking(move || {
+                if let Some((dirs, epoch)) = clean {
+                    clean_staging(&dirs, epoch);
+                    return Ok(());
+                }
                 let mut last = Ok(());
                 for attempt in 0..3 {
-                    last = batch.iter().try_for_each(commit_one);
+                    last = commits.iter().try_for_each(commit_one);
                     if last.is_ok() {
                         break;
                     }
@@ -460,6 +480,24 @@ fn spawn_committer(storage: super::checkpoints::Storage, keep: usize) -> mpsc::U
     tx
 }
 
+/// Deletes staged files of epochs before `epoch` (`<operator>-<index>-e<epoch>-<seq>…`): the
+/// attempt that wrote them failed and the checkpoints that covered them never completed, or they
+/// were committed (renamed away) already.
+fn clean_staging(dirs: &[PathBuf], epoch: u64) {
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let staged_epoch = name
+                .split('-')
+                .find_map(|part| part.strip_prefix('e').and_then(|digits| digits.parse::<u64>().ok()));
+            if staged_epoch.is_some_and(|staged| staged < epoch) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
 fn commit_one(commit: &Commit) -> Result<(), String> {
     if !commit.renames.is_empty() {
         super::ops::sinks::run_file_commit(commit).map_err(|error| error.to_string())?;
@@ -473,7 +511,11 @@ fn commit_one(commit: &Commit) -> Result<(), String> {
 async fn run_commits(commits: &mpsc::UnboundedSender<CommitJob>, batch: Vec<Commit>) -> Result<(), String> {
     let (done_tx, done_rx) = oneshot::channel();
     commits
-        .send((batch, Some(done_tx)))
+        .send(CommitJob {
+            commits: batch,
+            clean: None,
+            done: Some(done_tx),
+        })
         .map_err(|_| "the committer stopped".to_owned())?;
     done_rx.await.unwrap_or_else(|_| Err("the committer stopped".to_owned()))
 }
