@@ -52,7 +52,9 @@ impl Coordinator {
         let mut free: Vec<usize> = (0..self.slots.len())
             .filter(|slot| !used.contains(slot) && !self.draining.contains(slot) && self.workers.contains_key(&self.slots[*slot]))
             .collect();
-        let adding = to.saturating_sub(layout[stage].len());
+        // Instances on workers being preempted do not stay, so they do not count.
+        let staying = layout[stage].iter().filter(|p| !self.draining.contains(&p.worker)).count();
+        let adding = to.saturating_sub(staying);
         if free.len() < adding {
             let spare: Vec<ContainerId> = self.connected().into_iter().filter(|id| !self.slots.contains(id)).collect();
             for worker in spare.into_iter().take(adding - free.len()) {
@@ -79,14 +81,23 @@ impl Coordinator {
         };
         // Instances on workers being preempted are never kept.
         let draining = |p: &Placed| self.draining.contains(&p.worker);
-        let keepers: Vec<Option<usize>> = if spec.is_keyed() {
+        let mut keepers: Vec<Option<usize>> = if spec.is_keyed() {
             let current: Vec<_> = old.iter().map(|p| if draining(p) { 0..0 } else { p.range.0..p.range.1 }).collect();
             let wanted: Vec<_> = new_ranges.iter().map(|r| r.0..r.1).collect();
             assign_ranges(&current, &wanted)
         } else {
-            let mut candidates = (0..old.len()).filter(|&i| !draining(&old[i]));
-            (0..to).map(|_| candidates.next()).collect()
+            vec![None; to]
         };
+        // Ranges no current instance overlaps (or whose overlapping ones went to other ranges)
+        // go to current instances left over before any new one is started: a scale-down never
+        // needs a new instance.
+        let unused: Vec<usize> = (0..old.len())
+            .filter(|&i| !draining(&old[i]) && !keepers.contains(&Some(i)))
+            .collect();
+        let mut unused = unused.into_iter();
+        for keeper in keepers.iter_mut().filter(|keeper| keeper.is_none()) {
+            *keeper = unused.next();
+        }
         let checkpoint = self.next_checkpoint;
         self.next_checkpoint += 1;
         let mut free = free.into_iter();
