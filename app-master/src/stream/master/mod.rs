@@ -4,6 +4,7 @@
 
 mod autoscale;
 mod checkpointing;
+mod committer;
 mod coordinator;
 mod failures;
 mod metrics;
@@ -22,7 +23,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::control::{ToAm, ToWorker};
-use super::operator::Commit;
 use super::runtime::worker::AM_CONTROL_ENV;
 use super::wire::{read_json, write_json};
 use crate::AmExit;
@@ -30,6 +30,7 @@ use crate::context::AmContext;
 use crate::error::AmError;
 use crate::launch::{AgentLauncher, ContainerLauncher, DEFAULT_MAX_LAUNCHES_IN_FLIGHT, LaunchPool};
 use crate::rm::{Heartbeat, RmConnection};
+use committer::{CommitJob, run_commits, spawn_committer};
 pub use coordinator::{Coordinator, Effect, Phase, Worker};
 
 /// How long an allocate waits on the RM for news (control messages arrive meanwhile).
@@ -50,13 +51,6 @@ enum Event {
     Closed {
         container: ContainerId,
     },
-}
-
-/// Commits to run (or, with no commits, staging dirs to clean of files older than an epoch).
-struct CommitJob {
-    commits: Vec<Commit>,
-    clean: Option<(Vec<PathBuf>, u64)>,
-    done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
 /// The application master of a `stream` job.
@@ -444,78 +438,4 @@ async fn serve_worker(stream: TcpStream, token: &str, events: mpsc::UnboundedSen
             }
         }
     }
-}
-
-/// Runs commits one batch at a time, in order, then prunes old checkpoints.
-fn spawn_committer(storage: super::checkpoints::Storage, keep: usize) -> mpsc::UnboundedSender<CommitJob> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<CommitJob>();
-    tokio::spawn(async move {
-        while let Some(CommitJob { commits, clean, done }) = rx.recv().await {
-            let storage = storage.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                if let Some((dirs, epoch)) = clean {
-                    clean_staging(&dirs, epoch);
-                    return Ok(());
-                }
-                let mut last = Ok(());
-                for attempt in 0..3 {
-                    last = commits.iter().try_for_each(commit_one);
-                    if last.is_ok() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(200 << attempt));
-                }
-                if last.is_ok() {
-                    storage.prune(keep);
-                }
-                last
-            })
-            .await
-            .unwrap_or_else(|join| Err(format!("the commit panicked: {join}")));
-            if let Some(done) = done {
-                let _ = done.send(result);
-            }
-        }
-    });
-    tx
-}
-
-/// Deletes staged files of epochs before `epoch` (`<operator>-<index>-e<epoch>-<seq>…`): the
-/// attempt that wrote them failed and the checkpoints that covered them never completed, or they
-/// were committed (renamed away) already.
-fn clean_staging(dirs: &[PathBuf], epoch: u64) {
-    for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(dir) else { continue };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let staged_epoch = name
-                .split('-')
-                .find_map(|part| part.strip_prefix('e').and_then(|digits| digits.parse::<u64>().ok()));
-            if staged_epoch.is_some_and(|staged| staged < epoch) {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-    }
-}
-
-fn commit_one(commit: &Commit) -> Result<(), String> {
-    if !commit.renames.is_empty() {
-        super::ops::sinks::run_file_commit(commit).map_err(|error| error.to_string())?;
-    }
-    if let Some(nats) = &commit.nats {
-        super::ops::nats::run_nats_commit(nats).map_err(|error| error.to_string())?;
-    }
-    Ok(())
-}
-
-async fn run_commits(commits: &mpsc::UnboundedSender<CommitJob>, batch: Vec<Commit>) -> Result<(), String> {
-    let (done_tx, done_rx) = oneshot::channel();
-    commits
-        .send(CommitJob {
-            commits: batch,
-            clean: None,
-            done: Some(done_tx),
-        })
-        .map_err(|_| "the committer stopped".to_owned())?;
-    done_rx.await.unwrap_or_else(|_| Err("the committer stopped".to_owned()))
 }
