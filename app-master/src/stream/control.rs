@@ -173,4 +173,7 @@ pub struct InstanceMetrics {
     pub state_bytes: u64,
     pub lag: Option<u64>,
     pub late_records: u64,
+    /// Records skipped because a field they need does not parse.
+    #[serde(default)]
+    pub bad_records: u64,
 }

@@ -98,6 +98,11 @@ pub trait Operator: Send {
     fn late_records(&self) -> u64 {
         0
     }
+
+    /// Records skipped because a field they need (a value to aggregate) does not parse.
+    fn bad_records(&self) -> u64 {
+        0
+    }
 }
 
 /// What a source's `poll` did.
@@ -125,6 +130,11 @@ pub trait Source: Send {
     /// Records known to be waiting to be read, where the source can tell.
     fn lag(&self) -> Option<u64> {
         None
+    }
+
+    /// Records skipped because their time field does not parse.
+    fn bad_records(&self) -> u64 {
+        0
     }
 }
 

@@ -148,20 +148,73 @@ impl Metrics {
         let Some(layout) = layout else { return totals };
         for (stage, placed) in layout.iter().enumerate() {
             let name = &graph.stages[stage].spec.name;
-            let (mut records_in, mut records_out, mut late) = (0, 0, 0);
+            let (mut records_in, mut records_out, mut late, mut bad) = (0, 0, 0, 0);
             for p in placed {
                 if let Some((_, last, _)) = self.samples.get(&p.id) {
                     records_in += last.records_in;
                     records_out += last.records_out;
                     late += last.late_records;
+                    bad += last.bad_records;
                 }
             }
             totals.insert(format!("{name}.records_in"), records_in);
             totals.insert(format!("{name}.records_out"), records_out);
+            // Only when there are some: the report's counters are bounded.
             if late > 0 {
                 totals.insert(format!("{name}.late_records"), late);
             }
+            if bad > 0 {
+                totals.insert(format!("{name}.bad_records"), bad);
+            }
+        }
+        // The RM refuses a report with more counters than this (per-instance figures are in
+        // the stream detail anyway).
+        while totals.len() > spindle_protocol::MAX_DETAIL_ENTRIES {
+            totals.pop_last();
         }
         totals
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::plan::{Placed, window_count_spec};
+
+    #[test]
+    fn totals_name_late_and_bad_records_only_when_there_are_some() {
+        let graph = Graph::build(&window_count_spec(1));
+        let placed = |id| {
+            vec![Placed {
+                id,
+                index: 0,
+                range: (0, 128),
+                worker: 0,
+            }]
+        };
+        let layout: Layout = vec![placed(1), placed(2), placed(3)];
+        let mut metrics = Metrics::default();
+        metrics.record(
+            Instant::now(),
+            vec![
+                InstanceMetrics {
+                    id: 1,
+                    records_out: 10,
+                    bad_records: 2,
+                    ..Default::default()
+                },
+                InstanceMetrics {
+                    id: 2,
+                    records_in: 10,
+                    late_records: 1,
+                    ..Default::default()
+                },
+            ],
+        );
+        let totals = metrics.totals(&graph, Some(&layout));
+        assert_eq!(totals["events.bad_records"], 2);
+        assert_eq!(totals["count.late_records"], 1);
+        assert!(!totals.contains_key("count.bad_records") && !totals.contains_key("out.late_records"));
+        assert_eq!(totals["count.records_in"], 10);
     }
 }

@@ -102,11 +102,6 @@ impl FileSource {
         })
     }
 
-    /// Lines skipped because their time field is not an integer.
-    pub fn bad_records(&self) -> u64 {
-        self.bad
-    }
-
     /// Finds this instance's files (new ones start at offset 0).
     fn scan(&mut self) -> Result<(), OperatorError> {
         self.last_scan = Some(Instant::now());
@@ -182,6 +177,11 @@ impl FileSource {
 }
 
 impl Source for FileSource {
+    /// Lines skipped because their time field is not an integer.
+    fn bad_records(&self) -> u64 {
+        self.bad
+    }
+
     fn poll(&mut self, out: &mut Batch, max_records: usize) -> Result<SourceStatus, OperatorError> {
         let due = match self.last_scan {
             None => true,

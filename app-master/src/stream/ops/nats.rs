@@ -151,11 +151,6 @@ impl NatsSource {
         })
     }
 
-    /// Messages skipped because their time field was missing or not an integer.
-    pub fn bad_records(&self) -> u64 {
-        self.bad_records
-    }
-
     fn start_reader(&self) -> Result<Reader, OperatorError> {
         let (sender, events) = mpsc::channel(reader::BUFFER);
         let pending = Arc::new(Mutex::new(None));
@@ -190,6 +185,11 @@ impl NatsSource {
 }
 
 impl Source for NatsSource {
+    /// Messages skipped because their time field was missing or not an integer.
+    fn bad_records(&self) -> u64 {
+        self.bad_records
+    }
+
     fn poll(&mut self, out: &mut Batch, max_records: usize) -> Result<SourceStatus, OperatorError> {
         if self.reader.is_none() {
             self.reader = Some(self.start_reader()?);

@@ -34,11 +34,6 @@ impl Reduce {
         })
     }
 
-    /// Records skipped because their field is not an integer.
-    pub fn bad_records(&self) -> u64 {
-        self.bad
-    }
-
     fn recount(&mut self) {
         let maps = self.groups.iter().flatten();
         self.entries = maps.clone().map(|map| map.len() as u64).sum();
@@ -47,6 +42,11 @@ impl Reduce {
 }
 
 impl Operator for Reduce {
+    /// Records skipped because their field is not an integer.
+    fn bad_records(&self) -> u64 {
+        self.bad
+    }
+
     #[inline]
     fn process(&mut self, record: Record<'_>, key_group: u32, out: &mut Batch) -> Result<(), OperatorError> {
         let Some(value) = self.aggregator.input(record.value) else {

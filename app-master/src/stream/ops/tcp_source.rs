@@ -48,11 +48,6 @@ impl TcpSource {
             .spawn(move || read_lines(&address, &sender, &thread_stop))?;
         Ok(TcpSource { lines, stop, time, bad: 0 })
     }
-
-    /// Lines skipped because their time field is not an integer.
-    pub fn bad_records(&self) -> u64 {
-        self.bad
-    }
 }
 
 impl Drop for TcpSource {
@@ -123,6 +118,11 @@ fn connect(address: &str) -> std::io::Result<TcpStream> {
 }
 
 impl Source for TcpSource {
+    /// Lines skipped because their time field is not an integer.
+    fn bad_records(&self) -> u64 {
+        self.bad
+    }
+
     fn poll(&mut self, out: &mut Batch, max_records: usize) -> Result<SourceStatus, OperatorError> {
         let now = now_ms();
         let mut emitted = 0;

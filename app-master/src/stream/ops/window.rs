@@ -83,11 +83,6 @@ impl Window {
         })
     }
 
-    /// Records skipped because their field is not an integer.
-    pub fn bad_records(&self) -> u64 {
-        self.bad
-    }
-
     fn recount(&mut self) {
         self.entries = 0;
         self.key_bytes = 0;
@@ -118,6 +113,11 @@ impl Window {
 }
 
 impl Operator for Window {
+    /// Records skipped because their field is not an integer.
+    fn bad_records(&self) -> u64 {
+        self.bad
+    }
+
     #[inline]
     fn process(&mut self, record: Record<'_>, key_group: u32, _out: &mut Batch) -> Result<(), OperatorError> {
         let Some(value) = self.aggregator.input(record.value) else {

@@ -62,6 +62,7 @@ pub struct Counters {
     /// `u64::MAX`: unknown.
     pub lag: AtomicU64,
     pub late_records: AtomicU64,
+    pub bad_records: AtomicU64,
 }
 
 /// Everything an instance thread needs besides its body.
@@ -199,6 +200,7 @@ impl Instance {
             if let Some(lag) = source.lag() {
                 self.env.counters.lag.store(lag, Ordering::Relaxed);
             }
+            self.env.counters.bad_records.store(source.bad_records(), Ordering::Relaxed);
             if last_flush.elapsed() >= FLUSH_EVERY {
                 last_flush = Instant::now();
                 let watermark = max_time.saturating_sub(out_of_orderness);
@@ -393,6 +395,7 @@ impl Instance {
                 }
                 let emitted = self.out.take();
                 self.outputs.route(&emitted, &self.env.cancel)?;
+                self.env.counters.bad_records.store(operator.bad_records(), Ordering::Relaxed);
             }
             Body::Sink(sink) => sink.write(batch)?,
             Body::Source(_) => {}

@@ -243,6 +243,7 @@ async fn report_metrics(running: Arc<Mutex<HashMap<InstanceId, Running>>>, to_am
                     state_bytes: counters.state_bytes.load(Ordering::Relaxed),
                     lag: (lag != u64::MAX).then_some(lag),
                     late_records: counters.late_records.load(Ordering::Relaxed),
+                    bad_records: counters.bad_records.load(Ordering::Relaxed),
                 }
             })
             .collect();
