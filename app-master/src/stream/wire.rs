@@ -49,7 +49,7 @@ pub enum DataHelloReply {
 }
 
 /// An event on a data connection, sender to receiver.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum DataEvent {
     Batch(Batch),
     Watermark(EventTime),
@@ -80,6 +80,15 @@ pub fn encode_event(event: &DataEvent, out: &mut Vec<u8>) {
             out.push(u8::from(*last));
         }
     }
+}
+
+/// The framing in front of a batch's bytes (so a sender can write the batch without copying
+/// it into a frame first).
+pub fn batch_header(batch_bytes: usize) -> [u8; 5] {
+    let mut head = [0u8; 5];
+    head[..4].copy_from_slice(&((batch_bytes + 1) as u32).to_le_bytes());
+    head[4] = TAG_BATCH;
+    head
 }
 
 fn header(out: &mut Vec<u8>, tag: u8, payload: usize) {
@@ -178,5 +187,12 @@ mod tests {
         assert!(matches!(decoded[1], DataEvent::Watermark(-5)));
         assert!(matches!(decoded[2], DataEvent::Barrier(7)));
         assert!(matches!(decoded[3], DataEvent::End { last: true }));
+
+        // A sender writes a batch as its framing then its bytes: the same frame.
+        let mut framed = batch_header(batch.byte_len()).to_vec();
+        framed.extend_from_slice(batch.as_bytes());
+        let mut encoded = Vec::new();
+        encode_event(&DataEvent::Batch(batch), &mut encoded);
+        assert_eq!(framed, encoded);
     }
 }

@@ -9,31 +9,16 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use super::coordinator::{Coordinator, Effect, Phase, Worker};
 use crate::stream::control::{Ack, InstanceChange, ToWorker};
 
-const SPEC: &str = r#"
-    checkpoint_interval_ms = 0
-    [[operators]]
-    name = "events"
-    kind = "generator"
-    parallelism = 2
-    [[operators]]
-    name = "by_key"
-    kind = "key_by"
-    input = ["events"]
-    expr = "$1"
-    [[operators]]
-    name = "count"
-    kind = "window"
-    input = ["by_key"]
-    size_ms = 1000
-    aggregate = "count"
-    parallelism = 2
-    [[operators]]
-    name = "out"
-    kind = "file_sink"
-    input = ["count"]
-    parallelism = 2
-    path = "/tmp/out"
-"#;
+/// The plan tests' pipeline, checkpointing on every tick, into 2 file sinks.
+fn spec() -> StreamSpec {
+    let mut spec = crate::stream::plan::window_count_spec(2);
+    spec.checkpoint_interval_ms = 0;
+    let out = spec.operators.last_mut().expect("a sink");
+    out.kind = Some(spindle_protocol::OperatorKind::FileSink);
+    out.parallelism = 2;
+    out.path = Some("/tmp/out".into());
+    spec
+}
 
 struct Harness {
     coordinator: Coordinator,
@@ -53,9 +38,8 @@ fn container(n: u64) -> ContainerId {
 impl Harness {
     fn new(workers: u64) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let spec: StreamSpec = toml::from_str(SPEC).unwrap();
         let mut harness = Harness {
-            coordinator: Coordinator::new(spec, "app".into(), 1, dir.path()),
+            coordinator: Coordinator::new(spec(), "app".into(), 1, dir.path()),
             inboxes: BTreeMap::new(),
             _dir: dir,
         };

@@ -16,8 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use super::super::wire::{
-    DataEvent, DataHello, DataHelloReply, InstanceId, TAG_CREDIT, credit_frame, decode_event, encode_event, read_frame, read_json,
-    write_json,
+    DataEvent, DataHello, DataHelloReply, InstanceId, TAG_CREDIT, batch_header, credit_frame, decode_event, encode_event, read_frame,
+    read_json, write_json,
 };
 
 /// Batches a receiver buffers per input connection.
@@ -158,7 +158,14 @@ struct Credits {
 pub struct Sender {
     pub to: InstanceId,
     credits: Arc<Credits>,
-    frames: mpsc::UnboundedSender<Vec<u8>>,
+    frames: mpsc::UnboundedSender<Frame>,
+}
+
+/// Bytes for the writer task: a head (a whole control frame, or a batch's framing) and the
+/// batch's own bytes, written after it as they are.
+struct Frame {
+    head: Vec<u8>,
+    body: Vec<u8>,
 }
 
 /// Why a send failed.
@@ -201,7 +208,7 @@ impl Sender {
             available: Mutex::new((credits, false)),
             changed: Condvar::new(),
         });
-        let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<Frame>();
         let close = |credits: &Credits| {
             credits.available.lock().expect("credits lock").1 = true;
             credits.changed.notify_all();
@@ -210,11 +217,11 @@ impl Sender {
         tokio::spawn(async move {
             let mut writer = BufWriter::with_capacity(256 << 10, writer);
             while let Some(frame) = frames_rx.recv().await {
-                if writer.write_all(&frame).await.is_err() {
+                if write_frame(&mut writer, &frame).await.is_err() {
                     break;
                 }
                 while let Ok(frame) = frames_rx.try_recv() {
-                    if writer.write_all(&frame).await.is_err() {
+                    if write_frame(&mut writer, &frame).await.is_err() {
                         break;
                     }
                 }
@@ -247,7 +254,7 @@ impl Sender {
 
     /// Sends an event; a batch first takes a credit, waiting for one if need be. Returns how
     /// long it waited (backpressure).
-    pub fn send(&self, event: &DataEvent, cancel: &AtomicBool) -> Result<Duration, SendError> {
+    pub fn send(&self, event: DataEvent, cancel: &AtomicBool) -> Result<Duration, SendError> {
         let mut waited = Duration::ZERO;
         if matches!(event, DataEvent::Batch(_)) {
             let mut available = self.credits.available.lock().expect("credits lock");
@@ -271,12 +278,26 @@ impl Sender {
             }
             available.0 -= 1;
         }
-        let mut frame = Vec::with_capacity(match event {
-            DataEvent::Batch(batch) => batch.byte_len() + 5,
-            _ => 16,
-        });
-        encode_event(event, &mut frame);
+        let frame = match event {
+            DataEvent::Batch(batch) => Frame {
+                head: batch_header(batch.byte_len()).to_vec(),
+                body: batch.into_bytes(),
+            },
+            control => {
+                let mut head = Vec::with_capacity(16);
+                encode_event(&control, &mut head);
+                Frame { head, body: Vec::new() }
+            }
+        };
         self.frames.send(frame).map_err(|_| SendError::Closed(self.to))?;
         Ok(waited)
     }
+}
+
+async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(writer: &mut W, frame: &Frame) -> std::io::Result<()> {
+    writer.write_all(&frame.head).await?;
+    if !frame.body.is_empty() {
+        writer.write_all(&frame.body).await?;
+    }
+    Ok(())
 }

@@ -126,7 +126,7 @@ impl Outputs {
                     let target = &mut edge.targets[edge.owners[key_group(record.key, *key_groups) as usize] as usize];
                     target.buffer.push_record(record);
                     if target.buffer.byte_len() >= BATCH_BYTES {
-                        *backpressured += target.sender.send(&DataEvent::Batch(target.buffer.take()), cancel)?;
+                        *backpressured += target.sender.send(DataEvent::Batch(target.buffer.take()), cancel)?;
                     }
                 }
             } else {
@@ -137,7 +137,7 @@ impl Outputs {
                     target.buffer.push_record(record);
                 }
                 if target.buffer.byte_len() >= BATCH_BYTES {
-                    *backpressured += target.sender.send(&DataEvent::Batch(target.buffer.take()), cancel)?;
+                    *backpressured += target.sender.send(DataEvent::Batch(target.buffer.take()), cancel)?;
                 }
             }
         }
@@ -149,7 +149,7 @@ impl Outputs {
         for edge in &mut self.edges {
             for target in &mut edge.targets {
                 if !target.buffer.is_empty() {
-                    self.backpressured += target.sender.send(&DataEvent::Batch(target.buffer.take()), cancel)?;
+                    self.backpressured += target.sender.send(DataEvent::Batch(target.buffer.take()), cancel)?;
                 }
             }
         }
@@ -161,7 +161,7 @@ impl Outputs {
         self.flush(cancel)?;
         for edge in &self.edges {
             for target in &edge.targets {
-                target.sender.send(event, cancel)?;
+                target.sender.send(event.clone(), cancel)?;
             }
         }
         Ok(())
@@ -212,7 +212,7 @@ impl Outputs {
                 edge.targets.push(target);
             }
             for (_, retired) in old {
-                retired.sender.send(&DataEvent::End { last: false }, cancel)?;
+                retired.sender.send(DataEvent::End { last: false }, cancel)?;
             }
             edge.owners = owners(self.key_groups, &plans);
             edge.next = 0;
