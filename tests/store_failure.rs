@@ -30,6 +30,7 @@ async fn start_rm(db: &str) -> RunningRm {
             name: ADMIN.to_owned(),
             token: ADMIN_TOKEN.to_owned(),
             admin: true,
+            unix_user: None,
         }],
         ..RmConfig::default()
     };

@@ -180,7 +180,16 @@ async fn the_ams_stream_detail_shows_in_metrics() {
         ..JobDetail::default()
     };
     am.allocate(&allocate_request(app_id, 0, Some(detail))).await.unwrap();
-    let metrics = reqwest::get(format!("{}/metrics", rm.url)).await.unwrap().text().await.unwrap();
+    // Any API user's token may scrape /metrics (Prometheus: `authorization` in the scrape job).
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", rm.url))
+        .bearer_auth(support::USER_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for line in [
         format!("spindle_stream_busy_ratio{{app=\"{app_id}\",operator=\"count\",instance=\"0\"}} 0.75"),
         format!("spindle_stream_state_bytes{{app=\"{app_id}\",operator=\"count\",instance=\"0\"}} 1234"),

@@ -78,8 +78,17 @@ impl AmContext {
             return Err(invalid(env::RM, "expected one or more comma-separated RM URLs".into()));
         }
         let am_token = required(env::AM_TOKEN)?;
-        let spec: JobSpec = serde_json::from_str(&required(env::JOB_SPEC)?)
-            .map_err(|err| invalid(env::JOB_SPEC, format!("not a job spec in JSON: {err}")))?;
+        // The RM writes the spec into a file of the AM's working dir; an inline spec in the
+        // environment is for AMs started by hand or in tests.
+        let (spec_source, spec_text) = match lookup(env::JOB_SPEC_FILE).filter(|path| !path.trim().is_empty()) {
+            Some(path) => (
+                env::JOB_SPEC_FILE,
+                std::fs::read_to_string(&path).map_err(|err| invalid(env::JOB_SPEC_FILE, format!("cannot read `{path}`: {err}")))?,
+            ),
+            None => (env::JOB_SPEC, required(env::JOB_SPEC)?),
+        };
+        let spec: JobSpec =
+            serde_json::from_str(&spec_text).map_err(|err| invalid(spec_source, format!("not a job spec in JSON: {err}")))?;
         spec.validate()?;
 
         let container_id = match lookup(env::CONTAINER_ID) {
@@ -163,5 +172,20 @@ mod tests {
         vars.insert(env::JOB_SPEC, "{".to_owned());
         let err = AmContext::from_lookup(|name| vars.get(name).cloned()).unwrap_err();
         assert!(err.to_string().contains("SPINDLE_JOB_SPEC"), "{err}");
+    }
+
+    #[test]
+    fn reads_the_spec_from_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job-spec.json");
+        let mut vars = variables();
+        std::fs::write(&path, vars.remove(env::JOB_SPEC).unwrap()).unwrap();
+        vars.insert(env::JOB_SPEC_FILE, path.display().to_string());
+        let context = AmContext::from_lookup(|name| vars.get(name).cloned()).unwrap();
+        assert_eq!(context.spec.name, "hello");
+
+        vars.insert(env::JOB_SPEC_FILE, dir.path().join("missing").display().to_string());
+        let err = AmContext::from_lookup(|name| vars.get(name).cloned()).unwrap_err();
+        assert!(err.to_string().contains("SPINDLE_JOB_SPEC_FILE"), "{err}");
     }
 }

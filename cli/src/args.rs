@@ -62,7 +62,8 @@ pub enum Command {
     /// Run a streaming job's worker (started by node agents for a stream AM, never by hand).
     #[command(hide = true)]
     StreamTask,
-    /// Run an RM and N node agents in this process, and write the client config.
+    /// Run an RM and N node agents in this process, and write the client config (mode 0600:
+    /// it holds the admin token, which is never printed).
     Local(LocalArgs),
     /// Start a throwaway local cluster, run a job on it and show the results.
     Demo,
@@ -152,6 +153,16 @@ pub struct NodeAgentArgs {
     /// it is deleted.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_LOG_RETENTION.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     pub log_retention_s: u64,
+    /// Connections the agent's API serves at once; more wait until one closes.
+    #[arg(long, value_name = "N", default_value_t = spindle_node_agent::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(1..=1_000_000), |n| n as usize))]
+    pub max_connections: usize,
+    /// Containers never run as accounts with a lower uid (an agent running as root runs each
+    /// container as its user's account; uid 0 is always refused).
+    #[arg(long, value_name = "UID", default_value_t = spindle_node_agent::DEFAULT_MIN_UID)]
+    pub min_uid: u32,
+    /// Cap each container's CPU time at its vcores (cgroup CFS quota), not only weigh it.
+    #[arg(long)]
+    pub cpu_hard_cap: bool,
 }
 
 #[derive(Debug, Args)]
@@ -162,7 +173,7 @@ pub struct LocalArgs {
     /// Address of the RM's REST API.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8088")]
     pub listen: SocketAddr,
-    /// Store and agent work dirs [default: $SPINDLE_HOME/local]
+    /// Store, secrets and agent work dirs; created owner-only [default: $SPINDLE_HOME/local]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Vcores each agent offers, instead of the probed count (needs --agent-memory-mb).

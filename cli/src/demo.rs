@@ -48,7 +48,7 @@ pub async fn demo() -> anyhow::Result<ExitCode> {
     options.agent_capacity = Some(DEMO_AGENT_CAPACITY);
     let cluster = LocalCluster::start(options).await?;
     outln!("  RM     {}", cluster.rm_url);
-    outln!("  token  {}", cluster.token);
+    outln!("  data   {}  (its local.toml holds the admin token)", cluster.data_dir.display());
     outln!("  (both vanish when the demo ends; your own config is untouched)");
 
     let demo = async {

@@ -39,9 +39,10 @@ pub fn exit_code_for(error: &anyhow::Error) -> u8 {
     }
 }
 
-/// Prints `error` (with its causes and any hint) and returns its exit code.
+/// Prints `error` (with its causes and any hint) and returns its exit code. A server's message
+/// may quote what a job wrote, so control characters are escaped.
 pub fn report(error: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {error:#}");
+    eprintln!("error: {}", crate::table::terminal_safe_lines(&format!("{error:#}")));
     if let Some(hint) = hint_for(error) {
         eprintln!("hint: {hint}");
     }

@@ -1,8 +1,8 @@
 //! A whole cluster in one process: an RM on an embedded SQLite store and N node agents on
 //! ephemeral ports. `spindle local`, `spindle demo` and tests start it the same way.
 //!
-//! The cluster secret, the API token and the agents' ports live in `<data-dir>/local.toml` and
-//! are reused, so a restarted `spindle local` opens its own store again, recovers the apps it had,
+//! The data dir is owner-only (0700): it holds the store and, in `<data-dir>/local.toml` (0600),
+//! the cluster secret, the API token and the agents' ports, which are reused, so a restarted `spindle local` opens its own store again, recovers the apps it had,
 //! and its agents come back as the same nodes instead of leaving LOST ones behind.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -93,6 +93,10 @@ pub struct LocalCluster {
     pub token: String,
     /// Absolute path of the data dir.
     pub data_dir: PathBuf,
+    /// Where the agents keep containers (`local_work::work_root`): outside the data dir.
+    pub work_root: PathBuf,
+    /// The `spindle` binary containers run (`local_work::runnable_binary`).
+    spindle_bin: PathBuf,
     /// Where each agent serves its API, in start order.
     pub agent_addresses: Vec<SocketAddr>,
     /// Cancelled first at shutdown, so the agents' last reports reach a live RM.
@@ -108,7 +112,7 @@ pub struct LocalCluster {
 impl LocalCluster {
     /// Starts the RM and the agents and returns once every agent is RUNNING at the RM.
     pub async fn start(options: LocalOptions) -> anyhow::Result<LocalCluster> {
-        std::fs::create_dir_all(&options.data_dir).with_context(|| format!("cannot create the data dir {}", options.data_dir.display()))?;
+        prepare_data_dir(&options.data_dir)?;
         let data_dir = options.data_dir.canonicalize()?;
         let mut state = load_or_create_state(&data_dir)?;
         let base = match &options.rm_config {
@@ -120,6 +124,7 @@ impl LocalCluster {
             name: local_user_name(),
             token: state.token.clone(),
             admin: true,
+            unix_user: None,
         });
         let config = RmConfig {
             listen: options.listen,
@@ -132,10 +137,14 @@ impl LocalCluster {
 
         let rm_listener = bind(options.listen, "resource manager", "--listen").await?;
         let rm_url = format!("http://{}", reachable_address(rm_listener.local_addr()?));
+        let work_root = crate::local_work::work_root(&data_dir)?;
+        let spindle_bin = crate::local_work::runnable_binary(&options.spindle_bin, &work_root)?;
         let mut cluster = LocalCluster {
             rm_url: rm_url.clone(),
             token: state.token.clone(),
             data_dir: data_dir.clone(),
+            work_root,
+            spindle_bin,
             agent_addresses: Vec::new(),
             agents_shutdown: CancellationToken::new(),
             rm_shutdown: CancellationToken::new(),
@@ -202,10 +211,10 @@ impl LocalCluster {
         };
         self.agent_addresses.push(listener.local_addr()?);
         let mut config =
-            spindle_node_agent::AgentConfig::new(vec![self.rm_url.clone()], secret, self.data_dir.join(format!("agent-{index}")));
+            spindle_node_agent::AgentConfig::new(vec![self.rm_url.clone()], secret, self.work_root.join(format!("agent-{index}")));
         config.advertise_host = Some(Ipv4Addr::LOCALHOST.to_string());
         config.capacity = options.agent_capacity;
-        config.spindle_bin = options.spindle_bin.clone();
+        config.spindle_bin = self.spindle_bin.clone();
         let shutdown = self.agents_shutdown.clone();
         self.agent_tasks.spawn(async move {
             let outcome = spindle_node_agent::run(config, listener, shutdown).await;
@@ -311,6 +320,43 @@ fn role_exit_error(exit: Result<RoleExit, tokio::task::JoinError>) -> anyhow::Er
     }
 }
 
+/// Who may enter a data dir: its owner only, since it holds the store and the secrets.
+const DATA_DIR_MODE: u32 = 0o700;
+
+/// Creates the data dir owner-only (0700), or tightens an existing one that an earlier `spindle
+/// local` made (it holds `local.toml`). Any other existing directory is the user's choice and
+/// keeps its mode, with a warning if others may enter it: the secrets in it are 0600 anyway.
+fn prepare_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let set_private = |dir: &Path| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DATA_DIR_MODE));
+    if !data_dir.exists() {
+        return std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DATA_DIR_MODE)
+            .create(data_dir)
+            // The mode given to mkdir loses the umask's bits; this one is exact.
+            .and_then(|()| set_private(data_dir))
+            .with_context(|| format!("cannot create the data dir {}", data_dir.display()));
+    }
+    let mode = std::fs::metadata(data_dir)
+        .with_context(|| format!("cannot read the data dir {}", data_dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    if state_path(data_dir).exists() {
+        set_private(data_dir).with_context(|| format!("cannot make the data dir {} owner-only", data_dir.display()))?;
+    } else {
+        tracing::warn!(
+            data_dir = %data_dir.display(),
+            mode = format!("{:o}", mode & 0o777),
+            "other users may list the data dir; its store and secrets are owner-only files, but `chmod 700` it to hide them entirely"
+        );
+    }
+    Ok(())
+}
+
 /// The data dir's state, made the first time and kept.
 fn load_or_create_state(data_dir: &Path) -> anyhow::Result<LocalState> {
     let path = state_path(data_dir);
@@ -371,6 +417,28 @@ mod tests {
         first.agent_ports = vec![4001, 4002];
         save_state(dir.path(), &first).unwrap();
         assert_eq!(load_or_create_state(dir.path()).unwrap(), first);
+    }
+
+    #[test]
+    fn the_data_dir_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let parent = tempfile::tempdir().unwrap();
+        let fresh = parent.path().join("a/b/local");
+        prepare_data_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        save_state(&fresh, &load_or_create_state(&fresh).unwrap()).unwrap();
+        assert_eq!(mode(&state_path(&fresh)), 0o600);
+
+        // An earlier run's data dir is tightened; a directory of the user's is left alone.
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_data_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        let theirs = parent.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_data_dir(&theirs).unwrap();
+        assert_eq!(mode(&theirs), 0o755);
     }
 
     #[test]

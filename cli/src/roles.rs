@@ -14,7 +14,7 @@ use crate::args::{LocalArgs, NodeAgentArgs, ResourceManagerArgs};
 use crate::daemon::{bind, cancel_on_signal, shutdown_signal};
 use crate::error::UsageError;
 use crate::local::{LocalCluster, LocalOptions};
-use crate::settings::{ClientConfigFile, ClientSettings, client_config_path, env, process_env, spindle_home, write_private_file};
+use crate::settings::{ClientConfigFile, ClientSettings, client_config_path, process_env, spindle_home, write_private_file};
 
 /// The RM and agents refuse shorter secrets.
 const MIN_SECRET_LEN: usize = 16;
@@ -27,12 +27,13 @@ const MISSING_AGENT_SECRET: &str = "the node agent needs the cluster secret the 
      pass --secret-file FILE, set SPINDLE_CLUSTER_SECRET, or pass --secret SECRET";
 
 pub async fn resource_manager(args: ResourceManagerArgs) -> anyhow::Result<ExitCode> {
-    let config = rm_config(&args, process_env(env::CLUSTER_SECRET))?;
+    let config = rm_config(&args, crate::settings::cluster_secret_env())?;
     if config.users.is_empty() {
         tracing::warn!("no API users are configured ([[users]] in the config file): every client request will be refused");
     }
     let listener = bind(config.listen, "resource manager", "--listen").await?;
-    tracing::info!(listen = %listener.local_addr()?, db = %config.db, "starting the resource manager");
+    let db = spindle_resource_manager::store::mask_password(&config.db);
+    tracing::info!(listen = %listener.local_addr()?, db = %db, "starting the resource manager");
     spindle_resource_manager::run(config, listener, cancel_on_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -69,7 +70,7 @@ pub async fn node_agent(args: NodeAgentArgs, rm_flag: Option<&str>) -> anyhow::R
     let secret = agent_secret(
         args.secret.as_deref(),
         args.secret_file.as_deref(),
-        process_env(env::CLUSTER_SECRET),
+        crate::settings::cluster_secret_env(),
     )?;
     let work_dir = match args.work_dir {
         Some(work_dir) => work_dir,
@@ -86,6 +87,9 @@ pub async fn node_agent(args: NodeAgentArgs, rm_flag: Option<&str>) -> anyhow::R
     }
     config.labels = args.labels;
     config.log_retention = Duration::from_secs(args.log_retention_s);
+    config.max_connections = args.max_connections;
+    config.min_uid = args.min_uid;
+    config.cpu_hard_cap = args.cpu_hard_cap;
     config.spindle_bin = std::env::current_exe().context("cannot find the running spindle binary")?;
     let listener = bind(args.listen, "node agent", "--listen").await?;
     tracing::info!(listen = %listener.local_addr()?, rm = %rm_list, "starting the node agent");
@@ -140,7 +144,10 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<ExitCode> {
     let written = toml::to_string(&client_config)
         .map_err(anyhow::Error::from)
         .and_then(|text| write_private_file(&config_path, &text));
-    out!("{}", banner(&cluster, &config_path, args.agents, written.is_ok()));
+    out!(
+        "{}",
+        banner(&cluster.rm_url, &cluster.data_dir, &config_path, args.agents, written.is_ok())
+    );
     if let Err(err) = written {
         eprintln!("warning: the client config was not written: {err:#}");
     }
@@ -154,16 +161,24 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<ExitCode> {
     outcome.and(stopped).map(|()| ExitCode::SUCCESS)
 }
 
-fn banner(cluster: &LocalCluster, config_path: &Path, agents: usize, config_written: bool) -> String {
+/// What `spindle local` prints. Never the admin token (it is not even an argument): terminals
+/// are logged and shared, so it stays in owner-only files (the client config, and the data
+/// dir's `local.toml`).
+fn banner(rm_url: &str, data_dir: &Path, config_path: &Path, agents: usize, config_written: bool) -> String {
     let config_line = if config_written {
-        format!("  config  {}  (clients read it: no flags needed)\n", config_path.display())
+        format!(
+            "  config  {}  (mode 0600, with the admin token; clients read it: no flags needed)\n",
+            config_path.display()
+        )
     } else {
-        format!("  (pass --rm {} --token {} to clients)\n", cluster.rm_url, cluster.token)
+        format!(
+            "  (pass --rm {rm_url} to clients, and --token or SPINDLE_TOKEN with the token in {})\n",
+            data_dir.join("local.toml").display()
+        )
     };
     format!(
         "Spindle is running: a resource manager and {agents} node agent{plural}.\n\
          \x20 RM      {rm}\n\
-         \x20 token   {token}\n\
          {config_line}\
          \x20 data    {data}\n\
          Try:\n\
@@ -171,9 +186,8 @@ fn banner(cluster: &LocalCluster, config_path: &Path, agents: usize, config_writ
          \x20 spindle nodes\n\
          Ctrl-C stops the cluster; `spindle local` again picks up its apps.\n",
         plural = if agents == 1 { "" } else { "s" },
-        rm = cluster.rm_url,
-        token = cluster.token,
-        data = cluster.data_dir.display(),
+        rm = rm_url,
+        data = data_dir.display(),
     )
 }
 

@@ -77,6 +77,31 @@ pub fn spindle_home(lookup_env: impl Fn(&str) -> Option<String>) -> Option<PathB
 }
 
 /// The process environment, with empty variables counting as unset.
+/// `SPINDLE_CLUSTER_SECRET` as the process started with it (see `take_cluster_secret_from_env`).
+static CLUSTER_SECRET_ENV: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Reads `SPINDLE_CLUSTER_SECRET` and removes it from the process environment, so nothing the
+/// daemon starts later (a container, a helper) can inherit it. Call before any other thread
+/// exists: changing the environment races with threads that read it.
+pub fn take_cluster_secret_from_env() {
+    let value = process_env(env::CLUSTER_SECRET);
+    if value.is_some() {
+        // SAFETY: called first thing in `main`, before the runtime starts any thread.
+        unsafe { std::env::remove_var(env::CLUSTER_SECRET) };
+    }
+    let _ = CLUSTER_SECRET_ENV.set(value);
+}
+
+/// The cluster secret from the environment: as taken at start, else (tests that call `run`
+/// directly) as the environment has it now.
+pub fn cluster_secret_env() -> Option<String> {
+    CLUSTER_SECRET_ENV
+        .get()
+        .cloned()
+        .flatten()
+        .or_else(|| process_env(env::CLUSTER_SECRET))
+}
+
 pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|value| !value.trim().is_empty())
 }
@@ -146,14 +171,17 @@ impl ClientSettings {
     }
 }
 
-/// Writes `contents` to `path` readable by its owner only, replacing it atomically.
+/// Writes `contents` to `path` readable by its owner only (0600), replacing it atomically; a
+/// missing directory is created owner-only (0700). An existing directory keeps its mode.
 pub fn write_private_file(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    if let Some(dir) = path.parent() {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty() && !dir.exists()) {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
+            // mkdir's mode loses the umask's bits; this one is exact.
+            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let staging = path.with_extension("tmp");
@@ -256,5 +284,9 @@ mod tests {
         write_private_file(&path, "token = \"y\"\n").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "token = \"y\"\n");
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
     }
 }

@@ -1,5 +1,11 @@
 //! Human output: aligned tables, key/value reports, and the small formatters they share
 //! (ages, durations, sizes). Hand-rolled: a table of a few columns does not need a crate.
+//!
+//! Every cell and value goes through [`terminal_safe`]: names, users and diagnostics come from
+//! jobs, and a job must not be able to write escape sequences to the terminal of whoever runs
+//! `spindle apps`.
+
+use std::borrow::Cow;
 
 /// Columns of text, aligned on their widest cell.
 #[derive(Debug, Clone)]
@@ -28,9 +34,16 @@ impl Table {
         self
     }
 
-    /// Adds a row; missing cells are blank, extra cells are dropped.
+    /// Adds a row; missing cells are blank, extra cells are dropped, control characters are
+    /// escaped.
     pub fn row(&mut self, cells: Vec<String>) {
-        let mut cells = cells;
+        let mut cells: Vec<String> = cells
+            .into_iter()
+            .map(|cell| match terminal_safe(&cell) {
+                Cow::Borrowed(_) => cell,
+                Cow::Owned(escaped) => escaped,
+            })
+            .collect();
         cells.resize(self.headers.len(), String::new());
         self.rows.push(cells);
     }
@@ -73,13 +86,53 @@ impl Table {
     }
 }
 
-/// `key  value` lines with the values lined up.
+/// `key  value` lines with the values lined up (and their control characters escaped).
 pub fn key_values(pairs: &[(&str, String)]) -> String {
     let width = pairs.iter().map(|(key, _)| key.chars().count()).max().unwrap_or(0);
     pairs
         .iter()
-        .map(|(key, value)| format!("{key:<width$}{GAP}{value}").trim_end().to_owned() + "\n")
+        .map(|(key, value)| {
+            let value = terminal_safe(value);
+            format!("{key:<width$}{GAP}{value}").trim_end().to_owned() + "\n"
+        })
         .collect()
+}
+
+/// `text` safe to print on a terminal as one line: control characters (ESC, CR, backspace,
+/// newline, tab, DEL, the C1 controls) and the Unicode bidirectional controls are written as
+/// escapes (`\x1b`, `\r`, `\n`, `\u{202e}`), so a string a job chose cannot move the cursor,
+/// recolour or erase the screen, forge a line, or reorder what is shown.
+pub fn terminal_safe(text: &str) -> Cow<'_, str> {
+    escape_controls(text, false)
+}
+
+/// [`terminal_safe`] for messages of several lines (errors): newlines are kept.
+pub fn terminal_safe_lines(text: &str) -> Cow<'_, str> {
+    escape_controls(text, true)
+}
+
+fn escape_controls(text: &str, keep_newlines: bool) -> Cow<'_, str> {
+    let unsafe_char = |c: char| (c.is_control() && !(keep_newlines && c == '\n')) || is_bidi_control(c);
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            _ if !unsafe_char(c) => escaped.push(c),
+            '\n' => escaped.push_str("\\n"),
+            '\r' => escaped.push_str("\\r"),
+            '\t' => escaped.push_str("\\t"),
+            c if u32::from(c) < 0x100 => escaped.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c => escaped.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+        }
+    }
+    Cow::Owned(escaped)
+}
+
+/// The invisible characters that reorder text around them (the "Trojan Source" ones).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// How long ago `then_ms` was: `3s ago`, `5m ago`, `2h ago`, `4d ago`.
@@ -169,6 +222,34 @@ mod tests {
         table.row(vec!["x".into()]);
         assert_eq!(table.render(), "A  B\nx\n");
         assert!(!table.is_empty());
+    }
+
+    #[test]
+    fn control_characters_cannot_reach_the_terminal() {
+        assert_eq!(terminal_safe("plain name, ünïcode → ok"), "plain name, ünïcode → ok");
+        assert!(matches!(terminal_safe("plain"), Cow::Borrowed(_)));
+        assert_eq!(terminal_safe("red\x1b[31mtext\x1b[0m"), "red\\x1b[31mtext\\x1b[0m");
+        assert_eq!(
+            terminal_safe("ok\rFAILED\nforged\tline\x08\x7f"),
+            "ok\\rFAILED\\nforged\\tline\\x08\\x7f"
+        );
+        assert_eq!(terminal_safe("csi\u{9b}2J"), "csi\\x9b2J");
+        assert_eq!(terminal_safe("abc\u{202e}fed"), "abc\\u{202e}fed");
+        assert_eq!(
+            terminal_safe_lines("line one\nline\x1b]0;title\x07 two"),
+            "line one\nline\\x1b]0;title\\x07 two"
+        );
+    }
+
+    #[test]
+    fn tables_and_key_values_escape_what_jobs_wrote() {
+        let mut table = Table::new(&["NAME", "STATE"]);
+        table.row(vec!["evil\x1b[2J\rname".into(), "RUNNING".into()]);
+        let rendered = table.render();
+        assert!(!rendered.contains('\x1b') && !rendered.contains('\r'), "{rendered:?}");
+        assert_eq!(rendered.lines().nth(1).unwrap(), "evil\\x1b[2J\\rname  RUNNING");
+        let pairs = key_values(&[("diagnostics", "exit 1\n\x1b[32mSUCCEEDED".into())]);
+        assert_eq!(pairs, "diagnostics  exit 1\\n\\x1b[32mSUCCEEDED\n");
     }
 
     #[test]

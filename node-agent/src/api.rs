@@ -112,10 +112,13 @@ async fn container_log(
         )));
     }
     let path = manager.log_path(&container_id, &stream);
-    let file = match tokio::fs::File::open(&path).await {
+    let file = match crate::served_file::open_served_file(&path).await {
         Ok(file) => file,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             return Err(manager.missing_log(container_id, stream));
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(AgentError::Forbidden(err.to_string()));
         }
         Err(err) => {
             return Err(AgentError::io(format!("cannot open {}", path.display()), err));

@@ -19,6 +19,10 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a finished container's directory (its logs and whatever it wrote) stays on disk.
 pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// Connections the agent's API serves at once (AMs, the RM, reducers fetching map output);
+/// further ones wait in the listen backlog.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
 /// How container memory limits are enforced.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum MemoryEnforcement {
@@ -74,11 +78,21 @@ pub struct AgentConfig {
     /// files go at most one sweep interval late. Directories an earlier agent process left
     /// count from their modification time. Default 24 h.
     pub log_retention: Duration,
+    /// Connections the API serves at once (`--max-connections`, default 1024), so a flood of
+    /// idle or slow clients cannot exhaust the agent's file descriptors; idle ones are closed
+    /// after 10 s without a request.
+    pub max_connections: usize,
     /// Kill running containers when `shutdown` stops the agent (the default). An agent keeps
     /// no state on disk, so a restarted one could not adopt them: left running, they would be
     /// orphans the RM has already given up on (NODE_LOST) and re-run elsewhere. Turn it off
     /// only to keep work going through a short agent outage that ends in a kill -9 anyway.
     pub kill_containers_on_stop: bool,
+    /// Containers never run as accounts with a lower uid (YARN's `min.user.id`; default 1000).
+    /// Only an agent running as root changes accounts; uid 0 is refused whatever this says.
+    pub min_uid: u32,
+    /// Cap each container's CPU time at its vcores (CFS quota), not only weigh it: steadier
+    /// timings, but idle CPU stays idle. Off by default, as YARN's strict-resource-usage.
+    pub cpu_hard_cap: bool,
 }
 
 impl AgentConfig {
@@ -97,7 +111,10 @@ impl AgentConfig {
             spindle_bin: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("spindle")),
             memory_enforcement: MemoryEnforcement::Auto,
             log_retention: DEFAULT_LOG_RETENTION,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             kill_containers_on_stop: true,
+            min_uid: crate::account::DEFAULT_MIN_UID,
+            cpu_hard_cap: false,
         }
     }
 
@@ -112,6 +129,11 @@ impl AgentConfig {
         if self.log_retention.is_zero() {
             return Err(AgentError::Config(
                 "the log retention must be greater than zero: AMs and users read logs after containers end".to_owned(),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(AgentError::Config(
+                "the connection cap must be at least 1: pass --max-connections N".to_owned(),
             ));
         }
         if self.rack.is_empty() || !self.rack.starts_with('/') {

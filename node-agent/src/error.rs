@@ -29,6 +29,9 @@ pub enum AgentError {
     Forbidden(String),
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// The token's Unix account cannot run containers here (unknown, root, below min_uid).
+    #[error("cannot run the container as its user: {0}")]
+    Account(#[from] crate::account::AccountError),
     #[error("container {0} is not known on this node")]
     ContainerNotFound(String),
     #[error("no {stream} log for container {container_id} on this node")]
@@ -67,7 +70,7 @@ impl AgentError {
 
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            AgentError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            AgentError::BadRequest(_) | AgentError::Account(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             AgentError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             AgentError::Forbidden(_) | AgentError::Token(_) => (StatusCode::FORBIDDEN, "forbidden"),
             AgentError::ContainerNotFound(_)

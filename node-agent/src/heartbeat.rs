@@ -27,6 +27,8 @@ pub(crate) struct NodeDescription {
     pub capacity: Resources,
     pub rack: String,
     pub labels: Vec<String>,
+    /// Whose account containers run as, and how limits apply.
+    pub isolation: spindle_protocol::NodeIsolation,
 }
 
 /// Why the heartbeat loop ended.
@@ -145,6 +147,7 @@ impl Heartbeater {
                 rack: self.node.rack.clone(),
                 labels: self.node.labels.clone(),
                 containers: self.manager.reportable_statuses(),
+                isolation: self.node.isolation.clone(),
             };
             let result = tokio::select! {
                 _ = stop.cancelled() => return false,
@@ -225,6 +228,7 @@ mod tests {
                 capacity: Resources::new(1, 1024),
                 rack: crate::DEFAULT_RACK.to_owned(),
                 labels: Vec::new(),
+                isolation: Default::default(),
             },
             Probe::new(work_dir.path().to_owned()),
             Duration::from_secs(1),

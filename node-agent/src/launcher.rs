@@ -9,10 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::sync::Arc;
+
 use spindle_protocol::{ContainerId, ExitReason, LaunchSpec, NodeId, Resources, env};
 use tokio::process::{Child, Command};
 
-use crate::cgroup::{CgroupRoot, ContainerCgroup, JoinMethod};
+use crate::account::{self, Account, RunMode};
+use crate::cgroup::{CgroupRoot, ContainerCgroup, CpuCgroup, CpuRoot, JoinMethod};
 
 /// How long a container may take to exit after SIGTERM before its process group gets SIGKILL.
 pub const CONTAINER_KILL_GRACE: Duration = Duration::from_secs(2);
@@ -21,22 +25,35 @@ pub const CONTAINER_KILL_GRACE: Duration = Duration::from_secs(2);
 const STDERR_TAIL_BYTES: u64 = 2048;
 const STDERR_TAIL_LINES: usize = 20;
 
-/// Inherited variables a container must not see from the agent's own environment: either the
-/// agent sets them per container, or they are credentials of whoever started the agent.
-const STRIPPED_ENV: [&str; 12] = [
-    env::APP_ID,
-    env::CONTAINER_ID,
-    env::ATTEMPT,
-    env::RM,
-    env::NODE_ID,
-    env::MEMORY_MB,
-    env::VCORES,
-    env::AM_TOKEN,
-    env::JOB_SPEC,
-    env::SHUFFLE_DIR,
-    env::SHUFFLE_TOKEN,
-    "SPINDLE_TOKEN",
-];
+/// The only variables of the agent's own environment a container inherits: everything else
+/// (the cluster secret, tokens, whatever the operator's shell had) stays with the agent.
+const INHERITED_ENV: [&str; 4] = ["PATH", "LANG", "LC_ALL", "TZ"];
+
+/// PATH for containers when the agent has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// The allowlisted part of the agent's environment (`INHERITED_ENV`), read once at start. For
+/// containers of other accounts (`per_user`), PATH keeps only the dirs every account can
+/// reach: root's own (`/root/.cargo/bin`, …) would find programs a container cannot run.
+pub(crate) fn inherited_env(per_user: bool) -> Vec<(String, String)> {
+    let mut inherited: Vec<(String, String)> = INHERITED_ENV
+        .iter()
+        .filter_map(|name| std::env::var(name).ok().map(|value| ((*name).to_owned(), value)))
+        .map(|(name, value)| match (name.as_str(), per_user) {
+            ("PATH", true) => {
+                let open = std::env::split_paths(&value).filter(|dir| crate::access::open_to_others(dir));
+                let joined = std::env::join_paths(open).map(|path| path.to_string_lossy().into_owned());
+                (name, joined.unwrap_or_default())
+            }
+            _ => (name, value),
+        })
+        .filter(|(_, value)| !value.is_empty())
+        .collect();
+    if !inherited.iter().any(|(name, _)| name == "PATH") {
+        inherited.push(("PATH".to_owned(), DEFAULT_PATH.to_owned()));
+    }
+    inherited
+}
 
 /// Node-wide facts every launch needs.
 #[derive(Debug, Clone)]
@@ -50,6 +67,36 @@ pub(crate) struct LaunchContext {
     pub node_port: u16,
     /// `None`: no cgroup hierarchy in use, memory is sampled.
     pub cgroups: Option<CgroupRoot>,
+    /// cgroup v1's CPU hierarchy, where containers get a weight by vcores; `None` with v2
+    /// (the weight goes into the memory cgroup) or without a writable hierarchy.
+    pub cpu: Option<CpuRoot>,
+    /// Cap each container's CPU time at its vcores, not only weigh it.
+    pub cpu_hard_cap: bool,
+    /// Whose account containers run as.
+    pub run_mode: Arc<RunMode>,
+    /// The allowlisted variables of the agent's environment (`inherited_env`).
+    pub inherited_env: Vec<(String, String)>,
+}
+
+impl LaunchContext {
+    /// The PATH containers inherit (possibly filtered, see `inherited_env`).
+    fn inherited_path(&self) -> &str {
+        self.inherited_env
+            .iter()
+            .find(|(name, _)| name == "PATH")
+            .map_or(DEFAULT_PATH, |(_, value)| value.as_str())
+    }
+}
+
+/// One container to start: what its token grants and what its AM asked to run.
+pub(crate) struct Launch<'a> {
+    pub container_id: &'a ContainerId,
+    pub resources: &'a Resources,
+    /// The account it runs as; `None` runs it as the agent's own (single-tenant agents).
+    pub account: Option<&'a Account>,
+    pub spec: &'a LaunchSpec,
+    /// The app's `ClusterSecret::shuffle_token`.
+    pub shuffle_token: &'a str,
 }
 
 /// A started container process.
@@ -59,6 +106,8 @@ pub(crate) struct SpawnedContainer {
     /// The leader's pid, which is also the id of the container's process group.
     pub process_group: i32,
     pub cgroup: Option<ContainerCgroup>,
+    /// Its cgroup in the v1 CPU hierarchy, removed when it ends.
+    pub cpu_cgroup: Option<CpuCgroup>,
     /// Why a cgroup could not be set up, when one should have been (memory is sampled instead).
     pub cgroup_error: Option<String>,
 }
@@ -90,8 +139,18 @@ pub(crate) fn check_spec(spec: &LaunchSpec) -> Result<(), String> {
             return Err(format!("launch.env.{name} contains a NUL byte"));
         }
     }
+    for name in spec.files.keys() {
+        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) || RESERVED_FILES.contains(&name.as_str()) {
+            return Err(format!(
+                "launch.files has an invalid file name `{name}`: plain names only, not stdout, stderr or tmp"
+            ));
+        }
+    }
     Ok(())
 }
+
+/// Names in a container's dir the agent itself creates.
+const RESERVED_FILES: [&str; 3] = ["stdout", "stderr", "tmp"];
 
 /// `<work_dir>/apps/<app_id>/<container_id>`: the container's working dir and log dir.
 pub(crate) fn container_dir(work_dir: &Path, container_id: &ContainerId) -> PathBuf {
@@ -102,27 +161,36 @@ pub(crate) fn container_dir(work_dir: &Path, container_id: &ContainerId) -> Path
 }
 
 /// Prepares the container's directory, the app's shuffle directory, log files and cgroup and
-/// starts its command in a new process group. `shuffle_token` is the app's
-/// (`ClusterSecret::shuffle_token`). Blocking (file system, fork): call on the blocking pool,
-/// inside the runtime.
-pub(crate) fn spawn_container(
-    context: &LaunchContext,
-    container_id: &ContainerId,
-    resources: &Resources,
-    spec: &LaunchSpec,
-    shuffle_token: &str,
-) -> Result<SpawnedContainer, SpawnFailure> {
+/// starts its command in a new process group, as its account. Blocking (file system, fork):
+/// call on the blocking pool, inside the runtime.
+pub(crate) fn spawn_container(context: &LaunchContext, launch: &Launch<'_>) -> Result<SpawnedContainer, SpawnFailure> {
+    let Launch {
+        container_id,
+        resources,
+        account,
+        spec,
+        shuffle_token,
+    } = *launch;
     let dir = container_dir(&context.work_dir, container_id);
     let agent_failure = |what: &str, err: std::io::Error| SpawnFailure {
         exit_code: None,
         diagnostics: format!("the agent could not {what}: {err}"),
     };
-    std::fs::create_dir_all(&dir).map_err(|err| agent_failure(&format!("create {}", dir.display()), err))?;
+    let dir_parent = dir.parent().expect("a container dir has its app's dir as parent");
+    make_dir(dir_parent, PASSAGE_MODE, None).map_err(|err| agent_failure(&format!("create {}", dir_parent.display()), err))?;
+    make_dir(&dir, PRIVATE_DIR_MODE, account).map_err(|err| agent_failure(&format!("create {}", dir.display()), err))?;
+    let tmp_dir = dir.join("tmp");
+    make_dir(&tmp_dir, PRIVATE_DIR_MODE, account).map_err(|err| agent_failure(&format!("create {}", tmp_dir.display()), err))?;
     let shuffle_dir = crate::shuffle::app_shuffle_dir(&context.work_dir, container_id.app);
-    std::fs::create_dir_all(&shuffle_dir).map_err(|err| agent_failure(&format!("create {}", shuffle_dir.display()), err))?;
-    let stdout = File::create(dir.join("stdout")).map_err(|err| agent_failure("create the stdout file", err))?;
-    let mut stderr = File::create(dir.join("stderr")).map_err(|err| agent_failure("create the stderr file", err))?;
+    make_dir(&shuffle_dir, PRIVATE_DIR_MODE, account).map_err(|err| agent_failure(&format!("create {}", shuffle_dir.display()), err))?;
+    let stdout = create_private_file(&dir.join("stdout"), account).map_err(|err| agent_failure("create the stdout file", err))?;
+    let mut stderr = create_private_file(&dir.join("stderr"), account).map_err(|err| agent_failure("create the stderr file", err))?;
     let stderr_for_child = stderr.try_clone().map_err(|err| agent_failure("open the stderr file", err))?;
+    for (name, content) in &spec.files {
+        let mut file = create_private_file(&dir.join(name), account).map_err(|err| agent_failure(&format!("create {name}"), err))?;
+        file.write_all(content.as_bytes())
+            .map_err(|err| agent_failure(&format!("write {name}"), err))?;
+    }
 
     let (mut cgroup, mut cgroup_error) = match &context.cgroups {
         Some(root) => {
@@ -135,7 +203,25 @@ pub(crate) fn spawn_container(
         None => (None, None),
     };
 
-    let program = program_path(&spec.command[0], &context.spindle_bin, &spec.env);
+    let name = format!("{}-{container_id}", context.node_port);
+    let cpu_cgroup = match (&context.cpu, &cgroup) {
+        (Some(cpu), _) => match cpu.create(&name, resources.vcores) {
+            Ok(cpu_cgroup) => Some(cpu_cgroup),
+            Err(err) => {
+                cgroup_error.get_or_insert(format!("cannot create cpu cgroup {name}: {err}"));
+                None
+            }
+        },
+        (None, Some(cgroup)) => {
+            if let Err(err) = cgroup.set_cpu(resources.vcores, context.cpu_hard_cap) {
+                cgroup_error.get_or_insert(format!("cannot set the cpu weight of cgroup {name}: {err}"));
+            }
+            None
+        }
+        (None, None) => None,
+    };
+
+    let program = program_path(&spec.command[0], &context.spindle_bin, &spec.env, context.inherited_path());
     let mut command = Command::new(&program);
     command
         .args(&spec.command[1..])
@@ -145,8 +231,13 @@ pub(crate) fn spawn_container(
         .stderr(stderr_for_child)
         .process_group(0)
         .kill_on_drop(false);
-    for name in STRIPPED_ENV {
-        command.env_remove(name);
+    // Nothing of the agent's environment but the allowlist: it may hold the cluster secret.
+    command
+        .env_clear()
+        .envs(context.inherited_env.iter().map(|(name, value)| (name, value)));
+    command.env("HOME", &dir).env("TMPDIR", &tmp_dir);
+    if let Some(account) = account {
+        command.env("USER", &account.name).env("LOGNAME", &account.name);
     }
     command
         .envs(&spec.env)
@@ -159,18 +250,33 @@ pub(crate) fn spawn_container(
         .env(env::VCORES, resources.vcores.to_string())
         .env(env::SHUFFLE_DIR, &shuffle_dir)
         .env(env::SHUFFLE_TOKEN, shuffle_token);
-    // The child must be in its cgroup before the container's program runs, or what it
-    // allocates first escapes the limit.
-    let spawned_inside = match &cgroup {
-        Some(cgroup) if cgroup.join_method() == JoinMethod::SpawningThread => Some(cgroup.spawn_from_inside(|| command.spawn())),
-        Some(cgroup) => {
-            // SAFETY: the hook is async-signal-safe (see `join_hook`).
-            unsafe {
-                command.pre_exec(cgroup.join_hook());
-            }
-            None
+    // The child must be in its cgroups before the container's program runs, or what it
+    // allocates first escapes the limit. Hooks run in the order they are added: the cgroup
+    // joins need root, so dropping to the container's account comes last.
+    let joins_from_inside = cgroup
+        .as_ref()
+        .is_some_and(|cgroup| cgroup.join_method() == JoinMethod::SpawningThread);
+    if let Some(cgroup) = cgroup.as_ref().filter(|_| !joins_from_inside) {
+        // SAFETY: the hook is async-signal-safe (see `pid_writer`).
+        unsafe {
+            command.pre_exec(cgroup.join_hook());
         }
-        None => None,
+    }
+    if let Some(cpu_cgroup) = &cpu_cgroup {
+        // SAFETY: the hook is async-signal-safe (see `pid_writer`).
+        unsafe {
+            command.pre_exec(cpu_cgroup.join_hook());
+        }
+    }
+    if let Some(account) = account {
+        // SAFETY: the hook makes raw system calls only (see `drop_privileges_hook`).
+        unsafe {
+            command.pre_exec(account::drop_privileges_hook(account));
+        }
+    }
+    let spawned_inside = match &cgroup {
+        Some(cgroup) if joins_from_inside => Some(cgroup.spawn_from_inside(|| command.spawn())),
+        _ => None,
     };
     let spawned = match spawned_inside {
         Some(Ok(spawned)) => spawned,
@@ -194,6 +300,7 @@ pub(crate) fn spawn_container(
                 child,
                 process_group: pid as i32,
                 cgroup,
+                cpu_cgroup,
                 cgroup_error,
             })
         }
@@ -205,6 +312,9 @@ pub(crate) fn spawn_container(
             if let Some(cgroup) = cgroup {
                 cgroup.remove();
             }
+            if let Some(cpu_cgroup) = cpu_cgroup {
+                cpu_cgroup.remove();
+            }
             Err(SpawnFailure {
                 exit_code: Some(exit_code),
                 diagnostics,
@@ -213,23 +323,61 @@ pub(crate) fn spawn_container(
     }
 }
 
+/// Directories others may pass through but not list (`apps/<app>`, the work dir): a
+/// container reaches its own dir below without learning the names of others'.
+pub(crate) const PASSAGE_MODE: u32 = 0o711;
+/// A container's own dirs: only its account.
+const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// Creates `path` with `mode`, owned by `account` when given; missing parents get
+/// `PASSAGE_MODE`. An existing dir gets the mode and owner too (a leftover of an earlier agent
+/// process). It must not be a symlink: the agent never follows one a container planted.
+fn make_dir(path: &Path, mode: u32, account: Option<&Account>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::DirBuilder::new().recursive(true).mode(PASSAGE_MODE).create(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(err) => return Err(err),
+    }
+    let metadata = std::fs::symlink_metadata(path)?;
+    if !metadata.is_dir() {
+        return Err(std::io::Error::other(format!("{} is not a directory", path.display())));
+    }
+    if let Some(account) = account {
+        std::os::unix::fs::lchown(path, Some(account.uid), Some(account.gid))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+/// Creates (or truncates) a file only the container's account may read: 0600, its owner,
+/// never through a symlink.
+fn create_private_file(path: &Path, account: Option<&Account>) -> std::io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    if let Some(account) = account {
+        std::os::unix::fs::fchown(&file, Some(account.uid), Some(account.gid))?;
+    }
+    Ok(file)
+}
+
 /// argv[0] `spindle` means this agent's own binary; anything else is run as given.
 /// The program to run. A bare name is looked up on PATH here, once, in the agent, rather than
 /// by the child trying one `execve` per PATH entry; and std keeps to posix_spawn (vfork) for
 /// a program given as a path even when a container's env sets PATH. The container's PATH
 /// (from its launch env) wins over the agent's.
-fn program_path(argv0: &str, spindle_bin: &Path, launch_env: &std::collections::BTreeMap<String, String>) -> PathBuf {
+fn program_path(argv0: &str, spindle_bin: &Path, launch_env: &std::collections::BTreeMap<String, String>, inherited_path: &str) -> PathBuf {
     if argv0 == "spindle" {
         return spindle_bin.to_path_buf();
     }
     if argv0.contains('/') {
         return PathBuf::from(argv0);
     }
-    let search_path = launch_env
-        .get("PATH")
-        .cloned()
-        .or_else(|| std::env::var("PATH").ok())
-        .unwrap_or_default();
+    let search_path = launch_env.get("PATH").map_or(inherited_path, String::as_str);
     std::env::split_paths(&search_path)
         .map(|dir| dir.join(argv0))
         .find(|candidate| is_executable_file(candidate))
@@ -427,6 +575,7 @@ mod tests {
         let spec = |command: &[&str], env: &[(&str, &str)]| LaunchSpec {
             command: command.iter().map(|arg| arg.to_string()).collect(),
             env: env.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect(),
+            files: Default::default(),
         };
         assert!(check_spec(&spec(&["true"], &[("A", "b")])).is_ok());
         assert!(check_spec(&spec(&[], &[])).unwrap_err().contains("launch.command"));
@@ -441,8 +590,8 @@ mod tests {
     fn argv0_spindle_is_the_agents_binary() {
         let bin = Path::new("/opt/spindle/bin/spindle");
         let no_env = std::collections::BTreeMap::new();
-        assert_eq!(program_path("spindle", bin, &no_env), bin);
-        assert_eq!(program_path("./spindle", bin, &no_env), PathBuf::from("./spindle"));
+        assert_eq!(program_path("spindle", bin, &no_env, DEFAULT_PATH), bin);
+        assert_eq!(program_path("./spindle", bin, &no_env, DEFAULT_PATH), PathBuf::from("./spindle"));
     }
 
     #[test]
@@ -454,11 +603,11 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&own_sh, std::fs::Permissions::from_mode(0o755)).unwrap();
         let env = std::collections::BTreeMap::from([("PATH".to_owned(), format!("{}:/bin:/usr/bin", dir.path().display()))]);
-        assert_eq!(program_path("sh", bin, &env), own_sh);
-        let found = program_path("sh", bin, &std::collections::BTreeMap::new());
+        assert_eq!(program_path("sh", bin, &env, DEFAULT_PATH), own_sh);
+        let found = program_path("sh", bin, &std::collections::BTreeMap::new(), DEFAULT_PATH);
         assert!(found.is_absolute() && found.ends_with("sh"), "{}", found.display());
         assert_eq!(
-            program_path("no-such-program-here", bin, &env),
+            program_path("no-such-program-here", bin, &env, DEFAULT_PATH),
             PathBuf::from("no-such-program-here")
         );
     }

@@ -4,6 +4,8 @@
 //! and serves apps' map output (the shuffle) until the RM says they ended. See README.md for a
 //! map of the parts.
 
+mod access;
+mod account;
 mod api;
 mod cgroup;
 mod config;
@@ -14,6 +16,7 @@ mod manager;
 mod memory;
 mod probe;
 mod retention;
+mod served_file;
 mod shuffle;
 
 use std::sync::Arc;
@@ -23,11 +26,16 @@ use spindle_protocol::{ExitReason, RmClient};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{AgentConfig, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LOG_RETENTION, DEFAULT_RACK, MemoryEnforcement};
+pub use access::runnable_by_others;
+pub use account::{AccountError, DEFAULT_MIN_UID};
+pub use config::{
+    AgentConfig, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LOG_RETENTION, DEFAULT_MAX_CONNECTIONS, DEFAULT_RACK, MemoryEnforcement,
+};
 pub use error::AgentError;
 pub use launcher::CONTAINER_KILL_GRACE;
 
-use crate::cgroup::CgroupRoot;
+use crate::account::RunMode;
+use crate::cgroup::{CgroupRoot, CpuRoot};
 use crate::heartbeat::{HeartbeatEnd, Heartbeater, NodeDescription};
 use crate::launcher::LaunchContext;
 use crate::manager::ContainerManager;
@@ -48,18 +56,21 @@ pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdow
         .local_addr()
         .map_err(|err| AgentError::io("cannot read the listener's address", err))?;
     let node_id = config::advertised_node_id(config.advertise_host.as_deref(), local_address);
-    tokio::fs::create_dir_all(config.work_dir.join("apps")).await.map_err(|err| {
-        AgentError::io(
-            format!(
-                "cannot create the work dir {}: check --work-dir and its permissions",
-                config.work_dir.display()
-            ),
-            err,
-        )
-    })?;
-    let work_dir = tokio::fs::canonicalize(&config.work_dir)
-        .await
-        .map_err(|err| AgentError::io("cannot resolve the work dir", err))?;
+    let run_mode = Arc::new(RunMode::detect(config.min_uid)?);
+    let work_dir = {
+        let (work_dir, spindle_bin, per_user) = (
+            config.work_dir.clone(),
+            config.spindle_bin.clone(),
+            matches!(*run_mode, RunMode::PerUser { .. }),
+        );
+        tokio::task::spawn_blocking(move || access::prepare_work_dir(&work_dir, &spindle_bin, per_user))
+            .await
+            .map_err(|err| AgentError::Config(format!("preparing the work dir failed: {err}")))??
+    };
+    match *run_mode {
+        RunMode::PerUser { .. } => tracing::info!(mode = %run_mode.describe(), "container accounts"),
+        RunMode::SingleUser(_) => tracing::warn!(mode = %run_mode.describe(), "container accounts"),
+    }
 
     let capacity = match config.capacity {
         Some(capacity) => capacity,
@@ -68,6 +79,7 @@ pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdow
             .map_err(|err| AgentError::Config(format!("the capacity probe failed: {err}")))?,
     };
     let cgroups = select_cgroups(config.memory_enforcement).await?;
+    let cpu = select_cpu(cgroups.as_ref(), config.cpu_hard_cap).await;
 
     let tasks = TaskTracker::new();
     // Stops the server, monitor and supervisors once heartbeats have ended and the containers
@@ -81,7 +93,15 @@ pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdow
         spindle_bin: config.spindle_bin.clone(),
         node_port: local_address.port(),
         cgroups: cgroups.clone(),
+        cpu: cpu.clone().ok().flatten(),
+        cpu_hard_cap: config.cpu_hard_cap,
+        run_mode: run_mode.clone(),
+        inherited_env: launcher::inherited_env(matches!(*run_mode, RunMode::PerUser { .. })),
     };
+    let isolation = account::isolation(
+        &run_mode,
+        describe_limits(cgroups.as_ref(), config.memory_enforcement, &cpu, config.cpu_hard_cap),
+    );
     let manager = Arc::new(ContainerManager::new(
         config.cluster_secret.clone(),
         context,
@@ -91,13 +111,11 @@ pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdow
     ));
 
     let server = {
-        let router = api::router(manager.clone());
-        let stop = stop.clone();
-        tasks.spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        })
+        // Every agent route answers promptly (a DELETE waits for the kill grace at most), so
+        // one request timeout covers them all; file bodies stream on after it.
+        let router = spindle_http_server::with_request_timeout(api::router(manager.clone()), spindle_http_server::DEFAULT_REQUEST_TIMEOUT);
+        let limits = spindle_http_server::ServerLimits::with_max_connections(config.max_connections);
+        tasks.spawn(spindle_http_server::serve(listener, router, limits, stop.clone().cancelled_owned()))
     };
     tasks.spawn(memory::run_memory_monitor(manager.clone(), stop.clone()));
     tasks.spawn(retention::run_retention_sweeper(manager.clone(), stop.clone()));
@@ -112,6 +130,7 @@ pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdow
             capacity,
             rack: config.rack.clone(),
             labels: config.labels.clone(),
+            isolation,
         },
         Probe::new(work_dir),
         config.heartbeat_interval,
@@ -129,14 +148,14 @@ pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdow
     }
     stop.cancel();
     tasks.close();
-    let served = server
+    // Requests in flight get the server's shutdown timeout (10 s), then their connections close.
+    server
         .await
         .map_err(|err| AgentError::io("the API server task failed", std::io::Error::other(err)))?;
     tasks.wait().await;
     if let Some(root) = cgroups {
         let _ = tokio::task::spawn_blocking(move || root.remove_idle()).await;
     }
-    served.map_err(|err| AgentError::io("the API server failed", err))?;
     tracing::info!(node_id = %node_id, reason = ?end, "node agent stopped");
     Ok(())
 }
@@ -158,6 +177,49 @@ async fn select_cgroups(enforcement: MemoryEnforcement) -> Result<Option<CgroupR
         (Err(reason), _) => {
             tracing::info!(reason = %reason, "no writable cgroup memory hierarchy; sampling container memory instead");
             Ok(None)
+        }
+    }
+}
+
+/// How container limits are applied, for the node's report: the cgroup version in use, or why
+/// memory is sampled instead, and how CPU is divided.
+fn describe_limits(
+    cgroups: Option<&CgroupRoot>,
+    enforcement: MemoryEnforcement,
+    cpu: &Result<Option<CpuRoot>, String>,
+    hard_cap: bool,
+) -> String {
+    let memory = match (cgroups, enforcement) {
+        (Some(root), _) => format!("memory: cgroup {:?}", root.version()).to_lowercase(),
+        (None, MemoryEnforcement::Sampling) => "memory: sampled (configured)".to_owned(),
+        (None, _) => "memory: sampled (no writable cgroup hierarchy)".to_owned(),
+    };
+    let cpu = match (cpu, cgroups.map(CgroupRoot::version)) {
+        (Ok(Some(_)), _) => cgroup::cpu::describe(cgroup::CgroupVersion::V1, hard_cap),
+        (Ok(None), Some(version)) => cgroup::cpu::describe(version, hard_cap),
+        (Ok(None), None) => "cpu: not divided (no cgroups)".to_owned(),
+        (Err(reason), _) => format!("cpu: not divided ({reason})"),
+    };
+    format!("{memory}; cpu: {cpu}").replace("cpu: cpu: ", "cpu: ")
+}
+
+/// The v1 CPU hierarchy containers get weights in: `Ok(None)` with v2 (weights go into the
+/// memory cgroup); `Err` says why CPU cannot be divided, logged once at start.
+async fn select_cpu(memory: Option<&CgroupRoot>, hard_cap: bool) -> Result<Option<CpuRoot>, String> {
+    if memory.is_some_and(|root| root.version() == cgroup::CgroupVersion::V2) {
+        return Ok(None);
+    }
+    let detected = tokio::task::spawn_blocking(move || CpuRoot::detect(hard_cap))
+        .await
+        .unwrap_or_else(|err| Err(err.to_string()));
+    match detected {
+        Ok(root) => {
+            tracing::info!(hard_cap, "container CPU divided by vcores (cgroup v1 cpu.shares)");
+            Ok(Some(root))
+        }
+        Err(reason) => {
+            tracing::warn!(reason = %reason, "cannot write CPU cgroups: containers share CPU without weights");
+            Err(reason)
         }
     }
 }

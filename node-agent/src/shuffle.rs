@@ -57,7 +57,7 @@ pub(crate) async fn open_partition(app_id: AppId, app_dir: &Path, name: &str, pa
     let data_path = app_dir.join(format!("{name}.data"));
     let corrupt = |what: String| AgentError::io(format!("map output {}", data_path.display()), std::io::Error::other(what));
 
-    let mut index = match tokio::fs::File::open(&index_path).await {
+    let mut index = match crate::served_file::open_served_file(&index_path).await {
         Ok(index) => index,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
         Err(err) => return Err(AgentError::io(format!("cannot open {}", index_path.display()), err)),
@@ -92,7 +92,7 @@ pub(crate) async fn open_partition(app_id: AppId, app_dir: &Path, name: &str, pa
     let start = u64::from_le_bytes(bounds[..8].try_into().expect("8 bytes"));
     let end = u64::from_le_bytes(bounds[8..].try_into().expect("8 bytes"));
 
-    let mut file = match tokio::fs::File::open(&data_path).await {
+    let mut file = match crate::served_file::open_served_file(&data_path).await {
         Ok(file) => file,
         // The index is written last, so a missing data file means the output is being deleted.
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),

@@ -25,9 +25,12 @@ async fn launches_need_a_valid_token_for_this_node() {
 
     let mut elsewhere = agent.launch_request(2, 128, &["true"]);
     elsewhere.token = secret().sign_container(
-        container_id(2),
-        NodeId("other-host:8042".into()),
-        Resources::new(1, 128),
+        spindle_protocol::ContainerGrant {
+            container_id: container_id(2),
+            node_id: NodeId("other-host:8042".into()),
+            resources: Resources::new(1, 128),
+            user: "nobody".to_owned(),
+        },
         now_ms() + 60_000,
     );
     let (status, _, message) = api_error(client.launch(&elsewhere).await);
@@ -35,7 +38,15 @@ async fn launches_need_a_valid_token_for_this_node() {
     assert!(message.contains("other-host:8042"), "{message}");
 
     let mut expired = agent.launch_request(3, 128, &["true"]);
-    expired.token = secret().sign_container(container_id(3), agent.node_id.clone(), Resources::new(1, 128), now_ms() - 1);
+    expired.token = secret().sign_container(
+        spindle_protocol::ContainerGrant {
+            container_id: container_id(3),
+            node_id: agent.node_id.clone(),
+            resources: Resources::new(1, 128),
+            user: "nobody".to_owned(),
+        },
+        now_ms() - 1,
+    );
     let (status, _, message) = api_error(client.launch(&expired).await);
     assert_eq!(status, 403);
     assert!(message.contains("expired"), "{message}");

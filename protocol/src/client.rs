@@ -57,6 +57,10 @@ impl Http {
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(3))
             .pool_max_idle_per_host(64)
+            // Below the daemons' 10 s header-read timeout, which closes idle connections: the
+            // client drops an idle connection before the server does, so no request is sent
+            // on a connection the server is closing.
+            .pool_idle_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .build()
             .expect("the HTTP client builds with a static configuration");

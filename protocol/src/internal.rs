@@ -31,6 +31,9 @@ pub struct RegisterNodeRequest {
     pub labels: Vec<String>,
     /// Containers it still runs, and those that ended and the RM has not yet acknowledged.
     pub containers: Vec<ContainerStatus>,
+    /// Whose account containers run as and how their limits are applied.
+    #[serde(default)]
+    pub isolation: crate::NodeIsolation,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -173,6 +176,11 @@ pub struct LaunchSpec {
     pub command: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Files the agent writes into the container's working dir before it starts (name →
+    /// content, mode 0600, owned by the container's account): data too large for the
+    /// environment, such as an AM's job spec. Names are plain file names.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
 }
 
 /// AM (or RM, for AM containers) → agent `POST /v1/containers`.

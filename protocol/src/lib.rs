@@ -1,6 +1,7 @@
 //! Wire types shared by every Spindle role (ids, resources, job specs, states, requests and
 //! replies), the signed tokens, and a typed HTTP client. No server code lives here.
 
+mod account;
 mod client;
 mod ids;
 mod internal;
@@ -13,6 +14,7 @@ mod stream;
 mod stream_validate;
 mod token;
 
+pub use account::{NodeIsolation, RunAs, check_account_name};
 pub use client::{AgentClient, AppFilter, ClientError, RmClient};
 pub use ids::{AppId, ContainerId, IdParseError, NodeId};
 pub use internal::*;
@@ -23,10 +25,13 @@ pub use resources::Resources;
 pub use states::{AppState, ContainerState, ExitReason, FinalStatus, NodeState};
 pub use stream::{Aggregate, AutoscaleSpec, DEFAULT_KEY_GROUPS, MAX_KEY_GROUPS, MAX_PARALLELISM, OperatorKind, OperatorSpec, StreamSpec};
 pub use stream_validate::MAX_OPERATORS;
-pub use token::{ClusterSecret, ContainerToken, TokenError};
+pub use token::{ClusterSecret, ContainerGrant, ContainerToken, TokenError};
 
 /// Environment variables every container gets from its agent.
 pub mod env {
+    /// Where an AM finds its job spec: a file in its working dir the agent wrote from the
+    /// launch (a spec is too large for one environment variable).
+    pub const JOB_SPEC_FILE: &str = "SPINDLE_JOB_SPEC_FILE";
     pub const APP_ID: &str = "SPINDLE_APP_ID";
     pub const CONTAINER_ID: &str = "SPINDLE_CONTAINER_ID";
     pub const ATTEMPT: &str = "SPINDLE_ATTEMPT";

@@ -184,6 +184,9 @@ pub struct NodeReport {
     pub usage: NodeUsage,
     pub health_report: String,
     pub last_heartbeat_ms: u64,
+    /// Whose account containers run as on this node, and how limits are applied.
+    #[serde(default)]
+    pub isolation: crate::NodeIsolation,
 }
 
 /// What the node's own probe measures (as opposed to what the RM granted).

@@ -27,10 +27,23 @@ pub struct ContainerToken {
     pub container_id: ContainerId,
     pub node_id: NodeId,
     pub resources: Resources,
+    /// The Unix account the container runs as, from the RM's mapping of the app's user; signed,
+    /// so an AM cannot run its containers as anyone else.
+    pub user: String,
     /// The agent refuses to start the container after this time (ms since the epoch).
     pub expires_at_ms: u64,
     /// Hex HMAC-SHA256 over the fields above.
     pub signature: String,
+}
+
+/// What the RM grants in a container token, before it is signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerGrant {
+    pub container_id: ContainerId,
+    pub node_id: NodeId,
+    pub resources: Resources,
+    /// The Unix account the container runs as.
+    pub user: String,
 }
 
 /// Why a token was refused.
@@ -67,12 +80,19 @@ impl ClusterSecret {
     }
 
     /// Signs a container grant.
-    pub fn sign_container(&self, container_id: ContainerId, node_id: NodeId, resources: Resources, expires_at_ms: u64) -> ContainerToken {
-        let signature = self.mac(&container_message(&container_id, &node_id, &resources, expires_at_ms));
+    pub fn sign_container(&self, grant: ContainerGrant, expires_at_ms: u64) -> ContainerToken {
+        let ContainerGrant {
+            container_id,
+            node_id,
+            resources,
+            user,
+        } = grant;
+        let signature = self.mac(&container_message(&container_id, &node_id, &resources, &user, expires_at_ms));
         ContainerToken {
             container_id,
             node_id,
             resources,
+            user,
             expires_at_ms,
             signature,
         }
@@ -80,7 +100,13 @@ impl ClusterSecret {
 
     /// Checks a container token as the agent `node` at time `now_ms`.
     pub fn verify_container(&self, token: &ContainerToken, node: &NodeId, now_ms: u64) -> Result<(), TokenError> {
-        let message = container_message(&token.container_id, &token.node_id, &token.resources, token.expires_at_ms);
+        let message = container_message(
+            &token.container_id,
+            &token.node_id,
+            &token.resources,
+            &token.user,
+            token.expires_at_ms,
+        );
         if !self.verify_mac(&message, &token.signature) {
             return Err(TokenError::BadSignature);
         }
@@ -135,9 +161,11 @@ fn shuffle_message(app_id: AppId) -> String {
     format!("shuffle|{app_id}")
 }
 
-fn container_message(container_id: &ContainerId, node_id: &NodeId, resources: &Resources, expires_at_ms: u64) -> String {
+/// The account name goes last but one and cannot contain `|` (checked where it is configured),
+/// so no two grants share a message.
+fn container_message(container_id: &ContainerId, node_id: &NodeId, resources: &Resources, user: &str, expires_at_ms: u64) -> String {
     format!(
-        "container|{container_id}|{node_id}|{}|{}|{expires_at_ms}",
+        "container|{container_id}|{node_id}|{}|{}|{user}|{expires_at_ms}",
         resources.vcores, resources.memory_mb
     )
 }
@@ -159,12 +187,21 @@ mod tests {
     fn container_tokens_verify_only_unchanged() {
         let secret = ClusterSecret::new("s3cret");
         let node = NodeId("127.0.0.1:8042".into());
-        let token = secret.sign_container(container(), node.clone(), Resources::new(1, 128), 1_000);
+        let grant = ContainerGrant {
+            container_id: container(),
+            node_id: node.clone(),
+            resources: Resources::new(1, 128),
+            user: "alice".to_owned(),
+        };
+        let token = secret.sign_container(grant, 1_000);
         secret.verify_container(&token, &node, 999).unwrap();
 
         let mut bigger = token.clone();
         bigger.resources.memory_mb = 4096;
         assert_eq!(secret.verify_container(&bigger, &node, 999), Err(TokenError::BadSignature));
+        let mut as_root = token.clone();
+        as_root.user = "root".to_owned();
+        assert_eq!(secret.verify_container(&as_root, &node, 999), Err(TokenError::BadSignature));
         assert!(matches!(
             secret.verify_container(&token, &NodeId("other:1".into()), 999),
             Err(TokenError::WrongNode { .. })

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::scheduler::queues::{QueueConfig, QueueConfigError, QueueTree};
+use crate::store::{SqliteSynchronous, StoreOptions};
 
 /// An API user: the bearer token a client presents and the user name it maps to.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -18,7 +19,14 @@ pub struct ApiUser {
     /// May act on every app and node (kill others' apps, decommission nodes).
     #[serde(default)]
     pub admin: bool,
+    /// The Unix account this user's containers run as on agents running as root; without
+    /// one, `default_unix_user`.
+    #[serde(default)]
+    pub unix_user: Option<String>,
 }
+
+/// The account containers of users without a `unix_user` run as: unprivileged everywhere.
+pub const DEFAULT_UNIX_USER: &str = "nobody";
 
 /// Everything the RM reads at start.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -28,10 +36,16 @@ pub struct RmConfig {
     pub listen: SocketAddr,
     /// `sqlite://PATH` or `postgres://…` (`--db` overrides).
     pub db: String,
+    /// How hard SQLite syncs a commit: `"full"` (default) survives power loss, `"normal"` only
+    /// an RM crash. Not used with PostgreSQL.
+    pub sqlite_synchronous: SqliteSynchronous,
     /// Shared with every agent; signs container and AM tokens. Required.
     pub cluster_secret: String,
     /// API tokens. No token, no access: there is no anonymous user.
     pub users: Vec<ApiUser>,
+    /// The Unix account containers of users without their own `unix_user` run as (default
+    /// `nobody`). Empty: such users' submissions are refused.
+    pub default_unix_user: String,
     /// A node silent this long is LOST.
     #[serde(with = "seconds")]
     pub node_expiry: Duration,
@@ -46,6 +60,8 @@ pub struct RmConfig {
     /// Finished apps older than this are purged from the store (0 keeps them forever).
     #[serde(with = "seconds")]
     pub retain_finished: Duration,
+    /// The HTTP server's limits against slow and misbehaving clients.
+    pub http: HttpConfig,
     /// Preemption and locality; reloaded with the queues.
     pub scheduler: SchedulerConfig,
     /// The queue tree (`root` and its children); reloaded by `spindle queues reload` or SIGHUP.
@@ -84,18 +100,89 @@ impl Default for SchedulerConfig {
     }
 }
 
+/// The HTTP server's timeouts and connection cap (`[http]`): what keeps slow or misbehaving
+/// clients from tying the RM up.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// A connection that has not sent a whole request head this long (seconds) after it opened,
+    /// or after its previous response, is closed: idle and slowly dribbling clients alike.
+    #[serde(with = "seconds")]
+    pub header_read_timeout: Duration,
+    /// A request not answered this long (seconds) after its head gets 503, so a slow body or a
+    /// stuck handler cannot hold a connection; an `allocate` long poll gets this on top of its wait.
+    #[serde(with = "seconds")]
+    pub request_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// At shutdown, how long (seconds) requests in flight may take before their connections are
+    /// closed and the RM stops anyway.
+    #[serde(with = "seconds")]
+    pub shutdown_timeout: Duration,
+}
+
+/// More connections than this would exhaust file descriptors long before it protected anything.
+const MAX_HTTP_CONNECTIONS: usize = 1_000_000;
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_read_timeout: spindle_http_server::DEFAULT_HEADER_READ_TIMEOUT,
+            request_timeout: spindle_http_server::DEFAULT_REQUEST_TIMEOUT,
+            max_connections: 10_000,
+            shutdown_timeout: spindle_http_server::DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The limits the server loop enforces (the request timeout is applied by the router).
+    pub fn server_limits(&self) -> spindle_http_server::ServerLimits {
+        spindle_http_server::ServerLimits {
+            header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections,
+            shutdown_timeout: self.shutdown_timeout,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("http.header_read_timeout", self.header_read_timeout),
+            ("http.request_timeout", self.request_timeout),
+        ];
+        for (field, value) in positive {
+            if value.is_zero() {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: "must be positive (seconds)".to_owned(),
+                });
+            }
+        }
+        if !(1..=MAX_HTTP_CONNECTIONS).contains(&self.max_connections) {
+            return Err(ConfigError::Invalid {
+                field: "http.max_connections",
+                reason: format!("must be between 1 and {MAX_HTTP_CONNECTIONS}, not {}", self.max_connections),
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Default for RmConfig {
     fn default() -> Self {
         RmConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8088)),
             db: "sqlite://spindle.db".to_owned(),
+            sqlite_synchronous: SqliteSynchronous::default(),
             cluster_secret: String::new(),
             users: Vec::new(),
+            default_unix_user: DEFAULT_UNIX_USER.to_owned(),
             node_expiry: Duration::from_secs(10),
             heartbeat_interval: Duration::from_millis(1000),
             container_launch_expiry: Duration::from_secs(60),
             max_body_bytes: 1024 * 1024,
             retain_finished: Duration::from_secs(7 * 24 * 3600),
+            http: HttpConfig::default(),
             scheduler: SchedulerConfig::default(),
             queues: QueueConfig::default(),
             path: None,
@@ -131,12 +218,38 @@ impl RmConfig {
             path: path.display().to_string(),
             source,
         })?;
-        let mut config: RmConfig = toml::from_str(&text).map_err(|err| ConfigError::Parse {
+        let parse_error = |message: String| ConfigError::Parse {
             path: path.display().to_string(),
-            message: err.to_string().trim_end().to_owned(),
+            message: message.trim_end().to_owned(),
+        };
+        let document = toml::Deserializer::parse(&text).map_err(|err| parse_error(err.to_string()))?;
+        // The path names the field even when the value's own error cannot (durations, enums).
+        let mut config: RmConfig = serde_path_to_error::deserialize(document).map_err(|err| {
+            let field = err.path().to_string();
+            let message = err.into_inner().to_string();
+            parse_error(if field == "." {
+                message
+            } else {
+                format!("field `{field}`: {message}")
+            })
         })?;
         config.path = Some(path.to_owned());
         Ok(config)
+    }
+
+    /// The Unix account `user`'s containers run as: their own `unix_user`, else
+    /// `default_unix_user`; `None` when neither is set (their submissions are refused).
+    pub fn unix_account(&self, user: &ApiUser) -> Option<String> {
+        user.unix_user
+            .clone()
+            .or_else(|| Some(self.default_unix_user.clone()).filter(|account| !account.is_empty()))
+    }
+
+    /// How the store is opened.
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            sqlite_synchronous: self.sqlite_synchronous,
+        }
     }
 
     /// The validated queue tree of this config.
@@ -165,6 +278,18 @@ impl RmConfig {
                     reason: format!("of user #{index} is empty"),
                 });
             }
+            if let Some(account) = &user.unix_user {
+                spindle_protocol::check_account_name(account).map_err(|reason| ConfigError::Invalid {
+                    field: "users.unix_user",
+                    reason: format!("of user {}: {reason}", user.name),
+                })?;
+            }
+        }
+        if !self.default_unix_user.is_empty() {
+            spindle_protocol::check_account_name(&self.default_unix_user).map_err(|reason| ConfigError::Invalid {
+                field: "default_unix_user",
+                reason,
+            })?;
         }
         if self.node_expiry < self.heartbeat_interval * 2 {
             return Err(ConfigError::Invalid {
@@ -178,18 +303,35 @@ impl RmConfig {
                 reason: "and container_launch_expiry must be positive".to_owned(),
             });
         }
+        self.http.validate()?;
         self.queue_tree()?;
         Ok(())
     }
 }
 
-/// Durations in config files are plain numbers with the unit in the field's doc.
+/// The longest duration a config field takes: longer ones are surely typos, and they would
+/// overflow the clock arithmetic done with them.
+const MAX_DURATION_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// `value` in a `unit` of which a second holds `per_second`, as a duration, if it is a finite
+/// number from 0 to ten years; else why not, in the field's own unit.
+fn duration_in_units(value: f64, per_second: f64, unit: &str) -> Result<Duration, String> {
+    let max_value = MAX_DURATION_SECS as f64 * per_second;
+    if value.is_finite() && (0.0..=max_value).contains(&value) {
+        // Rounded to the nanosecond, so `333` milliseconds are 333 ms, not 332.999999 ms.
+        return Ok(Duration::from_nanos((value * (1e9 / per_second)).round() as u64));
+    }
+    Err(format!("must be a number of {unit} from 0 to {max_value} (ten years), not {value}"))
+}
+
+/// Durations in config files are plain numbers with the unit in the field's doc; `inf`, `nan`,
+/// negative or absurdly large values are refused (`RmConfig::parse_file` adds the field's name).
 mod seconds {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_secs_f64(f64::deserialize(deserializer)?.max(0.0)))
+        super::duration_in_units(f64::deserialize(deserializer)?, 1.0, "seconds").map_err(serde::de::Error::custom)
     }
 }
 
@@ -198,7 +340,7 @@ mod millis {
     use std::time::Duration;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(deserializer)?))
+        super::duration_in_units(f64::deserialize(deserializer)?, 1000.0, "milliseconds").map_err(serde::de::Error::custom)
     }
 }
 
@@ -240,5 +382,81 @@ mod tests {
     fn unknown_fields_are_refused() {
         let err = toml::from_str::<RmConfig>("lisen = \"x\"").unwrap_err();
         assert!(err.to_string().contains("lisen"));
+    }
+
+    /// `text` as a config file, read with `parse_file` (which names a bad field by its path).
+    fn parse(text: &str) -> Result<RmConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rm.toml");
+        std::fs::write(&path, text).unwrap();
+        RmConfig::parse_file(&path)
+    }
+
+    #[test]
+    fn durations_that_are_not_finite_non_negative_and_sane_name_their_field() {
+        let cases = [
+            ("node_expiry = inf", "field `node_expiry`", "not inf"),
+            ("node_expiry = -inf", "field `node_expiry`", "not -inf"),
+            ("node_expiry = nan", "field `node_expiry`", "not NaN"),
+            ("node_expiry = -1", "field `node_expiry`", "not -1"),
+            ("node_expiry = 1e300", "field `node_expiry`", "from 0 to 315360000 (ten years)"),
+            ("retain_finished = 400000000", "field `retain_finished`", "seconds"),
+            (
+                "heartbeat_interval = -5",
+                "field `heartbeat_interval`",
+                "milliseconds from 0 to 315360000000",
+            ),
+            (
+                "[scheduler]\npreemption_grace = nan",
+                "field `scheduler.preemption_grace`",
+                "not NaN",
+            ),
+            ("[http]\nheader_read_timeout = -0.5", "field `http.header_read_timeout`", "not -0.5"),
+        ];
+        for (text, field, reason) in cases {
+            let message = parse(text).unwrap_err().to_string();
+            assert!(message.contains(field) && message.contains(reason), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn durations_take_fractions_and_whole_units_exactly() {
+        let config = parse("node_expiry = 2.5\nheartbeat_interval = 333\nretain_finished = 0\n[http]\nrequest_timeout = 0.1\n").unwrap();
+        assert_eq!(config.node_expiry, Duration::from_millis(2500));
+        assert_eq!(config.heartbeat_interval, Duration::from_millis(333));
+        assert_eq!(config.retain_finished, Duration::ZERO);
+        assert_eq!(config.http.request_timeout, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn http_limits_have_defaults_and_are_checked() {
+        let valid = RmConfig {
+            cluster_secret: "0123456789abcdef0123".into(),
+            ..RmConfig::default()
+        };
+        valid.validate().unwrap();
+        assert_eq!(valid.http.max_connections, 10_000);
+        assert_eq!(valid.http.server_limits().header_read_timeout, Duration::from_secs(10));
+
+        let mut no_connections = valid.clone();
+        no_connections.http.max_connections = 0;
+        let message = no_connections.validate().unwrap_err().to_string();
+        assert!(message.contains("http.max_connections"), "{message}");
+        let mut no_timeout = valid;
+        no_timeout.http.header_read_timeout = Duration::ZERO;
+        let message = no_timeout.validate().unwrap_err().to_string();
+        assert!(message.contains("http.header_read_timeout"), "{message}");
+    }
+
+    #[test]
+    fn sqlite_synchronous_defaults_to_full_and_names_itself_when_wrong() {
+        assert_eq!(parse("").unwrap().store_options().sqlite_synchronous, SqliteSynchronous::Full);
+        let normal = parse("sqlite_synchronous = \"normal\"").unwrap();
+        assert_eq!(normal.sqlite_synchronous, SqliteSynchronous::Normal);
+        let message = parse("sqlite_synchronous = \"fast\"").unwrap_err().to_string();
+        assert!(
+            message.contains("field `sqlite_synchronous`") && message.contains("\"normal\""),
+            "{message}"
+        );
     }
 }

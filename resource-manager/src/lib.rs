@@ -22,10 +22,11 @@ pub use error::RmError;
 pub use service::ResourceManager;
 
 /// Runs the RM on an already-bound listener until `shutdown` is cancelled (or a store failure
-/// stops it). Opens the store named in the config, recovers, serves.
+/// stops it). Opens the store named in the config, recovers, serves. At shutdown, requests in
+/// flight get `http.shutdown_timeout` to finish; then the RM stops anyway.
 pub async fn run(config: RmConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RmError> {
     config.validate()?;
-    let store = store::Store::connect(&config.db).await?;
+    let store = store::Store::connect_with(&config.db, config.store_options()).await?;
     let launcher = Arc::new(launcher::HttpAmLauncher::new(&spindle_protocol::ClusterSecret::new(
         &config.cluster_secret,
     )));
@@ -35,10 +36,8 @@ pub async fn run(config: RmConfig, listener: TcpListener, shutdown: Cancellation
     let timers = tokio::spawn(Arc::clone(&rm).run_timers());
     tokio::spawn(reload_on_sighup(Arc::clone(&rm)));
     let app = api::router(Arc::clone(&rm));
-    let stopped = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stopped.cancelled().await })
-        .await?;
+    let limits = rm.config.http.server_limits();
+    spindle_http_server::serve(listener, app, limits, shutdown.clone().cancelled_owned()).await;
     shutdown.cancel();
     let _ = timers.await;
     match rm.fatal_error() {

@@ -11,6 +11,10 @@ pub struct AppRecord {
     pub app_id: AppId,
     /// Who submitted it (from the API token).
     pub user: String,
+    /// The Unix account its containers run as, fixed at submission (the RM config's mapping
+    /// then), so a later config change never moves a running app to another account.
+    #[serde(default = "default_unix_user")]
+    pub unix_user: String,
     pub spec: JobSpec,
     pub state: AppState,
     pub final_status: FinalStatus,
@@ -70,6 +74,9 @@ pub struct NodeRecord {
     pub state: NodeState,
     /// While DECOMMISSIONING: when running containers are killed.
     pub decommission_deadline_ms: Option<u64>,
+    /// As the agent last reported it.
+    #[serde(default)]
+    pub isolation: spindle_protocol::NodeIsolation,
 }
 
 /// The writes of one state change (or one scheduling round), committed in one transaction.
@@ -92,4 +99,10 @@ pub struct Snapshot {
     pub apps: Vec<AppRecord>,
     pub containers: Vec<ContainerRecord>,
     pub nodes: Vec<NodeRecord>,
+}
+
+/// Apps stored before accounts were mapped ran as the agent's account; after an upgrade their
+/// remaining containers run as the unprivileged default.
+fn default_unix_user() -> String {
+    crate::config::DEFAULT_UNIX_USER.to_owned()
 }

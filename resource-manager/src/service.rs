@@ -64,7 +64,7 @@ impl Drop for PendingCommit {
 }
 
 /// Longest an allocate call may wait for news, whatever the AM asks.
-const MAX_ALLOCATE_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const MAX_ALLOCATE_WAIT: Duration = Duration::from_secs(30);
 /// How often timers run: node expiry, launch expiry, decommission deadlines.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -379,6 +379,7 @@ mod tests {
             rack: "/default".to_owned(),
             labels: Vec::new(),
             containers: Vec::new(),
+            isolation: Default::default(),
         }
     }
 
@@ -396,6 +397,7 @@ mod tests {
         let caller = crate::cluster::Caller {
             user: "alice".to_owned(),
             admin: false,
+            unix_user: Some("nobody".to_owned()),
         };
         let app_id = rm.mutate(|cluster, now| cluster.submit(&caller, spec, now)).await.unwrap().unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

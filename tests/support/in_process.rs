@@ -40,11 +40,13 @@ impl InProcessRm {
                     name: ADMIN.to_owned(),
                     token: ADMIN_TOKEN.to_owned(),
                     admin: true,
+                    unix_user: None,
                 },
                 ApiUser {
                     name: USER.to_owned(),
                     token: USER_TOKEN.to_owned(),
                     admin: false,
+                    unix_user: None,
                 },
             ],
             node_expiry: Duration::from_secs(NODE_EXPIRY_S),

@@ -161,6 +161,7 @@ impl<L: ContainerLauncher> MapReduceMaster<L> {
                     let spec = LaunchSpec {
                         command: vec!["spindle".to_owned(), "mr-task".to_owned()],
                         env: BTreeMap::from([(TASK_ENV.to_owned(), assignment)]),
+                        files: Default::default(),
                     };
                     launches.spawn(launch.allocation, spec);
                 }

@@ -209,5 +209,6 @@ pub fn task_launch_spec(shell: &ShellSpec, task_index: u32) -> LaunchSpec {
     LaunchSpec {
         command: shell.command.clone(),
         env,
+        files: Default::default(),
     }
 }

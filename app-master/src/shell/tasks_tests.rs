@@ -34,6 +34,7 @@ fn grant_of(seq: u64, resources: Resources) -> Allocation {
             resources,
             expires_at_ms: u64::MAX,
             signature: "00".into(),
+            user: "nobody".to_owned(),
         },
     }
 }

@@ -68,7 +68,17 @@ pub fn queues_table(root: &QueueReport) -> Table {
 }
 
 pub fn nodes_table(nodes: &[NodeReport], now_ms: u64) -> Table {
-    let mut table = Table::new(&["ID", "STATE", "RACK", "CONTAINERS", "VCORES", "MEMORY", "LAST HEARTBEAT"]).right_align(&[3, 4, 5]);
+    let mut table = Table::new(&[
+        "ID",
+        "STATE",
+        "RACK",
+        "CONTAINERS",
+        "VCORES",
+        "MEMORY",
+        "LAST HEARTBEAT",
+        "RUNS CONTAINERS AS",
+    ])
+    .right_align(&[3, 4, 5]);
     for node in nodes {
         table.row(vec![
             node.node_id.to_string(),
@@ -78,6 +88,7 @@ pub fn nodes_table(nodes: &[NodeReport], now_ms: u64) -> Table {
             format!("{}/{}", node.used.vcores, node.capacity.vcores),
             format!("{}/{}", memory(node.used.memory_mb), memory(node.capacity.memory_mb)),
             age(now_ms, node.last_heartbeat_ms),
+            node.isolation.summary(),
         ]);
     }
     table
@@ -128,12 +139,23 @@ mod tests {
             usage: NodeUsage::default(),
             health_report: String::new(),
             last_heartbeat_ms: 9_000,
+            isolation: spindle_protocol::NodeIsolation {
+                run_as: spindle_protocol::RunAs::PerUser { min_uid: 1000 },
+                limits: "cgroup v1".into(),
+            },
         };
-        let table = nodes_table(&[node], 10_000).render();
+        let mut single_user = node.clone();
+        single_user.node_id = NodeId("127.0.0.1:8043".into());
+        single_user.isolation.run_as = spindle_protocol::RunAs::SingleUser {
+            account: "alice".into(),
+            uid: 1001,
+        };
+        let table = nodes_table(&[node, single_user], 10_000).render();
         assert_eq!(
             table,
-            "ID              STATE    RACK           CONTAINERS  VCORES    MEMORY  LAST HEARTBEAT\n\
-             127.0.0.1:8042  RUNNING  /default-rack           3     3/8  640M/16G  1s ago\n"
+            "ID              STATE    RACK           CONTAINERS  VCORES    MEMORY  LAST HEARTBEAT  RUNS CONTAINERS AS\n\
+             127.0.0.1:8042  RUNNING  /default-rack           3     3/8  640M/16G  1s ago          per-user\n\
+             127.0.0.1:8043  RUNNING  /default-rack           3     3/8  640M/16G  1s ago          single-tenant (as alice)\n"
         );
     }
 

@@ -45,8 +45,10 @@ impl ProgressLine {
         }
     }
 
-    /// Shows `line`; `key` is what must change for `Changes` mode to print again.
+    /// Shows `line` (its control characters escaped: it carries job-made names and
+    /// diagnostics); `key` is what must change for `Changes` mode to print again.
     pub fn update(&mut self, key: &str, line: &str) {
+        let line = crate::table::terminal_safe(line);
         let mut stderr = std::io::stderr().lock();
         match self.mode {
             ProgressMode::Refresh => {

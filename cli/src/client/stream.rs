@@ -8,7 +8,7 @@ use spindle_protocol::{InstanceStatus, OperatorStatus, StreamDetail};
 
 use super::{ClientContext, print_json};
 use crate::args::ScaleArgs;
-use crate::table::{Table, age, key_values, or_dash, precise_duration};
+use crate::table::{Table, age, key_values, or_dash, precise_duration, terminal_safe};
 
 pub async fn scale(context: &ClientContext, args: &ScaleArgs) -> anyhow::Result<ExitCode> {
     let reply = context
@@ -22,14 +22,14 @@ pub async fn scale(context: &ClientContext, args: &ScaleArgs) -> anyhow::Result<
         outln!(
             "{}: operator {} already has parallelism {}",
             reply.app_id,
-            reply.operator,
+            terminal_safe(&reply.operator),
             reply.parallelism
         );
     } else {
         outln!(
             "{}: operator {} {} → {} (the AM is rescaling it)",
             reply.app_id,
-            reply.operator,
+            terminal_safe(&reply.operator),
             reply.previous,
             reply.parallelism
         );

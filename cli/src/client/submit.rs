@@ -61,7 +61,7 @@ pub async fn submit(context: &ClientContext, args: &SubmitArgs) -> anyhow::Resul
     } else {
         outln!("{}", outcome_line(&report, started.elapsed()));
         if report.final_status != FinalStatus::Succeeded && !report.diagnostics.is_empty() {
-            eprintln!("diagnostics: {}", report.diagnostics);
+            eprintln!("diagnostics: {}", crate::table::terminal_safe(&report.diagnostics));
         }
     }
     Ok(exit_code_of(&report))

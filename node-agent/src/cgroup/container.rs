@@ -77,28 +77,22 @@ impl ContainerCgroup {
     /// not one byte the container allocates escapes the limit. Async-signal-safe: it only calls
     /// getpid/open/write/close on memory prepared before the fork.
     pub(crate) fn join_hook(&self) -> impl FnMut() -> io::Result<()> + Send + Sync + 'static {
-        let procs_path = self.procs_path.clone();
-        move || {
-            let mut digits = [0u8; 20];
-            // SAFETY: getpid cannot fail and is async-signal-safe.
-            let pid = unsafe { libc::getpid() };
-            let text = format_decimal(pid.unsigned_abs(), &mut digits);
-            // SAFETY: the path is a valid NUL-terminated string owned by this closure; the fd is
-            // closed on every path; nothing here allocates or takes a lock.
-            unsafe {
-                let fd = libc::open(procs_path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let written = libc::write(fd, text.as_ptr().cast(), text.len());
-                let write_error = (written < 0).then(io::Error::last_os_error);
-                libc::close(fd);
-                match write_error {
-                    Some(err) => Err(err),
-                    None => Ok(()),
-                }
-            }
+        pid_writer(self.procs_path.clone())
+    }
+
+    /// v2: weighs the container's CPU by its vcores (and caps it, if `hard_cap`), in its one
+    /// cgroup. Best effort: without the cpu controller delegated the files do not exist.
+    pub(crate) fn set_cpu(&self, vcores: u32, hard_cap: bool) -> io::Result<()> {
+        if self.version != CgroupVersion::V2 {
+            return Ok(());
         }
+        std::fs::write(self.dir.join("cpu.weight"), super::cpu::v2_weight(vcores).to_string())?;
+        let max = if hard_cap {
+            super::cpu::v2_cpu_max(vcores)
+        } else {
+            "max".to_owned()
+        };
+        std::fs::write(self.dir.join("cpu.max"), max)
     }
 
     /// Whether the kernel's OOM killer killed a process of this cgroup.
@@ -221,6 +215,32 @@ fn counter(text: &str, name: &str) -> Option<u64> {
 }
 
 /// Writes `value` in decimal into `buffer` without allocating; returns the digits.
+/// A `pre_exec` hook writing the calling (forked) process's pid into `procs_path`.
+/// Async-signal-safe: getpid/open/write/close on memory prepared before the fork.
+pub(super) fn pid_writer(procs_path: CString) -> impl FnMut() -> io::Result<()> + Send + Sync + 'static {
+    move || {
+        let mut digits = [0u8; 20];
+        // SAFETY: getpid cannot fail and is async-signal-safe.
+        let pid = unsafe { libc::getpid() };
+        let text = format_decimal(pid.unsigned_abs(), &mut digits);
+        // SAFETY: the path is a valid NUL-terminated string owned by this closure; the fd is
+        // closed on every path; nothing here allocates or takes a lock.
+        unsafe {
+            let fd = libc::open(procs_path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let written = libc::write(fd, text.as_ptr().cast(), text.len());
+            let write_error = (written < 0).then(io::Error::last_os_error);
+            libc::close(fd);
+            match write_error {
+                Some(err) => Err(err),
+                None => Ok(()),
+            }
+        }
+    }
+}
+
 fn format_decimal(mut value: u32, buffer: &mut [u8; 20]) -> &[u8] {
     let mut start = buffer.len();
     loop {

@@ -4,6 +4,7 @@
 //! call it from the blocking pool, or from a forked child for `join_hook`.
 
 mod container;
+pub(crate) mod cpu;
 mod detect;
 
 use std::ffi::CString;
@@ -14,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 pub(crate) use container::ContainerCgroup;
 use container::read_oom_counters;
+pub(crate) use cpu::{CpuCgroup, CpuRoot};
 use detect::{prepare, v1_memory_mount, v2_mounts};
 
 /// Emptied container cgroups kept for reuse. Creating and removing a memory cgroup costs more

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::AgentError;
+use crate::account::Account;
 use crate::launcher::{self, CONTAINER_KILL_GRACE, KillRequest, LaunchContext, SpawnFailure};
 use crate::memory::SampledContainer;
 
@@ -130,6 +131,24 @@ impl ContainerManager {
     pub(crate) async fn launch(self: &Arc<Self>, request: LaunchRequest) -> Result<ContainerStatus, AgentError> {
         launcher::check_spec(&request.launch).map_err(AgentError::BadRequest)?;
         self.secret.verify_container(&request.token, self.node_id(), now_ms())?;
+        // Spawned: once the account is known the container exists and must be started even
+        // if the caller goes away (axum drops a handler's future when its client hangs up).
+        self.tasks
+            .spawn(Arc::clone(self).record_and_start(request))
+            .await
+            .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))
+    }
+
+    /// Resolves the token's account (refusing it with 400 when it cannot run containers
+    /// here), records the container and starts it.
+    async fn record_and_start(self: Arc<Self>, request: LaunchRequest) -> Result<ContainerStatus, AgentError> {
+        let account = {
+            let context = self.context.clone();
+            let user = request.token.user.clone();
+            tokio::task::spawn_blocking(move || context.run_mode.account_for(&user))
+                .await
+                .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))?
+        };
         let container_id = request.token.container_id;
         let resources = request.token.resources;
         let kill_signal = Arc::new(Notify::new());
@@ -164,12 +183,7 @@ impl ContainerManager {
             };
             state.containers.insert(container_id, record);
         }
-        // From here the container exists: finish starting it even if the caller goes away
-        // (axum drops a handler's future when its client hangs up), or it would run unsupervised.
-        self.tasks
-            .spawn(Arc::clone(self).start(container_id, resources, request.launch, kill_signal))
-            .await
-            .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))
+        self.start(container_id, resources, account, request.launch, kill_signal).await
     }
 
     /// Spawns the process of a container `launch` recorded, and supervises it.
@@ -177,12 +191,22 @@ impl ContainerManager {
         self: Arc<Self>,
         container_id: ContainerId,
         resources: Resources,
+        account: Option<Account>,
         spec: LaunchSpec,
         kill_signal: Arc<Notify>,
     ) -> Result<ContainerStatus, AgentError> {
         let context = self.context.clone();
         let shuffle_token = self.secret.shuffle_token(container_id.app);
-        let spawn = move || launcher::spawn_container(&context, &container_id, &resources, &spec, &shuffle_token);
+        let spawn = move || {
+            let launch = launcher::Launch {
+                container_id: &container_id,
+                resources: &resources,
+                account: account.as_ref(),
+                spec: &spec,
+                shuffle_token: &shuffle_token,
+            };
+            launcher::spawn_container(&context, &launch)
+        };
         let spawned = tokio::task::spawn_blocking(spawn).await.unwrap_or_else(|join_error| {
             Err(SpawnFailure {
                 exit_code: None,

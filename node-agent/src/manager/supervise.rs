@@ -24,6 +24,7 @@ impl ContainerManager {
             mut child,
             process_group,
             cgroup,
+            cpu_cgroup,
             ..
         } = spawned;
         let waited = {
@@ -92,6 +93,9 @@ impl ContainerManager {
                 Some(Ok(cgroup)) => cgroup.release(),
                 Some(Err(shared)) => shared.remove(),
                 None => {}
+            }
+            if let Some(cpu_cgroup) = cpu_cgroup {
+                cpu_cgroup.remove();
             }
         });
     }

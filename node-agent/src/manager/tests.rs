@@ -6,7 +6,7 @@ use super::*;
 /// wherever it waits. The container must still be supervised: it ends, and can be killed.
 #[tokio::test]
 async fn a_launch_whose_caller_goes_away_is_still_supervised() {
-    let work_dir = tempfile::tempdir().unwrap();
+    let work_dir = crate::access::tests::passable_tempdir();
     let secret = ClusterSecret::new("test-secret-0123456789");
     let node_id = NodeId("n1:8042".to_owned());
     let context = LaunchContext {
@@ -16,6 +16,10 @@ async fn a_launch_whose_caller_goes_away_is_still_supervised() {
         spindle_bin: "spindle".into(),
         node_port: 8042,
         cgroups: None,
+        run_mode: std::sync::Arc::new(crate::account::RunMode::detect(crate::account::DEFAULT_MIN_UID).unwrap()),
+        inherited_env: crate::launcher::inherited_env(true),
+        cpu: None,
+        cpu_hard_cap: false,
     };
     let tasks = TaskTracker::new();
     let manager = Arc::new(ContainerManager::new(
@@ -27,10 +31,19 @@ async fn a_launch_whose_caller_goes_away_is_still_supervised() {
     ));
     let container_id: ContainerId = "container_e01_1700000000000_0007_01_000001".parse().unwrap();
     let request = LaunchRequest {
-        token: secret.sign_container(container_id, node_id, Resources::new(1, 64), now_ms() + 60_000),
+        token: secret.sign_container(
+            spindle_protocol::ContainerGrant {
+                container_id: container_id,
+                node_id: node_id,
+                resources: Resources::new(1, 64),
+                user: "nobody".to_owned(),
+            },
+            now_ms() + 60_000,
+        ),
         launch: LaunchSpec {
             command: vec!["sh".to_owned(), "-c".to_owned(), "exit 3".to_owned()],
             env: Default::default(),
+            files: Default::default(),
         },
     };
     // Polled once, then dropped.
@@ -42,7 +55,12 @@ async fn a_launch_whose_caller_goes_away_is_still_supervised() {
     assert!(finished.is_none(), "the launch was still in progress: {finished:?}");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let status = manager.status(&container_id).unwrap();
+        // Recorded by the spawned launch once its account is resolved.
+        let Ok(status) = manager.status(&container_id) else {
+            assert!(Instant::now() < deadline, "the container was never recorded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
         if status.state == ContainerState::Complete {
             assert_eq!(status.exit_code, Some(3), "{status:?}");
             break;

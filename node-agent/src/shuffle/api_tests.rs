@@ -36,6 +36,10 @@ pub(crate) fn test_manager(work_dir: &std::path::Path) -> Arc<ContainerManager> 
         spindle_bin: "spindle".into(),
         node_port: 8042,
         cgroups: None,
+        run_mode: std::sync::Arc::new(crate::account::RunMode::detect(crate::account::DEFAULT_MIN_UID).unwrap()),
+        inherited_env: crate::launcher::inherited_env(true),
+        cpu: None,
+        cpu_hard_cap: false,
     };
     Arc::new(ContainerManager::new(
         secret(),
@@ -56,7 +60,7 @@ struct TestApi {
 
 impl TestApi {
     async fn start() -> TestApi {
-        let work_dir = tempfile::tempdir().unwrap();
+        let work_dir = crate::access::tests::passable_tempdir();
         let manager = test_manager(work_dir.path());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
@@ -249,7 +253,15 @@ async fn map_output_outlives_its_container_until_the_app_is_cleaned_up() {
         mv "$SPINDLE_SHUFFLE_DIR/m_7.index.tmp" "$SPINDLE_SHUFFLE_DIR/m_7.index"
     "#;
     let request = LaunchRequest {
-        token: secret().sign_container(container_id, NodeId("n1:8042".to_owned()), Resources::new(1, 64), now_ms() + 60_000),
+        token: secret().sign_container(
+            spindle_protocol::ContainerGrant {
+                container_id: container_id,
+                node_id: NodeId("n1:8042".to_owned()),
+                resources: Resources::new(1, 64),
+                user: "nobody".to_owned(),
+            },
+            now_ms() + 60_000,
+        ),
         launch: LaunchSpec {
             command: vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()],
             // The app cannot point its tasks elsewhere or pick another app's token.
@@ -258,6 +270,7 @@ async fn map_output_outlives_its_container_until_the_app_is_cleaned_up() {
                 ("SPINDLE_SHUFFLE_TOKEN".to_owned(), secret().shuffle_token(app(2))),
             ]
             .into(),
+            files: Default::default(),
         },
     };
     api.manager.launch(request).await.unwrap();
@@ -292,14 +305,23 @@ async fn map_output_outlives_its_container_until_the_app_is_cleaned_up() {
 
 #[tokio::test]
 async fn clean_up_spares_apps_with_a_running_container_and_is_idempotent() {
-    let work_dir = tempfile::tempdir().unwrap();
+    let work_dir = crate::access::tests::passable_tempdir();
     let manager = test_manager(work_dir.path());
     let running: ContainerId = format!("container_e01_{}_0002_01_000001", app(2).cluster_ts).parse().unwrap();
     let request = LaunchRequest {
-        token: secret().sign_container(running, NodeId("n1:8042".to_owned()), Resources::new(1, 64), now_ms() + 60_000),
+        token: secret().sign_container(
+            spindle_protocol::ContainerGrant {
+                container_id: running,
+                node_id: NodeId("n1:8042".to_owned()),
+                resources: Resources::new(1, 64),
+                user: "nobody".to_owned(),
+            },
+            now_ms() + 60_000,
+        ),
         launch: LaunchSpec {
             command: vec!["sleep".to_owned(), "30".to_owned()],
             env: Default::default(),
+            files: Default::default(),
         },
     };
     manager.launch(request).await.unwrap();

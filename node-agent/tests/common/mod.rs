@@ -138,9 +138,12 @@ impl TestAgent {
 
     pub fn token(&self, seq: u64, memory_mb: u64) -> ContainerToken {
         secret().sign_container(
-            container_id(seq),
-            self.node_id.clone(),
-            Resources::new(1, memory_mb),
+            spindle_protocol::ContainerGrant {
+                container_id: container_id(seq),
+                node_id: self.node_id.clone(),
+                resources: Resources::new(1, memory_mb),
+                user: "nobody".to_owned(),
+            },
             self.token_expiry_ms,
         )
     }
@@ -151,6 +154,7 @@ impl TestAgent {
             launch: LaunchSpec {
                 command: command.iter().map(|arg| arg.to_string()).collect(),
                 env: Default::default(),
+                files: Default::default(),
             },
         }
     }

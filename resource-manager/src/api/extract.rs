@@ -88,6 +88,7 @@ impl FromRequestParts<Arc<ResourceManager>> for User {
                 User(Caller {
                     user: user.name.clone(),
                     admin: user.admin,
+                    unix_user: rm.config.unix_account(user),
                 })
             })
             .ok_or_else(|| ApiError::unauthorized("the API token is not valid for this cluster: check --token / SPINDLE_TOKEN"))

@@ -17,7 +17,8 @@ use axum::routing::{get, post, put};
 use utoipa::OpenApi;
 
 use crate::error::ApiError;
-use crate::service::ResourceManager;
+use crate::service::{MAX_ALLOCATE_WAIT, ResourceManager};
+use extract::User;
 
 pub use extract::parse_json;
 
@@ -50,9 +51,26 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// The whole router, with the body size limit of the config.
+/// The whole router, with the body size limit and the request timeouts of the config.
 pub fn router(rm: Arc<ResourceManager>) -> Router {
     let max_body = rm.config.max_body_bytes;
+    let request_timeout = rm.config.http.request_timeout;
+    // A long poll waits up to MAX_ALLOCATE_WAIT by design: it gets that on top of the limit
+    // every other route has, which still bounds a slowly sent body or a stuck handler.
+    let long_polls = Router::new().route("/v1/internal/am/allocate", post(internal::allocate));
+    let long_polls = spindle_http_server::with_request_timeout(long_polls, request_timeout + MAX_ALLOCATE_WAIT);
+    spindle_http_server::with_request_timeout(short_routes(), request_timeout)
+        .merge(long_polls)
+        .fallback(|uri: axum::http::Uri| async move { ApiError::not_found(format!("no such endpoint: {}", uri.path())) })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this path")
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(rm)
+}
+
+/// Every route that answers promptly: all but the long polls.
+fn short_routes() -> Router<Arc<ResourceManager>> {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
@@ -71,18 +89,13 @@ pub fn router(rm: Arc<ResourceManager>) -> Router {
         .route("/v1/internal/nodes/register", post(internal::register_node))
         .route("/v1/internal/nodes/heartbeat", post(internal::node_heartbeat))
         .route("/v1/internal/am/register", post(internal::register_am))
-        .route("/v1/internal/am/allocate", post(internal::allocate))
         .route("/v1/internal/am/finish", post(internal::finish_am))
-        .fallback(|uri: axum::http::Uri| async move { ApiError::not_found(format!("no such endpoint: {}", uri.path())) })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this path")
-        })
-        .layer(DefaultBodyLimit::max(max_body))
-        .with_state(rm)
 }
 
-/// Prometheus text format.
-async fn metrics(State(rm): State<Arc<ResourceManager>>) -> impl IntoResponse {
+/// Prometheus text format, for any API user's bearer token: the figures name apps, users and
+/// queues, which only the cluster's users may see (why not a token-less port: README.md).
+async fn metrics(State(rm): State<Arc<ResourceManager>>, user: Result<User, ApiError>) -> Result<impl IntoResponse, ApiError> {
+    user.map_err(metrics_unauthorized)?;
     let (report, stream_details) = rm
         .read(|cluster| (cluster.cluster_report(String::new()), cluster.stream_details()))
         .await;
@@ -155,5 +168,17 @@ async fn metrics(State(rm): State<Arc<ResourceManager>>) -> impl IntoResponse {
         );
     }
     stream_metrics::write_stream_metrics(&mut out, &stream_details);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}
+
+/// A refused scrape says how to give Prometheus a token, since a scraper is who usually asks.
+fn metrics_unauthorized(refused: ApiError) -> ApiError {
+    ApiError::new(
+        refused.status,
+        format!(
+            "/metrics needs the bearer token of an API user ({}); in Prometheus, give the scrape job \
+             `authorization: {{type: Bearer, credentials_file: FILE}}` with a token from the RM config's [[users]]",
+            refused.message
+        ),
+    )
 }

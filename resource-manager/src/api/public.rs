@@ -42,13 +42,14 @@ pub async fn submit_app(State(rm): Rm, User(caller): User, ApiJson(spec): ApiJso
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(SubmitReply { app_id })).into_response())
 }
 
-/// List apps, newest first.
+/// List apps, newest first. Diagnostics and AM counters of apps the caller may not view (not
+/// theirs, not in a queue they administer, not an admin) read `<hidden>` / are left out.
 #[utoipa::path(get, path = "/v1/apps", tag = "apps",
     params(("state" = Option<String>, Query), ("queue" = Option<String>, Query), ("user" = Option<String>, Query), ("limit" = Option<u32>, Query)),
     responses((status = 200, body = Vec<AppReport>), (status = 400, body = ErrorBody)))]
 pub async fn list_apps(
     State(rm): Rm,
-    _user: User,
+    User(caller): User,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Vec<AppReport>>, ApiError> {
     let mut query = AppQuery {
@@ -82,15 +83,15 @@ pub async fn list_apps(
             }
         }
     }
-    Ok(Json(rm.read(|cluster| cluster.app_reports(&query)).await))
+    Ok(Json(rm.read(|cluster| cluster.app_reports_for(&caller, &query)).await))
 }
 
-/// One app's report.
+/// One app's report; redacted as in the list for callers who may not view the app.
 #[utoipa::path(get, path = "/v1/apps/{app_id}", tag = "apps", params(("app_id" = String, Path)),
     responses((status = 200, body = AppReport), (status = 404, body = ErrorBody)))]
-pub async fn get_app(State(rm): Rm, _user: User, Path(app_id): Path<String>) -> Result<Json<AppReport>, ApiError> {
+pub async fn get_app(State(rm): Rm, User(caller): User, Path(app_id): Path<String>) -> Result<Json<AppReport>, ApiError> {
     let app_id = parse_app_id(&app_id)?;
-    rm.read(|cluster| cluster.app_report(app_id))
+    rm.read(|cluster| cluster.app_report_for(&caller, app_id))
         .await
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("application {app_id} not found")))
@@ -104,7 +105,7 @@ pub async fn kill_app(State(rm): Rm, User(caller): User, Path(app_id): Path<Stri
     let report = rm
         .mutate(|cluster, now| {
             cluster.kill_app(&caller, app_id, now)?;
-            Ok::<_, crate::cluster::AppError>(cluster.app_report(app_id))
+            Ok::<_, crate::cluster::AppError>(cluster.app_report_for(&caller, app_id))
         })
         .await??;
     tracing::info!(app = %app_id, user = %caller.user, "application killed");
@@ -133,12 +134,13 @@ pub async fn scale_operator(
     Ok(Json(reply))
 }
 
-/// An app's containers, live and finished.
+/// An app's containers, live and finished; their diagnostics (stderr tails) read `<hidden>`
+/// for callers who may not view the app.
 #[utoipa::path(get, path = "/v1/apps/{app_id}/containers", tag = "apps", params(("app_id" = String, Path)),
     responses((status = 200, body = Vec<ContainerReport>), (status = 404, body = ErrorBody)))]
-pub async fn app_containers(State(rm): Rm, _user: User, Path(app_id): Path<String>) -> Result<Json<Vec<ContainerReport>>, ApiError> {
+pub async fn app_containers(State(rm): Rm, User(caller): User, Path(app_id): Path<String>) -> Result<Json<Vec<ContainerReport>>, ApiError> {
     let app_id = parse_app_id(&app_id)?;
-    rm.read(|cluster| cluster.container_reports(app_id))
+    rm.read(|cluster| cluster.container_reports_for(&caller, app_id))
         .await
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("application {app_id} not found")))
@@ -217,10 +219,12 @@ pub async fn reload_queues(State(rm): Rm, User(caller): User) -> Result<Json<Que
     Ok(Json(rm.reload_queues().await?))
 }
 
-/// A container's stdout or stderr, fetched from its node (the app's owner or an admin).
+/// A container's stdout or stderr, fetched from its node (the app's owner, an admin of its
+/// queue or a cluster admin; 403 for anyone else).
 #[utoipa::path(get, path = "/v1/containers/{container_id}/logs/{stream}", tag = "apps",
     params(("container_id" = String, Path), ("stream" = String, Path, description = "stdout or stderr")),
-    responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
+    responses((status = 200, body = String, content_type = "text/plain"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 502, body = ErrorBody)))]
 pub async fn container_logs(
     State(rm): Rm,
     User(caller): User,
@@ -232,16 +236,8 @@ pub async fn container_logs(
             "stream: `{stream}` is not a log: use stdout or stderr"
         )));
     }
-    let location = rm
-        .read(|cluster| cluster.container_location(container_id))
-        .await
-        .ok_or_else(|| ApiError::not_found(format!("container {container_id} not found")))?;
-    if !caller.admin && location.owner != caller.user {
-        return Err(ApiError::forbidden(format!(
-            "container {container_id} belongs to {}; only its owner or an admin may read its logs",
-            location.owner
-        )));
-    }
+    let location = rm.read(|cluster| cluster.container_logs_location(&caller, container_id)).await?;
+    tracing::debug!(container = %container_id, user = %caller.user, owner = %location.owner, %stream, "container logs read");
     let agent = AgentClient::new(&location.node_address, Some(rm.secret.agent_token()));
     match agent.logs(container_id, &stream).await {
         Ok(text) => Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()),

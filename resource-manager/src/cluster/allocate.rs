@@ -198,6 +198,7 @@ impl Cluster {
         app.preempt_news = false;
         app.operators_news = false;
         let granted = std::mem::take(&mut app.undelivered);
+        let unix_user = app.record.unix_user.clone();
         let completed = std::mem::take(&mut app.completions);
         let mut allocated = Vec::with_capacity(granted.len());
         for container_id in granted {
@@ -215,9 +216,12 @@ impl Cluster {
                 node_address: record.node_address.clone(),
                 resources: record.resources,
                 token: self.settings.secret.sign_container(
-                    container_id,
-                    record.node_id.clone(),
-                    record.resources,
+                    spindle_protocol::ContainerGrant {
+                        container_id,
+                        node_id: record.node_id.clone(),
+                        resources: record.resources,
+                        user: unix_user.clone(),
+                    },
                     record.launch_deadline_ms,
                 ),
             });

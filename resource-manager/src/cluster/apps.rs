@@ -1,9 +1,11 @@
 //! App and attempt lifecycle: submit, kill, the AM's register and finish (allocate has a file
 //! of its own), and what happens when an AM container ends.
 
+use std::collections::BTreeMap;
+
 use spindle_protocol::{
-    AppId, AppState, ContainerId, ContainerStatus, ExitReason, FinalStatus, JobKind, JobSpec, LaunchRequest, LaunchSpec, RegisterAmReply,
-    RegisterAmRequest, Resources, SpecError, env,
+    AppId, AppState, ContainerGrant, ContainerId, ContainerStatus, ExitReason, FinalStatus, JobKind, JobSpec, LaunchRequest, LaunchSpec,
+    RegisterAmReply, RegisterAmRequest, Resources, SpecError, env,
 };
 
 use super::{AmLaunch, App, Cluster};
@@ -14,6 +16,9 @@ use crate::records::{AppRecord, AttemptRecord};
 pub struct Caller {
     pub user: String,
     pub admin: bool,
+    /// The Unix account the user's containers run as (`RmConfig::unix_account`); `None`: the
+    /// user may not run anything.
+    pub unix_user: Option<String>,
 }
 
 /// Why an app operation was refused.
@@ -37,6 +42,9 @@ pub enum AppError {
     InvalidRequest(SpecError),
 }
 
+/// The AM container's copy of its job spec, in its working dir.
+const AM_JOB_SPEC_FILE: &str = "job-spec.json";
+
 /// More AM attempts than this are never made, even when failures do not count (a node that
 /// keeps dying under the AM must not loop forever).
 const ATTEMPT_HARD_LIMIT_EXTRA: u32 = 10;
@@ -45,6 +53,15 @@ impl Cluster {
     /// Accepts a job: checks it against the cluster, gives it an id, queues its AM container.
     pub fn submit(&mut self, caller: &Caller, spec: JobSpec, now_ms: u64) -> Result<AppId, AppError> {
         spec.validate()?;
+        let Some(unix_user) = caller.unix_user.clone() else {
+            return Err(AppError::InvalidSpec(SpecError {
+                field: "user".to_owned(),
+                reason: format!(
+                    "user {} maps to no Unix account to run containers as: give it `unix_user` in the RM config, or set `default_unix_user`",
+                    caller.user
+                ),
+            }));
+        };
         self.check_queue_access(caller, &spec.queue)?;
         self.check_fits_some_node("am", spec.am)?;
         if let Some(shell) = &spec.shell {
@@ -65,6 +82,7 @@ impl Cluster {
         let mut record = AppRecord {
             app_id,
             user: caller.user.clone(),
+            unix_user,
             spec,
             state: AppState::New,
             final_status: FinalStatus::Undefined,
@@ -261,18 +279,30 @@ impl Cluster {
             env::AM_TOKEN.to_owned(),
             self.settings.secret.am_token(app_id, container_id.attempt),
         );
-        launch_env.insert(env::JOB_SPEC.to_owned(), serde_json::to_string(spec).expect("job specs serialize"));
+        // In a file, not the environment: one variable is limited to 128 KiB by the kernel.
+        launch_env.insert(env::JOB_SPEC_FILE.to_owned(), AM_JOB_SPEC_FILE.to_owned());
+        let files = BTreeMap::from([(
+            AM_JOB_SPEC_FILE.to_owned(),
+            serde_json::to_string(spec).expect("job specs serialize"),
+        )]);
         let token = self.settings.secret.sign_container(
-            container_id,
-            container.record.node_id.clone(),
-            container.record.resources,
+            ContainerGrant {
+                container_id,
+                node_id: container.record.node_id.clone(),
+                resources: container.record.resources,
+                user: app.record.unix_user.clone(),
+            },
             container.record.launch_deadline_ms,
         );
         Some(AmLaunch {
             node_address,
             request: LaunchRequest {
                 token,
-                launch: LaunchSpec { command, env: launch_env },
+                launch: LaunchSpec {
+                    command,
+                    env: launch_env,
+                    files,
+                },
             },
         })
     }

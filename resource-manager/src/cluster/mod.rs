@@ -13,6 +13,7 @@ mod scheduling;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod view_acl;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -27,8 +28,9 @@ use crate::scheduler::queues::QueueTree;
 
 pub use apps::{AppError, Caller};
 pub use nodes::NodeError;
-pub use reports::{AppQuery, ContainerLocation};
+pub use reports::AppQuery;
 pub use scheduling::ReloadRefused;
+pub use view_acl::{ContainerLocation, HIDDEN};
 
 /// Timing and identity settings the state machine needs.
 #[derive(Debug, Clone)]

@@ -47,10 +47,12 @@ impl Cluster {
                 capacity: request.capacity,
                 state: NodeState::New,
                 decommission_deadline_ms: None,
+                isolation: request.isolation.clone(),
             };
             Node::new(record, now_ms)
         });
         node.record.address = request.address.clone();
+        node.record.isolation = request.isolation.clone();
         node.record.rack = request.rack.clone();
         node.record.labels = request.labels.clone();
         node.record.capacity = request.capacity;

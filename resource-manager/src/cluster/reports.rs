@@ -7,7 +7,8 @@ use spindle_protocol::{
     QueueReport, QueueUserReport, Resources,
 };
 
-use super::{App, Cluster, Container, Node};
+use super::view_acl::{redact_app_report, redact_container_report};
+use super::{App, Caller, Cluster, Container, Node};
 
 /// Filters of `GET /v1/apps`.
 #[derive(Debug, Clone, Default)]
@@ -18,20 +19,43 @@ pub struct AppQuery {
     pub limit: usize,
 }
 
-/// Where a container runs and whose it is: what the log proxy needs.
-#[derive(Debug, Clone)]
-pub struct ContainerLocation {
-    pub owner: String,
-    pub node_address: String,
-}
-
 impl Cluster {
-    pub fn app_report(&self, app_id: AppId) -> Option<AppReport> {
+    /// One app's report as `caller` may see it: whole for its viewers, redacted for others
+    /// (see `view_acl`). What the API answers.
+    pub fn app_report_for(&self, caller: &Caller, app_id: AppId) -> Option<AppReport> {
+        let mut report = self.app_report(app_id)?;
+        if !self.may_view_app(caller, app_id) {
+            redact_app_report(&mut report);
+        }
+        Some(report)
+    }
+
+    /// Newest first, each as `caller` may see it.
+    pub fn app_reports_for(&self, caller: &Caller, query: &AppQuery) -> Vec<AppReport> {
+        let mut reports = self.app_reports(query);
+        for report in reports.iter_mut().filter(|report| !self.may_view_app(caller, report.app_id)) {
+            redact_app_report(report);
+        }
+        reports
+    }
+
+    /// An app's containers as `caller` may see them.
+    pub fn container_reports_for(&self, caller: &Caller, app_id: AppId) -> Option<Vec<ContainerReport>> {
+        let mut reports = self.container_reports(app_id)?;
+        if !self.may_view_app(caller, app_id) {
+            reports.iter_mut().for_each(redact_container_report);
+        }
+        Some(reports)
+    }
+
+    /// One app's whole report, diagnostics and counters included: for the RM itself and tests;
+    /// users get `app_report_for`.
+    pub(crate) fn app_report(&self, app_id: AppId) -> Option<AppReport> {
         self.apps.get(&app_id).map(|app| app_report(app, &self.containers))
     }
 
-    /// Newest first.
-    pub fn app_reports(&self, query: &AppQuery) -> Vec<AppReport> {
+    /// Whole reports, newest first (see `app_report`).
+    pub(crate) fn app_reports(&self, query: &AppQuery) -> Vec<AppReport> {
         self.apps
             .values()
             .rev()
@@ -43,7 +67,8 @@ impl Cluster {
             .collect()
     }
 
-    pub fn container_reports(&self, app_id: AppId) -> Option<Vec<ContainerReport>> {
+    /// Whole container reports, stderr tails included (see `app_report`).
+    pub(crate) fn container_reports(&self, app_id: AppId) -> Option<Vec<ContainerReport>> {
         self.apps.get(&app_id)?;
         let mut reports: Vec<ContainerReport> = self
             .containers
@@ -53,15 +78,6 @@ impl Cluster {
             .collect();
         reports.sort_by_key(|report| report.container_id);
         Some(reports)
-    }
-
-    pub fn container_location(&self, container_id: ContainerId) -> Option<ContainerLocation> {
-        let container = self.containers.get(&container_id)?;
-        let owner = self.apps.get(&container_id.app)?.record.user.clone();
-        Some(ContainerLocation {
-            owner,
-            node_address: container.record.node_address.clone(),
-        })
     }
 
     pub fn node_reports(&self) -> Vec<NodeReport> {
@@ -269,5 +285,6 @@ fn node_report(node: &Node) -> NodeReport {
         usage: node.usage,
         health_report: node.health_report.clone(),
         last_heartbeat_ms: node.last_heartbeat_ms,
+        isolation: node.record.isolation.clone(),
     }
 }

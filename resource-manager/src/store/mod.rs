@@ -56,6 +56,13 @@ pub enum StoreError {
         /// Why it does not decode.
         reason: String,
     },
+    /// The database's file or directory could not be created or made owner-only.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, with the path.
+        what: String,
+        source: std::io::Error,
+    },
     /// The store URL has a scheme (or parameters) this build does not understand.
     #[error("unsupported store URL `{url}`: use {ACCEPTED_URLS}")]
     BadUrl {
@@ -70,6 +77,40 @@ impl StoreError {
     }
 }
 
+/// How a store is opened, beyond its URL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// SQLite's `synchronous` pragma; PostgreSQL has settings of its own on the server.
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+/// How hard SQLite pushes a commit to disk before the RM acknowledges it (`sqlite_synchronous`
+/// in the RM config: `"full"` or `"normal"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SqliteSynchronous {
+    /// The WAL is synced at every commit: an acknowledged change survives a power loss or an
+    /// OS crash. The default, since the RM tells clients, agents and AMs only what is durable.
+    #[default]
+    Full,
+    /// The WAL is synced at checkpoints only: an RM crash loses nothing, but a power loss or
+    /// OS crash may lose the last acknowledged commits. Faster commits, for disposable clusters.
+    Normal,
+}
+
+impl<'de> serde::Deserialize<'de> for SqliteSynchronous {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.to_ascii_lowercase().as_str() {
+            "full" => Ok(SqliteSynchronous::Full),
+            "normal" => Ok(SqliteSynchronous::Normal),
+            _ => Err(serde::de::Error::custom(format!(
+                "sqlite_synchronous is \"{text}\": use \"full\" (commits survive power loss; the default) \
+                 or \"normal\" (faster; a power loss may lose the last commits)"
+            ))),
+        }
+    }
+}
+
 /// The RM's durable store, on one of the two backends. Cheap to clone: clones share the pool.
 #[derive(Debug, Clone)]
 pub enum Store {
@@ -80,13 +121,18 @@ pub enum Store {
 }
 
 impl Store {
-    /// Opens the store at `url` and applies the embedded migrations:
-    /// `sqlite://PATH` (created if missing; WAL, synchronous=NORMAL, foreign keys, busy timeout),
-    /// `sqlite::memory:` for tests, or `postgres://…` (a `?options=-c%20search_path%3DNAME`
-    /// parameter puts the tables in schema NAME).
+    /// Opens the store at `url` with the default options (see [`Store::connect_with`]).
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Store::connect_with(url, StoreOptions::default()).await
+    }
+
+    /// Opens the store at `url` and applies the embedded migrations:
+    /// `sqlite://PATH` (created if missing, owner-only; WAL, `options.sqlite_synchronous`,
+    /// foreign keys, busy timeout), `sqlite::memory:` for tests, or `postgres://…` (a
+    /// `?options=-c%20search_path%3DNAME` parameter puts the tables in schema NAME).
+    pub async fn connect_with(url: &str, options: StoreOptions) -> Result<Store, StoreError> {
         if url.starts_with("sqlite:") {
-            return Ok(Store::Sqlite(SqliteStore::connect(url).await?));
+            return Ok(Store::Sqlite(SqliteStore::connect(url, options.sqlite_synchronous).await?));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(Store::Postgres(PgStore::connect(url).await?));
@@ -155,19 +201,41 @@ impl Store {
     }
 }
 
-/// `scheme://user:secret@host` → `scheme://user:***@host`, so an error never leaks a password.
-fn mask_password(url: &str) -> String {
+/// A database URL safe to print: `scheme://user:secret@host/db` → `scheme://user:***@host/db`,
+/// and the value of any `…password=` query parameter replaced by `***`. Conservative: a password
+/// with an unencoded `@` or `/` is masked up to the last `@`, so no part of it shows. Use it
+/// wherever a store URL reaches a log line or a message.
+pub fn mask_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
+    let (before_query, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (rest, None),
     };
-    let Some(colon) = rest[..at].find(':') else {
-        return url.to_owned();
-    };
-    format!("{scheme}://{}:***{}", &rest[..colon], &rest[at..])
+    let mut masked = format!("{scheme}://");
+    match before_query.rfind('@').and_then(|at| Some((before_query[..at].find(':')?, at))) {
+        // A `:` before the last `@` and inside the first path segment starts a password; one
+        // after a `/` is part of a path (`sqlite:///tmp/a@b:c`), not of the authority.
+        Some((colon, at)) if !before_query[..colon].contains('/') => {
+            masked.push_str(&before_query[..colon]);
+            masked.push_str(":***");
+            masked.push_str(&before_query[at..]);
+        }
+        _ => masked.push_str(before_query),
+    }
+    if let Some(query) = query {
+        let parameters: Vec<String> = query
+            .split('&')
+            .map(|parameter| match parameter.split_once('=') {
+                Some((name, _)) if name.to_ascii_lowercase().contains("password") => format!("{name}=***"),
+                _ => parameter.to_owned(),
+            })
+            .collect();
+        masked.push('?');
+        masked.push_str(&parameters.join("&"));
+    }
+    masked
 }
 
 #[cfg(test)]

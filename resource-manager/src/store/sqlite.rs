@@ -1,13 +1,14 @@
 //! The embedded backend: one SQLite file in WAL mode, or a private in-memory database for tests.
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::Sqlite;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
-use super::StoreError;
 use super::shared::{Queries, Statement};
+use super::{SqliteSynchronous, StoreError};
 use crate::records::Snapshot;
 
 /// Takes the write lock when the transaction begins, not at its first write: a deferred
@@ -21,6 +22,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// WAL lets readers run beside the one writer; a handful of connections is plenty for an RM
 /// whose state changes go through one owner.
 const MAX_CONNECTIONS: u32 = 4;
+/// The database and its -wal and -shm files: owner-only, they hold every job's spec and env.
+const PRIVATE_FILE_MODE: u32 = 0o600;
+/// A directory the RM creates for its database.
+const PRIVATE_DIR_MODE: u32 = 0o700;
 
 /// The SQLite store: a pool over one database file.
 #[derive(Debug, Clone)]
@@ -32,16 +37,24 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if missing) the database at a `sqlite:` URL and migrates it.
-    pub(super) async fn connect(url: &str) -> Result<SqliteStore, StoreError> {
+    /// Opens (creating if missing) the database at a `sqlite:` URL and migrates it. A database
+    /// file is created owner-only (0600), in a directory created 0700 if it is missing.
+    pub(super) async fn connect(url: &str, synchronous: SqliteSynchronous) -> Result<SqliteStore, StoreError> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|_| StoreError::bad_url(url))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(match synchronous {
+                SqliteSynchronous::Full => sqlx::sqlite::SqliteSynchronous::Full,
+                SqliteSynchronous::Normal => sqlx::sqlite::SqliteSynchronous::Normal,
+            })
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
         let in_memory = is_in_memory(url);
+        let database_file = (!in_memory).then(|| options.get_filename().to_owned());
+        if let Some(path) = database_file.clone() {
+            run_blocking(move || prepare_private_files(&path)).await?;
+        }
         let description = if in_memory {
             "sqlite::memory:".to_owned()
         } else {
@@ -62,6 +75,11 @@ impl SqliteStore {
         };
         let pool = pool_options.connect_with(options).await?;
         sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+        if let Some(path) = database_file {
+            // The first connection has created the -wal and -shm files by now; SQLite gave
+            // them the database file's mode, and this makes sure of it.
+            run_blocking(move || restrict_existing_files(&path)).await?;
+        }
         Ok(SqliteStore { pool, description })
     }
 
@@ -99,8 +117,144 @@ impl SqliteStore {
     }
 }
 
+/// File work off the async threads.
+async fn run_blocking(work: impl FnOnce() -> Result<(), StoreError> + Send + 'static) -> Result<(), StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))
+}
+
+/// Makes the database's directory (0700) if it is missing and the database file (0600) if it is
+/// missing, and brings an existing database and its -wal and -shm files to 0600.
+///
+/// Why an empty file first, rather than a umask around the pool's creation: SQLite's unix VFS
+/// gives a database file it creates mode 0644 whatever the umask (it fchmods the new file to its
+/// default permissions), and creates the -wal and -shm files lazily, at the first connection
+/// and again after a clean close, with the mode of the database file. So a 0600 file made here
+/// (which SQLite opens as an empty database) makes all three 0600 for good, without changing the
+/// process-wide umask under other threads that create files meanwhile. Modes are set with chmod
+/// after creation, so a umask cannot take bits away from the owner either.
+fn prepare_private_files(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let io_error = |what: String| move |source| StoreError::Io { what, source };
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty() && !dir.exists()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(PRIVATE_DIR_MODE)
+            .create(dir)
+            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PRIVATE_DIR_MODE)))
+            .map_err(io_error(format!("cannot create the database directory {}", dir.display())))?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(PRIVATE_FILE_MODE)
+        .open(path)
+    {
+        Ok(_) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(PRIVATE_FILE_MODE))
+            .map_err(io_error(format!("cannot make the database file {} owner-only", path.display()))),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => restrict_existing_files(path),
+        Err(source) => Err(StoreError::Io {
+            what: format!("cannot create the database file {}", path.display()),
+            source,
+        }),
+    }
+}
+
+/// Brings the database file and its -wal and -shm files, where they exist, to mode 0600. A file
+/// the RM may not chmod (another owner's) is left as it is, with a warning: it can still work.
+fn restrict_existing_files(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    for file in database_files(path) {
+        let mode = match std::fs::metadata(&file) {
+            Ok(metadata) => metadata.permissions().mode() & 0o777,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(StoreError::Io {
+                    what: format!("cannot read the mode of {}", file.display()),
+                    source,
+                });
+            }
+        };
+        if mode == PRIVATE_FILE_MODE {
+            continue;
+        }
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(PRIVATE_FILE_MODE)) {
+            Ok(()) => tracing::info!(file = %file.display(), old_mode = format!("{mode:o}"), "database file made owner-only (0600)"),
+            Err(err) => tracing::warn!(
+                file = %file.display(),
+                mode = format!("{mode:o}"),
+                error = %err,
+                "cannot make the database file owner-only: others may read the cluster's jobs; chmod 600 it"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// The database file and the two files SQLite keeps beside it in WAL mode.
+fn database_files(path: &Path) -> [PathBuf; 3] {
+    let with_suffix = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    [path.to_owned(), with_suffix("-wal"), with_suffix("-shm")]
+}
+
 /// `sqlite::memory:`, or a URL asking for `mode=memory`: both open a private in-memory database.
 fn is_in_memory(url: &str) -> bool {
     let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
     rest.starts_with(":memory:") || rest.contains("mode=memory")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    async fn synchronous_pragma(store: &SqliteStore) -> i64 {
+        sqlx::query_scalar("PRAGMA synchronous").fetch_one(&store.pool).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_new_database_is_owner_only_in_an_owner_only_directory_and_syncs_fully() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/spindle.db");
+        let url = format!("sqlite://{}", path.display());
+        let store = SqliteStore::connect(&url, SqliteSynchronous::default()).await.unwrap();
+        store.begin_epoch(1).await.unwrap();
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        for file in database_files(&path) {
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        // 2 is FULL: an acknowledged commit is on disk.
+        assert_eq!(synchronous_pragma(&store).await, 2);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_existing_database_is_tightened_and_normal_sync_can_be_chosen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spindle.db");
+        let url = format!("sqlite://{}", path.display());
+        SqliteStore::connect(&url, SqliteSynchronous::Full).await.unwrap().close().await;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let store = SqliteStore::connect(&url, SqliteSynchronous::Normal).await.unwrap();
+        for file in database_files(&path) {
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        // The RM did not create this directory: its mode is the operator's choice.
+        assert_eq!(mode(dir.path()), 0o755);
+        // 1 is NORMAL.
+        assert_eq!(synchronous_pragma(&store).await, 1);
+        store.close().await;
+    }
 }

@@ -10,6 +10,40 @@ fn passwords_are_masked_in_urls() {
     assert_eq!(mask_password("mysql://a:b@c/d"), "mysql://a:***@c/d");
     assert_eq!(mask_password("sqlite:///tmp/a@b:c"), "sqlite:///tmp/a@b:c");
     assert_eq!(mask_password("nonsense"), "nonsense");
+    assert_eq!(
+        mask_password("postgres://u:pw@db:5432/rm?sslmode=disable"),
+        "postgres://u:***@db:5432/rm?sslmode=disable"
+    );
+}
+
+#[test]
+fn passwords_with_unencoded_separators_and_in_parameters_are_masked_whole() {
+    assert_eq!(mask_password("postgres://spindle:p@ss/w:rd@db/rm"), "postgres://spindle:***@db/rm");
+    assert_eq!(
+        mask_password("postgres://db/rm?user=spindle&password=hunter2&sslpassword=x"),
+        "postgres://db/rm?user=spindle&password=***&sslpassword=***"
+    );
+    assert_eq!(mask_password("postgres://db/rm?options=a@b:c"), "postgres://db/rm?options=a@b:c");
+    for url in ["postgres://spindle:hunter2@db/rm", "postgresql://a:hunter2@h/d?password=hunter2"] {
+        assert!(!mask_password(url).contains("hunter2"), "{url}");
+    }
+}
+
+#[test]
+fn sqlite_synchronous_reads_full_or_normal_and_names_itself_otherwise() {
+    #[derive(Debug, serde::Deserialize)]
+    struct Field {
+        sqlite_synchronous: SqliteSynchronous,
+    }
+    let read = |text: &str| toml::from_str::<Field>(text).map(|field| field.sqlite_synchronous);
+    assert_eq!(read("sqlite_synchronous = \"full\"").unwrap(), SqliteSynchronous::Full);
+    assert_eq!(read("sqlite_synchronous = \"NORMAL\"").unwrap(), SqliteSynchronous::Normal);
+    assert_eq!(SqliteSynchronous::default(), SqliteSynchronous::Full);
+    let message = read("sqlite_synchronous = \"off\"").unwrap_err().to_string();
+    assert!(
+        message.contains("sqlite_synchronous is \"off\"") && message.contains("\"full\"") && message.contains("\"normal\""),
+        "{message}"
+    );
 }
 
 #[test]

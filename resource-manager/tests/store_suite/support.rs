@@ -166,6 +166,7 @@ pub fn app(seq: u32, submitted_at_ms: u64, state: AppState, finished_at_ms: Opti
         submitted_at_ms,
         started_at_ms: Some(submitted_at_ms + 5),
         finished_at_ms,
+        unix_user: "nobody".to_owned(),
     }
 }
 
@@ -198,6 +199,7 @@ pub fn node(name: &str, state: NodeState) -> NodeRecord {
         capacity: Resources::new(16, 65_536),
         state,
         decommission_deadline_ms: Some(123_456),
+        isolation: Default::default(),
     }
 }
 

@@ -105,6 +105,7 @@ impl Harness {
                 resources,
                 expires_at_ms: u64::MAX,
                 signature: String::new(),
+                user: "nobody".to_owned(),
             },
         }
     }

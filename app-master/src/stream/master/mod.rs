@@ -194,7 +194,7 @@ impl<L: ContainerLauncher> StreamMaster<L> {
                     }
                     for allocation in reply.allocated {
                         coordinator.workers.insert(allocation.container_id, Worker { data_address: None, tx: None });
-                        launches.spawn(allocation, LaunchSpec { command: worker_command.clone(), env: launch_env.clone() });
+                        launches.spawn(allocation, LaunchSpec { command: worker_command.clone(), env: launch_env.clone(), files: Default::default() });
                     }
                     for result in launches.finished() {
                         if let Err(failure) = result.result {

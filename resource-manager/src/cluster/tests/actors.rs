@@ -41,6 +41,7 @@ impl Agent {
             rack: "/default".to_owned(),
             labels: self.labels.clone(),
             containers: self.containers.values().cloned().collect(),
+            isolation: Default::default(),
         };
         let reply = rm
             .mutate(|cluster| cluster.register_node(request, now))

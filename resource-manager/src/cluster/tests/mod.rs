@@ -81,6 +81,7 @@ fn caller() -> Caller {
     Caller {
         user: "alice".to_owned(),
         admin: false,
+        unix_user: Some("nobody".to_owned()),
     }
 }
 
@@ -157,3 +158,4 @@ mod random_operations;
 mod recovery;
 mod stream;
 mod submit;
+mod view_acl;

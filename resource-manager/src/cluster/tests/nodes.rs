@@ -175,6 +175,7 @@ fn only_the_owner_or_an_admin_may_kill_an_app_and_only_once() {
     let bob = Caller {
         user: "bob".to_owned(),
         admin: false,
+        unix_user: Some("nobody".to_owned()),
     };
     assert!(matches!(rm.kill(&bob, app_id, 10), Err(AppError::Forbidden(message)) if message.contains("alice")));
     assert!(rm.last_writes.is_empty());
@@ -204,6 +205,7 @@ fn only_the_owner_or_an_admin_may_kill_an_app_and_only_once() {
     let root = Caller {
         user: "root".to_owned(),
         admin: true,
+        unix_user: Some("nobody".to_owned()),
     };
     rm.kill(&root, other.app_id, 70).unwrap();
     assert_eq!(rm.app(other.app_id).state, AppState::Killed);

@@ -34,6 +34,7 @@ fn user(name: &str) -> Caller {
     Caller {
         user: name.to_owned(),
         admin: false,
+        unix_user: Some("nobody".to_owned()),
     }
 }
 
@@ -62,6 +63,7 @@ fn a_user_outside_a_queue_acl_may_not_submit_to_it() {
     let admin = Caller {
         user: "root".to_owned(),
         admin: true,
+        unix_user: Some("nobody".to_owned()),
     };
     rm.mutate(|cluster| cluster.submit(&admin, in_queue("streaming", 1), 0))
         .expect("cluster admins may submit anywhere");

@@ -107,6 +107,7 @@ fn scaling_by_the_owner_is_stored_and_wakes_the_waiting_am_with_the_new_parallel
     let admin = Caller {
         user: "root".to_owned(),
         admin: true,
+        unix_user: Some("nobody".to_owned()),
     };
     scale(&mut rm, &admin, am.app_id, "out", 3).unwrap();
     rm.restart(100);
@@ -143,6 +144,7 @@ fn scaling_is_refused_for_other_users_unknown_operators_bad_numbers_and_ended_or
     let bob = Caller {
         user: "bob".to_owned(),
         admin: false,
+        unix_user: Some("nobody".to_owned()),
     };
     let err = scale(&mut rm, &bob, app_id, "count", 4).unwrap_err();
     assert!(

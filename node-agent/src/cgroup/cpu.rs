@@ -1,0 +1,170 @@
+//! CPU shared by vcores: each container's cgroup gets a CPU weight in proportion to its vcores,
+//! so busy containers on one node get CPU time 1:3 when they hold 1 and 3 vcores, and
+//! optionally a hard cap of its vcores' worth of CPU time (CFS quota).
+//!
+//! cgroup v1 keeps CPU in a hierarchy of its own (`/sys/fs/cgroup/cpu`): a container gets a
+//! second cgroup there, which its forked child joins before exec. With v2 the weight goes into
+//! the container's one cgroup (`ContainerCgroup::set_cpu`).
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::{CgroupVersion, write_file};
+
+/// v1's `cpu.shares` of one vcore (the kernel's default weight for a cgroup).
+const V1_SHARES_PER_VCORE: u64 = 1024;
+/// v2's `cpu.weight` of one vcore (the kernel's default weight), within 1..=10000.
+const V2_WEIGHT_PER_VCORE: u64 = 100;
+/// CFS period of the optional hard cap.
+const CFS_PERIOD_US: u64 = 100_000;
+
+/// Name of the directory, under the CPU hierarchy's root, that holds container cgroups.
+const SPINDLE_CGROUP: &str = "spindle";
+
+/// A writable cgroup v1 CPU hierarchy.
+#[derive(Debug, Clone)]
+pub(crate) struct CpuRoot {
+    /// `<cpu mount>/spindle`.
+    base: PathBuf,
+    /// Cap each container at its vcores' worth of CPU time, not only weigh it.
+    hard_cap: bool,
+}
+
+/// A container's cgroup in the v1 CPU hierarchy.
+#[derive(Debug)]
+pub(crate) struct CpuCgroup {
+    dir: PathBuf,
+    /// `<dir>/cgroup.procs`, prepared before fork: the child may not allocate.
+    procs_path: CString,
+}
+
+impl CpuRoot {
+    /// Finds the v1 `cpu` hierarchy in `/proc/self/mounts` and proves a container cgroup with
+    /// a weight can be made there. The error says why not.
+    pub(crate) fn detect(hard_cap: bool) -> Result<CpuRoot, String> {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(|err| format!("cannot read /proc/self/mounts: {err}"))?;
+        let mount = v1_cpu_mount(&mounts).ok_or_else(|| "no cgroup v1 cpu hierarchy is mounted".to_owned())?;
+        let base = mount.join(SPINDLE_CGROUP);
+        match std::fs::create_dir(&base) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(format!("cannot create {}: {err}", base.display())),
+        }
+        if !base.join("cpu.shares").exists() {
+            return Err(format!("{} has no cpu.shares", base.display()));
+        }
+        Ok(CpuRoot { base, hard_cap })
+    }
+
+    /// A cgroup named `name` weighted (and capped, if configured) by `vcores`.
+    pub(crate) fn create(&self, name: &str, vcores: u32) -> io::Result<CpuCgroup> {
+        let dir = self.base.join(name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(err),
+        }
+        let configured = write_file(&dir.join("cpu.shares"), &v1_shares(vcores).to_string()).and_then(|()| {
+            let quota = if self.hard_cap {
+                cfs_quota_us(vcores).to_string()
+            } else {
+                "-1".to_owned()
+            };
+            write_file(&dir.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
+            write_file(&dir.join("cpu.cfs_quota_us"), &quota)
+        });
+        if let Err(err) = configured {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(err);
+        }
+        let procs_path = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+        Ok(CpuCgroup { dir, procs_path })
+    }
+}
+
+impl CpuCgroup {
+    /// A `pre_exec` hook that moves the forked child into this cgroup (see
+    /// `ContainerCgroup::join_hook`, which it shares its writer with).
+    pub(crate) fn join_hook(&self) -> impl FnMut() -> io::Result<()> + Send + Sync + 'static {
+        super::container::pid_writer(self.procs_path.clone())
+    }
+
+    /// Removes the cgroup once the container has ended (its processes are gone by then: the
+    /// process group and the memory cgroup were killed). Blocking.
+    pub(crate) fn remove(self) {
+        for _ in 0..20 {
+            match std::fs::remove_dir(&self.dir) {
+                Ok(()) => return,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => return,
+                // EBUSY while the last members are being reaped.
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        }
+        tracing::debug!(dir = %self.dir.display(), "cannot remove a container's cpu cgroup");
+    }
+}
+
+/// v1 `cpu.shares` for `vcores` (at least the kernel's minimum of 2).
+pub(crate) fn v1_shares(vcores: u32) -> u64 {
+    (u64::from(vcores) * V1_SHARES_PER_VCORE).max(2)
+}
+
+/// v2 `cpu.weight` for `vcores`, within the kernel's 1..=10000.
+pub(crate) fn v2_weight(vcores: u32) -> u64 {
+    (u64::from(vcores) * V2_WEIGHT_PER_VCORE).clamp(1, 10_000)
+}
+
+/// CFS quota (µs per `CFS_PERIOD_US`) of `vcores` whole CPUs.
+pub(crate) fn cfs_quota_us(vcores: u32) -> u64 {
+    u64::from(vcores.max(1)) * CFS_PERIOD_US
+}
+
+/// The v2 `cpu.max` line of a hard cap of `vcores`.
+pub(crate) fn v2_cpu_max(vcores: u32) -> String {
+    format!("{} {CFS_PERIOD_US}", cfs_quota_us(vcores))
+}
+
+/// The mount point of the v1 hierarchy that has the `cpu` controller.
+fn v1_cpu_mount(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (path, kind, options) = (fields.get(1)?, fields.get(2)?, fields.get(3)?);
+        (*kind == "cgroup" && options.split(',').any(|option| option == "cpu")).then(|| Path::new(path).to_path_buf())
+    })
+}
+
+/// The versions this module serves, for the start-up log.
+pub(crate) fn describe(version: CgroupVersion, hard_cap: bool) -> String {
+    let cap = if hard_cap { ", capped at its vcores" } else { "" };
+    match version {
+        CgroupVersion::V1 => format!("cpu.shares by vcores{cap}"),
+        CgroupVersion::V2 => format!("cpu.weight by vcores{cap}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_follow_vcores() {
+        assert_eq!(v1_shares(1), 1024);
+        assert_eq!(v1_shares(3), 3 * 1024);
+        assert_eq!(v1_shares(0), 2);
+        assert_eq!(v2_weight(3), 300);
+        assert_eq!(v2_weight(1_000), 10_000);
+        assert_eq!(v2_cpu_max(2), "200000 100000");
+    }
+
+    #[test]
+    fn finds_the_cpu_hierarchy() {
+        let mounts = "cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0\n\
+                      cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,relatime,cpu,cpuacct 0 0\n\
+                      cgroup /sys/fs/cgroup/cpuset cgroup rw,relatime,cpuset 0 0\n";
+        assert_eq!(v1_cpu_mount(mounts), Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")));
+        assert_eq!(v1_cpu_mount("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n"), None);
+    }
+}
