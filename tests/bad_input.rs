@@ -343,7 +343,7 @@ async fn callers_without_the_right_credentials_are_refused() {
 async fn a_container_bigger_than_any_node_is_refused() {
     init_logs();
     let rm = InProcessRm::start().await;
-    let agent_dir = tempfile::tempdir().unwrap();
+    let agent_dir = support::shared_tempdir("spindle-test-");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let node_id = NodeId(listener.local_addr().unwrap().to_string());
     let mut config = spindle_node_agent::AgentConfig::new(vec![rm.url.clone()], ClusterSecret::new(SECRET), agent_dir.path().to_owned());
@@ -390,7 +390,7 @@ const GOOD_JOB: &str = "name = \"x\"\nkind = \"shell\"\n[shell]\ncommand = [\"tr
 async fn the_cli_names_what_is_wrong() {
     init_logs();
     let rm = InProcessRm::start().await;
-    let home = tempfile::tempdir().unwrap();
+    let home = support::shared_tempdir("spindle-test-");
     let timeout = Duration::from_secs(30);
     let with_rm = |args: &[&str]| -> Vec<String> {
         let mut all: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();

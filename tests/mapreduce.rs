@@ -63,7 +63,7 @@ fn wordcount_job(input: &Path, output: &Path, mapper: &str, combiner: Option<&st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn word_count_with_builtins_and_with_streaming_scripts_matches_the_reference() {
-    let dir = tempfile::Builder::new().prefix("spindle-mapreduce-").tempdir().unwrap();
+    let dir = support::shared_tempdir("spindle-mapreduce-");
     let _cleanup = support::CleanupDir(dir.path());
     let expected = write_text(&dir.path().join("input"), 2);
     let cluster = start_local(dir.path()).await;
@@ -256,7 +256,7 @@ fn validate_sorted_output(output: &Path, reducers: usize) -> RecordSummary {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sort_of_100_byte_records_is_globally_ordered_across_reducers() {
-    let dir = tempfile::Builder::new().prefix("spindle-sort-").tempdir().unwrap();
+    let dir = support::shared_tempdir("spindle-sort-");
     let _cleanup = support::CleanupDir(dir.path());
     let input = dir.path().join("records");
     // 6 MB in four files: six maps or more of 1 MB splits.
@@ -398,7 +398,7 @@ async fn word_count_survives_kill_9_of_an_agent_while_reducers_run() {
 /// Input "on one node's local disk" (`input_locations`): its maps run on that node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maps_run_on_the_node_that_holds_their_input() {
-    let dir = tempfile::Builder::new().prefix("spindle-mr-locality-").tempdir().unwrap();
+    let dir = support::shared_tempdir("spindle-mr-locality-");
     let _cleanup = support::CleanupDir(dir.path());
     let expected = write_text(&dir.path().join("input"), 3);
     let cluster = start_local(dir.path()).await;

@@ -67,7 +67,7 @@ async fn run(client: &RmClient, spec: &JobSpec) -> (Duration, spindle_protocol::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_straggling_map_is_speculated_and_the_job_ends_sooner_than_without_speculation() {
-    let dir = tempfile::Builder::new().prefix("spindle-speculation-").tempdir().unwrap();
+    let dir = support::shared_tempdir("spindle-speculation-");
     let _cleanup = support::CleanupDir(dir.path());
     let expected = write_input(&dir.path().join("input"));
     let mut options = LocalOptions::new(dir.path().join("local")).expect("local options");

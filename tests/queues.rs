@@ -63,7 +63,7 @@ async fn batch_stream(bob: RmClient, stop: tokio_util::sync::CancellationToken) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_gets_its_guarantee_within_the_grace_period_and_batch_uses_the_rest() {
-    let dir = tempfile::Builder::new().prefix("spindle-queues-").tempdir().unwrap();
+    let dir = support::shared_tempdir("spindle-queues-");
     let _cleanup = support::CleanupDir(dir.path());
     let config_path = dir.path().join("rm.toml");
     std::fs::write(&config_path, rm_config(true)).unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn demo_runs() {
-    let home = tempfile::tempdir().unwrap();
+    let home = support::shared_tempdir("spindle-test-");
     let output = support::run_spindle(home.path(), &["demo"], Duration::from_secs(90)).await;
     assert!(output.success(), "{output}");
     assert!(output.stdout.contains("hello from"), "{output}");

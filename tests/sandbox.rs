@@ -21,7 +21,7 @@ async fn start_local(dir: &std::path::Path, agents: usize) -> LocalCluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_over_memory_limit_is_killed() {
-    let dir = tempfile::Builder::new().prefix("spindle-sandbox-").tempdir().unwrap();
+    let dir = support::shared_tempdir("spindle-sandbox-");
     let _cleanup = support::CleanupDir(dir.path());
     let cluster = start_local(dir.path(), 1).await;
     let client = cluster.client();

@@ -200,7 +200,7 @@ async fn wait_for_rescale(client: &RmClient, app_id: AppId, to: u32) -> u64 {
 /// output is exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rescaling_the_window_operator_2_to_4_to_1_keeps_the_output_exact() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::shared_tempdir("spindle-test-");
     let cluster = start_local(dir.path()).await;
     let _cleanup = CleanupDir(dir.path());
     let client = cluster.client();
@@ -243,7 +243,7 @@ async fn rescaling_the_window_operator_2_to_4_to_1_keeps_the_output_exact() {
 /// files: a bounded file source ends the job, and the sums are exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_pipeline_with_a_filter_an_external_command_and_a_keyed_sum_is_exact() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::shared_tempdir("spindle-test-");
     let cluster = start_local(dir.path()).await;
     let _cleanup = CleanupDir(dir.path());
     let input = dir.path().join("input");
@@ -301,7 +301,7 @@ async fn a_user_operator_from_a_job_binary_of_its_own_is_checkpointed_and_rescal
             binary.display()
         );
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::shared_tempdir("spindle-test-");
     let cluster = start_local(dir.path()).await;
     let _cleanup = CleanupDir(dir.path());
     let client = cluster.client();

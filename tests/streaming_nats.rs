@@ -159,7 +159,7 @@ async fn the_window_count_pipeline_from_a_jetstream_subject_to_a_nats_subject_is
     // The first 8,000 (times 0..4 s) before the job starts, the rest after the kill.
     publish(&js, &in_subject, lines(0..8_000)).await;
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::shared_tempdir("spindle-test-");
     let cluster = start_local(dir.path()).await;
     let _cleanup = CleanupDir(dir.path());
     let client = cluster.client();
@@ -182,7 +182,7 @@ async fn the_window_count_pipeline_from_a_jetstream_subject_to_a_nats_subject_is
     let victim_dir = (0..2)
         .map(|agent| {
             cluster
-                .data_dir
+                .work_root
                 .join(format!("agent-{agent}"))
                 .join("apps")
                 .join(app_id.to_string())

@@ -74,7 +74,7 @@ path = {out:?}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preempted_streaming_job_scales_down_instead_of_failing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::shared_tempdir("spindle-test-");
     let _cleanup = CleanupDir(dir.path());
     let config = dir.path().join("rm.toml");
     std::fs::write(&config, rm_config()).unwrap();

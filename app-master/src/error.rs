@@ -49,4 +49,8 @@ pub enum AmError {
 
     #[error("I/O: {0}")]
     Io(String),
+
+    /// The stream job's checkpoint dir cannot be used safely.
+    #[error("checkpoint storage: {0}")]
+    Checkpoints(String),
 }

@@ -51,17 +51,24 @@ pub async fn demo() -> anyhow::Result<ExitCode> {
     outln!("  data   {}  (its local.toml holds the admin token)", cluster.data_dir.display());
     outln!("  (both vanish when the demo ends; your own config is untouched)");
 
+    // The jobs' input and output: not in the data dir (private to this user), but in a dir
+    // that the account jobs run as (nobody, when the demo runs as root) may write, as /tmp.
+    let jobs_dir = tempfile::Builder::new()
+        .prefix("spindle-demo-jobs-")
+        .tempdir()
+        .context("cannot make a temporary dir for the jobs' files")?;
+    std::fs::set_permissions(jobs_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o1777))?;
     let demo = async {
-        let stream = crate::demo_stream::start(&cluster, data_dir.path()).await?;
+        let stream = crate::demo_stream::start(&cluster, jobs_dir.path()).await?;
         let shell = run_demo_job(&cluster).await?;
         if shell != ExitCode::SUCCESS {
             return Ok(shell);
         }
-        let wordcount = run_demo_wordcount(&cluster, data_dir.path()).await?;
+        let wordcount = run_demo_wordcount(&cluster, jobs_dir.path()).await?;
         if wordcount != ExitCode::SUCCESS {
             return Ok(wordcount);
         }
-        let exact = crate::demo_stream::finish(&cluster, stream, data_dir.path()).await?;
+        let exact = crate::demo_stream::finish(&cluster, stream, jobs_dir.path()).await?;
         outln!("\nThat was Spindle. Run a cluster that stays with `spindle local`.");
         Ok(if exact { ExitCode::SUCCESS } else { ExitCode::FAILURE })
     };

@@ -125,10 +125,7 @@ pub struct TestCluster {
 impl TestCluster {
     /// Writes the RM config and starts the RM; returns once it answers.
     pub async fn start(db: Db) -> TestCluster {
-        let dir = tempfile::Builder::new()
-            .prefix("spindle-e2e-")
-            .tempdir()
-            .expect("create a temporary directory");
+        let dir = crate::support::shared_tempdir("spindle-e2e-");
         let db = match db {
             Db::Sqlite => format!("sqlite://{}", dir.path().join("rm.db").display()),
             Db::Url(url) => url,

@@ -23,10 +23,7 @@ pub struct InProcessRm {
 impl InProcessRm {
     /// The same users and timings as the process clusters'.
     pub async fn start() -> InProcessRm {
-        let dir = tempfile::Builder::new()
-            .prefix("spindle-e2e-rm-")
-            .tempdir()
-            .expect("create a temporary directory");
+        let dir = crate::support::shared_tempdir("spindle-e2e-rm-");
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .expect("bind the RM's port");

@@ -57,6 +57,18 @@ const POLL: Duration = Duration::from_millis(100);
 /// How long a daemon may take to answer after it was started.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A temporary dir jobs may read and write: containers run as other accounts than the test
+/// (`nobody` when the tests run as root), and tempfile makes dirs only their owner may enter.
+pub fn shared_tempdir(prefix: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("create a temporary directory");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("open the temporary directory to jobs");
+    dir
+}
+
 /// The real binary, as cargo built it for this test.
 pub fn spindle_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_spindle"))

@@ -3,6 +3,7 @@
 //! checkpoint without it never completed). The AM is its only writer.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -54,6 +55,32 @@ impl Storage {
         &self.root
     }
 
+    /// Creates the job's dir 0700 (as the job's account, which the AM runs as) and refuses one
+    /// that is not a directory of that account: whoever else could write there could plant
+    /// checkpoint metadata the next attempt would recover from.
+    pub fn prepare(&self) -> std::io::Result<()> {
+        if let Some(parent) = self.root.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(&self.root) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(err),
+        }
+        let metadata = std::fs::symlink_metadata(&self.root)?;
+        let own_uid = effective_uid();
+        if !metadata.is_dir() || metadata.uid() != own_uid {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "the checkpoint dir {} is not a directory of this job's account (uid {own_uid}): refusing to recover from what someone else wrote",
+                    self.root.display()
+                ),
+            ));
+        }
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
+    }
+
     pub fn dir(&self, id: u64) -> PathBuf {
         self.root.join(format!("chk-{id}"))
     }
@@ -63,10 +90,12 @@ impl Storage {
         let dir = self.dir(meta.id);
         std::fs::create_dir_all(&dir)?;
         let temp = dir.join(format!("{METADATA}.tmp"));
+        let _ = std::fs::remove_file(&temp);
         let body = serde_json::to_vec_pretty(meta).map_err(std::io::Error::other)?;
         {
             use std::io::Write;
-            let mut file = std::fs::File::create(&temp)?;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp)?;
             file.write_all(&body)?;
             file.sync_all()?;
         }
@@ -90,12 +119,20 @@ impl Storage {
         ids
     }
 
-    /// Complete checkpoints, oldest first (unreadable metadata counts as incomplete).
+    /// Complete checkpoints, oldest first. Unreadable metadata counts as incomplete, and so
+    /// does metadata this account did not write (another owner, or writable by others).
     pub fn complete_checkpoints(&self) -> Vec<CheckpointMeta> {
+        let own_uid = effective_uid();
         self.ids()
             .into_iter()
             .filter_map(|id| {
-                let bytes = std::fs::read(self.dir(id).join(METADATA)).ok()?;
+                let path = self.dir(id).join(METADATA);
+                let metadata = std::fs::symlink_metadata(&path).ok()?;
+                if !metadata.is_file() || metadata.uid() != own_uid || metadata.mode() & 0o022 != 0 {
+                    tracing::warn!(path = %path.display(), "ignoring checkpoint metadata this job did not write");
+                    return None;
+                }
+                let bytes = std::fs::read(&path).ok()?;
                 serde_json::from_slice(&bytes).ok()
             })
             .collect()
@@ -113,6 +150,12 @@ impl Storage {
             }
         }
     }
+}
+
+/// The account this process runs as: the only one whose checkpoint files it trusts.
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 #[cfg(test)]

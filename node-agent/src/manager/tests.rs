@@ -33,8 +33,8 @@ async fn a_launch_whose_caller_goes_away_is_still_supervised() {
     let request = LaunchRequest {
         token: secret.sign_container(
             spindle_protocol::ContainerGrant {
-                container_id: container_id,
-                node_id: node_id,
+                container_id,
+                node_id,
                 resources: Resources::new(1, 64),
                 user: "nobody".to_owned(),
             },

@@ -255,7 +255,7 @@ async fn map_output_outlives_its_container_until_the_app_is_cleaned_up() {
     let request = LaunchRequest {
         token: secret().sign_container(
             spindle_protocol::ContainerGrant {
-                container_id: container_id,
+                container_id,
                 node_id: NodeId("n1:8042".to_owned()),
                 resources: Resources::new(1, 64),
                 user: "nobody".to_owned(),

@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::checkpoints::Storage;
 use super::control::{ToAm, ToWorker};
 use super::runtime::worker::AM_CONTROL_ENV;
 use super::wire::{read_json, write_json};
@@ -105,11 +106,10 @@ impl<L: ContainerLauncher> StreamMaster<L> {
             context.rm_retry,
         );
         rm.register(shutdown).await?;
-        let checkpoint_dir = self
-            .spec
-            .checkpoint_dir
-            .clone()
-            .map_or_else(|| std::env::temp_dir().join("spindle-checkpoints"), PathBuf::from);
+        let checkpoint_dir = self.spec.checkpoint_dir.clone().map_or_else(default_checkpoint_dir, PathBuf::from);
+        Storage::new(&checkpoint_dir, &context.app_id.to_string())
+            .prepare()
+            .map_err(|err| AmError::Checkpoints(format!("cannot prepare {}: {err}", checkpoint_dir.display())))?;
         let mut coordinator = Coordinator::new(self.spec.clone(), context.app_id.to_string(), context.attempt, &checkpoint_dir);
         let storage = coordinator.storage.clone();
         let keep = self.spec.keep_checkpoints as usize;
@@ -438,4 +438,16 @@ async fn serve_worker(stream: TcpStream, token: &str, events: mpsc::UnboundedSen
             }
         }
     }
+}
+
+/// Without a `checkpoint_dir`: `<temp dir>/spindle-checkpoints-<uid>`, one per account and
+/// private to it (0700), never a dir every account may write. Only for jobs whose workers
+/// share one host.
+fn default_checkpoint_dir() -> PathBuf {
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let dir = std::env::temp_dir().join(format!("spindle-checkpoints-{uid}"));
+    use std::os::unix::fs::DirBuilderExt;
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    dir
 }

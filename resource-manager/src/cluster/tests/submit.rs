@@ -51,8 +51,12 @@ fn submit_accepts_the_app_and_launches_its_am_with_a_signed_token() {
         !secret().verify_am_token(app_id, 2, &launch_env[env::AM_TOKEN]),
         "the AM token is for attempt 1 only"
     );
-    let job: JobSpec = serde_json::from_str(&launch_env[env::JOB_SPEC]).unwrap();
+    // The spec travels as a file of the AM's working dir, named in its environment.
+    let spec_file = &launch_env[env::JOB_SPEC_FILE];
+    let job: JobSpec = serde_json::from_str(&launch.request.launch.files[spec_file]).unwrap();
     assert_eq!(job, spec);
+    assert!(!launch_env.contains_key(env::JOB_SPEC));
+    assert_eq!(token.user, "nobody", "the caller's account, signed");
     assert_eq!(launch.request.launch.command, ["spindle", "app-master"]);
 }
 
