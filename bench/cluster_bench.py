@@ -7,13 +7,30 @@
 (b) throughput of one shell job of M containers each running `true`: M divided by the time from
     the first task container's start to the last one's end, and M divided by submit-to-FINISHED.
 
+Each measurement runs in one or more *variants*, alternated run by run (A B, B A, A B, ...) so
+that a change in the machine's load hits all of them alike:
+
+  --modes  run-as-user            `spindle local` started as root: every container runs as the
+                                  mapped account (`nobody`), dropped to in a pre_exec hook
+           single-user            `spindle local` started as an unprivileged account
+                                  (--as-user, via `setpriv`): containers run as that account
+           run-as-user-no-cgroups diagnostic: as root, in a mount namespace with an empty
+                                  tmpfs over /sys/fs/cgroup, so the agents find no cgroups
+  --sync   default                no --rm-config: `spindle local`'s own RM config
+           full | normal          an --rm-config file with that `sqlite_synchronous` and the
+                                  same queue as the default (one leaf, AMs up to 50%)
+
 Usage: bench/cluster_bench.py [--spindle target/release/spindle] [--jobs 100] [--containers 2000]
-                              [--runs 3] [--json]
-Needs only the Python standard library. Starts `spindle local` itself and stops it at the end.
+                              [--runs 3] [--dir DIR] [--modes run-as-user,single-user]
+                              [--sync default] [--perf-dir DIR] [--json]
+Needs only the Python standard library (and root for the run-as-user modes). Starts each
+`spindle local` itself and stops it at the end.
 """
 import argparse
 import json
 import os
+import pwd
+import grp
 import shutil
 import signal
 import socket
@@ -24,6 +41,10 @@ import tempfile
 import time
 import tomllib
 import urllib.request
+
+MODES = ("run-as-user", "single-user", "run-as-user-no-cgroups")
+SYNCS = ("default", "full", "normal")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def free_port():
@@ -63,29 +84,113 @@ def shell_job(name, containers, command):
     }
 
 
-def start_cluster(spindle, data_dir, vcores, memory_mb):
+# The default queue as `spindle local` sets it up without --rm-config (cli/src/local.rs,
+# `local_rm_config`): a file replaces the whole RM config, so it must say this itself.
+RM_CONFIG = """\
+sqlite_synchronous = "{sync}"
+
+[queues]
+name = "root"
+
+[[queues.children]]
+name = "default"
+guaranteed_percent = 100
+am_share_percent = 50
+"""
+
+
+class Variant:
+    def __init__(self, mode, sync):
+        self.mode, self.sync = mode, sync
+
+    @property
+    def name(self):
+        return self.mode if self.sync == "default" else f"{self.mode}/sync={self.sync}"
+
+
+def prepare_run_dir(parent, variant, account):
+    """A fresh dir for one run: `data` (the data dir), `home` (SPINDLE_HOME), `tmp` (TMPDIR:
+    `spindle local` keeps containers in `<TMPDIR>/spindle-local-*`, outside its data dir), all
+    owned by whoever runs `spindle local`. 0711, so containers of other accounts pass through."""
+    base = tempfile.mkdtemp(prefix="spindle-bench-", dir=parent)
+    os.chmod(base, 0o711)
+    dirs = {name: os.path.join(base, name) for name in ("data", "home", "tmp")}
+    for path in dirs.values():
+        os.mkdir(path, 0o711)
+    rm_config = None
+    if variant.sync != "default":
+        rm_config = os.path.join(base, "rm.toml")
+        with open(rm_config, "w") as f:
+            f.write(RM_CONFIG.format(sync=variant.sync))
+        os.chmod(rm_config, 0o644)
+    if variant.mode == "single-user":
+        for path in [base, *dirs.values()]:
+            os.chown(path, account.pw_uid, account.pw_gid)
+    return base, dirs, rm_config
+
+
+def start_cluster(spindle, variant, dirs, rm_config, account, group, vcores, memory_mb):
     port = free_port()
-    env = dict(os.environ, SPINDLE_HOME=os.path.join(data_dir, "home"), RUST_LOG="warn")
-    log = open(os.path.join(data_dir, "local.log"), "w")
-    proc = subprocess.Popen(
-        [spindle, "local", "--agents", "2", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir,
-         "--agent-vcores", str(vcores), "--agent-memory-mb", str(memory_mb)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    env = dict(os.environ, SPINDLE_HOME=dirs["home"], TMPDIR=dirs["tmp"], RUST_LOG="warn")
+    command = [spindle, "local", "--agents", "2", "--listen", f"127.0.0.1:{port}", "--data-dir", dirs["data"],
+               "--agent-vcores", str(vcores), "--agent-memory-mb", str(memory_mb)]
+    if rm_config:
+        command += ["--rm-config", rm_config]
+    if variant.mode == "single-user":
+        # setpriv execs: the pid stays the one of `spindle local` (CPU time is read from it).
+        env.update(HOME=dirs["home"], USER=account.pw_name, LOGNAME=account.pw_name)
+        command = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={group.gr_gid}", "--clear-groups", "--", *command]
+    elif variant.mode == "run-as-user-no-cgroups":
+        # unshare and sh exec too. An empty tmpfs over /sys/fs/cgroup hides every hierarchy
+        # (their mount points no longer exist), so the agents fall back to sampling memory.
+        command = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                   'mount -t tmpfs none /sys/fs/cgroup && exec "$@"', "sh", *command]
+    log = open(os.path.join(os.path.dirname(dirs["data"]), "local.log"), "w")
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 60
-    creds = os.path.join(data_dir, "local.toml")
+    creds = os.path.join(dirs["data"], "local.toml")
     while time.time() < deadline:
+        if proc.poll() is not None:
+            break
         if os.path.exists(creds):
             try:
                 token = tomllib.load(open(creds, "rb"))["token"]
                 rm = Rm(f"http://127.0.0.1:{port}", token)
                 nodes = rm.call("GET", "/v1/nodes")
                 if sum(1 for n in nodes if n["state"] == "RUNNING") == 2:
-                    return proc, rm
+                    return proc, rm, nodes
             except Exception:
                 pass
         time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("local cluster did not come up; see " + os.path.join(data_dir, "local.log"))
+    stop_cluster(proc)
+    raise RuntimeError("local cluster did not come up; see " + log.name)
+
+
+def stop_cluster(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def process_cpu_s(pid):
+    """CPU time of `pid` and its reaped children (the agents reap every container, the AM too)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / CLOCK_TICKS
+
+
+def machine_cpu_s():
+    """Busy CPU seconds of the whole machine (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values[:8]) - idle) / CLOCK_TICKS
 
 
 def percentile(values, p):
@@ -107,16 +212,41 @@ def latency_run(rm, jobs):
     return latencies
 
 
-def throughput_run(rm, containers):
+def throughput_run(rm, containers, pid, perf_file=None):
+    perf = None
+    if perf_file:
+        perf = subprocess.Popen(["perf", "record", "-a", "-g", "-F", "999", "-o", perf_file],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+    cpu0, machine0 = process_cpu_s(pid), machine_cpu_s()
     t0 = time.time() * 1000
     app_id = rm.call("POST", "/v1/apps", shell_job("throughput", containers, ["true"]))["app_id"]
     app = rm.wait_app(app_id)
     assert app["final_status"] == "SUCCEEDED", app
+    t1 = time.time() * 1000
+    if perf:
+        perf.send_signal(signal.SIGINT)
+        perf.wait()
+    # The AM process ends just after its app: give the agent a moment to reap it.
+    time.sleep(0.5)
+    cpu = process_cpu_s(pid) - cpu0
+    machine = machine_cpu_s() - machine0
     tasks = [c for c in rm.call("GET", f"/v1/apps/{app_id}/containers") if not c["is_am"]]
     assert len(tasks) >= containers, len(tasks)
     first = min(c["started_at_ms"] for c in tasks)
     last = max(c["finished_at_ms"] for c in tasks)
-    return containers / ((last - first) / 1000), containers / ((app["finished_at_ms"] - t0) / 1000)
+    return {
+        "containers_per_sec": containers / ((last - first) / 1000),
+        "containers_per_sec_submit_to_finish": containers / ((app["finished_at_ms"] - t0) / 1000),
+        # CPU of the whole `spindle local` tree (RM, agents, AM, containers) per container.
+        "cpu_ms_per_container": cpu * 1000 / containers,
+        # The machine's busy share (of all cores) from submit to FINISHED (+0.5 s).
+        "machine_busy_percent": 100 * machine / (os.cpu_count() * (t1 - t0 + 500) / 1000),
+    }
+
+
+def ratio(a, b):
+    return a / b if b else float("nan")
 
 
 def main():
@@ -124,49 +254,106 @@ def main():
     parser.add_argument("--spindle", default="target/release/spindle")
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--containers", type=int, default=2000)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="runs of each variant")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--dir", default=None,
-                        help="where the cluster's data dir goes (default: the system temp dir); e.g. /dev/shm for tmpfs")
+                        help="where each run's data dir and containers go (default: the system temp dir); "
+                             "e.g. /dev/shm for tmpfs")
+    parser.add_argument("--modes", default="run-as-user",
+                        help=f"comma-separated, alternated run by run: {', '.join(MODES)}")
+    parser.add_argument("--sync", default="default",
+                        help=f"comma-separated sqlite_synchronous settings: {', '.join(SYNCS)}")
+    parser.add_argument("--as-user", default="nobody", help="the account single-user mode runs as")
+    parser.add_argument("--as-group", default="nogroup", help="its group")
+    parser.add_argument("--perf-dir", default=None,
+                        help="record `perf record -a -g` of each variant's first throughput job here")
     args = parser.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    syncs = [s for s in args.sync.split(",") if s]
+    for value, allowed in [(m, MODES) for m in modes] + [(s, SYNCS) for s in syncs]:
+        if value not in allowed:
+            parser.error(f"{value!r} is not one of {', '.join(allowed)}")
+    if os.geteuid() != 0 and any(m != "single-user" for m in modes):
+        parser.error("the run-as-user modes need root (spindle local started as root)")
     spindle = shutil.which(args.spindle) or os.path.abspath(args.spindle)
-    results = {"latency_p50_ms": [], "latency_p99_ms": [], "containers_per_sec": [], "containers_per_sec_submit_to_finish": []}
-    # Data dirs are deleted only at the end: on ext4, thousands of just-deleted inodes slow
+    account = pwd.getpwnam(args.as_user)
+    group = grp.getgrnam(args.as_group)
+    if args.perf_dir:
+        os.makedirs(args.perf_dir, exist_ok=True)
+    variants = [Variant(m, s) for s in syncs for m in modes]
+    results = {v.name: {} for v in variants}
+    # Run dirs are deleted only at the end: on ext4, thousands of just-deleted inodes slow
     # down the creation of new ones for minutes (see bench/README.md), which would make each
     # run pay for the previous run's clean-up.
-    data_dirs = []
-    for run in range(args.runs):
-        data_dir = tempfile.mkdtemp(prefix="spindle-bench-", dir=args.dir)
-        data_dirs.append(data_dir)
-        proc, rm = start_cluster(spindle, data_dir, vcores=64, memory_mb=65536)
-        try:
-            latencies = latency_run(rm, args.jobs)
-            results["latency_p50_ms"].append(statistics.median(latencies))
-            results["latency_p99_ms"].append(percentile(latencies, 99))
-            rate, end_to_end = throughput_run(rm, args.containers)
-            results["containers_per_sec"].append(rate)
-            results["containers_per_sec_submit_to_finish"].append(end_to_end)
-            if not args.json:
-                print(f"run {run + 1}: p50 {results['latency_p50_ms'][-1]:.1f} ms, p99 {results['latency_p99_ms'][-1]:.1f} ms, "
-                      f"{rate:.0f} containers/s ({end_to_end:.0f}/s submit to finish)", file=sys.stderr)
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-    for data_dir in data_dirs:
-        shutil.rmtree(data_dir, ignore_errors=True)
-    summary = {key: statistics.median(values) for key, values in results.items()}
-    summary["runs"] = args.runs
-    summary["jobs"] = args.jobs
-    summary["containers"] = args.containers
+    run_dirs = []
+    try:
+        for run in range(args.runs):
+            order = variants if run % 2 == 0 else variants[::-1]
+            for variant in order:
+                base, dirs, rm_config = prepare_run_dir(args.dir, variant, account)
+                run_dirs.append(base)
+                proc, rm, nodes = start_cluster(spindle, variant, dirs, rm_config, account, group,
+                                                vcores=64, memory_mb=65536)
+                try:
+                    latencies = latency_run(rm, args.jobs)
+                    perf_file = None
+                    if args.perf_dir and run == 0:
+                        perf_file = os.path.join(args.perf_dir, variant.name.replace("/", "-") + ".perf.data")
+                    figures = {"latency_p50_ms": statistics.median(latencies),
+                               "latency_p99_ms": percentile(latencies, 99)}
+                    figures.update(throughput_run(rm, args.containers, proc.pid, perf_file))
+                finally:
+                    stop_cluster(proc)
+                for key, value in figures.items():
+                    results[variant.name].setdefault(key, []).append(value)
+                if not args.json:
+                    print(f"run {run + 1} {variant.name:34} p50 {figures['latency_p50_ms']:5.1f} ms, "
+                          f"p99 {figures['latency_p99_ms']:5.1f} ms, {figures['containers_per_sec']:5.0f} containers/s "
+                          f"({figures['containers_per_sec_submit_to_finish']:4.0f}/s submit to finish), "
+                          f"{figures['cpu_ms_per_container']:.2f} CPU ms/container, "
+                          f"machine {figures['machine_busy_percent']:.0f}% busy", file=sys.stderr)
+    finally:
+        for base in run_dirs:
+            shutil.rmtree(base, ignore_errors=True)
+    summary = {"runs": args.runs, "jobs": args.jobs, "containers": args.containers, "variants": {}}
+    for name, figures in results.items():
+        summary["variants"][name] = {key: statistics.median(values) for key, values in figures.items()}
+        summary["variants"][name]["all_runs"] = figures
+    ratios = {}
+    for sync in syncs:
+        a, b = Variant("run-as-user", sync).name, Variant("single-user", sync).name
+        if a in results and b in results and results[a] and results[b]:
+            sa, sb = summary["variants"][a], summary["variants"][b]
+            ratios[f"{a} / {b}"] = {
+                "containers_per_sec": ratio(sa["containers_per_sec"], sb["containers_per_sec"]),
+                "latency_p50_ms": ratio(sa["latency_p50_ms"], sb["latency_p50_ms"]),
+                "latency_p99_ms": ratio(sa["latency_p99_ms"], sb["latency_p99_ms"]),
+                "cpu_ms_per_container": ratio(sa["cpu_ms_per_container"], sb["cpu_ms_per_container"]),
+            }
+    for mode in modes:
+        a, b = Variant(mode, "full").name, Variant(mode, "normal").name
+        if a in results and b in results and results[a] and results[b]:
+            sa, sb = summary["variants"][a], summary["variants"][b]
+            ratios[f"{a} / {b}"] = {
+                "containers_per_sec": ratio(sa["containers_per_sec"], sb["containers_per_sec"]),
+                "latency_p50_ms": ratio(sa["latency_p50_ms"], sb["latency_p50_ms"]),
+                "latency_p99_ms": ratio(sa["latency_p99_ms"], sb["latency_p99_ms"]),
+                "cpu_ms_per_container": ratio(sa["cpu_ms_per_container"], sb["cpu_ms_per_container"]),
+            }
+    summary["ratios"] = ratios
     if args.json:
         print(json.dumps(summary))
-    else:
-        print(f"median of {args.runs} runs: submit-to-first-container p50 {summary['latency_p50_ms']:.1f} ms, "
-              f"p99 {summary['latency_p99_ms']:.1f} ms; {summary['containers_per_sec']:.0f} containers/s "
-              f"({summary['containers_per_sec_submit_to_finish']:.0f}/s submit to finish)")
+        return
+    print(f"medians of {args.runs} runs ({args.jobs} latency jobs, {args.containers} containers):")
+    for name, s in summary["variants"].items():
+        runs = ", ".join(f"{v:.0f}" for v in results[name]["containers_per_sec"])
+        print(f"  {name:34} p50 {s['latency_p50_ms']:5.1f} ms, p99 {s['latency_p99_ms']:5.1f} ms, "
+              f"{s['containers_per_sec']:5.0f} containers/s (runs: {runs}; "
+              f"{s['containers_per_sec_submit_to_finish']:.0f}/s submit to finish), "
+              f"{s['cpu_ms_per_container']:.2f} CPU ms/container")
+    for name, r in ratios.items():
+        print(f"  {name}: containers/s {r['containers_per_sec']:.3f}, p50 {r['latency_p50_ms']:.2f}, "
+              f"p99 {r['latency_p99_ms']:.2f}, CPU per container {r['cpu_ms_per_container']:.2f}")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ impl CpuRoot {
         if !base.join("cpu.shares").exists() {
             return Err(format!("{} has no cpu.shares", base.display()));
         }
+        remove_stale(&base);
         Ok(CpuRoot { base, hard_cap })
     }
 
@@ -104,6 +105,22 @@ impl CpuCgroup {
             }
         }
         tracing::debug!(dir = %self.dir.display(), "cannot remove a container's cpu cgroup");
+    }
+}
+
+/// Removes empty container cgroups older than a minute, left by agents that stopped while
+/// their containers ran (younger ones may belong to another agent on this host just starting
+/// a container). A cgroup with members cannot be removed, so a race costs nothing.
+fn remove_stale(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else { return };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|meta| meta.modified())
+            .is_ok_and(|modified| modified.elapsed().is_ok_and(|age| age > std::time::Duration::from_secs(60)));
+        if old && entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            let _ = std::fs::remove_dir(entry.path());
+        }
     }
 }
 
