@@ -25,6 +25,9 @@ pub struct ApiUser {
     pub unix_user: Option<String>,
 }
 
+/// How deploy/rm.toml's values that must be replaced begin.
+const PLACEHOLDER_PREFIX: &str = "CHANGE-ME";
+
 /// The account containers of users without a `unix_user` run as: unprivileged everywhere.
 pub const DEFAULT_UNIX_USER: &str = "nobody";
 
@@ -237,6 +240,25 @@ impl RmConfig {
         Ok(config)
     }
 
+    /// Refuses the `CHANGE-ME…` placeholders of deploy/rm.toml: a cluster started with them
+    /// would share its secret and tokens with everyone who read the example.
+    fn check_placeholders(&self) -> Result<(), ConfigError> {
+        let placeholder = |value: &str| value.starts_with(PLACEHOLDER_PREFIX);
+        if placeholder(&self.cluster_secret) {
+            return Err(ConfigError::Invalid {
+                field: "cluster_secret",
+                reason: "is still the example's placeholder: set your own (e.g. `openssl rand -hex 32`)".to_owned(),
+            });
+        }
+        if let Some(user) = self.users.iter().find(|user| placeholder(&user.token)) {
+            return Err(ConfigError::Invalid {
+                field: "users.token",
+                reason: format!("of user {} is still the example's placeholder: set your own (e.g. `openssl rand -hex 32`)", user.name),
+            });
+        }
+        Ok(())
+    }
+
     /// The Unix account `user`'s containers run as: their own `unix_user`, else
     /// `default_unix_user`; `None` when neither is set (their submissions are refused).
     pub fn unix_account(&self, user: &ApiUser) -> Option<String> {
@@ -259,6 +281,7 @@ impl RmConfig {
 
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_placeholders()?;
         if self.cluster_secret.len() < 16 {
             return Err(ConfigError::Invalid {
                 field: "cluster_secret",
@@ -458,5 +481,32 @@ mod tests {
             message.contains("field `sqlite_synchronous`") && message.contains("\"normal\""),
             "{message}"
         );
+    }
+
+    #[test]
+    fn the_shipped_example_works_once_its_placeholders_are_replaced() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rm.toml");
+        let shipped = RmConfig::parse_file(&path).unwrap();
+        let refused = shipped.validate().unwrap_err().to_string();
+        assert!(refused.contains("cluster_secret") && refused.contains("placeholder"), "{refused}");
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut replaced = String::new();
+        for (index, piece) in text.split("\"CHANGE-ME").enumerate() {
+            if index == 0 {
+                replaced.push_str(piece);
+                continue;
+            }
+            let rest = &piece[piece.find('"').expect("a quoted placeholder")..];
+            replaced.push_str(&format!("\"replaced-value-{index:02}-0123456789abcdef{rest}"));
+        }
+        let config: RmConfig = toml::from_str(&replaced).unwrap();
+        config.validate().unwrap();
+        let tree = config.queue_tree().unwrap();
+        assert!(tree.leaf("default").is_some(), "examples/ submit to `default`");
+        let alice = config.users.iter().find(|user| user.name == "alice").unwrap();
+        assert_eq!(config.unix_account(alice).as_deref(), Some("alice"));
+        let tokens: std::collections::BTreeSet<&str> = config.users.iter().map(|user| user.token.as_str()).collect();
+        assert_eq!(tokens.len(), config.users.len(), "every user's token differs");
     }
 }
