@@ -253,7 +253,10 @@ impl RmConfig {
         if let Some(user) = self.users.iter().find(|user| placeholder(&user.token)) {
             return Err(ConfigError::Invalid {
                 field: "users.token",
-                reason: format!("of user {} is still the example's placeholder: set your own (e.g. `openssl rand -hex 32`)", user.name),
+                reason: format!(
+                    "of user {} is still the example's placeholder: set your own (e.g. `openssl rand -hex 32`)",
+                    user.name
+                ),
             });
         }
         Ok(())

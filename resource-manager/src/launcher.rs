@@ -16,8 +16,15 @@ pub enum LaunchError {
     /// The agent already has this container (a relaunch after an RM restart): nothing to do.
     #[error("the agent already runs this container")]
     AlreadyRunning,
+    /// The agent could not be asked, or could not act now (unreachable, draining, token
+    /// expired): not the app's doing.
     #[error("{0}")]
     Failed(String),
+    /// The agent refused the launch itself (400: an account that cannot run containers on that
+    /// node, a launch spec the OS cannot run): the app's doing, so it counts as a failed attempt
+    /// instead of being retried as if the node had failed.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Starts an AM container on its node.
@@ -55,6 +62,7 @@ impl AmLauncher for HttpAmLauncher {
             match client.launch(&launch.request).await {
                 Ok(_) => Ok(()),
                 Err(ClientError::Api { status: 409, message, .. }) if message.contains("already") => Err(LaunchError::AlreadyRunning),
+                Err(err @ ClientError::Api { status: 400, .. }) => Err(LaunchError::Refused(err.to_string())),
                 Err(err) => Err(LaunchError::Failed(err.to_string())),
             }
         })

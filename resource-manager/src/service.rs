@@ -229,17 +229,22 @@ impl ResourceManager {
                 let node = launch.node_address.clone();
                 match rm.launcher.launch(launch).await {
                     Ok(()) | Err(LaunchError::AlreadyRunning) => {}
-                    Err(LaunchError::Failed(reason)) => {
-                        tracing::warn!(container = %container_id, node = %node, %reason, "AM launch failed");
-                        let diagnostics = format!("could not launch the application master on {node}: {reason}");
-                        // Never launched, through no fault of the app (agent unreachable or
-                        // draining, token expired while the RM was down): as an unlaunched
-                        // grant, EXPIRED, which does not count toward `max_attempts`.
+                    Err(error) => {
+                        tracing::warn!(container = %container_id, node = %node, reason = %error, "AM launch failed");
+                        let diagnostics = format!("could not launch the application master on {node}: {error}");
+                        // Never launched through no fault of the app (agent unreachable or
+                        // draining, token expired while the RM was down): as an unlaunched grant,
+                        // EXPIRED, which does not count toward `max_attempts`. Refused by the
+                        // agent (its account cannot run there): FAILED, which counts.
+                        let exit_reason = match error {
+                            LaunchError::Refused(_) => ExitReason::Failed,
+                            _ => ExitReason::Expired,
+                        };
                         let status = ContainerStatus {
                             container_id,
                             state: spindle_protocol::ContainerState::Complete,
                             exit_code: None,
-                            exit_reason: Some(ExitReason::Expired),
+                            exit_reason: Some(exit_reason),
                             diagnostics,
                             started_at_ms: None,
                             finished_at_ms: None,
@@ -359,6 +364,15 @@ mod tests {
         }
     }
 
+    /// An agent that refuses every launch itself (400: the account cannot run containers there).
+    struct RefusingLaunches;
+
+    impl AmLauncher for RefusingLaunches {
+        fn launch(&self, _launch: AmLaunch) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), LaunchError>> + Send + '_>> {
+            Box::pin(async { Err(LaunchError::Refused("no Unix account `ghost` exists on this node".to_owned())) })
+        }
+    }
+
     /// An RM on an in-memory SQLite store that launches AMs through `launcher`.
     async fn start_rm(launcher: Arc<dyn AmLauncher>) -> Arc<ResourceManager> {
         let store = Store::connect("sqlite::memory:").await.unwrap();
@@ -410,6 +424,37 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "no second attempt: {report:?}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// An agent's 400 is the app's doing: a refused launch is a failed attempt, so with
+    /// `max_attempts = 1` the app FAILS at once with the agent's reason (an unreachable agent
+    /// would have opened another attempt instead, see above).
+    #[tokio::test]
+    async fn an_am_launch_the_agent_refuses_counts_as_a_failed_attempt() {
+        let rm = start_rm(Arc::new(RefusingLaunches)).await;
+        let node = node_n1();
+        rm.mutate(|cluster, now| cluster.register_node(node, now)).await.unwrap().unwrap();
+        let spec: spindle_protocol::JobSpec = toml::from_str(
+            "name = \"one\"\nkind = \"shell\"\nmax_attempts = 1\n[shell]\ncommand = [\"true\"]\ncontainers = 1\nvcores = 1\nmemory_mb = 128\n",
+        )
+        .unwrap();
+        let caller = crate::cluster::Caller {
+            user: "alice".to_owned(),
+            admin: false,
+            unix_user: Some("ghost".to_owned()),
+        };
+        let app_id = rm.mutate(|cluster, now| cluster.submit(&caller, spec, now)).await.unwrap().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let report = loop {
+            let report = rm.read(|cluster| cluster.app_report(app_id)).await.unwrap();
+            if report.state == spindle_protocol::AppState::Failed {
+                break report;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "still not failed: {report:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(report.attempts.len(), 1, "the refused attempt counted: {report:?}");
+        assert!(report.diagnostics.contains("no Unix account `ghost`"), "{}", report.diagnostics);
     }
 
     /// A client that hangs up makes axum drop its handler's future, wherever it is waiting.

@@ -28,7 +28,13 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn spawn(name: String, dir: &Path, args: &[String]) -> Daemon {
+    /// Starts `spindle ARGS` in `dir`, its output in `dir/logs/NAME.{stdout,stderr}.log`.
+    pub fn spawn(name: String, dir: &Path, args: &[String]) -> Daemon {
+        Daemon::spawn_with_env(name, dir, args, &[])
+    }
+
+    /// As `spawn`, with these variables added to its (isolated) environment.
+    pub fn spawn_with_env(name: String, dir: &Path, args: &[String], env: &[(&str, &str)]) -> Daemon {
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs).expect("create the log dir");
         let stdout_path = logs.join(format!("{name}.stdout.log"));
@@ -41,6 +47,7 @@ impl Daemon {
             .stdout(File::create(&stdout_path).expect("create a log file"))
             .stderr(File::create(&stderr_path).expect("create a log file"));
         isolate_env(&mut command, &dir.join("home"));
+        command.envs(env.iter().copied());
         let child = command.spawn().expect("start the spindle binary");
         Daemon {
             name,
@@ -315,7 +322,7 @@ fn rm_config_toml(db: &str) -> String {
 }
 
 /// Waits until `url` answers 200 or the daemon exits (`Err` with its logs).
-async fn wait_for_http(daemon: &mut Daemon, url: &str) -> Result<(), String> {
+pub async fn wait_for_http(daemon: &mut Daemon, url: &str) -> Result<(), String> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()

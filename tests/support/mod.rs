@@ -32,7 +32,7 @@ use spindle_protocol::{AppId, AppReport, ContainerReport, JobSpec, RmClient};
 pub use self::{
     cleanup::{CleanupDir, dump_logs_under, kill_processes_under},
     cli::{CliOutput, run_spindle},
-    daemons::{Daemon, Db, TestAgent, TestCluster},
+    daemons::{Daemon, Db, TestAgent, TestCluster, wait_for_http},
     in_process::InProcessRm,
     postgres::PgSchema,
     streams::{start_local, stream_detail, wait_for_checkpoint},
