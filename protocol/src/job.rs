@@ -156,6 +156,33 @@ pub fn validate_resources(field: &str, resources: &Resources) -> Result<(), Spec
     Ok(())
 }
 
+/// Names and values an OS can put in an environment: a name non-empty, without `=` or NUL, and
+/// not `SPINDLE_*` (the agent sets those; a job cannot override them); values without NUL.
+pub(crate) fn validate_env(field: &str, env: &BTreeMap<String, String>) -> Result<(), SpecError> {
+    for (name, value) in env {
+        if name.is_empty() || name.contains(['=', '\0']) {
+            return Err(invalid(
+                field,
+                format!("`{}` is not a variable name: names are non-empty, without `=` or NUL", name.escape_debug()),
+            ));
+        }
+        if name.starts_with("SPINDLE_") {
+            return Err(invalid(
+                format!("{field}.{name}"),
+                "SPINDLE_* variables are set by the node agent; choose another name",
+            ));
+        }
+        if value.contains('\0') {
+            return Err(invalid(format!("{field}.{name}"), "contains a NUL byte"));
+        }
+    }
+    Ok(())
+}
+
+/// Largest job spec, as JSON, the RM accepts: it travels to the AM in its launch request,
+/// whose body an agent takes up to 1 MiB.
+pub const MAX_SPEC_BYTES: usize = 256 * 1024;
+
 pub(crate) fn validate_command(field: &str, command: &[String]) -> Result<(), SpecError> {
     match command.first() {
         None => Err(invalid(field, "must name a program: it is empty")),
@@ -196,6 +223,7 @@ impl JobSpec {
                     return Err(invalid("shell", "kind = \"shell\" needs a [shell] section"));
                 };
                 validate_command("shell.command", &shell.command)?;
+                validate_env("shell.env", &shell.env)?;
                 if shell.containers == 0 {
                     return Err(invalid("shell.containers", "must be at least 1"));
                 }
@@ -218,18 +246,21 @@ impl JobSpec {
                     return Err(invalid("custom", "kind = \"custom\" needs a [custom] section"));
                 };
                 validate_command("custom.command", &custom.command)?;
+                validate_env("custom.env", &custom.env)?;
             }
             JobKind::Mapreduce => {
                 let Some(mapreduce) = &self.mapreduce else {
                     return Err(invalid("mapreduce", "kind = \"mapreduce\" needs a [mapreduce] section"));
                 };
                 mapreduce.validate()?;
+                validate_env("mapreduce.env", &mapreduce.env)?;
             }
             JobKind::Stream => {
                 let Some(stream) = &self.stream else {
                     return Err(invalid("stream", "kind = \"stream\" needs a [stream] section"));
                 };
                 stream.validate()?;
+                validate_env("stream.env", &stream.env)?;
             }
         }
         if self.kind != JobKind::Shell && self.shell.is_some() {
@@ -243,6 +274,13 @@ impl JobSpec {
         }
         if self.kind != JobKind::Stream && self.stream.is_some() {
             return Err(invalid("stream", "a [stream] section needs kind = \"stream\""));
+        }
+        let size = serde_json::to_vec(self).map_or(usize::MAX, |json| json.len());
+        if size > MAX_SPEC_BYTES {
+            return Err(invalid(
+                "(spec)",
+                format!("is {size} bytes as JSON, more than the limit of {MAX_SPEC_BYTES}: keep large data in files the job reads"),
+            ));
         }
         Ok(())
     }
@@ -278,6 +316,23 @@ mod tests {
         assert_eq!(spec.max_attempts, 2);
         assert_eq!(spec.shell.as_ref().unwrap().memory_mb, 128);
         spec.validate().unwrap();
+    }
+
+    #[test]
+    fn env_names_and_spec_size_are_checked_at_submit() {
+        let with_env = |name: &str, value: &str| {
+            let mut spec = hello();
+            spec.shell.as_mut().unwrap().env.insert(name.to_owned(), value.to_owned());
+            spec.validate()
+        };
+        assert!(with_env("GREETING", "hi").is_ok());
+        assert_eq!(with_env("A=B", "x").unwrap_err().field, "shell.env");
+        assert_eq!(with_env("", "x").unwrap_err().field, "shell.env");
+        assert_eq!(with_env("X", "a\0b").unwrap_err().field, "shell.env.X");
+        assert_eq!(with_env("SPINDLE_SHUFFLE_TOKEN", "x").unwrap_err().field, "shell.env.SPINDLE_SHUFFLE_TOKEN");
+        let huge = with_env("BIG", &"x".repeat(MAX_SPEC_BYTES)).unwrap_err();
+        assert_eq!(huge.field, "(spec)");
+        assert!(huge.reason.contains("limit"), "{}", huge.reason);
     }
 
     #[test]
