@@ -25,7 +25,7 @@ pub use resources::Resources;
 pub use states::{AppState, ContainerState, ExitReason, FinalStatus, NodeState};
 pub use stream::{Aggregate, AutoscaleSpec, DEFAULT_KEY_GROUPS, MAX_KEY_GROUPS, MAX_PARALLELISM, OperatorKind, OperatorSpec, StreamSpec};
 pub use stream_validate::MAX_OPERATORS;
-pub use token::{ClusterSecret, ContainerGrant, ContainerToken, TokenError};
+pub use token::{ClusterSecret, ContainerGrant, ContainerToken, TokenError, constant_time_eq};
 
 /// Environment variables every container gets from its agent.
 pub mod env {

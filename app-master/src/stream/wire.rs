@@ -98,6 +98,12 @@ fn header(out: &mut Vec<u8>, tag: u8, payload: usize) {
 
 /// Reads one frame: its tag and payload. `Ok(None)` at a clean end of stream.
 pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> std::io::Result<Option<(u8, Vec<u8>)>> {
+    read_frame_at_most(reader, MAX_FRAME).await
+}
+
+/// `read_frame` refusing frames over `max_bytes`: what a peer may send before it has
+/// authenticated must not make the receiver allocate 64 MiB.
+pub async fn read_frame_at_most<R: AsyncRead + Unpin>(reader: &mut R, max_bytes: usize) -> std::io::Result<Option<(u8, Vec<u8>)>> {
     let mut length = [0u8; 4];
     match reader.read_exact(&mut length).await {
         Ok(_) => {}
@@ -105,8 +111,8 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> std::io::Result
         Err(error) => return Err(error),
     }
     let length = u32::from_le_bytes(length) as usize;
-    if length == 0 || length > MAX_FRAME {
-        return Err(invalid(format!("frame of {length} bytes")));
+    if length == 0 || length > max_bytes {
+        return Err(invalid(format!("frame of {length} bytes (at most {max_bytes} here)")));
     }
     let mut tag = [0u8; 1];
     reader.read_exact(&mut tag).await?;
@@ -140,7 +146,12 @@ pub async fn write_json<W: AsyncWrite + Unpin, T: Serialize>(writer: &mut W, mes
 
 /// Reads a JSON message frame; `Ok(None)` at a clean end.
 pub async fn read_json<R: AsyncRead + Unpin, T: DeserializeOwned>(reader: &mut R) -> std::io::Result<Option<T>> {
-    match read_frame(reader).await? {
+    read_json_at_most(reader, MAX_FRAME).await
+}
+
+/// `read_json` of a frame of at most `max_bytes`.
+pub async fn read_json_at_most<R: AsyncRead + Unpin, T: DeserializeOwned>(reader: &mut R, max_bytes: usize) -> std::io::Result<Option<T>> {
+    match read_frame_at_most(reader, max_bytes).await? {
         None => Ok(None),
         Some((TAG_JSON, payload)) => serde_json::from_slice(&payload)
             .map(Some)
@@ -194,5 +205,13 @@ mod tests {
         let mut encoded = Vec::new();
         encode_event(&DataEvent::Batch(batch), &mut encoded);
         assert_eq!(framed, encoded);
+    }
+
+    #[tokio::test]
+    async fn frames_over_the_limit_are_refused_before_allocating() {
+        let mut claimed_huge: &[u8] = &[0, 0, 0x10, 0, TAG_JSON];
+        let err = read_frame_at_most(&mut claimed_huge, 4096).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("at most 4096"), "{err}");
     }
 }

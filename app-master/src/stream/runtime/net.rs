@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use super::super::wire::{
     DataEvent, DataHello, DataHelloReply, InstanceId, TAG_CREDIT, batch_header, credit_frame, decode_event, encode_event, read_frame,
-    read_json, write_json,
+    read_json, read_json_at_most, write_json,
 };
 
 /// Batches a receiver buffers per input connection.
@@ -59,6 +59,11 @@ pub type Inboxes<C> = Arc<Mutex<HashMap<InstanceId, std::sync::mpsc::Sender<Inbo
 
 /// Accepts data connections until the listener fails; each is checked against `token` and
 /// handed to its instance's inbox.
+/// Largest first frame (the hello with the token) a connecting peer may send.
+const MAX_HELLO_BYTES: usize = 4096;
+/// How long a connecting peer has to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub async fn accept_loop<C: Send + 'static>(listener: TcpListener, token: String, inboxes: Inboxes<C>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -78,10 +83,14 @@ pub async fn accept_loop<C: Send + 'static>(listener: TcpListener, token: String
 async fn serve_connection<C: Send + 'static>(stream: TcpStream, token: &str, inboxes: &Inboxes<C>) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let (mut reader, mut writer) = stream.into_split();
-    let Some(hello) = read_json::<_, DataHello>(&mut reader).await? else {
+    // Before the peer proved it holds the app's token: a small first frame, soon.
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, read_json_at_most::<_, DataHello>(&mut reader, MAX_HELLO_BYTES))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no hello within 10 s"))??;
+    let Some(hello) = hello else {
         return Ok(());
     };
-    if hello.token != token {
+    if !spindle_protocol::constant_time_eq(hello.token.as_bytes(), token.as_bytes()) {
         write_json(
             &mut writer,
             &DataHelloReply::Refused {
