@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 struct RunningRm {
     client: RmClient,
+    address: std::net::SocketAddr,
     task: tokio::task::JoinHandle<Result<(), spindle_resource_manager::RmError>>,
     shutdown: CancellationToken,
 }
@@ -42,7 +43,12 @@ async fn start_rm(db: &str) -> RunningRm {
         async move { client.cluster().await.is_ok() }
     })
     .await;
-    RunningRm { client, task, shutdown }
+    RunningRm {
+        client,
+        address,
+        task,
+        shutdown,
+    }
 }
 
 async fn execute(url: &str, statement: &str) {
@@ -83,4 +89,32 @@ async fn a_store_failure_stops_the_rm_and_loses_nothing_acknowledged() {
     assert_eq!(rm.client.cluster().await.unwrap().epoch, 2);
     rm.shutdown.cancel();
     rm.task.await.unwrap().unwrap();
+}
+
+/// Another RM took over (a newer epoch in the store): this one is fenced at its next write and
+/// exits within 10 s, even while clients hold connections open (an idle one, one that sent half
+/// a request head), so a supervisor can restart it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_rm_exits_within_10_s_despite_clients_holding_connections() {
+    use tokio::io::AsyncWriteExt;
+
+    let schema = PgSchema::create().await;
+    let rm = start_rm(&schema.url).await;
+    let _idle = tokio::net::TcpStream::connect(rm.address).await.unwrap();
+    let mut half = tokio::net::TcpStream::connect(rm.address).await.unwrap();
+    half.write_all(b"GET /v1/cluster HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+
+    execute(&schema.url, "UPDATE cluster_meta SET epoch = epoch + 1").await;
+    let fenced_at = std::time::Instant::now();
+    let refused = rm.client.submit(&shell_job("late", "true", 1, 64, 0)).await.unwrap_err();
+    assert_eq!(refused.status(), Some(503), "{refused}");
+    let ended = tokio::time::timeout(Duration::from_secs(12), rm.task)
+        .await
+        .expect("the fenced RM stops by itself within the shutdown bound")
+        .unwrap();
+    let took = fenced_at.elapsed();
+    ended.expect_err("run ends with an error, so a supervisor restarts the RM");
+    eprintln!("fenced RM stopped {took:?} after the newer epoch appeared");
+    assert!(took < Duration::from_secs(11), "took {took:?}");
+    drop(rm.shutdown);
 }

@@ -21,6 +21,9 @@ pub use config::{ApiUser, RmConfig};
 pub use error::RmError;
 pub use service::ResourceManager;
 
+/// How long a fail-stopped RM lets requests in flight finish before it exits anyway.
+const FATAL_STOP_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs the RM on an already-bound listener until `shutdown` is cancelled (or a store failure
 /// stops it). Opens the store named in the config, recovers, serves. At shutdown, requests in
 /// flight get `http.shutdown_timeout` to finish; then the RM stops anyway.
@@ -37,7 +40,20 @@ pub async fn run(config: RmConfig, listener: TcpListener, shutdown: Cancellation
     tokio::spawn(reload_on_sighup(Arc::clone(&rm)));
     let app = api::router(Arc::clone(&rm));
     let limits = rm.config.http.server_limits();
-    spindle_http_server::serve(listener, app, limits, shutdown.clone().cancelled_owned()).await;
+    let serving = spindle_http_server::serve(listener, app, limits, shutdown.clone().cancelled_owned());
+    // A fenced or fail-stopped RM can answer nothing useful any more: it does not wait the
+    // whole graceful bound for clients, but exits soon so a supervisor restarts it.
+    let fatal_stop = async {
+        shutdown.cancelled().await;
+        if rm.fatal_error().is_none() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(FATAL_STOP_DRAIN).await;
+    };
+    tokio::select! {
+        () = serving => {}
+        () = fatal_stop => tracing::warn!(drain_s = FATAL_STOP_DRAIN.as_secs(), "stopping with connections still open after a fatal error"),
+    }
     shutdown.cancel();
     let _ = timers.await;
     match rm.fatal_error() {
