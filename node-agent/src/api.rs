@@ -99,10 +99,17 @@ async fn stop_container(
 }
 
 /// Streams the file, so a large log never sits in the agent's memory.
+/// `?tail_bytes=N`: only the last N bytes of a log.
+#[derive(Debug, serde::Deserialize)]
+struct LogQuery {
+    tail_bytes: Option<u64>,
+}
+
 async fn container_log(
     State(manager): State<Arc<ContainerManager>>,
     headers: HeaderMap,
     Path((container_id, stream)): Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<LogQuery>,
 ) -> Result<Response, AgentError> {
     let container_id = parse_container_id(&container_id)?;
     manager.authorize(bearer(&headers)?, Some(&container_id))?;
@@ -124,6 +131,18 @@ async fn container_log(
             return Err(AgentError::io(format!("cannot open {}", path.display()), err));
         }
     };
+    let mut file = file;
+    if let Some(tail_bytes) = query.tail_bytes {
+        use tokio::io::AsyncSeekExt;
+        let length = file
+            .metadata()
+            .await
+            .map_err(|err| AgentError::io(format!("cannot read {}", path.display()), err))?
+            .len();
+        file.seek(std::io::SeekFrom::Start(length.saturating_sub(tail_bytes)))
+            .await
+            .map_err(|err| AgentError::io(format!("cannot read {}", path.display()), err))?;
+    }
     let body = Body::from_stream(ReaderStream::new(file));
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }

@@ -27,6 +27,11 @@ async fn a_successful_container_completes_and_serves_its_logs() {
     let token = agent.token(1, 128);
     let am = AgentClient::new(&agent.address, Some(token.signature));
     assert_eq!(am.logs(container_id(1), "stdout").await.unwrap(), "hi\n");
+    // Only the end, streamed.
+    let tail = admin.log_response(container_id(1), "stdout", Some(2)).await.unwrap();
+    assert_eq!(tail.text().await.unwrap(), "i\n");
+    let whole = admin.log_response(container_id(1), "stdout", Some(1000)).await.unwrap();
+    assert_eq!(whole.text().await.unwrap(), "hi\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

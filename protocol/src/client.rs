@@ -335,6 +335,22 @@ impl AgentClient {
         self.http.text(&format!("/v1/containers/{container_id}/logs/{stream}")).await
     }
 
+    /// A container's log as an unread response, to stream on (the RM's log proxy), or only
+    /// its last `tail_bytes` bytes.
+    pub async fn log_response(
+        &self,
+        container_id: ContainerId,
+        stream: &str,
+        tail_bytes: Option<u64>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut path = format!("/v1/containers/{container_id}/logs/{stream}");
+        if let Some(tail_bytes) = tail_bytes {
+            path.push_str(&format!("?tail_bytes={tail_bytes}"));
+        }
+        let response = self.http.send_raw::<()>(Method::GET, &path, None, Some(LOG_FETCH_TIMEOUT)).await?;
+        check(response).await
+    }
+
     /// Partition `partition` of the map output `output_name` of `app_id`, read with the app's
     /// shuffle token (`SPINDLE_SHUFFLE_TOKEN`) rather than the client's own token, so one
     /// client per agent serves every fetch. The whole partition is held in memory: use
@@ -389,6 +405,8 @@ impl AgentClient {
 /// How long one shuffle fetch may take in all: partitions can be large, so far more than the
 /// control calls' 30 s; a fetch that fails is retried by the reducer.
 const SHUFFLE_FETCH_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// The longest a log is streamed through the RM.
+const LOG_FETCH_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 fn encode_query(value: &str) -> String {
     value

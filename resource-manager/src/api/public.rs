@@ -219,16 +219,24 @@ pub async fn reload_queues(State(rm): Rm, User(caller): User) -> Result<Json<Que
     Ok(Json(rm.reload_queues().await?))
 }
 
+/// `?tail_bytes=N`: only the last N bytes of the log.
+#[derive(Debug, serde::Deserialize)]
+pub struct LogQuery {
+    tail_bytes: Option<u64>,
+}
+
 /// A container's stdout or stderr, fetched from its node (the app's owner, an admin of its
 /// queue or a cluster admin; 403 for anyone else).
 #[utoipa::path(get, path = "/v1/containers/{container_id}/logs/{stream}", tag = "apps",
-    params(("container_id" = String, Path), ("stream" = String, Path, description = "stdout or stderr")),
+    params(("container_id" = String, Path), ("stream" = String, Path, description = "stdout or stderr"),
+        ("tail_bytes" = Option<u64>, Query, description = "only the last N bytes")),
     responses((status = 200, body = String, content_type = "text/plain"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 502, body = ErrorBody)))]
 pub async fn container_logs(
     State(rm): Rm,
     User(caller): User,
     Path((container_id, stream)): Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<LogQuery>,
 ) -> Result<Response, ApiError> {
     let container_id = parse_container_id(&container_id)?;
     if stream != "stdout" && stream != "stderr" {
@@ -239,8 +247,12 @@ pub async fn container_logs(
     let location = rm.read(|cluster| cluster.container_logs_location(&caller, container_id)).await?;
     tracing::debug!(container = %container_id, user = %caller.user, owner = %location.owner, %stream, "container logs read");
     let agent = AgentClient::new(&location.node_address, Some(rm.secret.agent_token()));
-    match agent.logs(container_id, &stream).await {
-        Ok(text) => Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()),
+    // Streamed through, never held: a log may be gigabytes.
+    match agent.log_response(container_id, &stream, query.tail_bytes).await {
+        Ok(response) => {
+            let body = axum::body::Body::new(reqwest::Body::from(response));
+            Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+        }
         Err(err) if err.is_not_found() => Err(ApiError::not_found(format!(
             "node {} has no logs for {container_id}",
             location.node_address
