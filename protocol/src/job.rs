@@ -163,7 +163,10 @@ pub(crate) fn validate_env(field: &str, env: &BTreeMap<String, String>) -> Resul
         if name.is_empty() || name.contains(['=', '\0']) {
             return Err(invalid(
                 field,
-                format!("`{}` is not a variable name: names are non-empty, without `=` or NUL", name.escape_debug()),
+                format!(
+                    "`{}` is not a variable name: names are non-empty, without `=` or NUL",
+                    name.escape_debug()
+                ),
             ));
         }
         if name.starts_with("SPINDLE_") {
@@ -329,7 +332,10 @@ mod tests {
         assert_eq!(with_env("A=B", "x").unwrap_err().field, "shell.env");
         assert_eq!(with_env("", "x").unwrap_err().field, "shell.env");
         assert_eq!(with_env("X", "a\0b").unwrap_err().field, "shell.env.X");
-        assert_eq!(with_env("SPINDLE_SHUFFLE_TOKEN", "x").unwrap_err().field, "shell.env.SPINDLE_SHUFFLE_TOKEN");
+        assert_eq!(
+            with_env("SPINDLE_SHUFFLE_TOKEN", "x").unwrap_err().field,
+            "shell.env.SPINDLE_SHUFFLE_TOKEN"
+        );
         let huge = with_env("BIG", &"x".repeat(MAX_SPEC_BYTES)).unwrap_err();
         assert_eq!(huge.field, "(spec)");
         assert!(huge.reason.contains("limit"), "{}", huge.reason);
