@@ -397,11 +397,9 @@ mod tests {
         }
     }
 
-    /// An AM the RM could not even start (agent unreachable, draining, token expired while the
-    /// RM was down) did not fail through the app's fault: as README says, it does not count.
-    #[tokio::test]
-    async fn an_am_launch_the_rm_could_not_make_does_not_count_toward_max_attempts() {
-        let rm = start_rm(Arc::new(FailingLaunches)).await;
+    /// Registers node n1 and submits, as alice running as `unix_user`, a shell job with
+    /// `max_attempts = 1`.
+    async fn submit_one_attempt_job(rm: &Arc<ResourceManager>, unix_user: &str) -> spindle_protocol::AppId {
         let node = node_n1();
         rm.mutate(|cluster, now| cluster.register_node(node, now)).await.unwrap().unwrap();
         let spec: spindle_protocol::JobSpec = toml::from_str(
@@ -411,9 +409,17 @@ mod tests {
         let caller = crate::cluster::Caller {
             user: "alice".to_owned(),
             admin: false,
-            unix_user: Some("nobody".to_owned()),
+            unix_user: Some(unix_user.to_owned()),
         };
-        let app_id = rm.mutate(|cluster, now| cluster.submit(&caller, spec, now)).await.unwrap().unwrap();
+        rm.mutate(|cluster, now| cluster.submit(&caller, spec, now)).await.unwrap().unwrap()
+    }
+
+    /// An AM the RM could not even start (agent unreachable, draining, token expired while the
+    /// RM was down) did not fail through the app's fault: as README says, it does not count.
+    #[tokio::test]
+    async fn an_am_launch_the_rm_could_not_make_does_not_count_toward_max_attempts() {
+        let rm = start_rm(Arc::new(FailingLaunches)).await;
+        let app_id = submit_one_attempt_job(&rm, "nobody").await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let report = rm.read(|cluster| cluster.app_report(app_id)).await.unwrap();
@@ -432,18 +438,7 @@ mod tests {
     #[tokio::test]
     async fn an_am_launch_the_agent_refuses_counts_as_a_failed_attempt() {
         let rm = start_rm(Arc::new(RefusingLaunches)).await;
-        let node = node_n1();
-        rm.mutate(|cluster, now| cluster.register_node(node, now)).await.unwrap().unwrap();
-        let spec: spindle_protocol::JobSpec = toml::from_str(
-            "name = \"one\"\nkind = \"shell\"\nmax_attempts = 1\n[shell]\ncommand = [\"true\"]\ncontainers = 1\nvcores = 1\nmemory_mb = 128\n",
-        )
-        .unwrap();
-        let caller = crate::cluster::Caller {
-            user: "alice".to_owned(),
-            admin: false,
-            unix_user: Some("ghost".to_owned()),
-        };
-        let app_id = rm.mutate(|cluster, now| cluster.submit(&caller, spec, now)).await.unwrap().unwrap();
+        let app_id = submit_one_attempt_job(&rm, "ghost").await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let report = loop {
             let report = rm.read(|cluster| cluster.app_report(app_id)).await.unwrap();
