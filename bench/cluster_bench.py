@@ -21,7 +21,7 @@ that a change in the machine's load hits all of them alike:
                                   same queue as the default (one leaf, AMs up to 50%)
 
 Usage: bench/cluster_bench.py [--spindle target/release/spindle] [--jobs 100] [--containers 2000]
-                              [--runs 3] [--dir DIR] [--modes run-as-user,single-user]
+                              [--runs 3] [--dir DIR] [--work-dir DIR] [--modes run-as-user,single-user]
                               [--sync default] [--perf-dir DIR] [--json]
 Needs only the Python standard library (and root for the run-as-user modes). Starts each
 `spindle local` itself and stops it at the end.
@@ -108,13 +108,20 @@ class Variant:
         return self.mode if self.sync == "default" else f"{self.mode}/sync={self.sync}"
 
 
-def prepare_run_dir(parent, variant, account):
-    """A fresh dir for one run: `data` (the data dir), `home` (SPINDLE_HOME), `tmp` (TMPDIR:
-    `spindle local` keeps containers in `<TMPDIR>/spindle-local-*`, outside its data dir), all
-    owned by whoever runs `spindle local`. 0711, so containers of other accounts pass through."""
+def prepare_run_dir(parent, work_parent, variant, account):
+    """Fresh dirs for one run: `data` (the data dir, with the store), `home` (SPINDLE_HOME) and
+    `tmp` (TMPDIR: `spindle local` keeps containers in `<TMPDIR>/spindle-local-*`, outside its
+    data dir), all owned by whoever runs `spindle local`; `tmp` goes under `work_parent` if
+    given. 0711, so containers of other accounts pass through. Returns the dirs to delete too."""
     base = tempfile.mkdtemp(prefix="spindle-bench-", dir=parent)
-    os.chmod(base, 0o711)
+    owned = [base]
     dirs = {name: os.path.join(base, name) for name in ("data", "home", "tmp")}
+    if work_parent:
+        work_base = tempfile.mkdtemp(prefix="spindle-bench-work-", dir=work_parent)
+        owned.append(work_base)
+        dirs["tmp"] = os.path.join(work_base, "tmp")
+    for path in owned:
+        os.chmod(path, 0o711)
     for path in dirs.values():
         os.mkdir(path, 0o711)
     rm_config = None
@@ -124,9 +131,9 @@ def prepare_run_dir(parent, variant, account):
             f.write(RM_CONFIG.format(sync=variant.sync))
         os.chmod(rm_config, 0o644)
     if variant.mode == "single-user":
-        for path in [base, *dirs.values()]:
+        for path in [*owned, *dirs.values()]:
             os.chown(path, account.pw_uid, account.pw_gid)
-    return base, dirs, rm_config
+    return owned, dirs, rm_config
 
 
 def start_cluster(spindle, variant, dirs, rm_config, account, group, vcores, memory_mb):
@@ -193,6 +200,16 @@ def machine_cpu_s():
     return (sum(values[:8]) - idle) / CLOCK_TICKS
 
 
+def process_memory_mb(pid):
+    """VmRSS and VmPTE (page tables) of `spindle local`: what each fork() copies or shares."""
+    status = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            status[key] = value.split()
+    return int(status["VmRSS"][0]) / 1024, int(status["VmPTE"][0]) / 1024, int(status["Threads"][0])
+
+
 def percentile(values, p):
     values = sorted(values)
     k = max(0, min(len(values) - 1, int(round(p / 100 * len(values) + 0.5)) - 1))
@@ -230,6 +247,7 @@ def throughput_run(rm, containers, pid, perf_file=None):
     # The AM process ends just after its app: give the agent a moment to reap it.
     time.sleep(0.5)
     cpu = process_cpu_s(pid) - cpu0
+    rss_mb, pte_mb, threads = process_memory_mb(pid)
     machine = machine_cpu_s() - machine0
     tasks = [c for c in rm.call("GET", f"/v1/apps/{app_id}/containers") if not c["is_am"]]
     assert len(tasks) >= containers, len(tasks)
@@ -242,6 +260,10 @@ def throughput_run(rm, containers, pid, perf_file=None):
         "cpu_ms_per_container": cpu * 1000 / containers,
         # The machine's busy share (of all cores) from submit to FINISHED (+0.5 s).
         "machine_busy_percent": 100 * machine / (os.cpu_count() * (t1 - t0 + 500) / 1000),
+        # The `spindle local` process right after the job.
+        "rss_mb": rss_mb,
+        "page_tables_mb": pte_mb,
+        "threads": threads,
     }
 
 
@@ -259,6 +281,9 @@ def main():
     parser.add_argument("--dir", default=None,
                         help="where each run's data dir and containers go (default: the system temp dir); "
                              "e.g. /dev/shm for tmpfs")
+    parser.add_argument("--work-dir", default=None,
+                        help="where the containers' dirs go (TMPDIR of `spindle local`; default: next to the "
+                             "data dir), e.g. /dev/shm to keep ext4's inode allocator out of a --dir on disk")
     parser.add_argument("--modes", default="run-as-user",
                         help=f"comma-separated, alternated run by run: {', '.join(MODES)}")
     parser.add_argument("--sync", default="default",
@@ -290,8 +315,8 @@ def main():
         for run in range(args.runs):
             order = variants if run % 2 == 0 else variants[::-1]
             for variant in order:
-                base, dirs, rm_config = prepare_run_dir(args.dir, variant, account)
-                run_dirs.append(base)
+                owned, dirs, rm_config = prepare_run_dir(args.dir, args.work_dir, variant, account)
+                run_dirs.extend(owned)
                 proc, rm, nodes = start_cluster(spindle, variant, dirs, rm_config, account, group,
                                                 vcores=64, memory_mb=65536)
                 try:
@@ -311,7 +336,8 @@ def main():
                           f"p99 {figures['latency_p99_ms']:5.1f} ms, {figures['containers_per_sec']:5.0f} containers/s "
                           f"({figures['containers_per_sec_submit_to_finish']:4.0f}/s submit to finish), "
                           f"{figures['cpu_ms_per_container']:.2f} CPU ms/container, "
-                          f"machine {figures['machine_busy_percent']:.0f}% busy", file=sys.stderr)
+                          f"machine {figures['machine_busy_percent']:.0f}% busy, RSS {figures['rss_mb']:.0f} MB "
+                          f"(page tables {figures['page_tables_mb']:.1f} MB, {figures['threads']} threads)", file=sys.stderr)
     finally:
         for base in run_dirs:
             shutil.rmtree(base, ignore_errors=True)

@@ -505,10 +505,24 @@ fn signal_name(signal: i32) -> &'static str {
 
 /// The last lines (at most 20 lines, 2 KiB) of a file, trimmed; empty if there is none. Blocking.
 pub(crate) fn read_tail(path: &Path) -> String {
-    let Ok(mut file) = File::open(path) else {
+    use std::os::unix::fs::MetadataExt;
+    // The container owns its dir and may have swapped its stderr for a symlink (the agent,
+    // root, would put the tail of any file into diagnostics its user reads), a FIFO (the open
+    // would wait for a writer for ever) or a hard link: only a plain file of one link is read.
+    let Ok(mut file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
         return String::new();
     };
-    let length = file.metadata().map(|meta| meta.len()).unwrap_or(0);
+    let Ok(metadata) = file.metadata() else {
+        return String::new();
+    };
+    if !metadata.is_file() || metadata.nlink() != 1 {
+        return String::new();
+    }
+    let length = metadata.len();
     let start = length.saturating_sub(STDERR_TAIL_BYTES);
     if file.seek(SeekFrom::Start(start)).is_err() {
         return String::new();
@@ -627,5 +641,23 @@ mod tests {
         let long_line = "x".repeat(5000);
         std::fs::write(&path, format!("{long_line}\nlast\n")).unwrap();
         assert_eq!(read_tail(&path), "last");
+    }
+
+    #[test]
+    fn tails_are_read_only_from_plain_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let link = dir.path().join("stderr");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        assert_eq!(read_tail(&link), "", "never through a symlink");
+        let hard = dir.path().join("hard");
+        std::fs::hard_link(&secret, &hard).unwrap();
+        assert_eq!(read_tail(&hard), "", "never a file with other links");
+        let fifo = dir.path().join("fifo");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        assert_eq!(read_tail(&fifo), "", "a FIFO without a writer neither blocks nor is read");
     }
 }

@@ -34,6 +34,10 @@ fn collect_log_files(dir: &Path, files: &mut Vec<PathBuf>) {
         let Ok(kind) = entry.file_type() else { continue };
         if kind.is_dir() {
             collect_log_files(&path, files);
+        } else if !kind.is_file() {
+            // A FIFO a container planted as its stderr would block the read; a symlink could
+            // point anywhere.
+            continue;
         } else if path.extension().is_some_and(|ext| ext == "log")
             || path.file_name().is_some_and(|name| name == "stdout" || name == "stderr")
         {

@@ -1,0 +1,1045 @@
+//! Tenants against each other and against the cluster, with real processes, run as root: an RM
+//! and two agents whose config maps alice and bob to two Unix accounts made for the test, and a
+//! `spindle local` cluster started by root. Alice's jobs try every way out we could think of —
+//! the cluster secret (environment, files near the work dir, the agents' /proc entries, the
+//! RM's files), bob's running job (its /proc entries, its dirs, logs and map output), forged
+//! and replayed tokens, checkpoint metadata planted for bob's next app, and symlinks or FIFOs
+//! that the agent (root) would read for her — and print one `ESCAPE <name> <verdict>` line per
+//! attempt. Every verdict must be BLOCKED, no secret may appear in anything alice can read, and
+//! bob's job must succeed with exactly its own output.
+//!
+//! The scripts report, the test judges: an attempt prints OK only when the command that would
+//! have leaked something succeeded, and the test also looks for the secrets themselves in all
+//! that alice gets back (her logs, her apps' and containers' diagnostics).
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use spindle_cli::local::random_hex_secret;
+use spindle_protocol::{AppId, AppReport, AppState, ContainerId, ContainerReport, FinalStatus, JobSpec, NodeId, NodeState, RmClient};
+use support::{Daemon, shell_job, task_containers, wait_for_app_end, wait_for_http, wait_until};
+
+/// How long one job of these tests may take; they take a few seconds.
+const JOB_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// Startup of a daemon, a node's registration.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the tenants' shell scripts share: one line per attempt, judged by how the command ended.
+///
+/// - `attempt NAME CMD…`: the escape worked if CMD succeeded (it read, listed, wrote or
+///   signalled what it must not).
+/// - `http_auth NAME CURL-ARGS…`: a call only the holder of another token may make; blocked
+///   means 401 or 403 (a 400 would mean the token passed and only the body was refused).
+/// - `http_serve NAME CURL-ARGS…`: a fetch of something the agent must refuse to serve; blocked
+///   means an error status, and no answer at all is an error of its own (the agent hung).
+const SCRIPT_HELPERS: &str = r#"
+set -u
+clean() { head -c "$1" | tr -c '[:graph:] ' '.'; }
+attempt() {
+  name=$1; shift
+  if "$@" >"$HOME/attempt.out" 2>"$HOME/attempt.err"; then
+    echo "ESCAPE $name OK"
+    echo "DETAIL $name $(clean 400 <"$HOME/attempt.out")"
+  else
+    echo "ESCAPE $name BLOCKED: $(clean 160 <"$HOME/attempt.err")"
+  fi
+}
+http_auth() {
+  name=$1; shift
+  code=$(curl -s -o "$HOME/http.out" -w '%{http_code}' --max-time 10 "$@")
+  case "$code" in
+    401|403) echo "ESCAPE $name BLOCKED: HTTP $code" ;;
+    000) echo "ESCAPE $name ERROR: no answer" ;;
+    *) echo "ESCAPE $name OK: HTTP $code"; echo "DETAIL $name $(clean 400 <"$HOME/http.out")" ;;
+  esac
+}
+http_serve() {
+  name=$1; shift
+  code=$(curl -s -o "$HOME/http.out" -w '%{http_code}' --max-time 10 "$@")
+  case "$code" in
+    4??|5??) echo "ESCAPE $name BLOCKED: HTTP $code $(clean 200 <"$HOME/http.out")" ;;
+    000) echo "ESCAPE $name ERROR: no answer within 10 s" ;;
+    *) echo "ESCAPE $name OK: HTTP $code"; echo "DETAIL $name $(clean 400 <"$HOME/http.out")" ;;
+  esac
+}
+# What this account can read of every process's environment (its own, normally): printed, so
+# the test sees any secret in it. Sets found_am_token to an AM token found there.
+found_am_token=none
+scan_environs() {
+  for p in /proc/[0-9]*; do
+    e=$(tr '\0' ' ' 2>/dev/null <"$p/environ") || continue
+    [ -n "$e" ] || continue
+    echo "READABLE_ENVIRON $p uid=$(stat -c %u "$p" 2>/dev/null) $e"
+    t=$(tr '\0' '\n' 2>/dev/null <"$p/environ" | sed -n 's/^SPINDLE_AM_TOKEN=//p')
+    if [ -n "$t" ]; then found_am_token=$t; fi
+  done
+}
+# The command line of every process (readable by all on Linux): printed, so the test sees any
+# secret passed as an argument.
+scan_cmdlines() {
+  for p in /proc/[0-9]*; do
+    c=$(tr '\0' ' ' 2>/dev/null <"$p/cmdline") || continue
+    [ -n "$c" ] && echo "CMDLINE $p $(printf '%s' "$c" | head -c 600)"
+  done
+}
+# Root processes: their environment, file descriptors, a secret on their command line, signals.
+probe_root_processes() {
+  for p in "$@"; do
+    attempt "environ:$p" cat "/proc/$p/environ"
+    attempt "fds:$p" ls "/proc/$p/fd"
+    attempt "cwd:$p" ls "/proc/$p/cwd/"
+    attempt "secret-on-cmdline:$p" sh -c "tr '\0' '\n' </proc/$p/cmdline | grep -q -x -e '--secret' -e '--secret=.*' -e '--token' -e '--token=.*'"
+    attempt "signal:$p" kill -0 "$p"
+  done
+}
+"#;
+
+/// Alice's job: three tasks. 0 tries to read what is not hers and to act as someone else; 1
+/// plants symlinks and FIFOs as map output and fetches it from the agent; 2 swaps its own log
+/// files for symlinks to the cluster's secrets (the test fetches them through the RM).
+const ALICE_SCRIPT: &str = r#"
+echo "TASK $SPINDLE_TASK_INDEX"
+case "$SPINDLE_TASK_INDEX" in
+0)
+  echo "WHOAMI uid=$(id -u) gid=$(id -g) groups=$(id -G)"
+  # The environment: no cluster secret, no AM token in a task.
+  attempt env-cluster-secret sh -c 'env | grep -q "^SPINDLE_CLUSTER_SECRET="'
+  attempt env-am-token sh -c '[ -n "${SPINDLE_AM_TOKEN:-}" ]'
+  env | sed 's/^/ENV /'
+  # Walking up from the work dir, and the files of the cluster.
+  attempt list-own-app-dir ls ..
+  attempt list-apps-dir ls ../..
+  attempt list-agent-work-dir ls ../../..
+  attempt list-cluster-root ls ../../../..
+  attempt cat-around-work-dir sh -c 'cat ../* ../../* ../../../* ../../../../*'
+  attempt cat-agent-secret-file cat "$SECRET_FILE"
+  ln -s "$SECRET_FILE" "$HOME/secret-symlink"
+  attempt cat-secret-through-own-symlink cat "$HOME/secret-symlink"
+  attempt hard-link-agent-secret-file ln "$SECRET_FILE" "$HOME/secret-hardlink"
+  attempt rm-config cat "$RM_DIR/rm.toml"
+  attempt rm-db cat "$RM_DIR/rm.db"
+  attempt rm-db-wal cat "$RM_DIR/rm.db-wal"
+  for w in $AGENT_WORK_DIRS; do
+    attempt "list-work-dir:$w" ls "$w"
+    attempt "list-work-dir-apps:$w" ls "$w/apps"
+    attempt "list-work-dir-shuffle:$w" ls "$w/shuffle"
+    attempt "write-work-dir-shuffle:$w" mkdir "$w/shuffle/planted-by-alice"
+  done
+  # The agents and the RM as processes (found as any tenant would, and as the test says).
+  agents=$(pgrep -u 0 -f node-agent | tr '\n' ' ')
+  [ -n "$agents" ] || echo "ERROR pgrep found no node agent"
+  probe_root_processes $agents $AGENT_PIDS $RM_PID
+  # Bob's running job: its processes...
+  bpids=$(pgrep -u "$B_ACCOUNT" | tr '\n' ' ')
+  [ -n "$bpids" ] || echo "ERROR no process of $B_ACCOUNT found"
+  for p in $bpids; do
+    attempt "bob-environ:$p" cat "/proc/$p/environ"
+    attempt "bob-stdout-fd:$p" cat "/proc/$p/fd/1"
+    attempt "bob-cwd:$p" ls "/proc/$p/cwd/"
+    attempt "bob-signal:$p" kill -0 "$p"
+  done
+  # ...its files...
+  attempt bob-list-task-dir ls "$B_TASK_DIR"
+  attempt bob-secret-file cat "$B_TASK_DIR/secret.txt"
+  attempt bob-stdout cat "$B_TASK_DIR/stdout"
+  attempt bob-list-tmp ls "$B_TASK_DIR/tmp"
+  attempt bob-write-task-dir touch "$B_TASK_DIR/planted-by-alice"
+  attempt bob-am-job-spec cat "$B_AM_DIR/job-spec.json"
+  attempt bob-am-stderr cat "$B_AM_DIR/stderr"
+  attempt bob-list-app-dir ls "$(dirname "$B_TASK_DIR")"
+  attempt bob-write-app-dir mkdir "$(dirname "$B_TASK_DIR")/planted-by-alice"
+  for d in $B_SHUFFLE_DIRS; do
+    attempt "bob-list-shuffle:$d" ls "$d"
+    attempt "bob-write-shuffle:$d" touch "$d/m_9.index"
+  done
+  # ...and its containers and map output through the agent's API, with the tokens alice has.
+  scan_environs
+  echo "NOTE an AM token readable by this account: $([ "$found_am_token" = none ] && echo no || echo yes)"
+  agent=$B_TASK_AGENT
+  for kind in shuffle am; do
+    if [ $kind = shuffle ]; then token=$SPINDLE_SHUFFLE_TOKEN; else token=$found_am_token; fi
+    http_auth "agent-bob-logs-with-$kind-token" -H "Authorization: Bearer $token" "$agent/v1/containers/$B_TASK/logs/stdout"
+    http_auth "agent-bob-status-with-$kind-token" -H "Authorization: Bearer $token" "$agent/v1/containers/$B_TASK"
+    http_auth "agent-kill-bob-with-$kind-token" -X DELETE -H "Authorization: Bearer $token" "$agent/v1/containers/$B_TASK"
+    http_auth "agent-list-containers-with-$kind-token" -H "Authorization: Bearer $token" "$agent/v1/containers"
+    http_auth "agent-bob-map-output-with-$kind-token" -H "Authorization: Bearer $token" "$agent/v1/shuffle/$B_APP/m_0/0"
+  done
+  # Tokens at the RM: made up, replayed (this app's own AM token), or of the wrong kind.
+  rm_url=${SPINDLE_RM%%,*}
+  finish_bob='{"app_id":"'$B_APP'","attempt":1,"final_status":"FAILED","diagnostics":"finished by another tenant"}'
+  for token in made-up-token "${SPINDLE_AM_TOKEN:-}" "$found_am_token" "$SPINDLE_SHUFFLE_TOKEN"; do
+    label=$(printf '%s' "$token" | head -c 8)
+    http_auth "rm-finish-bob-with:$label" -X POST -H "Authorization: Bearer $token" -H 'Content-Type: application/json' -d "$finish_bob" "$rm_url/v1/internal/am/finish"
+  done
+  for token in made-up-token "$found_am_token" "$SPINDLE_SHUFFLE_TOKEN"; do
+    label=$(printf '%s' "$token" | head -c 8)
+    http_auth "rm-node-heartbeat-with:$label" -X POST -H "Authorization: Bearer $token" -H 'Content-Type: application/json' -d '{}' "$rm_url/v1/internal/nodes/heartbeat"
+    http_auth "rm-node-register-with:$label" -X POST -H "Authorization: Bearer $token" -H 'Content-Type: application/json' -d '{}' "$rm_url/v1/internal/nodes/register"
+    http_auth "rm-bob-app-with:$label" -H "Authorization: Bearer $token" "$rm_url/v1/apps/$B_APP"
+    http_auth "rm-bob-logs-with:$label" -H "Authorization: Bearer $token" "$rm_url/v1/containers/$B_TASK/logs/stdout"
+    http_auth "rm-kill-bob-with:$label" -X DELETE -H "Authorization: Bearer $token" "$rm_url/v1/apps/$B_APP"
+    http_auth "rm-metrics-with:$label" -H "Authorization: Bearer $token" "$rm_url/metrics"
+  done
+  # Checkpoint metadata for the next apps (bob's stream job among them) in the shared dir.
+  seq=$(echo "${SPINDLE_APP_ID##*_}" | sed 's/^0*//')
+  prefix=${SPINDLE_APP_ID%_*}
+  for k in 1 2 3; do
+    id=$(printf '%s_%04d' "$prefix" $((seq + k)))
+    d="$CKPT_DIR/$id/chk-99"
+    if mkdir -p "$d" && chmod 755 "$CKPT_DIR/$id" "$d" \
+      && printf '%s' '{"id":99,"completed_at_ms":1,"duration_ms":1,"size_bytes":0,"parallelism":{},"stages":{},"commits":[],"last":true}' >"$d/_metadata.json" \
+      && chmod 644 "$d/_metadata.json"; then
+      echo "PLANTED $id"
+    else
+      echo "ERROR could not plant $d"
+    fi
+  done
+  scan_cmdlines
+  ;;
+1)
+  cd "$SPINDLE_SHUFFLE_DIR" || { echo "ERROR no shuffle dir"; exit 0; }
+  index='\0\0\0\0\0\0\0\0\100\0\0\0\0\0\0\0'
+  ln -s "$SECRET_FILE" m_0.index
+  printf "$index" >m_1.index; ln -s "$SECRET_FILE" m_1.data
+  mkfifo m_2.index
+  printf "$index" >m_3.index; mkfifo m_3.data
+  printf "$index" >m_4.index; ln -s "$B_TASK_DIR/secret.txt" m_4.data
+  printf "$index" >m_5.index; ln -s "$RM_DIR/rm.toml" m_5.data
+  for output in m_0 m_1 m_2 m_3 m_4 m_5; do
+    http_serve "shuffle-$output" -H "Authorization: Bearer $SPINDLE_SHUFFLE_TOKEN" "http://$SPINDLE_NODE_ID/v1/shuffle/$SPINDLE_APP_ID/$output/0"
+  done
+  ;;
+2)
+  echo "this line is in the stdout file that is swapped for a symlink"
+  rm -f stdout stderr
+  ln -s "$SECRET_FILE" stdout
+  ln -s "$RM_DIR/rm.toml" stderr
+  exit 0
+  ;;
+esac
+echo END
+"#;
+
+/// Bob's job: keeps a secret in its environment, its work dir and its stdout while alice
+/// tries; ends when the test says (or after 50 s).
+const BOB_SCRIPT: &str = r#"
+printf '%s\n' "$B_SECRET" >secret.txt
+echo "bob: $B_SECRET"
+i=0
+while [ ! -e "$RELEASE" ] && [ $i -lt 250 ]; do sleep 0.2; i=$((i + 1)); done
+echo "bob: done"
+"#;
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A Unix account made for a test.
+#[derive(Debug, Clone)]
+struct UnixAccount {
+    name: String,
+    uid: u32,
+}
+
+/// Unix accounts made for one test (normal uids, no home, no login) and removed when it ends,
+/// a failing one included.
+struct TestAccounts(Vec<UnixAccount>);
+
+impl TestAccounts {
+    /// `spindle-<tag>-<pid>` for each tag, with free uids from 42000 + (pid % 1000) * 2 up.
+    fn create(tags: &[&str]) -> TestAccounts {
+        let pid = std::process::id();
+        let mut accounts = TestAccounts(Vec::new());
+        let mut uid = 42_000 + (pid % 1000) * 2;
+        for tag in tags {
+            let name = format!("spindle-{tag}-{pid}");
+            // A leftover of an earlier run that had this pid and was killed.
+            let _ = Command::new("userdel").args(["-f", &name]).output();
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                assert!(tries <= 40, "could not create the Unix account {name}");
+                if uid_taken(uid) {
+                    uid += 1;
+                    continue;
+                }
+                let output = Command::new("useradd")
+                    .args(["-M", "-N", "-s", "/usr/sbin/nologin", "-u", &uid.to_string(), &name])
+                    .output()
+                    .expect("run useradd");
+                if output.status.success() {
+                    accounts.0.push(UnixAccount { name, uid });
+                    uid += 1;
+                    break;
+                }
+                // The uid was taken meanwhile, or /etc/passwd was locked by another useradd.
+                eprintln!(
+                    "useradd {name} (uid {uid}) failed: {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+                uid += 1;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        accounts
+    }
+}
+
+fn uid_taken(uid: u32) -> bool {
+    Command::new("getent")
+        .args(["passwd", &uid.to_string()])
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+impl Drop for TestAccounts {
+    fn drop(&mut self) {
+        for account in &self.0 {
+            match Command::new("userdel").args(["-f", &account.name]).output() {
+                Ok(output) if output.status.success() => {}
+                Ok(output) => eprintln!(
+                    "userdel {} failed: {}",
+                    account.name,
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ),
+                Err(err) => eprintln!("cannot run userdel {}: {err}", account.name),
+            }
+        }
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|err| panic!("chmod {mode:o} {}: {err}", path.display()));
+}
+
+fn make_dir(path: &Path, mode: u32) {
+    std::fs::create_dir_all(path).unwrap_or_else(|err| panic!("create {}: {err}", path.display()));
+    set_mode(path, mode);
+}
+
+fn write_file(path: &Path, text: &str, mode: u32) {
+    std::fs::write(path, text).unwrap_or_else(|err| panic!("write {}: {err}", path.display()));
+    set_mode(path, mode);
+}
+
+/// One agent of the cluster.
+struct Agent {
+    node_id: NodeId,
+    /// Its canonical work dir.
+    work_dir: PathBuf,
+    daemon: Daemon,
+}
+
+/// An RM and two agents as an operator would set them up for two tenants: the RM's config
+/// (0600) and store in a dir of its own, the agents' secret in a 0600 file (never on their
+/// command line), a shared checkpoint dir (1777, as /tmp) and the daemons' logs private. AMs may
+/// hold most of the queue: both tenants' AMs run at once.
+struct TenantCluster {
+    /// Everything lives here; 0711 (containers pass through to their work dirs).
+    root: tempfile::TempDir,
+    rm_url: String,
+    rm: Option<Daemon>,
+    agents: Vec<Agent>,
+    secret: String,
+    admin_token: String,
+    alice_token: String,
+    bob_token: String,
+}
+
+impl TenantCluster {
+    async fn start(alice: &UnixAccount, bob: &UnixAccount) -> TenantCluster {
+        let root = support::shared_tempdir("spindle-tenants-");
+        let path = root.path().to_path_buf();
+        make_dir(&path.join("logs"), 0o700);
+        make_dir(&path.join("rm"), 0o755);
+        make_dir(&path.join("ckpt"), 0o1777);
+        make_dir(&path.join("control"), 0o755);
+        set_mode(&path, 0o711);
+        let mut cluster = TenantCluster {
+            root,
+            rm_url: String::new(),
+            rm: None,
+            agents: Vec::new(),
+            secret: random_hex_secret(),
+            admin_token: format!("admin-{}", random_hex_secret()),
+            alice_token: format!("alice-{}", random_hex_secret()),
+            bob_token: format!("bob-{}", random_hex_secret()),
+        };
+        write_file(&cluster.secret_file(), &format!("{}\n", cluster.secret), 0o600);
+        let config = format!(
+            "db = {db:?}\n\
+             cluster_secret = {secret:?}\n\
+             node_expiry = {expiry}\n\
+             heartbeat_interval = {heartbeat}\n\
+             container_launch_expiry = {launch}\n\
+             \n\
+             [[users]]\nname = \"admin\"\ntoken = {admin:?}\nadmin = true\n\
+             \n\
+             [[users]]\nname = \"alice\"\ntoken = {alice:?}\nunix_user = {alice_account:?}\n\
+             \n\
+             [[users]]\nname = \"bob\"\ntoken = {bob:?}\nunix_user = {bob_account:?}\n\
+             \n\
+             [queues]\nname = \"root\"\n\
+             [[queues.children]]\nname = \"default\"\nguaranteed_percent = 100\nam_share_percent = 60\n",
+            db = format!("sqlite://{}", cluster.rm_dir().join("rm.db").display()),
+            secret = cluster.secret,
+            expiry = support::NODE_EXPIRY_S,
+            heartbeat = support::HEARTBEAT_INTERVAL_MS,
+            launch = support::CONTAINER_LAUNCH_EXPIRY_S,
+            admin = cluster.admin_token,
+            alice = cluster.alice_token,
+            alice_account = alice.name,
+            bob = cluster.bob_token,
+            bob_account = bob.name,
+        );
+        write_file(&cluster.rm_dir().join("rm.toml"), &config, 0o600);
+        cluster.start_rm().await;
+        for index in 0..2 {
+            cluster.start_agent(index).await;
+        }
+        cluster
+    }
+
+    fn path(&self) -> &Path {
+        self.root.path()
+    }
+
+    fn rm_dir(&self) -> PathBuf {
+        self.path().join("rm")
+    }
+
+    fn secret_file(&self) -> PathBuf {
+        self.path().join("agent-secret")
+    }
+
+    fn checkpoint_dir(&self) -> PathBuf {
+        self.path().join("ckpt")
+    }
+
+    fn client(&self, token: &str) -> RmClient {
+        RmClient::new(std::slice::from_ref(&self.rm_url), Some(token.to_owned()))
+    }
+
+    fn admin(&self) -> RmClient {
+        self.client(&self.admin_token)
+    }
+
+    fn alice(&self) -> RmClient {
+        self.client(&self.alice_token)
+    }
+
+    fn bob(&self) -> RmClient {
+        self.client(&self.bob_token)
+    }
+
+    async fn start_rm(&mut self) {
+        for attempt in 1..=5 {
+            let port = support::free_port();
+            self.rm_url = format!("http://127.0.0.1:{port}");
+            let args: Vec<String> = [
+                "resource-manager",
+                "--config",
+                &self.rm_dir().join("rm.toml").display().to_string(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            let mut daemon = Daemon::spawn(format!("rm-{attempt}"), self.path(), &args);
+            match wait_for_http(&mut daemon, &format!("{}/healthz", self.rm_url)).await {
+                Ok(()) => {
+                    self.rm = Some(daemon);
+                    return;
+                }
+                Err(logs) if logs.contains("in use") => continue,
+                Err(logs) => panic!("the RM did not start:\n{logs}"),
+            }
+        }
+        panic!("the RM could not get a port");
+    }
+
+    /// Agent `index` with its secret from the file; returns once its node is RUNNING.
+    async fn start_agent(&mut self, index: usize) {
+        let work_dir = self.path().join(format!("agent{index}"));
+        for attempt in 1..=5 {
+            let port = support::free_port();
+            let args: Vec<String> = [
+                "node-agent",
+                "--rm",
+                &self.rm_url,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--work-dir",
+                &work_dir.display().to_string(),
+                "--secret-file",
+                &self.secret_file().display().to_string(),
+                "--vcores",
+                "4",
+                "--memory-mb",
+                "4096",
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            let mut daemon = Daemon::spawn(format!("agent{index}-{attempt}"), self.path(), &args);
+            let node_id = NodeId(format!("127.0.0.1:{port}"));
+            let admin = self.admin();
+            let deadline = Instant::now() + STARTUP_TIMEOUT;
+            let registered = loop {
+                if let Some(status) = daemon.exit_status() {
+                    break Err(format!("exited with {status}:\n{}", daemon.logs()));
+                }
+                if admin.node(&node_id).await.is_ok_and(|node| node.state == NodeState::Running) {
+                    break Ok(());
+                }
+                if Instant::now() > deadline {
+                    break Err(format!("did not register:\n{}", daemon.logs()));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            match registered {
+                Ok(()) => {
+                    let work_dir = work_dir.canonicalize().expect("the agent made its work dir");
+                    self.agents.push(Agent { node_id, work_dir, daemon });
+                    return;
+                }
+                Err(logs) if logs.contains("in use") => continue,
+                Err(logs) => panic!("agent {index} {logs}"),
+            }
+        }
+        panic!("agent {index} could not get a port");
+    }
+
+    fn agent_of(&self, node_id: &NodeId) -> &Agent {
+        self.agents
+            .iter()
+            .find(|agent| &agent.node_id == node_id)
+            .unwrap_or_else(|| panic!("no agent is node {node_id}"))
+    }
+
+    /// `<work dir>/apps/<app>/<container>` on the container's node.
+    fn container_dir(&self, container: &ContainerReport) -> PathBuf {
+        self.agent_of(&container.node_id)
+            .work_dir
+            .join("apps")
+            .join(container.container_id.app.to_string())
+            .join(container.container_id.to_string())
+    }
+
+    /// Every secret of the cluster and its users but `extra`, by name.
+    fn secrets<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut secrets = vec![
+            ("the cluster secret", self.secret.as_str()),
+            ("the admin's API token", self.admin_token.as_str()),
+            ("alice's API token", self.alice_token.as_str()),
+            ("bob's API token", self.bob_token.as_str()),
+        ];
+        secrets.extend_from_slice(extra);
+        secrets
+    }
+}
+
+impl Drop for TenantCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            support::dump_logs_under(self.path());
+        }
+        self.agents.clear();
+        self.rm = None;
+        support::kill_processes_under(self.path());
+    }
+}
+
+/// A container's log through the RM's proxy: status and body.
+async fn rm_logs(rm_url: &str, token: &str, container_id: ContainerId, stream: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .get(format!("{rm_url}/v1/containers/{container_id}/logs/{stream}"))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .expect("the RM answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+/// Panics naming the secret if `text` contains any of `secrets`.
+fn assert_no_secret(text: &str, what: &str, secrets: &[(&str, &str)]) {
+    for (name, secret) in secrets {
+        assert!(!text.contains(secret), "{what} contains {name} ({secret}):\n{text}");
+    }
+}
+
+/// The `ESCAPE` lines of a script's output, checked: every one BLOCKED, none missing of those
+/// named in `required` (prefixes), no `ERROR` line, the script got to its end. Returns how many.
+fn assert_all_blocked(output: &str, what: &str, required: &[&str]) -> usize {
+    let attempts: Vec<&str> = output.lines().filter_map(|line| line.strip_prefix("ESCAPE ")).collect();
+    let escaped: Vec<&&str> = attempts
+        .iter()
+        .filter(|attempt| !attempt.split_once(' ').is_some_and(|(_, verdict)| verdict.starts_with("BLOCKED")))
+        .collect();
+    assert!(
+        escaped.is_empty(),
+        "{what}: attempts that were not blocked:\n  {}\n--- the whole output:\n{output}",
+        escaped.iter().map(|line| line.to_string()).collect::<Vec<_>>().join("\n  ")
+    );
+    for name in required {
+        assert!(
+            attempts.iter().any(|attempt| attempt.starts_with(name)),
+            "{what}: no attempt `{name}…` was made:\n{output}"
+        );
+    }
+    eprintln!("{what}:\n  {}", attempts.join("\n  "));
+    let errors: Vec<&str> = output.lines().filter(|line| line.starts_with("ERROR")).collect();
+    assert!(errors.is_empty(), "{what}: {errors:?}\n{output}");
+    assert!(
+        output.lines().any(|line| line == "END"),
+        "{what}: the script did not get to its end:\n{output}"
+    );
+    attempts.len()
+}
+
+/// A shell job of `containers` tasks running `script` after the helpers, with `env`.
+fn tenant_job(name: &str, script: &str, containers: u32, env: &[(&str, String)]) -> JobSpec {
+    let mut spec = shell_job(name, &format!("{SCRIPT_HELPERS}\n{script}"), containers, 64, 0);
+    let shell = spec.shell.as_mut().unwrap();
+    for (key, value) in env {
+        shell.env.insert((*key).to_owned(), value.clone());
+    }
+    spec
+}
+
+/// Bob's bounded stream job (a generator of `limit` events, a keyed window count, a sink that
+/// drops it), its checkpoints under `checkpoint_dir`, one AM attempt.
+fn bob_stream_job(checkpoint_dir: &Path) -> JobSpec {
+    let spec: JobSpec = serde_json::from_value(serde_json::json!({
+        "name": "bob-stream",
+        "kind": "stream",
+        "max_attempts": 1,
+        "stream": {
+            "checkpoint_interval_ms": 300,
+            "checkpoint_dir": checkpoint_dir.display().to_string(),
+            "worker": { "vcores": 1, "memory_mb": 256 },
+            "operators": [
+                { "name": "events", "kind": "generator", "parallelism": 1, "rate": 20000, "keys": 10, "seed": 5, "limit": 20000 },
+                { "name": "by_key", "kind": "key_by", "input": ["events"], "expr": "$1" },
+                { "name": "count", "kind": "window", "input": ["by_key"], "parallelism": 1, "size_ms": 500, "aggregate": "count" },
+                { "name": "out", "kind": "discard_sink", "input": ["count"] }
+            ]
+        }
+    }))
+    .expect("a valid stream job");
+    spec.validate().expect("a valid stream job");
+    spec
+}
+
+fn assert_ended(report: &AppReport, expected: (AppState, FinalStatus)) {
+    assert_eq!((report.state, report.final_status), expected, "{report:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_cannot_reach_each_other_or_the_clusters_secrets() {
+    if !running_as_root() {
+        eprintln!("skipped: tenant isolation needs root (agents change to the tenants' accounts); CI runs as root");
+        return;
+    }
+    let started = Instant::now();
+    let accounts = TestAccounts::create(&["ta", "tb"]);
+    let (alice_account, bob_account) = (accounts.0[0].clone(), accounts.0[1].clone());
+    let cluster = TenantCluster::start(&alice_account, &bob_account).await;
+    let (admin, alice, bob) = (cluster.admin(), cluster.alice(), cluster.bob());
+    eprintln!(
+        "cluster up in {:.1}s: alice runs as {} (uid {}), bob as {} (uid {})",
+        started.elapsed().as_secs_f64(),
+        alice_account.name,
+        alice_account.uid,
+        bob_account.name,
+        bob_account.uid
+    );
+
+    // Bob's job, holding its secret until released.
+    let bob_secret = format!("bob-secret-{}", random_hex_secret());
+    let release = cluster.path().join("control").join("release-bob");
+    let bob_app = bob
+        .submit(&tenant_job(
+            "bob-secret-keeper",
+            BOB_SCRIPT,
+            1,
+            &[("B_SECRET", bob_secret.clone()), ("RELEASE", release.display().to_string())],
+        ))
+        .await
+        .expect("bob's job is accepted");
+    let bob_task = wait_until(JOB_TIMEOUT, "bob's task to have written its secret", || async {
+        let task = task_containers(&admin, bob_app).await.into_iter().next()?;
+        cluster.container_dir(&task).join("secret.txt").exists().then_some(task)
+    })
+    .await;
+    let bob_am = admin
+        .containers(bob_app)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|container| container.is_am)
+        .expect("bob's AM container");
+    let bob_task_dir = cluster.container_dir(&bob_task);
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&bob_task_dir).unwrap()),
+        bob_account.uid,
+        "bob's task dir is his account's"
+    );
+    let secrets = cluster.secrets(&[("bob's secret", bob_secret.as_str())]);
+
+    // Alice's attempts, while bob's job runs.
+    let join = |items: Vec<String>| items.join(" ");
+    let alice_env: Vec<(&str, String)> = vec![
+        ("B_ACCOUNT", bob_account.name.clone()),
+        ("B_APP", bob_app.to_string()),
+        ("B_TASK", bob_task.container_id.to_string()),
+        ("B_TASK_DIR", bob_task_dir.display().to_string()),
+        ("B_AM_DIR", cluster.container_dir(&bob_am).display().to_string()),
+        ("B_TASK_AGENT", format!("http://{}", bob_task.node_address)),
+        (
+            "B_SHUFFLE_DIRS",
+            join(
+                cluster
+                    .agents
+                    .iter()
+                    .map(|agent| agent.work_dir.join("shuffle").join(bob_app.to_string()).display().to_string())
+                    .collect(),
+            ),
+        ),
+        ("SECRET_FILE", cluster.secret_file().display().to_string()),
+        ("RM_DIR", cluster.rm_dir().display().to_string()),
+        ("CKPT_DIR", cluster.checkpoint_dir().display().to_string()),
+        (
+            "AGENT_WORK_DIRS",
+            join(cluster.agents.iter().map(|agent| agent.work_dir.display().to_string()).collect()),
+        ),
+        (
+            "AGENT_PIDS",
+            join(cluster.agents.iter().map(|agent| agent.daemon.pid().to_string()).collect()),
+        ),
+        ("RM_PID", cluster.rm.as_ref().unwrap().pid().to_string()),
+    ];
+    let alice_app = alice
+        .submit(&tenant_job("alice-escapes", ALICE_SCRIPT, 3, &alice_env))
+        .await
+        .expect("alice's job is accepted");
+    let report = wait_for_app_end(&alice, alice_app, JOB_TIMEOUT).await;
+    assert_ended(&report, (AppState::Finished, FinalStatus::Succeeded));
+    assert_no_secret(&report.diagnostics, "alice's app diagnostics", &secrets);
+
+    let mut outputs = Vec::new();
+    for task in task_containers(&alice, alice_app).await {
+        assert_no_secret(&task.diagnostics, "alice's container diagnostics", &secrets);
+        let (status, stdout) = rm_logs(&cluster.rm_url, &cluster.alice_token, task.container_id, "stdout").await;
+        let (stderr_status, stderr) = rm_logs(&cluster.rm_url, &cluster.alice_token, task.container_id, "stderr").await;
+        assert_no_secret(&stdout, &format!("alice's stdout of {}", task.container_id), &secrets);
+        assert_no_secret(&stderr, &format!("alice's stderr of {}", task.container_id), &secrets);
+        outputs.push((task.container_id, status, stdout, stderr_status, stderr));
+    }
+    assert_eq!(outputs.len(), 3, "alice's job ran 3 tasks once each");
+    let task_output = |index: u32| {
+        outputs
+            .iter()
+            .find(|(_, status, stdout, ..)| *status == 200 && stdout.starts_with(&format!("TASK {index}\n")))
+            .unwrap_or_else(|| panic!("no readable stdout of alice's task {index}: {outputs:#?}"))
+    };
+    let (_, _, main_output, ..) = task_output(0);
+    let attempts = assert_all_blocked(
+        main_output,
+        "alice's task 0",
+        &[
+            "env-cluster-secret",
+            "env-am-token",
+            "list-agent-work-dir",
+            "cat-agent-secret-file",
+            "rm-config",
+            "rm-db",
+            "environ:",
+            "secret-on-cmdline:",
+            "bob-environ:",
+            "bob-stdout-fd:",
+            "bob-secret-file",
+            "bob-stdout",
+            "bob-am-job-spec",
+            "bob-list-shuffle:",
+            "agent-bob-logs-with-shuffle-token",
+            "agent-kill-bob-with-am-token",
+            "rm-finish-bob-with:made-up-",
+            "rm-node-heartbeat-with:",
+        ],
+    );
+    let uid_line = format!("WHOAMI uid={} ", alice_account.uid);
+    assert!(main_output.contains(&uid_line), "alice's task runs as her account:\n{main_output}");
+    let (_, _, shuffle_output, ..) = task_output(1);
+    let served = assert_all_blocked(shuffle_output, "alice's task 1 (map output)", &["shuffle-m_0", "shuffle-m_5"]);
+    eprintln!(
+        "alice's {attempts} attempts and {served} map output fetches were all blocked ({:.1}s in)",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Task 2 swapped its logs for symlinks to the agent's secret file and the RM's config.
+    let (swapped, status, stdout, stderr_status, stderr) = outputs
+        .iter()
+        .find(|(_, status, stdout, ..)| !(*status == 200 && stdout.starts_with("TASK ")))
+        .expect("alice's task 2, whose logs are symlinks");
+    for (stream, status, body) in [("stdout", status, stdout), ("stderr", stderr_status, stderr)] {
+        assert!(
+            *status != 200 || body.is_empty(),
+            "the RM served alice's {stream} of {swapped}, a symlink she planted: HTTP {status}\n{body}"
+        );
+        eprintln!("alice's {stream} swapped for a symlink: HTTP {status} {}", body.trim());
+    }
+
+    // The checkpoint metadata she planted: bob's next app is one of its targets.
+    let planted: Vec<AppId> = main_output
+        .lines()
+        .filter_map(|line| line.strip_prefix("PLANTED "))
+        .map(|id| id.parse().expect("an app id"))
+        .collect();
+    assert_eq!(planted.len(), 3, "{main_output}");
+
+    // The agent reads a failed container's stderr tail (as root) for its diagnostics: a
+    // symlink there must not make it read the secret for alice, a FIFO must not hang it.
+    let secret_file = cluster.secret_file().display().to_string();
+    let tail_symlink = alice
+        .submit(&tenant_job(
+            "alice-stderr-symlink",
+            "rm -f stderr; ln -s \"$SECRET_FILE\" stderr; echo END; exit 3",
+            1,
+            &[("SECRET_FILE", secret_file.clone())],
+        ))
+        .await
+        .unwrap();
+    let tail_fifo = alice
+        .submit(&tenant_job(
+            "alice-stderr-fifo",
+            "rm -f stderr; mkfifo stderr; echo END; exit 3",
+            1,
+            &[],
+        ))
+        .await
+        .unwrap();
+    for (app_id, what) in [(tail_symlink, "a symlink to the secret file"), (tail_fifo, "a FIFO")] {
+        let deadline = Instant::now() + JOB_TIMEOUT;
+        let report = loop {
+            let report = alice.app(app_id).await.unwrap();
+            if report.state.is_terminal() {
+                break report;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "alice's job whose failed task left {what} as its stderr did not end: the agent hangs on it?\n{report:#?}\n{:#?}",
+                admin.containers(app_id).await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_ended(&report, (AppState::Failed, FinalStatus::Failed));
+        for viewer in [&alice, &admin] {
+            let report = viewer.app(app_id).await.unwrap();
+            assert_no_secret(
+                &report.diagnostics,
+                &format!("the diagnostics of alice's job with {what} as stderr"),
+                &secrets,
+            );
+            for container in viewer.containers(app_id).await.unwrap() {
+                assert_no_secret(
+                    &container.diagnostics,
+                    &format!("the diagnostics of {} (stderr: {what})", container.container_id),
+                    &secrets,
+                );
+            }
+        }
+    }
+
+    // The view ACL both ways: state for all, diagnostics and logs for the owner only.
+    let seen_by_bob = bob.app(tail_symlink).await.unwrap();
+    assert_eq!((seen_by_bob.user.as_str(), seen_by_bob.state), ("alice", AppState::Failed));
+    assert_eq!(seen_by_bob.diagnostics, "<hidden>", "{seen_by_bob:#?}");
+    assert_ne!(alice.app(tail_symlink).await.unwrap().diagnostics, "<hidden>");
+    for container in bob.containers(tail_symlink).await.unwrap() {
+        assert!(
+            container.diagnostics.is_empty() || container.diagnostics == "<hidden>",
+            "{container:#?}"
+        );
+    }
+    let (main_task, ..) = task_output(0);
+    let (status, body) = rm_logs(&cluster.rm_url, &cluster.bob_token, *main_task, "stdout").await;
+    assert_eq!(status, 403, "bob reads alice's logs: {body}");
+    let seen_by_alice = alice.app(bob_app).await.unwrap();
+    assert_eq!((seen_by_alice.user.as_str(), seen_by_alice.state), ("bob", AppState::Running));
+    let (status, body) = rm_logs(&cluster.rm_url, &cluster.alice_token, bob_task.container_id, "stdout").await;
+    assert_eq!(status, 403, "alice reads bob's logs: {body}");
+    assert_no_secret(&body, "the RM's refusal", &secrets);
+
+    // Bob's job went on untouched and ends with exactly its own output.
+    std::fs::write(&release, "").unwrap();
+    let report = wait_for_app_end(&bob, bob_app, JOB_TIMEOUT).await;
+    assert_ended(&report, (AppState::Finished, FinalStatus::Succeeded));
+    let (status, stdout) = rm_logs(&cluster.rm_url, &cluster.bob_token, bob_task.container_id, "stdout").await;
+    assert_eq!((status, stdout), (200, format!("bob: {bob_secret}\nbob: done\n")));
+    let tasks = task_containers(&bob, bob_app).await;
+    assert_eq!(tasks.len(), 1, "bob's task ran once: {tasks:#?}");
+    assert!(
+        !bob_task_dir.join("planted-by-alice").exists() && !bob_task_dir.parent().unwrap().join("planted-by-alice").exists(),
+        "alice wrote into bob's dirs"
+    );
+
+    // Bob's stream job whose checkpoint dir alice made first: its AM refuses the dir (it would
+    // otherwise "recover" alice's last checkpoint 99 and end at once) and says why, to bob only.
+    let stream_app = bob.submit(&bob_stream_job(&cluster.checkpoint_dir())).await.unwrap();
+    assert!(
+        planted.contains(&stream_app),
+        "alice planted metadata for {planted:?}, bob's stream app is {stream_app}"
+    );
+    let report = wait_for_app_end(&bob, stream_app, JOB_TIMEOUT).await;
+    assert_ended(&report, (AppState::Failed, FinalStatus::Failed));
+    assert!(
+        report.diagnostics.contains("is not a directory of this job's account") && !report.diagnostics.contains("last checkpoint 99"),
+        "bob's stream job neither refused alice's checkpoint dir clearly nor stayed away from her metadata:\n{report:#?}"
+    );
+    assert_eq!(alice.app(stream_app).await.unwrap().diagnostics, "<hidden>");
+    // The same job in a dir of its own (an app id alice did not guess) runs to the end.
+    let stream_app = bob.submit(&bob_stream_job(&cluster.checkpoint_dir())).await.unwrap();
+    assert!(!planted.contains(&stream_app), "{stream_app} in {planted:?}");
+    let report = wait_for_app_end(&bob, stream_app, JOB_TIMEOUT).await;
+    assert_ended(&report, (AppState::Finished, FinalStatus::Succeeded));
+    let checkpoint = report
+        .detail
+        .as_ref()
+        .and_then(|detail| detail.stream.as_ref())
+        .and_then(|stream| stream.last_checkpoint.as_ref());
+    assert!(checkpoint.is_none_or(|checkpoint| checkpoint.id < 99), "{report:#?}");
+    let own_dir = cluster.checkpoint_dir().join(stream_app.to_string());
+    let metadata = std::fs::metadata(&own_dir).expect("the stream job's checkpoint dir");
+    assert_eq!(
+        (
+            std::os::unix::fs::MetadataExt::uid(&metadata),
+            metadata.permissions().mode() & 0o777
+        ),
+        (bob_account.uid, 0o700),
+        "{}",
+        own_dir.display()
+    );
+    eprintln!("done in {:.1}s", started.elapsed().as_secs_f64());
+    drop(cluster);
+    drop(accounts);
+}
+
+/// `spindle local` started by root: its jobs run as `nobody` and reach nothing of the data dir
+/// (store, `local.toml` with the secret and token), the client config or the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_cluster_started_by_root_keeps_its_secrets_from_jobs() {
+    if !running_as_root() {
+        eprintln!("skipped: this checks what a local cluster started by root shows its jobs; CI runs as root");
+        return;
+    }
+    let dir = support::shared_tempdir("spindle-local-tenant-");
+    set_mode(dir.path(), 0o755);
+    let _cleanup = support::CleanupDir(dir.path());
+    make_dir(&dir.path().join("logs"), 0o700);
+    make_dir(&dir.path().join("home"), 0o755);
+    // The containers' dirs go under TMPDIR: here, so that the test's dir holds all.
+    let tmp = dir.path().join("tmp");
+    make_dir(&tmp, 0o755);
+    let data_dir = dir.path().join("data");
+    let args: Vec<String> = [
+        "local",
+        "--agents",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data_dir.display().to_string(),
+        "--agent-vcores",
+        "2",
+        "--agent-memory-mb",
+        "2048",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let mut local = Daemon::spawn_with_env("local".to_owned(), dir.path(), &args, &[("TMPDIR", &tmp.display().to_string())]);
+    let rm_url = wait_until(STARTUP_TIMEOUT, "`spindle local` to print its URL", || {
+        let exited = local.exit_status();
+        let logs = local.logs();
+        async move {
+            if let Some(status) = exited {
+                panic!("`spindle local` exited with {status}:\n{logs}");
+            }
+            logs.lines()
+                .find_map(|line| line.trim().strip_prefix("RM "))
+                .map(|url| url.trim().to_owned())
+        }
+    })
+    .await;
+    let config_path = dir.path().join("home").join("config.toml");
+    let state: toml::Value = toml::from_str(&std::fs::read_to_string(data_dir.join("local.toml")).unwrap()).unwrap();
+    let secret = state["cluster_secret"].as_str().unwrap().to_owned();
+    let token = state["token"].as_str().unwrap().to_owned();
+    let client = RmClient::new(&[rm_url], Some(token.clone()));
+    let work_root = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.file_name().unwrap().to_string_lossy().starts_with("spindle-local-"))
+        .expect("the local cluster's containers' dir");
+
+    let script = r#"
+echo "WHOAMI uid=$(id -u)"
+attempt local-toml cat "$DATA_DIR/local.toml"
+attempt spindle-db cat "$DATA_DIR/spindle.db"
+attempt list-data-dir ls "$DATA_DIR"
+attempt client-config cat "$CLIENT_CONFIG"
+attempt env-cluster-secret sh -c 'env | grep -q "^SPINDLE_CLUSTER_SECRET="'
+attempt list-work-root ls "$WORK_ROOT"
+attempt list-agent-work-dir ls "$WORK_ROOT/agent-0"
+attempt list-apps-dir ls ../..
+locals=$(pgrep -u 0 -f -- '--data-dir' | tr '\n' ' ')
+[ -n "$locals" ] || echo "ERROR pgrep found no local cluster"
+probe_root_processes $locals $LOCAL_PID
+scan_environs
+scan_cmdlines
+echo END
+"#;
+    let spec = tenant_job(
+        "local-escapes",
+        script,
+        1,
+        &[
+            ("DATA_DIR", data_dir.display().to_string()),
+            ("CLIENT_CONFIG", config_path.display().to_string()),
+            ("WORK_ROOT", work_root.display().to_string()),
+            ("LOCAL_PID", local.pid().to_string()),
+        ],
+    );
+    let app_id = client.submit(&spec).await.expect("the job is accepted");
+    let report = wait_for_app_end(&client, app_id, JOB_TIMEOUT).await;
+    assert_ended(&report, (AppState::Finished, FinalStatus::Succeeded));
+    let task = task_containers(&client, app_id).await.into_iter().next().expect("the task");
+    let output = client.logs(task.container_id, "stdout").await.expect("the task's stdout");
+    let secrets = [("the cluster secret", secret.as_str()), ("the admin token", token.as_str())];
+    assert_no_secret(&output, "the local job's stdout", &secrets);
+    assert!(output.contains("WHOAMI uid=65534\n"), "the job runs as nobody:\n{output}");
+    let attempts = assert_all_blocked(
+        &output,
+        "the local job",
+        &["local-toml", "spindle-db", "client-config", "environ:", "secret-on-cmdline:"],
+    );
+    eprintln!("the local job's {attempts} attempts were all blocked");
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        (mode(&data_dir), mode(&data_dir.join("local.toml")), mode(&config_path)),
+        (0o700, 0o600, 0o600)
+    );
+
+    local.terminate();
+    let status = local.wait_for_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "`spindle local` exited with {status} on SIGTERM");
+}
