@@ -440,13 +440,15 @@ async fn serve_worker(stream: TcpStream, token: &str, events: mpsc::UnboundedSen
     }
 }
 
-/// Without a `checkpoint_dir`: `<temp dir>/spindle-checkpoints-<uid>`, one per account and
+/// Without a `checkpoint_dir`: `/tmp/spindle-checkpoints-<uid>`, one per account and
 /// private to it (0700), never a dir every account may write. Only for jobs whose workers
 /// share one host.
 fn default_checkpoint_dir() -> PathBuf {
     // SAFETY: geteuid cannot fail.
     let uid = unsafe { libc::geteuid() };
-    let dir = std::env::temp_dir().join(format!("spindle-checkpoints-{uid}"));
+    // Not `temp_dir()`: the agent points TMPDIR into the container's own dir, which a later
+    // AM attempt (another container) would not see.
+    let dir = PathBuf::from("/tmp").join(format!("spindle-checkpoints-{uid}"));
     use std::os::unix::fs::DirBuilderExt;
     let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
     dir
