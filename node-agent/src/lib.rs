@@ -10,6 +10,7 @@ mod api;
 mod cgroup;
 mod config;
 mod error;
+mod exit;
 mod heartbeat;
 mod launcher;
 mod manager;
