@@ -207,28 +207,6 @@ fn name_of_uid(uid: u32) -> Option<String> {
     Some(unsafe { CStr::from_ptr(entry.pw_name) }.to_string_lossy().into_owned())
 }
 
-/// A `pre_exec` hook that makes the child `account` for good: supplementary groups, then the
-/// group, then the user (real, effective and saved ids alike, so it cannot switch back).
-/// Raw system calls: the hook runs between fork and exec, where only async-signal-safe calls
-/// are allowed, and glibc's wrappers coordinate with threads the child no longer has.
-pub(crate) fn drop_privileges_hook(account: &Account) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
-    let (uid, gid) = (account.uid as libc::c_long, account.gid as libc::c_long);
-    let groups: Vec<libc::gid_t> = account.groups.clone();
-    move || {
-        // SAFETY: plain system calls on values computed before the fork; `groups` is not
-        // reallocated here.
-        unsafe {
-            if libc::syscall(libc::SYS_setgroups, groups.len() as libc::c_long, groups.as_ptr()) != 0
-                || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
-                || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,21 +2,23 @@
 //! working dir and log files, the process group, the cgroup, signals, and turning an exit into
 //! an exit code, a reason and diagnostics.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::sync::Arc;
-
 use spindle_protocol::{ContainerId, LaunchSpec, NodeId, Resources, env};
-use tokio::process::{Child, Command};
 
-use crate::account::{self, Account, RunMode};
+use crate::account::{Account, RunMode};
 use crate::cgroup::{CgroupRoot, ContainerCgroup, CpuCgroup, CpuRoot, JoinMethod};
 pub(crate) use crate::exit::{KillRequest, ProcessExit, classify_exit, read_tail};
+use crate::spawn::{self, ContainerProcess, Identity, ProcessSpec, SpawnError, Step};
 
 /// How long a container may take to exit after SIGTERM before its process group gets SIGKILL.
 pub const CONTAINER_KILL_GRACE: Duration = Duration::from_secs(2);
@@ -98,7 +100,7 @@ pub(crate) struct Launch<'a> {
 /// A started container process.
 #[derive(Debug)]
 pub(crate) struct SpawnedContainer {
-    pub child: Child,
+    pub process: ContainerProcess,
     /// The leader's pid, which is also the id of the container's process group.
     pub process_group: i32,
     pub cgroup: Option<ContainerCgroup>,
@@ -157,7 +159,7 @@ pub(crate) fn container_dir(work_dir: &Path, container_id: &ContainerId) -> Path
 }
 
 /// Prepares the container's directory, the app's shuffle directory, log files and cgroup and
-/// starts its command in a new process group, as its account. Blocking (file system, fork):
+/// starts its command in a new process group, as its account. Blocking (file system, spawn):
 /// call on the blocking pool, inside the runtime.
 pub(crate) fn spawn_container(context: &LaunchContext, launch: &Launch<'_>) -> Result<SpawnedContainer, SpawnFailure> {
     let Launch {
@@ -165,7 +167,7 @@ pub(crate) fn spawn_container(context: &LaunchContext, launch: &Launch<'_>) -> R
         resources,
         account,
         spec,
-        shuffle_token,
+        shuffle_token: _,
     } = *launch;
     let dir = container_dir(&context.work_dir, container_id);
     let agent_failure = |what: &str, err: std::io::Error| SpawnFailure {
@@ -218,91 +220,79 @@ pub(crate) fn spawn_container(context: &LaunchContext, launch: &Launch<'_>) -> R
     };
 
     let program = program_path(&spec.command[0], &context.spindle_bin, &spec.env, context.inherited_path());
-    let mut command = Command::new(&program);
-    command
-        .args(&spec.command[1..])
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr_for_child)
-        .process_group(0)
-        .kill_on_drop(false);
-    // Nothing of the agent's environment but the allowlist: it may hold the cluster secret.
-    command
-        .env_clear()
-        .envs(context.inherited_env.iter().map(|(name, value)| (name, value)));
-    command.env("HOME", &dir).env("TMPDIR", &tmp_dir);
-    if let Some(account) = account {
-        command.env("USER", &account.name).env("LOGNAME", &account.name);
-    }
-    command
-        .envs(&spec.env)
-        .env(env::APP_ID, container_id.app.to_string())
-        .env(env::CONTAINER_ID, container_id.to_string())
-        .env(env::ATTEMPT, container_id.attempt.to_string())
-        .env(env::RM, &context.rm_urls)
-        .env(env::NODE_ID, context.node_id.as_str())
-        .env(env::MEMORY_MB, resources.memory_mb.to_string())
-        .env(env::VCORES, resources.vcores.to_string())
-        .env(env::SHUFFLE_DIR, &shuffle_dir)
-        .env(env::SHUFFLE_TOKEN, shuffle_token);
-    // The child must be in its cgroups before the container's program runs, or what it
-    // allocates first escapes the limit. Hooks run in the order they are added: the cgroup
-    // joins need root, so dropping to the container's account comes last.
+    let mut join_cgroups = Vec::new();
+    // The child joins its cgroups itself before its program runs, or what the program
+    // allocates first escapes the limit; except with v1's spawning-thread method, where it is
+    // born in its memory cgroup.
     let joins_from_inside = cgroup
         .as_ref()
         .is_some_and(|cgroup| cgroup.join_method() == JoinMethod::SpawningThread);
     if let Some(cgroup) = cgroup.as_ref().filter(|_| !joins_from_inside) {
-        // SAFETY: the hook is async-signal-safe (see `pid_writer`).
-        unsafe {
-            command.pre_exec(cgroup.join_hook());
-        }
+        join_cgroups.push(cgroup.procs_path().to_owned());
     }
     if let Some(cpu_cgroup) = &cpu_cgroup {
-        // SAFETY: the hook is async-signal-safe (see `pid_writer`).
-        unsafe {
-            command.pre_exec(cpu_cgroup.join_hook());
-        }
+        join_cgroups.push(cpu_cgroup.procs_path().to_owned());
     }
-    if let Some(account) = account {
-        // SAFETY: the hook makes raw system calls only (see `drop_privileges_hook`).
-        unsafe {
-            command.pre_exec(account::drop_privileges_hook(account));
-        }
-    }
-    let spawned_inside = match &cgroup {
-        Some(cgroup) if joins_from_inside => Some(cgroup.spawn_from_inside(|| command.spawn())),
-        _ => None,
+    let process = ProcessSpec {
+        program: c_string(program.as_os_str().as_bytes()),
+        args: std::iter::once(spec.command[0].as_str())
+            .chain(spec.command[1..].iter().map(String::as_str))
+            .map(|arg| c_string(arg.as_bytes()))
+            .collect(),
+        env: container_env(context, launch, &dir, &tmp_dir, &shuffle_dir),
+        cwd: c_string(dir.as_os_str().as_bytes()),
+        stdout: stdout.into(),
+        stderr: stderr_for_child.into(),
+        join_cgroups,
+        identity: account.map(|account| Identity {
+            uid: account.uid,
+            gid: account.gid,
+            groups: account.groups.clone(),
+        }),
     };
-    let spawned = match spawned_inside {
-        Some(Ok(spawned)) => spawned,
-        // The thread could not enter: run the container without a cgroup (sampled).
-        Some(Err(err)) => {
-            cgroup_error = Some(format!("cannot enter cgroup: {err}"));
-            if let Some(unused) = cgroup.take() {
-                unused.remove();
+    let started = if !program.as_os_str().as_bytes().contains(&b'/') {
+        // Not found on PATH (see `program_path`); never run a file of that name in the work dir.
+        Err(SpawnError {
+            step: Step::Exec,
+            what: format!("cannot start `{}`", program.display()),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })
+    } else {
+        let spawned_inside = match &cgroup {
+            Some(cgroup) if joins_from_inside => Some(cgroup.spawn_from_inside(|| spawn::spawn(&process))),
+            _ => None,
+        };
+        match spawned_inside {
+            Some(Ok(started)) => started,
+            // The thread could not enter: run the container without a cgroup (sampled).
+            Some(Err(err)) => {
+                cgroup_error = Some(format!("cannot enter cgroup: {err}"));
+                if let Some(unused) = cgroup.take() {
+                    unused.remove();
+                }
+                spawn::spawn(&process)
             }
-            command.spawn()
+            None => spawn::spawn(&process),
         }
-        None => command.spawn(),
     };
 
-    match spawned {
-        Ok(child) => {
-            let Some(pid) = child.id() else {
-                unreachable!("a just-spawned child has not been reaped yet")
-            };
-            Ok(SpawnedContainer {
-                child,
-                process_group: pid as i32,
-                cgroup,
-                cpu_cgroup,
-                cgroup_error,
-            })
-        }
+    match started {
+        Ok(process) => Ok(SpawnedContainer {
+            process_group: process.pid(),
+            process,
+            cgroup,
+            cpu_cgroup,
+            cgroup_error,
+        }),
         Err(err) => {
-            let exit_code = if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
-            let diagnostics = format!("cannot start `{}`: {err}", program.display());
+            // 127 / 126 as shells report a program they cannot find / run; a step before exec
+            // is the agent's failure, counted as 126 too (the program was never tried).
+            let exit_code = if err.step == Step::Exec && err.source.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            let diagnostics = err.to_string();
             // The AM's user reads logs first: say it there too.
             let _ = writeln!(stderr, "spindle: {diagnostics}");
             if let Some(cgroup) = cgroup {
@@ -317,6 +307,54 @@ pub(crate) fn spawn_container(context: &LaunchContext, launch: &Launch<'_>) -> R
             })
         }
     }
+}
+
+/// The container's whole environment, later entries winning: the agent's allowlist, HOME,
+/// TMPDIR and the account's names, the job's own env, then what Spindle sets.
+fn container_env(context: &LaunchContext, launch: &Launch<'_>, dir: &Path, tmp_dir: &Path, shuffle_dir: &Path) -> Vec<CString> {
+    let Launch {
+        container_id,
+        resources,
+        account,
+        spec,
+        shuffle_token,
+    } = *launch;
+    let mut vars: BTreeMap<&str, Cow<'_, str>> = BTreeMap::new();
+    for (name, value) in &context.inherited_env {
+        vars.insert(name, Cow::Borrowed(value));
+    }
+    vars.insert("HOME", dir.to_string_lossy());
+    vars.insert("TMPDIR", tmp_dir.to_string_lossy());
+    if let Some(account) = account {
+        vars.insert("USER", Cow::Borrowed(&account.name));
+        vars.insert("LOGNAME", Cow::Borrowed(&account.name));
+    }
+    for (name, value) in &spec.env {
+        vars.insert(name, Cow::Borrowed(value));
+    }
+    let spindle_vars = [
+        (env::APP_ID, container_id.app.to_string()),
+        (env::CONTAINER_ID, container_id.to_string()),
+        (env::ATTEMPT, container_id.attempt.to_string()),
+        (env::RM, context.rm_urls.clone()),
+        (env::NODE_ID, context.node_id.as_str().to_owned()),
+        (env::MEMORY_MB, resources.memory_mb.to_string()),
+        (env::VCORES, resources.vcores.to_string()),
+        (env::SHUFFLE_DIR, shuffle_dir.to_string_lossy().into_owned()),
+        (env::SHUFFLE_TOKEN, shuffle_token.to_owned()),
+    ];
+    for (name, value) in spindle_vars {
+        vars.insert(name, Cow::Owned(value));
+    }
+    vars.into_iter()
+        .map(|(name, value)| c_string(format!("{name}={value}").as_bytes()))
+        .collect()
+}
+
+/// `check_spec` refused NULs in commands and env, and paths come from the agent's config.
+fn c_string(bytes: &[u8]) -> CString {
+    CString::new(bytes)
+        .unwrap_or_else(|_| CString::new(bytes.iter().copied().filter(|byte| *byte != 0).collect::<Vec<u8>>()).expect("NULs removed"))
 }
 
 /// Directories others may pass through but not list (`apps/<app>`, the work dir): a
@@ -361,11 +399,9 @@ fn create_private_file(path: &Path, account: Option<&Account>) -> std::io::Resul
     Ok(file)
 }
 
-/// argv[0] `spindle` means this agent's own binary; anything else is run as given.
-/// The program to run. A bare name is looked up on PATH here, once, in the agent, rather than
-/// by the child trying one `execve` per PATH entry; and std keeps to posix_spawn (vfork) for
-/// a program given as a path even when a container's env sets PATH. The container's PATH
-/// (from its launch env) wins over the agent's.
+/// The program to run: argv[0] `spindle` means this agent's own binary; a bare name is looked
+/// up on PATH here, once, in the agent, rather than by the child trying one `execve` per PATH
+/// entry. The container's PATH (from its launch env) wins over the agent's.
 fn program_path(argv0: &str, spindle_bin: &Path, launch_env: &std::collections::BTreeMap<String, String>, inherited_path: &str) -> PathBuf {
     if argv0 == "spindle" {
         return spindle_bin.to_path_buf();

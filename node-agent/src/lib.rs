@@ -19,6 +19,7 @@ mod probe;
 mod retention;
 mod served_file;
 mod shuffle;
+mod spawn;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,8 +155,13 @@ pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdow
         .await
         .map_err(|err| AgentError::io("the API server task failed", std::io::Error::other(err)))?;
     tasks.wait().await;
-    if let Some(root) = cgroups {
-        let _ = tokio::task::spawn_blocking(move || root.remove_idle()).await;
+    let cpu_root = cpu.ok().flatten();
+    if cgroups.is_some() || cpu_root.is_some() {
+        let _ = tokio::task::spawn_blocking(move || {
+            cgroups.iter().for_each(CgroupRoot::remove_idle);
+            cpu_root.iter().for_each(CpuRoot::remove_idle);
+        })
+        .await;
     }
     tracing::info!(node_id = %node_id, reason = ?end, "node agent stopped");
     Ok(())

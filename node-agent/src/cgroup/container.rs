@@ -1,7 +1,7 @@
 //! One container's cgroup: moving its process in, reading its OOM counters, and handing the
 //! cgroup back (or removing it) when the container ends.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -27,7 +27,7 @@ pub(crate) struct ContainerCgroup {
     pub(super) mount: PathBuf,
     pub(super) dir: PathBuf,
     pub(super) join_method: JoinMethod,
-    /// `<dir>/cgroup.procs`, prepared before fork: the child may not allocate.
+    /// `<dir>/cgroup.procs`, as the new process's join needs it (see `procs_path`).
     pub(super) procs_path: CString,
     /// The cgroup's OOM-kill and limit-hit counters when this container got it: a reused
     /// cgroup keeps the counts of its earlier containers.
@@ -73,11 +73,10 @@ impl ContainerCgroup {
         Ok(spawn())
     }
 
-    /// A `pre_exec` hook that moves the forked child into this cgroup before it execs, so
-    /// not one byte the container allocates escapes the limit. Async-signal-safe: it only calls
-    /// getpid/open/write/close on memory prepared before the fork.
-    pub(crate) fn join_hook(&self) -> impl FnMut() -> io::Result<()> + Send + Sync + 'static {
-        pid_writer(self.procs_path.clone())
+    /// `cgroup.procs`, which the new process writes itself into before it execs, so not one
+    /// byte the container allocates escapes the limit (`spawn.rs`).
+    pub(crate) fn procs_path(&self) -> &CStr {
+        &self.procs_path
     }
 
     /// v2: weighs the container's CPU by its vcores (and caps it, if `hard_cap`), in its one
@@ -214,46 +213,6 @@ fn counter(text: &str, name: &str) -> Option<u64> {
     })
 }
 
-/// Writes `value` in decimal into `buffer` without allocating; returns the digits.
-/// A `pre_exec` hook writing the calling (forked) process's pid into `procs_path`.
-/// Async-signal-safe: getpid/open/write/close on memory prepared before the fork.
-pub(super) fn pid_writer(procs_path: CString) -> impl FnMut() -> io::Result<()> + Send + Sync + 'static {
-    move || {
-        let mut digits = [0u8; 20];
-        // SAFETY: getpid cannot fail and is async-signal-safe.
-        let pid = unsafe { libc::getpid() };
-        let text = format_decimal(pid.unsigned_abs(), &mut digits);
-        // SAFETY: the path is a valid NUL-terminated string owned by this closure; the fd is
-        // closed on every path; nothing here allocates or takes a lock.
-        unsafe {
-            let fd = libc::open(procs_path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let written = libc::write(fd, text.as_ptr().cast(), text.len());
-            let write_error = (written < 0).then(io::Error::last_os_error);
-            libc::close(fd);
-            match write_error {
-                Some(err) => Err(err),
-                None => Ok(()),
-            }
-        }
-    }
-}
-
-fn format_decimal(mut value: u32, buffer: &mut [u8; 20]) -> &[u8] {
-    let mut start = buffer.len();
-    loop {
-        start -= 1;
-        buffer[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    &buffer[start..]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,13 +233,5 @@ mod tests {
         assert_eq!(memory_cgroup_path(membership), Some("/process_api/abc"));
         assert_eq!(memory_cgroup_path("3:cpu,memory:/x\n"), Some("/x"));
         assert_eq!(memory_cgroup_path("0::/user.slice\n"), None);
-    }
-
-    #[test]
-    fn formats_pids_without_allocating() {
-        let mut buffer = [0u8; 20];
-        assert_eq!(format_decimal(0, &mut buffer), b"0");
-        assert_eq!(format_decimal(4_194_304, &mut buffer), b"4194304");
-        assert_eq!(format_decimal(u32::MAX, &mut buffer), b"4294967295");
     }
 }

@@ -3,15 +3,16 @@
 //! optionally a hard cap of its vcores' worth of CPU time (CFS quota).
 //!
 //! cgroup v1 keeps CPU in a hierarchy of its own (`/sys/fs/cgroup/cpu`): a container gets a
-//! second cgroup there, which its forked child joins before exec. With v2 the weight goes into
+//! second cgroup there, which its new process joins before exec. With v2 the weight goes into
 //! the container's one cgroup (`ContainerCgroup::set_cpu`).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use super::{CgroupVersion, write_file};
+use super::{CgroupVersion, IDLE_CGROUP_LIMIT, write_file};
 
 /// v1's `cpu.shares` of one vcore (the kernel's default weight for a cgroup).
 const V1_SHARES_PER_VCORE: u64 = 1024;
@@ -30,14 +31,20 @@ pub(crate) struct CpuRoot {
     base: PathBuf,
     /// Cap each container at its vcores' worth of CPU time, not only weigh it.
     hard_cap: bool,
+    /// Emptied cgroups of this agent's finished containers, with the vcores they are set for:
+    /// reusing one costs a write, where mkdir and rmdir cost ~0.5 ms of kernel time each.
+    idle: Arc<Mutex<Vec<(PathBuf, u32)>>>,
 }
 
 /// A container's cgroup in the v1 CPU hierarchy.
 #[derive(Debug)]
 pub(crate) struct CpuCgroup {
     dir: PathBuf,
-    /// `<dir>/cgroup.procs`, prepared before fork: the child may not allocate.
+    /// `<dir>/cgroup.procs`.
     procs_path: CString,
+    vcores: u32,
+    /// Where it goes back when the container ends.
+    idle: Arc<Mutex<Vec<(PathBuf, u32)>>>,
 }
 
 impl CpuRoot {
@@ -56,41 +63,91 @@ impl CpuRoot {
             return Err(format!("{} has no cpu.shares", base.display()));
         }
         remove_stale(&base);
-        Ok(CpuRoot { base, hard_cap })
+        Ok(CpuRoot {
+            base,
+            hard_cap,
+            idle: Arc::new(Mutex::new(Vec::new())),
+        })
     }
 
     /// A cgroup named `name` weighted (and capped, if configured) by `vcores`.
     pub(crate) fn create(&self, name: &str, vcores: u32) -> io::Result<CpuCgroup> {
+        let reusable = self.idle.lock().expect("idle cgroup list is never poisoned").pop();
+        if let Some((dir, set_for)) = reusable {
+            // The shares are written even when unchanged: the write proves the cgroup is still
+            // there (another agent's stale sweep may have removed it).
+            let configured = write_file(&dir.join("cpu.shares"), &v1_shares(vcores).to_string())
+                .and_then(|()| if set_for == vcores { Ok(()) } else { self.set_quota(&dir, vcores) });
+            match configured {
+                Ok(()) => return self.cgroup(dir, vcores),
+                Err(_) => {
+                    let _ = std::fs::remove_dir(&dir);
+                }
+            }
+        }
         let dir = self.base.join(name);
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
             Err(err) => return Err(err),
         }
-        let configured = write_file(&dir.join("cpu.shares"), &v1_shares(vcores).to_string()).and_then(|()| {
-            let quota = if self.hard_cap {
-                cfs_quota_us(vcores).to_string()
-            } else {
-                "-1".to_owned()
-            };
-            write_file(&dir.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
-            write_file(&dir.join("cpu.cfs_quota_us"), &quota)
-        });
+        let configured = write_file(&dir.join("cpu.shares"), &v1_shares(vcores).to_string()).and_then(|()| self.set_quota(&dir, vcores));
         if let Err(err) = configured {
             let _ = std::fs::remove_dir(&dir);
             return Err(err);
         }
+        self.cgroup(dir, vcores)
+    }
+
+    /// The CFS quota: `vcores` worth of CPU time with a hard cap, else none.
+    fn set_quota(&self, dir: &Path, vcores: u32) -> io::Result<()> {
+        let quota = if self.hard_cap {
+            cfs_quota_us(vcores).to_string()
+        } else {
+            "-1".to_owned()
+        };
+        write_file(&dir.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
+        write_file(&dir.join("cpu.cfs_quota_us"), &quota)
+    }
+
+    fn cgroup(&self, dir: PathBuf, vcores: u32) -> io::Result<CpuCgroup> {
         let procs_path = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
             .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
-        Ok(CpuCgroup { dir, procs_path })
+        Ok(CpuCgroup {
+            dir,
+            procs_path,
+            vcores,
+            idle: Arc::clone(&self.idle),
+        })
+    }
+
+    /// Removes the idle cgroups kept for reuse (when the agent stops).
+    pub(crate) fn remove_idle(&self) {
+        let idle = std::mem::take(&mut *self.idle.lock().expect("idle cgroup list is never poisoned"));
+        for (dir, _) in idle {
+            let _ = std::fs::remove_dir(&dir);
+        }
     }
 }
 
 impl CpuCgroup {
-    /// A `pre_exec` hook that moves the forked child into this cgroup (see
-    /// `ContainerCgroup::join_hook`, which it shares its writer with).
-    pub(crate) fn join_hook(&self) -> impl FnMut() -> io::Result<()> + Send + Sync + 'static {
-        super::container::pid_writer(self.procs_path.clone())
+    /// `cgroup.procs`, which the new process writes itself into before it execs (`spawn.rs`).
+    pub(crate) fn procs_path(&self) -> &CStr {
+        &self.procs_path
+    }
+
+    /// Gives the cgroup back for the next container once it is empty, or removes it when
+    /// enough are idle already. Blocking.
+    pub(crate) fn release(self) {
+        let empty = std::fs::read_to_string(self.dir.join("cgroup.procs")).is_ok_and(|procs| procs.trim().is_empty());
+        if empty {
+            let mut idle = self.idle.lock().expect("idle cgroup list is never poisoned");
+            if idle.len() < IDLE_CGROUP_LIMIT {
+                idle.push((self.dir.clone(), self.vcores));
+                return;
+            }
+        }
+        self.remove();
     }
 
     /// Removes the cgroup once the container has ended (its processes are gone by then: the
@@ -183,5 +240,29 @@ mod tests {
                       cgroup /sys/fs/cgroup/cpuset cgroup rw,relatime,cpuset 0 0\n";
         assert_eq!(v1_cpu_mount(mounts), Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")));
         assert_eq!(v1_cpu_mount("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n"), None);
+    }
+
+    #[test]
+    fn finished_cgroups_are_reused_with_the_new_weight() {
+        let Ok(root) = CpuRoot::detect(false) else {
+            eprintln!("skipped: no writable cgroup v1 cpu hierarchy");
+            return;
+        };
+        let name = format!("reuse-test-{}", std::process::id());
+        let first = root.create(&name, 1).unwrap();
+        let dir = first.dir.clone();
+        assert_eq!(std::fs::read_to_string(dir.join("cpu.shares")).unwrap().trim(), "1024");
+        first.release();
+        let second = root.create(&format!("{name}-b"), 3).unwrap();
+        assert_eq!(second.dir, dir, "an empty finished cgroup is taken again");
+        assert_eq!(std::fs::read_to_string(dir.join("cpu.shares")).unwrap().trim(), "3072");
+        second.release();
+        // One that vanished meanwhile (another agent's sweep) is replaced by a new one.
+        std::fs::remove_dir(&dir).unwrap();
+        let third = root.create(&format!("{name}-c"), 2).unwrap();
+        assert_ne!(third.dir, dir);
+        assert_eq!(std::fs::read_to_string(third.dir.join("cpu.shares")).unwrap().trim(), "2048");
+        third.remove();
+        root.remove_idle();
     }
 }

@@ -60,7 +60,7 @@ pub(super) fn prepare(version: CgroupVersion, mount: &Path) -> Result<CgroupRoot
     let join_method = if version == CgroupVersion::V1 && can_migrate_threads(mount, &trial) {
         JoinMethod::SpawningThread
     } else {
-        JoinMethod::PreExecHook
+        JoinMethod::ByTheChild
     };
     let _ = std::fs::remove_dir(&trial);
     result?;

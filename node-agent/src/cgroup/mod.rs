@@ -1,7 +1,7 @@
 //! Memory limits through cgroups: one cgroup per container under `<memory root>/spindle`, with
 //! the container's memory as its hard limit, so the kernel stops a container at its limit
 //! instead of the agent noticing after the fact. Everything here blocks (cgroupfs writes):
-//! call it from the blocking pool, or from a forked child for `join_hook`.
+//! call it from the blocking pool.
 
 mod container;
 pub(crate) mod cpu;
@@ -34,14 +34,12 @@ pub(crate) enum CgroupVersion {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum JoinMethod {
     /// v1: the spawning thread moves itself into the cgroup, spawns (a child starts in its
-    /// parent thread's cgroups) and moves back. This keeps std's posix_spawn (vfork) path:
-    /// a `pre_exec` hook forces fork(), which copies the agent's page tables and write-protects
-    /// its memory, and measured 2–3× slower per container on a busy agent.
+    /// parent thread's cgroups) and moves back.
     SpawningThread,
-    /// A `pre_exec` hook in the forked child writes its pid into `cgroup.procs`. For v2, where
-    /// a thread cannot sit in another memory cgroup than its process, and when the trial
-    /// migration at start fails.
-    PreExecHook,
+    /// The new process writes itself into `cgroup.procs` before it execs (`spawn.rs`). For
+    /// v2, where a thread cannot sit in another memory cgroup than its process, and when the
+    /// trial migration at start fails.
+    ByTheChild,
 }
 
 /// A writable memory hierarchy, ready to hold container cgroups.

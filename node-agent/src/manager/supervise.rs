@@ -21,14 +21,14 @@ impl ContainerManager {
         memory_limit_mb: u64,
     ) {
         let SpawnedContainer {
-            mut child,
+            process,
             process_group,
             cgroup,
             cpu_cgroup,
             ..
         } = spawned;
         let waited = {
-            let wait = child.wait();
+            let wait = process.wait();
             tokio::pin!(wait);
             // Set once SIGTERM went out: when the grace period ends.
             let mut kill_deadline: Option<tokio::time::Instant> = None;
@@ -95,7 +95,7 @@ impl ContainerManager {
                 None => {}
             }
             if let Some(cpu_cgroup) = cpu_cgroup {
-                cpu_cgroup.remove();
+                cpu_cgroup.release();
             }
         });
     }
