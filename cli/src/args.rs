@@ -244,6 +244,9 @@ pub struct LogsArgs {
     /// Print stderr instead of stdout.
     #[arg(long)]
     pub stderr: bool,
+    /// Only the last BYTES bytes of the log.
+    #[arg(long, value_name = "BYTES")]
+    pub tail: Option<u64>,
 }
 
 #[derive(Debug, Args)]

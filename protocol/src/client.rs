@@ -271,6 +271,22 @@ impl RmClient {
         self.http.text(&format!("/v1/containers/{container_id}/logs/{stream}")).await
     }
 
+    /// A container's stdout or stderr as an unread response, to stream on (a log may be larger
+    /// than memory), or only its last `tail_bytes` bytes.
+    pub async fn log_response(
+        &self,
+        container_id: ContainerId,
+        stream: &str,
+        tail_bytes: Option<u64>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut path = format!("/v1/containers/{container_id}/logs/{stream}");
+        if let Some(tail_bytes) = tail_bytes {
+            path.push_str(&format!("?tail_bytes={tail_bytes}"));
+        }
+        let response = self.http.send_raw::<()>(Method::GET, &path, None, Some(LOG_FETCH_TIMEOUT)).await?;
+        check(response).await
+    }
+
     pub async fn register_node(&self, request: &RegisterNodeRequest) -> Result<RegisterNodeReply, ClientError> {
         self.http
             .call(Method::POST, "/v1/internal/nodes/register", Some(request), None)

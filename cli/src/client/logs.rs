@@ -1,5 +1,7 @@
-//! `spindle logs CONTAINER [--stderr]`: the RM fetches the file from the container's node.
+//! `spindle logs CONTAINER [--stderr] [--tail BYTES]`: the RM fetches the file from the
+//! container's node; it is streamed to stdout as it arrives, never held whole in memory.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -9,12 +11,19 @@ use crate::args::LogsArgs;
 
 pub async fn print(context: &ClientContext, args: &LogsArgs) -> anyhow::Result<ExitCode> {
     let stream = if args.stderr { "stderr" } else { "stdout" };
-    let text = context
+    let what = || format!("cannot get the {stream} of {}", args.container_id);
+    let mut response = context
         .client
-        .logs(args.container_id, stream)
+        .log_response(args.container_id, stream, args.tail)
         .await
-        .with_context(|| format!("cannot get the {stream} of {}", args.container_id))?;
+        .with_context(what)?;
     // Logs are printed as they are, even with --json: they are the program's own output.
-    out!("{text}");
+    while let Some(chunk) = response.chunk().await.with_context(what)? {
+        let mut stdout = std::io::stdout().lock();
+        if stdout.write_all(&chunk).and_then(|()| stdout.flush()).is_err() {
+            // The reader has gone (`spindle logs … | head`): nothing more to do.
+            break;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

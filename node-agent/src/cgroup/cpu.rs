@@ -62,6 +62,16 @@ impl CpuRoot {
         if !base.join("cpu.shares").exists() {
             return Err(format!("{} has no cpu.shares", base.display()));
         }
+        // Seeing the files is not enough (an earlier root agent may have made `base`): prove a
+        // container cgroup can be made there, as an unprivileged agent cannot.
+        let trial = base.join(format!("probe-{}", std::process::id()));
+        match std::fs::create_dir(&trial) {
+            Ok(()) => {
+                let _ = std::fs::remove_dir(&trial);
+            }
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(format!("cannot create a cgroup in {}: {err}", base.display())),
+        }
         remove_stale(&base);
         Ok(CpuRoot {
             base,
