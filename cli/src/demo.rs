@@ -76,7 +76,13 @@ pub async fn demo() -> anyhow::Result<ExitCode> {
         outcome = demo => outcome,
         () = shutdown_signal() => Err(anyhow!("interrupted")),
     };
+    let work_root = cluster.work_root.clone();
     let stopped = cluster.shutdown().await;
+    // The containers' dirs (and, as root, the copy of the binary they ran) are outside the
+    // temporary data dir: a throwaway cluster removes them too.
+    if let Err(err) = std::fs::remove_dir_all(&work_root) {
+        eprintln!("warning: cannot remove the demo's container dir {}: {err}", work_root.display());
+    }
     let exit_code = outcome?;
     stopped.context("the demo cluster did not stop cleanly")?;
     Ok(exit_code)

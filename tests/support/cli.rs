@@ -33,9 +33,15 @@ impl std::fmt::Display for CliOutput {
 /// Runs `spindle ARGS` with `home` as SPINDLE_HOME and none of the caller's Spindle variables;
 /// kills it after `timeout`.
 pub async fn run_spindle(home: &Path, args: &[&str], timeout: Duration) -> CliOutput {
+    run_spindle_with_env(home, args, &[], timeout).await
+}
+
+/// `run_spindle` with `env` set on top.
+pub async fn run_spindle_with_env(home: &Path, args: &[&str], env: &[(&str, &Path)], timeout: Duration) -> CliOutput {
     let mut command = tokio::process::Command::new(spindle_bin());
     command.args(args).stdin(Stdio::null()).kill_on_drop(true);
     isolate_env(command.as_std_mut(), home);
+    command.envs(env.iter().copied());
     let output = tokio::time::timeout(timeout, command.output())
         .await
         .unwrap_or_else(|_| panic!("`spindle {}` did not end within {}s", args.join(" "), timeout.as_secs()))

@@ -31,7 +31,7 @@ use spindle_protocol::{AppId, AppReport, ContainerReport, JobSpec, RmClient};
 #[allow(unused_imports)]
 pub use self::{
     cleanup::{CleanupDir, dump_logs_under, kill_processes_under},
-    cli::{CliOutput, run_spindle},
+    cli::{CliOutput, run_spindle, run_spindle_with_env},
     daemons::{Daemon, Db, TestAgent, TestCluster, wait_for_http},
     in_process::InProcessRm,
     postgres::PgSchema,
