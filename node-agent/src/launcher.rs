@@ -18,7 +18,7 @@ use spindle_protocol::{ContainerId, LaunchSpec, NodeId, Resources, env};
 use crate::account::{Account, RunMode};
 use crate::cgroup::{CgroupRoot, ContainerCgroup, CpuCgroup, CpuRoot, JoinMethod};
 pub(crate) use crate::exit::{KillRequest, ProcessExit, classify_exit, read_tail};
-use crate::spawn::{self, ContainerProcess, Identity, ProcessSpec, SpawnError, Step};
+use crate::spawn::{self, ContainerProcess, Identity, ProcessSpec, Step};
 
 /// How long a container may take to exit after SIGTERM before its process group gets SIGKILL.
 pub const CONTAINER_KILL_GRACE: Duration = Duration::from_secs(2);
@@ -100,9 +100,8 @@ pub(crate) struct Launch<'a> {
 /// A started container process.
 #[derive(Debug)]
 pub(crate) struct SpawnedContainer {
+    /// Its pid is also the id of the container's process group.
     pub process: ContainerProcess,
-    /// The leader's pid, which is also the id of the container's process group.
-    pub process_group: i32,
     pub cgroup: Option<ContainerCgroup>,
     /// Its cgroup in the v1 CPU hierarchy, removed when it ends.
     pub cpu_cgroup: Option<CpuCgroup>,
@@ -235,10 +234,7 @@ pub(crate) fn spawn_container(context: &LaunchContext, launch: &Launch<'_>) -> R
     }
     let process = ProcessSpec {
         program: c_string(program.as_os_str().as_bytes()),
-        args: std::iter::once(spec.command[0].as_str())
-            .chain(spec.command[1..].iter().map(String::as_str))
-            .map(|arg| c_string(arg.as_bytes()))
-            .collect(),
+        args: spec.command.iter().map(|arg| c_string(arg.as_bytes())).collect(),
         env: container_env(context, launch, &dir, &tmp_dir, &shuffle_dir),
         cwd: c_string(dir.as_os_str().as_bytes()),
         stdout: stdout.into(),
@@ -250,35 +246,25 @@ pub(crate) fn spawn_container(context: &LaunchContext, launch: &Launch<'_>) -> R
             groups: account.groups.clone(),
         }),
     };
-    let started = if !program.as_os_str().as_bytes().contains(&b'/') {
-        // Not found on PATH (see `program_path`); never run a file of that name in the work dir.
-        Err(SpawnError {
-            step: Step::Exec,
-            what: format!("cannot start `{}`", program.display()),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
-        })
-    } else {
-        let spawned_inside = match &cgroup {
-            Some(cgroup) if joins_from_inside => Some(cgroup.spawn_from_inside(|| spawn::spawn(&process))),
-            _ => None,
-        };
-        match spawned_inside {
-            Some(Ok(started)) => started,
-            // The thread could not enter: run the container without a cgroup (sampled).
-            Some(Err(err)) => {
-                cgroup_error = Some(format!("cannot enter cgroup: {err}"));
-                if let Some(unused) = cgroup.take() {
-                    unused.remove();
-                }
-                spawn::spawn(&process)
+    let spawned_inside = match &cgroup {
+        Some(cgroup) if joins_from_inside => Some(cgroup.spawn_from_inside(|| spawn::spawn(&process))),
+        _ => None,
+    };
+    let started = match spawned_inside {
+        Some(Ok(started)) => started,
+        // The thread could not enter: run the container without a cgroup (sampled).
+        Some(Err(err)) => {
+            cgroup_error = Some(format!("cannot enter cgroup: {err}"));
+            if let Some(unused) = cgroup.take() {
+                unused.remove();
             }
-            None => spawn::spawn(&process),
+            spawn::spawn(&process)
         }
+        None => spawn::spawn(&process),
     };
 
     match started {
         Ok(process) => Ok(SpawnedContainer {
-            process_group: process.pid(),
             process,
             cgroup,
             cpu_cgroup,

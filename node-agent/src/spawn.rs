@@ -40,7 +40,7 @@ pub(crate) struct Identity {
 /// What to start.
 #[derive(Debug)]
 pub(crate) struct ProcessSpec {
-    /// A path (with a `/`): this module does no PATH lookup.
+    /// A path (with a `/`): this module does no PATH lookup, and refuses a bare name.
     pub program: CString,
     /// argv, argv[0] included.
     pub args: Vec<CString>,
@@ -99,6 +99,15 @@ pub(crate) fn spawn(spec: &ProcessSpec) -> Result<ContainerProcess, SpawnError> 
         what: what.to_owned(),
         source,
     };
+    if !spec.program.as_bytes().contains(&b'/') {
+        // A bare name was not found on PATH by the caller: never run a file of that name in
+        // the working dir, as execve would.
+        return Err(SpawnError {
+            step: Step::Exec,
+            what: describe(Step::Exec, spec),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        });
+    }
     let devnull = std::fs::File::open("/dev/null").map_err(|err| start_error("open /dev/null", err))?;
     // fds 0-2 are the child's targets: a source there could be overwritten before it is used.
     let stdin = above_stdio(devnull.into()).map_err(|err| start_error("duplicate stdin", err))?;
@@ -390,8 +399,7 @@ fn describe(step: Step, spec: &ProcessSpec) -> String {
         }
         Step::Chdir => format!("cannot enter {}", spec.cwd.to_string_lossy()),
         Step::Stdio => "cannot set up stdin, stdout and stderr".to_owned(),
-        Step::Exec => format!("cannot start `{program}`"),
-        Step::Start => format!("cannot start `{program}`"),
+        Step::Exec | Step::Start => format!("cannot start `{program}`"),
     }
 }
 

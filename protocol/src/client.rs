@@ -132,6 +132,22 @@ impl Http {
         })
     }
 
+    /// `GET /v1/containers/{id}/logs/{stream}[?tail_bytes=N]`, the same path on the RM and on
+    /// agents, unread, with the long timeout of a large log.
+    async fn log_response(
+        &self,
+        container_id: ContainerId,
+        stream: &str,
+        tail_bytes: Option<u64>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut path = format!("/v1/containers/{container_id}/logs/{stream}");
+        if let Some(tail_bytes) = tail_bytes {
+            path.push_str(&format!("?tail_bytes={tail_bytes}"));
+        }
+        let response = self.send_raw::<()>(Method::GET, &path, None, Some(LOG_FETCH_TIMEOUT)).await?;
+        check(response).await
+    }
+
     async fn text(&self, path: &str) -> Result<String, ClientError> {
         let response = self.send_raw::<()>(Method::GET, path, None, None).await?;
         let response = check(response).await?;
@@ -279,12 +295,7 @@ impl RmClient {
         stream: &str,
         tail_bytes: Option<u64>,
     ) -> Result<reqwest::Response, ClientError> {
-        let mut path = format!("/v1/containers/{container_id}/logs/{stream}");
-        if let Some(tail_bytes) = tail_bytes {
-            path.push_str(&format!("?tail_bytes={tail_bytes}"));
-        }
-        let response = self.http.send_raw::<()>(Method::GET, &path, None, Some(LOG_FETCH_TIMEOUT)).await?;
-        check(response).await
+        self.http.log_response(container_id, stream, tail_bytes).await
     }
 
     pub async fn register_node(&self, request: &RegisterNodeRequest) -> Result<RegisterNodeReply, ClientError> {
@@ -359,12 +370,7 @@ impl AgentClient {
         stream: &str,
         tail_bytes: Option<u64>,
     ) -> Result<reqwest::Response, ClientError> {
-        let mut path = format!("/v1/containers/{container_id}/logs/{stream}");
-        if let Some(tail_bytes) = tail_bytes {
-            path.push_str(&format!("?tail_bytes={tail_bytes}"));
-        }
-        let response = self.http.send_raw::<()>(Method::GET, &path, None, Some(LOG_FETCH_TIMEOUT)).await?;
-        check(response).await
+        self.http.log_response(container_id, stream, tail_bytes).await
     }
 
     /// Partition `partition` of the map output `output_name` of `app_id`, read with the app's

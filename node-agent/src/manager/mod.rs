@@ -225,11 +225,11 @@ impl ContainerManager {
                         .containers
                         .get_mut(&container_id)
                         .expect("running containers are never removed");
-                    record.process_group = Some(spawned.process_group);
+                    record.process_group = Some(spawned.process.pid());
                     record.sampled = spawned.cgroup.is_none();
                     record.status.clone()
                 };
-                tracing::debug!(container_id = %container_id, pid = spawned.process_group, "container started");
+                tracing::debug!(container_id = %container_id, pid = spawned.process.pid(), "container started");
                 self.tasks
                     .spawn(self.clone().supervise(container_id, spawned, kill_signal, resources.memory_mb));
                 self.report_trigger.notify_one();

@@ -22,11 +22,12 @@ impl ContainerManager {
     ) {
         let SpawnedContainer {
             process,
-            process_group,
             cgroup,
             cpu_cgroup,
             ..
         } = spawned;
+        // The leader's pid is its process group's id (`spawn.rs` makes it a group leader).
+        let process_group = process.pid();
         let waited = {
             let wait = process.wait();
             tokio::pin!(wait);

@@ -101,6 +101,20 @@ fn a_missing_program_fails_at_exec_with_not_found() {
 }
 
 #[test]
+fn a_bare_program_name_is_not_looked_up_in_the_work_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let planted = dir.path().join("planted");
+    std::fs::write(&planted, "#!/bin/sh\necho ran\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut spec = shell(dir.path(), "", &[]);
+    spec.program = cstring("planted");
+    let err = spawn(&spec).unwrap_err();
+    assert_eq!((err.step, err.source.kind()), (Step::Exec, io::ErrorKind::NotFound));
+    assert_eq!(output(dir.path()), "");
+}
+
+#[test]
 fn a_missing_work_dir_fails_before_exec() {
     let dir = tempfile::tempdir().unwrap();
     let mut spec = shell(dir.path(), "true", &[]);
