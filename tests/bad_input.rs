@@ -268,7 +268,7 @@ async fn callers_without_the_right_credentials_are_refused() {
             .await;
     }
 
-    // An agent must hold the cluster secret.
+    // An agent must hold a join token of this cluster, or a node credential.
     let register = json!({
         "node_id": "127.0.0.1:1", "address": "127.0.0.1:1", "capacity": {"vcores": 2, "memory_mb": 1024},
         "rack": "/default-rack", "labels": [], "containers": []
@@ -278,17 +278,23 @@ async fn callers_without_the_right_credentials_are_refused() {
         .token(None)
         .refused(StatusCode::UNAUTHORIZED, "unauthorized", &["Authorization"])
         .await;
-    let wrong_secret = ClusterSecret::new("not-the-cluster-secret-0123456789").agent_token();
+    let other_clusters = ClusterSecret::new("not-the-cluster-secret-0123456789").join_token(spindle_protocol::now_ms() + 60_000);
     Call::new(&rm, Method::POST, "/v1/internal/nodes/register")
         .json(&register)
-        .token(Some(&wrong_secret))
-        .refused(StatusCode::FORBIDDEN, "forbidden", &["secret"])
+        .token(Some(&other_clusters))
+        .refused(StatusCode::FORBIDDEN, "forbidden", &["join token is not valid"])
+        .await;
+    let expired = ClusterSecret::new(SECRET).join_token(spindle_protocol::now_ms() - 1);
+    Call::new(&rm, Method::POST, "/v1/internal/nodes/register")
+        .json(&register)
+        .token(Some(&expired))
+        .refused(StatusCode::FORBIDDEN, "forbidden", &["join token expired", "spindle join-token"])
         .await;
     // A user's token is not an agent's.
     Call::new(&rm, Method::POST, "/v1/internal/nodes/register")
         .json(&register)
         .token(Some(ADMIN_TOKEN))
-        .refused(StatusCode::FORBIDDEN, "forbidden", &["secret"])
+        .refused(StatusCode::FORBIDDEN, "forbidden", &["neither a join token"])
         .await;
     assert!(
         rm.admin().nodes().await.unwrap().is_empty(),
@@ -346,7 +352,7 @@ async fn a_container_bigger_than_any_node_is_refused() {
     let agent_dir = support::shared_tempdir("spindle-test-");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let node_id = NodeId(listener.local_addr().unwrap().to_string());
-    let mut config = spindle_node_agent::AgentConfig::new(vec![rm.url.clone()], ClusterSecret::new(SECRET), agent_dir.path().to_owned());
+    let mut config = spindle_node_agent::AgentConfig::new(vec![rm.url.clone()], Some(support::join_token()), agent_dir.path().to_owned());
     config.advertise_host = Some("127.0.0.1".to_owned());
     config.capacity = Some(Resources::new(2, 1024));
     config.spindle_bin = support::spindle_bin();

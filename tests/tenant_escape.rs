@@ -129,6 +129,7 @@ case "$SPINDLE_TASK_INDEX" in
     attempt "list-work-dir-apps:$w" ls "$w/apps"
     attempt "list-work-dir-shuffle:$w" ls "$w/shuffle"
     attempt "write-work-dir-shuffle:$w" mkdir "$w/shuffle/planted-by-alice"
+    attempt "node-credential:$w" cat "$w/node-credential.json"
   done
   # The agents and the RM as processes (found as any tenant would, and as the test says).
   agents=$(pgrep -u 0 -f node-agent | tr '\n' ' ')
@@ -338,8 +339,8 @@ struct Agent {
 }
 
 /// An RM and two agents as an operator would set them up for two tenants: the RM's config
-/// (0600) and store in a dir of its own, the agents' secret in a 0600 file (never on their
-/// command line), a shared checkpoint dir (1777, as /tmp) and the daemons' logs private. AMs may
+/// (0600) and store in a dir of its own, the agents' join token in a 0600 file (never on their
+/// command line; the cluster secret stays with the RM), a shared checkpoint dir (1777, as /tmp) and the daemons' logs private. AMs may
 /// hold most of the queue: both tenants' AMs run at once.
 struct TenantCluster {
     /// Everything lives here; 0711 (containers pass through to their work dirs).
@@ -348,6 +349,8 @@ struct TenantCluster {
     rm: Option<Daemon>,
     agents: Vec<Agent>,
     secret: String,
+    /// What the agents joined with.
+    join_token: String,
     admin_token: String,
     alice_token: String,
     bob_token: String,
@@ -367,12 +370,15 @@ impl TenantCluster {
             rm_url: String::new(),
             rm: None,
             agents: Vec::new(),
-            secret: random_hex_secret(),
+            secret: String::new(),
+            join_token: String::new(),
             admin_token: format!("admin-{}", random_hex_secret()),
             alice_token: format!("alice-{}", random_hex_secret()),
             bob_token: format!("bob-{}", random_hex_secret()),
         };
-        write_file(&cluster.secret_file(), &format!("{}\n", cluster.secret), 0o600);
+        cluster.secret = random_hex_secret();
+        cluster.join_token = spindle_protocol::ClusterSecret::new(&cluster.secret).join_token(spindle_protocol::now_ms() + 3_600_000);
+        write_file(&cluster.secret_file(), &format!("{}\n", cluster.join_token), 0o600);
         let config = format!(
             "db = {db:?}\n\
              cluster_secret = {secret:?}\n\
@@ -415,8 +421,9 @@ impl TenantCluster {
         self.path().join("rm")
     }
 
+    /// The agents' join token: the only credential a worker is given.
     fn secret_file(&self) -> PathBuf {
-        self.path().join("agent-secret")
+        self.path().join("agent-join-token")
     }
 
     fn checkpoint_dir(&self) -> PathBuf {
@@ -465,7 +472,7 @@ impl TenantCluster {
         panic!("the RM could not get a port");
     }
 
-    /// Agent `index` with its secret from the file; returns once its node is RUNNING.
+    /// Agent `index` with its join token from the file; returns once its node is RUNNING.
     async fn start_agent(&mut self, index: usize) {
         let work_dir = self.path().join(format!("agent{index}"));
         for attempt in 1..=5 {
@@ -478,7 +485,7 @@ impl TenantCluster {
                 &format!("127.0.0.1:{port}"),
                 "--work-dir",
                 &work_dir.display().to_string(),
-                "--secret-file",
+                "--join-token-file",
                 &self.secret_file().display().to_string(),
                 "--vcores",
                 "4",
@@ -536,6 +543,7 @@ impl TenantCluster {
     fn secrets<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
         let mut secrets = vec![
             ("the cluster secret", self.secret.as_str()),
+            ("the agents' join token", self.join_token.as_str()),
             ("the admin's API token", self.admin_token.as_str()),
             ("alice's API token", self.alice_token.as_str()),
             ("bob's API token", self.bob_token.as_str()),
@@ -693,7 +701,18 @@ async fn tenants_cannot_reach_each_other_or_the_clusters_secrets() {
         bob_account.uid,
         "bob's task dir is his account's"
     );
-    let secrets = cluster.secrets(&[("bob's secret", bob_secret.as_str())]);
+    // The agents' node keys, as the RM issued them (hex in their credential files).
+    let node_keys: Vec<String> = cluster
+        .agents
+        .iter()
+        .flat_map(|agent| {
+            let text = std::fs::read_to_string(agent.work_dir.join("node-credential.json")).expect("the agent saved its credential");
+            let credential: spindle_protocol::NodeCredential = serde_json::from_str(&text).unwrap();
+            credential.keys.into_iter().map(|key| key.key)
+        })
+        .collect();
+    let mut secrets = cluster.secrets(&[("bob's secret", bob_secret.as_str())]);
+    secrets.extend(node_keys.iter().map(|key| ("a node's key", key.as_str())));
 
     // Alice's attempts, while bob's job runs.
     let join = |items: Vec<String>| items.join(" ");
@@ -760,6 +779,7 @@ async fn tenants_cannot_reach_each_other_or_the_clusters_secrets() {
             "env-am-token",
             "list-agent-work-dir",
             "cat-agent-secret-file",
+            "node-credential:",
             "rm-config",
             "rm-db",
             "environ:",

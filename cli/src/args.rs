@@ -93,6 +93,8 @@ pub enum Command {
     },
     /// Drain a node, then remove it from the cluster.
     Decommission(DecommissionArgs),
+    /// Make a token that lets new node agents join (cluster admins only); prints it.
+    JoinToken(JoinTokenArgs),
     /// Print a container's stdout (or stderr).
     Logs(LogsArgs),
     /// Run the scheduler against a synthetic workload in simulated time; report speed and fairness.
@@ -127,13 +129,10 @@ pub struct NodeAgentArgs {
     /// Where containers run and keep their logs [default: $SPINDLE_HOME/node-agent]
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
-    /// Cluster secret shared with the RM (visible to `ps`: prefer the env or --secret-file)
-    /// [env: SPINDLE_CLUSTER_SECRET]
-    #[arg(long, value_name = "SECRET", conflicts_with = "secret_file")]
-    pub secret: Option<String>,
-    /// File holding the cluster secret (surrounding whitespace is ignored).
+    /// File holding a join token from `spindle join-token` (needed until the node has a
+    /// credential saved in its work dir) [env: SPINDLE_JOIN_TOKEN]
     #[arg(long, value_name = "FILE")]
-    pub secret_file: Option<PathBuf>,
+    pub join_token_file: Option<PathBuf>,
     /// Vcores to offer, instead of the probed count (needs --memory-mb).
     #[arg(long, value_name = "N", requires = "memory_mb")]
     pub vcores: Option<u32>,
@@ -326,4 +325,11 @@ mod tests {
         assert_eq!(retention(&["--log-retention-s", "600"]), Ok(600));
         assert!(retention(&["--log-retention-s", "0"]).is_err());
     }
+}
+
+#[derive(Debug, Args)]
+pub struct JoinTokenArgs {
+    /// How long the token lets agents register, in seconds (at most 30 days).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    pub ttl_s: u64,
 }

@@ -31,7 +31,7 @@ const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Parses the command line, runs the command and turns its outcome into an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    settings::take_cluster_secret_from_env();
+    settings::take_secrets_from_env();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => return error::report(&anyhow::Error::new(err).context("cannot start the async runtime")),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use serde::{Deserialize, Serialize};
-use spindle_protocol::{ClusterSecret, NodeState, Resources, RmClient};
+use spindle_protocol::{NodeState, Resources, RmClient, now_ms};
 use spindle_resource_manager::config::{ApiUser, RmConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -69,6 +69,10 @@ fn local_rm_config() -> RmConfig {
     }
     config
 }
+
+/// How long the local agents' join token is valid: they register within seconds, and keep
+/// their node credentials in their work dirs after that.
+const AGENT_JOIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// What a data dir remembers between runs (`local.toml`, owner-only: it holds secrets).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,20 +155,22 @@ impl LocalCluster {
             agent_tasks: JoinSet::new(),
             rm_task: JoinSet::new(),
         };
+        // The agents run in this process, which holds the secret anyway: they get a join token
+        // made here, valid while they start, and then their node credentials like any agent.
+        let join_token = config.node_authority().join_token(now_ms() + AGENT_JOIN_WINDOW.as_millis() as u64);
         let rm_shutdown = cluster.rm_shutdown.clone();
         cluster.rm_task.spawn(async move {
             let outcome = spindle_resource_manager::run(config, rm_listener, rm_shutdown).await;
             ("resource manager".to_owned(), outcome.map_err(anyhow::Error::from))
         });
 
-        let secret = ClusterSecret::new(&state.cluster_secret);
         let started = async {
             cluster
                 .wait_until_ready(|client| async move { client.cluster().await.map(|_| true) })
                 .await?;
             for index in 0..options.agents {
                 let preferred_port = state.agent_ports.get(index).copied().unwrap_or(0);
-                cluster.spawn_agent(index, preferred_port, &options, secret.clone()).await?;
+                cluster.spawn_agent(index, preferred_port, &options, join_token.clone()).await?;
             }
             let ports: Vec<u16> = cluster.agent_addresses.iter().map(SocketAddr::port).collect();
             if state.agent_ports != ports {
@@ -198,20 +204,17 @@ impl LocalCluster {
     }
 
     /// Starts agent `index` on `preferred_port` if it is free, else on any free port.
-    async fn spawn_agent(
-        &mut self,
-        index: usize,
-        preferred_port: u16,
-        options: &LocalOptions,
-        secret: ClusterSecret,
-    ) -> anyhow::Result<()> {
+    async fn spawn_agent(&mut self, index: usize, preferred_port: u16, options: &LocalOptions, join_token: String) -> anyhow::Result<()> {
         let listener = match TcpListener::bind((Ipv4Addr::LOCALHOST, preferred_port)).await {
             Ok(listener) => listener,
             Err(_) => bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), "node agent", "--listen").await?,
         };
         self.agent_addresses.push(listener.local_addr()?);
-        let mut config =
-            spindle_node_agent::AgentConfig::new(vec![self.rm_url.clone()], secret, self.work_root.join(format!("agent-{index}")));
+        let mut config = spindle_node_agent::AgentConfig::new(
+            vec![self.rm_url.clone()],
+            Some(join_token),
+            self.work_root.join(format!("agent-{index}")),
+        );
         config.advertise_host = Some(Ipv4Addr::LOCALHOST.to_string());
         config.capacity = options.agent_capacity;
         config.spindle_bin = self.spindle_bin.clone();

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use spindle_protocol::{ClusterSecret, Resources};
+use spindle_protocol::Resources;
 use spindle_resource_manager::config::RmConfig;
 
 use crate::args::{LocalArgs, NodeAgentArgs, ResourceManagerArgs};
@@ -16,15 +16,9 @@ use crate::error::UsageError;
 use crate::local::{LocalCluster, LocalOptions};
 use crate::settings::{ClientConfigFile, ClientSettings, client_config_path, process_env, spindle_home, write_private_file};
 
-/// The RM and agents refuse shorter secrets.
-const MIN_SECRET_LEN: usize = 16;
-
-const MISSING_RM_SECRET: &str = "the resource manager needs a cluster secret, shared with every node agent: \
+const MISSING_RM_SECRET: &str = "the resource manager needs a cluster secret (known to it only; agents join with `spindle join-token`): \
      set `cluster_secret = \"…\"` in its config file (--config FILE) or the environment variable \
      SPINDLE_CLUSTER_SECRET; make one with `openssl rand -hex 32`";
-
-const MISSING_AGENT_SECRET: &str = "the node agent needs the cluster secret the resource manager was given: \
-     pass --secret-file FILE, set SPINDLE_CLUSTER_SECRET, or pass --secret SECRET";
 
 pub async fn resource_manager(args: ResourceManagerArgs) -> anyhow::Result<ExitCode> {
     let config = rm_config(&args, crate::settings::cluster_secret_env())?;
@@ -67,11 +61,7 @@ pub fn rm_config(args: &ResourceManagerArgs, env_secret: Option<String>) -> anyh
 pub async fn node_agent(args: NodeAgentArgs, rm_flag: Option<&str>) -> anyhow::Result<ExitCode> {
     // The same sources as a client's: --rm, SPINDLE_RM, $SPINDLE_HOME/config.toml, the default.
     let rm_urls = ClientSettings::load(rm_flag, None)?.rm_urls;
-    let secret = agent_secret(
-        args.secret.as_deref(),
-        args.secret_file.as_deref(),
-        crate::settings::cluster_secret_env(),
-    )?;
+    let join_token = agent_join_token(args.join_token_file.as_deref(), crate::settings::join_token_env())?;
     let work_dir = match args.work_dir {
         Some(work_dir) => work_dir,
         None => spindle_home(process_env)
@@ -79,7 +69,7 @@ pub async fn node_agent(args: NodeAgentArgs, rm_flag: Option<&str>) -> anyhow::R
             .ok_or_else(|| UsageError::new("there is no home directory for the default work dir: pass --work-dir DIR"))?,
     };
     let rm_list = rm_urls.join(",");
-    let mut config = spindle_node_agent::AgentConfig::new(rm_urls, secret, work_dir);
+    let mut config = spindle_node_agent::AgentConfig::new(rm_urls, join_token, work_dir);
     config.advertise_host = args.advertise_host;
     config.capacity = capacity(args.vcores, args.memory_mb);
     if let Some(rack) = args.rack {
@@ -97,23 +87,26 @@ pub async fn node_agent(args: NodeAgentArgs, rm_flag: Option<&str>) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
-/// The cluster secret from the flag, else the file, else the environment.
-pub fn agent_secret(flag: Option<&str>, file: Option<&Path>, env_secret: Option<String>) -> anyhow::Result<ClusterSecret> {
-    let secret = match (flag, file) {
-        (Some(secret), _) => secret.to_owned(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map_err(|err| UsageError::new(format!("cannot read the secret file {}: {err}", path.display())))?,
-        (None, None) => env_secret.ok_or_else(|| UsageError::new(MISSING_AGENT_SECRET))?,
+/// The join token from the file, else the environment; none is fine if the agent has a saved
+/// node credential (checked once its node id is known).
+pub fn agent_join_token(file: Option<&Path>, env_token: Option<String>) -> anyhow::Result<Option<String>> {
+    let token = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|err| UsageError::new(format!("cannot read the join token file {}: {err}", path.display())))?,
+        None => match env_token {
+            Some(token) => token,
+            None => return Ok(None),
+        },
     };
-    let secret = secret.trim();
-    if secret.len() < MIN_SECRET_LEN {
+    let token = token.trim();
+    if !token.starts_with("join.") {
+        let source = file.map_or_else(|| "SPINDLE_JOIN_TOKEN".to_owned(), |path| path.display().to_string());
         return Err(UsageError::new(format!(
-            "the cluster secret is {} characters long; the resource manager accepts only secrets of at least {MIN_SECRET_LEN}, so this one cannot be its secret",
-            secret.len()
+            "{source} does not hold a join token (join.…): make one with `spindle join-token` (agents no longer take the cluster secret)"
         ))
         .into());
     }
-    Ok(ClusterSecret::new(secret))
+    Ok(Some(token.to_owned()))
 }
 
 /// A capacity override: clap makes sure both halves come together.
@@ -245,27 +238,27 @@ mod tests {
     }
 
     #[test]
-    fn the_agent_secret_comes_from_flag_then_file_then_env() {
+    fn the_join_token_comes_from_the_file_then_the_env() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("secret");
-        std::fs::write(&path, format!("{SECRET}\n")).unwrap();
-        let expected = ClusterSecret::new(SECRET).agent_token();
+        let path = dir.path().join("join-token");
+        std::fs::write(&path, "join.123.abc\n").unwrap();
         assert_eq!(
-            agent_secret(None, Some(&path), Some("ignored-env-secret-000".into()))
-                .unwrap()
-                .agent_token(),
-            expected
+            agent_join_token(Some(&path), Some("join.9.env".into())).unwrap().as_deref(),
+            Some("join.123.abc")
         );
-        assert_eq!(agent_secret(Some(SECRET), None, None).unwrap().agent_token(), expected);
-        assert_eq!(agent_secret(None, None, Some(SECRET.into())).unwrap().agent_token(), expected);
+        assert_eq!(
+            agent_join_token(None, Some("join.9.env".into())).unwrap().as_deref(),
+            Some("join.9.env")
+        );
+        assert_eq!(agent_join_token(None, None).unwrap(), None, "a saved credential may do");
 
-        let missing = agent_secret(None, None, None).unwrap_err().to_string();
-        assert!(missing.contains("SPINDLE_CLUSTER_SECRET"), "{missing}");
+        std::fs::write(&path, "the-cluster-secret-0123456789\n").unwrap();
+        let message = agent_join_token(Some(&path), None).unwrap_err().to_string();
         assert!(
-            agent_secret(Some("short"), None, None)
-                .unwrap_err()
-                .to_string()
-                .contains("at least 16")
+            message.contains("join-token") && message.contains("spindle join-token"),
+            "{message}"
         );
+        let missing = agent_join_token(Some(&dir.path().join("nope")), None).unwrap_err().to_string();
+        assert!(missing.contains("nope"), "{missing}");
     }
 }

@@ -18,6 +18,7 @@ pub mod env {
     pub const RM: &str = "SPINDLE_RM";
     pub const TOKEN: &str = "SPINDLE_TOKEN";
     pub const CLUSTER_SECRET: &str = "SPINDLE_CLUSTER_SECRET";
+    pub const JOIN_TOKEN: &str = "SPINDLE_JOIN_TOKEN";
 }
 
 /// What a client talks to, once every source has been consulted.
@@ -77,19 +78,23 @@ pub fn spindle_home(lookup_env: impl Fn(&str) -> Option<String>) -> Option<PathB
 }
 
 /// The process environment, with empty variables counting as unset.
-/// `SPINDLE_CLUSTER_SECRET` as the process started with it (see `take_cluster_secret_from_env`).
+/// `SPINDLE_CLUSTER_SECRET` and `SPINDLE_JOIN_TOKEN` as the process started with them (see
+/// `take_secrets_from_env`).
 static CLUSTER_SECRET_ENV: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+static JOIN_TOKEN_ENV: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
 
-/// Reads `SPINDLE_CLUSTER_SECRET` and removes it from the process environment, so nothing the
-/// daemon starts later (a container, a helper) can inherit it. Call before any other thread
-/// exists: changing the environment races with threads that read it.
-pub fn take_cluster_secret_from_env() {
-    let value = process_env(env::CLUSTER_SECRET);
-    if value.is_some() {
-        // SAFETY: called first thing in `main`, before the runtime starts any thread.
-        unsafe { std::env::remove_var(env::CLUSTER_SECRET) };
+/// Reads `SPINDLE_CLUSTER_SECRET` and `SPINDLE_JOIN_TOKEN` and removes them from the process
+/// environment, so nothing the daemon starts later (a container, a helper) can inherit them.
+/// Call before any other thread exists: changing the environment races with threads that read it.
+pub fn take_secrets_from_env() {
+    for (name, taken) in [(env::CLUSTER_SECRET, &CLUSTER_SECRET_ENV), (env::JOIN_TOKEN, &JOIN_TOKEN_ENV)] {
+        let value = process_env(name);
+        if value.is_some() {
+            // SAFETY: called first thing in `main`, before the runtime starts any thread.
+            unsafe { std::env::remove_var(name) };
+        }
+        let _ = taken.set(value);
     }
-    let _ = CLUSTER_SECRET_ENV.set(value);
 }
 
 /// The cluster secret from the environment: as taken at start, else (tests that call `run`
@@ -100,6 +105,11 @@ pub fn cluster_secret_env() -> Option<String> {
         .cloned()
         .flatten()
         .or_else(|| process_env(env::CLUSTER_SECRET))
+}
+
+/// The join token from the environment, like `cluster_secret_env`.
+pub fn join_token_env() -> Option<String> {
+    JOIN_TOKEN_ENV.get().cloned().flatten().or_else(|| process_env(env::JOIN_TOKEN))
 }
 
 pub fn process_env(name: &str) -> Option<String> {

@@ -4,8 +4,8 @@
 //! |---|---|
 //! | `GET /healthz` | anyone |
 //! | `POST /v1/containers` | whoever holds a container token the RM signed for this node |
-//! | `GET /v1/containers` | agent token |
-//! | `GET`/`DELETE /v1/containers/{id}`, `GET …/{id}/logs/{stdout,stderr}` | agent token, or the container's own token signature |
+//! | `GET /v1/containers` | the RM's bearer for this node |
+//! | `GET`/`DELETE /v1/containers/{id}`, `GET …/{id}/logs/{stdout,stderr}` | the RM's bearer, or the container's own token signature |
 //! | `GET /v1/shuffle/{app_id}/{output_name}/{partition}` | the app's shuffle token (its own tasks) |
 
 use std::sync::Arc;
@@ -191,7 +191,7 @@ fn parse_container_id(text: &str) -> Result<ContainerId, AgentError> {
 fn bearer(headers: &HeaderMap) -> Result<&str, AgentError> {
     let missing = || {
         AgentError::Unauthorized(
-            "missing `Authorization: Bearer <token>`: use the agent token or the container's token signature".to_owned(),
+            "missing `Authorization: Bearer <token>`: use the resource manager's bearer or the container's token signature".to_owned(),
         )
     };
     let value = headers

@@ -1,4 +1,4 @@
-//! What an agent is told at start: where the RM is, the shared secret, where containers live,
+//! What an agent is told at start: where the RM is, its join token, where containers live,
 //! and the few knobs an operator may turn.
 
 use std::net::{IpAddr, SocketAddr};
@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use spindle_protocol::{ClusterSecret, NodeId, Resources};
+use spindle_protocol::{NodeId, Resources};
 
 use crate::AgentError;
 
@@ -53,8 +53,9 @@ impl FromStr for MemoryEnforcement {
 pub struct AgentConfig {
     /// One or more RM base URLs; the client tries them in order.
     pub rm_urls: Vec<String>,
-    /// Shared with the RM: checks container tokens and signs the agent's own bearer token.
-    pub cluster_secret: ClusterSecret,
+    /// Lets the agent register when it has no saved node credential for its node id
+    /// (`spindle join-token`). Afterwards the RM's credential, saved in the work dir, is used.
+    pub join_token: Option<String>,
     /// Containers run in `<work_dir>/apps/<app_id>/<container_id>`, their stdout/stderr files there.
     pub work_dir: PathBuf,
     /// Host part of the node id and address; default: the listener's IP (the host name if the
@@ -98,10 +99,10 @@ pub struct AgentConfig {
 impl AgentConfig {
     /// A configuration with every default: probed capacity, `/default-rack`, 1 s heartbeats,
     /// this executable as `spindle`, automatic memory enforcement, logs kept for 24 h.
-    pub fn new(rm_urls: Vec<String>, cluster_secret: ClusterSecret, work_dir: PathBuf) -> Self {
+    pub fn new(rm_urls: Vec<String>, join_token: Option<String>, work_dir: PathBuf) -> Self {
         AgentConfig {
             rm_urls,
-            cluster_secret,
+            join_token,
             work_dir,
             advertise_host: None,
             capacity: None,
@@ -183,7 +184,7 @@ mod tests {
 
     #[test]
     fn defaults_and_validation() {
-        let config = AgentConfig::new(vec!["127.0.0.1:8088".into()], ClusterSecret::new("s"), PathBuf::from("/tmp/x"));
+        let config = AgentConfig::new(vec!["127.0.0.1:8088".into()], None, PathBuf::from("/tmp/x"));
         assert_eq!(config.rack, DEFAULT_RACK);
         assert_eq!(config.heartbeat_interval, Duration::from_secs(1));
         assert_eq!(config.memory_enforcement, MemoryEnforcement::Auto);

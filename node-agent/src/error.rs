@@ -55,6 +55,8 @@ pub enum AgentError {
     DuplicateContainer(ContainerId),
     #[error("node is decommissioning: it takes no new containers")]
     Draining,
+    #[error("the node has not registered with the resource manager yet: it has no keys to check container tokens with")]
+    NotRegistered,
     #[error("the request body is larger than the 1 MiB limit")]
     PayloadTooLarge,
 }
@@ -80,6 +82,7 @@ impl AgentError {
             | AgentError::UnknownRoute(_) => (StatusCode::NOT_FOUND, "not_found"),
             AgentError::DuplicateContainer(_) | AgentError::Draining => (StatusCode::CONFLICT, "conflict"),
             AgentError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            AgentError::NotRegistered => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             AgentError::Config(_) | AgentError::CgroupUnavailable(_) | AgentError::Io { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }

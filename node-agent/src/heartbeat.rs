@@ -4,14 +4,18 @@
 //! health) or at once when a container starts or ends. A `Notify` keeps at most one trigger
 //! pending, so a burst of container events costs one heartbeat in flight plus one right after.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use spindle_protocol::{ClientError, NodeHeartbeatReply, NodeHeartbeatRequest, NodeId, RegisterNodeRequest, Resources, RmClient};
+use spindle_protocol::{
+    ClientError, NodeCredential, NodeHeartbeatReply, NodeHeartbeatRequest, NodeId, RegisterNodeRequest, Resources, RmClient,
+};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::credential;
 use crate::manager::ContainerManager;
 use crate::probe::{NodeSample, Probe};
 
@@ -43,6 +47,10 @@ pub(crate) enum HeartbeatEnd {
 /// Talks to the RM on the node's behalf.
 pub(crate) struct Heartbeater {
     client: RmClient,
+    /// Registers the node when it has no keys, or the RM no longer accepts them.
+    join_token: Option<String>,
+    /// Where the node's keys are saved.
+    work_dir: PathBuf,
     manager: Arc<ContainerManager>,
     node: NodeDescription,
     probe: Probe,
@@ -57,10 +65,20 @@ pub(crate) struct Heartbeater {
 }
 
 impl Heartbeater {
-    pub(crate) fn new(client: RmClient, manager: Arc<ContainerManager>, node: NodeDescription, probe: Probe, interval: Duration) -> Self {
+    pub(crate) fn new(
+        client: RmClient,
+        join_token: Option<String>,
+        work_dir: PathBuf,
+        manager: Arc<ContainerManager>,
+        node: NodeDescription,
+        probe: Probe,
+        interval: Duration,
+    ) -> Self {
         let trigger = manager.report_trigger();
         Heartbeater {
             client,
+            join_token,
+            work_dir,
             manager,
             node,
             probe,
@@ -98,6 +116,7 @@ impl Heartbeater {
                 health_report: self.sample.health_report.clone(),
                 containers: self.manager.reportable_statuses(),
             };
+            self.client.set_token(self.manager.rm_bearer());
             let result = tokio::select! {
                 _ = stop.cancelled() => return HeartbeatEnd::Cancelled,
                 result = self.client.node_heartbeat(&request) => result,
@@ -105,6 +124,9 @@ impl Heartbeater {
             match result {
                 Ok(reply) => {
                     self.rm_reachable();
+                    if let Some(credential) = &reply.credential {
+                        self.install_credential(credential, "rotated");
+                    }
                     if self.apply(&reply) == Some(HeartbeatEnd::ShutdownByRm) {
                         return HeartbeatEnd::ShutdownByRm;
                     }
@@ -114,6 +136,14 @@ impl Heartbeater {
                             return HeartbeatEnd::Cancelled;
                         }
                         next_periodic = Instant::now() + self.interval;
+                    }
+                }
+                // The RM no longer accepts the node's keys (expired while the agent was cut
+                // off): register again, with the join token.
+                Err(ClientError::Api { status: 403, message, .. }) if self.join_token.is_some() => {
+                    tracing::warn!(node_id = %self.node.node_id, reason = %message, "the RM refused the node's credential; registering with the join token");
+                    if !self.register(stop).await {
+                        return HeartbeatEnd::Cancelled;
                     }
                 }
                 // Statuses stay with the manager until acknowledged, so the next heartbeat
@@ -136,9 +166,24 @@ impl Heartbeater {
         None
     }
 
+    /// Takes new keys from the RM and saves them for the next start.
+    fn install_credential(&self, credential: &NodeCredential, what: &str) {
+        match self.manager.install_credential(credential) {
+            Ok(keyring) => {
+                tracing::info!(node_id = %self.node.node_id, generation = keyring.generation(), "node credential {what}");
+                if let Err(err) = credential::save(&self.work_dir, &keyring) {
+                    tracing::warn!(error = %err, "cannot save the node credential: the next start needs the join token again");
+                }
+            }
+            Err(err) => tracing::error!(node_id = %self.node.node_id, error = %err, "the RM sent an unusable node credential"),
+        }
+    }
+
     /// Registers with the RM, retrying with backoff until it accepts; `false` if cancelled.
+    /// Uses the node's keys, or the join token when it has none or the RM refuses them.
     async fn register(&mut self, stop: &CancellationToken) -> bool {
         let mut backoff = REGISTER_BACKOFF_START;
+        let mut with_join_token = self.manager.rm_bearer().is_none();
         loop {
             let request = RegisterNodeRequest {
                 node_id: self.node.node_id.clone(),
@@ -149,6 +194,11 @@ impl Heartbeater {
                 containers: self.manager.reportable_statuses(),
                 isolation: self.node.isolation.clone(),
             };
+            let bearer = match with_join_token {
+                true => self.join_token.clone(),
+                false => self.manager.rm_bearer(),
+            };
+            self.client.set_token(bearer);
             let result = tokio::select! {
                 _ = stop.cancelled() => return false,
                 result = self.client.register_node(&request) => result,
@@ -156,6 +206,7 @@ impl Heartbeater {
             match result {
                 Ok(reply) => {
                     self.rm_reachable();
+                    self.install_credential(&reply.credential, "issued");
                     if reply.heartbeat_interval_ms > 0 {
                         self.interval = Duration::from_millis(reply.heartbeat_interval_ms);
                     }
@@ -170,6 +221,11 @@ impl Heartbeater {
                         "registered with the RM"
                     );
                     return true;
+                }
+                Err(ClientError::Api { status: 403, message, .. }) if !with_join_token && self.join_token.is_some() => {
+                    tracing::warn!(node_id = %self.node.node_id, reason = %message, "the RM refused the saved node credential; registering with the join token");
+                    with_join_token = true;
+                    continue;
                 }
                 Err(err) => self.rm_unreachable("registration", &err),
             }
@@ -221,6 +277,8 @@ mod tests {
         }
         let heartbeater = Heartbeater::new(
             RmClient::new(&["http://127.0.0.1:1".to_owned()], None),
+            None,
+            work_dir.path().to_owned(),
             manager.clone(),
             NodeDescription {
                 node_id: NodeId("n1:8042".to_owned()),

@@ -9,6 +9,7 @@ mod account;
 mod api;
 mod cgroup;
 mod config;
+mod credential;
 mod error;
 mod exit;
 mod heartbeat;
@@ -104,8 +105,16 @@ pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdow
         &run_mode,
         describe_limits(cgroups.as_ref(), config.memory_enforcement, &cpu, config.cpu_hard_cap),
     );
+    let saved_keys = credential::load(&work_dir, &node_id);
+    if saved_keys.is_none() && config.join_token.is_none() {
+        return Err(AgentError::Config(format!(
+            "no node credential for {node_id} in {} and no join token: make one with `spindle join-token` and pass \
+             --join-token-file FILE (or SPINDLE_JOIN_TOKEN)",
+            credential::path(&work_dir).display()
+        )));
+    }
     let manager = Arc::new(ContainerManager::new(
-        config.cluster_secret.clone(),
+        saved_keys,
         context,
         tasks.clone(),
         stop.clone(),
@@ -124,7 +133,9 @@ pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdow
     tracing::info!(node_id = %node_id, work_dir = %work_dir.display(), capacity = %capacity, "node agent serving");
 
     let heartbeater = Heartbeater::new(
-        RmClient::new(&config.rm_urls, Some(config.cluster_secret.agent_token())),
+        RmClient::new(&config.rm_urls, None),
+        config.join_token.clone(),
+        work_dir.clone(),
         manager.clone(),
         NodeDescription {
             node_id: node_id.clone(),

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{TestAgent, container_id, secret};
+use common::{TestAgent, container_id};
 use spindle_protocol::{AgentClient, ClientError, ErrorBody, NodeId, Resources, now_ms};
 
 fn api_error(result: Result<impl std::fmt::Debug, ClientError>) -> (u16, String, String) {
@@ -24,7 +24,7 @@ async fn launches_need_a_valid_token_for_this_node() {
     assert!(message.contains("signature"), "{message}");
 
     let mut elsewhere = agent.launch_request(2, 128, &["true"]);
-    elsewhere.token = secret().sign_container(
+    elsewhere.token = common::authority().sign_container(
         spindle_protocol::ContainerGrant {
             container_id: container_id(2),
             node_id: NodeId("other-host:8042".into()),
@@ -38,7 +38,7 @@ async fn launches_need_a_valid_token_for_this_node() {
     assert!(message.contains("other-host:8042"), "{message}");
 
     let mut expired = agent.launch_request(3, 128, &["true"]);
-    expired.token = secret().sign_container(
+    expired.token = common::authority().sign_container(
         spindle_protocol::ContainerGrant {
             container_id: container_id(3),
             node_id: agent.node_id.clone(),
@@ -93,6 +93,20 @@ async fn reads_and_stops_need_the_agent_token_or_the_containers_own() {
     let (status, _, _) = api_error(stranger.logs(container_id(1), "stdout").await);
     assert_eq!(status, 403);
 
+    // Bearers that are not the RM's for this node: the RM's for another node, this node's own
+    // credential towards the RM (an agent cannot act as the RM, even towards itself), and an
+    // expired one.
+    let authority = common::authority();
+    let keys = spindle_protocol::NodeKeyring::new(&authority.credential(&agent.node_id, now_ms())).unwrap();
+    for bearer in [
+        authority.rm_bearer(&NodeId("127.0.0.1:1".into()), now_ms() + 60_000),
+        keys.bearer(),
+        authority.rm_bearer(&agent.node_id, now_ms() - 1),
+    ] {
+        let (status, _, _) = api_error(AgentClient::new(&agent.address, Some(bearer.clone())).status(container_id(1)).await);
+        assert_eq!(status, 403, "{bearer}");
+    }
+
     // Container 2's AM may not touch container 1.
     let other_am = AgentClient::new(&agent.address, Some(agent.token(2, 128).signature));
     assert!(other_am.status(container_id(2)).await.is_ok());
@@ -106,7 +120,7 @@ async fn reads_and_stops_need_the_agent_token_or_the_containers_own() {
     assert!(message.contains("stdout or stderr"), "{message}");
     own_am.stop(container_id(1)).await.unwrap();
 
-    // Listing is for the agent token only.
+    // Listing is for the RM only.
     let http = reqwest::Client::new();
     let url = format!("http://{}/v1/containers", agent.address);
     let answer = http.get(&url).bearer_auth(agent.token(1, 128).signature).send().await.unwrap();
@@ -156,7 +170,7 @@ async fn malformed_requests_are_refused_with_json_errors() {
 
     let answer = http
         .get(format!("http://{}/v1/containers/not-an-id", agent.address))
-        .bearer_auth(secret().agent_token())
+        .bearer_auth(agent.rm_bearer())
         .send()
         .await
         .unwrap();

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{StubRm, TestAgent, container_id, eventually, secret};
+use common::{StubRm, TestAgent, container_id, eventually};
 use spindle_protocol::{ContainerState, ErrorBody, ExitReason};
 
 /// Short enough for fast tests; the sweep then runs every 75 ms.
@@ -18,7 +18,7 @@ async fn wait_until_gone(path: &Path) {
     eventually(&what, || async { (!path.exists()).then_some(()) }).await;
 }
 
-/// `GET …/logs/{stream}` with the agent token: status and error body.
+/// `GET …/logs/{stream}` with the RM's bearer: status and error body.
 async fn log_error(agent: &TestAgent, seq: u64, stream: &str) -> (u16, ErrorBody) {
     let answer = reqwest::Client::new()
         .get(format!(
@@ -26,7 +26,7 @@ async fn log_error(agent: &TestAgent, seq: u64, stream: &str) -> (u16, ErrorBody
             agent.address,
             container_id(seq)
         ))
-        .bearer_auth(secret().agent_token())
+        .bearer_auth(agent.rm_bearer())
         .send()
         .await
         .unwrap();

@@ -194,7 +194,7 @@ pub struct AppFilter {
     pub limit: Option<u32>,
 }
 
-/// Client of the RM: users (with an API token), agents (agent token) and AMs (AM token).
+/// Client of the RM: users (with an API token), agents (join token or node credential) and AMs (AM token).
 #[derive(Debug, Clone)]
 pub struct RmClient {
     http: Http,
@@ -206,6 +206,11 @@ impl RmClient {
         RmClient {
             http: Http::new(urls, token, Duration::from_secs(30)),
         }
+    }
+
+    /// Replaces the bearer token (an agent's keys rotate).
+    pub fn set_token(&mut self, token: Option<String>) {
+        self.http.token = token;
     }
 
     pub async fn submit(&self, spec: &JobSpec) -> Result<AppId, ClientError> {
@@ -267,6 +272,11 @@ impl RmClient {
         self.http
             .call(Method::POST, &format!("/v1/nodes/{node_id}/decommission"), Some(request), None)
             .await
+    }
+
+    /// A join token for new agents (cluster admins only).
+    pub async fn join_token(&self, request: &JoinTokenRequest) -> Result<JoinTokenReply, ClientError> {
+        self.http.call(Method::POST, "/v1/cluster/join-tokens", Some(request), None).await
     }
 
     pub async fn queues(&self) -> Result<QueueReport, ClientError> {
@@ -335,7 +345,7 @@ pub struct AgentClient {
 }
 
 impl AgentClient {
-    /// `token`: the agent token (RM) or a container token's signature (AM) for reads and stops.
+    /// `token`: the RM's bearer for this node, or a container token's signature (AM) for reads and stops.
     pub fn new(address: &str, token: Option<String>) -> Self {
         AgentClient {
             http: Http::new(&[address.to_owned()], token, Duration::from_secs(30)),

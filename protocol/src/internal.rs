@@ -44,6 +44,8 @@ pub struct RegisterNodeReply {
     pub kill: Vec<ContainerId>,
     /// Completed containers whose end the RM has recorded: stop reporting them.
     pub acked: Vec<ContainerId>,
+    /// The node's credential: the agent uses it instead of its join token from now on.
+    pub credential: crate::NodeCredential,
 }
 
 /// Agent → RM every heartbeat interval, and at once whenever a container starts or ends.
@@ -70,6 +72,9 @@ pub struct NodeHeartbeatReply {
     /// (`<work dir>/shuffle/<app_id>`). Repeated in a few replies; deleting is idempotent.
     #[serde(default)]
     pub cleanup_apps: Vec<AppId>,
+    /// New keys, when the node's credential is of an older generation than the RM's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<crate::NodeCredential>,
 }
 
 /// AM → RM when the AM starts, and again after an RM restart.

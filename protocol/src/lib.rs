@@ -3,6 +3,7 @@
 
 mod account;
 mod client;
+mod credential;
 mod ids;
 mod internal;
 mod job;
@@ -16,6 +17,9 @@ mod token;
 
 pub use account::{NodeIsolation, RunAs, check_account_name};
 pub use client::{AgentClient, AppFilter, ClientError, RmClient};
+pub use credential::{
+    AgentLogin, BadCredential, CredentialError, GenerationKey, NodeAuthority, NodeCredential, NodeKeyring, RM_BEARER_VALIDITY,
+};
 pub use ids::{AppId, ContainerId, IdParseError, NodeId};
 pub use internal::*;
 pub use job::{CustomSpec, JobKind, JobSpec, ShellSpec, SpecError, validate_resources};

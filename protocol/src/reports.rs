@@ -248,6 +248,24 @@ pub struct QueueUserReport {
     pub apps_running: u32,
 }
 
+/// `POST /v1/cluster/join-tokens` body: a token that lets new agents register until it expires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenRequest {
+    /// Seconds the token stays valid: 1 s to 30 days.
+    pub ttl_s: u64,
+}
+
+/// The longest a join token may live: it lets its holder add nodes.
+pub const MAX_JOIN_TOKEN_TTL_S: u64 = 30 * 24 * 3600;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JoinTokenReply {
+    /// Give it to agents in a file (`spindle node-agent --join-token-file`).
+    pub token: String,
+    pub expires_at_ms: u64,
+}
+
 /// `POST /v1/nodes/{node_id}/decommission` body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

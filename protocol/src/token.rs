@@ -32,7 +32,13 @@ pub struct ContainerToken {
     pub user: String,
     /// The agent refuses to start the container after this time (ms since the epoch).
     pub expires_at_ms: u64,
-    /// Hex HMAC-SHA256 over the fields above.
+    /// Which generation of the node's key signed the token (`crate::credential`).
+    pub key_generation: u64,
+    /// The app's shuffle token (`ClusterSecret::shuffle_token`): the agent gives it to the
+    /// container and admits it for the app's map output on this node. Agents no longer hold
+    /// the cluster secret, so they learn it here, from the RM, for the apps they run.
+    pub shuffle_token: String,
+    /// Hex HMAC-SHA256 under the node's key of that generation over the fields above.
     pub signature: String,
 }
 
@@ -63,66 +69,19 @@ impl ClusterSecret {
         ClusterSecret(secret.as_ref().to_vec())
     }
 
-    fn mac(&self, message: &str) -> String {
+    pub(crate) fn mac(&self, message: &str) -> String {
+        hmac_hex(&self.0, message)
+    }
+
+    pub(crate) fn verify_mac(&self, message: &str, signature_hex: &str) -> bool {
+        hmac_verify(&self.0, message, signature_hex)
+    }
+
+    /// The raw HMAC of `message`: the seed of a derived key.
+    pub(crate) fn derive(&self, message: &str) -> [u8; 32] {
         let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes keys of any length");
         mac.update(message.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
-    }
-
-    fn verify_mac(&self, message: &str, signature_hex: &str) -> bool {
-        let Ok(signature) = hex::decode(signature_hex) else {
-            return false;
-        };
-        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes keys of any length");
-        mac.update(message.as_bytes());
-        // verify_slice compares in constant time.
-        mac.verify_slice(&signature).is_ok()
-    }
-
-    /// Signs a container grant.
-    pub fn sign_container(&self, grant: ContainerGrant, expires_at_ms: u64) -> ContainerToken {
-        let ContainerGrant {
-            container_id,
-            node_id,
-            resources,
-            user,
-        } = grant;
-        let signature = self.mac(&container_message(&container_id, &node_id, &resources, &user, expires_at_ms));
-        ContainerToken {
-            container_id,
-            node_id,
-            resources,
-            user,
-            expires_at_ms,
-            signature,
-        }
-    }
-
-    /// Checks a container token as the agent `node` at time `now_ms`.
-    pub fn verify_container(&self, token: &ContainerToken, node: &NodeId, now_ms: u64) -> Result<(), TokenError> {
-        let message = container_message(
-            &token.container_id,
-            &token.node_id,
-            &token.resources,
-            &token.user,
-            token.expires_at_ms,
-        );
-        if !self.verify_mac(&message, &token.signature) {
-            return Err(TokenError::BadSignature);
-        }
-        if &token.node_id != node {
-            return Err(TokenError::WrongNode {
-                expected: token.node_id.clone(),
-                actual: node.clone(),
-            });
-        }
-        if now_ms > token.expires_at_ms {
-            return Err(TokenError::Expired {
-                expires_at_ms: token.expires_at_ms,
-                now_ms,
-            });
-        }
-        Ok(())
+        mac.finalize().into_bytes().into()
     }
 
     /// The bearer token an AM attempt uses towards the RM (YARN's AMRMToken).
@@ -134,26 +93,29 @@ impl ClusterSecret {
         self.verify_mac(&format!("am|{app_id}|{attempt}"), token)
     }
 
-    /// The bearer token agents present to the RM: proves knowledge of the secret without sending it.
-    pub fn agent_token(&self) -> String {
-        self.mac("agent")
-    }
-
-    pub fn verify_agent_token(&self, token: &str) -> bool {
-        self.verify_mac("agent", token)
-    }
-
     /// The bearer token that reads an app's map output from any agent's shuffle endpoint. Agents
     /// give it (`SPINDLE_SHUFFLE_TOKEN`) only to the app's own containers, so one job cannot
     /// read another's intermediate data.
     pub fn shuffle_token(&self, app_id: AppId) -> String {
         self.mac(&shuffle_message(app_id))
     }
+}
 
-    /// Checks a shuffle token for `app_id` in constant time.
-    pub fn verify_shuffle_token(&self, app_id: AppId, token: &str) -> bool {
-        self.verify_mac(&shuffle_message(app_id), token)
-    }
+/// Hex HMAC-SHA256 of `message` under `key`.
+pub(crate) fn hmac_hex(key: &[u8], message: &str) -> String {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(message.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Checks a hex HMAC-SHA256 in constant time (`verify_slice`).
+pub(crate) fn hmac_verify(key: &[u8], message: &str, signature_hex: &str) -> bool {
+    let Ok(signature) = hex::decode(signature_hex) else {
+        return false;
+    };
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(message.as_bytes());
+    mac.verify_slice(&signature).is_ok()
 }
 
 /// Compares two secrets without an early exit that would tell how much of a guess was right.
@@ -166,11 +128,21 @@ fn shuffle_message(app_id: AppId) -> String {
     format!("shuffle|{app_id}")
 }
 
-/// The account name goes last but one and cannot contain `|` (checked where it is configured),
-/// so no two grants share a message.
-fn container_message(container_id: &ContainerId, node_id: &NodeId, resources: &Resources, user: &str, expires_at_ms: u64) -> String {
+/// Every field but the signature. The account name cannot contain `|` (checked where it is
+/// configured) and the shuffle token is hex, so no two grants share a message.
+pub(crate) fn container_message(token: &ContainerToken) -> String {
+    let ContainerToken {
+        container_id,
+        node_id,
+        resources,
+        user,
+        expires_at_ms,
+        key_generation,
+        shuffle_token,
+        signature: _,
+    } = token;
     format!(
-        "container|{container_id}|{node_id}|{}|{}|{user}|{expires_at_ms}",
+        "container|{container_id}|{node_id}|{}|{}|{user}|{expires_at_ms}|{key_generation}|{shuffle_token}",
         resources.vcores, resources.memory_mb
     )
 }
@@ -178,48 +150,6 @@ fn container_message(container_id: &ContainerId, node_id: &NodeId, resources: &R
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn container() -> ContainerId {
-        ContainerId {
-            app: AppId { cluster_ts: 1, seq: 2 },
-            attempt: 1,
-            epoch: 1,
-            seq: 3,
-        }
-    }
-
-    #[test]
-    fn container_tokens_verify_only_unchanged() {
-        let secret = ClusterSecret::new("s3cret");
-        let node = NodeId("127.0.0.1:8042".into());
-        let grant = ContainerGrant {
-            container_id: container(),
-            node_id: node.clone(),
-            resources: Resources::new(1, 128),
-            user: "alice".to_owned(),
-        };
-        let token = secret.sign_container(grant, 1_000);
-        secret.verify_container(&token, &node, 999).unwrap();
-
-        let mut bigger = token.clone();
-        bigger.resources.memory_mb = 4096;
-        assert_eq!(secret.verify_container(&bigger, &node, 999), Err(TokenError::BadSignature));
-        let mut as_root = token.clone();
-        as_root.user = "root".to_owned();
-        assert_eq!(secret.verify_container(&as_root, &node, 999), Err(TokenError::BadSignature));
-        assert!(matches!(
-            secret.verify_container(&token, &NodeId("other:1".into()), 999),
-            Err(TokenError::WrongNode { .. })
-        ));
-        assert!(matches!(
-            secret.verify_container(&token, &node, 1_001),
-            Err(TokenError::Expired { .. })
-        ));
-        assert_eq!(
-            ClusterSecret::new("other").verify_container(&token, &node, 999),
-            Err(TokenError::BadSignature)
-        );
-    }
 
     #[test]
     fn am_tokens_bind_app_and_attempt() {
@@ -237,20 +167,11 @@ mod tests {
         let app = AppId { cluster_ts: 1, seq: 2 };
         let other_app = AppId { cluster_ts: 1, seq: 3 };
         let token = secret.shuffle_token(app);
-        assert_eq!(
-            token,
-            secret.shuffle_token(app),
-            "deterministic: every agent derives the same token"
-        );
-        assert!(secret.verify_shuffle_token(app, &token));
-        assert!(!secret.verify_shuffle_token(other_app, &token));
-        assert!(!ClusterSecret::new("other").verify_shuffle_token(app, &token));
-        assert!(!secret.verify_shuffle_token(app, ""));
-        assert!(!secret.verify_shuffle_token(app, "not hex"));
+        assert_eq!(token, secret.shuffle_token(app), "deterministic: the same in every container token");
+        assert_ne!(token, secret.shuffle_token(other_app));
+        assert_ne!(token, ClusterSecret::new("other").shuffle_token(app));
         // Distinct purposes: no other token of the same secret is a shuffle token.
-        assert!(!secret.verify_shuffle_token(app, &secret.agent_token()));
-        assert!(!secret.verify_shuffle_token(app, &secret.am_token(app, 1)));
+        assert_ne!(token, secret.am_token(app, 1));
         assert!(!secret.verify_am_token(app, 1, &token));
-        assert!(!secret.verify_agent_token(&token));
     }
 }

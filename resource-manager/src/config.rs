@@ -42,8 +42,15 @@ pub struct RmConfig {
     /// How hard SQLite syncs a commit: `"full"` (default) survives power loss, `"normal"` only
     /// an RM crash. Not used with PostgreSQL.
     pub sqlite_synchronous: SqliteSynchronous,
-    /// Shared with every agent; signs container and AM tokens. Required.
+    /// Known to the RM only: every token and node credential derives from it. Required.
     pub cluster_secret: String,
+    /// How often node credentials rotate: agents get the new keys in a heartbeat reply.
+    #[serde(with = "seconds")]
+    pub node_credential_rotation: Duration,
+    /// How long a node credential that was not rotated stays valid: an agent down longer
+    /// than this needs a new join token.
+    #[serde(with = "seconds")]
+    pub node_credential_lifetime: Duration,
     /// API tokens. No token, no access: there is no anonymous user.
     pub users: Vec<ApiUser>,
     /// The Unix account containers of users without their own `unix_user` run as (default
@@ -178,6 +185,8 @@ impl Default for RmConfig {
             db: "sqlite://spindle.db".to_owned(),
             sqlite_synchronous: SqliteSynchronous::default(),
             cluster_secret: String::new(),
+            node_credential_rotation: Duration::from_secs(3600),
+            node_credential_lifetime: Duration::from_secs(7 * 24 * 3600),
             users: Vec::new(),
             default_unix_user: DEFAULT_UNIX_USER.to_owned(),
             node_expiry: Duration::from_secs(10),
@@ -277,6 +286,15 @@ impl RmConfig {
         }
     }
 
+    /// Issues and checks node credentials and tokens.
+    pub fn node_authority(&self) -> spindle_protocol::NodeAuthority {
+        spindle_protocol::NodeAuthority::new(
+            spindle_protocol::ClusterSecret::new(&self.cluster_secret),
+            self.node_credential_rotation,
+            self.node_credential_lifetime,
+        )
+    }
+
     /// The validated queue tree of this config.
     pub fn queue_tree(&self) -> Result<QueueTree, ConfigError> {
         Ok(QueueTree::from_config(&self.queues)?)
@@ -327,6 +345,20 @@ impl RmConfig {
             return Err(ConfigError::Invalid {
                 field: "heartbeat_interval",
                 reason: "and container_launch_expiry must be positive".to_owned(),
+            });
+        }
+        // A container token is signed with the key of the generation its launch deadline
+        // falls in; agents hold the current and the next.
+        if self.node_credential_rotation < self.container_launch_expiry * 2 {
+            return Err(ConfigError::Invalid {
+                field: "node_credential_rotation",
+                reason: "must be at least twice container_launch_expiry".to_owned(),
+            });
+        }
+        if self.node_credential_lifetime < self.node_credential_rotation {
+            return Err(ConfigError::Invalid {
+                field: "node_credential_lifetime",
+                reason: "must be at least node_credential_rotation".to_owned(),
             });
         }
         self.http.validate()?;

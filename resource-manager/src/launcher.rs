@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 
-use spindle_protocol::{AgentClient, ClientError, ClusterSecret};
+use spindle_protocol::{AgentClient, ClientError, NodeAuthority, NodeId, RM_BEARER_VALIDITY, now_ms};
 
 use crate::cluster::AmLaunch;
 
@@ -34,31 +34,51 @@ pub trait AmLauncher: Send + Sync + 'static {
 
 /// Launches over the agent's HTTP API, reusing one connection pool per agent.
 pub struct HttpAmLauncher {
-    agent_token: String,
-    clients: Mutex<HashMap<String, AgentClient>>,
+    authority: NodeAuthority,
+    clients: Mutex<HashMap<String, CachedClient>>,
+}
+
+/// A client with an RM bearer for one node, replaced once half its validity has passed.
+struct CachedClient {
+    client: AgentClient,
+    node_id: NodeId,
+    renew_at_ms: u64,
 }
 
 impl HttpAmLauncher {
-    pub fn new(secret: &ClusterSecret) -> Self {
+    pub fn new(authority: NodeAuthority) -> Self {
         HttpAmLauncher {
-            agent_token: secret.agent_token(),
+            authority,
             clients: Mutex::new(HashMap::new()),
         }
     }
 
-    fn client(&self, address: &str) -> AgentClient {
+    fn client(&self, address: &str, node_id: &NodeId) -> AgentClient {
+        let now = now_ms();
         let mut clients = self.clients.lock().expect("launcher client map is never poisoned");
-        clients
-            .entry(address.to_owned())
-            .or_insert_with(|| AgentClient::new(address, Some(self.agent_token.clone())))
-            .clone()
+        if let Some(cached) = clients.get(address)
+            && cached.node_id == *node_id
+            && now < cached.renew_at_ms
+        {
+            return cached.client.clone();
+        }
+        let validity = RM_BEARER_VALIDITY.as_millis() as u64;
+        let bearer = self.authority.rm_bearer(node_id, now + validity);
+        let cached = CachedClient {
+            client: AgentClient::new(address, Some(bearer)),
+            node_id: node_id.clone(),
+            renew_at_ms: now + validity / 2,
+        };
+        let client = cached.client.clone();
+        clients.insert(address.to_owned(), cached);
+        client
     }
 }
 
 impl AmLauncher for HttpAmLauncher {
     fn launch(&self, launch: AmLaunch) -> Pin<Box<dyn Future<Output = Result<(), LaunchError>> + Send + '_>> {
         Box::pin(async move {
-            let client = self.client(&launch.node_address);
+            let client = self.client(&launch.node_address, &launch.request.token.node_id);
             match client.launch(&launch.request).await {
                 Ok(_) => Ok(()),
                 Err(ClientError::Api { status: 409, message, .. }) if message.contains("already") => Err(LaunchError::AlreadyRunning),

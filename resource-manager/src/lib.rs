@@ -30,9 +30,7 @@ const FATAL_STOP_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 pub async fn run(config: RmConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RmError> {
     config.validate()?;
     let store = store::Store::connect_with(&config.db, config.store_options()).await?;
-    let launcher = Arc::new(launcher::HttpAmLauncher::new(&spindle_protocol::ClusterSecret::new(
-        &config.cluster_secret,
-    )));
+    let launcher = Arc::new(launcher::HttpAmLauncher::new(config.node_authority()));
     let rm = ResourceManager::start(config, store, launcher, shutdown.clone()).await?;
     let address = listener.local_addr()?;
     tracing::info!(%address, store = %rm.store_description(), "resource manager listening");

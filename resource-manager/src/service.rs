@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use spindle_protocol::{AllocateReply, AllocateRequest, AppId, ClusterSecret, ContainerStatus, ExitReason, QueueReport, now_ms};
+use spindle_protocol::{AllocateReply, AllocateRequest, AppId, ContainerStatus, ExitReason, NodeAuthority, QueueReport, now_ms};
 use tokio::sync::{Notify, OwnedMutexGuard};
 use tokio_util::sync::CancellationToken;
 
@@ -85,7 +85,8 @@ pub struct ResourceManager {
     cluster: Arc<tokio::sync::Mutex<Cluster>>,
     store: Store,
     pub config: RmConfig,
-    pub secret: ClusterSecret,
+    /// The cluster secret and the node credentials derived from it.
+    pub authority: NodeAuthority,
     /// Long-polling AMs wait on their app's Notify.
     wakers: Mutex<HashMap<AppId, Arc<Notify>>>,
     launcher: Arc<dyn AmLauncher>,
@@ -105,9 +106,9 @@ impl ResourceManager {
         launcher: Arc<dyn AmLauncher>,
         shutdown: CancellationToken,
     ) -> Result<Arc<ResourceManager>, RmError> {
-        let secret = ClusterSecret::new(&config.cluster_secret);
+        let authority = config.node_authority();
         let settings = ClusterSettings {
-            secret: secret.clone(),
+            authority: authority.clone(),
             node_expiry_ms: config.node_expiry.as_millis() as u64,
             heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
             container_launch_expiry_ms: config.container_launch_expiry.as_millis() as u64,
@@ -130,7 +131,7 @@ impl ResourceManager {
             cluster: Arc::new(tokio::sync::Mutex::new(cluster)),
             store,
             config,
-            secret,
+            authority,
             wakers: Mutex::new(HashMap::new()),
             launcher,
             shutdown,

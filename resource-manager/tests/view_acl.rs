@@ -212,8 +212,8 @@ async fn only_an_apps_owner_queue_admins_and_admins_see_its_diagnostics_counters
     let rm = Rm::start().await;
     let agent_address = fake_agent().await.to_string();
     let node_id = NodeId(agent_address.clone());
-    let agent = rm.client(ClusterSecret::new(SECRET).agent_token());
-    agent
+    let joining = rm.client(ClusterSecret::new(SECRET).join_token(spindle_protocol::now_ms() + 60_000));
+    let registered = joining
         .register_node(&RegisterNodeRequest {
             node_id: node_id.clone(),
             address: agent_address,
@@ -228,6 +228,7 @@ async fn only_an_apps_owner_queue_admins_and_admins_see_its_diagnostics_counters
         })
         .await
         .expect("the agent registers");
+    let agent = rm.client(spindle_protocol::NodeKeyring::new(&registered.credential).unwrap().bearer());
 
     let app_id = rm.client(ALICE.to_owned()).submit(&alices_job()).await.expect("alice submits");
     let am_container = rm.client(ALICE.to_owned()).app(app_id).await.unwrap().attempts[0]

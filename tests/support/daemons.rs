@@ -215,12 +215,12 @@ impl TestCluster {
         for attempt in 1..=PORT_RETRIES {
             let port = free_port();
             let work_dir = self.path().join(format!("agent{index}"));
-            // In a file, as deploy/ does: a secret on the command line is readable by every
+            // In a file, as deploy/ does: a token on the command line is readable by every
             // process on the host (the tenant-escape suite checks every root agent for one).
-            let secret_file = self.path().join("agent-secret");
-            std::fs::write(&secret_file, SECRET).expect("write the agent secret file");
+            let token_file = self.path().join("agent-join-token");
+            std::fs::write(&token_file, super::join_token()).expect("write the agent's join token file");
             let owner_only = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600);
-            std::fs::set_permissions(&secret_file, owner_only).expect("make the agent secret file private");
+            std::fs::set_permissions(&token_file, owner_only).expect("make the join token file private");
             let args: Vec<String> = [
                 "node-agent",
                 "--rm",
@@ -229,8 +229,8 @@ impl TestCluster {
                 &format!("127.0.0.1:{port}"),
                 "--work-dir",
                 &work_dir.display().to_string(),
-                "--secret-file",
-                &secret_file.display().to_string(),
+                "--join-token-file",
+                &token_file.display().to_string(),
                 "--vcores",
                 &vcores.to_string(),
                 "--memory-mb",

@@ -23,6 +23,11 @@ pub struct InProcessRm {
 impl InProcessRm {
     /// The same users and timings as the process clusters'.
     pub async fn start() -> InProcessRm {
+        InProcessRm::start_with(|_| {}).await
+    }
+
+    /// Like `start`, with the config changed by `customize` first.
+    pub async fn start_with(customize: impl FnOnce(&mut RmConfig)) -> InProcessRm {
         let dir = crate::support::shared_tempdir("spindle-e2e-rm-");
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
@@ -51,6 +56,8 @@ impl InProcessRm {
             container_launch_expiry: Duration::from_secs(CONTAINER_LAUNCH_EXPIRY_S),
             ..RmConfig::default()
         };
+        let mut config = config;
+        customize(&mut config);
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         let task = tokio::spawn(async move {

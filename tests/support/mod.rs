@@ -40,6 +40,11 @@ pub use self::{
 
 /// The cluster secret every test cluster shares between its RM and agents.
 pub const SECRET: &str = "e2e-cluster-secret-0123456789abcdef";
+
+/// A join token of the test clusters (`SECRET`), valid for an hour.
+pub fn join_token() -> String {
+    spindle_protocol::ClusterSecret::new(SECRET).join_token(spindle_protocol::now_ms() + 3_600_000)
+}
 /// An admin: may decommission nodes and kill anyone's apps.
 pub const ADMIN: &str = "admin";
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef";

@@ -35,6 +35,8 @@ fn grant_of(seq: u64, resources: Resources) -> Allocation {
             expires_at_ms: u64::MAX,
             signature: "00".into(),
             user: "nobody".to_owned(),
+            key_generation: 0,
+            shuffle_token: String::new(),
         },
     }
 }

@@ -243,6 +243,8 @@ fn grant(container_id: ContainerId, resources: Resources, address: &str) -> Allo
             expires_at_ms: u64::MAX,
             signature: format!("sig-{container_id}"),
             user: "nobody".to_owned(),
+            key_generation: 0,
+            shuffle_token: String::new(),
         },
     }
 }

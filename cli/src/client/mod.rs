@@ -49,6 +49,7 @@ pub async fn run(command: Command, global: &GlobalArgs) -> anyhow::Result<ExitCo
             action: Some(QueuesAction::Reload),
         } => nodes::reload_queues(&context).await,
         Command::Decommission(args) => nodes::decommission(&context, &args).await,
+        Command::JoinToken(args) => nodes::join_token(&context, &args).await,
         Command::Logs(args) => logs::print(&context, &args).await,
         Command::ResourceManager(_)
         | Command::NodeAgent(_)

@@ -3,10 +3,10 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use spindle_protocol::{DecommissionRequest, NodeId, NodeReport, NodeState, QueueReport, Resources, now_ms};
+use spindle_protocol::{DecommissionRequest, JoinTokenRequest, NodeId, NodeReport, NodeState, QueueReport, Resources, now_ms};
 
 use super::{ClientContext, print_json};
-use crate::args::DecommissionArgs;
+use crate::args::{DecommissionArgs, JoinTokenArgs};
 use crate::table::{Table, age, memory, wire_name};
 
 pub async fn list(context: &ClientContext) -> anyhow::Result<ExitCode> {
@@ -116,6 +116,22 @@ pub async fn decommission(context: &ClientContext, args: &DecommissionArgs) -> a
         outln!("{node_id}  DECOMMISSIONING  (its {} running container(s) {grace})", node.containers);
     } else {
         outln!("{node_id}  {}", wire_name(&node.state));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a join token alone on stdout, so it can go straight into a file:
+/// `spindle join-token > /etc/spindle/join-token`.
+pub async fn join_token(context: &ClientContext, args: &JoinTokenArgs) -> anyhow::Result<ExitCode> {
+    let reply = context
+        .client
+        .join_token(&JoinTokenRequest { ttl_s: args.ttl_s })
+        .await
+        .context("cannot make a join token")?;
+    if context.json {
+        print_json(&reply)?;
+    } else {
+        outln!("{}", reply.token);
     }
     Ok(ExitCode::SUCCESS)
 }

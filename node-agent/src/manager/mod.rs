@@ -4,11 +4,12 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use spindle_protocol::{
-    ClusterSecret, ContainerId, ContainerState, ContainerStatus, ExitReason, LaunchRequest, LaunchSpec, NodeId, Resources, now_ms,
+    AppId, BadCredential, ContainerId, ContainerState, ContainerStatus, ExitReason, LaunchRequest, LaunchSpec, NodeCredential, NodeKeyring,
+    Resources, now_ms,
 };
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -33,9 +34,9 @@ const MIB: u64 = 1024 * 1024;
 
 /// Owns the containers map and every change to it.
 pub(crate) struct ContainerManager {
-    /// Checks launch tokens, the agent token of GET/DELETE callers and shuffle tokens; derives
-    /// the shuffle token containers get.
-    secret: ClusterSecret,
+    /// The node's keys from the RM: check container tokens and the RM's bearer. `None` until
+    /// the first registration when no credential was saved.
+    keys: RwLock<Option<NodeKeyring>>,
     context: Arc<LaunchContext>,
     state: Mutex<ManagerState>,
     /// Wakes the heartbeat loop at once when a container starts or ends.
@@ -59,6 +60,9 @@ struct ManagerState {
     /// Containers whose directories the retention sweep is deleting right now. Launches of these
     /// ids are refused, so a directory is never deleted under a container being launched.
     removing_dirs: HashSet<ContainerId>,
+    /// The shuffle token of each app that ran here, from its container tokens: admits the
+    /// app's reducers to its map output here, and nothing else.
+    shuffle_tokens: HashMap<AppId, String>,
 }
 
 /// Everything the agent knows about one container.
@@ -89,20 +93,21 @@ struct ContainerRecord {
 
 impl ContainerManager {
     pub(crate) fn new(
-        secret: ClusterSecret,
+        keys: Option<NodeKeyring>,
         context: LaunchContext,
         tasks: TaskTracker,
         stop: CancellationToken,
         log_retention: Duration,
     ) -> Self {
         ContainerManager {
-            secret,
+            keys: RwLock::new(keys),
             context: Arc::new(context),
             state: Mutex::new(ManagerState {
                 containers: HashMap::new(),
                 acked_order: VecDeque::new(),
                 draining: false,
                 removing_dirs: HashSet::new(),
+                shuffle_tokens: HashMap::new(),
             }),
             report_trigger: Arc::new(Notify::new()),
             tasks,
@@ -110,10 +115,6 @@ impl ContainerManager {
             cgroup_failure_logged: AtomicBool::new(false),
             log_retention,
         }
-    }
-
-    pub(crate) fn node_id(&self) -> &NodeId {
-        &self.context.node_id
     }
 
     /// Notified whenever a container starts or ends.
@@ -130,7 +131,12 @@ impl ContainerManager {
     /// yields a status (COMPLETE, FAILED), as YARN reports launch failures as completions.
     pub(crate) async fn launch(self: &Arc<Self>, request: LaunchRequest) -> Result<ContainerStatus, AgentError> {
         launcher::check_spec(&request.launch).map_err(AgentError::BadRequest)?;
-        self.secret.verify_container(&request.token, self.node_id(), now_ms())?;
+        self.keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            .ok_or(AgentError::NotRegistered)?
+            .verify_container(&request.token, now_ms())?;
         // Spawned: once the account is known the container exists and must be started even
         // if the caller goes away (axum drops a handler's future when its client hangs up).
         self.tasks
@@ -160,6 +166,7 @@ impl ContainerManager {
             if state.containers.contains_key(&container_id) || state.removing_dirs.contains(&container_id) {
                 return Err(AgentError::DuplicateContainer(container_id));
             }
+            state.shuffle_tokens.insert(container_id.app, request.token.shuffle_token.clone());
             let record = ContainerRecord {
                 status: ContainerStatus {
                     container_id,
@@ -183,7 +190,9 @@ impl ContainerManager {
             };
             state.containers.insert(container_id, record);
         }
-        self.start(container_id, resources, account, request.launch, kill_signal).await
+        let shuffle_token = request.token.shuffle_token;
+        self.start(container_id, resources, account, request.launch, shuffle_token, kill_signal)
+            .await
     }
 
     /// Spawns the process of a container `launch` recorded, and supervises it.
@@ -193,10 +202,10 @@ impl ContainerManager {
         resources: Resources,
         account: Option<Account>,
         spec: LaunchSpec,
+        shuffle_token: String,
         kill_signal: Arc<Notify>,
     ) -> Result<ContainerStatus, AgentError> {
         let context = self.context.clone();
-        let shuffle_token = self.secret.shuffle_token(container_id.app);
         let spawn = move || {
             let launch = launcher::Launch {
                 container_id: &container_id,
@@ -287,14 +296,20 @@ impl ContainerManager {
         statuses
     }
 
-    /// Admits the agent token (RM, admins) for anything, and a container's own token signature
-    /// (its AM) for that container.
+    /// Admits the RM's bearer for this node for anything, and a container's own token
+    /// signature (its AM) for that container.
     pub(crate) fn authorize(&self, bearer: &str, container_id: Option<&ContainerId>) -> Result<(), AgentError> {
-        if self.secret.verify_agent_token(bearer) {
+        let from_rm = self
+            .keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            .is_some_and(|keys| keys.verify_rm(bearer, now_ms()));
+        if from_rm {
             return Ok(());
         }
         let Some(container_id) = container_id else {
-            return Err(AgentError::Forbidden("only the agent token may list containers".to_owned()));
+            return Err(AgentError::Forbidden("only the resource manager may list containers".to_owned()));
         };
         let own_token = self
             .lock()
@@ -305,9 +320,29 @@ impl ContainerManager {
             Ok(())
         } else {
             Err(AgentError::Forbidden(format!(
-                "the bearer token is neither the agent token nor the token of container {container_id}"
+                "the bearer token is neither the resource manager's for this node nor the token of container {container_id}"
             )))
         }
+    }
+
+    /// The bearer towards the RM, once the node has keys.
+    pub(crate) fn rm_bearer(&self) -> Option<String> {
+        self.keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            .map(NodeKeyring::bearer)
+    }
+
+    /// Takes the keys the RM issued (a registration's, or a rotation's) and returns the
+    /// keyring to save. Keys of another node id replace the old ones (a new registration).
+    pub(crate) fn install_credential(&self, credential: &NodeCredential) -> Result<NodeKeyring, BadCredential> {
+        let mut keys = self.keys.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match keys.as_mut() {
+            Some(keyring) if keyring.node_id() == &credential.node_id => keyring.merge(credential)?,
+            _ => *keys = Some(NodeKeyring::new(credential)?),
+        }
+        Ok(keys.clone().expect("just set"))
     }
 
     /// Asks a container to stop; the first reason given wins. Unknown ids are an error; a

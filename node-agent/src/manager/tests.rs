@@ -7,8 +7,7 @@ use super::*;
 #[tokio::test]
 async fn a_launch_whose_caller_goes_away_is_still_supervised() {
     let work_dir = crate::access::tests::passable_tempdir();
-    let secret = ClusterSecret::new("test-secret-0123456789");
-    let node_id = NodeId("n1:8042".to_owned());
+    let node_id = spindle_protocol::NodeId("n1:8042".to_owned());
     let context = LaunchContext {
         node_id: node_id.clone(),
         rm_urls: "http://127.0.0.1:1".to_owned(),
@@ -23,7 +22,7 @@ async fn a_launch_whose_caller_goes_away_is_still_supervised() {
     };
     let tasks = TaskTracker::new();
     let manager = Arc::new(ContainerManager::new(
-        secret.clone(),
+        Some(crate::shuffle::api_tests::keys(&node_id)),
         context,
         tasks,
         CancellationToken::new(),
@@ -31,7 +30,7 @@ async fn a_launch_whose_caller_goes_away_is_still_supervised() {
     ));
     let container_id: ContainerId = "container_e01_1700000000000_0007_01_000001".parse().unwrap();
     let request = LaunchRequest {
-        token: secret.sign_container(
+        token: crate::shuffle::api_tests::authority().sign_container(
             spindle_protocol::ContainerGrant {
                 container_id,
                 node_id,

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use spindle_protocol::{
-    AgentClient, AppId, ClientError, ClusterSecret, ContainerId, ContainerState, LaunchRequest, LaunchSpec, NodeId, Resources, now_ms,
+    AgentClient, AppId, ClientError, ClusterSecret, ContainerId, ContainerState, LaunchRequest, LaunchSpec, NodeAuthority, NodeId,
+    NodeKeyring, Resources, now_ms,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,6 +19,15 @@ const SECRET: &str = "test-secret-0123456789";
 
 fn secret() -> ClusterSecret {
     ClusterSecret::new(SECRET)
+}
+
+pub(crate) fn authority() -> NodeAuthority {
+    NodeAuthority::new(secret(), Duration::from_secs(3600), Duration::from_secs(24 * 3600))
+}
+
+/// The keys the RM would have issued node `node_id` now.
+pub(crate) fn keys(node_id: &NodeId) -> NodeKeyring {
+    NodeKeyring::new(&authority().credential(node_id, now_ms())).unwrap()
 }
 
 fn app(seq: u32) -> AppId {
@@ -42,7 +52,7 @@ pub(crate) fn test_manager(work_dir: &std::path::Path) -> Arc<ContainerManager> 
         cpu_hard_cap: false,
     };
     Arc::new(ContainerManager::new(
-        secret(),
+        Some(keys(&NodeId("n1:8042".to_owned()))),
         context,
         TaskTracker::new(),
         CancellationToken::new(),
@@ -85,7 +95,10 @@ impl TestApi {
     }
 
     /// Writes an output of `partitions` into the app's shuffle dir as the task runtime does.
+    /// Map output as a task of `app_id` writes it; the agent learns the app's shuffle token as
+    /// from a launch of one of its containers.
     fn write_output(&self, app_id: AppId, name: &str, partitions: &[&[u8]]) {
+        self.manager.learn_shuffle_token(app_id, secret().shuffle_token(app_id));
         let dir = app_shuffle_dir(self.work_dir.path(), app_id);
         std::fs::create_dir_all(&dir).unwrap();
         let mut data = Vec::new();
@@ -164,9 +177,9 @@ async fn a_missing_or_foreign_token_gets_401() {
     let (status, message) = api_error(api.client().fetch_shuffle(app(1), "m_1", 0, &another_apps_token).await);
     assert_eq!(status, 401);
     assert!(message.contains(&app(1).to_string()), "{message}");
-    // Neither the agent token nor another cluster's shuffle token opens it.
+    // Neither the RM's bearer nor another cluster's shuffle token opens it.
     for token in [
-        secret().agent_token(),
+        authority().rm_bearer(&NodeId("n1:8042".to_owned()), now_ms() + 60_000),
         ClusterSecret::new("another-cluster-secret").shuffle_token(app(1)),
     ] {
         let (status, _) = api_error(api.client().fetch_shuffle(app(1), "m_1", 0, &token).await);
@@ -207,13 +220,15 @@ async fn an_incomplete_output_or_an_unknown_app_gets_404() {
     // The map is still writing: data, but no index yet.
     std::fs::write(dir.join("m_1.data"), b"half of it").unwrap();
     let token = secret().shuffle_token(app(1));
+    api.manager.learn_shuffle_token(app(1), token.clone());
     let (status, message) = api_error(api.client().fetch_shuffle(app(1), "m_1", 0, &token).await);
     assert_eq!(status, 404);
     assert!(message.contains("m_1") && message.contains("index"), "{message}");
     let (status, _) = api_error(api.client().fetch_shuffle(app(1), "m_2", 0, &token).await);
     assert_eq!(status, 404);
+    // No container of app 3 ran here: the agent has no token of it to check, so none opens it.
     let (status, _) = api_error(api.client().fetch_shuffle(app(3), "m_1", 0, &secret().shuffle_token(app(3))).await);
-    assert_eq!(status, 404, "an app with no output on this node");
+    assert_eq!(status, 401, "an app that never ran on this node");
 }
 
 #[tokio::test]
@@ -253,7 +268,7 @@ async fn map_output_outlives_its_container_until_the_app_is_cleaned_up() {
         mv "$SPINDLE_SHUFFLE_DIR/m_7.index.tmp" "$SPINDLE_SHUFFLE_DIR/m_7.index"
     "#;
     let request = LaunchRequest {
-        token: secret().sign_container(
+        token: authority().sign_container(
             spindle_protocol::ContainerGrant {
                 container_id,
                 node_id: NodeId("n1:8042".to_owned()),
@@ -300,7 +315,7 @@ async fn map_output_outlives_its_container_until_the_app_is_cleaned_up() {
     assert_eq!(api.manager.clean_up_shuffle(&[app(1)]).await, vec![app(1)]);
     assert!(!shuffle_dir.exists());
     let (status, _) = api_error(api.client().fetch_shuffle(app(1), "m_7", 0, &token).await);
-    assert_eq!(status, 404, "cleaned up");
+    assert_eq!(status, 401, "cleaned up: the app's token went with its data");
 }
 
 #[tokio::test]
@@ -309,7 +324,7 @@ async fn clean_up_spares_apps_with_a_running_container_and_is_idempotent() {
     let manager = test_manager(work_dir.path());
     let running: ContainerId = format!("container_e01_{}_0002_01_000001", app(2).cluster_ts).parse().unwrap();
     let request = LaunchRequest {
-        token: secret().sign_container(
+        token: authority().sign_container(
             spindle_protocol::ContainerGrant {
                 container_id: running,
                 node_id: NodeId("n1:8042".to_owned()),

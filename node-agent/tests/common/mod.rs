@@ -15,8 +15,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use spindle_node_agent::{AgentConfig, AgentError};
 use spindle_protocol::{
-    AgentClient, AppId, ClientError, ClusterSecret, ContainerId, ContainerState, ContainerStatus, ContainerToken, LaunchRequest,
-    LaunchSpec, NodeHeartbeatReply, NodeHeartbeatRequest, NodeId, RegisterNodeReply, RegisterNodeRequest, Resources, now_ms,
+    AgentClient, AgentLogin, AppId, ClientError, ClusterSecret, ContainerId, ContainerState, ContainerStatus, ContainerToken,
+    LaunchRequest, LaunchSpec, NodeAuthority, NodeHeartbeatReply, NodeHeartbeatRequest, NodeId, RegisterNodeReply, RegisterNodeRequest,
+    Resources, now_ms,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,11 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 
 pub fn secret() -> ClusterSecret {
     ClusterSecret::new(SECRET)
+}
+
+/// The stub RM's side of node credentials: hourly keys, accepted for a day.
+pub fn authority() -> NodeAuthority {
+    NodeAuthority::new(secret(), Duration::from_secs(3600), Duration::from_secs(24 * 3600))
 }
 
 pub fn container_id(seq: u64) -> ContainerId {
@@ -87,7 +93,16 @@ impl TestAgent {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let work_dir_guard = tempfile::tempdir().unwrap();
-        let mut config = AgentConfig::new(vec![rm_url.to_owned()], secret(), work_dir_guard.path().to_path_buf());
+        let node_id = NodeId(address.clone());
+        // A credential saved as if by an earlier registration, so agents without an RM take
+        // launches too; those with the stub RM register with their join token all the same.
+        std::fs::write(
+            work_dir_guard.path().join("node-credential.json"),
+            serde_json::to_string(&authority().credential(&node_id, now_ms())).unwrap(),
+        )
+        .unwrap();
+        let join_token = secret().join_token(now_ms() + 3_600_000);
+        let mut config = AgentConfig::new(vec![rm_url.to_owned()], Some(join_token), work_dir_guard.path().to_path_buf());
         config.capacity = Some(Resources::new(8, 8192));
         customize(&mut config);
         let shutdown = CancellationToken::new();
@@ -126,9 +141,14 @@ impl TestAgent {
         TestAgent::start("http://127.0.0.1:1", customize).await.unwrap()
     }
 
-    /// Client with the agent token (what the RM and admins use).
+    /// The RM's bearer for this node.
+    pub fn rm_bearer(&self) -> String {
+        authority().rm_bearer(&self.node_id, now_ms() + 3_600_000)
+    }
+
+    /// Client with the RM's bearer for this node.
     pub fn admin(&self) -> AgentClient {
-        AgentClient::new(&self.address, Some(secret().agent_token()))
+        AgentClient::new(&self.address, Some(self.rm_bearer()))
     }
 
     /// Client without a bearer token (launches carry their token in the body).
@@ -137,7 +157,7 @@ impl TestAgent {
     }
 
     pub fn token(&self, seq: u64, memory_mb: u64) -> ContainerToken {
-        secret().sign_container(
+        authority().sign_container(
             spindle_protocol::ContainerGrant {
                 container_id: container_id(seq),
                 node_id: self.node_id.clone(),
@@ -163,11 +183,11 @@ impl TestAgent {
         self.anonymous().launch(&self.launch_request(seq, memory_mb, command)).await
     }
 
-    /// `GET /v1/containers` with the agent token (the typed client has no call for it).
+    /// `GET /v1/containers` with the RM's bearer (the typed client has no call for it).
     pub async fn list(&self) -> Vec<ContainerStatus> {
         reqwest::Client::new()
             .get(format!("http://{}/v1/containers", self.address))
-            .bearer_auth(secret().agent_token())
+            .bearer_auth(self.rm_bearer())
             .send()
             .await
             .unwrap()
@@ -240,7 +260,7 @@ pub struct StubState {
     /// Set `drain` in every heartbeat reply.
     pub drain: AtomicBool,
     pub heartbeat_interval_ms: AtomicU64,
-    /// Requests without the agent token.
+    /// Requests without the RM's bearer.
     pub unauthorized: AtomicU64,
 }
 
@@ -326,15 +346,17 @@ impl Drop for StubRm {
     }
 }
 
-fn has_agent_token(state: &StubState, headers: &HeaderMap) -> bool {
-    let expected = format!("Bearer {}", secret().agent_token());
-    let ok = headers
+/// Who the agent's bearer says it is, as the RM checks it; counts refusals.
+fn agent_login(state: &StubState, headers: &HeaderMap) -> Option<AgentLogin> {
+    let login = headers
         .get("authorization")
-        .is_some_and(|value| value.as_bytes() == expected.as_bytes());
-    if !ok {
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .and_then(|bearer| authority().authenticate(bearer, now_ms()).ok());
+    if login.is_none() {
         state.unauthorized.fetch_add(1, Ordering::Relaxed);
     }
-    ok
+    login
 }
 
 async fn stub_register(
@@ -342,15 +364,17 @@ async fn stub_register(
     headers: HeaderMap,
     Json(request): Json<RegisterNodeRequest>,
 ) -> Result<Json<RegisterNodeReply>, StatusCode> {
-    if !has_agent_token(&state, &headers) {
+    if agent_login(&state, &headers).is_none() {
         return Err(StatusCode::UNAUTHORIZED);
     }
+    let credential = authority().credential(&request.node_id, now_ms());
     state.registrations.lock().unwrap().push(request);
     Ok(Json(RegisterNodeReply {
         epoch: 1,
         heartbeat_interval_ms: state.heartbeat_interval_ms.load(Ordering::Relaxed),
         kill: Vec::new(),
         acked: Vec::new(),
+        credential,
     }))
 }
 
@@ -359,8 +383,9 @@ async fn stub_heartbeat(
     headers: HeaderMap,
     Json(request): Json<NodeHeartbeatRequest>,
 ) -> Result<Json<NodeHeartbeatReply>, StatusCode> {
-    if !has_agent_token(&state, &headers) {
-        return Err(StatusCode::UNAUTHORIZED);
+    match agent_login(&state, &headers) {
+        Some(AgentLogin::Node { node_id, .. }) if node_id == request.node_id => {}
+        _ => return Err(StatusCode::UNAUTHORIZED),
     }
     let mut reply = state.queued_replies.lock().unwrap().pop_front().unwrap_or_default();
     reply.drain |= state.drain.load(Ordering::Relaxed);

@@ -1,5 +1,5 @@
 //! Request extractors: JSON bodies whose errors name the bad field, and the three kinds of
-//! callers (users with API tokens, agents with the cluster secret, AMs with their AM token).
+//! callers (users with API tokens, agents with a join token or their node credential, AMs with their AM token).
 
 use std::sync::Arc;
 
@@ -8,6 +8,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
+use spindle_protocol::{AgentLogin, NodeId, now_ms};
 
 use crate::cluster::Caller;
 use crate::error::ApiError;
@@ -95,20 +96,41 @@ impl FromRequestParts<Arc<ResourceManager>> for User {
     }
 }
 
-/// A node agent: proves it holds the cluster secret.
-pub struct Agent;
+/// A node agent: with a join token (registration only) or its node credential.
+pub struct Agent(pub AgentLogin);
 
 impl FromRequestParts<Arc<ResourceManager>> for Agent {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, rm: &Arc<ResourceManager>) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?;
-        if rm.secret.verify_agent_token(token) {
-            Ok(Agent)
-        } else {
-            Err(ApiError::forbidden(
-                "the agent's cluster secret does not match the resource manager's",
-            ))
+        rm.authority
+            .authenticate(token, now_ms())
+            .map(Agent)
+            .map_err(|err| ApiError::forbidden(err.to_string()))
+    }
+}
+
+impl Agent {
+    /// Admits the agent as `node_id`: its own node credential, or (`join_ok`) a join token.
+    pub fn check_node(&self, node_id: &NodeId, join_ok: bool) -> Result<(), ApiError> {
+        match &self.0 {
+            AgentLogin::Join if join_ok => Ok(()),
+            AgentLogin::Join => Err(ApiError::forbidden(
+                "a join token only registers a node; heartbeats need the node credential the registration returned",
+            )),
+            AgentLogin::Node { node_id: own, .. } if own == node_id => Ok(()),
+            AgentLogin::Node { node_id: own, .. } => {
+                Err(ApiError::forbidden(format!("the node credential is for node {own}, not {node_id}")))
+            }
+        }
+    }
+
+    /// The generation of the agent's keys (a join token has none).
+    pub fn generation(&self) -> Option<u64> {
+        match &self.0 {
+            AgentLogin::Join => None,
+            AgentLogin::Node { generation, .. } => Some(*generation),
         }
     }
 }
@@ -126,7 +148,7 @@ impl FromRequestParts<Arc<ResourceManager>> for AmToken {
 
 impl AmToken {
     pub fn check(&self, rm: &ResourceManager, app_id: spindle_protocol::AppId, attempt: u32) -> Result<(), ApiError> {
-        if rm.secret.verify_am_token(app_id, attempt, &self.0) {
+        if rm.authority.secret().verify_am_token(app_id, attempt, &self.0) {
             Ok(())
         } else {
             Err(ApiError::forbidden(format!(

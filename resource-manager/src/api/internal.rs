@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use spindle_protocol::{
     AllocateReply, AllocateRequest, FinishAmRequest, NodeHeartbeatReply, NodeHeartbeatRequest, RegisterAmReply, RegisterAmRequest,
-    RegisterNodeReply, RegisterNodeRequest,
+    RegisterNodeReply, RegisterNodeRequest, now_ms,
 };
 
 use super::extract::{Agent, AmToken, ApiJson};
@@ -18,23 +18,36 @@ type Rm = State<Arc<ResourceManager>>;
 
 pub async fn register_node(
     State(rm): Rm,
-    _agent: Agent,
+    agent: Agent,
     ApiJson(request): ApiJson<RegisterNodeRequest>,
 ) -> Result<Json<RegisterNodeReply>, ApiError> {
+    agent.check_node(&request.node_id, true)?;
     let node_id = request.node_id.clone();
     let containers = request.containers.len();
     let reply = rm.mutate(|cluster, now| cluster.register_node(request, now)).await??;
-    tracing::info!(node = %node_id, containers, "node registered");
+    tracing::info!(node = %node_id, containers, generation = reply.credential.current, "node registered");
     Ok(Json(reply))
 }
 
 pub async fn node_heartbeat(
     State(rm): Rm,
-    _agent: Agent,
+    agent: Agent,
     ApiJson(request): ApiJson<NodeHeartbeatRequest>,
 ) -> Result<Json<NodeHeartbeatReply>, ApiError> {
+    agent.check_node(&request.node_id, false)?;
     rm.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
-    Ok(Json(rm.mutate(|cluster, now| cluster.node_heartbeat(request, now)).await?))
+    let node_id = request.node_id.clone();
+    let mut reply = rm.mutate(|cluster, now| cluster.node_heartbeat(request, now)).await?;
+    // Rotation: an agent behind the RM's generation gets the new keys.
+    let now = now_ms();
+    if agent
+        .generation()
+        .is_some_and(|generation| generation < rm.authority.generation_at(now))
+    {
+        tracing::info!(node = %node_id, "rotating the node's credential");
+        reply.credential = Some(rm.authority.credential(&node_id, now));
+    }
+    Ok(Json(reply))
 }
 
 pub async fn register_am(

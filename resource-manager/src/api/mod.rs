@@ -2,6 +2,7 @@
 
 mod extract;
 mod internal;
+mod join;
 mod public;
 mod stream_metrics;
 
@@ -28,7 +29,7 @@ pub use extract::parse_json;
     paths(
         public::submit_app, public::list_apps, public::get_app, public::kill_app, public::scale_operator, public::app_containers,
         public::list_nodes, public::get_node, public::decommission_node, public::cluster_report, public::queues, public::reload_queues,
-        public::container_logs
+        public::container_logs, join::create_join_token
     ),
     components(schemas(spindle_protocol::JobSpec, spindle_protocol::ShellSpec, spindle_protocol::CustomSpec, spindle_protocol::JobKind,
         spindle_protocol::Resources, spindle_protocol::AppState, spindle_protocol::FinalStatus, spindle_protocol::ContainerState,
@@ -83,6 +84,7 @@ fn short_routes() -> Router<Arc<ResourceManager>> {
         .route("/v1/nodes/{node_id}", get(public::get_node))
         .route("/v1/nodes/{node_id}/decommission", post(public::decommission_node))
         .route("/v1/cluster", get(public::cluster_report))
+        .route("/v1/cluster/join-tokens", post(join::create_join_token))
         .route("/v1/queues", get(public::queues))
         .route("/v1/queues/reload", post(public::reload_queues))
         .route("/v1/containers/{container_id}/logs/{stream}", get(public::container_logs))

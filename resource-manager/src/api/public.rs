@@ -10,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use spindle_protocol::{
     AgentClient, AppId, AppReport, AppState, ClusterReport, ContainerId, ContainerReport, DecommissionRequest, ErrorBody, JobSpec, NodeId,
-    NodeReport, QueueReport, ScaleReply, ScaleRequest, SubmitReply,
+    NodeReport, QueueReport, RM_BEARER_VALIDITY, ScaleReply, ScaleRequest, SubmitReply, now_ms,
 };
 
 use super::extract::{ApiJson, User};
@@ -246,7 +246,10 @@ pub async fn container_logs(
     }
     let location = rm.read(|cluster| cluster.container_logs_location(&caller, container_id)).await?;
     tracing::debug!(container = %container_id, user = %caller.user, owner = %location.owner, %stream, "container logs read");
-    let agent = AgentClient::new(&location.node_address, Some(rm.secret.agent_token()));
+    let bearer = rm
+        .authority
+        .rm_bearer(&location.node_id, now_ms() + RM_BEARER_VALIDITY.as_millis() as u64);
+    let agent = AgentClient::new(&location.node_address, Some(bearer));
     // Streamed through, never held: a log may be gigabytes.
     match agent.log_response(container_id, &stream, query.tail_bytes).await {
         Ok(response) => {

@@ -215,7 +215,7 @@ impl Cluster {
                 node_id: record.node_id.clone(),
                 node_address: record.node_address.clone(),
                 resources: record.resources,
-                token: self.settings.secret.sign_container(
+                token: self.settings.authority.sign_container(
                     spindle_protocol::ContainerGrant {
                         container_id,
                         node_id: record.node_id.clone(),

@@ -277,7 +277,7 @@ impl Cluster {
         };
         launch_env.insert(
             env::AM_TOKEN.to_owned(),
-            self.settings.secret.am_token(app_id, container_id.attempt),
+            self.settings.authority.secret().am_token(app_id, container_id.attempt),
         );
         // In a file, not the environment: one variable is limited to 128 KiB by the kernel.
         launch_env.insert(env::JOB_SPEC_FILE.to_owned(), AM_JOB_SPEC_FILE.to_owned());
@@ -285,7 +285,7 @@ impl Cluster {
             AM_JOB_SPEC_FILE.to_owned(),
             serde_json::to_string(spec).expect("job specs serialize"),
         )]);
-        let token = self.settings.secret.sign_container(
+        let token = self.settings.authority.sign_container(
             ContainerGrant {
                 container_id,
                 node_id: container.record.node_id.clone(),

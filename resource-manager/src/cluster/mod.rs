@@ -18,7 +18,7 @@ mod view_acl;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use spindle_protocol::{
-    AllocateReply, AppId, ClusterSecret, ContainerId, ContainerStatus, ExitReason, LaunchRequest, NodeId, NodeUsage, ResourceAsk, Resources,
+    AllocateReply, AppId, ContainerId, ContainerStatus, ExitReason, LaunchRequest, NodeAuthority, NodeId, NodeUsage, ResourceAsk, Resources,
 };
 
 use crate::records::{AppRecord, ContainerRecord, NodeRecord, WriteBatch};
@@ -35,7 +35,8 @@ pub use view_acl::{ContainerLocation, HIDDEN};
 /// Timing and identity settings the state machine needs.
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
-    pub secret: ClusterSecret,
+    /// Signs AM and container tokens (the cluster secret and the node keys derived from it).
+    pub authority: NodeAuthority,
     pub node_expiry_ms: u64,
     pub heartbeat_interval_ms: u64,
     pub container_launch_expiry_ms: u64,

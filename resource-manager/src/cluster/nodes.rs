@@ -86,6 +86,7 @@ impl Cluster {
             heartbeat_interval_ms: self.settings.heartbeat_interval_ms,
             kill,
             acked,
+            credential: self.settings.authority.credential(&node_id, now_ms),
         })
     }
 
@@ -144,6 +145,7 @@ impl Cluster {
             shutdown: node.record.state == NodeState::Decommissioned,
             resync: false,
             cleanup_apps,
+            credential: None,
         }
     }
 

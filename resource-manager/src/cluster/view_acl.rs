@@ -24,6 +24,7 @@ pub const HIDDEN: &str = "<hidden>";
 pub struct ContainerLocation {
     /// The owner of the container's app (for the proxy's log line).
     pub owner: String,
+    pub node_id: spindle_protocol::NodeId,
     pub node_address: String,
 }
 
@@ -50,6 +51,7 @@ impl Cluster {
         }
         Ok(ContainerLocation {
             owner: app.record.user.clone(),
+            node_id: container.record.node_id.clone(),
             node_address: container.record.node_address.clone(),
         })
     }

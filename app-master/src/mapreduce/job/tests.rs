@@ -106,6 +106,8 @@ impl Harness {
                 expires_at_ms: u64::MAX,
                 signature: String::new(),
                 user: "nobody".to_owned(),
+                key_generation: 0,
+                shuffle_token: String::new(),
             },
         }
     }

@@ -32,9 +32,7 @@ fn a_registered_am_gets_exactly_what_it_asks_for() {
         );
         assert_eq!(allocation.resources, TASK);
         assert_eq!((allocation.container_id.attempt, allocation.container_id.epoch), (1, 1));
-        secret()
-            .verify_container(&allocation.token, &n1.node_id, 40)
-            .expect("a token n1 accepts");
+        super::verify_container(&allocation.token, &n1.node_id, 40).expect("a token n1 accepts");
         assert_eq!(rm.container(allocation.container_id).state, ContainerState::Acquired);
     }
     assert_eq!(news.headroom, Resources::new(16 - 4, 16_384 - 256 - 3 * 128));

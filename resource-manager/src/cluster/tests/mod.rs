@@ -45,7 +45,7 @@ const TASK: Resources = Resources { vcores: 1, memory_mb: 128 };
 
 fn settings() -> ClusterSettings {
     ClusterSettings {
-        secret: ClusterSecret::new(SECRET),
+        authority: authority(),
         node_expiry_ms: NODE_EXPIRY_MS,
         heartbeat_interval_ms: 1000,
         container_launch_expiry_ms: LAUNCH_EXPIRY_MS,
@@ -69,6 +69,21 @@ const PREEMPTION_GRACE_MS: u64 = 15_000;
 
 fn secret() -> ClusterSecret {
     ClusterSecret::new(SECRET)
+}
+
+fn authority() -> spindle_protocol::NodeAuthority {
+    spindle_protocol::NodeAuthority::new(
+        secret(),
+        std::time::Duration::from_secs(3600),
+        std::time::Duration::from_secs(24 * 3600),
+    )
+}
+
+/// Checks a container token as the agent of `node` would, with the keys the RM gives it at `now`.
+fn verify_container(token: &spindle_protocol::ContainerToken, node: &NodeId, now: u64) -> Result<(), spindle_protocol::TokenError> {
+    spindle_protocol::NodeKeyring::new(&authority().credential(node, now))
+        .expect("the RM's credentials are usable")
+        .verify_container(token, now)
 }
 
 /// A new RM (epoch 1, started at 0) on an empty store.

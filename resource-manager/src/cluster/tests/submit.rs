@@ -38,13 +38,15 @@ fn submit_accepts_the_app_and_launches_its_am_with_a_signed_token() {
         (token.container_id, token.resources, token.expires_at_ms),
         (am_container, AM, 100 + LAUNCH_EXPIRY_MS)
     );
-    secret().verify_container(token, &node_id("n1:8042"), 100).expect("signed for n1");
-    assert!(secret().verify_container(token, &node_id("n2:8042"), 100).is_err(), "only for n1");
-    assert!(
-        ClusterSecret::new("another-secret")
-            .verify_container(token, &node_id("n1:8042"), 100)
-            .is_err()
+    super::verify_container(token, &node_id("n1:8042"), 100).expect("signed for n1");
+    assert!(super::verify_container(token, &node_id("n2:8042"), 100).is_err(), "only for n1");
+    let other_cluster = spindle_protocol::NodeAuthority::new(
+        ClusterSecret::new("another-secret"),
+        std::time::Duration::from_secs(3600),
+        std::time::Duration::from_secs(3600),
     );
+    let other_keys = spindle_protocol::NodeKeyring::new(&other_cluster.credential(&node_id("n1:8042"), 100)).unwrap();
+    assert!(other_keys.verify_container(token, 100).is_err());
     let launch_env = &launch.request.launch.env;
     assert!(secret().verify_am_token(app_id, 1, &launch_env[env::AM_TOKEN]));
     assert!(
