@@ -46,7 +46,10 @@ impl<'a> Call<'a> {
     }
 
     async fn send(self) -> (StatusCode, String) {
-        let mut request = reqwest::Client::new().request(self.method, format!("{}{}", self.rm.url, self.path));
+        let mut request = spindle_protocol::tls::client_builder()
+            .build()
+            .expect("an HTTP client")
+            .request(self.method, format!("{}{}", self.rm.url, self.path));
         if let Some(token) = self.token {
             request = request.bearer_auth(token);
         }

@@ -143,7 +143,9 @@ async fn a_stolen_node_credential_acts_as_its_own_node_and_nothing_else() {
     let agent_client = AgentClient::new(&agent.node_id.0, Some(stolen.bearer()));
     let container = "container_e01_1700000000000_0001_01_000001".parse().unwrap();
     refused(agent_client.status(container).await, 403, &["resource manager"]);
-    let listing = reqwest::Client::new()
+    let listing = spindle_protocol::tls::client_builder()
+        .build()
+        .expect("an HTTP client")
         .get(format!("http://{}/v1/containers", agent.node_id))
         .bearer_auth(stolen.bearer())
         .send()

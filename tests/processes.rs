@@ -22,7 +22,9 @@ async fn rm_and_two_agents_run_a_shell_job() {
 
     // Over plain REST, as any HTTP client would.
     let spec = shell_job("hello", "echo hello $SPINDLE_TASK_INDEX", 4, 128, 3);
-    let response = reqwest::Client::new()
+    let response = spindle_protocol::tls::client_builder()
+        .build()
+        .expect("an HTTP client")
         .post(format!("{}/v1/apps", cluster.rm_url()))
         .bearer_auth(support::ADMIN_TOKEN)
         .json(&spec)

@@ -115,7 +115,9 @@ async fn scaling_an_operator_wakes_the_am_and_bad_requests_are_refused() {
     assert_eq!(status, Some(400), "{message}");
     assert!(message.contains("cannot be rescaled"), "{message}");
 
-    let body = reqwest::Client::new()
+    let body = spindle_protocol::tls::client_builder()
+        .build()
+        .expect("an HTTP client")
         .put(format!("{}/v1/apps/{app_id}/operators/count", rm.url))
         .bearer_auth(support::USER_TOKEN)
         .header("content-type", "application/json")
@@ -181,7 +183,9 @@ async fn the_ams_stream_detail_shows_in_metrics() {
     };
     am.allocate(&allocate_request(app_id, 0, Some(detail))).await.unwrap();
     // Any API user's token may scrape /metrics (Prometheus: `authorization` in the scrape job).
-    let metrics = reqwest::Client::new()
+    let metrics = spindle_protocol::tls::client_builder()
+        .build()
+        .expect("an HTTP client")
         .get(format!("{}/metrics", rm.url))
         .bearer_auth(support::USER_TOKEN)
         .send()

@@ -566,7 +566,9 @@ impl Drop for TenantCluster {
 
 /// A container's log through the RM's proxy: status and body.
 async fn rm_logs(rm_url: &str, token: &str, container_id: ContainerId, stream: &str) -> (u16, String) {
-    let response = reqwest::Client::new()
+    let response = spindle_protocol::tls::client_builder()
+        .build()
+        .expect("an HTTP client")
         .get(format!("{rm_url}/v1/containers/{container_id}/logs/{stream}"))
         .bearer_auth(token)
         .timeout(Duration::from_secs(20))

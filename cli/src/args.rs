@@ -32,6 +32,10 @@ pub struct GlobalArgs {
     /// API token [env: SPINDLE_TOKEN] [default: from $SPINDLE_HOME/config.toml]
     #[arg(long, global = true, value_name = "TOKEN", help_heading = GLOBAL)]
     pub token: Option<String>,
+    /// The CA of a TLS cluster (PEM): every daemon's certificate is checked against it, and
+    /// addresses without a scheme are reached over https [env: SPINDLE_CA_FILE]
+    #[arg(long, global = true, value_name = "FILE", env = "SPINDLE_CA_FILE", help_heading = GLOBAL)]
+    pub ca_file: Option<PathBuf>,
     /// Print the JSON of the API's reports instead of tables.
     #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
@@ -133,6 +137,12 @@ pub struct NodeAgentArgs {
     /// credential saved in its work dir) [env: SPINDLE_JOIN_TOKEN]
     #[arg(long, value_name = "FILE")]
     pub join_token_file: Option<PathBuf>,
+    /// Serve the API over HTTPS with this certificate chain (PEM; needs --tls-key and --ca-file).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Vcores to offer, instead of the probed count (needs --memory-mb).
     #[arg(long, value_name = "N", requires = "memory_mb")]
     pub vcores: Option<u32>,

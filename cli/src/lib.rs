@@ -44,6 +44,11 @@ pub fn main() -> ExitCode {
 /// Runs one parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let log_format = cli.global.log_format;
+    // Before any client exists: every client of this process (and of the daemon it may run)
+    // checks servers against the cluster's CA.
+    if let Some(ca_file) = &cli.global.ca_file {
+        spindle_protocol::tls::trust_ca_file(ca_file).map_err(|err| error::UsageError::new(format!("--ca-file: {err}")))?;
+    }
     match cli.command {
         Command::ResourceManager(args) => {
             init_tracing(log_format, "info");
@@ -51,7 +56,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::NodeAgent(args) => {
             init_tracing(log_format, "info");
-            roles::node_agent(args, cli.global.rm.as_deref()).await
+            roles::node_agent(args, cli.global.rm.as_deref(), cli.global.ca_file.as_deref()).await
         }
         Command::AppMaster => {
             init_tracing(log_format, "info");

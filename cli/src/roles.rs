@@ -58,7 +58,7 @@ pub fn rm_config(args: &ResourceManagerArgs, env_secret: Option<String>) -> anyh
     Ok(config)
 }
 
-pub async fn node_agent(args: NodeAgentArgs, rm_flag: Option<&str>) -> anyhow::Result<ExitCode> {
+pub async fn node_agent(args: NodeAgentArgs, rm_flag: Option<&str>, ca_file: Option<&Path>) -> anyhow::Result<ExitCode> {
     // The same sources as a client's: --rm, SPINDLE_RM, $SPINDLE_HOME/config.toml, the default.
     let rm_urls = ClientSettings::load(rm_flag, None)?.rm_urls;
     let join_token = agent_join_token(args.join_token_file.as_deref(), crate::settings::join_token_env())?;
@@ -80,6 +80,26 @@ pub async fn node_agent(args: NodeAgentArgs, rm_flag: Option<&str>) -> anyhow::R
     config.max_connections = args.max_connections;
     config.min_uid = args.min_uid;
     config.cpu_hard_cap = args.cpu_hard_cap;
+    config.tls = match (args.tls_cert, args.tls_key, ca_file) {
+        (Some(cert_file), Some(key_file), Some(ca_file)) => Some(spindle_node_agent::AgentTls {
+            cert_file,
+            key_file,
+            ca_file: ca_file.to_owned(),
+        }),
+        (Some(_), _, None) => {
+            return Err(UsageError::new(
+                "--tls-cert needs --ca-file (or SPINDLE_CA_FILE): the agent checks the RM and other agents against the cluster's CA",
+            )
+            .into());
+        }
+        (None, _, Some(_)) => {
+            return Err(UsageError::new(
+                "--ca-file makes the agent reach the RM and agents over https, so it must serve https too: pass --tls-cert and --tls-key",
+            )
+            .into());
+        }
+        _ => None,
+    };
     config.spindle_bin = std::env::current_exe().context("cannot find the running spindle binary")?;
     let listener = bind(args.listen, "node agent", "--listen").await?;
     tracing::info!(listen = %listener.local_addr()?, rm = %rm_list, "starting the node agent");

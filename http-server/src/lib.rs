@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! listener ─accept─► permit (a semaphore of max_connections; at the cap, accepting waits)
-//!                      └─► one task per connection: hyper http1 with header_read_timeout
+//!                      └─► one task per connection: [TLS handshake, within header_read_timeout]
+//!                            └─► hyper http1 with header_read_timeout
 //!                            └─► router: routes wrapped by with_request_timeout
 //! shutdown ─► stop accepting ─► each connection finishes its request and closes
 //!          ─► shutdown_timeout later, connections still open are dropped
@@ -15,6 +16,8 @@
 //! response on a kept-alive connection), so it closes idle and slow-loris connections alike;
 //! *request timeout* — how long a route may take from its head to its response head, which
 //! bounds slow bodies and stuck handlers.
+
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,8 +31,10 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use spindle_protocol::{ErrorBody, ErrorDetail};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -69,10 +74,17 @@ impl ServerLimits {
     }
 }
 
-/// Serves `router` on an already-bound `listener` until `shutdown` resolves, then stops
-/// accepting, lets requests in flight finish for at most `limits.shutdown_timeout`, and returns.
-/// Accept errors are logged and retried, never fatal: a daemon outlives a descriptor shortage.
-pub async fn serve(listener: TcpListener, router: Router, limits: ServerLimits, shutdown: impl Future<Output = ()>) {
+/// Serves `router` on an already-bound `listener` (over TLS with `tls`) until `shutdown`
+/// resolves, then stops accepting, lets requests in flight finish for at most
+/// `limits.shutdown_timeout`, and returns. Accept errors are logged and retried, never fatal: a
+/// daemon outlives a descriptor shortage.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ServerLimits,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) {
     debug_assert!(limits.max_connections > 0, "a server without connections serves nobody");
     let permits = Arc::new(Semaphore::new(limits.max_connections.clamp(1, Semaphore::MAX_PERMITS)));
     // Two stages, so a stop is graceful first and bounded second.
@@ -95,14 +107,17 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ServerLimits, 
                 }
             },
         };
-        connections.spawn(serve_connection(
-            stream,
-            router.clone(),
-            limits.header_read_timeout,
-            permit,
-            finish_requests.clone(),
-            drop_connections.clone(),
-        ));
+        let connection = Connection {
+            router: router.clone(),
+            header_read_timeout: limits.header_read_timeout,
+            _permit: permit,
+            finish_requests: finish_requests.clone(),
+            drop_connections: drop_connections.clone(),
+        };
+        match &tls {
+            None => connections.spawn(connection.serve(stream)),
+            Some(acceptor) => connections.spawn(connection.serve_tls(acceptor.clone(), stream)),
+        };
     }
     drop(listener);
     finish_requests.cancel();
@@ -133,34 +148,52 @@ async fn acquire_connection_slot(permits: &Arc<Semaphore>, max_connections: usiz
         .expect("the connection semaphore is never closed")
 }
 
-/// Serves one connection until it ends, its header-read timeout fires, or the server stops.
-async fn serve_connection(
-    stream: TcpStream,
+/// One accepted connection and what bounds it.
+struct Connection {
     router: Router,
     header_read_timeout: Duration,
     _permit: OwnedSemaphorePermit,
     finish_requests: CancellationToken,
     drop_connections: CancellationToken,
-) {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    // hyper's header-read timeout needs a timer, and panics without one.
-    builder.timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
-    let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
-    let mut connection = std::pin::pin!(connection);
-    let outcome = tokio::select! {
-        outcome = connection.as_mut() => outcome,
-        () = finish_requests.cancelled() => {
-            // Answers the request in flight (if any), then closes; an idle connection closes now.
-            connection.as_mut().graceful_shutdown();
-            tokio::select! {
-                outcome = connection.as_mut() => outcome,
-                () = drop_connections.cancelled() => return,
-            }
+}
+
+impl Connection {
+    /// The TLS handshake first, bounded like a request head (a client that opens a connection
+    /// and sends nothing ties up a slot no longer than an idle plain one), then HTTP.
+    async fn serve_tls(self, acceptor: TlsAcceptor, stream: tokio::net::TcpStream) {
+        let handshake = tokio::select! {
+            handshake = tokio::time::timeout(self.header_read_timeout, acceptor.accept(stream)) => handshake,
+            () = self.finish_requests.cancelled() => return,
+        };
+        match handshake {
+            Ok(Ok(stream)) => self.serve(stream).await,
+            Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
+            Err(_) => tracing::debug!("TLS handshake timed out"),
         }
-    };
-    if let Err(err) = outcome {
-        // Timeouts, resets and malformed requests: the client's problem, not the daemon's.
-        tracing::debug!(error = %err, "connection closed with an error");
+    }
+
+    /// Serves the connection until it ends, its header-read timeout fires, or the server stops.
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, stream: S) {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        // hyper's header-read timeout needs a timer, and panics without one.
+        builder.timer(TokioTimer::new()).header_read_timeout(self.header_read_timeout);
+        let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(self.router));
+        let mut connection = std::pin::pin!(connection);
+        let outcome = tokio::select! {
+            outcome = connection.as_mut() => outcome,
+            () = self.finish_requests.cancelled() => {
+                // Answers the request in flight (if any), then closes; an idle connection closes now.
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    outcome = connection.as_mut() => outcome,
+                    () = self.drop_connections.cancelled() => return,
+                }
+            }
+        };
+        if let Err(err) = outcome {
+            // Timeouts, resets and malformed requests: the client's problem, not the daemon's.
+            tracing::debug!(error = %err, "connection closed with an error");
+        }
     }
 }
 

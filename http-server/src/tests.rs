@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use axum::routing::get;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use super::*;
@@ -53,7 +54,7 @@ async fn start(limits: ServerLimits) -> Running {
     let address = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
-    let server = tokio::spawn(serve(listener, router(), limits, async move { stop.cancelled().await }));
+    let server = tokio::spawn(serve(listener, router(), limits, None, async move { stop.cancelled().await }));
     Running { address, shutdown, server }
 }
 

@@ -48,6 +48,14 @@ impl FromStr for MemoryEnforcement {
     }
 }
 
+/// The agent's certificate and key, and the cluster's CA (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
+}
+
 /// Everything `run` needs to know; `AgentConfig::new` fills in the defaults.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -56,6 +64,9 @@ pub struct AgentConfig {
     /// Lets the agent register when it has no saved node credential for its node id
     /// (`spindle join-token`). Afterwards the RM's credential, saved in the work dir, is used.
     pub join_token: Option<String>,
+    /// HTTPS for the agent's API, and the CA it (and its containers) check the RM and other
+    /// agents against. `None`: plain HTTP.
+    pub tls: Option<AgentTls>,
     /// Containers run in `<work_dir>/apps/<app_id>/<container_id>`, their stdout/stderr files there.
     pub work_dir: PathBuf,
     /// Host part of the node id and address; default: the listener's IP (the host name if the
@@ -103,6 +114,7 @@ impl AgentConfig {
         AgentConfig {
             rm_urls,
             join_token,
+            tls: None,
             work_dir,
             advertise_host: None,
             capacity: None,

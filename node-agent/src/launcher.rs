@@ -74,6 +74,9 @@ pub(crate) struct LaunchContext {
     pub run_mode: Arc<RunMode>,
     /// The allowlisted variables of the agent's environment (`inherited_env`).
     pub inherited_env: Vec<(String, String)>,
+    /// On a TLS cluster, `SPINDLE_CA_FILE` for containers: the agent's world-readable copy of
+    /// the cluster's CA certificate.
+    pub ca_file: Option<String>,
 }
 
 impl LaunchContext {
@@ -331,6 +334,9 @@ fn container_env(context: &LaunchContext, launch: &Launch<'_>, dir: &Path, tmp_d
     ];
     for (name, value) in spindle_vars {
         vars.insert(name, Cow::Owned(value));
+    }
+    if let Some(ca_file) = &context.ca_file {
+        vars.insert(env::CA_FILE, Cow::Borrowed(ca_file));
     }
     vars.into_iter()
         .map(|(name, value)| c_string(format!("{name}={value}").as_bytes()))

@@ -21,6 +21,7 @@ mod retention;
 mod served_file;
 mod shuffle;
 mod spawn;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +33,7 @@ use tokio_util::task::TaskTracker;
 pub use access::runnable_by_others;
 pub use account::{AccountError, DEFAULT_MIN_UID};
 pub use config::{
-    AgentConfig, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LOG_RETENTION, DEFAULT_MAX_CONNECTIONS, DEFAULT_RACK, MemoryEnforcement,
+    AgentConfig, AgentTls, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LOG_RETENTION, DEFAULT_MAX_CONNECTIONS, DEFAULT_RACK, MemoryEnforcement,
 };
 pub use error::AgentError;
 pub use launcher::CONTAINER_KILL_GRACE;
@@ -70,6 +71,13 @@ pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdow
             .await
             .map_err(|err| AgentError::Config(format!("preparing the work dir failed: {err}")))??
     };
+    let (tls, container_ca) = match &config.tls {
+        Some(files) => {
+            let (acceptor, published) = tls::prepare(files, &work_dir)?;
+            (Some(acceptor), Some(published.display().to_string()))
+        }
+        None => (None, None),
+    };
     match *run_mode {
         RunMode::PerUser { .. } => tracing::info!(mode = %run_mode.describe(), "container accounts"),
         RunMode::SingleUser(_) => tracing::warn!(mode = %run_mode.describe(), "container accounts"),
@@ -100,6 +108,7 @@ pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdow
         cpu_hard_cap: config.cpu_hard_cap,
         run_mode: run_mode.clone(),
         inherited_env: launcher::inherited_env(matches!(*run_mode, RunMode::PerUser { .. })),
+        ca_file: container_ca,
     };
     let isolation = account::isolation(
         &run_mode,
@@ -126,7 +135,13 @@ pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdow
         // one request timeout covers them all; file bodies stream on after it.
         let router = spindle_http_server::with_request_timeout(api::router(manager.clone()), spindle_http_server::DEFAULT_REQUEST_TIMEOUT);
         let limits = spindle_http_server::ServerLimits::with_max_connections(config.max_connections);
-        tasks.spawn(spindle_http_server::serve(listener, router, limits, stop.clone().cancelled_owned()))
+        tasks.spawn(spindle_http_server::serve(
+            listener,
+            router,
+            limits,
+            tls,
+            stop.clone().cancelled_owned(),
+        ))
     };
     tasks.spawn(memory::run_memory_monitor(manager.clone(), stop.clone()));
     tasks.spawn(retention::run_retention_sweeper(manager.clone(), stop.clone()));

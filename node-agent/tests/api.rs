@@ -121,7 +121,7 @@ async fn reads_and_stops_need_the_agent_token_or_the_containers_own() {
     own_am.stop(container_id(1)).await.unwrap();
 
     // Listing is for the RM only.
-    let http = reqwest::Client::new();
+    let http = spindle_protocol::tls::client_builder().build().expect("an HTTP client");
     let url = format!("http://{}/v1/containers", agent.address);
     let answer = http.get(&url).bearer_auth(agent.token(1, 128).signature).send().await.unwrap();
     assert_eq!(answer.status(), 403);
@@ -135,7 +135,7 @@ async fn reads_and_stops_need_the_agent_token_or_the_containers_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_refused_with_json_errors() {
     let agent = TestAgent::start_without_rm(|_| {}).await;
-    let http = reqwest::Client::new();
+    let http = spindle_protocol::tls::client_builder().build().expect("an HTTP client");
     let url = format!("http://{}/v1/containers", agent.address);
 
     let post = |body: String| http.post(&url).header("content-type", "application/json").body(body).send();

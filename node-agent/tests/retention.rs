@@ -20,7 +20,9 @@ async fn wait_until_gone(path: &Path) {
 
 /// `GET …/logs/{stream}` with the RM's bearer: status and error body.
 async fn log_error(agent: &TestAgent, seq: u64, stream: &str) -> (u16, ErrorBody) {
-    let answer = reqwest::Client::new()
+    let answer = spindle_protocol::tls::client_builder()
+        .build()
+        .expect("an HTTP client")
         .get(format!(
             "http://{}/v1/containers/{}/logs/{stream}",
             agent.address,

@@ -42,18 +42,36 @@ struct Http {
     token: Option<String>,
 }
 
+/// reqwest's message with its causes, which say what went wrong ("connection refused", "invalid
+/// peer certificate: UnknownIssuer"); its own message names only the URL.
+fn describe(err: &reqwest::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A base URL; an address without a scheme gets `https://` once the process trusts a CA
+/// (`crate::tls`), else `http://`.
 fn normalise_base(url: &str) -> String {
     let url = url.trim().trim_end_matches('/');
     if url.starts_with("http://") || url.starts_with("https://") {
         url.to_owned()
     } else {
-        format!("http://{url}")
+        format!("{}://{url}", crate::tls::default_scheme())
     }
 }
 
 impl Http {
     fn new(bases: &[String], token: Option<String>, timeout: Duration) -> Self {
-        let client = reqwest::Client::builder()
+        let client = crate::tls::client_builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(3))
             .pool_max_idle_per_host(64)
@@ -106,8 +124,7 @@ impl Http {
             match request.send().await {
                 Ok(response) => return Ok(response),
                 // Only connection failures move on to the next RM: any answer is final.
-                Err(err) if err.is_connect() || err.is_timeout() => last_error = err.to_string(),
-                Err(err) => last_error = err.to_string(),
+                Err(err) => last_error = describe(&err),
             }
         }
         Err(ClientError::Unreachable {

@@ -13,6 +13,7 @@ mod resources;
 mod states;
 mod stream;
 mod stream_validate;
+pub mod tls;
 mod token;
 
 pub use account::{NodeIsolation, RunAs, check_account_name};
@@ -56,6 +57,9 @@ pub mod env {
     pub const SHUFFLE_DIR: &str = "SPINDLE_SHUFFLE_DIR";
     /// The bearer token that reads the app's map output from any agent's `/v1/shuffle/…`.
     pub const SHUFFLE_TOKEN: &str = "SPINDLE_SHUFFLE_TOKEN";
+    /// On a TLS cluster: the CA every daemon's certificate is signed by (`crate::tls`). The
+    /// `spindle` binary trusts it at start, in containers too.
+    pub const CA_FILE: &str = "SPINDLE_CA_FILE";
 }
 
 /// Milliseconds since the Unix epoch: the time unit of every timestamp on the wire.

@@ -23,6 +23,8 @@ pub enum RmError {
     Node(#[from] NodeError),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(spindle_protocol::tls::TlsFileError),
     #[error("the resource manager stopped because a store write failed ({0}); restart it to recover from the store")]
     Stopped(String),
     #[error("queue reload refused: {0}")]

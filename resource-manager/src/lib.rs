@@ -29,16 +29,24 @@ const FATAL_STOP_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 /// flight get `http.shutdown_timeout` to finish; then the RM stops anyway.
 pub async fn run(config: RmConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RmError> {
     config.validate()?;
+    let tls = match (&config.tls.cert_file, &config.tls.key_file, &config.tls.ca_file) {
+        (Some(cert), Some(key), Some(ca)) => {
+            // Before any client exists: the launcher's and the log proxy's check agents with it.
+            spindle_protocol::tls::trust_ca_file(ca).map_err(RmError::Tls)?;
+            Some(spindle_http_server::tls::acceptor(cert, key).map_err(RmError::Tls)?)
+        }
+        _ => None,
+    };
     let store = store::Store::connect_with(&config.db, config.store_options()).await?;
     let launcher = Arc::new(launcher::HttpAmLauncher::new(config.node_authority()));
     let rm = ResourceManager::start(config, store, launcher, shutdown.clone()).await?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, store = %rm.store_description(), "resource manager listening");
+    tracing::info!(%address, tls = tls.is_some(), store = %rm.store_description(), "resource manager listening");
     let timers = tokio::spawn(Arc::clone(&rm).run_timers());
     tokio::spawn(reload_on_sighup(Arc::clone(&rm)));
     let app = api::router(Arc::clone(&rm));
     let limits = rm.config.http.server_limits();
-    let serving = spindle_http_server::serve(listener, app, limits, shutdown.clone().cancelled_owned());
+    let serving = spindle_http_server::serve(listener, app, limits, tls, shutdown.clone().cancelled_owned());
     // A fenced or fail-stopped RM can answer nothing useful any more: it does not wait the
     // whole graceful bound for clients, but exits soon so a supervisor restarts it.
     let fatal_stop = async {

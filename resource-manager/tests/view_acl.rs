@@ -103,7 +103,7 @@ impl Rm {
 
 /// A GET with an optional bearer token: the status and the body as sent.
 async fn get(url: &str, token: Option<&str>) -> (StatusCode, String) {
-    let mut request = reqwest::Client::new().get(url);
+    let mut request = spindle_protocol::tls::client_builder().build().expect("an HTTP client").get(url);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }

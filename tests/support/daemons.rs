@@ -127,23 +127,51 @@ pub struct TestCluster {
     pub rm: Option<Daemon>,
     pub agents: Vec<TestAgent>,
     rm_starts: usize,
+    /// Set: every daemon serves HTTPS with this CA's certificate (`start_tls`).
+    tls: Option<super::TestCa>,
 }
 
 impl TestCluster {
     /// Writes the RM config and starts the RM; returns once it answers.
     pub async fn start(db: Db) -> TestCluster {
+        TestCluster::start_with(db, None).await
+    }
+
+    /// A cluster whose RM and agents serve HTTPS with a certificate of a CA made for it. This
+    /// test process then trusts that CA, for good: one such test per test binary.
+    pub async fn start_tls(db: Db) -> TestCluster {
+        let dir = crate::support::shared_tempdir("spindle-e2e-ca-");
+        let ca = super::TestCa::create(&dir.keep());
+        spindle_protocol::tls::trust_ca_file(&ca.ca_file).expect("trust the test CA");
+        TestCluster::start_with(db, Some(ca)).await
+    }
+
+    async fn start_with(db: Db, tls: Option<super::TestCa>) -> TestCluster {
         let dir = crate::support::shared_tempdir("spindle-e2e-");
         let db = match db {
             Db::Sqlite => format!("sqlite://{}", dir.path().join("rm.db").display()),
             Db::Url(url) => url,
         };
-        std::fs::write(dir.path().join("rm.toml"), rm_config_toml(&db)).expect("write the RM config");
+        let mut config = rm_config_toml(&db);
+        if let Some(ca) = &tls {
+            config.push_str(&format!(
+                "
+[tls]
+cert_file = {:?}
+key_file = {:?}
+ca_file = {:?}
+",
+                ca.cert_file, ca.key_file, ca.ca_file
+            ));
+        }
+        std::fs::write(dir.path().join("rm.toml"), config).expect("write the RM config");
         let mut cluster = TestCluster {
             dir,
             rm_port: 0,
             rm: None,
             agents: Vec::new(),
             rm_starts: 0,
+            tls,
         };
         cluster.start_rm().await;
         cluster
@@ -154,7 +182,13 @@ impl TestCluster {
     }
 
     pub fn rm_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.rm_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.rm_port)
+    }
+
+    /// The CA of a TLS cluster.
+    pub fn ca(&self) -> Option<&super::TestCa> {
+        self.tls.as_ref()
     }
 
     /// A client with the admin's token.
@@ -239,6 +273,16 @@ impl TestCluster {
             .iter()
             .map(|arg| arg.to_string())
             .collect();
+            let mut args = args;
+            if let Some(ca) = &self.tls {
+                for (flag, file) in [
+                    ("--tls-cert", &ca.cert_file),
+                    ("--tls-key", &ca.key_file),
+                    ("--ca-file", &ca.ca_file),
+                ] {
+                    args.extend([flag.to_owned(), file.display().to_string()]);
+                }
+            }
             let mut daemon = Daemon::spawn(format!("agent{index}#{attempt}"), self.path(), &args);
             let node_id = NodeId(format!("127.0.0.1:{port}"));
             let client = self.admin();
@@ -287,6 +331,10 @@ impl TestCluster {
         let url = self.rm_url();
         let mut full: Vec<&str> = args.to_vec();
         full.extend(["--rm", &url, "--token", ADMIN_TOKEN]);
+        let ca_file = self.tls.as_ref().map(|ca| ca.ca_file.display().to_string());
+        if let Some(ca_file) = &ca_file {
+            full.extend(["--ca-file", ca_file]);
+        }
         run_spindle(&self.path().join("home"), &full, Duration::from_secs(60)).await
     }
 
@@ -329,7 +377,8 @@ fn rm_config_toml(db: &str) -> String {
 
 /// Waits until `url` answers 200 or the daemon exits (`Err` with its logs).
 pub async fn wait_for_http(daemon: &mut Daemon, url: &str) -> Result<(), String> {
-    let client = reqwest::Client::builder()
+    // An https URL is checked against the CA this process trusts (`TestCluster::start_tls`).
+    let client = spindle_protocol::tls::client_builder()
         .timeout(Duration::from_secs(2))
         .build()
         .expect("an HTTP client");

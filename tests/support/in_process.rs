@@ -72,7 +72,7 @@ impl InProcessRm {
             task: Some(task),
         };
         let health = format!("{}/healthz", rm.url);
-        let http = reqwest::Client::new();
+        let http = spindle_protocol::tls::client_builder().build().expect("an HTTP client");
         wait_until(STARTUP_TIMEOUT, "the in-process RM to answer", || async {
             http.get(&health).send().await.is_ok_and(|response| response.status().is_success())
         })

@@ -18,6 +18,7 @@ mod daemons;
 mod in_process;
 mod postgres;
 mod streams;
+mod tls;
 
 use std::future::Future;
 use std::net::Ipv4Addr;
@@ -36,6 +37,7 @@ pub use self::{
     in_process::InProcessRm,
     postgres::PgSchema,
     streams::{start_local, stream_detail, wait_for_checkpoint},
+    tls::TestCa,
 };
 
 /// The cluster secret every test cluster shares between its RM and agents.

@@ -111,7 +111,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let shutdown = CancellationToken::new();
         let mut api = serve(listener, "127.0.0.1", "secret-token".into(), shutdown.clone()).unwrap();
-        let client = reqwest::Client::new();
+        let client = spindle_protocol::tls::client_builder().build().expect("an HTTP client");
         let url = format!("{}/v1/tasks/r_000003_0", api.url);
 
         let refused = client.post(&url).bearer_auth("wrong").json(&report()).send().await.unwrap();

@@ -19,6 +19,7 @@ async fn a_launch_whose_caller_goes_away_is_still_supervised() {
         inherited_env: crate::launcher::inherited_env(true),
         cpu: None,
         cpu_hard_cap: false,
+        ca_file: None,
     };
     let tasks = TaskTracker::new();
     let manager = Arc::new(ContainerManager::new(

@@ -50,6 +50,7 @@ pub(crate) fn test_manager(work_dir: &std::path::Path) -> Arc<ContainerManager> 
         inherited_env: crate::launcher::inherited_env(true),
         cpu: None,
         cpu_hard_cap: false,
+        ca_file: None,
     };
     Arc::new(ContainerManager::new(
         Some(keys(&NodeId("n1:8042".to_owned()))),
@@ -116,7 +117,10 @@ impl TestApi {
 
     /// A raw GET, for what the typed client does not show (headers, missing auth).
     async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
-        let mut request = reqwest::Client::new().get(format!("http://{}{path}", self.address));
+        let mut request = spindle_protocol::tls::client_builder()
+            .build()
+            .expect("an HTTP client")
+            .get(format!("http://{}{path}", self.address));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }

@@ -107,7 +107,7 @@ impl TestAgent {
         customize(&mut config);
         let shutdown = CancellationToken::new();
         let mut run = tokio::spawn(spindle_node_agent::run(config, listener, shutdown.clone()));
-        let http = reqwest::Client::new();
+        let http = spindle_protocol::tls::client_builder().build().expect("an HTTP client");
         let healthz = format!("http://{address}/healthz");
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
@@ -185,7 +185,9 @@ impl TestAgent {
 
     /// `GET /v1/containers` with the RM's bearer (the typed client has no call for it).
     pub async fn list(&self) -> Vec<ContainerStatus> {
-        reqwest::Client::new()
+        spindle_protocol::tls::client_builder()
+            .build()
+            .expect("an HTTP client")
             .get(format!("http://{}/v1/containers", self.address))
             .bearer_auth(self.rm_bearer())
             .send()

@@ -32,7 +32,9 @@ pub(super) fn report_progress_while_running(
 
 pub(super) async fn send_report_once(am_url: &str, token: &str, report: &TaskReport) -> anyhow::Result<()> {
     let url = format!("{}/v1/tasks/{}", am_url.trim_end_matches('/'), report.attempt);
-    let response = reqwest::Client::new()
+    let response = spindle_protocol::tls::client_builder()
+        .build()
+        .expect("an HTTP client")
         .post(&url)
         .timeout(std::time::Duration::from_secs(2))
         .bearer_auth(token)

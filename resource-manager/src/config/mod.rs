@@ -1,6 +1,10 @@
 //! The RM's configuration file (TOML). Every field has a default except the secrets, which
 //! `spindle local` generates and a real install writes once (see deploy/).
 
+mod tls;
+
+pub use tls::TlsConfig;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -72,6 +76,8 @@ pub struct RmConfig {
     pub retain_finished: Duration,
     /// The HTTP server's limits against slow and misbehaving clients.
     pub http: HttpConfig,
+    /// HTTPS for the API and towards agents (off by default).
+    pub tls: TlsConfig,
     /// Preemption and locality; reloaded with the queues.
     pub scheduler: SchedulerConfig,
     /// The queue tree (`root` and its children); reloaded by `spindle queues reload` or SIGHUP.
@@ -195,6 +201,7 @@ impl Default for RmConfig {
             max_body_bytes: 1024 * 1024,
             retain_finished: Duration::from_secs(7 * 24 * 3600),
             http: HttpConfig::default(),
+            tls: TlsConfig::default(),
             scheduler: SchedulerConfig::default(),
             queues: QueueConfig::default(),
             path: None,
@@ -362,6 +369,7 @@ impl RmConfig {
             });
         }
         self.http.validate()?;
+        self.tls.validate()?;
         self.queue_tree()?;
         Ok(())
     }
@@ -403,145 +411,4 @@ mod millis {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_a_full_file() {
-        let config: RmConfig = toml::from_str(
-            r#"
-            listen = "127.0.0.1:9000"
-            db = "postgres://localhost/spindle"
-            cluster_secret = "0123456789abcdef0123"
-            node_expiry = 5
-            heartbeat_interval = 500
-            [[users]]
-            name = "alice"
-            token = "alice-token-0123456789"
-            admin = true
-            "#,
-        )
-        .unwrap();
-        config.validate().unwrap();
-        assert_eq!(config.node_expiry, Duration::from_secs(5));
-        assert_eq!(config.users[0].name, "alice");
-    }
-
-    #[test]
-    fn short_secrets_are_refused() {
-        let config = RmConfig {
-            cluster_secret: "short".into(),
-            ..RmConfig::default()
-        };
-        assert!(config.validate().unwrap_err().to_string().contains("cluster_secret"));
-    }
-
-    #[test]
-    fn unknown_fields_are_refused() {
-        let err = toml::from_str::<RmConfig>("lisen = \"x\"").unwrap_err();
-        assert!(err.to_string().contains("lisen"));
-    }
-
-    /// `text` as a config file, read with `parse_file` (which names a bad field by its path).
-    fn parse(text: &str) -> Result<RmConfig, ConfigError> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("rm.toml");
-        std::fs::write(&path, text).unwrap();
-        RmConfig::parse_file(&path)
-    }
-
-    #[test]
-    fn durations_that_are_not_finite_non_negative_and_sane_name_their_field() {
-        let cases = [
-            ("node_expiry = inf", "field `node_expiry`", "not inf"),
-            ("node_expiry = -inf", "field `node_expiry`", "not -inf"),
-            ("node_expiry = nan", "field `node_expiry`", "not NaN"),
-            ("node_expiry = -1", "field `node_expiry`", "not -1"),
-            ("node_expiry = 1e300", "field `node_expiry`", "from 0 to 315360000 (ten years)"),
-            ("retain_finished = 400000000", "field `retain_finished`", "seconds"),
-            (
-                "heartbeat_interval = -5",
-                "field `heartbeat_interval`",
-                "milliseconds from 0 to 315360000000",
-            ),
-            (
-                "[scheduler]\npreemption_grace = nan",
-                "field `scheduler.preemption_grace`",
-                "not NaN",
-            ),
-            ("[http]\nheader_read_timeout = -0.5", "field `http.header_read_timeout`", "not -0.5"),
-        ];
-        for (text, field, reason) in cases {
-            let message = parse(text).unwrap_err().to_string();
-            assert!(message.contains(field) && message.contains(reason), "{text}: {message}");
-        }
-    }
-
-    #[test]
-    fn durations_take_fractions_and_whole_units_exactly() {
-        let config = parse("node_expiry = 2.5\nheartbeat_interval = 333\nretain_finished = 0\n[http]\nrequest_timeout = 0.1\n").unwrap();
-        assert_eq!(config.node_expiry, Duration::from_millis(2500));
-        assert_eq!(config.heartbeat_interval, Duration::from_millis(333));
-        assert_eq!(config.retain_finished, Duration::ZERO);
-        assert_eq!(config.http.request_timeout, Duration::from_millis(100));
-    }
-
-    #[test]
-    fn http_limits_have_defaults_and_are_checked() {
-        let valid = RmConfig {
-            cluster_secret: "0123456789abcdef0123".into(),
-            ..RmConfig::default()
-        };
-        valid.validate().unwrap();
-        assert_eq!(valid.http.max_connections, 10_000);
-        assert_eq!(valid.http.server_limits().header_read_timeout, Duration::from_secs(10));
-
-        let mut no_connections = valid.clone();
-        no_connections.http.max_connections = 0;
-        let message = no_connections.validate().unwrap_err().to_string();
-        assert!(message.contains("http.max_connections"), "{message}");
-        let mut no_timeout = valid;
-        no_timeout.http.header_read_timeout = Duration::ZERO;
-        let message = no_timeout.validate().unwrap_err().to_string();
-        assert!(message.contains("http.header_read_timeout"), "{message}");
-    }
-
-    #[test]
-    fn sqlite_synchronous_defaults_to_full_and_names_itself_when_wrong() {
-        assert_eq!(parse("").unwrap().store_options().sqlite_synchronous, SqliteSynchronous::Full);
-        let normal = parse("sqlite_synchronous = \"normal\"").unwrap();
-        assert_eq!(normal.sqlite_synchronous, SqliteSynchronous::Normal);
-        let message = parse("sqlite_synchronous = \"fast\"").unwrap_err().to_string();
-        assert!(
-            message.contains("field `sqlite_synchronous`") && message.contains("\"normal\""),
-            "{message}"
-        );
-    }
-
-    #[test]
-    fn the_shipped_example_works_once_its_placeholders_are_replaced() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rm.toml");
-        let shipped = RmConfig::parse_file(&path).unwrap();
-        let refused = shipped.validate().unwrap_err().to_string();
-        assert!(refused.contains("cluster_secret") && refused.contains("placeholder"), "{refused}");
-
-        let text = std::fs::read_to_string(&path).unwrap();
-        let mut replaced = String::new();
-        for (index, piece) in text.split("\"CHANGE-ME").enumerate() {
-            if index == 0 {
-                replaced.push_str(piece);
-                continue;
-            }
-            let rest = &piece[piece.find('"').expect("a quoted placeholder")..];
-            replaced.push_str(&format!("\"replaced-value-{index:02}-0123456789abcdef{rest}"));
-        }
-        let config: RmConfig = toml::from_str(&replaced).unwrap();
-        config.validate().unwrap();
-        let tree = config.queue_tree().unwrap();
-        assert!(tree.leaf("default").is_some(), "examples/ submit to `default`");
-        let alice = config.users.iter().find(|user| user.name == "alice").unwrap();
-        assert_eq!(config.unix_account(alice).as_deref(), Some("alice"));
-        let tokens: std::collections::BTreeSet<&str> = config.users.iter().map(|user| user.token.as_str()).collect();
-        assert_eq!(tokens.len(), config.users.len(), "every user's token differs");
-    }
-}
+mod tests;
