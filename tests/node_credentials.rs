@@ -45,10 +45,13 @@ impl Agent {
         }
     }
 
+    /// Waits until the RM lists the node RUNNING and the agent has saved its credential (it
+    /// does so right after the registration reply, which may be after the RM's listing).
     async fn wait_running(&self, rm: &InProcessRm) {
         let admin = rm.admin();
         wait_until(PATIENCE, &format!("{} to be RUNNING", self.node_id), || async {
             admin.node(&self.node_id).await.is_ok_and(|node| node.state == NodeState::Running)
+                && self.work_dir.path().join("node-credential.json").exists()
         })
         .await;
     }
@@ -131,12 +134,23 @@ async fn a_stolen_node_credential_acts_as_its_own_node_and_nothing_else() {
     let reply = thief.node_heartbeat(&heartbeat_request(&agent.node_id)).await.unwrap();
     assert!(reply.credential.is_none(), "the keys are current: nothing to rotate");
 
-    // A join token registers but never heartbeats.
+    // A join token registers new nodes, but neither heartbeats nor takes over a live node (its
+    // launches would go to the token's holder).
     let joiner = RmClient::new(std::slice::from_ref(&rm.url), Some(support::join_token()));
     refused(
         joiner.node_heartbeat(&heartbeat_request(&agent.node_id)).await,
         403,
         &["join token only registers"],
+    );
+    refused(
+        joiner.register_node(&register_request(&agent.node_id)).await,
+        409,
+        &["cannot take it over", "RUNNING"],
+    );
+    assert_eq!(
+        rm.admin().node(&agent.node_id).await.unwrap().capacity,
+        Resources::new(2, 2048),
+        "the refused registration changed nothing"
     );
 
     // Node keys are not the RM's: with them no one reads, lists or stops the agent's containers.

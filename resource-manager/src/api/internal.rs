@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use axum::Json;
 use axum::extract::State;
 use spindle_protocol::{
-    AllocateReply, AllocateRequest, FinishAmRequest, NodeHeartbeatReply, NodeHeartbeatRequest, RegisterAmReply, RegisterAmRequest,
-    RegisterNodeReply, RegisterNodeRequest, now_ms,
+    AllocateReply, AllocateRequest, FinishAmRequest, NodeHeartbeatReply, NodeHeartbeatRequest, NodeState, RegisterAmReply,
+    RegisterAmRequest, RegisterNodeReply, RegisterNodeRequest, now_ms,
 };
 
 use super::extract::{Agent, AmToken, ApiJson};
@@ -22,6 +22,9 @@ pub async fn register_node(
     ApiJson(request): ApiJson<RegisterNodeRequest>,
 ) -> Result<Json<RegisterNodeReply>, ApiError> {
     agent.check_node(&request.node_id, true)?;
+    if agent.generation().is_none() {
+        refuse_join_over_live_node(&rm, &request.node_id).await?;
+    }
     let node_id = request.node_id.clone();
     let containers = request.containers.len();
     let reply = rm.mutate(|cluster, now| cluster.register_node(request, now)).await??;
@@ -75,4 +78,23 @@ pub async fn finish_am(
     rm.mutate(|cluster, now| cluster.finish_am(&request, now)).await??;
     tracing::info!(app = %request.app_id, status = ?request.final_status, "application finished");
     Ok(Json(serde_json::json!({})))
+}
+
+/// A join token adds nodes; it does not take over one that is alive (its address, and so its
+/// launches, would move to whoever holds the token). Once the node is LOST or decommissioned,
+/// its id is free again: an agent that lost its credential file gets back in after
+/// `node_expiry`.
+async fn refuse_join_over_live_node(rm: &ResourceManager, node_id: &spindle_protocol::NodeId) -> Result<(), ApiError> {
+    let state = rm.read(|cluster| cluster.node_report(node_id)).await.map(|node| node.state);
+    match state {
+        Some(state @ (NodeState::Running | NodeState::Unhealthy | NodeState::Decommissioning)) => Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            format!(
+                "node {node_id} is registered and {}: a join token cannot take it over; its agent uses its node \
+                 credential, or registers again once the node is LOST",
+                format!("{state:?}").to_uppercase()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
