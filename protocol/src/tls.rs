@@ -4,7 +4,12 @@
 //! process that trusts a CA (`trust_ca_file`, from `--ca-file` / `SPINDLE_CA_FILE`) checks every
 //! server against that CA alone and reaches addresses given without a scheme — agents'
 //! `host:port`, a bare `SPINDLE_RM` — over `https://`. Without one, bare addresses are
-//! `http://` and explicit `https://` URLs are checked against the system's roots.
+//! `http://` and an `https://` URL fails (no CA is trusted; for a server with a publicly
+//! trusted certificate, pass the system's bundle, e.g. `/etc/ssl/certs/ca-certificates.crt`).
+//!
+//! Every client is built with a preconfigured rustls configuration: reqwest's own default would
+//! load the system's root store each time a client is made (milliseconds, in every AM and task
+//! process start), for clusters that mostly speak plain HTTP.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -91,12 +96,19 @@ pub(crate) fn default_scheme() -> &'static str {
     if enabled() { "https" } else { "http" }
 }
 
-/// A reqwest builder with this process's trust.
+/// A reqwest builder with this process's trust (none: no server certificate is accepted).
 pub fn client_builder() -> reqwest::ClientBuilder {
+    static TRUST_NOTHING: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
     install_crypto_provider();
-    let builder = reqwest::Client::builder();
-    match TRUST.get() {
-        Some((_, config)) => builder.tls_backend_preconfigured(rustls::ClientConfig::clone(config)),
-        None => builder,
-    }
+    let config = match TRUST.get() {
+        Some((_, config)) => config,
+        None => TRUST_NOTHING.get_or_init(|| {
+            Arc::new(
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(RootCertStore::empty())
+                    .with_no_client_auth(),
+            )
+        }),
+    };
+    reqwest::Client::builder().tls_backend_preconfigured(rustls::ClientConfig::clone(config))
 }
