@@ -173,6 +173,19 @@ def start_cluster(spindle, variant, dirs, rm_config, account, group, vcores, mem
     raise RuntimeError("local cluster did not come up; see " + log.name)
 
 
+def start_local_cluster(spindle, base, vcores, memory_mb):
+    """`spindle local` as this process's user (as root: jobs run as `nobody`) with its dirs in
+    `base`, for the MapReduce and streaming benchmarks. `base` becomes 1777 (as /tmp): jobs of
+    another account write their output and checkpoints there. Returns (proc, rm)."""
+    os.chmod(base, 0o1777)
+    dirs = {name: os.path.join(base, name) for name in ("data", "home", "tmp")}
+    for path in dirs.values():
+        os.makedirs(path, 0o711, exist_ok=True)
+        os.chmod(path, 0o711)
+    proc, rm, _nodes = start_cluster(spindle, Variant("run-as-user", "default"), dirs, None, None, None, vcores, memory_mb)
+    return proc, rm
+
+
 def stop_cluster(proc):
     try:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -36,7 +36,7 @@ import urllib.error
 import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cluster_bench import start_cluster  # noqa: E402
+from cluster_bench import start_local_cluster  # noqa: E402
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -271,7 +271,7 @@ def main():
         generate(build_generator("gen_sort_records", tools), records, size_bytes)
 
     data_dir = tempfile.mkdtemp(prefix="spindle-mr-bench-", dir=args.dir)
-    proc, rm = start_cluster(spindle, data_dir, vcores=2, memory_mb=8192)
+    proc, rm = start_local_cluster(spindle, data_dir, vcores=2, memory_mb=8192)
     rm.pid = proc.pid
     summary = {"size_bytes": size_bytes, "runs": args.runs, "split_size_mb": args.split_mb,
                "sort_reduce_memory_mb": args.sort_reduce_memory_mb,

@@ -29,7 +29,7 @@ import time
 import tomllib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cluster_bench import start_cluster  # noqa: E402
+from cluster_bench import start_local_cluster  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -143,7 +143,7 @@ def main():
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
     data_dir = tempfile.mkdtemp(prefix="spindle-stream-bench-", dir=args.dir)
-    proc, rm = start_cluster(args.spindle, data_dir, 4, 12288)
+    proc, rm = start_local_cluster(args.spindle, data_dir, 4, 12288)
     try:
         checkpoints = os.path.join(data_dir, "checkpoints")
         if not args.skip_throughput:
