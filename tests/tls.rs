@@ -76,7 +76,10 @@ async fn a_tls_cluster_runs_batch_jobs_and_refuses_whoever_does_not_trust_its_ca
     let url = cluster.rm_url();
     let stranger = run_spindle(&home, &["nodes", "--rm", &url, "--token", ADMIN_TOKEN], Duration::from_secs(30)).await;
     assert!(!stranger.success(), "{stranger}");
-    assert!(stranger.stderr.contains("certificate"), "{stranger}");
+    assert!(
+        stranger.stderr.contains("certificate") && stranger.stderr.contains("--ca-file"),
+        "{stranger}"
+    );
     eprintln!("without the CA: {}", stranger.stderr.trim());
 
     // Plain HTTP gets no answer from the RM or an agent.
@@ -110,4 +113,10 @@ async fn a_tls_cluster_runs_batch_jobs_and_refuses_whoever_does_not_trust_its_ca
     )
     .await;
     assert!(!half.success() && half.stderr.contains("--ca-file"), "{half}");
+
+    // `spindle local` is plain HTTP on loopback: a CA file in the environment is refused, not
+    // half applied.
+    let ca_file = ca.ca_file.display().to_string();
+    let local = run_spindle(&home, &["local", "--ca-file", &ca_file], Duration::from_secs(30)).await;
+    assert!(!local.success() && local.stderr.contains("plain HTTP"), "{local}");
 }

@@ -47,6 +47,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Before any client exists: every client of this process (and of the daemon it may run)
     // checks servers against the cluster's CA.
     if let Some(ca_file) = &cli.global.ca_file {
+        if matches!(cli.command, Command::Local(_) | Command::Demo) {
+            return Err(error::UsageError::new(
+                "a local cluster speaks plain HTTP on 127.0.0.1: unset SPINDLE_CA_FILE (or drop --ca-file) to run it",
+            )
+            .into());
+        }
         spindle_protocol::tls::trust_ca_file(ca_file).map_err(|err| error::UsageError::new(format!("--ca-file: {err}")))?;
     }
     match cli.command {

@@ -127,6 +127,9 @@ impl Http {
                 Err(err) => last_error = describe(&err),
             }
         }
+        if last_error.contains("certificate") && !crate::tls::enabled() {
+            last_error.push_str(" (an https server: give its CA with --ca-file or SPINDLE_CA_FILE)");
+        }
         Err(ClientError::Unreachable {
             urls: self.bases.join(","),
             reason: last_error,

@@ -61,6 +61,7 @@ pub(super) fn isolate_env(command: &mut Command, home: &Path) {
         .env_remove("SPINDLE_TOKEN")
         .env_remove("SPINDLE_CLUSTER_SECRET")
         .env_remove("SPINDLE_JOIN_TOKEN")
+        .env_remove("SPINDLE_CA_FILE")
         .env_remove("SPINDLE_LOG_FORMAT")
         .env("RUST_LOG", "info");
 }
