@@ -16,12 +16,19 @@ use std::time::Duration;
 use spindle_protocol::{ContainerId, LaunchSpec, NodeId, Resources, env};
 
 use crate::account::{Account, RunMode};
-use crate::cgroup::{CgroupRoot, ContainerCgroup, CpuCgroup, CpuRoot, JoinMethod};
+use crate::cgroup::{CgroupRoot, ContainerCgroup, CpuRoot, JoinMethod};
 pub(crate) use crate::exit::{KillRequest, ProcessExit, classify_exit, read_tail};
 use crate::spawn::{self, ContainerProcess, Identity, ProcessSpec, Step};
 
 /// How long a container may take to exit after SIGTERM before its process group gets SIGKILL.
 pub const CONTAINER_KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a container runs before it is moved into a cgroup v1 `cpu` cgroup weighted by its
+/// vcores. Joining a `cpu` cgroup at start made every launch ~1.1 ms of CPU dearer (run-as-user
+/// 0.59× single-user in `bench/cluster_bench.py`; 0.86× without it), which short containers
+/// never earn back; CPU weights matter for containers that stay busy, and from their second on
+/// they have them. Memory limits apply from the first instruction, as before.
+pub(crate) const CPU_WEIGHT_DELAY: Duration = Duration::from_secs(1);
 
 /// The only variables of the agent's own environment a container inherits: everything else
 /// (the cluster secret, tokens, whatever the operator's shell had) stays with the agent.
@@ -106,8 +113,6 @@ pub(crate) struct SpawnedContainer {
     /// Its pid is also the id of the container's process group.
     pub process: ContainerProcess,
     pub cgroup: Option<ContainerCgroup>,
-    /// Its cgroup in the v1 CPU hierarchy, removed when it ends.
-    pub cpu_cgroup: Option<CpuCgroup>,
     /// Why a cgroup could not be set up, when one should have been (memory is sampled instead).
     pub cgroup_error: Option<String>,
 }
@@ -194,7 +199,7 @@ pub(crate) fn spawn_container(context: &LaunchContext, launch: &Launch<'_>) -> R
 
     let (mut cgroup, mut cgroup_error) = match &context.cgroups {
         Some(root) => {
-            let name = format!("{}-{container_id}", context.node_port);
+            let name = cgroup_name(context, container_id);
             match root.create(&name, resources.memory_mb.saturating_mul(1024 * 1024)) {
                 Ok(cgroup) => (Some(cgroup), None),
                 Err(err) => (None, Some(format!("cannot create cgroup {name}: {err}"))),
@@ -203,23 +208,16 @@ pub(crate) fn spawn_container(context: &LaunchContext, launch: &Launch<'_>) -> R
         None => (None, None),
     };
 
-    let name = format!("{}-{container_id}", context.node_port);
-    let cpu_cgroup = match (&context.cpu, &cgroup) {
-        (Some(cpu), _) => match cpu.create(&name, resources.vcores) {
-            Ok(cpu_cgroup) => Some(cpu_cgroup),
-            Err(err) => {
-                cgroup_error.get_or_insert(format!("cannot create cpu cgroup {name}: {err}"));
-                None
-            }
-        },
-        (None, Some(cgroup)) => {
-            if let Err(err) = cgroup.set_cpu(resources.vcores, context.cpu_hard_cap) {
-                cgroup_error.get_or_insert(format!("cannot set the cpu weight of cgroup {name}: {err}"));
-            }
-            None
-        }
-        (None, None) => None,
-    };
+    // v2: the weight goes into the container's one cgroup, which costs nothing more. v1: the
+    // supervisor weighs the container later (`CPU_WEIGHT_DELAY`).
+    if let (None, Some(cgroup)) = (&context.cpu, &cgroup)
+        && let Err(err) = cgroup.set_cpu(resources.vcores, context.cpu_hard_cap)
+    {
+        cgroup_error.get_or_insert(format!(
+            "cannot set the cpu weight of cgroup {}: {err}",
+            cgroup_name(context, container_id)
+        ));
+    }
 
     let program = program_path(&spec.command[0], &context.spindle_bin, &spec.env, context.inherited_path());
     let mut join_cgroups = Vec::new();
@@ -231,9 +229,6 @@ pub(crate) fn spawn_container(context: &LaunchContext, launch: &Launch<'_>) -> R
         .is_some_and(|cgroup| cgroup.join_method() == JoinMethod::SpawningThread);
     if let Some(cgroup) = cgroup.as_ref().filter(|_| !joins_from_inside) {
         join_cgroups.push(cgroup.procs_path().to_owned());
-    }
-    if let Some(cpu_cgroup) = &cpu_cgroup {
-        join_cgroups.push(cpu_cgroup.procs_path().to_owned());
     }
     let process = ProcessSpec {
         program: c_string(program.as_os_str().as_bytes()),
@@ -270,7 +265,6 @@ pub(crate) fn spawn_container(context: &LaunchContext, launch: &Launch<'_>) -> R
         Ok(process) => Ok(SpawnedContainer {
             process,
             cgroup,
-            cpu_cgroup,
             cgroup_error,
         }),
         Err(err) => {
@@ -286,9 +280,6 @@ pub(crate) fn spawn_container(context: &LaunchContext, launch: &Launch<'_>) -> R
             let _ = writeln!(stderr, "spindle: {diagnostics}");
             if let Some(cgroup) = cgroup {
                 cgroup.remove();
-            }
-            if let Some(cpu_cgroup) = cpu_cgroup {
-                cpu_cgroup.remove();
             }
             Err(SpawnFailure {
                 exit_code: Some(exit_code),
@@ -341,6 +332,12 @@ fn container_env(context: &LaunchContext, launch: &Launch<'_>, dir: &Path, tmp_d
     vars.into_iter()
         .map(|(name, value)| c_string(format!("{name}={value}").as_bytes()))
         .collect()
+}
+
+/// A container's cgroup name in every hierarchy: the agent's port keeps several agents on one
+/// host apart.
+pub(crate) fn cgroup_name(context: &LaunchContext, container_id: &ContainerId) -> String {
+    format!("{}-{container_id}", context.node_port)
 }
 
 /// `check_spec` refused NULs in commands and env, and paths come from the agent's config.

@@ -142,12 +142,16 @@ impl ContainerCgroup {
         tracing::warn!(cgroup = %self.dir.display(), "cannot remove a container's cgroup; it stays until removed by hand");
     }
 
+    /// The processes in the cgroup now (none if it cannot be read).
+    pub(crate) fn member_pids(&self) -> Vec<i32> {
+        std::fs::read_to_string(self.dir.join("cgroup.procs"))
+            .map(|procs| procs.lines().filter_map(|line| line.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
     fn kill_members(&self) {
-        let Ok(procs) = std::fs::read_to_string(self.dir.join("cgroup.procs")) else {
-            return;
-        };
         let own_pid = std::process::id() as i32;
-        for pid in procs.lines().filter_map(|line| line.trim().parse::<i32>().ok()) {
+        for pid in self.member_pids() {
             // Only possible if a spawning thread failed to leave: never kill the agent.
             if pid == own_pid {
                 tracing::error!(cgroup = %self.dir.display(), "an agent thread is stuck in a container's cgroup");

@@ -6,9 +6,7 @@
 //! second cgroup there, which its new process joins before exec. With v2 the weight goes into
 //! the container's one cgroup (`ContainerCgroup::set_cpu`).
 
-use std::ffi::{CStr, CString};
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -40,8 +38,6 @@ pub(crate) struct CpuRoot {
 #[derive(Debug)]
 pub(crate) struct CpuCgroup {
     dir: PathBuf,
-    /// `<dir>/cgroup.procs`.
-    procs_path: CString,
     vcores: u32,
     /// Where it goes back when the container ends.
     idle: Arc<Mutex<Vec<(PathBuf, u32)>>>,
@@ -109,6 +105,28 @@ impl CpuRoot {
         self.cgroup(dir, vcores)
     }
 
+    /// A cgroup named `name` weighted by `vcores`, with the processes `members` lists moved
+    /// into it: twice, so a process forked by one not yet moved during the first pass is
+    /// caught by the second; later children are born inside. Processes that ended meanwhile
+    /// are skipped. Blocking.
+    pub(crate) fn adopt(&self, name: &str, vcores: u32, members: impl Fn() -> Vec<i32>) -> io::Result<CpuCgroup> {
+        let cgroup = self.create(name, vcores)?;
+        let procs = cgroup.dir.join("cgroup.procs");
+        for _ in 0..2 {
+            for pid in members() {
+                match write_file(&procs, &pid.to_string()) {
+                    Ok(()) => {}
+                    Err(err) if err.raw_os_error() == Some(libc::ESRCH) => {}
+                    Err(err) => {
+                        cgroup.release();
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        Ok(cgroup)
+    }
+
     /// The CFS quota: `vcores` worth of CPU time with a hard cap, else none.
     fn set_quota(&self, dir: &Path, vcores: u32) -> io::Result<()> {
         let quota = if self.hard_cap {
@@ -121,11 +139,8 @@ impl CpuRoot {
     }
 
     fn cgroup(&self, dir: PathBuf, vcores: u32) -> io::Result<CpuCgroup> {
-        let procs_path = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
-            .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
         Ok(CpuCgroup {
             dir,
-            procs_path,
             vcores,
             idle: Arc::clone(&self.idle),
         })
@@ -141,9 +156,12 @@ impl CpuRoot {
 }
 
 impl CpuCgroup {
-    /// `cgroup.procs`, which the new process writes itself into before it execs (`spawn.rs`).
-    pub(crate) fn procs_path(&self) -> &CStr {
-        &self.procs_path
+    /// The processes in the cgroup now.
+    #[cfg(test)]
+    pub(crate) fn member_pids(&self) -> Vec<i32> {
+        std::fs::read_to_string(self.dir.join("cgroup.procs"))
+            .map(|procs| procs.lines().filter_map(|line| line.trim().parse().ok()).collect())
+            .unwrap_or_default()
     }
 
     /// Gives the cgroup back for the next container once it is empty, or removes it when
@@ -273,6 +291,41 @@ mod tests {
         assert_ne!(third.dir, dir);
         assert_eq!(std::fs::read_to_string(third.dir.join("cpu.shares")).unwrap().trim(), "2048");
         third.remove();
+        root.remove_idle();
+    }
+
+    #[test]
+    fn a_running_process_tree_is_adopted_whole_and_gone_processes_are_skipped() {
+        let Ok(root) = CpuRoot::detect(false) else {
+            eprintln!("skipped: no writable cgroup v1 cpu hierarchy");
+            return;
+        };
+        // A shell with a child, started outside any container cgroup, as a container is.
+        let mut shell = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(shell.stdout.take().unwrap()), &mut line).unwrap();
+        let child: i32 = line.trim().parse().unwrap();
+        let members = vec![shell.id() as i32, child, 999_999_999];
+        let cgroup = root
+            .adopt(&format!("adopt-test-{}", std::process::id()), 2, || members.clone())
+            .unwrap();
+        let mut inside = cgroup.member_pids();
+        inside.sort_unstable();
+        let mut expected = vec![shell.id() as i32, child];
+        expected.sort_unstable();
+        assert_eq!(inside, expected);
+        assert_eq!(std::fs::read_to_string(cgroup.dir.join("cpu.shares")).unwrap().trim(), "2048");
+        // SAFETY: plain syscalls on processes this test started.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::kill(shell.id() as i32, libc::SIGKILL);
+        }
+        let _ = shell.wait();
+        cgroup.remove();
         root.remove_idle();
     }
 }

@@ -240,7 +240,7 @@ impl ContainerManager {
                 };
                 tracing::debug!(container_id = %container_id, pid = spawned.process.pid(), "container started");
                 self.tasks
-                    .spawn(self.clone().supervise(container_id, spawned, kill_signal, resources.memory_mb));
+                    .spawn(self.clone().supervise(container_id, spawned, kill_signal, resources));
                 self.report_trigger.notify_one();
                 Ok(status)
             }

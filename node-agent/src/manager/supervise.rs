@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use spindle_protocol::ContainerId;
+use spindle_protocol::{ContainerId, Resources};
 use tokio::sync::Notify;
 
 use super::ContainerManager;
-use crate::cgroup::ContainerCgroup;
-use crate::launcher::{self, CONTAINER_KILL_GRACE, ProcessExit, SpawnedContainer};
+use crate::cgroup::{ContainerCgroup, CpuCgroup};
+use crate::launcher::{self, CONTAINER_KILL_GRACE, CPU_WEIGHT_DELAY, ProcessExit, SpawnedContainer};
 use crate::retention;
 
 impl ContainerManager {
@@ -18,14 +18,13 @@ impl ContainerManager {
         container_id: ContainerId,
         spawned: SpawnedContainer,
         kill_signal: Arc<Notify>,
-        memory_limit_mb: u64,
+        resources: Resources,
     ) {
-        let SpawnedContainer {
-            process,
-            cgroup,
-            cpu_cgroup,
-            ..
-        } = spawned;
+        let SpawnedContainer { process, cgroup, .. } = spawned;
+        // Its cgroup in the v1 CPU hierarchy, once it has run `CPU_WEIGHT_DELAY`.
+        let mut cpu_cgroup: Option<CpuCgroup> = None;
+        let memory_limit_mb = resources.memory_mb;
+        let cgroup = cgroup.map(Arc::new);
         // The leader's pid is its process group's id (`spawn.rs` makes it a group leader).
         let process_group = process.pid();
         let waited = {
@@ -34,9 +33,15 @@ impl ContainerManager {
             // Set once SIGTERM went out: when the grace period ends.
             let mut kill_deadline: Option<tokio::time::Instant> = None;
             let mut sigkilled = false;
+            // When the container gets its CPU weight (v1 `cpu` hierarchy only).
+            let mut weigh_at = self.context.cpu.as_ref().map(|_| tokio::time::Instant::now() + CPU_WEIGHT_DELAY);
             loop {
                 tokio::select! {
                     status = &mut wait => break status,
+                    _ = sleep_until_optional(weigh_at), if weigh_at.is_some() && kill_deadline.is_none() => {
+                        weigh_at = None;
+                        cpu_cgroup = self.weigh(container_id, resources.vcores, process_group, cgroup.clone()).await;
+                    }
                     _ = kill_signal.notified(), if kill_deadline.is_none() => {
                         launcher::signal_process_group(process_group, libc::SIGTERM);
                         kill_deadline = Some(tokio::time::Instant::now() + CONTAINER_KILL_GRACE);
@@ -65,7 +70,6 @@ impl ContainerManager {
             }
         };
         let kill = self.lock().containers.get(&container_id).and_then(|record| record.kill.clone());
-        let cgroup = cgroup.map(Arc::new);
         // Only an unexplained failure needs the OOM counter and the stderr tail (file reads).
         let (oom_killed, stderr_tail) = if kill.is_none() && exit != ProcessExit::Code(0) {
             let cgroup = cgroup.clone();
@@ -99,6 +103,28 @@ impl ContainerManager {
                 cpu_cgroup.release();
             }
         });
+    }
+}
+
+impl ContainerManager {
+    /// Moves a running container into a `cpu` cgroup weighted by its vcores: every process of
+    /// its memory cgroup, or its leader when memory is sampled (children it forked before stay
+    /// unweighted). A failure leaves it unweighted, logged once.
+    async fn weigh(&self, container_id: ContainerId, vcores: u32, leader: i32, cgroup: Option<Arc<ContainerCgroup>>) -> Option<CpuCgroup> {
+        let cpu = self.context.cpu.clone()?;
+        let name = launcher::cgroup_name(&self.context, &container_id);
+        let members = move || match &cgroup {
+            Some(cgroup) => cgroup.member_pids(),
+            None => vec![leader],
+        };
+        match tokio::task::spawn_blocking(move || cpu.adopt(&name, vcores, members)).await {
+            Ok(Ok(cpu_cgroup)) => Some(cpu_cgroup),
+            Ok(Err(err)) => {
+                tracing::warn!(container_id = %container_id, error = %err, "cannot move a container into a cpu cgroup: it runs without a CPU weight");
+                None
+            }
+            Err(_) => None,
+        }
     }
 }
 
