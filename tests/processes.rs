@@ -249,6 +249,69 @@ async fn running_tasks(cluster: &TestCluster, app_id: spindle_protocol::AppId) -
         .collect()
 }
 
+/// SQLite serves one RM: a second RM on the same database, or a second `spindle local` on the
+/// same data dir, is refused at start, and the first carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_rm_on_one_sqlite_database_is_refused() {
+    let mut cluster = TestCluster::start(Db::Sqlite).await;
+    cluster.start_agent(2, 2048).await;
+    let config = cluster.path().join("rm.toml").display().to_string();
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let args: Vec<String> = ["resource-manager", "--config", &config, "--listen", &listen]
+        .map(str::to_owned)
+        .to_vec();
+    let mut second = support::Daemon::spawn("rm-second".to_owned(), cluster.path(), &args);
+    let status = second.wait_for_exit(Duration::from_secs(30)).await;
+    assert!(!status.success(), "the second RM must not run");
+    let logs = second.logs();
+    assert!(
+        logs.contains("in use by another resource manager") && logs.contains("PostgreSQL"),
+        "{logs}"
+    );
+    let report = wait_for_app_end(
+        &cluster.user(),
+        cluster.user().submit(&shell_job("after", "true", 1, 64, 0)).await.unwrap(),
+        JOB_TIMEOUT,
+    )
+    .await;
+    assert_eq!(report.final_status, FinalStatus::Succeeded, "the first RM carries on: {report:#?}");
+
+    // Two `spindle local` on one data dir: the second stops before touching anything.
+    let data_dir = cluster.path().join("local-data").display().to_string();
+    let first_port = support::free_port().to_string();
+    let local_args = |port: &str| -> Vec<String> {
+        [
+            "local",
+            "--agents",
+            "1",
+            "--data-dir",
+            &data_dir,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let mut first_local = support::Daemon::spawn("local-first".to_owned(), cluster.path(), &local_args(&first_port));
+    support::wait_for_http(&mut first_local, &format!("http://127.0.0.1:{first_port}/healthz"))
+        .await
+        .expect("the first local cluster serves");
+    let mut second_local = support::Daemon::spawn(
+        "local-second".to_owned(),
+        cluster.path(),
+        &local_args(&support::free_port().to_string()),
+    );
+    let status = second_local.wait_for_exit(Duration::from_secs(30)).await;
+    let logs = second_local.logs();
+    assert!(
+        !status.success() && logs.contains("another `spindle local` runs on the data dir"),
+        "{logs}"
+    );
+    assert!(first_local.exit_status().is_none(), "the first local cluster still runs");
+    first_local.terminate();
+    first_local.wait_for_exit(Duration::from_secs(30)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rm_restart_preserves_work_sqlite() {
     rm_restart_preserves_work(Db::Sqlite).await;

@@ -111,6 +111,9 @@ pub struct LocalCluster {
     agent_tasks: JoinSet<RoleExit>,
     /// The RM's task (a set of one, so it is watched the same way).
     rm_task: JoinSet<RoleExit>,
+    /// An exclusive lock on `<data dir>/local.lock` for the cluster's life: a second `spindle
+    /// local` on the same data dir is refused before it touches anything.
+    _lock: std::fs::File,
 }
 
 impl LocalCluster {
@@ -118,6 +121,16 @@ impl LocalCluster {
     pub async fn start(options: LocalOptions) -> anyhow::Result<LocalCluster> {
         prepare_data_dir(&options.data_dir)?;
         let data_dir = options.data_dir.canonicalize()?;
+        let lock_path = data_dir.join("local.lock");
+        let lock = spindle_resource_manager::store::exclusive_lock(&lock_path)
+            .with_context(|| format!("cannot lock {}", lock_path.display()))?
+            .ok_or_else(|| {
+                UsageError::new(format!(
+                    "another `spindle local` runs on the data dir {} (it holds {}): stop it first, or pass another --data-dir",
+                    data_dir.display(),
+                    lock_path.display()
+                ))
+            })?;
         let mut state = load_or_create_state(&data_dir)?;
         let base = match &options.rm_config {
             Some(path) => RmConfig::parse_file(path)?,
@@ -154,6 +167,7 @@ impl LocalCluster {
             rm_shutdown: CancellationToken::new(),
             agent_tasks: JoinSet::new(),
             rm_task: JoinSet::new(),
+            _lock: lock,
         };
         // The agents run in this process, which holds the secret anyway: they get a join token
         // made here, valid while they start, and then their node credentials like any agent.

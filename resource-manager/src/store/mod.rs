@@ -63,12 +63,37 @@ pub enum StoreError {
         what: String,
         source: std::io::Error,
     },
+    /// Another process (an RM, or a `spindle local`) has this SQLite database open.
+    #[error(
+        "the SQLite database {database} is in use by another resource manager (it holds {lock}): stop that one first, \
+         or, for several resource managers on one store, use PostgreSQL"
+    )]
+    InUse { database: String, lock: String },
     /// The store URL has a scheme (or parameters) this build does not understand.
     #[error("unsupported store URL `{url}`: use {ACCEPTED_URLS}")]
     BadUrl {
         /// The URL as given, with any password masked.
         url: String,
     },
+}
+
+/// Opens `path` (creating it 0600) and takes an exclusive lock on it (`flock`) without
+/// waiting: `Ok(None)` if another open file (another process, or another store in this one)
+/// holds it. The lock lasts as long as the returned file is open.
+pub fn exclusive_lock(path: &std::path::Path) -> std::io::Result<Option<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(err)) => Err(err),
+    }
 }
 
 impl StoreError {

@@ -34,6 +34,10 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// What `Store::describe` shows: the URL with an absolute path.
     description: String,
+    /// An exclusive `flock` on `<database>.lock`, held while the store is open: SQLite serves
+    /// one RM (a second one would take over the epoch and the first would die at its next
+    /// write); several RMs need PostgreSQL.
+    _lock: Option<std::sync::Arc<std::fs::File>>,
 }
 
 impl SqliteStore {
@@ -52,8 +56,9 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT);
         let in_memory = is_in_memory(url);
         let database_file = (!in_memory).then(|| options.get_filename().to_owned());
+        let mut lock = None;
         if let Some(path) = database_file.clone() {
-            run_blocking(move || prepare_private_files(&path)).await?;
+            lock = Some(run_blocking(move || prepare_private_files(&path).and_then(|()| lock_database(&path))).await?);
         }
         let description = if in_memory {
             "sqlite::memory:".to_owned()
@@ -80,7 +85,11 @@ impl SqliteStore {
             // them the database file's mode, and this makes sure of it.
             run_blocking(move || restrict_existing_files(&path)).await?;
         }
-        Ok(SqliteStore { pool, description })
+        Ok(SqliteStore {
+            pool,
+            description,
+            _lock: lock,
+        })
     }
 
     pub(super) fn describe(&self) -> String {
@@ -118,7 +127,7 @@ impl SqliteStore {
 }
 
 /// File work off the async threads.
-async fn run_blocking(work: impl FnOnce() -> Result<(), StoreError> + Send + 'static) -> Result<(), StoreError> {
+async fn run_blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(work)
         .await
         .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))
@@ -134,6 +143,41 @@ async fn run_blocking(work: impl FnOnce() -> Result<(), StoreError> + Send + 'st
 /// (which SQLite opens as an empty database) makes all three 0600 for good, without changing the
 /// process-wide umask under other threads that create files meanwhile. Modes are set with chmod
 /// after creation, so a umask cannot take bits away from the owner either.
+/// Takes `<database>.lock` (0600) with an exclusive, non-blocking `flock`, or says who holds it.
+/// The kernel drops the lock when the process ends, however it ends. Stores of one process
+/// share its lock (tests open several on one file, as two RMs would on PostgreSQL); another
+/// process is refused.
+fn lock_database(path: &Path) -> Result<std::sync::Arc<std::fs::File>, StoreError> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, Weak};
+    static HELD: Mutex<Option<HashMap<std::path::PathBuf, Weak<std::fs::File>>>> = Mutex::new(None);
+
+    let mut lock_path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned()).into_os_string();
+    lock_path.push(".lock");
+    let lock_path = std::path::PathBuf::from(lock_path);
+    let mut held = HELD.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let held = held.get_or_insert_with(HashMap::new);
+    held.retain(|_, file| file.strong_count() > 0);
+    if let Some(file) = held.get(&lock_path).and_then(Weak::upgrade) {
+        return Ok(file);
+    }
+    match crate::store::exclusive_lock(&lock_path) {
+        Ok(Some(file)) => {
+            let file = Arc::new(file);
+            held.insert(lock_path, Arc::downgrade(&file));
+            Ok(file)
+        }
+        Ok(None) => Err(StoreError::InUse {
+            database: path.display().to_string(),
+            lock: lock_path.display().to_string(),
+        }),
+        Err(source) => Err(StoreError::Io {
+            what: format!("cannot lock {}", lock_path.display()),
+            source,
+        }),
+    }
+}
+
 fn prepare_private_files(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     let io_error = |what: String| move |source| StoreError::Io { what, source };
@@ -256,5 +300,31 @@ mod tests {
         // 1 is NORMAL.
         assert_eq!(synchronous_pragma(&store).await, 1);
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_database_is_locked_against_other_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spindle.db");
+        let url = format!("sqlite://{}", path.display());
+        let first = SqliteStore::connect(&url, SqliteSynchronous::Full).await.unwrap();
+        assert_eq!(mode(&dir.path().join("spindle.db.lock")), 0o600);
+        // Another process: a child that tries the lock as a second RM's store would.
+        let try_lock = |dir: &Path| {
+            let output = std::process::Command::new("flock")
+                .args(["--nonblock", "--conflict-exit-code", "3"])
+                .arg(dir.join("spindle.db.lock"))
+                .arg("true")
+                .status()
+                .expect("run flock(1)");
+            output.code()
+        };
+        assert_eq!(try_lock(dir.path()), Some(3), "another process cannot take the lock");
+        // In this process, stores share it (as two RMs would share PostgreSQL in tests).
+        let second = SqliteStore::connect(&url, SqliteSynchronous::Full).await.unwrap();
+        drop(first);
+        assert_eq!(try_lock(dir.path()), Some(3), "held while any store of this process is open");
+        drop(second);
+        assert_eq!(try_lock(dir.path()), Some(0), "released with the last store");
     }
 }
