@@ -70,10 +70,6 @@ fn local_rm_config() -> RmConfig {
     config
 }
 
-/// How long the local agents' join token is valid: they register within seconds, and keep
-/// their node credentials in their work dirs after that.
-const AGENT_JOIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
-
 /// What a data dir remembers between runs (`local.toml`, owner-only: it holds secrets).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,9 +165,10 @@ impl LocalCluster {
             rm_task: JoinSet::new(),
             _lock: lock,
         };
-        // The agents run in this process, which holds the secret anyway: they get a join token
-        // made here, valid while they start, and then their node credentials like any agent.
-        let join_token = config.node_authority().join_token(now_ms() + AGENT_JOIN_WINDOW.as_millis() as u64);
+        // The agents run in this process, which holds the secret anyway: each gets its node
+        // credential straight into its work dir, fresh at every start. (A join token would be
+        // refused for nodes the restarted RM still lists as RUNNING, until they expire.)
+        let authority = config.node_authority();
         let rm_shutdown = cluster.rm_shutdown.clone();
         cluster.rm_task.spawn(async move {
             let outcome = spindle_resource_manager::run(config, rm_listener, rm_shutdown).await;
@@ -184,7 +181,7 @@ impl LocalCluster {
                 .await?;
             for index in 0..options.agents {
                 let preferred_port = state.agent_ports.get(index).copied().unwrap_or(0);
-                cluster.spawn_agent(index, preferred_port, &options, join_token.clone()).await?;
+                cluster.spawn_agent(index, preferred_port, &options, &authority).await?;
             }
             let ports: Vec<u16> = cluster.agent_addresses.iter().map(SocketAddr::port).collect();
             if state.agent_ports != ports {
@@ -218,17 +215,23 @@ impl LocalCluster {
     }
 
     /// Starts agent `index` on `preferred_port` if it is free, else on any free port.
-    async fn spawn_agent(&mut self, index: usize, preferred_port: u16, options: &LocalOptions, join_token: String) -> anyhow::Result<()> {
+    async fn spawn_agent(
+        &mut self,
+        index: usize,
+        preferred_port: u16,
+        options: &LocalOptions,
+        authority: &spindle_protocol::NodeAuthority,
+    ) -> anyhow::Result<()> {
         let listener = match TcpListener::bind((Ipv4Addr::LOCALHOST, preferred_port)).await {
             Ok(listener) => listener,
             Err(_) => bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), "node agent", "--listen").await?,
         };
-        self.agent_addresses.push(listener.local_addr()?);
-        let mut config = spindle_node_agent::AgentConfig::new(
-            vec![self.rm_url.clone()],
-            Some(join_token),
-            self.work_root.join(format!("agent-{index}")),
-        );
+        let address = listener.local_addr()?;
+        self.agent_addresses.push(address);
+        let work_dir = self.work_root.join(format!("agent-{index}"));
+        let node_id = spindle_protocol::NodeId(format!("{}:{}", Ipv4Addr::LOCALHOST, address.port()));
+        spindle_node_agent::save_node_credential(&work_dir, &authority.credential(&node_id, now_ms()))?;
+        let mut config = spindle_node_agent::AgentConfig::new(vec![self.rm_url.clone()], None, work_dir);
         config.advertise_host = Some(Ipv4Addr::LOCALHOST.to_string());
         config.capacity = options.agent_capacity;
         config.spindle_bin = self.spindle_bin.clone();

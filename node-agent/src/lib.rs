@@ -45,6 +45,15 @@ use crate::launcher::LaunchContext;
 use crate::manager::ContainerManager;
 use crate::probe::Probe;
 
+/// Gives an agent its node credential before it starts (`spindle local`, whose agents run in the
+/// RM's process): written where the agent looks for it, so it needs no join token.
+pub fn save_node_credential(work_dir: &std::path::Path, credential: &spindle_protocol::NodeCredential) -> Result<(), AgentError> {
+    let keyring = spindle_protocol::NodeKeyring::new(credential).map_err(|err| AgentError::Config(err.to_string()))?;
+    std::fs::create_dir_all(work_dir)
+        .and_then(|()| credential::save(work_dir, &keyring))
+        .map_err(|err| AgentError::io(format!("cannot save the node credential in {}", work_dir.display()), err))
+}
+
 /// Serves the agent API on `listener`, registers with the RM and heartbeats until `shutdown` is
 /// cancelled or the RM says shutdown (the node is decommissioned). Returns `Ok` on a clean stop.
 ///
