@@ -79,9 +79,7 @@ impl ClusterSecret {
 
     /// The raw HMAC of `message`: the seed of a derived key.
     pub(crate) fn derive(&self, message: &str) -> [u8; 32] {
-        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes keys of any length");
-        mac.update(message.as_bytes());
-        mac.finalize().into_bytes().into()
+        hmac(&self.0, message)
     }
 
     /// The bearer token an AM attempt uses towards the RM (YARN's AMRMToken).
@@ -101,11 +99,16 @@ impl ClusterSecret {
     }
 }
 
-/// Hex HMAC-SHA256 of `message` under `key`.
-pub(crate) fn hmac_hex(key: &[u8], message: &str) -> String {
+/// HMAC-SHA256 of `message` under `key`.
+fn hmac(key: &[u8], message: &str) -> [u8; 32] {
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(message.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    mac.finalize().into_bytes().into()
+}
+
+/// Hex HMAC-SHA256 of `message` under `key`.
+pub(crate) fn hmac_hex(key: &[u8], message: &str) -> String {
+    hex::encode(hmac(key, message))
 }
 
 /// Checks a hex HMAC-SHA256 in constant time (`verify_slice`).
@@ -150,6 +153,14 @@ pub(crate) fn container_message(token: &ContainerToken) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn constant_time_eq_compares() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
 
     #[test]
     fn am_tokens_bind_app_and_attempt() {

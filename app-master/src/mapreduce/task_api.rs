@@ -66,7 +66,7 @@ async fn receive_report(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
-    if !presented.is_some_and(|token| constant_time_eq(token.as_bytes(), state.token.as_bytes())) {
+    if !presented.is_some_and(|token| spindle_protocol::constant_time_eq(token.as_bytes(), state.token.as_bytes())) {
         return Err((StatusCode::UNAUTHORIZED, "a task report needs the app's shuffle token".to_owned()));
     }
     if report.attempt.to_string() != attempt {
@@ -81,10 +81,6 @@ async fn receive_report(
         .await
         .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, "the application master is stopping".to_owned()))?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |difference, (x, y)| difference | (x ^ y)) == 0
 }
 
 #[cfg(test)]

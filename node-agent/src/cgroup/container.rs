@@ -144,9 +144,7 @@ impl ContainerCgroup {
 
     /// The processes in the cgroup now (none if it cannot be read).
     pub(crate) fn member_pids(&self) -> Vec<i32> {
-        std::fs::read_to_string(self.dir.join("cgroup.procs"))
-            .map(|procs| procs.lines().filter_map(|line| line.trim().parse().ok()).collect())
-            .unwrap_or_default()
+        super::member_pids(&self.dir)
     }
 
     fn kill_members(&self) {

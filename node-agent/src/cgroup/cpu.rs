@@ -159,9 +159,7 @@ impl CpuCgroup {
     /// The processes in the cgroup now.
     #[cfg(test)]
     pub(crate) fn member_pids(&self) -> Vec<i32> {
-        std::fs::read_to_string(self.dir.join("cgroup.procs"))
-            .map(|procs| procs.lines().filter_map(|line| line.trim().parse().ok()).collect())
-            .unwrap_or_default()
+        super::member_pids(&self.dir)
     }
 
     /// Gives the cgroup back for the next container once it is empty, or removes it when

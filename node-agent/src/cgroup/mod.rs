@@ -165,3 +165,10 @@ impl CgroupRoot {
 fn write_file(path: &Path, contents: &str) -> io::Result<()> {
     std::fs::write(path, contents)
 }
+
+/// The processes in the cgroup at `dir` now (none if it cannot be read).
+fn member_pids(dir: &Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|procs| procs.lines().filter_map(|line| line.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}

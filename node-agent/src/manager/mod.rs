@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use spindle_protocol::{
-    AppId, BadCredential, ContainerId, ContainerState, ContainerStatus, ExitReason, LaunchRequest, LaunchSpec, NodeCredential, NodeKeyring,
-    Resources, now_ms,
+    AppId, ContainerId, ContainerState, ContainerStatus, ExitReason, LaunchRequest, LaunchSpec, NodeKeyring, Resources, now_ms,
 };
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -20,6 +19,7 @@ use crate::account::Account;
 use crate::launcher::{self, CONTAINER_KILL_GRACE, KillRequest, LaunchContext, SpawnFailure};
 use crate::memory::SampledContainer;
 
+mod auth;
 mod retention;
 mod shuffle;
 mod supervise;
@@ -131,12 +131,7 @@ impl ContainerManager {
     /// yields a status (COMPLETE, FAILED), as YARN reports launch failures as completions.
     pub(crate) async fn launch(self: &Arc<Self>, request: LaunchRequest) -> Result<ContainerStatus, AgentError> {
         launcher::check_spec(&request.launch).map_err(AgentError::BadRequest)?;
-        self.keys
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .as_ref()
-            .ok_or(AgentError::NotRegistered)?
-            .verify_container(&request.token, now_ms())?;
+        self.check_container_token(&request.token)?;
         // Spawned: once the account is known the container exists and must be started even
         // if the caller goes away (axum drops a handler's future when its client hangs up).
         self.tasks
@@ -296,55 +291,6 @@ impl ContainerManager {
         statuses
     }
 
-    /// Admits the RM's bearer for this node for anything, and a container's own token
-    /// signature (its AM) for that container.
-    pub(crate) fn authorize(&self, bearer: &str, container_id: Option<&ContainerId>) -> Result<(), AgentError> {
-        let from_rm = self
-            .keys
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .as_ref()
-            .is_some_and(|keys| keys.verify_rm(bearer, now_ms()));
-        if from_rm {
-            return Ok(());
-        }
-        let Some(container_id) = container_id else {
-            return Err(AgentError::Forbidden("only the resource manager may list containers".to_owned()));
-        };
-        let own_token = self
-            .lock()
-            .containers
-            .get(container_id)
-            .is_some_and(|record| constant_time_eq(&record.token_signature, bearer));
-        if own_token {
-            Ok(())
-        } else {
-            Err(AgentError::Forbidden(format!(
-                "the bearer token is neither the resource manager's for this node nor the token of container {container_id}"
-            )))
-        }
-    }
-
-    /// The bearer towards the RM, once the node has keys.
-    pub(crate) fn rm_bearer(&self) -> Option<String> {
-        self.keys
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .as_ref()
-            .map(NodeKeyring::bearer)
-    }
-
-    /// Takes the keys the RM issued (a registration's, or a rotation's) and returns the
-    /// keyring to save. Keys of another node id replace the old ones (a new registration).
-    pub(crate) fn install_credential(&self, credential: &NodeCredential) -> Result<NodeKeyring, BadCredential> {
-        let mut keys = self.keys.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        match keys.as_mut() {
-            Some(keyring) if keyring.node_id() == &credential.node_id => keyring.merge(credential)?,
-            _ => *keys = Some(NodeKeyring::new(credential)?),
-        }
-        Ok(keys.clone().expect("just set"))
-    }
-
     /// Asks a container to stop; the first reason given wins. Unknown ids are an error; a
     /// container that already ended is left as it is.
     pub(crate) fn kill(&self, container_id: &ContainerId, request: KillRequest) -> Result<(), AgentError> {
@@ -500,15 +446,6 @@ impl ContainerManager {
     pub(crate) fn log_path(&self, container_id: &ContainerId, stream: &str) -> std::path::PathBuf {
         launcher::container_dir(&self.context.work_dir, container_id).join(stream)
     }
-}
-
-/// Compares secrets without an early exit that would leak how much of a guess was right.
-fn constant_time_eq(expected: &str, given: &str) -> bool {
-    let (expected, given) = (expected.as_bytes(), given.as_bytes());
-    if expected.len() != given.len() {
-        return false;
-    }
-    expected.iter().zip(given).fold(0u8, |difference, (a, b)| difference | (a ^ b)) == 0
 }
 
 #[cfg(test)]

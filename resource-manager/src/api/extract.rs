@@ -84,7 +84,7 @@ impl FromRequestParts<Arc<ResourceManager>> for User {
         rm.config
             .users
             .iter()
-            .find(|user| constant_time_eq(user.token.as_bytes(), token.as_bytes()))
+            .find(|user| spindle_protocol::constant_time_eq(user.token.as_bytes(), token.as_bytes()))
             .map(|user| {
                 User(Caller {
                     user: user.name.clone(),
@@ -156,8 +156,4 @@ impl AmToken {
             )))
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
