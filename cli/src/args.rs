@@ -123,6 +123,10 @@ pub struct ResourceManagerArgs {
     /// Address of the REST API [default: from the config, else 0.0.0.0:8088]
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// URL others reach this RM at, where standbys send clients while it is active
+    /// [default: from the config, else http://LISTEN with the host name for 0.0.0.0]
+    #[arg(long, value_name = "URL")]
+    pub advertise: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -51,6 +51,9 @@ pub fn rm_config(args: &ResourceManagerArgs, env_secret: Option<String>) -> anyh
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    if let Some(advertise) = &args.advertise {
+        config.advertise = Some(advertise.clone());
+    }
     if config.cluster_secret.trim().is_empty() {
         return Err(UsageError::new(MISSING_RM_SECRET).into());
     }
@@ -215,6 +218,7 @@ mod tests {
             config: config.map(Path::to_owned),
             db: None,
             listen: None,
+            advertise: None,
         }
     }
 

@@ -58,9 +58,13 @@ async fn healthz() -> &'static str {
 
 async fn launch_container(
     State(manager): State<Arc<ContainerManager>>,
+    headers: HeaderMap,
     payload: Result<Json<LaunchRequest>, JsonRejection>,
 ) -> Result<Response, AgentError> {
     let Json(request) = payload.map_err(rejection_error)?;
+    // The container token authorizes a launch; an RM's bearer beside it (the RM launching an
+    // AM) must also be of the current leader.
+    manager.check_rm_epoch(bearer(&headers).ok())?;
     let status = manager.launch(request).await?;
     let location = format!("/v1/containers/{}", status.container_id);
     let mut response = (StatusCode::CREATED, Json(status)).into_response();

@@ -57,6 +57,13 @@ pub enum AgentError {
     Draining,
     #[error("the node has not registered with the resource manager yet: it has no keys to check container tokens with")]
     NotRegistered,
+    /// An RM bearer of an epoch older than one the agent has heard of: that RM has been
+    /// replaced by a newer leader and must not launch or kill anything.
+    #[error(
+        "refused: the resource manager of epoch {epoch} sent this, but one of epoch {current} leads now \
+         (the sender has been replaced)"
+    )]
+    StaleRm { epoch: u64, current: u64 },
     #[error("the request body is larger than the 1 MiB limit")]
     PayloadTooLarge,
 }
@@ -81,6 +88,7 @@ impl AgentError {
             | AgentError::ShuffleOutputNotFound { .. }
             | AgentError::UnknownRoute(_) => (StatusCode::NOT_FOUND, "not_found"),
             AgentError::DuplicateContainer(_) | AgentError::Draining => (StatusCode::CONFLICT, "conflict"),
+            AgentError::StaleRm { .. } => (StatusCode::CONFLICT, "stale_epoch"),
             AgentError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             AgentError::NotRegistered => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             AgentError::Config(_) | AgentError::CgroupUnavailable(_) | AgentError::Io { .. } => {

@@ -153,8 +153,18 @@ impl Heartbeater {
         }
     }
 
-    /// Applies a heartbeat reply; returns `ShutdownByRm` if the RM said to stop.
+    /// Applies a heartbeat reply; returns `ShutdownByRm` if the RM said to stop. A reply from
+    /// an RM older than one already heard of (a replaced leader that has not noticed yet) is
+    /// ignored: none of its kills, acknowledgements or orders are acted on.
     fn apply(&self, reply: &NodeHeartbeatReply) -> Option<HeartbeatEnd> {
+        if !self.manager.observe_epoch(reply.epoch) {
+            tracing::warn!(
+                epoch = reply.epoch,
+                current = self.manager.rm_epoch(),
+                "ignoring a heartbeat reply from a replaced resource manager"
+            );
+            return None;
+        }
         self.manager.acknowledge(&reply.acked);
         self.manager.kill_by_rm(&reply.kill);
         self.manager.set_draining(reply.drain);
@@ -204,6 +214,13 @@ impl Heartbeater {
                 result = self.client.register_node(&request) => result,
             };
             match result {
+                Ok(reply) if !self.manager.observe_epoch(reply.epoch) => {
+                    tracing::warn!(
+                        epoch = reply.epoch,
+                        current = self.manager.rm_epoch(),
+                        "a replaced resource manager answered the registration; trying again"
+                    );
+                }
                 Ok(reply) => {
                     self.rm_reachable();
                     self.install_credential(&reply.credential, "issued");

@@ -99,13 +99,24 @@ async fn reads_and_stops_need_the_agent_token_or_the_containers_own() {
     let authority = common::authority();
     let keys = spindle_protocol::NodeKeyring::new(&authority.credential(&agent.node_id, now_ms())).unwrap();
     for bearer in [
-        authority.rm_bearer(&NodeId("127.0.0.1:1".into()), now_ms() + 60_000),
+        authority.rm_bearer(&NodeId("127.0.0.1:1".into()), 1, now_ms() + 60_000),
         keys.bearer(),
-        authority.rm_bearer(&agent.node_id, now_ms() - 1),
+        authority.rm_bearer(&agent.node_id, 1, now_ms() - 1),
     ] {
         let (status, _, _) = api_error(AgentClient::new(&agent.address, Some(bearer.clone())).status(container_id(1)).await);
         assert_eq!(status, 403, "{bearer}");
     }
+
+    // Once the agent has heard of a newer RM epoch (an RM bearer of epoch 3), a replaced RM
+    // (epoch 2) may neither read nor stop, nor launch: 409 naming both epochs.
+    let newer = AgentClient::new(&agent.address, Some(authority.rm_bearer(&agent.node_id, 3, now_ms() + 60_000)));
+    assert!(newer.status(container_id(1)).await.is_ok());
+    let replaced = AgentClient::new(&agent.address, Some(authority.rm_bearer(&agent.node_id, 2, now_ms() + 60_000)));
+    let (status, code, message) = api_error(replaced.stop(container_id(1)).await);
+    assert_eq!((status, code.as_str()), (409, "stale_epoch"), "{message}");
+    assert!(message.contains("epoch 2") && message.contains("epoch 3"), "{message}");
+    let (status, code, _) = api_error(replaced.launch(&agent.launch_request(9, 64, &["true"])).await);
+    assert_eq!((status, code.as_str()), (409, "stale_epoch"));
 
     // Container 2's AM may not touch container 1.
     let other_am = AgentClient::new(&agent.address, Some(agent.token(2, 128).signature));

@@ -1,6 +1,7 @@
 //! A typed HTTP client for the RM's public and internal APIs and the agent's API.
 //! Several RM URLs may be given; the client tries them in order until one answers.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -40,6 +41,26 @@ struct Http {
     client: reqwest::Client,
     bases: Vec<String>,
     token: Option<String>,
+    /// The base URL that answered last (not as a standby), shared by clones: tried first.
+    active: Arc<Mutex<Option<String>>>,
+}
+
+/// The header a standby RM sets on every answer (`spindle_resource_manager::ha`).
+const ROLE_HEADER: &str = "x-spindle-role";
+/// How long a client looks for the active RM among its URLs once a standby has answered:
+/// a failover takes a lease and a little more.
+const FAILOVER_WAIT: Duration = Duration::from_secs(20);
+/// The pause between two rounds over the URLs while waiting for an active RM.
+const FAILOVER_PAUSE: Duration = Duration::from_millis(50);
+
+/// The active's base URL from a standby's 307: its `Location` less the path that was asked.
+fn redirect_base(response: &reqwest::Response, path: &str) -> Option<String> {
+    if response.status() != StatusCode::TEMPORARY_REDIRECT {
+        return None;
+    }
+    let location = response.headers().get(reqwest::header::LOCATION)?.to_str().ok()?;
+    let base = location.strip_suffix(path)?;
+    (base.starts_with("http://") || base.starts_with("https://")).then(|| base.to_owned())
 }
 
 /// reqwest's message with its causes, which say what went wrong ("connection refused", "invalid
@@ -80,12 +101,16 @@ impl Http {
             // on a connection the server is closing.
             .pool_idle_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
+            // A standby's 307 is followed by `send_as`, within the configured URLs' group;
+            // reqwest's own following would drop the bearer token on the way.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("the HTTP client builds with a static configuration");
         Http {
             client,
             bases: bases.iter().map(|base| normalise_base(base)).collect(),
             token,
+            active: Arc::default(),
         }
     }
 
@@ -100,6 +125,14 @@ impl Http {
     }
 
     /// Sends with `token` as the bearer instead of the client's own (`None`: no header).
+    ///
+    /// Tries the RM this client last found active, then each URL in order. A standby's answer
+    /// (307 to the active, or 503 while one takes over) moves on to the active it names, or
+    /// to the next URL; once any standby has answered, the RMs form a group in which one will
+    /// lead soon, so the round is repeated for up to `FAILOVER_WAIT`. A connection that could
+    /// not be made moves on too; a request that may have reached a server (a reset or a
+    /// timeout after sending) is sent again only if it is a read, so a submission is never
+    /// made twice.
     async fn send_as<B: Serialize>(
         &self,
         token: Option<&str>,
@@ -108,24 +141,52 @@ impl Http {
         body: Option<&B>,
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response, ClientError> {
+        let deadline = tokio::time::Instant::now() + FAILOVER_WAIT;
         let mut last_error = String::from("no URL configured");
-        for base in &self.bases {
-            let url = format!("{base}{path}");
-            let mut request = self.client.request(method.clone(), &url);
-            if let Some(token) = token {
-                request = request.bearer_auth(token);
+        let mut standby_seen = false;
+        loop {
+            let mut candidates = self.candidates();
+            let mut index = 0;
+            while let Some(base) = candidates.get(index).cloned() {
+                index += 1;
+                let url = format!("{base}{path}");
+                let mut request = self.client.request(method.clone(), &url);
+                if let Some(token) = token {
+                    request = request.bearer_auth(token);
+                }
+                if let Some(body) = body {
+                    request = request.json(body);
+                }
+                if let Some(timeout) = timeout {
+                    request = request.timeout(timeout);
+                }
+                match request.send().await {
+                    Ok(response) if response.headers().get(ROLE_HEADER).is_some_and(|role| role == "standby") => {
+                        standby_seen = true;
+                        last_error = format!("{base} is a standby ({})", response.status());
+                        if let Some(active) = redirect_base(&response, path)
+                            && !candidates[index..].contains(&active)
+                        {
+                            candidates.insert(index, active);
+                        }
+                    }
+                    Ok(response) => {
+                        *self.active.lock().expect("the active URL is never poisoned") = Some(base);
+                        return Ok(response);
+                    }
+                    Err(err) if err.is_connect() || method == Method::GET => last_error = describe(&err),
+                    Err(err) => {
+                        return Err(ClientError::Unreachable {
+                            urls: base,
+                            reason: format!("{} (the request may have arrived, so it was not sent again)", describe(&err)),
+                        });
+                    }
+                }
             }
-            if let Some(body) = body {
-                request = request.json(body);
+            if !standby_seen || tokio::time::Instant::now() + FAILOVER_PAUSE >= deadline {
+                break;
             }
-            if let Some(timeout) = timeout {
-                request = request.timeout(timeout);
-            }
-            match request.send().await {
-                Ok(response) => return Ok(response),
-                // Only connection failures move on to the next RM: any answer is final.
-                Err(err) => last_error = describe(&err),
-            }
+            tokio::time::sleep(FAILOVER_PAUSE).await;
         }
         if last_error.contains("certificate") && !crate::tls::enabled() {
             last_error.push_str(" (an https server: give its CA with --ca-file or SPINDLE_CA_FILE)");
@@ -134,6 +195,13 @@ impl Http {
             urls: self.bases.join(","),
             reason: last_error,
         })
+    }
+
+    /// The URLs to try, the one last found active first.
+    fn candidates(&self) -> Vec<String> {
+        let active = self.active.lock().expect("the active URL is never poisoned").clone();
+        let rest = self.bases.iter().filter(|base| active.as_ref() != Some(*base)).cloned();
+        active.clone().into_iter().chain(rest).collect()
     }
 
     async fn call<B: Serialize, R: DeserializeOwned>(

@@ -9,8 +9,9 @@
 //!   or heartbeat as another node, and no one can sign launches for another node with it.
 //! - Keys **rotate** without a restart: when an agent's heartbeat shows an older generation than
 //!   the RM's, the reply carries the new keys; the RM accepts a generation for `lifetime` only.
-//! - RM → agent calls carry `rm.<node id>.<expires>.<signature>`, an Ed25519 signature: agents
-//!   hold the public key only, so no agent can call another agent, or itself, as the RM.
+//! - RM → agent calls carry `rm.<expires>.<epoch>.<signature>.<node id>`, an Ed25519 signature:
+//!   agents hold the public key only, so no agent can call another agent, or itself, as the RM;
+//!   the signed epoch lets an agent refuse an RM that has been replaced by a newer leader.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -213,10 +214,11 @@ impl NodeAuthority {
         token
     }
 
-    /// The bearer of RM → agent calls to `node_id`, valid until `expires_at_ms`.
-    pub fn rm_bearer(&self, node_id: &NodeId, expires_at_ms: u64) -> String {
-        let signature = self.signing_key.sign(rm_bearer_message(node_id, expires_at_ms).as_bytes());
-        format!("{RM_PREFIX}{expires_at_ms}.{}.{node_id}", hex::encode(signature.as_ref()))
+    /// The bearer of RM → agent calls to `node_id` from the RM leading in `epoch`, valid
+    /// until `expires_at_ms`: the agent refuses it once it has heard of a newer epoch.
+    pub fn rm_bearer(&self, node_id: &NodeId, epoch: u64, expires_at_ms: u64) -> String {
+        let signature = self.signing_key.sign(rm_bearer_message(node_id, epoch, expires_at_ms).as_bytes());
+        format!("{RM_PREFIX}{expires_at_ms}.{epoch}.{}.{node_id}", hex::encode(signature.as_ref()))
     }
 }
 
@@ -344,23 +346,20 @@ impl NodeKeyring {
         Ok(())
     }
 
-    /// Whether `bearer` is the RM's, for this node, unexpired.
-    pub fn verify_rm(&self, bearer: &str, now_ms: u64) -> bool {
-        let Some(rest) = bearer.strip_prefix(RM_PREFIX) else {
-            return false;
+    /// The epoch of the RM that signed `bearer`, if it is the RM's, for this node, unexpired.
+    pub fn verify_rm(&self, bearer: &str, now_ms: u64) -> Option<u64> {
+        let rest = bearer.strip_prefix(RM_PREFIX)?;
+        let mut parts = rest.splitn(4, '.');
+        let (expires, epoch, signature, node_id) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let (Ok(expires_at_ms), Ok(epoch), Ok(signature)) = (expires.parse::<u64>(), epoch.parse::<u64>(), hex::decode(signature)) else {
+            return None;
         };
-        let mut parts = rest.splitn(3, '.');
-        let (Some(expires), Some(signature), Some(node_id)) = (parts.next(), parts.next(), parts.next()) else {
-            return false;
-        };
-        let (Ok(expires_at_ms), Ok(signature)) = (expires.parse::<u64>(), hex::decode(signature)) else {
-            return false;
-        };
-        node_id == self.node_id.0
+        let valid = node_id == self.node_id.0
             && now_ms <= expires_at_ms
             && UnparsedPublicKey::new(&ED25519, &self.rm_public_key)
-                .verify(rm_bearer_message(&self.node_id, expires_at_ms).as_bytes(), &signature)
-                .is_ok()
+                .verify(rm_bearer_message(&self.node_id, epoch, expires_at_ms).as_bytes(), &signature)
+                .is_ok();
+        valid.then_some(epoch)
     }
 }
 
@@ -379,8 +378,8 @@ fn node_bearer_message(node_id: &NodeId, generation: u64) -> String {
     format!("agent|{node_id}|{generation}")
 }
 
-fn rm_bearer_message(node_id: &NodeId, expires_at_ms: u64) -> String {
-    format!("rm-to-agent|{node_id}|{expires_at_ms}")
+fn rm_bearer_message(node_id: &NodeId, epoch: u64, expires_at_ms: u64) -> String {
+    format!("rm-to-agent|{node_id}|{epoch}|{expires_at_ms}")
 }
 
 /// `node.<generation>.<node id>.<mac>`: the node id may hold dots, the mac is hex.

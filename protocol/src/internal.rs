@@ -60,6 +60,10 @@ pub struct NodeHeartbeatRequest {
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
 pub struct NodeHeartbeatReply {
+    /// The epoch of the RM that answers: an agent ignores replies of an RM older than one it
+    /// has heard of (a replaced leader).
+    #[serde(default)]
+    pub epoch: u64,
     pub kill: Vec<ContainerId>,
     pub acked: Vec<ContainerId>,
     /// Decommissioning: take no new containers.

@@ -196,6 +196,28 @@ pub struct NodeUsage {
     pub memory_used_mb: u64,
 }
 
+/// A resource manager's part in its group (several RMs on one PostgreSQL database).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RmRole {
+    /// Leads: schedules and answers the API.
+    Active,
+    /// Waits to take over; answers API calls with 307 to the active.
+    Standby,
+}
+
+/// `GET /healthz` (no token needed): the RM is up, and which one leads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HealthReport {
+    /// Always `ok`: the process answers.
+    pub status: String,
+    pub role: RmRole,
+    /// The active RM's advertised URL, if one is known (this RM's own when active).
+    pub active: Option<String>,
+    /// The epoch the active RM leads in, if known.
+    pub epoch: Option<u64>,
+}
+
 /// `GET /v1/cluster`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterReport {

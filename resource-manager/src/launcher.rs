@@ -35,6 +35,8 @@ pub trait AmLauncher: Send + Sync + 'static {
 /// Launches over the agent's HTTP API, reusing one connection pool per agent.
 pub struct HttpAmLauncher {
     authority: NodeAuthority,
+    /// The epoch of the RM term it launches for, signed into its bearers.
+    epoch: u64,
     clients: Mutex<HashMap<String, CachedClient>>,
 }
 
@@ -46,9 +48,10 @@ struct CachedClient {
 }
 
 impl HttpAmLauncher {
-    pub fn new(authority: NodeAuthority) -> Self {
+    pub fn new(authority: NodeAuthority, epoch: u64) -> Self {
         HttpAmLauncher {
             authority,
+            epoch,
             clients: Mutex::new(HashMap::new()),
         }
     }
@@ -63,7 +66,7 @@ impl HttpAmLauncher {
             return cached.client.clone();
         }
         let validity = RM_BEARER_VALIDITY.as_millis() as u64;
-        let bearer = self.authority.rm_bearer(node_id, now + validity);
+        let bearer = self.authority.rm_bearer(node_id, self.epoch, now + validity);
         let cached = CachedClient {
             client: AgentClient::new(address, Some(bearer)),
             node_id: node_id.clone(),

@@ -5,6 +5,7 @@ pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod ha;
 pub mod launcher;
 pub mod records;
 pub mod scheduler;
@@ -25,8 +26,10 @@ pub use service::ResourceManager;
 const FATAL_STOP_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs the RM on an already-bound listener until `shutdown` is cancelled (or a store failure
-/// stops it). Opens the store named in the config, recovers, serves. At shutdown, requests in
-/// flight get `http.shutdown_timeout` to finish; then the RM stops anyway.
+/// stops it). Opens the store named in the config and serves; on PostgreSQL it stands for
+/// leadership among the RMs of the database (`ha`) and serves as a standby until it leads, on
+/// SQLite it leads at once. At shutdown, requests in flight get `http.shutdown_timeout` to
+/// finish; then the RM stops anyway.
 pub async fn run(config: RmConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RmError> {
     config.validate()?;
     let tls = match (&config.tls.cert_file, &config.tls.key_file, &config.tls.ca_file) {
@@ -38,39 +41,58 @@ pub async fn run(config: RmConfig, listener: TcpListener, shutdown: Cancellation
         _ => None,
     };
     let store = store::Store::connect_with(&config.db, config.store_options()).await?;
-    let launcher = Arc::new(launcher::HttpAmLauncher::new(config.node_authority()));
-    let rm = ResourceManager::start(config, store, launcher, shutdown.clone()).await?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, tls = tls.is_some(), store = %rm.store_description(), "resource manager listening");
-    let timers = tokio::spawn(Arc::clone(&rm).run_timers());
-    tokio::spawn(reload_on_sighup(Arc::clone(&rm)));
-    let app = api::router(Arc::clone(&rm));
-    let limits = rm.config.http.server_limits();
-    let serving = spindle_http_server::serve(listener, app, limits, tls, shutdown.clone().cancelled_owned());
-    // A fenced or fail-stopped RM can answer nothing useful any more: it does not wait the
-    // whole graceful bound for clients, but exits soon so a supervisor restarts it.
-    let fatal_stop = async {
-        shutdown.cancelled().await;
-        if rm.fatal_error().is_none() {
-            std::future::pending::<()>().await;
-        }
-        tokio::time::sleep(FATAL_STOP_DRAIN).await;
+    let url = config.advertise_url(address);
+    tracing::info!(%address, %url, tls = tls.is_some(), store = %store.describe(), "resource manager listening");
+    let (roles, mut watch_roles) = tokio::sync::watch::channel(ha::Role::Standby { leader: None });
+    let limits = config.http.server_limits();
+    let server_stop = shutdown.child_token();
+    let mut campaign = tokio::spawn(ha::campaign(config, store, url, roles, shutdown.clone()));
+    // Serve once the first try at leadership has settled the role (on SQLite: active), so a
+    // `/healthz` that answers means the RM knows what it is.
+    let ended_early = tokio::select! {
+        _ = watch_roles.changed() => None,
+        ended = &mut campaign => Some(ended),
     };
-    tokio::select! {
-        () = serving => {}
-        () = fatal_stop => tracing::warn!(drain_s = FATAL_STOP_DRAIN.as_secs(), "stopping with connections still open after a fatal error"),
+    if let Some(ended) = ended_early {
+        return joined(ended);
+    }
+    let serving = tokio::spawn(spindle_http_server::serve(
+        listener,
+        ha::front(watch_roles),
+        limits,
+        tls,
+        server_stop.clone().cancelled_owned(),
+    ));
+    let outcome = joined(campaign.await);
+    server_stop.cancel();
+    match &outcome {
+        Ok(()) => {
+            let _ = serving.await;
+        }
+        // A fail-stopped RM can answer nothing useful any more: it does not wait the whole
+        // graceful bound for clients, but exits soon so a supervisor restarts it.
+        Err(_) => {
+            if tokio::time::timeout(FATAL_STOP_DRAIN, serving).await.is_err() {
+                tracing::warn!(
+                    drain_s = FATAL_STOP_DRAIN.as_secs(),
+                    "stopping with connections still open after a fatal error"
+                );
+            }
+        }
     }
     shutdown.cancel();
-    let _ = timers.await;
-    match rm.fatal_error() {
-        Some(reason) => Err(RmError::Stopped(reason)),
-        None => Ok(()),
-    }
+    outcome
+}
+
+/// The campaign task's outcome; a panic in it (a bug) is an error too, so a supervisor restarts.
+fn joined(ended: Result<Result<(), RmError>, tokio::task::JoinError>) -> Result<(), RmError> {
+    ended.unwrap_or_else(|panic| Err(RmError::Stopped(format!("the election task failed: {panic}"))))
 }
 
 /// SIGHUP reloads the queues from the config file, as `spindle queues reload` does; a refused
 /// reload is logged and changes nothing.
-async fn reload_on_sighup(rm: Arc<ResourceManager>) {
+pub(crate) async fn reload_on_sighup(rm: Arc<ResourceManager>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -19,7 +19,7 @@ use crate::error::RmError;
 use crate::launcher::{AmLauncher, LaunchError};
 use crate::records::WriteBatch;
 use crate::scheduler::capacity::LocalitySettings;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// A change applied in memory whose commit and side effects are not done yet. Dropped before
 /// `finish` completes (its caller went away mid-commit), it finishes them in a task of its
@@ -36,7 +36,7 @@ impl PendingCommit {
             return Ok(());
         };
         if !batch.is_empty()
-            && let Err(err) = self.rm.store.commit(cluster.epoch(), batch).await
+            && let Err(err) = self.rm.commit(cluster.epoch(), batch).await
         {
             // Nothing left to finish: the RM stops and a restart recovers from the store.
             self.work = None;
@@ -77,6 +77,20 @@ pub struct Counters {
     pub apps_submitted: AtomicU64,
 }
 
+/// Why an RM stopped acting by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fatal {
+    /// The store error, for logs and `run`'s error.
+    pub reason: String,
+    /// The leadership was lost (fenced by a newer RM, or the database unreachable past the
+    /// lease): on PostgreSQL the RM becomes a standby rather than stopping.
+    pub steps_down: bool,
+}
+
+/// The first pause before a commit is retried; it doubles up to `COMMIT_RETRY_MAX_PAUSE`.
+const COMMIT_RETRY_FIRST_PAUSE: Duration = Duration::from_millis(50);
+const COMMIT_RETRY_MAX_PAUSE: Duration = Duration::from_secs(1);
+
 /// The resource manager's service: state, store, and the wiring between them.
 pub struct ResourceManager {
     /// The state machine. A tokio mutex: it is held across the store commit on purpose, so
@@ -84,6 +98,8 @@ pub struct ResourceManager {
     /// task can own the guard.
     cluster: Arc<tokio::sync::Mutex<Cluster>>,
     store: Store,
+    /// The epoch this RM leads in: every commit carries it.
+    epoch: u64,
     pub config: RmConfig,
     /// The cluster secret and the node credentials derived from it.
     pub authority: NodeAuthority,
@@ -92,17 +108,19 @@ pub struct ResourceManager {
     launcher: Arc<dyn AmLauncher>,
     /// Cancelled on a fatal store error, and by the caller to stop the RM.
     pub shutdown: CancellationToken,
-    /// Why the RM stopped itself, if it did: `run` then fails, so a supervisor restarts it.
-    fatal: Mutex<Option<String>>,
+    /// Why the RM stopped itself, if it did.
+    fatal: Mutex<Option<Fatal>>,
     pub counters: Counters,
 }
 
 impl ResourceManager {
-    /// Opens a new epoch in the store, reloads everything, and relaunches AMs that were
-    /// granted but maybe not started before a crash.
+    /// Takes over in `epoch` (just opened in the store, by `Store::try_lead`): reloads
+    /// everything, and relaunches AMs that were granted but maybe not started before a crash
+    /// or a failover. `shutdown` ends this RM's term.
     pub async fn start(
         config: RmConfig,
         store: Store,
+        epoch: u64,
         launcher: Arc<dyn AmLauncher>,
         shutdown: CancellationToken,
     ) -> Result<Arc<ResourceManager>, RmError> {
@@ -122,7 +140,6 @@ impl ResourceManager {
                 rack_delay: config.scheduler.rack_locality_delay,
             },
         };
-        let epoch = store.begin_epoch().await?;
         let snapshot = store.load().await?;
         tracing::info!(epoch, apps = snapshot.apps.len(), containers = snapshot.containers.len(), nodes = snapshot.nodes.len(), store = %store.describe(), "recovered state");
         let mut cluster = Cluster::recover(settings, epoch, now_ms(), snapshot);
@@ -130,6 +147,7 @@ impl ResourceManager {
         let rm = Arc::new(ResourceManager {
             cluster: Arc::new(tokio::sync::Mutex::new(cluster)),
             store,
+            epoch,
             config,
             authority,
             wakers: Mutex::new(HashMap::new()),
@@ -143,8 +161,13 @@ impl ResourceManager {
     }
 
     /// The store error that made the RM stop itself, if any.
-    pub fn fatal_error(&self) -> Option<String> {
+    pub fn fatal_error(&self) -> Option<Fatal> {
         self.fatal.lock().expect("fatal slot is never poisoned").clone()
+    }
+
+    /// The epoch this RM writes in.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     pub fn store_description(&self) -> String {
@@ -177,10 +200,7 @@ impl ResourceManager {
         outbox: Outbox,
     ) -> Result<(), RmError> {
         if !batch.is_empty() {
-            self.store
-                .commit(cluster.epoch(), &batch)
-                .await
-                .map_err(|err| self.fail_stop(err))?;
+            self.commit(cluster.epoch(), &batch).await.map_err(|err| self.fail_stop(err))?;
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
         }
         drop(cluster);
@@ -188,14 +208,45 @@ impl ResourceManager {
         Ok(())
     }
 
-    /// A commit failed: memory now holds changes the store does not. Stop, and let a restart
-    /// recover from the store.
-    fn fail_stop(&self, err: crate::store::StoreError) -> RmError {
-        tracing::error!(error = %err, "store commit failed; stopping the resource manager");
+    /// Commits `batch` in `epoch`, retrying while the database cannot be reached (a restart
+    /// of PostgreSQL, a network blip) for up to one `leader_lease`: by then an RM that cannot
+    /// renew its lease has stepped down anyway. Committing a batch again is harmless (whole
+    /// records, upserted), so a commit whose answer was lost may be retried.
+    async fn commit(&self, epoch: u64, batch: &WriteBatch) -> Result<(), StoreError> {
+        let deadline = tokio::time::Instant::now() + self.config.leader_lease;
+        let mut pause = COMMIT_RETRY_FIRST_PAUSE;
+        loop {
+            let attempt = tokio::time::timeout_at(deadline, self.store.commit(epoch, batch)).await;
+            let err = match attempt {
+                Ok(result) => match result {
+                    Err(err) if err.is_unavailable() => err,
+                    other => return other,
+                },
+                Err(_) => return Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
+            };
+            if self.shutdown.is_cancelled() || tokio::time::Instant::now() + pause >= deadline {
+                return Err(err);
+            }
+            tracing::warn!(error = %err, retry_in_ms = pause.as_millis() as u64, "the store cannot be reached; retrying the commit");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(COMMIT_RETRY_MAX_PAUSE);
+        }
+    }
+
+    /// A commit failed: memory now holds changes the store does not. Stop this term: on
+    /// PostgreSQL a lost leadership (fenced, or the database gone past the lease) makes the RM
+    /// a standby again; any other failure stops it, so a supervisor restarts it and it
+    /// recovers from the store.
+    fn fail_stop(&self, err: StoreError) -> RmError {
+        let steps_down = matches!(err, StoreError::Fenced { .. }) || err.is_unavailable();
+        tracing::error!(error = %err, steps_down, "store commit failed; this resource manager stops acting");
         self.fatal
             .lock()
             .expect("fatal slot is never poisoned")
-            .get_or_insert_with(|| err.to_string());
+            .get_or_insert_with(|| Fatal {
+                reason: err.to_string(),
+                steps_down,
+            });
         self.shutdown.cancel();
         RmError::Store(err)
     }
@@ -381,7 +432,8 @@ mod tests {
             cluster_secret: "test-secret-0123456789".to_owned(),
             ..RmConfig::default()
         };
-        ResourceManager::start(config, store, launcher, CancellationToken::new())
+        let epoch = store.begin_epoch().await.unwrap();
+        ResourceManager::start(config, store, epoch, launcher, CancellationToken::new())
             .await
             .unwrap()
     }

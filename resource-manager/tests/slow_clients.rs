@@ -50,7 +50,10 @@ async fn start_rm(request_timeout: Duration) -> RunningRm {
     let task = tokio::spawn(spindle_resource_manager::run(config, listener, shutdown.clone()));
     let rm = RunningRm { address, shutdown, task };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !get(rm.address, "/healthz").await.is_some_and(|reply| reply.ends_with("ok")) {
+    while !get(rm.address, "/healthz")
+        .await
+        .is_some_and(|reply| reply.contains("\"role\":\"active\""))
+    {
         assert!(Instant::now() < deadline, "the RM did not come up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

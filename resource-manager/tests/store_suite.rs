@@ -7,11 +7,11 @@
 //! Run: `cargo test -p spindle-resource-manager --test store_suite`. The per-test databases and
 //! the record builders live in `store_suite/support.rs`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use spindle_protocol::{AppState, ContainerState, NodeState};
 use spindle_resource_manager::records::{AppRecord, ContainerRecord, Snapshot, WriteBatch};
-use spindle_resource_manager::store::{Store, StoreError};
+use spindle_resource_manager::store::{Leadership, Store, StoreError};
 
 // Under the suite's own directory, so it cannot clash with other test targets' helpers.
 #[path = "store_suite/support.rs"]
@@ -470,4 +470,78 @@ async fn a_bad_url_says_which_urls_are_accepted() {
         }
         assert!(!message.contains("hunter2"), "no password in {message}");
     }
+}
+
+// ---- leader election (PostgreSQL) -----------------------------------------------------------
+
+/// Two RMs on one database: one leads, the other learns who; once the lease runs out the other
+/// takes over in a new epoch, the old leader's renewal and writes are refused, and a clean
+/// stop hands the lease over at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_elects_one_leader_whose_lease_fences_the_last() {
+    let db = TestDb::postgres().await;
+    let (first, second) = (db.connect().await, db.connect().await);
+    assert!(first.elects_leader());
+    let lease = Duration::from_millis(300);
+    let Leadership::Won { epoch: first_epoch } = first.try_lead("http://a:8088", lease).await.unwrap() else {
+        panic!("the first RM of a new database leads");
+    };
+    assert_eq!(
+        second.try_lead("http://b:8088", lease).await.unwrap(),
+        Leadership::Held {
+            epoch: first_epoch,
+            leader_url: "http://a:8088".to_owned()
+        }
+    );
+    // Renewed, the lease outlives its first length.
+    for _ in 0..4 {
+        tokio::time::sleep(lease / 3).await;
+        assert!(first.renew_lease(first_epoch, lease).await.unwrap());
+    }
+    assert!(matches!(
+        second.try_lead("http://b:8088", lease).await.unwrap(),
+        Leadership::Held { .. }
+    ));
+    // Not renewed, it expires and the other RM takes over.
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let Leadership::Won { epoch: second_epoch } = second.try_lead("http://b:8088", lease).await.unwrap() else {
+        panic!("the lease expired: the second RM leads");
+    };
+    assert_eq!(second_epoch, first_epoch + 1);
+    assert!(
+        !first.renew_lease(first_epoch, lease).await.unwrap(),
+        "the old leader's lease is gone"
+    );
+    let written = batch(vec![app(1, 100, AppState::Running, None)], vec![], vec![]);
+    assert!(matches!(
+        first.commit(first_epoch, &written).await,
+        Err(StoreError::Fenced { ours, current }) if (ours, current) == (first_epoch, second_epoch)
+    ));
+    second.commit(second_epoch, &written).await.unwrap();
+    // A clean stop gives the lease up: the first RM need not wait for it to expire.
+    second.release_lease(second_epoch).await.unwrap();
+    assert_eq!(
+        first.try_lead("http://a:8088", Duration::from_secs(60)).await.unwrap(),
+        Leadership::Won { epoch: second_epoch + 1 }
+    );
+    // An RM restarted at the URL that holds the lease (it bound that address again, so the
+    // last one is gone) takes it back at once.
+    let restarted = db.connect().await;
+    assert_eq!(
+        restarted.try_lead("http://a:8088", lease).await.unwrap(),
+        Leadership::Won { epoch: second_epoch + 2 }
+    );
+}
+
+/// SQLite serves one RM: every start leads, in a new epoch.
+#[tokio::test]
+async fn sqlite_always_leads() {
+    let db = TestDb::sqlite();
+    let store = db.connect().await;
+    assert!(!store.elects_leader());
+    let lease = Duration::from_secs(5);
+    assert_eq!(store.try_lead("http://a:8088", lease).await.unwrap(), Leadership::Won { epoch: 1 });
+    assert_eq!(store.try_lead("http://a:8088", lease).await.unwrap(), Leadership::Won { epoch: 2 });
+    assert!(store.renew_lease(2, lease).await.unwrap());
+    store.release_lease(2).await.unwrap();
 }

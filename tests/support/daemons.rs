@@ -126,6 +126,9 @@ pub struct TestCluster {
     /// `None` between `kill_rm` and `start_rm`.
     pub rm: Option<Daemon>,
     pub agents: Vec<TestAgent>,
+    /// More RMs on the same store (PostgreSQL): ports, and processes while they run. The
+    /// agents and clients of the cluster are given every RM's URL.
+    pub other_rms: Vec<(u16, Option<Daemon>)>,
     rm_starts: usize,
     /// Set: every daemon serves HTTPS with this CA's certificate (`start_tls`).
     tls: Option<super::TestCa>,
@@ -146,13 +149,27 @@ impl TestCluster {
         TestCluster::start_with(db, Some(ca)).await
     }
 
+    /// `rms` RMs on one PostgreSQL schema (`db`) with a `leader_lease` of `lease_s` seconds:
+    /// the first one started leads; returns once all answer.
+    pub async fn start_ha(db: String, lease_s: f64, rms: usize) -> TestCluster {
+        let mut cluster = TestCluster::start_with_config(Db::Url(db), None, &format!("leader_lease = {lease_s}\n")).await;
+        for _ in 1..rms {
+            cluster.add_rm().await;
+        }
+        cluster
+    }
+
     async fn start_with(db: Db, tls: Option<super::TestCa>) -> TestCluster {
+        TestCluster::start_with_config(db, tls, "").await
+    }
+
+    async fn start_with_config(db: Db, tls: Option<super::TestCa>, top_level: &str) -> TestCluster {
         let dir = crate::support::shared_tempdir("spindle-e2e-");
         let db = match db {
             Db::Sqlite => format!("sqlite://{}", dir.path().join("rm.db").display()),
             Db::Url(url) => url,
         };
-        let mut config = rm_config_toml(&db);
+        let mut config = format!("{top_level}{}", rm_config_toml(&db));
         if let Some(ca) = &tls {
             config.push_str(&format!(
                 "
@@ -170,6 +187,7 @@ ca_file = {:?}
             rm_port: 0,
             rm: None,
             agents: Vec::new(),
+            other_rms: Vec::new(),
             rm_starts: 0,
             tls,
         };
@@ -191,14 +209,92 @@ ca_file = {:?}
         self.tls.as_ref()
     }
 
+    /// Every RM's URL: the first one's, then the others' in the order they were added.
+    pub fn rm_urls(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let others = self.other_rms.iter().map(|(port, _)| format!("{scheme}://127.0.0.1:{port}"));
+        std::iter::once(self.rm_url()).chain(others).collect()
+    }
+
     /// A client with the admin's token.
     pub fn admin(&self) -> RmClient {
-        RmClient::new(&[self.rm_url()], Some(ADMIN_TOKEN.to_owned()))
+        RmClient::new(&self.rm_urls(), Some(ADMIN_TOKEN.to_owned()))
     }
 
     /// A client with the normal user's token.
     pub fn user(&self) -> RmClient {
-        RmClient::new(&[self.rm_url()], Some(USER_TOKEN.to_owned()))
+        RmClient::new(&self.rm_urls(), Some(USER_TOKEN.to_owned()))
+    }
+
+    /// Starts one more RM on the cluster's config and store (several RMs need PostgreSQL),
+    /// on a port of its own; returns its number (1 for the first one added) once `/healthz`
+    /// answers. Agents started later are given its URL too.
+    pub async fn add_rm(&mut self) -> usize {
+        let port = free_port();
+        self.other_rms.push((port, None));
+        let number = self.other_rms.len();
+        self.restart_rm(number).await;
+        number
+    }
+
+    /// Starts RM `number` (0: the first) again on its port, if it is not running.
+    pub async fn restart_rm(&mut self, number: usize) {
+        if number == 0 {
+            if self.rm.is_none() {
+                self.start_rm().await;
+            }
+            return;
+        }
+        let (port, running) = &self.other_rms[number - 1];
+        if running.is_some() {
+            return;
+        }
+        let port = *port;
+        self.rm_starts += 1;
+        let args: Vec<String> = ["resource-manager", "--config"]
+            .iter()
+            .map(|arg| arg.to_string())
+            .chain([
+                self.path().join("rm.toml").display().to_string(),
+                "--listen".to_owned(),
+                format!("127.0.0.1:{port}"),
+            ])
+            .collect();
+        let mut daemon = Daemon::spawn(format!("rm{number}#{}", self.rm_starts), self.path(), &args);
+        let url = format!("{}/healthz", self.rm_urls()[number]);
+        for _ in 0..PORT_RETRIES {
+            match wait_for_http(&mut daemon, &url).await {
+                Ok(()) => {
+                    self.other_rms[number - 1].1 = Some(daemon);
+                    return;
+                }
+                Err(logs) if logs.contains("in use") => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    daemon = Daemon::spawn(format!("rm{number}#{}", self.rm_starts), self.path(), &args);
+                }
+                Err(logs) => panic!("RM {number} did not start:\n{logs}"),
+            }
+        }
+        panic!("RM {number} could not get its port back");
+    }
+
+    /// The process of RM `number` (0: the first), if it runs.
+    pub fn rm_process(&mut self, number: usize) -> Option<&mut Daemon> {
+        match number {
+            0 => self.rm.as_mut(),
+            _ => self.other_rms[number - 1].1.as_mut(),
+        }
+    }
+
+    /// SIGKILL RM `number` (0: the first): no goodbye, as a crash.
+    pub fn kill_rm_number(&mut self, number: usize) {
+        let daemon = match number {
+            0 => self.rm.take(),
+            _ => self.other_rms[number - 1].1.take(),
+        };
+        if let Some(mut daemon) = daemon {
+            daemon.kill9();
+        }
     }
 
     /// Starts the RM with the config file; on its first start on a port of its own choosing,
@@ -258,7 +354,7 @@ ca_file = {:?}
             let args: Vec<String> = [
                 "node-agent",
                 "--rm",
-                &self.rm_url(),
+                &self.rm_urls().join(","),
                 "--listen",
                 &format!("127.0.0.1:{port}"),
                 "--work-dir",
@@ -351,6 +447,7 @@ impl Drop for TestCluster {
         }
         self.agents.clear();
         self.rm = None;
+        self.other_rms.clear();
         kill_processes_under(self.path());
     }
 }

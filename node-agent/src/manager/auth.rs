@@ -15,20 +15,56 @@ impl ContainerManager {
         self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Checks a launch's container token with the node's keys (none yet: 503).
+    /// Checks a launch's container token with the node's keys (none yet: 503). The container
+    /// id names the epoch of the RM that granted it, which the agent learns if it is newer.
+    /// An older one is fine: the grant was committed before that RM told anyone, so the RM
+    /// that leads now knows it.
     pub(super) fn check_container_token(&self, token: &ContainerToken) -> Result<(), AgentError> {
-        Ok(self
-            .keys()
+        self.keys()
             .as_ref()
             .ok_or(AgentError::NotRegistered)?
-            .verify_container(token, now_ms())?)
+            .verify_container(token, now_ms())?;
+        self.observe_epoch(token.container_id.epoch);
+        Ok(())
     }
 
-    /// Admits the RM's bearer for this node for anything, and a container's own token
-    /// signature (its AM) for that container.
-    pub(crate) fn authorize(&self, bearer: &str, container_id: Option<&ContainerId>) -> Result<(), AgentError> {
-        if self.keys().as_ref().is_some_and(|keys| keys.verify_rm(bearer, now_ms())) {
+    /// Learns of RM epoch `epoch`; `false` if a newer one is known already (its sender has
+    /// been replaced by a newer leader, and what it says must not be acted on).
+    pub(crate) fn observe_epoch(&self, epoch: u64) -> bool {
+        let known = self.rm_epoch.fetch_max(epoch, std::sync::atomic::Ordering::AcqRel);
+        epoch >= known
+    }
+
+    /// The newest RM epoch heard of.
+    pub(crate) fn rm_epoch(&self) -> u64 {
+        self.rm_epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Checks that `bearer`, if it is an RM bearer at all, is of the current leader: a launch
+    /// sent by a replaced RM is refused even though its container token is valid.
+    pub(crate) fn check_rm_epoch(&self, bearer: Option<&str>) -> Result<(), AgentError> {
+        let Some(epoch) = bearer.and_then(|bearer| self.keys().as_ref()?.verify_rm(bearer, now_ms())) else {
             return Ok(());
+        };
+        self.fenced(epoch)
+    }
+
+    fn fenced(&self, epoch: u64) -> Result<(), AgentError> {
+        if self.observe_epoch(epoch) {
+            return Ok(());
+        }
+        Err(AgentError::StaleRm {
+            epoch,
+            current: self.rm_epoch(),
+        })
+    }
+
+    /// Admits the RM's bearer for this node (of the current epoch) for anything, and a
+    /// container's own token signature (its AM) for that container.
+    pub(crate) fn authorize(&self, bearer: &str, container_id: Option<&ContainerId>) -> Result<(), AgentError> {
+        let rm_epoch = self.keys().as_ref().and_then(|keys| keys.verify_rm(bearer, now_ms()));
+        if let Some(epoch) = rm_epoch {
+            return self.fenced(epoch);
         }
         let Some(container_id) = container_id else {
             return Err(AgentError::Forbidden("only the resource manager may list containers".to_owned()));

@@ -37,6 +37,9 @@ pub(crate) struct ContainerManager {
     /// The node's keys from the RM: check container tokens and the RM's bearer. `None` until
     /// the first registration when no credential was saved.
     keys: RwLock<Option<NodeKeyring>>,
+    /// The newest RM epoch this agent has heard of (replies, RM bearers, container ids): calls
+    /// and replies of an older RM, replaced by a newer leader, are refused or ignored.
+    rm_epoch: std::sync::atomic::AtomicU64,
     context: Arc<LaunchContext>,
     state: Mutex<ManagerState>,
     /// Wakes the heartbeat loop at once when a container starts or ends.
@@ -101,6 +104,7 @@ impl ContainerManager {
     ) -> Self {
         ContainerManager {
             keys: RwLock::new(keys),
+            rm_epoch: std::sync::atomic::AtomicU64::new(0),
             context: Arc::new(context),
             state: Mutex::new(ManagerState {
                 containers: HashMap::new(),

@@ -183,7 +183,7 @@ async fn a_missing_or_foreign_token_gets_401() {
     assert!(message.contains(&app(1).to_string()), "{message}");
     // Neither the RM's bearer nor another cluster's shuffle token opens it.
     for token in [
-        authority().rm_bearer(&NodeId("n1:8042".to_owned()), now_ms() + 60_000),
+        authority().rm_bearer(&NodeId("n1:8042".to_owned()), 1, now_ms() + 60_000),
         ClusterSecret::new("another-cluster-secret").shuffle_token(app(1)),
     ] {
         let (status, _) = api_error(api.client().fetch_shuffle(app(1), "m_1", 0, &token).await);

@@ -143,7 +143,7 @@ impl TestAgent {
 
     /// The RM's bearer for this node.
     pub fn rm_bearer(&self) -> String {
-        authority().rm_bearer(&self.node_id, now_ms() + 3_600_000)
+        authority().rm_bearer(&self.node_id, 1, now_ms() + 3_600_000)
     }
 
     /// Client with the RM's bearer for this node.
@@ -390,6 +390,8 @@ async fn stub_heartbeat(
         _ => return Err(StatusCode::UNAUTHORIZED),
     }
     let mut reply = state.queued_replies.lock().unwrap().pop_front().unwrap_or_default();
+    // The stub is the RM of epoch 1 (as its registration replies say).
+    reply.epoch = reply.epoch.max(1);
     reply.drain |= state.drain.load(Ordering::Relaxed);
     if state.ack_completed.load(Ordering::Relaxed) {
         reply.acked.extend(

@@ -165,14 +165,17 @@ fn keys_rotate_with_an_overlap() {
 fn rm_bearers_are_checked_with_the_public_key_for_one_node() {
     let authority = authority();
     let now = 100 * HOUR_MS;
-    let bearer = authority.rm_bearer(&node(1), now + 1_000);
+    let bearer = authority.rm_bearer(&node(1), 7, now + 1_000);
     let mine = keyring(&authority, &node(1), now);
-    assert!(mine.verify_rm(&bearer, now));
-    assert!(!mine.verify_rm(&bearer, now + 1_001), "expired");
-    assert!(!keyring(&authority, &node(2), now).verify_rm(&bearer, now), "another node's");
-    assert!(!mine.verify_rm(&bearer.replace(&format!("rm.{}", now + 1_000), &format!("rm.{}", now + 9_000)), now));
+    assert_eq!(mine.verify_rm(&bearer, now), Some(7), "valid, from the RM of epoch 7");
+    assert_eq!(mine.verify_rm(&bearer, now + 1_001), None, "expired");
+    assert_eq!(keyring(&authority, &node(2), now).verify_rm(&bearer, now), None, "another node's");
+    let later = bearer.replace(&format!("rm.{}", now + 1_000), &format!("rm.{}", now + 9_000));
+    assert_eq!(mine.verify_rm(&later, now), None, "expiry changed");
+    let newer = bearer.replace(&format!("rm.{}.7.", now + 1_000), &format!("rm.{}.8.", now + 1_000));
+    assert_eq!(mine.verify_rm(&newer, now), None, "epoch changed");
     // A node's own bearer towards the RM is no RM bearer.
-    assert!(!mine.verify_rm(&mine.bearer(), now));
+    assert_eq!(mine.verify_rm(&mine.bearer(), now), None);
     let credential = authority.credential(&node(1), now);
     assert!(
         !serde_json::to_string(&credential)

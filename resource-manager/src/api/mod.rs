@@ -73,7 +73,6 @@ pub fn router(rm: Arc<ResourceManager>) -> Router {
 /// Every route that answers promptly: all but the long polls.
 fn short_routes() -> Router<Arc<ResourceManager>> {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(|| async { axum::Json(ApiDoc::openapi()) }))
         .route("/v1/apps", post(public::submit_app).get(public::list_apps))

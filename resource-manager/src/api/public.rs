@@ -248,7 +248,7 @@ pub async fn container_logs(
     tracing::debug!(container = %container_id, user = %caller.user, owner = %location.owner, %stream, "container logs read");
     let bearer = rm
         .authority
-        .rm_bearer(&location.node_id, now_ms() + RM_BEARER_VALIDITY.as_millis() as u64);
+        .rm_bearer(&location.node_id, rm.epoch(), now_ms() + RM_BEARER_VALIDITY.as_millis() as u64);
     let agent = AgentClient::new(&location.node_address, Some(bearer));
     // Streamed through, never held: a log may be gigabytes.
     match agent.log_response(container_id, &stream, query.tail_bytes).await {

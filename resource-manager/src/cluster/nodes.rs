@@ -90,8 +90,16 @@ impl Cluster {
         })
     }
 
-    /// A periodic (or immediate) heartbeat: usage, health and container statuses.
+    /// A periodic (or immediate) heartbeat: usage, health and container statuses. The reply
+    /// names this RM's epoch, so agents can tell a replaced leader's replies.
     pub fn node_heartbeat(&mut self, request: NodeHeartbeatRequest, now_ms: u64) -> NodeHeartbeatReply {
+        NodeHeartbeatReply {
+            epoch: self.epoch,
+            ..self.apply_heartbeat(request, now_ms)
+        }
+    }
+
+    fn apply_heartbeat(&mut self, request: NodeHeartbeatRequest, now_ms: u64) -> NodeHeartbeatReply {
         let node_id = request.node_id.clone();
         let Some(node) = self.nodes.get_mut(&node_id) else {
             return NodeHeartbeatReply {
@@ -139,6 +147,7 @@ impl Cluster {
         let cleanup_apps = self.shuffle_cleanup(&node_id);
         let node = &self.nodes[&node_id];
         NodeHeartbeatReply {
+            epoch: self.epoch,
             kill: node.pending_kills.iter().copied().collect(),
             acked,
             drain: node.record.state == NodeState::Decommissioning,

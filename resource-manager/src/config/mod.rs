@@ -43,6 +43,16 @@ pub struct RmConfig {
     pub listen: SocketAddr,
     /// `sqlite://PATH` or `postgres://…` (`--db` overrides).
     pub db: String,
+    /// The URL other RMs, agents, AMs and clients reach this RM at (`--advertise` overrides):
+    /// what a standby redirects to while this one is active. Default: `http://` (`https://`
+    /// with `[tls]`) and the listen address, the host's name in place of `0.0.0.0`.
+    pub advertise: Option<String>,
+    /// How long the active RM's lease lasts (seconds, fractions allowed) on PostgreSQL: it
+    /// renews it every quarter of that; a standby takes over once it runs out, and an active
+    /// that cannot renew it in time stops acting. Also how long a commit is retried while
+    /// the database cannot be reached.
+    #[serde(with = "seconds")]
+    pub leader_lease: Duration,
     /// How hard SQLite syncs a commit: `"full"` (default) survives power loss, `"normal"` only
     /// an RM crash. Not used with PostgreSQL.
     pub sqlite_synchronous: SqliteSynchronous,
@@ -189,6 +199,8 @@ impl Default for RmConfig {
         RmConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8088)),
             db: "sqlite://spindle.db".to_owned(),
+            advertise: None,
+            leader_lease: Duration::from_secs(5),
             sqlite_synchronous: SqliteSynchronous::default(),
             cluster_secret: String::new(),
             node_credential_rotation: Duration::from_secs(3600),
@@ -368,11 +380,64 @@ impl RmConfig {
                 reason: "must be at least node_credential_rotation".to_owned(),
             });
         }
+        if !(MIN_LEADER_LEASE..=MAX_LEADER_LEASE).contains(&self.leader_lease) {
+            return Err(ConfigError::Invalid {
+                field: "leader_lease",
+                reason: format!(
+                    "must be from {} to {} seconds, not {}",
+                    MIN_LEADER_LEASE.as_secs_f64(),
+                    MAX_LEADER_LEASE.as_secs(),
+                    self.leader_lease.as_secs_f64()
+                ),
+            });
+        }
+        if let Some(url) = &self.advertise {
+            check_advertise(url)?;
+        }
         self.http.validate()?;
         self.tls.validate()?;
         self.queue_tree()?;
         Ok(())
     }
+
+    /// The URL this RM advertises (see `advertise`), given the address it is bound to.
+    pub fn advertise_url(&self, bound: SocketAddr) -> String {
+        if let Some(url) = &self.advertise {
+            return url.trim_end_matches('/').to_owned();
+        }
+        let scheme = if self.tls.cert_file.is_some() { "https" } else { "http" };
+        if bound.ip().is_unspecified() {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|name| name.trim().to_owned())
+                .unwrap_or_default();
+            if !host.is_empty() {
+                return format!("{scheme}://{host}:{}", bound.port());
+            }
+        }
+        format!("{scheme}://{bound}")
+    }
+}
+
+/// Shorter leases would be renewed more often than a database round trip under load allows.
+const MIN_LEADER_LEASE: Duration = Duration::from_millis(100);
+/// Longer ones would leave a cluster without a scheduler for minutes after a crash.
+const MAX_LEADER_LEASE: Duration = Duration::from_secs(300);
+
+/// An advertised URL is `http(s)://HOST:PORT`, nothing after: standbys append request paths.
+fn check_advertise(url: &str) -> Result<(), ConfigError> {
+    let invalid = |reason: &str| ConfigError::Invalid {
+        field: "advertise",
+        reason: format!("is `{url}`: {reason} (e.g. http://rm1.example:8088)"),
+    };
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| invalid("must start with http:// or https://"))?;
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
+        return Err(invalid("must be a scheme, a host and a port, without a path"));
+    }
+    Ok(())
 }
 
 /// The longest duration a config field takes: longer ones are surely typos, and they would

@@ -21,6 +21,8 @@ mod sqlite;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
+use std::time::Duration;
+
 use crate::records::{Snapshot, WriteBatch};
 
 /// The URL forms `Store::connect` accepts, quoted by `StoreError::BadUrl`.
@@ -136,6 +138,36 @@ impl<'de> serde::Deserialize<'de> for SqliteSynchronous {
     }
 }
 
+/// The outcome of one try at leadership (`Store::try_lead`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leadership {
+    /// This RM leads, in this new epoch, and must renew its lease to go on.
+    Won { epoch: u64 },
+    /// Another RM's lease has not expired: it leads (at `leader_url`) in `epoch`.
+    Held { epoch: u64, leader_url: String },
+}
+
+impl StoreError {
+    /// Whether the database could not be reached (down, restarting, network), as opposed to a
+    /// refusal or a bad record: what a retry may cure.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Database(err) => {
+                matches!(
+                    err,
+                    sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_)
+                ) || err
+                    .as_database_error()
+                    .and_then(|db| db.code())
+                    // Class 57 (operator intervention: admin shutdown, crash shutdown, cannot connect
+                    // now) and 08 (connection exception).
+                    .is_some_and(|code| code.starts_with("57") || code.starts_with("08"))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The RM's durable store, on one of the two backends. Cheap to clone: clones share the pool.
 #[derive(Debug, Clone)]
 pub enum Store {
@@ -182,6 +214,42 @@ impl Store {
             Store::Sqlite(store) => store.begin_epoch(started_at_ms).await,
             Store::Postgres(store) => store.begin_epoch(started_at_ms).await,
         }
+    }
+
+    /// One try at leading the RMs of this store, as the RM reachable at `url`. On PostgreSQL:
+    /// wins if the lease is free, expired or already `url`'s, opening a new epoch (which fences
+    /// the last leader's writes) held for `lease` unless renewed; otherwise says who holds it.
+    /// On SQLite, which serves one RM, it always wins, as `begin_epoch` does.
+    pub async fn try_lead(&self, url: &str, lease: Duration) -> Result<Leadership, StoreError> {
+        let started_at_ms = spindle_protocol::now_ms();
+        match self {
+            Store::Sqlite(store) => store.try_lead(url, started_at_ms).await,
+            Store::Postgres(store) => store.try_lead(url, lease, started_at_ms).await,
+        }
+    }
+
+    /// Extends the lease of `epoch` by `lease` from now (the database's now); `false` if
+    /// another RM has taken it, after which this one must stop acting as the leader.
+    pub async fn renew_lease(&self, epoch: u64, lease: Duration) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(true),
+            Store::Postgres(store) => store.renew_lease(epoch, lease).await,
+        }
+    }
+
+    /// Gives the lease of `epoch` up at once (a clean stop): a standby takes over without
+    /// waiting for it to expire.
+    pub async fn release_lease(&self, epoch: u64) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(store) => store.release_lease(epoch).await,
+        }
+    }
+
+    /// Whether several RMs may share this store and elect a leader (PostgreSQL), or it serves
+    /// exactly one (SQLite).
+    pub fn elects_leader(&self) -> bool {
+        matches!(self, Store::Postgres(_))
     }
 
     /// Everything to reload at restart: apps by `submitted_at_ms` then id, containers by id,

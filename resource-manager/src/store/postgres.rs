@@ -6,8 +6,8 @@ use std::time::Duration;
 use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use super::StoreError;
-use super::shared::{Queries, Statement};
+use super::shared::{Queries, Statement, epoch_from_sql};
+use super::{Leadership, StoreError};
 use crate::records::Snapshot;
 
 /// Locks the epoch row for the rest of the transaction, so a `begin_epoch` by a newer RM waits
@@ -18,6 +18,20 @@ const READ_EPOCH: &str = "SELECT epoch FROM cluster_meta WHERE id = 1 FOR UPDATE
 /// A REPEATABLE READ snapshot makes the three tables agree with each other at one instant.
 const BEGIN_READ: &str = "BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY";
 const MAX_CONNECTIONS: u32 = 4;
+/// Takes the lease if it is free, expired, or already this RM's (the same advertised URL: a
+/// restarted RM that bound its listen address again), bumping the epoch. The expiry is
+/// computed on the database's clock, so the RMs' clocks need not agree.
+const TAKE_LEASE: &str = "UPDATE cluster_meta SET epoch = epoch + 1, started_at_ms = $1, leader_url = $2, \
+     lease_expires_at = clock_timestamp() + make_interval(secs => $3) \
+     WHERE id = 1 AND (lease_expires_at IS NULL OR lease_expires_at <= clock_timestamp() OR leader_url = $2) \
+     RETURNING epoch";
+/// Who holds the lease, when `TAKE_LEASE` did not get it.
+const READ_LEASE: &str = "SELECT epoch, leader_url FROM cluster_meta WHERE id = 1";
+/// Extends the lease, only for the epoch that holds it.
+const RENEW_LEASE: &str =
+    "UPDATE cluster_meta SET lease_expires_at = clock_timestamp() + make_interval(secs => $2) WHERE id = 1 AND epoch = $1";
+/// Ends the lease now (a clean stop), so a standby need not wait for it to expire.
+const RELEASE_LEASE: &str = "UPDATE cluster_meta SET lease_expires_at = clock_timestamp() WHERE id = 1 AND epoch = $1";
 /// Fail a connect or an acquire in a bounded time when the server is down, with the error.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -58,6 +72,40 @@ impl PgStore {
     pub(super) async fn begin_epoch(&self, started_at_ms: u64) -> Result<u64, StoreError> {
         let mut conn = self.pool.acquire().await?;
         Queries::<Postgres>::bump_epoch(&mut conn, started_at_ms).await
+    }
+
+    pub(super) async fn try_lead(&self, url: &str, lease: Duration, started_at_ms: u64) -> Result<Leadership, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let won: Option<(i64,)> = sqlx::query_as(TAKE_LEASE)
+            .bind(started_at_ms as i64)
+            .bind(url)
+            .bind(lease.as_secs_f64())
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some((epoch,)) = won {
+            return Ok(Leadership::Won {
+                epoch: epoch_from_sql(epoch)?,
+            });
+        }
+        let (epoch, leader_url): (i64, String) = sqlx::query_as(READ_LEASE).fetch_one(&mut *conn).await?;
+        Ok(Leadership::Held {
+            epoch: epoch_from_sql(epoch)?,
+            leader_url,
+        })
+    }
+
+    pub(super) async fn renew_lease(&self, epoch: u64, lease: Duration) -> Result<bool, StoreError> {
+        let renewed = sqlx::query(RENEW_LEASE)
+            .bind(epoch as i64)
+            .bind(lease.as_secs_f64())
+            .execute(&self.pool)
+            .await?;
+        Ok(renewed.rows_affected() == 1)
+    }
+
+    pub(super) async fn release_lease(&self, epoch: u64) -> Result<(), StoreError> {
+        sqlx::query(RELEASE_LEASE).bind(epoch as i64).execute(&self.pool).await?;
+        Ok(())
     }
 
     pub(super) async fn load(&self) -> Result<Snapshot, StoreError> {

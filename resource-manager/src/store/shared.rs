@@ -182,7 +182,7 @@ fn to_sql_int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-fn epoch_from_sql(value: i64) -> Result<u64, StoreError> {
+pub(super) fn epoch_from_sql(value: i64) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt {
         what: "cluster_meta epoch".to_owned(),
         reason: format!("{value} is negative"),

@@ -8,7 +8,7 @@ use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use super::shared::{Queries, Statement};
-use super::{SqliteSynchronous, StoreError};
+use super::{Leadership, SqliteSynchronous, StoreError};
 use crate::records::Snapshot;
 
 /// Takes the write lock when the transaction begins, not at its first write: a deferred
@@ -17,6 +17,8 @@ use crate::records::Snapshot;
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 /// The write lock taken by `BEGIN IMMEDIATE` already keeps the epoch from changing under us.
 const READ_EPOCH: &str = "SELECT epoch FROM cluster_meta WHERE id = 1";
+/// Which RM started last, for the same shape as PostgreSQL's lease row.
+const NOTE_LEADER: &str = "UPDATE cluster_meta SET leader_url = $1 WHERE id = 1";
 /// How long a writer waits for another one before giving up with "database is locked".
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// WAL lets readers run beside the one writer; a handful of connections is plenty for an RM
@@ -99,6 +101,14 @@ impl SqliteStore {
     pub(super) async fn begin_epoch(&self, started_at_ms: u64) -> Result<u64, StoreError> {
         let mut conn = self.pool.acquire().await?;
         Queries::<Sqlite>::bump_epoch(&mut conn, started_at_ms).await
+    }
+
+    /// SQLite serves one RM (the store's lock), so it always wins: a new epoch, and its URL noted.
+    pub(super) async fn try_lead(&self, url: &str, started_at_ms: u64) -> Result<Leadership, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let epoch = Queries::<Sqlite>::bump_epoch(&mut conn, started_at_ms).await?;
+        sqlx::query(NOTE_LEADER).bind(url).execute(&mut *conn).await?;
+        Ok(Leadership::Won { epoch })
     }
 
     pub(super) async fn load(&self) -> Result<Snapshot, StoreError> {
