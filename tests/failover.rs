@@ -4,11 +4,10 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use spindle_protocol::{AppState, ExitReason, FinalStatus, HealthReport, RmRole};
-use support::{PgSchema, TestCluster, shell_job, wait_for_app_end, wait_until};
+use support::{PgSchema, TestCluster, shell_job, task_lines, wait_for_app_end, wait_until};
 
 /// The lease these tests run with: failover within about a second.
 const LEASE_S: f64 = 1.0;
@@ -31,17 +30,6 @@ async fn wait_active(cluster: &TestCluster, number: usize) -> u64 {
         (health.role == RmRole::Active).then_some(health.epoch?)
     })
     .await
-}
-
-/// The lines of a file the tasks append to (none if it does not exist yet).
-fn lines(path: &Path) -> Vec<String> {
-    let mut lines: Vec<String> = std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    lines.sort_by_key(|line| line.parse::<u32>().unwrap_or(u32::MAX));
-    lines
 }
 
 /// The expected task lines `0..count`.
@@ -85,7 +73,7 @@ async fn the_standby_takes_over_when_the_active_is_killed_and_nothing_is_lost() 
     let script = format!("echo $SPINDLE_TASK_INDEX >> {}; sleep 1", ran.display());
     let app_id = admin.submit(&shell_job("waves", &script, 8, 64, 3)).await.unwrap();
     wait_until(Duration::from_secs(30), "3 tasks to have run", || async {
-        (lines(&ran).len() >= 3).then_some(())
+        (task_lines(&ran).len() >= 3).then_some(())
     })
     .await;
 
@@ -107,7 +95,7 @@ async fn the_standby_takes_over_when_the_active_is_killed_and_nothing_is_lost() 
         (AppState::Finished, FinalStatus::Succeeded),
         "{report:?}"
     );
-    assert_eq!(lines(&ran), indexes(8), "each task ran exactly once");
+    assert_eq!(task_lines(&ran), indexes(8), "each task ran exactly once");
     assert_eq!(report.attempts.len(), 1, "the AM survived the failover: {:#?}", report.attempts);
     let late = wait_for_app_end(&admin, late_app, JOB_TIMEOUT).await;
     assert_eq!(
@@ -115,7 +103,7 @@ async fn the_standby_takes_over_when_the_active_is_killed_and_nothing_is_lost() 
         (AppState::Finished, FinalStatus::Succeeded),
         "{late:?}"
     );
-    assert_eq!(lines(&late_ran), indexes(2));
+    assert_eq!(task_lines(&late_ran), indexes(2));
     for container in admin.containers(app_id).await.unwrap() {
         assert_eq!(
             container.exit_reason,
@@ -152,7 +140,7 @@ async fn a_paused_active_is_fenced_and_steps_down_when_it_wakes() {
     let script = format!("echo $SPINDLE_TASK_INDEX >> {}; sleep 1", ran.display());
     let app_id = admin.submit(&shell_job("paused", &script, 6, 64, 3)).await.unwrap();
     wait_until(Duration::from_secs(30), "a task to have run", || async {
-        (!lines(&ran).is_empty()).then_some(())
+        (!task_lines(&ran).is_empty()).then_some(())
     })
     .await;
 
@@ -177,7 +165,7 @@ async fn a_paused_active_is_fenced_and_steps_down_when_it_wakes() {
         (AppState::Finished, FinalStatus::Succeeded),
         "{report:?}"
     );
-    assert_eq!(lines(&ran), indexes(6), "each task ran exactly once");
+    assert_eq!(task_lines(&ran), indexes(6), "each task ran exactly once");
     assert_eq!(report.attempts.len(), 1, "{:#?}", report.attempts);
     let logs = cluster.rm_process(0).unwrap().logs();
     assert!(logs.contains("stepping down to standby"), "{logs}");

@@ -176,6 +176,11 @@ pub struct NodeAgentArgs {
     /// Cap each container's CPU time at its vcores (cgroup CFS quota), not only weigh it.
     #[arg(long)]
     pub cpu_hard_cap: bool,
+    /// Kill the node's containers when the agent stops, and adopt none at start. By default
+    /// containers outlive a restart of the agent (an upgrade, a crash) and the next start,
+    /// within the RM's node expiry, adopts them.
+    #[arg(long)]
+    pub no_recovery: bool,
 }
 
 #[derive(Debug, Args)]

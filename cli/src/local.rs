@@ -235,6 +235,9 @@ impl LocalCluster {
         config.advertise_host = Some(Ipv4Addr::LOCALHOST.to_string());
         config.capacity = options.agent_capacity;
         config.spindle_bin = self.spindle_bin.clone();
+        // A local cluster stops whole; its containers go with it (after a kill -9 of the
+        // whole thing, the next start adopts those that still run).
+        config.kill_containers_on_stop = true;
         let shutdown = self.agents_shutdown.clone();
         self.agent_tasks.spawn(async move {
             let outcome = spindle_node_agent::run(config, listener, shutdown).await;

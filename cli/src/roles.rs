@@ -83,6 +83,10 @@ pub async fn node_agent(args: NodeAgentArgs, rm_flag: Option<&str>, ca_file: Opt
     config.max_connections = args.max_connections;
     config.min_uid = args.min_uid;
     config.cpu_hard_cap = args.cpu_hard_cap;
+    if args.no_recovery {
+        config.recover_containers = false;
+        config.kill_containers_on_stop = true;
+    }
     config.tls = match (args.tls_cert, args.tls_key, ca_file) {
         (Some(cert_file), Some(key_file), Some(ca_file)) => Some(spindle_node_agent::AgentTls {
             cert_file,

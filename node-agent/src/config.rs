@@ -94,10 +94,15 @@ pub struct AgentConfig {
     /// idle or slow clients cannot exhaust the agent's file descriptors; idle ones are closed
     /// after 10 s without a request.
     pub max_connections: usize,
-    /// Kill running containers when `shutdown` stops the agent (the default). An agent keeps
-    /// no state on disk, so a restarted one could not adopt them: left running, they would be
-    /// orphans the RM has already given up on (NODE_LOST) and re-run elsewhere. Turn it off
-    /// only to keep work going through a short agent outage that ends in a kill -9 anyway.
+    /// Containers outlive an agent restart (YARN's NodeManager recovery; the default): each
+    /// runs under `spindle container-init` (`spindle_bin` must be the real binary), which
+    /// records how it ended, and the agent keeps what it needs in `<work dir>/recovery/`; a
+    /// restarted agent adopts the containers still running and reports the ends it missed.
+    pub recover_containers: bool,
+    /// Kill running containers when `shutdown` stops the agent. Off by default: with
+    /// `recover_containers` an agent stopped for an upgrade leaves its containers running for
+    /// the next start (within the RM's node expiry) to adopt; without it, turn this on, or
+    /// containers would be orphans the RM re-runs elsewhere. Decommission kills them anyway.
     pub kill_containers_on_stop: bool,
     /// Containers never run as accounts with a lower uid (YARN's `min.user.id`; default 1000).
     /// Only an agent running as root changes accounts; uid 0 is refused whatever this says.
@@ -125,7 +130,8 @@ impl AgentConfig {
             memory_enforcement: MemoryEnforcement::Auto,
             log_retention: DEFAULT_LOG_RETENTION,
             max_connections: DEFAULT_MAX_CONNECTIONS,
-            kill_containers_on_stop: true,
+            recover_containers: true,
+            kill_containers_on_stop: false,
             min_uid: crate::account::DEFAULT_MIN_UID,
             cpu_hard_cap: false,
         }

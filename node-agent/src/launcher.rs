@@ -68,6 +68,9 @@ pub(crate) struct LaunchContext {
     pub rm_urls: String,
     pub work_dir: PathBuf,
     pub spindle_bin: PathBuf,
+    /// Containers outlive the agent and are adopted by its next start: each runs under
+    /// `spindle container-init`, which records how it ended (`crate::container_init`).
+    pub recover: bool,
     /// Part of cgroup names, so several agents on one host never collide.
     pub node_port: u16,
     /// `None`: no cgroup hierarchy in use, memory is sampled.
@@ -230,9 +233,22 @@ pub(crate) fn spawn_container(context: &LaunchContext, launch: &Launch<'_>) -> R
     if let Some(cgroup) = cgroup.as_ref().filter(|_| !joins_from_inside) {
         join_cgroups.push(cgroup.procs_path().to_owned());
     }
+    let mut args: Vec<CString> = spec.command.iter().map(|arg| c_string(arg.as_bytes())).collect();
+    let mut program = c_string(program.as_os_str().as_bytes());
+    if context.recover {
+        let exit_file = dir.join(crate::container_init::EXIT_FILE);
+        let init = [
+            c_string(b"spindle"),
+            c_string(crate::container_init::SUBCOMMAND.as_bytes()),
+            c_string(exit_file.as_os_str().as_bytes()),
+            program,
+        ];
+        args.splice(0..0, init);
+        program = c_string(context.spindle_bin.as_os_str().as_bytes());
+    }
     let process = ProcessSpec {
-        program: c_string(program.as_os_str().as_bytes()),
-        args: spec.command.iter().map(|arg| c_string(arg.as_bytes())).collect(),
+        program,
+        args,
         env: container_env(context, launch, &dir, &tmp_dir, &shuffle_dir),
         cwd: c_string(dir.as_os_str().as_bytes()),
         stdout: stdout.into(),

@@ -9,6 +9,7 @@ mod account;
 mod api;
 mod cgroup;
 mod config;
+pub mod container_init;
 mod credential;
 mod error;
 mod exit;
@@ -17,6 +18,7 @@ mod launcher;
 mod manager;
 mod memory;
 mod probe;
+mod recovery;
 mod retention;
 mod served_file;
 mod shuffle;
@@ -58,9 +60,9 @@ pub fn save_node_credential(work_dir: &std::path::Path, credential: &spindle_pro
 /// cancelled or the RM says shutdown (the node is decommissioned). Returns `Ok` on a clean stop.
 ///
 /// What happens to running containers:
-/// - cancelled `shutdown` (the operator stops the agent): they are killed before `run`
-///   returns, unless `kill_containers_on_stop` is off — this agent keeps no state on disk, so
-///   a restarted agent could not adopt them, and the RM re-runs their work elsewhere.
+/// - cancelled `shutdown` (the operator stops the agent, e.g. for an upgrade): they are left
+///   running, for the next start to adopt (`recover_containers`), unless
+///   `kill_containers_on_stop` is on.
 /// - RM shutdown: the RM has given the node up, so its remaining containers are killed
 ///   (KILLED_BY_RM) before `run` returns.
 pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> Result<(), AgentError> {
@@ -111,6 +113,7 @@ pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdow
         rm_urls: config.rm_urls.join(","),
         work_dir: work_dir.clone(),
         spindle_bin: config.spindle_bin.clone(),
+        recover: config.recover_containers,
         node_port: local_address.port(),
         cgroups: cgroups.clone(),
         cpu: cpu.clone().ok().flatten(),
@@ -138,6 +141,12 @@ pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdow
         stop.clone(),
         config.log_retention,
     ));
+
+    if config.recover_containers {
+        recovery::prepare(&work_dir).map_err(|err| AgentError::io(format!("cannot prepare {}/recovery", work_dir.display()), err))?;
+        // Before serving and registering: the RM hears of adopted containers at registration.
+        manager.adopt_saved();
+    }
 
     let server = {
         // Every agent route answers promptly (a DELETE waits for the kill grace at most), so

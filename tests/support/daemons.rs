@@ -116,6 +116,9 @@ pub enum Db {
 pub struct TestAgent {
     pub node_id: NodeId,
     pub daemon: Daemon,
+    /// Its command line, to start it again the same way.
+    pub args: Vec<String>,
+    starts: usize,
 }
 
 /// An RM process and any number of agent processes in one temporary directory.
@@ -161,6 +164,21 @@ impl TestCluster {
 
     async fn start_with(db: Db, tls: Option<super::TestCa>) -> TestCluster {
         TestCluster::start_with_config(db, tls, "").await
+    }
+
+    /// A cluster whose RM config is the usual one with `node_expiry` set to `seconds`, for
+    /// tests that take a node away on purpose and must not have it declared lost on a loaded
+    /// machine.
+    pub async fn start_with_node_expiry(db: Db, seconds: u64) -> TestCluster {
+        let cluster = TestCluster::start_with_config(db, None, "").await;
+        let path = cluster.path().join("rm.toml");
+        let config = std::fs::read_to_string(&path).expect("read the RM config");
+        let config = config.replace(&format!("node_expiry = {NODE_EXPIRY_S}\n"), &format!("node_expiry = {seconds}\n"));
+        std::fs::write(&path, config).expect("write the RM config");
+        let mut cluster = cluster;
+        cluster.kill_rm();
+        cluster.start_rm().await;
+        cluster
     }
 
     async fn start_with_config(db: Db, tls: Option<super::TestCa>, top_level: &str) -> TestCluster {
@@ -403,7 +421,12 @@ ca_file = {:?}
             };
             match registered {
                 Ok(()) => {
-                    self.agents.push(TestAgent { node_id, daemon });
+                    self.agents.push(TestAgent {
+                        node_id,
+                        daemon,
+                        args,
+                        starts: 1,
+                    });
                     return index;
                 }
                 Err(logs) if logs.contains("in use") => continue,
@@ -411,6 +434,25 @@ ca_file = {:?}
             }
         }
         panic!("agent {index} could not get a port after {PORT_RETRIES} tries");
+    }
+
+    /// Stops agent `index` (SIGTERM and a wait for its exit, or SIGKILL) and starts it again
+    /// with the same command line (port, work dir); returns once it runs again.
+    pub async fn restart_agent(&mut self, index: usize, graceful: bool) {
+        let agent = &mut self.agents[index];
+        if graceful {
+            agent.daemon.terminate();
+            agent.daemon.wait_for_exit(Duration::from_secs(30)).await;
+        } else {
+            agent.daemon.kill9();
+        }
+        agent.starts += 1;
+        let name = format!("agent{index}#{}", agent.starts);
+        agent.daemon = Daemon::spawn(name, self.dir.path(), &agent.args);
+        let url = format!("http://{}/healthz", agent.node_id);
+        if let Err(logs) = wait_for_http(&mut self.agents[index].daemon, &url).await {
+            panic!("agent {index} did not start again: {logs}");
+        }
     }
 
     pub fn node_id(&self, agent: usize) -> &NodeId {

@@ -150,6 +150,18 @@ pub fn shell_job(name: &str, script: &str, containers: u32, memory_mb: u64, max_
 }
 
 /// Submits a job and waits for it to end; panics (with the report) unless it SUCCEEDED.
+/// The lines of a file that tasks append their `SPINDLE_TASK_INDEX` to, sorted by index
+/// (none if it does not exist yet).
+pub fn task_lines(path: &std::path::Path) -> Vec<String> {
+    let mut lines: Vec<String> = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort_by_key(|line| line.parse::<u32>().unwrap_or(u32::MAX));
+    lines
+}
+
 pub async fn run_to_success(client: &RmClient, spec: &JobSpec, timeout: Duration) -> AppReport {
     let app_id = client.submit(spec).await.expect("the job is accepted");
     let report = wait_for_app_end(client, app_id, timeout).await;

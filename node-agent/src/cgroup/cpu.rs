@@ -153,6 +153,11 @@ impl CpuRoot {
             let _ = std::fs::remove_dir(&dir);
         }
     }
+
+    /// The container cgroup of process `pid` in this hierarchy, if it is one of Spindle's.
+    pub(crate) fn container_dir_of(&self, pid: i32) -> Option<PathBuf> {
+        super::dir_of(pid, self.base.parent()?, &self.base, Some("cpu"))
+    }
 }
 
 impl CpuCgroup {

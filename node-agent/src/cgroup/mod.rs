@@ -96,6 +96,32 @@ impl CgroupRoot {
         }
     }
 
+    /// The container cgroup process `pid` is in (a container of an earlier agent process, to
+    /// be removed when it ends), if it is one of Spindle's.
+    pub(crate) fn container_dir_of(&self, pid: i32) -> Option<PathBuf> {
+        let controller = (self.version == CgroupVersion::V1).then_some("memory");
+        dir_of(pid, &self.mount, &self.base, controller)
+    }
+}
+
+/// The cgroup of `pid` under `mount` (v1: of `controller`; v2: the unified one), if it lies
+/// below `base`: never a cgroup Spindle did not make.
+pub(crate) fn dir_of(pid: i32, mount: &Path, base: &Path, controller: Option<&str>) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let relative = text.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let wanted = match controller {
+            Some(name) => controllers.split(',').any(|found| found == name),
+            None => controllers.is_empty(),
+        };
+        wanted.then(|| path.trim_start_matches('/').to_owned())
+    })?;
+    let dir = mount.join(relative);
+    (dir.starts_with(base) && dir != base).then_some(dir)
+}
+
+impl CgroupRoot {
     /// A cgroup with a hard memory limit of `limit_bytes`: an idle one of this agent if there
     /// is one, else a new one named `name`.
     pub(crate) fn create(&self, name: &str, limit_bytes: u64) -> io::Result<ContainerCgroup> {

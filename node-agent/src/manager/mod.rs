@@ -18,7 +18,9 @@ use crate::AgentError;
 use crate::account::Account;
 use crate::launcher::{self, CONTAINER_KILL_GRACE, KillRequest, LaunchContext, SpawnFailure};
 use crate::memory::SampledContainer;
+use crate::recovery;
 
+mod adopt;
 mod auth;
 mod retention;
 mod shuffle;
@@ -165,7 +167,17 @@ impl ContainerManager {
             if state.containers.contains_key(&container_id) || state.removing_dirs.contains(&container_id) {
                 return Err(AgentError::DuplicateContainer(container_id));
             }
-            state.shuffle_tokens.insert(container_id.app, request.token.shuffle_token.clone());
+            let new_app = state
+                .shuffle_tokens
+                .insert(container_id.app, request.token.shuffle_token.clone())
+                .is_none();
+            if new_app && self.context.recover {
+                // Its map output stays servable after its containers end: a restarted agent
+                // must still know who may fetch it.
+                if let Err(err) = recovery::save_shuffle_token(&self.context.work_dir, container_id.app, &request.token.shuffle_token) {
+                    tracing::warn!(app = %container_id.app, error = %err, "cannot save the app's shuffle token for recovery");
+                }
+            }
             let record = ContainerRecord {
                 status: ContainerStatus {
                     container_id,
@@ -227,7 +239,7 @@ impl ContainerManager {
                 if let Some(reason) = &spawned.cgroup_error {
                     self.log_cgroup_failure(container_id, reason);
                 }
-                let status = {
+                let (status, saved) = {
                     let mut state = self.lock();
                     let record = state
                         .containers
@@ -235,8 +247,21 @@ impl ContainerManager {
                         .expect("running containers are never removed");
                     record.process_group = Some(spawned.process.pid());
                     record.sampled = spawned.cgroup.is_none();
-                    record.status.clone()
+                    let saved = self.context.recover.then(|| recovery::SavedContainer {
+                        container_id,
+                        pid: spawned.process.pid(),
+                        start_ticks: recovery::start_ticks(spawned.process.pid()).unwrap_or_default(),
+                        resources,
+                        token_signature: record.token_signature.clone(),
+                        sampled: record.sampled,
+                        started_at_ms: record.status.started_at_ms.unwrap_or_default(),
+                        completed: None,
+                    });
+                    (record.status.clone(), saved)
                 };
+                if let Some(saved) = saved {
+                    self.save_for_recovery(&saved);
+                }
                 tracing::debug!(container_id = %container_id, pid = spawned.process.pid(), "container started");
                 self.tasks
                     .spawn(self.clone().supervise(container_id, spawned, kill_signal, resources));
@@ -261,6 +286,7 @@ impl ContainerManager {
 
     /// Records a container's end, wakes DELETE waiters and the heartbeat loop.
     fn complete(&self, container_id: ContainerId, exit_code: Option<i32>, reason: ExitReason, diagnostics: String) {
+        let mut saved = None;
         {
             let mut state = self.lock();
             let Some(record) = state.containers.get_mut(&container_id) else {
@@ -276,8 +302,30 @@ impl ContainerManager {
             record.process_group = None;
             record.sampled = false;
             record.finished.send_replace(true);
+            if self.context.recover {
+                saved = Some(recovery::SavedContainer {
+                    container_id,
+                    pid: 0,
+                    start_ticks: 0,
+                    resources: record.resources,
+                    token_signature: record.token_signature.clone(),
+                    sampled: false,
+                    started_at_ms: record.status.started_at_ms.unwrap_or_default(),
+                    completed: Some(record.status.clone()),
+                });
+            }
+        }
+        // The end must reach the RM even if this agent restarts before it is acknowledged.
+        if let Some(saved) = saved {
+            self.save_for_recovery(&saved);
         }
         self.report_trigger.notify_one();
+    }
+
+    fn save_for_recovery(&self, saved: &recovery::SavedContainer) {
+        if let Err(err) = recovery::save(&self.context.work_dir, saved) {
+            tracing::warn!(container_id = %saved.container_id, error = %err, "cannot save the container for recovery: a restarted agent would not adopt it");
+        }
     }
 
     pub(crate) fn status(&self, container_id: &ContainerId) -> Result<ContainerStatus, AgentError> {
@@ -398,6 +446,9 @@ impl ContainerManager {
             if record.status.state == ContainerState::Complete && !record.acked {
                 record.acked = true;
                 state.acked_order.push_back((now, *container_id));
+                if self.context.recover {
+                    recovery::forget(&self.context.work_dir, container_id);
+                }
             }
         }
         while let Some(&(acked_at, oldest)) = state.acked_order.front() {

@@ -8,6 +8,7 @@ use spindle_protocol::{AppId, ContainerState};
 
 use super::ContainerManager;
 use crate::AgentError;
+use crate::recovery;
 use crate::shuffle;
 
 impl ContainerManager {
@@ -67,6 +68,7 @@ impl ContainerManager {
             let mut state = self.lock();
             for app_id in &doomed {
                 state.shuffle_tokens.remove(app_id);
+                recovery::forget_shuffle_token(&self.context.work_dir, *app_id);
             }
         }
         for app_id in busy {

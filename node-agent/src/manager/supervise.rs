@@ -128,7 +128,7 @@ impl ContainerManager {
     }
 }
 
-async fn sleep_until_optional(deadline: Option<tokio::time::Instant>) {
+pub(super) async fn sleep_until_optional(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,

@@ -13,6 +13,7 @@ async fn a_launch_whose_caller_goes_away_is_still_supervised() {
         rm_urls: "http://127.0.0.1:1".to_owned(),
         work_dir: work_dir.path().to_owned(),
         spindle_bin: "spindle".into(),
+        recover: false,
         node_port: 8042,
         cgroups: None,
         run_mode: std::sync::Arc::new(crate::account::RunMode::detect(crate::account::DEFAULT_MIN_UID).unwrap()),

@@ -44,6 +44,7 @@ pub(crate) fn test_manager(work_dir: &std::path::Path) -> Arc<ContainerManager> 
         rm_urls: "http://127.0.0.1:1".to_owned(),
         work_dir: work_dir.to_owned(),
         spindle_bin: "spindle".into(),
+        recover: false,
         node_port: 8042,
         cgroups: None,
         run_mode: std::sync::Arc::new(crate::account::RunMode::detect(crate::account::DEFAULT_MIN_UID).unwrap()),
