@@ -17,6 +17,7 @@ mod cli;
 mod daemons;
 mod in_process;
 mod postgres;
+mod private_postgres;
 mod streams;
 mod tls;
 
@@ -36,6 +37,7 @@ pub use self::{
     daemons::{Daemon, Db, TestAgent, TestCluster, wait_for_http},
     in_process::InProcessRm,
     postgres::PgSchema,
+    private_postgres::PrivatePostgres,
     streams::{start_local, stream_detail, wait_for_checkpoint},
     tls::TestCa,
 };
