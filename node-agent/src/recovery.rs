@@ -18,11 +18,14 @@ const APPS_DIR: &str = "apps";
 const PRIVATE_DIR_MODE: u32 = 0o700;
 const PRIVATE_FILE_MODE: u32 = 0o600;
 
+/// The `pid` of a container recorded just before its process was spawned.
+pub(crate) const STARTING: i32 = 0;
+
 /// One container as a restarted agent needs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct SavedContainer {
     pub container_id: ContainerId,
-    /// The leader's pid, which is also its process group's id.
+    /// The leader's pid, which is also its process group's id; `STARTING` until it is known.
     pub pid: i32,
     /// The leader's start time (clock ticks since boot, `/proc/PID/stat` field 22): tells
     /// the container from a later process that was given the same pid.
@@ -142,7 +145,21 @@ pub(crate) fn start_ticks(pid: i32) -> Option<u64> {
 
 /// Whether the container's leader still runs: its pid exists with the start time it had.
 pub(crate) fn still_running(container: &SavedContainer) -> bool {
-    start_ticks(container.pid) == Some(container.start_ticks)
+    container.pid != STARTING && start_ticks(container.pid) == Some(container.start_ticks)
+}
+
+/// The process-group leaders whose working directory is `dir`: what a launch interrupted by
+/// the agent's death left running in a container's directory.
+pub(crate) fn leaders_in(dir: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir))
+        // SAFETY: getpgid only reads another process's group id.
+        .filter(|pid| unsafe { libc::getpgid(*pid) } == *pid)
+        .collect()
 }
 
 #[cfg(test)]
@@ -199,5 +216,25 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir(work_dir.path())).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    /// What a launch cut short by the agent's death left running is found by its directory.
+    #[test]
+    fn leaders_are_found_by_their_working_directory() {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let dir_path = std::fs::canonicalize(dir.path()).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .current_dir(&dir_path)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert_eq!(leaders_in(&dir_path), [pid]);
+        assert!(leaders_in(&dir_path.join("elsewhere")).is_empty());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(leaders_in(&dir_path).is_empty());
     }
 }

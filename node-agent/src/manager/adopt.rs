@@ -59,6 +59,22 @@ impl ContainerManager {
             if completed {
                 continue;
             }
+            if container.pid == recovery::STARTING {
+                // The agent died while spawning it, before the launch was answered: whoever
+                // asked took it as failed. Whatever did start is killed, unseen by anyone.
+                ended += 1;
+                let dir = launcher::container_dir(&self.context.work_dir, &container.container_id);
+                for leader in recovery::leaders_in(&dir) {
+                    launcher::signal_process_group(leader, libc::SIGKILL);
+                }
+                self.complete(
+                    container.container_id,
+                    None,
+                    ExitReason::Failed,
+                    "the node agent stopped while starting the container; it was not run".to_owned(),
+                );
+                continue;
+            }
             if live {
                 running += 1;
                 let cgroups = self.cgroup_dirs_of(container.pid);

@@ -201,6 +201,20 @@ impl ContainerManager {
             };
             state.containers.insert(container_id, record);
         }
+        if self.context.recover {
+            // Before the process exists: an agent killed between the spawn and the record
+            // below would otherwise leave a container nobody knows of (`adopt.rs`).
+            self.save_for_recovery(&recovery::SavedContainer {
+                container_id,
+                pid: recovery::STARTING,
+                start_ticks: 0,
+                resources,
+                token_signature: String::new(),
+                sampled: false,
+                started_at_ms: now_ms(),
+                completed: None,
+            });
+        }
         let shuffle_token = request.token.shuffle_token;
         self.start(container_id, resources, account, request.launch, shuffle_token, kill_signal)
             .await
