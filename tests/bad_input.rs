@@ -18,6 +18,7 @@ struct Call<'a> {
     path: String,
     token: Option<&'a str>,
     body: Option<Vec<u8>>,
+    headers: Vec<(&'static str, String)>,
 }
 
 impl<'a> Call<'a> {
@@ -28,7 +29,13 @@ impl<'a> Call<'a> {
             path: path.into(),
             token: Some(ADMIN_TOKEN),
             body: None,
+            headers: Vec::new(),
         }
+    }
+
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
     }
 
     fn token(mut self, token: Option<&'a str>) -> Self {
@@ -55,6 +62,9 @@ impl<'a> Call<'a> {
         }
         if let Some(body) = self.body {
             request = request.header("content-type", "application/json").body(body);
+        }
+        for (name, value) in self.headers {
+            request = request.header(name, value);
         }
         let response = request.send().await.expect("the RM answers");
         let status = response.status();
@@ -111,6 +121,11 @@ async fn bad_submissions_are_refused_and_create_nothing() {
         .refused(StatusCode::BAD_REQUEST, "bad_request", &["malformed JSON"])
         .await;
     post().raw("").refused(StatusCode::BAD_REQUEST, "bad_request", &["empty"]).await;
+    post()
+        .json(&hello())
+        .header("idempotency-key", "x".repeat(129))
+        .refused(StatusCode::BAD_REQUEST, "bad_request", &["idempotency-key", "128"])
+        .await;
     let mut unknown = hello();
     unknown["shel"] = json!({});
     post()

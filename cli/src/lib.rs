@@ -30,16 +30,6 @@ const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Parses the command line, runs the command and turns its outcome into an exit code.
 pub fn main() -> ExitCode {
-    // A container's first process (started by an agent): before anything else, while this
-    // process has one thread, as it forks.
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args
-        .get(1)
-        .is_some_and(|command| command == spindle_node_agent::container_init::SUBCOMMAND)
-    {
-        let code = spindle_node_agent::container_init::run(&args[2..]);
-        return ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX));
-    }
     let cli = Cli::parse();
     settings::take_secrets_from_env();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

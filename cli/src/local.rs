@@ -235,8 +235,9 @@ impl LocalCluster {
         config.advertise_host = Some(Ipv4Addr::LOCALHOST.to_string());
         config.capacity = options.agent_capacity;
         config.spindle_bin = self.spindle_bin.clone();
-        // A local cluster stops whole; its containers go with it (after a kill -9 of the
-        // whole thing, the next start adopts those that still run).
+        // A local cluster stops whole, its agents with its RM: its containers go with it, and
+        // nothing is left to adopt, so launches skip recovery's cost (~1.3 ms each).
+        config.recover_containers = false;
         config.kill_containers_on_stop = true;
         let shutdown = self.agents_shutdown.clone();
         self.agent_tasks.spawn(async move {

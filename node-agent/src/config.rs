@@ -95,9 +95,9 @@ pub struct AgentConfig {
     /// after 10 s without a request.
     pub max_connections: usize,
     /// Containers outlive an agent restart (YARN's NodeManager recovery; the default): each
-    /// runs under `spindle container-init` (`spindle_bin` must be the real binary), which
-    /// records how it ended, and the agent keeps what it needs in `<work dir>/recovery/`; a
-    /// restarted agent adopts the containers still running and reports the ends it missed.
+    /// runs under a small `/bin/sh` script that records how it ended (`container_init`), and
+    /// the agent keeps what it needs in `<work dir>/recovery/`; a restarted agent adopts the
+    /// containers still running and reports the ends it missed. Costs ~1.3 ms per launch.
     pub recover_containers: bool,
     /// Kill running containers when `shutdown` stops the agent. Off by default: with
     /// `recover_containers` an agent stopped for an upgrade leaves its containers running for

@@ -69,7 +69,7 @@ pub(crate) struct LaunchContext {
     pub work_dir: PathBuf,
     pub spindle_bin: PathBuf,
     /// Containers outlive the agent and are adopted by its next start: each runs under
-    /// `spindle container-init`, which records how it ended (`crate::container_init`).
+    /// a `/bin/sh` script that records how it ended (`crate::container_init`).
     pub recover: bool,
     /// Part of cgroup names, so several agents on one host never collide.
     pub node_port: u16,
@@ -236,15 +236,19 @@ pub(crate) fn spawn_container(context: &LaunchContext, launch: &Launch<'_>) -> R
     let mut args: Vec<CString> = spec.command.iter().map(|arg| c_string(arg.as_bytes())).collect();
     let mut program = c_string(program.as_os_str().as_bytes());
     if context.recover {
+        // `sh -c SCRIPT spindle-init EXIT_FILE PROGRAM ARGS…`: the program's argv[0] becomes
+        // its path (a shell's "$@" cannot set it).
         let exit_file = dir.join(crate::container_init::EXIT_FILE);
+        args[0] = program;
         let init = [
-            c_string(b"spindle"),
-            c_string(crate::container_init::SUBCOMMAND.as_bytes()),
+            c_string(b"sh"),
+            c_string(b"-c"),
+            c_string(crate::container_init::INIT_SCRIPT.as_bytes()),
+            c_string(crate::container_init::NAME.as_bytes()),
             c_string(exit_file.as_os_str().as_bytes()),
-            program,
         ];
         args.splice(0..0, init);
-        program = c_string(context.spindle_bin.as_os_str().as_bytes());
+        program = c_string(crate::container_init::SHELL.as_bytes());
     }
     let process = ProcessSpec {
         program,

@@ -9,7 +9,7 @@ mod account;
 mod api;
 mod cgroup;
 mod config;
-pub mod container_init;
+mod container_init;
 mod credential;
 mod error;
 mod exit;

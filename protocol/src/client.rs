@@ -45,6 +45,10 @@ struct Http {
     active: Arc<Mutex<Option<String>>>,
 }
 
+/// The header that makes a submission safe to send again: the RM answers a repeated key from
+/// the same user with the app the first one made.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
 /// The header a standby RM sets on every answer (`spindle_resource_manager::ha`).
 const ROLE_HEADER: &str = "x-spindle-role";
 /// How long a client looks for the active RM among its URLs once a standby has answered:
@@ -121,7 +125,7 @@ impl Http {
         body: Option<&B>,
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response, ClientError> {
-        self.send_as(self.token.as_deref(), method, path, body, timeout).await
+        self.send_as(self.token.as_deref(), method, path, body, timeout, None).await
     }
 
     /// Sends with `token` as the bearer instead of the client's own (`None`: no header).
@@ -132,7 +136,7 @@ impl Http {
     /// lead soon, so the round is repeated for up to `FAILOVER_WAIT`. A connection that could
     /// not be made moves on too; a request that may have reached a server (a reset or a
     /// timeout after sending) is sent again only if it is a read, so a submission is never
-    /// made twice.
+    /// made twice unless it carries an idempotency key.
     async fn send_as<B: Serialize>(
         &self,
         token: Option<&str>,
@@ -140,6 +144,7 @@ impl Http {
         path: &str,
         body: Option<&B>,
         timeout: Option<Duration>,
+        idempotency_key: Option<&str>,
     ) -> Result<reqwest::Response, ClientError> {
         let deadline = tokio::time::Instant::now() + FAILOVER_WAIT;
         let mut last_error = String::from("no URL configured");
@@ -160,6 +165,9 @@ impl Http {
                 if let Some(timeout) = timeout {
                     request = request.timeout(timeout);
                 }
+                if let Some(key) = idempotency_key {
+                    request = request.header(IDEMPOTENCY_KEY_HEADER, key);
+                }
                 match request.send().await {
                     Ok(response) if response.headers().get(ROLE_HEADER).is_some_and(|role| role == "standby") => {
                         standby_seen = true;
@@ -174,7 +182,7 @@ impl Http {
                         *self.active.lock().expect("the active URL is never poisoned") = Some(base);
                         return Ok(response);
                     }
-                    Err(err) if err.is_connect() || method == Method::GET => last_error = describe(&err),
+                    Err(err) if err.is_connect() || method == Method::GET || idempotency_key.is_some() => last_error = describe(&err),
                     Err(err) => {
                         return Err(ClientError::Unreachable {
                             urls: base,
@@ -301,8 +309,20 @@ impl RmClient {
         self.http.token = token;
     }
 
+    /// Submits with a fresh idempotency key, so a submission whose answer was lost (the RM
+    /// died or failed over after receiving it) is sent again safely: never two apps.
     pub async fn submit(&self, spec: &JobSpec) -> Result<AppId, ClientError> {
-        let reply: SubmitReply = self.http.call(Method::POST, "/v1/apps", Some(spec), None).await?;
+        let key = new_idempotency_key();
+        let response = self
+            .http
+            .send_as(self.http.token.as_deref(), Method::POST, "/v1/apps", Some(spec), None, Some(&key))
+            .await?;
+        let response = check(response).await?;
+        let url = response.url().to_string();
+        let reply: SubmitReply = response.json().await.map_err(|err| ClientError::Decode {
+            url,
+            reason: err.to_string(),
+        })?;
         Ok(reply.app_id)
     }
 
@@ -499,7 +519,7 @@ impl AgentClient {
         let path = format!("/v1/shuffle/{app_id}/{}/{partition}", encode_query(output_name));
         let response = self
             .http
-            .send_as::<()>(Some(token), Method::GET, &path, None, Some(SHUFFLE_FETCH_TIMEOUT))
+            .send_as::<()>(Some(token), Method::GET, &path, None, Some(SHUFFLE_FETCH_TIMEOUT), None)
             .await?;
         let mut response = check(response).await?;
         let url = response.url().to_string();
@@ -527,6 +547,16 @@ impl AgentClient {
 const SHUFFLE_FETCH_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// The longest a log is streamed through the RM.
 const LOG_FETCH_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// 128 random bits in hex.
+fn new_idempotency_key() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the system's random source works");
+    hex::encode(bytes)
+}
 
 fn encode_query(value: &str) -> String {
     value

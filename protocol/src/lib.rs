@@ -17,7 +17,7 @@ pub mod tls;
 mod token;
 
 pub use account::{NodeIsolation, RunAs, check_account_name};
-pub use client::{AgentClient, AppFilter, ClientError, RmClient};
+pub use client::{AgentClient, AppFilter, ClientError, IDEMPOTENCY_KEY_HEADER, RmClient};
 pub use credential::{
     AgentLogin, BadCredential, CredentialError, GenerationKey, NodeAuthority, NodeCredential, NodeKeyring, RM_BEARER_VALIDITY,
 };

@@ -25,6 +25,10 @@ pub struct AppRecord {
     pub submitted_at_ms: u64,
     pub started_at_ms: Option<u64>,
     pub finished_at_ms: Option<u64>,
+    /// The client's `Idempotency-Key` of the submission, if it gave one: the same key from the
+    /// same user names this app again instead of making another (a retried submission).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submission_key: Option<String>,
 }
 
 /// One AM attempt.

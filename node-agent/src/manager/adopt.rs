@@ -1,6 +1,6 @@
 //! A restarted agent takes over the containers its previous process left behind (`recovery`):
 //! those still running are supervised again (kills, exit, report), those that ended while no
-//! agent ran are reported with the end `spindle container-init` recorded. The RM then hears of
+//! agent ran are reported with the end its init script recorded. The RM then hears of
 //! them at registration as if the agent had never stopped; if it has given the node up
 //! meanwhile, it answers with kills, which reach adopted containers like any other.
 

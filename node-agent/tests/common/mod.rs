@@ -104,8 +104,8 @@ impl TestAgent {
         let join_token = secret().join_token(now_ms() + 3_600_000);
         let mut config = AgentConfig::new(vec![rm_url.to_owned()], Some(join_token), work_dir_guard.path().to_path_buf());
         config.capacity = Some(Resources::new(8, 8192));
-        // The test binary is no `spindle` that could run `container-init`: containers run
-        // directly and die with the agent (the recovery tests run the real binary, in tests/).
+        // Containers run directly and die with the agent, as these tests expect (the recovery
+        // tests run real agent processes, in tests/agent_restart.rs).
         config.recover_containers = false;
         config.kill_containers_on_stop = true;
         customize(&mut config);

@@ -34,12 +34,36 @@ fn parse_container_id(text: &str) -> Result<ContainerId, ApiError> {
 /// Submit a job.
 #[utoipa::path(post, path = "/v1/apps", request_body = JobSpec, tag = "apps",
     responses((status = 201, body = SubmitReply), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody)))]
-pub async fn submit_app(State(rm): Rm, User(caller): User, ApiJson(spec): ApiJson<JobSpec>) -> Result<Response, ApiError> {
-    let app_id = rm.mutate(|cluster, now| cluster.submit(&caller, spec, now)).await??;
+pub async fn submit_app(
+    State(rm): Rm,
+    User(caller): User,
+    headers: axum::http::HeaderMap,
+    ApiJson(spec): ApiJson<JobSpec>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let app_id = rm.mutate(|cluster, now| cluster.submit_once(&caller, spec, key, now)).await??;
     rm.counters.apps_submitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(app = %app_id, user = %caller.user, "application submitted");
     let location = format!("/v1/apps/{app_id}");
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(SubmitReply { app_id })).into_response())
+}
+
+/// Longest `Idempotency-Key` accepted: a UUID or 32 random bytes in hex fit easily.
+const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// The submission's `Idempotency-Key` header, if any: 1 to 128 visible ASCII characters.
+fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(spindle_protocol::IDEMPOTENCY_KEY_HEADER) else {
+        return Ok(None);
+    };
+    let key = value.to_str().unwrap_or_default();
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !key.bytes().all(|byte| byte.is_ascii_graphic()) {
+        return Err(ApiError::bad_request(format!(
+            "header {}: must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters (e.g. a UUID)",
+            spindle_protocol::IDEMPOTENCY_KEY_HEADER
+        )));
+    }
+    Ok(Some(key.to_owned()))
 }
 
 /// List apps, newest first. Diagnostics and AM counters of apps the caller may not view (not

@@ -52,6 +52,18 @@ const ATTEMPT_HARD_LIMIT_EXTRA: u32 = 10;
 impl Cluster {
     /// Accepts a job: checks it against the cluster, gives it an id, queues its AM container.
     pub fn submit(&mut self, caller: &Caller, spec: JobSpec, now_ms: u64) -> Result<AppId, AppError> {
+        self.submit_once(caller, spec, None, now_ms)
+    }
+
+    /// Submits, unless this user already submitted with idempotency `key`: then the app that
+    /// submission made, unchanged (the spec is not compared: the key is the client's promise
+    /// that it is the same submission).
+    pub fn submit_once(&mut self, caller: &Caller, spec: JobSpec, key: Option<String>, now_ms: u64) -> Result<AppId, AppError> {
+        if let Some(key) = &key
+            && let Some(app_id) = self.submission_keys.get(&(caller.user.clone(), key.clone()))
+        {
+            return Ok(*app_id);
+        }
         spec.validate()?;
         let Some(unix_user) = caller.unix_user.clone() else {
             return Err(AppError::InvalidSpec(SpecError {
@@ -92,7 +104,11 @@ impl Cluster {
             submitted_at_ms: now_ms,
             started_at_ms: None,
             finished_at_ms: None,
+            submission_key: key.clone(),
         };
+        if let Some(key) = key {
+            self.submission_keys.insert((caller.user.clone(), key), app_id);
+        }
         for next in [AppState::Submitted, AppState::Accepted] {
             debug_assert!(record.state.can_become(next));
             record.state = next;

@@ -55,6 +55,9 @@ pub struct Cluster {
     /// When this RM started: the `cluster_ts` of apps it accepts.
     started_at_ms: u64,
     next_app_seq: u32,
+    /// (user, idempotency key) → the app that submission made: a retried submission (its
+    /// answer lost in a crash or a failover) names the same app.
+    submission_keys: HashMap<(String, String), AppId>,
     apps: BTreeMap<AppId, App>,
     containers: HashMap<ContainerId, Container>,
     nodes: BTreeMap<NodeId, Node>,
@@ -192,6 +195,7 @@ impl Cluster {
             epoch,
             started_at_ms: now_ms,
             next_app_seq: 1,
+            submission_keys: HashMap::new(),
             apps: BTreeMap::new(),
             containers: HashMap::new(),
             nodes: BTreeMap::new(),
@@ -292,7 +296,11 @@ impl Cluster {
             .map(|app| app.record.app_id)
             .collect();
         for app_id in &old {
-            self.apps.remove(app_id);
+            if let Some(app) = self.apps.remove(app_id)
+                && let Some(key) = app.record.submission_key
+            {
+                self.submission_keys.remove(&(app.record.user, key));
+            }
         }
         self.containers.retain(|id, _| !old.contains(&id.app));
         old.len()

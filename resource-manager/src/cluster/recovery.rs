@@ -18,6 +18,9 @@ impl Cluster {
             cluster.nodes.insert(node_id, Node::new(record, now_ms));
         }
         for record in snapshot.apps {
+            if let Some(key) = &record.submission_key {
+                cluster.submission_keys.insert((record.user.clone(), key.clone()), record.app_id);
+            }
             cluster.apps.insert(record.app_id, App::new(record));
         }
         for record in snapshot.containers {

@@ -167,6 +167,7 @@ pub fn app(seq: u32, submitted_at_ms: u64, state: AppState, finished_at_ms: Opti
         started_at_ms: Some(submitted_at_ms + 5),
         finished_at_ms,
         unix_user: "nobody".to_owned(),
+        submission_key: None,
     }
 }
 

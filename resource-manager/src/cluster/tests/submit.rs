@@ -167,3 +167,38 @@ fn invalid_specs_are_refused_and_nothing_is_written() {
     );
     assert!(rm.take_launches().is_empty());
 }
+
+/// A submission sent again with its idempotency key (its answer was lost in a crash or a
+/// failover) names the app the first one made, also after a restart; the same key from another
+/// user is another submission.
+#[test]
+fn a_submission_repeated_with_its_key_makes_one_app_also_across_a_restart() {
+    let mut rm = cluster();
+    register(&mut rm, "n1:8042", 4, 4096, 0);
+    let key = Some("3f2a9c".to_owned());
+    let first = rm
+        .mutate(|cluster| cluster.submit_once(&caller(), shell_spec(1), key.clone(), 100))
+        .unwrap();
+    let again = rm
+        .mutate(|cluster| cluster.submit_once(&caller(), shell_spec(1), key.clone(), 110))
+        .unwrap();
+    assert_eq!(first, again);
+    assert!(rm.last_writes.apps.is_empty(), "the repeat wrote nothing");
+
+    rm.restart(200);
+    let after_restart = rm
+        .mutate(|cluster| cluster.submit_once(&caller(), shell_spec(1), key.clone(), 210))
+        .unwrap();
+    assert_eq!(after_restart, first, "the key is durable with the app");
+
+    let bob = Caller {
+        user: "bob".to_owned(),
+        ..caller()
+    };
+    let bobs = rm
+        .mutate(|cluster| cluster.submit_once(&bob, shell_spec(1), key.clone(), 220))
+        .unwrap();
+    assert_ne!(bobs, first, "keys are per user");
+    let unkeyed = rm.submit(shell_spec(1), 230).unwrap();
+    assert_ne!(unkeyed, first);
+}
