@@ -33,13 +33,28 @@ impl Daemon {
         Daemon::spawn_with_env(name, dir, args, &[])
     }
 
+    /// As `spawn`, in the network namespace `netns` (a test host, `NetnsHosts`).
+    pub fn spawn_in_netns(name: String, dir: &Path, netns: &str, args: &[String]) -> Daemon {
+        let mut full = vec![
+            format!("--net=/run/netns/{netns}"),
+            "--".to_owned(),
+            spindle_bin().display().to_string(),
+        ];
+        full.extend(args.iter().cloned());
+        Daemon::spawn_program(name, dir, Path::new("/usr/bin/nsenter"), &full, &[])
+    }
+
     /// As `spawn`, with these variables added to its (isolated) environment.
     pub fn spawn_with_env(name: String, dir: &Path, args: &[String], env: &[(&str, &str)]) -> Daemon {
+        Daemon::spawn_program(name, dir, &spindle_bin(), args, env)
+    }
+
+    fn spawn_program(name: String, dir: &Path, program: &Path, args: &[String], env: &[(&str, &str)]) -> Daemon {
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs).expect("create the log dir");
         let stdout_path = logs.join(format!("{name}.stdout.log"));
         let stderr_path = logs.join(format!("{name}.stderr.log"));
-        let mut command = Command::new(spindle_bin());
+        let mut command = Command::new(program);
         command
             .args(args)
             .current_dir(dir)
@@ -495,7 +510,7 @@ impl Drop for TestCluster {
 }
 
 /// The RM's config file: short timings, an admin and a normal user.
-fn rm_config_toml(db: &str) -> String {
+pub fn rm_config_toml(db: &str) -> String {
     format!(
         "db = {db:?}\n\
          cluster_secret = {SECRET:?}\n\

@@ -16,6 +16,7 @@ mod cleanup;
 mod cli;
 mod daemons;
 mod in_process;
+mod netns;
 mod postgres;
 mod private_postgres;
 mod streams;
@@ -34,8 +35,9 @@ use spindle_protocol::{AppId, AppReport, ContainerReport, JobSpec, RmClient};
 pub use self::{
     cleanup::{CleanupDir, dump_logs_under, kill_processes_under},
     cli::{CliOutput, run_spindle, run_spindle_with_env},
-    daemons::{Daemon, Db, TestAgent, TestCluster, wait_for_http},
+    daemons::{Daemon, Db, TestAgent, TestCluster, rm_config_toml, wait_for_http},
     in_process::InProcessRm,
+    netns::NetnsHosts,
     postgres::PgSchema,
     private_postgres::PrivatePostgres,
     streams::{start_local, stream_detail, wait_for_checkpoint},

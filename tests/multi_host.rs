@@ -1,0 +1,224 @@
+//! Several hosts, made with network namespaces: the RM on one, agents on two others, each
+//! daemon bound to and advertising its host's own address (no loopback anywhere), the client
+//! in the test's namespace across a bridge. A word count runs across them, its shuffle going
+//! from host to host, and its output is exact.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use spindle_protocol::{JobSpec, NodeState, RmClient};
+use support::{
+    ADMIN_TOKEN, Daemon, NetnsHosts, read_counts, rm_config_toml, run_to_success, task_containers, wait_for_app_end, wait_for_http,
+    wait_until,
+};
+
+const RM_PORT: u16 = 8088;
+const AGENT_PORT: u16 = 8042;
+
+/// Deterministic text over a few words, and its counts.
+fn write_text(dir: &Path) -> BTreeMap<String, u64> {
+    std::fs::create_dir_all(dir).unwrap();
+    let words = ["north", "south", "east", "west", "up", "down"];
+    let mut counts = BTreeMap::new();
+    for file in 0..3 {
+        let mut text = String::new();
+        for line in 0..20_000u64 {
+            let word = words[((line * 7 + file * 3) % words.len() as u64) as usize];
+            text.push_str(word);
+            text.push_str(if line % 3 == 0 { "\n" } else { " " });
+            *counts.entry(word.to_owned()).or_insert(0) += 1;
+        }
+        std::fs::write(dir.join(format!("part-{file}.txt")), text).unwrap();
+    }
+    counts
+}
+
+/// An RM on host 0 (SQLite) and an agent on each of `agent_hosts`, all bound to their hosts'
+/// addresses; returns once every agent is RUNNING.
+struct HostCluster {
+    hosts: NetnsHosts,
+    dir: tempfile::TempDir,
+    rm: Daemon,
+    agents: Vec<Daemon>,
+    admin: RmClient,
+}
+
+impl HostCluster {
+    async fn start(host_count: usize, agent_hosts: &[usize]) -> HostCluster {
+        let hosts = NetnsHosts::create(host_count).expect("network-namespace hosts (needs root and `ip`)");
+        let dir = support::shared_tempdir("spindle-hosts-");
+        let rm_address = format!("{}:{RM_PORT}", hosts.address(0));
+        let rm_url = format!("http://{rm_address}");
+        std::fs::write(
+            dir.path().join("rm.toml"),
+            rm_config_toml(&format!("sqlite://{}", dir.path().join("rm.db").display())),
+        )
+        .unwrap();
+        let rm_args = [
+            "resource-manager".to_owned(),
+            "--config".to_owned(),
+            dir.path().join("rm.toml").display().to_string(),
+            "--listen".to_owned(),
+            rm_address,
+        ];
+        let mut rm = Daemon::spawn_in_netns("rm".to_owned(), dir.path(), hosts.name(0), &rm_args);
+        wait_for_http(&mut rm, &format!("{rm_url}/healthz"))
+            .await
+            .unwrap_or_else(|logs| panic!("{logs}"));
+        let token_file = dir.path().join("join-token");
+        std::fs::write(&token_file, support::join_token()).unwrap();
+        let mut agents = Vec::new();
+        for &host in agent_hosts {
+            let work_dir = dir.path().join(format!("agent{host}"));
+            let args: Vec<String> = [
+                "node-agent",
+                "--rm",
+                &rm_url,
+                "--listen",
+                &format!("{}:{AGENT_PORT}", hosts.address(host)),
+                "--work-dir",
+                &work_dir.display().to_string(),
+                "--join-token-file",
+                &token_file.display().to_string(),
+                "--vcores",
+                "3",
+                "--memory-mb",
+                "4096",
+            ]
+            .iter()
+            .map(|arg| arg.to_string())
+            .collect();
+            agents.push(Daemon::spawn_in_netns(format!("agent{host}"), dir.path(), hosts.name(host), &args));
+        }
+        let admin = RmClient::new(std::slice::from_ref(&rm_url), Some(ADMIN_TOKEN.to_owned()));
+        wait_until(Duration::from_secs(30), "the agents to register", || async {
+            let nodes = admin.nodes().await.ok()?;
+            (nodes.iter().filter(|node| node.state == NodeState::Running).count() == agent_hosts.len()).then_some(())
+        })
+        .await;
+        HostCluster {
+            hosts,
+            dir,
+            rm,
+            agents,
+            admin,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for HostCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            support::dump_logs_under(self.dir.path());
+        }
+        self.agents.clear();
+        self.rm.kill9();
+        support::kill_processes_under(self.dir.path());
+    }
+}
+
+/// A word count over `input` into `output`: 2 reducers running `reducer`.
+fn wordcount(input: &Path, output: &Path, reducer: &str) -> JobSpec {
+    serde_json::from_value(serde_json::json!({
+        "name": "wordcount-across-hosts",
+        "kind": "mapreduce",
+        "mapreduce": {
+            "input": [input.display().to_string()],
+            "output": output.display().to_string(),
+            "mapper": "wordcount",
+            "combiner": "sum",
+            "reducer": reducer,
+            "reducers": 2,
+            "split_size_mb": 1,
+            "speculation": false,
+            "map": {"vcores": 1, "memory_mb": 256},
+            "reduce": {"vcores": 1, "memory_mb": 256},
+        },
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rm_and_agents_on_three_hosts_run_a_word_count_with_a_cross_host_shuffle() {
+    let cluster = HostCluster::start(3, &[1, 2]).await;
+    let hosts = &cluster.hosts;
+    let admin = &cluster.admin;
+    let mut node_ids: Vec<String> = admin.nodes().await.unwrap().iter().map(|node| node.node_id.to_string()).collect();
+    node_ids.sort();
+    assert_eq!(
+        node_ids,
+        [
+            format!("{}:{AGENT_PORT}", hosts.address(1)),
+            format!("{}:{AGENT_PORT}", hosts.address(2))
+        ],
+        "each agent is known by its host's address"
+    );
+    let input = cluster.path().join("input");
+    let expected = write_text(&input);
+    let output = cluster.path().join("out");
+    let report = run_to_success(admin, &wordcount(&input, &output, "sum"), Duration::from_secs(120)).await;
+    assert_eq!(read_counts(&output), expected, "the output is exact");
+    let tasks = task_containers(admin, report.app_id).await;
+    let used: std::collections::BTreeSet<String> = tasks.iter().map(|task| task.node_id.to_string()).collect();
+    assert_eq!(used.len(), 2, "tasks ran on both hosts, so map output crossed hosts: {used:?}");
+}
+
+/// The host of an agent running a reducer is cut off from the network past the node expiry:
+/// the RM declares it LOST and the reducer runs again elsewhere, while the old copy runs on,
+/// cut off. Healed, the agent's stale containers are killed; the output is exact, with no
+/// part written twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_agents_reducer_runs_again_elsewhere_and_the_output_is_exact() {
+    let cluster = HostCluster::start(4, &[1, 2, 3]).await;
+    let admin = &cluster.admin;
+    let input = cluster.path().join("input");
+    let expected = write_text(&input);
+    let output = cluster.path().join("out");
+    let slow_reducer = "sleep 6; awk -F'\\t' '{ sum[$1] += $2 } END { for (w in sum) print w \"\\t\" sum[w] }'";
+    let app_id = admin.submit(&wordcount(&input, &output, slow_reducer)).await.unwrap();
+    let am_node = wait_until(Duration::from_secs(30), "the AM to be placed", || async {
+        admin.app(app_id).await.ok()?.attempts.first()?.node_id.clone()
+    })
+    .await;
+    let victim = wait_until(Duration::from_secs(60), "a reducer on another host than the AM's", || async {
+        let report = admin.app(app_id).await.ok()?;
+        if report.progress < 0.5 {
+            return None;
+        }
+        task_containers(admin, app_id)
+            .await
+            .into_iter()
+            .find(|task| task.state == spindle_protocol::ContainerState::Running && task.node_id != am_node)
+            .map(|task| task.node_id)
+    })
+    .await;
+    let host = (1..=3)
+        .find(|host| victim.0 == format!("{}:{AGENT_PORT}", cluster.hosts.address(*host)))
+        .expect("the victim is one of the agents' hosts");
+    cluster.hosts.partition(host);
+    wait_until(Duration::from_secs(30), "the cut-off node to be LOST", || async {
+        (admin.node(&victim).await.ok()?.state == NodeState::Lost).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.hosts.heal(host);
+    let report = wait_for_app_end(admin, app_id, Duration::from_secs(120)).await;
+    assert_eq!(
+        (report.state, report.final_status),
+        (spindle_protocol::AppState::Finished, spindle_protocol::FinalStatus::Succeeded),
+        "{report:#?}"
+    );
+    assert_eq!(read_counts(&output), expected, "the output is exact: nothing counted twice");
+    let parts = std::fs::read_dir(&output)
+        .unwrap()
+        .filter(|entry| entry.as_ref().unwrap().file_name().to_string_lossy().starts_with("part-r-"))
+        .count();
+    assert_eq!(parts, 2, "one file per reducer");
+}
