@@ -83,6 +83,13 @@ impl MapReduceJob {
                 self.end_attempt(id, AttemptEnd::Killed);
                 self.on_node_lost(&node_id);
             }
+            // A reduce that could not fetch its input exits so (after its report, which may
+            // arrive later or not at all): not the reduce's fault, so not counted; if the map
+            // output is gone for good, the report or the node's loss runs the maps again.
+            ExitReason::Failed if status.exit_code == Some(i32::from(crate::mapreduce::task_main::exit_code::FETCH_FAILED)) => {
+                self.tallies.fetch_failures += 1;
+                self.end_attempt(id, AttemptEnd::Killed);
+            }
             ExitReason::Failed | ExitReason::ExceededMemory => {
                 let what = match (reason, status.exit_code) {
                     (ExitReason::ExceededMemory, _) => "exceeded its memory limit".to_owned(),

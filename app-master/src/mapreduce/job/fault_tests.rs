@@ -341,3 +341,25 @@ fn avoidance_never_takes_more_than_a_third_of_the_nodes() {
     );
     assert_eq!(launched_attempt(&harness.launch("a")), map(0, 3));
 }
+
+/// A reduce whose container ends with the fetch-failure exit code before (or without) its
+/// report — an agent that held map output was restarting — is not counted against the task:
+/// with `max_task_attempts = 1` the job goes on and the reduce runs again.
+#[test]
+fn a_reduce_exiting_with_the_fetch_failure_code_is_not_counted() {
+    let mut settings = settings();
+    settings.max_task_attempts = 1;
+    let mut harness = Harness::new(plan(1, 1, Vec::new()), settings);
+    harness.launch("a");
+    harness.succeed(map(0, 0));
+    harness.launch("b");
+    let fetch_failed = i32::from(crate::mapreduce::task_main::exit_code::FETCH_FAILED);
+    harness.complete(reduce(0, 0), ExitReason::Failed, Some(fetch_failed));
+    assert_eq!(harness.job.outcome(), None, "the job goes on");
+    assert_eq!(harness.job.task_state(TaskKind::Reduce, 0), Some(TaskState::Pending));
+    assert_eq!(launched_attempt(&harness.launch("b")), reduce(0, 1));
+    harness.succeed(reduce(0, 1));
+    assert_eq!(harness.job.outcome(), Some(&JobOutcome::ReadyToCommit));
+    let progress = harness.job.progress();
+    assert_eq!((progress.fetch_failures, progress.failed_attempts), (1, 0));
+}

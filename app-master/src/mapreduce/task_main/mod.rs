@@ -33,6 +33,8 @@ struct TaskEnvironment {
     shuffle_token: String,
     /// The container's working directory: fetched segments go here.
     work_dir: PathBuf,
+    /// How long a fetch from an agent that cannot be reached is retried (`fetch.rs`).
+    unreachable_retry_window: std::time::Duration,
 }
 
 /// Runs the attempt described by the environment; returns the process exit code.
@@ -46,6 +48,7 @@ pub async fn run_from_env() -> anyhow::Result<u8> {
         shuffle_dir: PathBuf::from(read_env(env::SHUFFLE_DIR)?),
         shuffle_token: read_env(env::SHUFFLE_TOKEN)?,
         work_dir: std::env::current_dir().context("cannot read the container's working directory")?,
+        unreachable_retry_window: fetch::UNREACHABLE_RETRY_WINDOW,
     };
     tracing::info!(attempt = %assignment.attempt, "task starting");
     let (outcome, counters) = run_attempt(&assignment, &environment).await;

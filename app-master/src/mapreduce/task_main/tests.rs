@@ -22,6 +22,8 @@ fn environment(dir: &Path) -> TaskEnvironment {
         shuffle_dir: dir.join("shuffle"),
         shuffle_token: "token".into(),
         work_dir: dir.join("work"),
+        // Long enough to see a retry, short enough for a unit test.
+        unreachable_retry_window: std::time::Duration::from_millis(300),
     }
 }
 
