@@ -238,12 +238,15 @@ impl Campaign {
     async fn hold(&self, epoch: u64, mut valid_until: Instant, term: &CancellationToken) -> Option<String> {
         let every = self.lease() / 4;
         loop {
+            // Every quarter lease, or sooner when less than half of the lease is left (a lease
+            // won through a slow database arrives nearly spent).
+            let pause = every.min(valid_until.saturating_duration_since(Instant::now()) / 2);
             tokio::select! {
                 () = term.cancelled() => return None,
                 () = tokio::time::sleep_until(valid_until) => {
                     return Some("the lease ran out before the store renewed it".to_owned());
                 }
-                () = tokio::time::sleep(every) => {}
+                () = tokio::time::sleep(pause) => {}
             }
             let asked_at = Instant::now();
             match tokio::time::timeout_at(valid_until, self.store.renew_lease(epoch, self.lease())).await {
