@@ -219,7 +219,21 @@ impl Http {
         body: Option<&B>,
         timeout: Option<Duration>,
     ) -> Result<R, ClientError> {
-        let response = self.send_raw(method, path, body, timeout).await?;
+        self.call_keyed(method, path, body, timeout, None).await
+    }
+
+    /// `call`, with an idempotency key (which makes a POST safe to send again).
+    async fn call_keyed<B: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Option<Duration>,
+        idempotency_key: Option<&str>,
+    ) -> Result<R, ClientError> {
+        let response = self
+            .send_as(self.token.as_deref(), method, path, body, timeout, idempotency_key)
+            .await?;
         let response = check(response).await?;
         let url = response.url().to_string();
         response.json::<R>().await.map_err(|err| ClientError::Decode {
@@ -313,16 +327,7 @@ impl RmClient {
     /// died or failed over after receiving it) is sent again safely: never two apps.
     pub async fn submit(&self, spec: &JobSpec) -> Result<AppId, ClientError> {
         let key = new_idempotency_key();
-        let response = self
-            .http
-            .send_as(self.http.token.as_deref(), Method::POST, "/v1/apps", Some(spec), None, Some(&key))
-            .await?;
-        let response = check(response).await?;
-        let url = response.url().to_string();
-        let reply: SubmitReply = response.json().await.map_err(|err| ClientError::Decode {
-            url,
-            reason: err.to_string(),
-        })?;
+        let reply: SubmitReply = self.http.call_keyed(Method::POST, "/v1/apps", Some(spec), None, Some(&key)).await?;
         Ok(reply.app_id)
     }
 
