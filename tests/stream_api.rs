@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use spindle_protocol::{
-    AllocateRequest, AppId, ClusterSecret, InstanceStatus, JobDetail, JobSpec, OperatorStatus, RegisterAmRequest, RmClient, StreamDetail,
+    AllocateRequest, AppId, ClusterSecret, JobDetail, JobSpec, MetricFamily, MetricSample, RegisterAmRequest, RmClient, StreamDetail,
 };
 use support::{InProcessRm, SECRET, shell_job};
 
@@ -72,15 +72,13 @@ async fn scaling_an_operator_wakes_the_am_and_bad_requests_are_refused() {
     let am = am_of(&rm, app_id).await;
 
     let first = am.allocate(&allocate_request(app_id, 0, None)).await.unwrap();
-    let expected = |count: u32| {
-        BTreeMap::from([
-            ("events".into(), 1),
-            ("by-key".into(), 1),
-            ("count".into(), count),
-            ("out".into(), 1),
-        ])
+    let expected = |count: u32| -> BTreeMap<String, serde_json::Value> {
+        [("events", 1), ("by-key", 1), ("count", count), ("out", 1)]
+            .into_iter()
+            .map(|(name, parallelism)| (format!("operators/{name}"), serde_json::json!({ "parallelism": parallelism })))
+            .collect()
     };
-    assert_eq!(first.operators, expected(2));
+    assert_eq!(first.controls, expected(2));
 
     // An allocate waiting up to 20 s returns as soon as the operator is scaled.
     let waiting = {
@@ -95,7 +93,7 @@ async fn scaling_an_operator_wakes_the_am_and_bad_requests_are_refused() {
     let scaled = rm.user().scale_operator(app_id, "count", 4).await.expect("the owner may scale");
     assert_eq!((scaled.operator.as_str(), scaled.previous, scaled.parallelism), ("count", 2, 4));
     let (reply, waited) = waiting.await.unwrap();
-    assert_eq!(reply.operators, expected(4));
+    assert_eq!(reply.controls, expected(4));
     assert!(
         waited < Duration::from_secs(10),
         "the long poll was woken, not timed out: {waited:?}"
@@ -163,24 +161,43 @@ async fn the_ams_stream_detail_shows_in_metrics() {
     let rm = InProcessRm::start().await;
     let app_id = rm.user().submit(&window_count()).await.unwrap();
     let am = am_of(&rm, app_id).await;
+    // What the stream AM exports (`exported_metrics`): families named after the job's kind.
+    let sample = |labels: &[(&str, &str)], value: f64| MetricSample {
+        labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        value,
+    };
+    let family = |name: &str, kind: &str, samples: Vec<MetricSample>| MetricFamily {
+        name: name.to_owned(),
+        help: "figures".to_owned(),
+        kind: kind.to_owned(),
+        samples,
+    };
+    let instance = [("operator", "count"), ("instance", "0")];
     let detail = JobDetail {
-        stream: Some(StreamDetail {
-            operators: vec![OperatorStatus {
-                name: "count".into(),
-                kind: "window".into(),
-                parallelism: 1,
-                target_parallelism: 1,
-                instances: vec![InstanceStatus {
-                    busy: 0.75,
-                    state_bytes: 1234,
-                    ..InstanceStatus::default()
-                }],
-            }],
+        metrics: vec![
+            family("spindle_stream_busy_ratio", "gauge", vec![sample(&instance, 0.75)]),
+            family("spindle_stream_state_bytes", "gauge", vec![sample(&instance, 1234.0)]),
+            family("spindle_stream_restarts_total", "counter", vec![sample(&[], 2.0)]),
+        ],
+        ..JobDetail::default()
+    }
+    .with_section(
+        spindle_protocol::STREAM_SECTION,
+        &StreamDetail {
             restarts: 2,
             ..StreamDetail::default()
-        }),
-        ..JobDetail::default()
-    };
+        },
+    );
+    // An AM may not pass its figures off as the RM's, nor as another kind's.
+    for name in ["spindle_nodes", "spindle_mapreduce_maps"] {
+        let forged = JobDetail {
+            metrics: vec![family(name, "gauge", vec![sample(&[], 1.0)])],
+            ..JobDetail::default()
+        };
+        let refused = am.allocate(&allocate_request(app_id, 0, Some(forged))).await.unwrap_err();
+        assert_eq!(refused.status(), Some(400), "{refused}");
+        assert!(refused.to_string().contains("detail.metrics[0]"), "{refused}");
+    }
     am.allocate(&allocate_request(app_id, 0, Some(detail))).await.unwrap();
     // Any API user's token may scrape /metrics (Prometheus: `authorization` in the scrape job).
     let metrics = spindle_protocol::tls::client_builder()
@@ -195,8 +212,8 @@ async fn the_ams_stream_detail_shows_in_metrics() {
         .await
         .unwrap();
     for line in [
-        format!("spindle_stream_busy_ratio{{app=\"{app_id}\",operator=\"count\",instance=\"0\"}} 0.75"),
-        format!("spindle_stream_state_bytes{{app=\"{app_id}\",operator=\"count\",instance=\"0\"}} 1234"),
+        format!("spindle_stream_busy_ratio{{app=\"{app_id}\",instance=\"0\",operator=\"count\"}} 0.75"),
+        format!("spindle_stream_state_bytes{{app=\"{app_id}\",instance=\"0\",operator=\"count\"}} 1234"),
         format!("spindle_stream_restarts_total{{app=\"{app_id}\"}} 2"),
     ] {
         assert!(metrics.lines().any(|written| written == line), "no `{line}` in:\n{metrics}");

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use spindle_app_master::stream::ops::generator::expected_window_counts;
 use spindle_protocol::{AppId, AppState, ContainerState, FinalStatus, JobSpec, RmClient};
+use spindle_stream::ops::generator::expected_window_counts;
 use support::{
     CleanupDir, Db, TestCluster, kill_processes_under, start_local, stream_detail, task_containers, wait_for_app_end, wait_for_checkpoint,
     wait_until,
@@ -233,7 +233,7 @@ async fn rescaling_the_window_operator_2_to_4_to_1_keeps_the_output_exact() {
         (AppState::Finished, FinalStatus::Succeeded),
         "{report:#?}"
     );
-    let detail = report.detail.and_then(|detail| detail.stream).unwrap();
+    let detail = report.detail.and_then(|detail| detail.stream()).unwrap();
     assert_eq!(detail.restarts, 0, "a rescale restarts nothing");
     assert_exact(&dir.path().join("out"), &expected);
     let _ = cluster.shutdown().await;
@@ -265,7 +265,7 @@ async fn a_file_pipeline_with_a_filter_an_external_command_and_a_keyed_sum_is_ex
     let stream = spec.stream.as_mut().unwrap();
     stream.operators.iter_mut().find(|op| op.name == "lines").unwrap().path = Some(input.display().to_string());
     let report = support::run_to_success(&cluster.client(), &spec, Duration::from_secs(120)).await;
-    let detail = report.detail.and_then(|detail| detail.stream).unwrap();
+    let detail = report.detail.and_then(|detail| detail.stream()).unwrap();
     assert_eq!(detail.restarts, 0);
     let mut sums = BTreeMap::new();
     for entry in std::fs::read_dir(dir.path().join("out")).unwrap().flatten() {
@@ -312,7 +312,7 @@ async fn a_user_operator_from_a_job_binary_of_its_own_is_checkpointed_and_rescal
     let mut distinct: BTreeMap<String, std::collections::BTreeSet<u64>> = BTreeMap::new();
     for instance in 0..2 {
         for n in 0..limit {
-            let (key, value) = spindle_app_master::stream::ops::generator::event(seed, instance, n, keys);
+            let (key, value) = spindle_stream::ops::generator::event(seed, instance, n, keys);
             distinct.entry(format!("k{key}")).or_default().insert(value);
         }
     }

@@ -8,9 +8,9 @@ mod support;
 
 use std::time::Duration;
 
-use spindle_app_master::stream::ops::generator::expected_window_counts;
 use spindle_cli::local::{LocalCluster, LocalOptions};
 use spindle_protocol::{AppState, ExitReason, FinalStatus, JobSpec, Resources, RmClient};
+use spindle_stream::ops::generator::expected_window_counts;
 use support::{CleanupDir, shell_job, stream_detail, wait_for_app_end, wait_for_checkpoint, wait_until};
 
 const ALICE_TOKEN: &str = "alice-token-0123456789";
@@ -113,7 +113,7 @@ async fn a_preempted_streaming_job_scales_down_instead_of_failing() {
         (AppState::Finished, FinalStatus::Succeeded),
         "{report:#?}"
     );
-    let detail = report.detail.and_then(|detail| detail.stream).unwrap();
+    let detail = report.detail.and_then(|detail| detail.stream()).unwrap();
     assert_eq!(
         detail.restarts, 0,
         "a preemption notice is answered by scaling down, not by failing"

@@ -412,8 +412,8 @@ async fn tenants_cannot_reach_each_other_or_the_clusters_secrets() {
     let checkpoint = report
         .detail
         .as_ref()
-        .and_then(|detail| detail.stream.as_ref())
-        .and_then(|stream| stream.last_checkpoint.as_ref());
+        .and_then(|detail| detail.stream())
+        .and_then(|stream| stream.last_checkpoint);
     assert!(checkpoint.is_none_or(|checkpoint| checkpoint.id < 99), "{report:#?}");
     let own_dir = cluster.checkpoint_dir().join(stream_app.to_string());
     let metadata = std::fs::metadata(&own_dir).expect("the stream job's checkpoint dir");

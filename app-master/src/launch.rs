@@ -130,6 +130,16 @@ impl<L: ContainerLauncher> LaunchPool<L> {
         self.launches.len()
     }
 
+    /// The next launch to end; `None` when none is in flight. Cancel-safe.
+    pub async fn next_finished(&mut self) -> Option<LaunchResult> {
+        loop {
+            match self.launches.join_next().await? {
+                Ok(result) => return Some(result),
+                Err(error) => tracing::error!(%error, "a container launch task failed"),
+            }
+        }
+    }
+
     /// The launches that have ended since the last call; never waits.
     pub fn finished(&mut self) -> Vec<LaunchResult> {
         let mut results = Vec::new();

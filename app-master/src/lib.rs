@@ -1,17 +1,16 @@
-//! Spindle's application masters: the AM runtime every job kind shares (register, the
-//! long-polling allocate loop, finish, riding through RM restarts, concurrent container launches)
-//! and the `shell` job kind, YARN's DistributedShell.
+//! The application-master driver every job kind runs on (register, the long-polling allocate
+//! loop, finish, riding through RM restarts and fail-overs, concurrent container launches; see
+//! `driver`) and the `shell` job kind, YARN's DistributedShell. MapReduce (`spindle-mapreduce`)
+//! and stream jobs (`spindle-stream`) are frameworks on the same driver, in their own crates.
 
 mod context;
+pub mod driver;
 mod error;
 mod launch;
-pub mod mapreduce;
 mod rm;
 pub mod shell;
-pub mod stream;
 
-use spindle_protocol::{FinalStatus, JobKind};
-use tokio_util::sync::CancellationToken;
+use spindle_protocol::FinalStatus;
 
 pub use context::AmContext;
 pub use error::AmError;
@@ -30,26 +29,4 @@ pub enum AmExit {
     ShutdownByRm,
     /// The process was asked to stop (`shutdown` fired): exited without `finish`.
     Cancelled,
-}
-
-/// Runs the built-in AM of the context's job kind.
-pub async fn run(context: AmContext, shutdown: CancellationToken) -> Result<AmExit, AmError> {
-    match context.spec.kind {
-        JobKind::Shell => ShellMaster::new(context)?.run(shutdown).await,
-        JobKind::Mapreduce => mapreduce::master::MapReduceMaster::new(context)?.run(shutdown).await,
-        JobKind::Stream => stream::master::StreamMaster::new(context)?.run(shutdown).await,
-        other => Err(AmError::UnsupportedKind {
-            kind: format!("{other:?}").to_lowercase(),
-        }),
-    }
-}
-
-/// The entry point of `spindle app-master`: reads the AM container's environment (see
-/// `spindle_protocol::env`) and runs the job's AM. `Ok` once the job's end is recorded, or the
-/// RM or `shutdown` said stop; an error makes the attempt fail, so the RM may start another.
-pub async fn run_from_env(shutdown: CancellationToken) -> anyhow::Result<()> {
-    let context = AmContext::from_env()?;
-    let exit = run(context, shutdown).await?;
-    tracing::debug!(?exit, "application master exiting");
-    Ok(())
 }

@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -261,20 +260,4 @@ async fn cancelling_stops_without_finish() {
     shutdown.cancel();
     assert_eq!(master.await.unwrap().unwrap(), AmExit::Cancelled);
     assert!(fake.with(|state| state.finish.is_none()));
-}
-
-#[tokio::test]
-async fn other_kinds_have_no_built_in_am_yet() {
-    let fake = FakeCluster::start(behaviour(|_, _| None)).await;
-    let mut spec = shell_spec(1, 0);
-    spec.kind = spindle_protocol::JobKind::Custom;
-    spec.shell = None;
-    spec.custom = Some(spindle_protocol::CustomSpec {
-        command: vec!["my-am".into()],
-        env: BTreeMap::new(),
-    });
-    let error = spindle_app_master::run(context(&fake, spec), CancellationToken::new())
-        .await
-        .unwrap_err();
-    assert!(error.to_string().contains("no built-in application master"), "{error}");
 }

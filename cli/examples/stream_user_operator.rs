@@ -8,8 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use spindle_app_master::stream::{Batch, InstanceContext, Operator, OperatorError, OperatorRegistry, Record, StateWriter, key_group};
 use spindle_protocol::OperatorSpec;
+use spindle_stream::{Batch, InstanceContext, Operator, OperatorError, OperatorRegistry, Record, StateWriter, key_group};
 
 /// Distinct values per key, kept per key group so a group's state can move on its own.
 struct Distinct {
@@ -75,5 +75,5 @@ fn main() -> anyhow::Result<()> {
             groups: BTreeMap::new(),
         }) as Box<dyn Operator>)
     });
-    spindle_app_master::stream::runtime::worker::run_worker(registry)
+    spindle_stream::runtime::worker::run_worker(registry)
 }

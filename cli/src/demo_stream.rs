@@ -91,8 +91,8 @@ pub async fn finish(cluster: &LocalCluster, app_id: AppId, data_dir: &Path) -> a
     if let Some(rescale) = report
         .detail
         .as_ref()
-        .and_then(|detail| detail.stream.as_ref())
-        .and_then(|s| s.last_rescale.as_ref())
+        .and_then(|detail| detail.stream())
+        .and_then(|s| s.last_rescale)
     {
         outln!(
             "The streaming job rescaled `{}` {} → {} live; the key groups that moved paused {} ms.",

@@ -4,6 +4,7 @@
 #[macro_use]
 mod output;
 
+mod app_master;
 pub mod args;
 pub mod client;
 pub mod daemon;
@@ -70,13 +71,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::MrTask => {
             init_tracing(log_format, "info");
-            let code = spindle_app_master::mapreduce::task_main::run_from_env().await?;
+            let code = spindle_mapreduce::task_main::run_from_env().await?;
             Ok(ExitCode::from(code))
         }
         Command::StreamTask => {
             init_tracing(log_format, "info");
-            let registry = spindle_app_master::stream::OperatorRegistry::new();
-            spindle_app_master::stream::runtime::worker::serve(registry).await?;
+            let registry = spindle_stream::OperatorRegistry::new();
+            spindle_stream::runtime::worker::serve(registry).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Local(args) => {

@@ -142,7 +142,7 @@ fn capacity(vcores: Option<u32>, memory_mb: Option<u64>) -> Option<Resources> {
 }
 
 pub async fn app_master() -> anyhow::Result<ExitCode> {
-    spindle_app_master::run_from_env(cancel_on_signal()).await?;
+    crate::app_master::run_from_env(cancel_on_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

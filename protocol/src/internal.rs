@@ -161,11 +161,13 @@ pub struct AllocateReply {
     /// Numbers the replies to one attempt, from 1; the AM sends back the last one it got.
     #[serde(default)]
     pub response_id: u64,
-    /// Stream jobs: the parallelism every operator should have, by name, as the job spec
-    /// stored at the RM says (changed by `PUT /v1/apps/{app_id}/operators/{name}`). Sent in
-    /// every reply so an AM converges on it, even after missing a reply or restarting.
+    /// The app's controls as the RM stores them (key → value, set by users through routes such
+    /// as `PUT /v1/apps/{app_id}/operators/{name}`, which sets `operators/{name}`). Sent in
+    /// every reply so an AM converges on them, even after missing a reply or restarting. The
+    /// RM stores and forwards them; only the AM's framework gives them meaning.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub operators: BTreeMap<String, u32>,
+    #[schema(value_type = Object)]
+    pub controls: BTreeMap<String, serde_json::Value>,
 }
 
 /// AM → RM at the end.

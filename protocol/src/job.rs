@@ -202,6 +202,23 @@ impl ShellSpec {
 }
 
 impl JobSpec {
+    /// The container shapes the job's AM will ask for besides its own (`am`), by the spec field
+    /// that sets them: each must fit some node, or the job could never run.
+    pub fn container_shapes(&self) -> Vec<(&'static str, Resources)> {
+        let mut shapes = Vec::new();
+        if let Some(shell) = &self.shell {
+            shapes.push(("shell", shell.resources()));
+        }
+        if let Some(mapreduce) = &self.mapreduce {
+            shapes.push(("mapreduce.map", mapreduce.map));
+            shapes.push(("mapreduce.reduce", mapreduce.reduce));
+        }
+        if let Some(stream) = &self.stream {
+            shapes.push(("stream.worker", stream.worker));
+        }
+        shapes
+    }
+
     /// Checks everything that can be checked without knowing the cluster.
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.name.trim().is_empty() {

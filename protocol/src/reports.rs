@@ -42,16 +42,63 @@ pub struct AppReport {
     pub detail: Option<JobDetail>,
 }
 
-/// Stages and counters of a job, as its AM reports them with each allocate.
+/// What an AM reports of its job with each allocate. The RM bounds it, stores it and serves
+/// it as sent: it gives no field a meaning of its own.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
 pub struct JobDetail {
     /// In execution order, e.g. `map` then `reduce`.
+    #[serde(default)]
     pub stages: Vec<StageStatus>,
     /// Named totals, e.g. `map_input_records`.
+    #[serde(default)]
     pub counters: BTreeMap<String, u64>,
-    /// A streaming job's operators, instances and checkpoints.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stream: Option<StreamDetail>,
+    /// Figures for the RM's `/metrics`, named `spindle_<kind>_…` after the app's job kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricFamily>,
+    /// The framework's own sections, such as a stream job's `stream` ([`StreamDetail`]).
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub sections: BTreeMap<String, serde_json::Value>,
+}
+
+/// The section a stream job's AM reports its pipeline in.
+pub const STREAM_SECTION: &str = "stream";
+
+impl JobDetail {
+    /// Section `name`, if present and of type `T`.
+    pub fn section<T: serde::de::DeserializeOwned>(&self, name: &str) -> Option<T> {
+        serde_json::from_value(self.sections.get(name)?.clone()).ok()
+    }
+
+    /// Sets section `name`.
+    pub fn with_section(mut self, name: &str, value: &impl Serialize) -> Self {
+        let value = serde_json::to_value(value).expect("report sections serialize");
+        self.sections.insert(name.to_owned(), value);
+        self
+    }
+
+    /// A stream job's pipeline, operators, instances and checkpoints.
+    pub fn stream(&self) -> Option<StreamDetail> {
+        self.section(STREAM_SECTION)
+    }
+}
+
+/// One metric family an AM exposes through the RM's `/metrics` (Prometheus text format).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct MetricFamily {
+    pub name: String,
+    pub help: String,
+    /// `gauge` or `counter`.
+    pub kind: String,
+    pub samples: Vec<MetricSample>,
+}
+
+/// One sample of a family: its labels (the RM adds `app`) and value.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct MetricSample {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
 }
 
 /// What a streaming job's AM reports of its pipeline (every figure per second is averaged over

@@ -106,7 +106,7 @@ impl From<AppError> for ApiError {
     fn from(err: AppError) -> ApiError {
         let status = match &err {
             AppError::InvalidSpec(_) | AppError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            AppError::NotFound(_) | AppError::ContainerNotFound(_) | AppError::OperatorNotFound(_) => StatusCode::NOT_FOUND,
+            AppError::NotFound(_) | AppError::ContainerNotFound(_) | AppError::ControlTargetNotFound(_) => StatusCode::NOT_FOUND,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::Conflict(_) => StatusCode::CONFLICT,
         };

@@ -184,7 +184,7 @@ fn allocate_with_detail(app_id: AppId) -> AllocateRequest {
                 succeeded: 1,
             }],
             counters: [(format!("lines of `{COUNTER_SECRET}`"), 3)].into(),
-            stream: None,
+            ..spindle_protocol::JobDetail::default()
         }),
     }
 }

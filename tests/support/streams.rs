@@ -20,7 +20,7 @@ pub async fn start_local(dir: &Path) -> LocalCluster {
 pub async fn stream_detail(client: &RmClient, app_id: AppId) -> Option<StreamDetail> {
     let report = client.app(app_id).await.ok()?;
     assert!(!report.state.is_terminal(), "the job ended early: {report:#?}");
-    report.detail?.stream
+    report.detail?.stream()
 }
 
 /// Waits for a checkpoint newer than `after` with at least `restarts` restarts behind it.

@@ -1,17 +1,16 @@
-//! The shell job's I/O loop: register, then allocate / launch / observe until the task table says
-//! the job is done, then finish. Every decision is the pure `ShellTasks`'; this file only
-//! carries them out.
+//! The shell job on the AM driver. Every decision is the pure `ShellTasks`'; this file only
+//! turns its task launches into launch specs.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use spindle_protocol::{AllocateRequest, LaunchSpec, ShellSpec};
+use spindle_protocol::{Allocation, ContainerId, ContainerStatus, LaunchSpec, ResourceAsk, ShellSpec};
 use tokio_util::sync::CancellationToken;
 
 use crate::AmExit;
 use crate::context::AmContext;
+use crate::driver::{self, Framework, Outcome, Report};
 use crate::error::AmError;
-use crate::launch::{AgentLauncher, ContainerLauncher, DEFAULT_MAX_LAUNCHES_IN_FLIGHT, LaunchPool, LaunchResult};
-use crate::rm::{Heartbeat, RmConnection};
+use crate::launch::{AgentLauncher, ContainerLauncher, DEFAULT_MAX_LAUNCHES_IN_FLIGHT, LaunchFailure};
 use crate::shell::tasks::ShellTasks;
 
 /// The variable that tells each task container which of the N tasks it is (0-based).
@@ -19,8 +18,6 @@ pub const TASK_INDEX_ENV: &str = spindle_protocol::env::TASK_INDEX;
 
 /// How long an allocate may wait on the RM for news when the AM expects nothing of its own.
 const IDLE_WAIT: Duration = Duration::from_millis(1000);
-/// Shorter while launches are in flight, so a failed launch is re-asked for promptly.
-const LAUNCHING_WAIT: Duration = Duration::from_millis(200);
 
 /// The application master of a `shell` job (YARN's DistributedShell): runs `shell.command` in
 /// `shell.containers` containers, re-running failed ones up to `shell.max_retries` times each.
@@ -66,139 +63,104 @@ impl<L: ContainerLauncher> ShellMaster<L> {
     /// Runs the job to its end. `Ok` when it finished (succeeded or failed, recorded by the RM),
     /// when the RM said to stop, or when `shutdown` fired; `Err` when the attempt cannot go on.
     pub async fn run(self, shutdown: CancellationToken) -> Result<AmExit, AmError> {
-        let app_id = self.context.app_id;
-        match self.run_until_done(&shutdown).await {
-            Err(AmError::Cancelled) => {
-                tracing::info!(app_id = %app_id, "shell AM stopping: asked to stop");
-                Ok(AmExit::Cancelled)
-            }
-            other => other,
-        }
-    }
-
-    async fn run_until_done(self, shutdown: &CancellationToken) -> Result<AmExit, AmError> {
-        let context = &self.context;
-        let own_container = context.container_id;
-        let mut rm = RmConnection::new(
-            &context.rm_urls,
-            &context.am_token,
-            context.app_id,
-            context.attempt,
-            context.rm_retry,
-        );
-        let mut tasks = ShellTasks::new(self.shell.containers, self.shell.max_retries, self.shell.resources())
-            .with_label(self.shell.node_label.clone());
-        let mut launches = LaunchPool::new(self.launcher, self.max_launches_in_flight);
-        let mut launched_total: u64 = 0;
+        let ShellMaster {
+            context,
+            shell,
+            launcher,
+            max_launches_in_flight,
+        } = self;
         tracing::info!(
-            app_id = %context.app_id, attempt = context.attempt, tasks = self.shell.containers,
-            resources = %self.shell.resources(), max_retries = self.shell.max_retries,
+            app_id = %context.app_id, attempt = context.attempt, tasks = shell.containers,
+            resources = %shell.resources(), max_retries = shell.max_retries,
             "shell AM starting"
         );
-
-        let registered = rm.register(shutdown).await?;
-        if !registered.max_container.fits(&self.shell.resources()) {
-            tracing::warn!(
-                task = %self.shell.resources(), largest = %registered.max_container,
-                "no live node can hold a task container yet; waiting for one"
-            );
-        }
-        tasks.on_registered(&registered.live_containers, own_container);
-
-        while tasks.outcome().is_none() {
-            apply_launch_results(&mut tasks, launches.finished());
-            if tasks.outcome().is_some() {
-                break;
-            }
-            let wait = if launches.in_flight() > 0 { LAUNCHING_WAIT } else { IDLE_WAIT };
-            let request = AllocateRequest {
-                app_id: context.app_id,
-                attempt: context.attempt,
-                asks: tasks.asks(),
-                releases: tasks.take_releases(),
-                progress: tasks.progress(),
-                wait_ms: wait.as_millis() as u64,
-                response_id: None, // numbered by RmConnection
-                detail: None,
-            };
-            let Heartbeat { reply, reregistered } = rm.allocate(&request, shutdown).await?;
-            if let Some(registered) = reregistered {
-                tasks.on_registered(&registered.live_containers, own_container);
-            }
-            if reply.shutdown {
-                tracing::info!(app_id = %context.app_id, "the RM says this attempt is over (app killed or superseded): stopping without finish");
-                return Ok(AmExit::ShutdownByRm);
-            }
-            // Completions first: a task they free can take a grant of this same reply.
-            for status in &reply.completed {
-                tracing::debug!(
-                    container_id = %status.container_id, exit_code = ?status.exit_code,
-                    exit_reason = ?status.exit_reason, diagnostics = %status.diagnostics,
-                    "container completed"
+        driver::run(context, launcher, max_launches_in_flight, shutdown, |started| async move {
+            if !started.registered.max_container.fits(&shell.resources()) {
+                tracing::warn!(
+                    task = %shell.resources(), largest = %started.registered.max_container,
+                    "no live node can hold a task container yet; waiting for one"
                 );
-                tasks.on_completed(status);
             }
-            for container_id in &reply.preempt {
-                tracing::debug!(container_id = %container_id, "the RM will preempt a container; its task will run again");
-            }
-            for launch in tasks.on_allocated(reply.allocated) {
-                tracing::debug!(
-                    container_id = %launch.allocation.container_id, node_id = %launch.allocation.node_id,
-                    task_index = launch.task_index, "launching task"
-                );
-                launched_total += 1;
-                launches.spawn(launch.allocation, task_launch_spec(&self.shell, launch.task_index));
-            }
-        }
-
-        let outcome = tasks.outcome().cloned().expect("the loop ends with an outcome");
-        let releases = tasks.take_releases();
-        if !releases.is_empty() {
-            // Hand back what is still running (a failed job's other tasks) before finishing.
-            let request = AllocateRequest {
-                app_id: context.app_id,
-                attempt: context.attempt,
-                asks: tasks.asks(),
-                releases,
-                progress: tasks.progress(),
-                wait_ms: 0,
-                response_id: None, // numbered by RmConnection
-                detail: None,
-            };
-            if rm.allocate(&request, shutdown).await?.reply.shutdown {
-                return Ok(AmExit::ShutdownByRm);
-            }
-        }
-        let counts = tasks.counts();
-        rm.finish(outcome.final_status(), outcome.diagnostics(), shutdown).await?;
-        tracing::info!(
-            app_id = %context.app_id, final_status = ?outcome.final_status(),
-            succeeded = counts.succeeded, tasks = self.shell.containers,
-            failures = counts.failures, launches = launched_total,
-            "shell job finished: {}", outcome.diagnostics()
-        );
-        Ok(AmExit::Finished {
-            final_status: outcome.final_status(),
-            diagnostics: outcome.diagnostics().to_owned(),
+            Ok(ShellFramework::new(shell))
         })
+        .await
     }
 }
 
-fn apply_launch_results(tasks: &mut ShellTasks, results: Vec<LaunchResult>) {
-    for LaunchResult { container_id, result } in results {
+/// The shell job on the driver: `ShellTasks` decides, this adds the launch specs.
+pub struct ShellFramework {
+    shell: ShellSpec,
+    tasks: ShellTasks,
+}
+
+impl ShellFramework {
+    pub fn new(shell: ShellSpec) -> Self {
+        let tasks = ShellTasks::new(shell.containers, shell.max_retries, shell.resources()).with_label(shell.node_label.clone());
+        ShellFramework { shell, tasks }
+    }
+}
+
+impl Framework for ShellFramework {
+    /// The shell job has no I/O of its own.
+    type Event = std::convert::Infallible;
+
+    fn allocate_wait(&self) -> Duration {
+        IDLE_WAIT
+    }
+
+    fn on_registered(&mut self, live: &[ContainerId], _now: Instant) {
+        self.tasks.on_registered(live, None);
+    }
+
+    fn on_granted(&mut self, allocation: Allocation, _now: Instant) -> Option<LaunchSpec> {
+        let launch = self.tasks.on_allocated(vec![allocation]).pop()?;
+        tracing::debug!(container_id = %launch.allocation.container_id, task_index = launch.task_index, "launching task");
+        Some(task_launch_spec(&self.shell, launch.task_index))
+    }
+
+    fn on_launched(&mut self, container: ContainerId, result: Result<(), LaunchFailure>, _now: Instant) {
         match result {
-            Ok(()) => {
-                tracing::debug!(container_id = %container_id, "container launched");
-                tasks.on_launched(container_id);
-            }
-            Err(failure) => {
-                tracing::warn!(
-                    container_id = %container_id, kind = ?failure.kind, error = %failure.message,
-                    "container launch failed: releasing it, the task gets a new container"
-                );
-                tasks.on_launch_failed(container_id, &failure);
-            }
+            Ok(()) => self.tasks.on_launched(container),
+            Err(failure) => self.tasks.on_launch_failed(container, &failure),
         }
+    }
+
+    fn on_completed(&mut self, status: &ContainerStatus, _now: Instant) {
+        self.tasks.on_completed(status);
+    }
+
+    fn on_event(&mut self, event: Self::Event, _now: Instant) {
+        match event {}
+    }
+
+    fn asks(&self) -> Vec<ResourceAsk> {
+        self.tasks.asks()
+    }
+
+    fn take_releases(&mut self) -> Vec<ContainerId> {
+        self.tasks.take_releases()
+    }
+
+    fn report(&self) -> Report {
+        Report {
+            progress: self.tasks.progress(),
+            detail: None,
+        }
+    }
+
+    fn outcome(&mut self) -> Option<Outcome> {
+        let outcome = self.tasks.outcome()?;
+        let counts = self.tasks.counts();
+        tracing::info!(
+            succeeded = counts.succeeded,
+            tasks = self.shell.containers,
+            failures = counts.failures,
+            "shell job over"
+        );
+        Some(Outcome {
+            final_status: outcome.final_status(),
+            diagnostics: outcome.diagnostics().to_owned(),
+        })
     }
 }
 

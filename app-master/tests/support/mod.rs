@@ -3,7 +3,10 @@
 //! Launched containers end at once with the exit code the test's `behaviour` picks, and their
 //! completion reaches the AM in the next allocate, as the real RM would report it.
 
-use std::collections::HashSet;
+// Each test file uses a part of the fake.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -60,6 +63,12 @@ pub struct FakeState {
     pub live_on_register: Vec<ContainerId>,
     /// The `response_id` of every allocate that got an answer, in order.
     pub response_ids_seen: Vec<Option<u64>>,
+    /// Preemption notices in every reply.
+    pub preempt: Vec<ContainerId>,
+    /// The app's controls in every reply.
+    pub controls: BTreeMap<String, serde_json::Value>,
+    /// The detail of the last allocate that carried one.
+    pub last_detail: Option<spindle_protocol::JobDetail>,
     replies_sent: u64,
     behaviour: Behaviour,
     next_seq: u64,
@@ -109,6 +118,9 @@ impl FakeCluster {
                 refused_launches: 0,
                 live_on_register: Vec::new(),
                 response_ids_seen: Vec::new(),
+                preempt: Vec::new(),
+                controls: BTreeMap::new(),
+                last_detail: None,
                 replies_sent: 0,
                 behaviour,
                 next_seq: 2,
@@ -194,6 +206,9 @@ async fn allocate(State(shared): State<Arc<Shared>>, headers: HeaderMap, Json(re
             return error(503, "restarting");
         }
         state.response_ids_seen.push(request.response_id);
+        if request.detail.is_some() {
+            state.last_detail = request.detail.clone();
+        }
         state.released.extend(request.releases.iter().copied());
         state.releases.extend(request.releases.iter().copied());
         let asked: u32 = request.asks.iter().map(|ask| ask.count).sum();
@@ -216,11 +231,11 @@ async fn allocate(State(shared): State<Arc<Shared>>, headers: HeaderMap, Json(re
                 return Json(AllocateReply {
                     allocated,
                     completed: std::mem::take(&mut state.completions),
-                    preempt: Vec::new(),
+                    preempt: state.preempt.clone(),
                     headroom: Resources::ZERO,
                     shutdown: state.shutdown,
                     response_id: state.replies_sent,
-                    operators: Default::default(),
+                    controls: state.controls.clone(),
                 })
                 .into_response();
             }

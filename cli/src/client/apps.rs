@@ -107,8 +107,8 @@ pub fn app_report(app: &AppReport, containers: &[ContainerReport], now_ms: u64) 
     }
     if let Some(detail) = &app.detail {
         out.push_str(&detail_tables(detail));
-        if let Some(stream) = &detail.stream {
-            out.push_str(&super::stream::stream_section(stream, now_ms));
+        if let Some(stream) = detail.stream() {
+            out.push_str(&super::stream::stream_section(&stream, now_ms));
         }
     }
     if !attempts.is_empty() {

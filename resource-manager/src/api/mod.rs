@@ -1,10 +1,10 @@
 //! The RM's HTTP server: the public API, the internal protocol, health, metrics, OpenAPI.
 
+mod app_metrics;
 mod extract;
 mod internal;
 mod join;
 mod public;
-mod stream_metrics;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -97,8 +97,8 @@ fn short_routes() -> Router<Arc<ResourceManager>> {
 /// queues, which only the cluster's users may see (why not a token-less port: README.md).
 async fn metrics(State(rm): State<Arc<ResourceManager>>, user: Result<User, ApiError>) -> Result<impl IntoResponse, ApiError> {
     user.map_err(metrics_unauthorized)?;
-    let (report, stream_details) = rm
-        .read(|cluster| (cluster.cluster_report(String::new()), cluster.stream_details()))
+    let (report, app_metrics) = rm
+        .read(|cluster| (cluster.cluster_report(String::new()), cluster.app_metrics()))
         .await;
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, samples: Vec<(String, f64)>| {
@@ -168,7 +168,7 @@ async fn metrics(State(rm): State<Arc<ResourceManager>>, user: Result<User, ApiE
             counter.load(Ordering::Relaxed)
         );
     }
-    stream_metrics::write_stream_metrics(&mut out, &stream_details);
+    app_metrics::write_app_metrics(&mut out, &app_metrics);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }
 

@@ -10,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use spindle_protocol::{
     AgentClient, AppId, AppReport, AppState, ClusterReport, ContainerId, ContainerReport, DecommissionRequest, ErrorBody, JobSpec, NodeId,
-    NodeReport, QueueReport, RM_BEARER_VALIDITY, ScaleReply, ScaleRequest, SubmitReply, now_ms,
+    NodeReport, QueueReport, RM_BEARER_VALIDITY, ScaleReply, ScaleRequest, SubmitReply, now_ms, operator_control_key,
 };
 
 use super::extract::{ApiJson, User};
@@ -151,11 +151,23 @@ pub async fn scale_operator(
     ApiJson(request): ApiJson<ScaleRequest>,
 ) -> Result<Json<ScaleReply>, ApiError> {
     let app_id = parse_app_id(&app_id)?;
-    let reply = rm
-        .mutate(|cluster, _| cluster.scale_operator(&caller, app_id, &name, request.parallelism))
-        .await??;
-    tracing::info!(app = %app_id, user = %caller.user, operator = %name, from = reply.previous, to = reply.parallelism, "operator scaled");
-    Ok(Json(reply))
+    // A generic app control (`operators/<name>`): the spec checks it, the AM acts on it.
+    let key = operator_control_key(&name);
+    let value = serde_json::json!({ "parallelism": request.parallelism });
+    let change = rm.mutate(|cluster, _| cluster.control_app(&caller, app_id, &key, &value)).await??;
+    let previous = change
+        .previous
+        .get("parallelism")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|p| u32::try_from(p).ok())
+        .unwrap_or(request.parallelism);
+    tracing::info!(app = %app_id, user = %caller.user, operator = %name, from = previous, to = request.parallelism, "operator scaled");
+    Ok(Json(ScaleReply {
+        app_id,
+        operator: name,
+        parallelism: request.parallelism,
+        previous,
+    }))
 }
 
 /// An app's containers, live and finished; their diagnostics (stderr tails) read `<hidden>`

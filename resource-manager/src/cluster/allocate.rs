@@ -3,44 +3,17 @@
 
 use std::collections::BTreeMap;
 
-use spindle_protocol::{AllocateReply, AllocateRequest, AppId, ContainerState, ExitReason, Resources, SpecError, validate_resources};
+use spindle_protocol::{
+    AllocateReply, AllocateRequest, AppId, ContainerState, ExitReason, JobKind, Resources, SpecError, validate_resources,
+};
 
+use super::transitions;
 use super::{AppError, Cluster};
 
 /// Most preferred nodes (and racks) one ask may name: enough for any data-local read, small
 /// enough that locality checks stay cheap.
 const MAX_PREFERRED_NODES: usize = 1_000;
 const MAX_PREFERRED_RACKS: usize = 100;
-
-/// A job detail must stay small: it rides along in every app report.
-fn validate_detail(detail: &spindle_protocol::JobDetail) -> Result<(), SpecError> {
-    let too_many = |field: &str, count: usize| SpecError {
-        field: format!("detail.{field}"),
-        reason: format!("{count} entries; at most {}", spindle_protocol::MAX_DETAIL_ENTRIES),
-    };
-    if detail.stages.len() > spindle_protocol::MAX_DETAIL_ENTRIES {
-        return Err(too_many("stages", detail.stages.len()));
-    }
-    if detail.counters.len() > spindle_protocol::MAX_DETAIL_ENTRIES {
-        return Err(too_many("counters", detail.counters.len()));
-    }
-    let long_name = detail
-        .stages
-        .iter()
-        .map(|stage| stage.name.as_str())
-        .chain(detail.counters.keys().map(String::as_str))
-        .find(|name| name.is_empty() || name.len() > 64);
-    if let Some(name) = long_name {
-        return Err(SpecError {
-            field: "detail".to_owned(),
-            reason: format!("stage and counter names must be 1 to 64 bytes, not `{name}`"),
-        });
-    }
-    match &detail.stream {
-        Some(stream) => super::stream::validate_stream_detail(stream),
-        None => Ok(()),
-    }
-}
 
 /// Locality preferences and labels must be few and non-empty.
 fn validate_locality(index: usize, ask: &spindle_protocol::ResourceAsk) -> Result<(), SpecError> {
@@ -79,7 +52,7 @@ impl Cluster {
             // Releases and progress were never applied, since they came in no earlier request.
             self.apply_releases_and_progress(request, now_ms)?;
             // Not news but a desired state: the current one, not the one of the lost reply.
-            lost.operators = self.operator_parallelism(request.app_id);
+            lost.controls = self.app_controls(request.app_id);
             return Ok(Some(lost));
         }
         self.update_asks(request, now_ms)?;
@@ -105,7 +78,8 @@ impl Cluster {
             validate_locality(index, ask)?;
         }
         if let Some(detail) = &request.detail {
-            validate_detail(detail)?;
+            let kind = self.apps.get(&request.app_id).map_or(JobKind::Custom, |app| app.record.spec.kind);
+            super::controls::validate_detail(detail, kind)?;
         }
         if let Some(foreign) = request.releases.iter().find(|release| release.app != request.app_id) {
             return Err(AppError::Forbidden(format!(
@@ -143,7 +117,7 @@ impl Cluster {
     fn seal_reply(&mut self, app_id: AppId, mut reply: AllocateReply) -> AllocateReply {
         // Every reply lists all notices in force, so an AM that missed one still hears of it.
         reply.preempt = self.preempt_notices(app_id);
-        reply.operators = self.operator_parallelism(app_id);
+        reply.controls = self.app_controls(app_id);
         if let Some(app) = self.apps.get_mut(&app_id) {
             reply.response_id = app.last_reply.as_ref().map_or(1, |last| last.response_id + 1);
             app.last_reply = Some(reply.clone());
@@ -191,12 +165,12 @@ impl Cluster {
                 ..AllocateReply::default()
             });
         }
-        if app.undelivered.is_empty() && app.completions.is_empty() && !app.preempt_news && !app.operators_news {
+        if app.undelivered.is_empty() && app.completions.is_empty() && !app.preempt_news && !app.controls_news {
             return None;
         }
         let app = self.apps.get_mut(&app_id).expect("checked above");
         app.preempt_news = false;
-        app.operators_news = false;
+        app.controls_news = false;
         let granted = std::mem::take(&mut app.undelivered);
         let unix_user = app.record.unix_user.clone();
         let completed = std::mem::take(&mut app.completions);
@@ -208,7 +182,11 @@ impl Cluster {
             if container.record.state != ContainerState::Allocated {
                 continue;
             }
-            container.record.state = ContainerState::Acquired;
+            transitions::transition(
+                &container.record.container_id,
+                &mut container.record.state,
+                ContainerState::Acquired,
+            );
             let record = &container.record;
             allocated.push(spindle_protocol::Allocation {
                 container_id,
@@ -235,7 +213,7 @@ impl Cluster {
             headroom,
             shutdown: false,
             response_id: 0,
-            operators: BTreeMap::new(),
+            controls: BTreeMap::new(),
         };
         Some(self.seal_reply(app_id, reply))
     }

@@ -8,6 +8,7 @@ use spindle_protocol::{
     RegisterAmReply, RegisterAmRequest, Resources, SpecError, env,
 };
 
+use super::transitions;
 use super::{AmLaunch, App, Cluster};
 use crate::records::{AppRecord, AttemptRecord};
 
@@ -34,9 +35,9 @@ pub enum AppError {
     Forbidden(String),
     #[error("{0}")]
     Conflict(String),
-    /// A stream app has no operator of that name (the message lists those it has).
+    /// A control names nothing the app has (such as an operator; the message lists those it has).
     #[error("{0}")]
-    OperatorNotFound(String),
+    ControlTargetNotFound(String),
     /// A request that is not a job spec named a bad field (e.g. a scale's `parallelism`).
     #[error(transparent)]
     InvalidRequest(SpecError),
@@ -76,15 +77,8 @@ impl Cluster {
         };
         self.check_queue_access(caller, &spec.queue)?;
         self.check_fits_some_node("am", spec.am)?;
-        if let Some(shell) = &spec.shell {
-            self.check_fits_some_node("shell", shell.resources())?;
-        }
-        if let Some(mapreduce) = &spec.mapreduce {
-            self.check_fits_some_node("mapreduce.map", mapreduce.map)?;
-            self.check_fits_some_node("mapreduce.reduce", mapreduce.reduce)?;
-        }
-        if let Some(stream) = &spec.stream {
-            self.check_fits_some_node("stream.worker", stream.worker)?;
+        for (field, shape) in spec.container_shapes() {
+            self.check_fits_some_node(field, shape)?;
         }
         let app_id = AppId {
             cluster_ts: self.started_at_ms,
@@ -110,8 +104,7 @@ impl Cluster {
             self.submission_keys.insert((caller.user.clone(), key), app_id);
         }
         for next in [AppState::Submitted, AppState::Accepted] {
-            debug_assert!(record.state.can_become(next));
-            record.state = next;
+            transitions::transition(&record.app_id, &mut record.state, next);
         }
         record.diagnostics = "waiting for a container for the application master".to_owned();
         self.apps.insert(app_id, App::new(record));
@@ -222,8 +215,7 @@ impl Cluster {
         now_ms: u64,
     ) {
         let Some(app) = self.apps.get_mut(&app_id) else { return };
-        debug_assert!(app.record.state.can_become(state), "{:?} -> {state:?}", app.record.state);
-        app.record.state = state;
+        transitions::transition(&app.record.app_id, &mut app.record.state, state);
         app.record.final_status = final_status;
         app.record.diagnostics = diagnostics.clone();
         app.record.finished_at_ms = Some(now_ms);
@@ -332,7 +324,7 @@ impl Cluster {
         if !attempt.registered {
             attempt.registered = true;
             if app.record.state == AppState::Accepted {
-                app.record.state = AppState::Running;
+                transitions::transition(&app.record.app_id, &mut app.record.state, AppState::Running);
             }
             app.record.started_at_ms.get_or_insert(now_ms);
             app.record.diagnostics.clear();
@@ -372,7 +364,7 @@ impl Cluster {
         let state = if state == AppState::Finished && self.apps[&request.app_id].record.state == AppState::Accepted {
             // An AM that finishes without registering still ends the app; pass through RUNNING.
             let app = self.apps.get_mut(&request.app_id).expect("checked above");
-            app.record.state = AppState::Running;
+            transitions::transition(&app.record.app_id, &mut app.record.state, AppState::Running);
             state
         } else {
             state
@@ -436,7 +428,7 @@ impl Cluster {
             );
         }
         let app = self.apps.get_mut(&app_id).expect("checked above");
-        app.record.state = AppState::Accepted;
+        transitions::transition(&app.record.app_id, &mut app.record.state, AppState::Accepted);
         app.record.diagnostics = format!("attempt {total} failed; starting attempt {}: {diagnostics}", total + 1);
         self.start_attempt(app_id, now_ms);
     }

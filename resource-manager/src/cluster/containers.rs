@@ -3,6 +3,7 @@
 
 use spindle_protocol::{AppId, ContainerId, ContainerState, ContainerStatus, ExitReason, NodeId};
 
+use super::transitions;
 use super::{Cluster, Container, exit_reason_of};
 use crate::records::ContainerRecord;
 
@@ -82,7 +83,7 @@ impl Cluster {
         if !container.record.state.can_become(ContainerState::Running) {
             return;
         }
-        container.record.state = ContainerState::Running;
+        transitions::transition(&container.record.container_id, &mut container.record.state, ContainerState::Running);
         container.record.started_at_ms = Some(started_at_ms.unwrap_or(now_ms));
         self.mark_container(container_id);
     }
@@ -132,7 +133,7 @@ impl Cluster {
         status.state = ContainerState::Complete;
         status.finished_at_ms.get_or_insert(now_ms);
         let record = &mut container.record;
-        record.state = ContainerState::Complete;
+        transitions::transition(&record.container_id, &mut record.state, ContainerState::Complete);
         record.exit_code = status.exit_code;
         record.exit_reason = Some(exit_reason);
         record.diagnostics = status.diagnostics.clone();

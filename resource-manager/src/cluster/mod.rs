@@ -6,13 +6,14 @@
 mod allocate;
 mod apps;
 mod containers;
+mod controls;
 mod nodes;
 mod recovery;
 mod reports;
 mod scheduling;
-mod stream;
 #[cfg(test)]
 mod tests;
+mod transitions;
 mod view_acl;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -96,7 +97,7 @@ struct App {
     preempt_news: bool,
     /// A stream app's operator parallelism changed since its AM last heard (every reply
     /// carries the parallelism; this only makes a waiting allocate return at once).
-    operators_news: bool,
+    controls_news: bool,
     /// The stages and counters its AM reported last (not stored: the AM resends them).
     detail: Option<spindle_protocol::JobDetail>,
 }
@@ -115,7 +116,7 @@ impl App {
             last_reply: None,
             waiting: None,
             preempt_news: false,
-            operators_news: false,
+            controls_news: false,
             detail: None,
         }
     }

@@ -9,6 +9,7 @@ use spindle_protocol::{
 };
 
 use super::containers::synthetic_status;
+use super::transitions;
 use super::{Cluster, Node};
 use crate::records::NodeRecord;
 
@@ -57,7 +58,7 @@ impl Cluster {
         node.record.labels = request.labels.clone();
         node.record.capacity = request.capacity;
         if node.record.state.can_become(NodeState::Running) {
-            node.record.state = NodeState::Running;
+            transitions::transition(&node.record.node_id, &mut node.record.state, NodeState::Running);
             node.record.decommission_deadline_ms = None;
         }
         node.registered = true;
@@ -137,7 +138,7 @@ impl Cluster {
             _ => None,
         };
         if let Some(next) = next_state {
-            node.record.state = next;
+            transitions::transition(&node.record.node_id, &mut node.record.state, next);
             self.mark_node(&node_id);
             self.round_due |= next == NodeState::Running;
         }
@@ -248,7 +249,7 @@ impl Cluster {
             .collect();
         for node_id in silent {
             let node = self.nodes.get_mut(&node_id).expect("listed above");
-            node.record.state = NodeState::Lost;
+            transitions::transition(&node.record.node_id, &mut node.record.state, NodeState::Lost);
             node.registered = false;
             node.pending_kills.clear();
             let live: Vec<ContainerId> = node.live.iter().copied().collect();
@@ -277,7 +278,7 @@ impl Cluster {
                 reason: format!("{timeout_s} is more than a week"),
             });
         }
-        node.record.state = NodeState::Decommissioning;
+        transitions::transition(&node.record.node_id, &mut node.record.state, NodeState::Decommissioning);
         let deadline = if force { now_ms } else { now_ms.saturating_add(timeout_s * 1000) };
         // A second request may shorten the drain, never lengthen it.
         node.record.decommission_deadline_ms = Some(node.record.decommission_deadline_ms.map_or(deadline, |old| old.min(deadline)));
@@ -309,7 +310,7 @@ impl Cluster {
             }
             let node = self.nodes.get_mut(&node_id).expect("listed above");
             if node.live.is_empty() {
-                node.record.state = NodeState::Decommissioned;
+                transitions::transition(&node.record.node_id, &mut node.record.state, NodeState::Decommissioned);
                 node.record.decommission_deadline_ms = None;
                 self.mark_node(&node_id);
                 tracing::info!(node = %node_id, "node decommissioned");

@@ -126,19 +126,25 @@ mod tests {
             submitted_at_ms: 5,
             started_at_ms: Some(10),
             finished_at_ms: Some(40),
-            detail: Some(JobDetail {
-                stages: vec![StageStatus {
-                    name: "map".to_owned(),
-                    total: 4,
-                    running: 1,
-                    succeeded: 2,
-                }],
-                counters: BTreeMap::from([("command `grep hunter2` lines".to_owned(), 7)]),
-                stream: Some(StreamDetail {
-                    restarts: 1,
-                    ..StreamDetail::default()
-                }),
-            }),
+            detail: Some(
+                JobDetail {
+                    stages: vec![StageStatus {
+                        name: "map".to_owned(),
+                        total: 4,
+                        running: 1,
+                        succeeded: 2,
+                    }],
+                    counters: BTreeMap::from([("command `grep hunter2` lines".to_owned(), 7)]),
+                    ..JobDetail::default()
+                }
+                .with_section(
+                    spindle_protocol::STREAM_SECTION,
+                    &StreamDetail {
+                        restarts: 1,
+                        ..StreamDetail::default()
+                    },
+                ),
+            ),
         }
     }
 
@@ -154,7 +160,11 @@ mod tests {
         let detail = redacted.detail.as_ref().expect("the detail stays");
         assert!(detail.counters.is_empty(), "counter names are the AM's free text");
         assert_eq!(detail.stages, full.detail.as_ref().unwrap().stages, "stages are progress");
-        assert_eq!(detail.stream, full.detail.as_ref().unwrap().stream);
+        assert_eq!(
+            detail.sections,
+            full.detail.as_ref().unwrap().sections,
+            "framework sections are progress"
+        );
         let json = serde_json::to_string(&redacted).unwrap();
         assert!(!json.contains("hunter2"), "{json}");
 

@@ -225,7 +225,7 @@ fn the_ams_job_detail_shows_in_the_app_report_and_oversized_ones_are_refused() {
             succeeded: 3,
         }],
         counters: BTreeMap::from([("map_input_records".to_owned(), 42)]),
-        stream: None,
+        ..spindle_protocol::JobDetail::default()
     };
     let mut request = am.request(Vec::new(), Vec::new());
     request.detail = Some(detail.clone());
@@ -239,7 +239,7 @@ fn the_ams_job_detail_shows_in_the_app_report_and_oversized_ones_are_refused() {
     oversized.detail = Some(spindle_protocol::JobDetail {
         stages: Vec::new(),
         counters: (0..100).map(|index| (format!("c{index}"), 1)).collect(),
-        stream: None,
+        ..spindle_protocol::JobDetail::default()
     });
     let AppError::InvalidSpec(error) = am.update_asks(&mut rm, &oversized, 3).unwrap_err() else {
         panic!("an oversized detail is invalid");

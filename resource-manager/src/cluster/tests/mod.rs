@@ -167,10 +167,10 @@ fn reasons(statuses: &[ContainerStatus]) -> Vec<(ContainerId, ExitReason)> {
 mod am_protocol;
 mod attempts;
 mod cleanup;
+mod controls;
 mod nodes;
 mod queues;
 mod random_operations;
 mod recovery;
-mod stream;
 mod submit;
 mod view_acl;

@@ -1,0 +1,91 @@
+//! The stream AM's committer: runs sinks' commits one batch at a time, in checkpoint order (a
+//! checkpoint is pruned only after its commits ran), and cleans what failed attempts staged.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::checkpoints::Storage;
+use crate::operator::Commit;
+
+/// Commits to run (or, with no commits, staging dirs to clean of files older than an epoch).
+pub(super) struct CommitJob {
+    pub commits: Vec<Commit>,
+    pub clean: Option<(Vec<PathBuf>, u64)>,
+    pub done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Runs commits one batch at a time, in order, then prunes old checkpoints.
+pub(super) fn spawn_committer(storage: Storage, keep: usize) -> mpsc::UnboundedSender<CommitJob> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<CommitJob>();
+    tokio::spawn(async move {
+        while let Some(CommitJob { commits, clean, done }) = rx.recv().await {
+            let storage = storage.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                if let Some((dirs, epoch)) = clean {
+                    clean_staging(&dirs, epoch);
+                    return Ok(());
+                }
+                let mut last = Ok(());
+                for attempt in 0..3 {
+                    last = commits.iter().try_for_each(commit_one);
+                    if last.is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(200 << attempt));
+                }
+                if last.is_ok() {
+                    storage.prune(keep);
+                }
+                last
+            })
+            .await
+            .unwrap_or_else(|join| Err(format!("the commit panicked: {join}")));
+            if let Some(done) = done {
+                let _ = done.send(result);
+            }
+        }
+    });
+    tx
+}
+
+/// Deletes staged files of epochs before `epoch` (`<operator>-<index>-e<epoch>-<seq>…`): the
+/// attempt that wrote them failed and the checkpoints that covered them never completed, or they
+/// were committed (renamed away) already.
+fn clean_staging(dirs: &[PathBuf], epoch: u64) {
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let staged_epoch = name
+                .split('-')
+                .find_map(|part| part.strip_prefix('e').and_then(|digits| digits.parse::<u64>().ok()));
+            if staged_epoch.is_some_and(|staged| staged < epoch) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+fn commit_one(commit: &Commit) -> Result<(), String> {
+    if !commit.renames.is_empty() {
+        crate::ops::sinks::run_file_commit(commit).map_err(|error| error.to_string())?;
+    }
+    if let Some(nats) = &commit.nats {
+        crate::ops::nats::run_nats_commit(nats).map_err(|error| error.to_string())?;
+    }
+    Ok(())
+}
+
+pub(super) async fn run_commits(commits: &mpsc::UnboundedSender<CommitJob>, batch: Vec<Commit>) -> Result<(), String> {
+    let (done_tx, done_rx) = oneshot::channel();
+    commits
+        .send(CommitJob {
+            commits: batch,
+            clean: None,
+            done: Some(done_tx),
+        })
+        .map_err(|_| "the committer stopped".to_owned())?;
+    done_rx.await.unwrap_or_else(|_| Err("the committer stopped".to_owned()))
+}

@@ -1,0 +1,424 @@
+//! The streaming AM's brain (Flink's JobManager): deployments, checkpoints, restarts and the
+//! end of a bounded job. It owns the job's state; the I/O loop (`master/mod.rs`) feeds it
+//! events and carries out what it sends (messages to workers, commits, container asks).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use spindle_protocol::{ContainerId, StreamSpec};
+
+use super::metrics::Metrics;
+use super::rescale::Rescale;
+use crate::checkpoints::{CheckpointMeta, Storage};
+use crate::control::{Ack, EdgePlan, InputPlan, InstancePlan, StateFileRef, TargetPlan, ToWorker};
+use crate::graph::{Graph, Layout, Placed, fresh_layout, intersect, workers_needed};
+use crate::operator::Commit;
+use crate::wire::InstanceId;
+
+/// A worker container.
+#[derive(Debug, Clone, Default)]
+pub struct Worker {
+    /// Where its instances receive data; set when it said hello on its control connection.
+    pub data_address: Option<String>,
+}
+
+/// Where the job is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for enough workers to deploy.
+    Deploying,
+    /// Waiting for workers to stop the instances of an earlier deployment.
+    Resetting {
+        waiting: BTreeSet<ContainerId>,
+        since: Instant,
+    },
+    Running,
+    /// Every sink finished: the last commit is being made.
+    Finishing,
+}
+
+/// A checkpoint in flight.
+pub struct Pending {
+    pub started: Instant,
+    /// Instance → (stage, index, range) as the barrier found them.
+    pub expected: BTreeMap<InstanceId, (usize, u32, (u32, u32))>,
+    pub acks: BTreeMap<InstanceId, Ack>,
+}
+
+/// What the I/O around the coordinator must do for it, in order.
+#[derive(Debug)]
+pub enum Effect {
+    /// Send a control message to a worker (dropped if it has gone).
+    Send { worker: ContainerId, message: ToWorker },
+    /// Run these commits in order (then prune old checkpoints).
+    Commit(Vec<Commit>),
+    /// After the commits queued before it: delete what file sinks staged in these directories
+    /// before `epoch` (attempts that failed; nothing will ever commit those files).
+    CleanStaging { dirs: Vec<std::path::PathBuf>, epoch: u64 },
+    /// The job is over: after the commits, finish with this status.
+    Finish { succeeded: bool, diagnostics: String },
+}
+
+pub struct Coordinator {
+    pub spec: StreamSpec,
+    pub app_id: String,
+    pub graph: Graph,
+    pub storage: Storage,
+    /// Wanted parallelism by stage.
+    pub parallelism: Vec<u32>,
+    pub workers: BTreeMap<ContainerId, Worker>,
+    /// The layout's worker numbers → containers.
+    pub slots: Vec<ContainerId>,
+    pub layout: Option<Layout>,
+    pub phase: Phase,
+    pub epoch: u64,
+    pub(super) next_id: u64,
+    pub next_checkpoint: u64,
+    pub(super) last_trigger: Instant,
+    pub pending: BTreeMap<u64, Pending>,
+    pub last_complete: Option<CheckpointMeta>,
+    /// Instances whose input ended, with sinks' last commits.
+    pub finished: BTreeMap<InstanceId, Option<Commit>>,
+    pub sources_done: bool,
+    pub restarts: u32,
+    pub rescale: Option<Rescale>,
+    pub metrics: Metrics,
+    pub effects: Vec<Effect>,
+    /// The parallelism the RM last said it stores: only its changes are news (the autoscaler
+    /// may have moved away from it since).
+    pub(super) rm_parallelism: BTreeMap<String, u32>,
+    /// When each stage was last rescaled (autoscaling cooldown).
+    pub(super) last_rescaled: BTreeMap<usize, Instant>,
+    pub(super) started: Instant,
+    /// Slots of workers the RM will take back (preemption): rescales retire their instances.
+    pub draining: BTreeSet<usize>,
+    /// The time of the event being handled, as the caller gave it: the coordinator reads no
+    /// clock, so its tests move time by hand.
+    pub(super) now: Instant,
+}
+
+impl Coordinator {
+    /// Reads the checkpoint dir's complete checkpoints (the job resumes from the latest).
+    pub fn new(spec: StreamSpec, app_id: String, attempt: u32, checkpoint_dir: &std::path::Path, now: Instant) -> Coordinator {
+        let graph = Graph::build(&spec);
+        let storage = Storage::new(checkpoint_dir, &app_id);
+        let last_complete = storage.complete_checkpoints().pop();
+        let mut parallelism: Vec<u32> = graph.stages.iter().map(|stage| stage.spec.parallelism).collect();
+        // A rescale survives an AM restart through the checkpoint that made it.
+        if let Some(meta) = &last_complete {
+            for (stage, p) in graph.stages.iter().zip(parallelism.iter_mut()) {
+                if let Some(&restored) = meta.parallelism.get(&stage.spec.name) {
+                    *p = restored;
+                }
+            }
+        }
+        let next_checkpoint = storage.ids().last().map_or(1, |id| id + 1);
+        let epoch = u64::from(attempt) << 32;
+        Coordinator {
+            spec,
+            app_id,
+            graph,
+            storage,
+            parallelism,
+            workers: BTreeMap::new(),
+            slots: Vec::new(),
+            layout: None,
+            phase: Phase::Deploying,
+            epoch,
+            next_id: epoch,
+            next_checkpoint,
+            last_trigger: now,
+            pending: BTreeMap::new(),
+            last_complete,
+            finished: BTreeMap::new(),
+            sources_done: false,
+            restarts: 0,
+            rescale: None,
+            metrics: Metrics::default(),
+            effects: Vec::new(),
+            rm_parallelism: BTreeMap::new(),
+            last_rescaled: BTreeMap::new(),
+            started: now,
+            draining: BTreeSet::new(),
+            now,
+        }
+    }
+
+    pub fn next_instance_id(&mut self) -> InstanceId {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub fn workers_wanted(&self) -> usize {
+        workers_needed(&self.parallelism)
+    }
+
+    /// Workers that said hello, in a stable order.
+    pub fn connected(&self) -> Vec<ContainerId> {
+        self.workers
+            .iter()
+            .filter(|(_, worker)| worker.data_address.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    pub fn send(&mut self, worker: ContainerId, message: ToWorker) {
+        self.effects.push(Effect::Send { worker, message });
+    }
+
+    /// Takes what the I/O must do, in order.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    pub fn address_of_slot(&self, slot: usize) -> String {
+        self.workers
+            .get(&self.slots[slot])
+            .and_then(|worker| worker.data_address.clone())
+            .unwrap_or_default()
+    }
+
+    /// The desired parallelism changed (the RM's `PUT …/operators/{name}`).
+    pub fn set_desired(&mut self, desired: &BTreeMap<String, u32>, now: Instant) {
+        self.now = now;
+        for (stage, p) in self.graph.stages.iter().zip(self.parallelism.iter_mut()) {
+            let name = &stage.spec.name;
+            if let Some(&wanted) = desired.get(name)
+                && self.rm_parallelism.get(name) != Some(&wanted)
+                && stage.spec.is_rescalable()
+                && wanted >= 1
+            {
+                // The first map only says what was submitted; a restarted AM keeps what its
+                // checkpoint recorded unless the RM's value differs from the submitted one.
+                if !self.rm_parallelism.is_empty() || wanted != stage.spec.parallelism {
+                    *p = wanted;
+                }
+            }
+        }
+        self.rm_parallelism = desired.clone();
+    }
+
+    /// DS2 autoscaling, when the job asks for it: one stage at a time, after its cooldown.
+    fn maybe_autoscale(&mut self) {
+        let Some(settings) = self.spec.autoscale.clone() else { return };
+        let cooldown = Duration::from_millis(settings.cooldown_ms);
+        if self.rescale.is_some() || self.sources_done || self.now.saturating_duration_since(self.started) < cooldown {
+            return;
+        }
+        let Some(layout) = &self.layout else { return };
+        let rates = self.metrics.stage_rates(layout);
+        let current: Vec<u32> = layout.iter().map(|placed| placed.len() as u32).collect();
+        let Some(wanted) = super::autoscale::ds2(&self.graph, &rates, &current, &settings, self.spec.key_groups) else {
+            return;
+        };
+        let ready = |stage: usize| {
+            self.last_rescaled
+                .get(&stage)
+                .is_none_or(|at| self.now.saturating_duration_since(*at) >= cooldown)
+        };
+        if let Some(stage) = (0..wanted.len()).find(|&stage| wanted[stage] != current[stage] && ready(stage)) {
+            tracing::info!(
+                operator = %self.graph.stages[stage].spec.name,
+                from = current[stage],
+                to = wanted[stage],
+                "autoscaling"
+            );
+            self.parallelism[stage] = wanted[stage];
+            self.last_rescaled.insert(stage, self.now);
+        }
+    }
+
+    /// Called often: deploys when ready, triggers checkpoints, starts rescales.
+    pub fn tick(&mut self, now: Instant) {
+        self.now = now;
+        match &self.phase {
+            Phase::Deploying => {
+                if self.connected().len() >= self.workers_wanted() {
+                    self.deploy();
+                }
+            }
+            Phase::Resetting { since, .. } => {
+                if self.now.saturating_duration_since(*since) > Duration::from_secs(15) {
+                    tracing::warn!("workers did not confirm a reset within 15 s: deploying without them");
+                    if let Phase::Resetting { waiting, .. } = std::mem::replace(&mut self.phase, Phase::Deploying) {
+                        for worker in waiting {
+                            self.workers.remove(&worker);
+                        }
+                    }
+                }
+            }
+            Phase::Running => {
+                self.maybe_autoscale();
+                self.maybe_start_rescale();
+                self.maybe_trigger();
+            }
+            Phase::Finishing => {}
+        }
+    }
+
+    /// A deployment from the latest complete checkpoint onto the connected workers.
+    fn deploy(&mut self) {
+        let connected = self.connected();
+        let needed = self.workers_wanted();
+        self.slots = connected.into_iter().take(needed).collect();
+        self.draining.clear();
+        let mut ids = Vec::new();
+        for _ in 0..self.parallelism.iter().map(|&p| p as usize).sum::<usize>() {
+            ids.push(self.next_instance_id());
+        }
+        let mut ids = ids.into_iter();
+        let layout = fresh_layout(&self.graph, &self.parallelism, self.spec.key_groups, || {
+            ids.next().expect("enough ids")
+        });
+        let restored = self.last_complete.as_ref().map_or(0, |meta| meta.id);
+        if self.last_complete.is_some() {
+            // Publish what the kept checkpoints committed, oldest first, in case an earlier
+            // attempt died before doing so (committing is idempotent; a checkpoint is pruned
+            // only after its commits ran).
+            let commits: Vec<Commit> = self
+                .storage
+                .complete_checkpoints()
+                .into_iter()
+                .flat_map(|meta| meta.commits)
+                .collect();
+            self.effects.push(Effect::Commit(commits));
+        }
+        let dirs: Vec<std::path::PathBuf> = self
+            .graph
+            .stages
+            .iter()
+            .filter(|stage| stage.spec.kind() == spindle_protocol::OperatorKind::FileSink)
+            .filter_map(|stage| stage.spec.path.as_ref().map(|path| std::path::Path::new(path).join(".staging")))
+            .collect();
+        if !dirs.is_empty() {
+            self.effects.push(Effect::CleanStaging { dirs, epoch: self.epoch });
+        }
+        let mut starts: BTreeMap<ContainerId, Vec<InstancePlan>> = BTreeMap::new();
+        for (stage, placed) in layout.iter().enumerate() {
+            for instance in placed {
+                let plan = self.instance_plan(&layout, stage, instance, restored, None);
+                starts.entry(self.slots[instance.worker]).or_default().push(plan);
+            }
+        }
+        tracing::info!(
+            epoch = self.epoch,
+            restored,
+            workers = self.slots.len(),
+            "deploying the pipeline{}",
+            if restored > 0 { " from a checkpoint" } else { "" }
+        );
+        for (worker, instances) in starts {
+            self.send(worker, ToWorker::Start { instances });
+        }
+        self.layout = Some(layout);
+        self.phase = Phase::Running;
+        self.last_trigger = self.now;
+    }
+
+    /// The plan of one instance within `layout`. `starts_after`: it is added by a rescale at
+    /// that barrier (its connections carry only later data).
+    pub fn instance_plan(
+        &self,
+        layout: &Layout,
+        stage: usize,
+        instance: &Placed,
+        restored: u64,
+        starts_after: Option<u64>,
+    ) -> InstancePlan {
+        let spec = &self.graph.stages[stage].spec;
+        let inputs = self
+            .graph
+            .incoming(stage)
+            .into_iter()
+            .flat_map(|edge| layout[self.graph.edges[edge].from].iter())
+            .map(|upstream| InputPlan {
+                from: upstream.id,
+                starts_after,
+            })
+            .collect();
+        let outputs = self
+            .graph
+            .outgoing(stage)
+            .into_iter()
+            .map(|edge| {
+                let edge = &self.graph.edges[edge];
+                EdgePlan {
+                    chain: edge.chain.clone(),
+                    keyed: edge.keyed,
+                    targets: layout[edge.to]
+                        .iter()
+                        .map(|target| TargetPlan {
+                            id: target.id,
+                            address: self.address_of_slot(target.worker),
+                            range: target.range,
+                            starts_after,
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        let restore = if starts_after.is_some() {
+            Vec::new()
+        } else {
+            self.restore_files(stage, instance)
+        };
+        InstancePlan {
+            id: instance.id,
+            spec: spec.clone(),
+            index: instance.index,
+            parallelism: layout[stage].len() as u32,
+            epoch: self.epoch,
+            key_groups: self.spec.key_groups,
+            range: instance.range,
+            inputs,
+            outputs,
+            restore,
+            await_load: starts_after.filter(|_| spec.is_keyed()),
+            last_checkpoint: starts_after.unwrap_or(restored),
+            app_id: self.app_id.clone(),
+            checkpoint_dir: self.storage.root().to_owned(),
+            env: self.spec.env.clone(),
+        }
+    }
+
+    /// Snapshot files an instance restores from: keyed stages read every file's groups inside
+    /// their range; others read the file of their own index (sources' offsets).
+    fn restore_files(&self, stage: usize, instance: &Placed) -> Vec<StateFileRef> {
+        let Some(meta) = &self.last_complete else { return Vec::new() };
+        let spec = &self.graph.stages[stage].spec;
+        let Some(files) = meta.stages.get(&spec.name) else {
+            return Vec::new();
+        };
+        if spec.is_keyed() {
+            files
+                .iter()
+                .filter_map(|file| {
+                    intersect(file.range, instance.range).map(|range| StateFileRef {
+                        path: file.path.clone(),
+                        range,
+                        operator_state: false,
+                    })
+                })
+                .collect()
+        } else {
+            files
+                .iter()
+                .filter(|file| file.index == instance.index)
+                .map(|file| StateFileRef {
+                    path: file.path.clone(),
+                    range: (0, 0),
+                    operator_state: true,
+                })
+                .collect()
+        }
+    }
+
+    pub fn parallelism_by_name(&self) -> BTreeMap<String, u32> {
+        self.graph
+            .stages
+            .iter()
+            .zip(&self.parallelism)
+            .map(|(stage, &p)| (stage.spec.name.clone(), p))
+            .collect()
+    }
+}

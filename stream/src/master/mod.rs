@@ -1,0 +1,457 @@
+//! The streaming job's AM on the driver: keeps as many worker containers as the widest operator
+//! needs, serves the workers' control connections, and carries out the pure coordinator's
+//! effects (messages to workers, commits, the end of the job).
+
+mod autoscale;
+mod checkpointing;
+mod committer;
+mod control_server;
+mod coordinator;
+mod exported_metrics;
+mod failures;
+mod metrics;
+mod rescale;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use spindle_protocol::{
+    Allocation, ContainerId, ContainerStatus, JobDetail, LaunchSpec, OPERATOR_CONTROL_PREFIX, ResourceAsk, STREAM_SECTION, StreamSpec, env,
+};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoints::Storage;
+use crate::control::{ToAm, ToWorker};
+use crate::runtime::worker::AM_CONTROL_ENV;
+use committer::{CommitJob, run_commits, spawn_committer};
+pub use coordinator::{Coordinator, Effect, Phase, Worker};
+use spindle_app_master::AmContext;
+use spindle_app_master::AmError;
+use spindle_app_master::AmExit;
+use spindle_app_master::driver::{self, Framework, Outcome, Report, Started};
+use spindle_app_master::{AgentLauncher, ContainerLauncher, LaunchFailure};
+
+/// How long an allocate waits on the RM for news (control messages arrive meanwhile).
+const ALLOCATE_WAIT: Duration = Duration::from_millis(250);
+/// Checkpoint triggers, deployment and rescale steps are checked this often.
+const TICK: Duration = Duration::from_millis(20);
+
+/// What the stream AM's own I/O reports.
+pub enum Event {
+    /// A worker connected and proved it belongs to the app.
+    Hello {
+        container: ContainerId,
+        data_address: String,
+        tx: mpsc::UnboundedSender<ToWorker>,
+    },
+    Message {
+        container: ContainerId,
+        message: ToAm,
+    },
+    Closed {
+        container: ContainerId,
+    },
+    /// A batch of sink commits ran: `Err` is why it failed.
+    Committed(Result<(), String>),
+}
+
+/// The application master of a `stream` job.
+pub struct StreamMaster<L = AgentLauncher> {
+    context: AmContext,
+    spec: StreamSpec,
+    launcher: L,
+    token: String,
+}
+
+impl StreamMaster<AgentLauncher> {
+    pub fn new(context: AmContext) -> Result<Self, AmError> {
+        let token = std::env::var(env::SHUFFLE_TOKEN).map_err(|_| AmError::MissingEnv { name: env::SHUFFLE_TOKEN })?;
+        Self::with_launcher(context, AgentLauncher::new(), token)
+    }
+}
+
+impl<L: ContainerLauncher> StreamMaster<L> {
+    pub fn with_launcher(context: AmContext, launcher: L, token: String) -> Result<Self, AmError> {
+        context.spec.validate()?;
+        let Some(spec) = context.spec.stream.clone() else {
+            return Err(AmError::UnsupportedKind {
+                kind: format!("{:?}", context.spec.kind).to_lowercase(),
+            });
+        };
+        Ok(StreamMaster {
+            context,
+            spec,
+            launcher,
+            token,
+        })
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) -> Result<AmExit, AmError> {
+        let StreamMaster {
+            context,
+            spec,
+            launcher,
+            token,
+        } = self;
+        // The checkpoint dir is checked before registering: a dir this job cannot use safely
+        // fails the attempt, as it did before the driver.
+        let checkpoint_dir = spec.checkpoint_dir.clone().map_or_else(default_checkpoint_dir, PathBuf::from);
+        Storage::new(&checkpoint_dir, &context.app_id.to_string())
+            .prepare()
+            .map_err(|err| AmError::Checkpoints(format!("cannot prepare {}: {err}", checkpoint_dir.display())))?;
+        driver::run_default(context, launcher, shutdown, |started| start(started, spec, token, checkpoint_dir)).await
+    }
+}
+
+/// Reads the latest checkpoint, opens the control port and starts the committer. A job whose
+/// last checkpoint is recorded is over: its commits run (again) and it finishes at once.
+async fn start(started: Started<Event>, spec: StreamSpec, token: String, checkpoint_dir: PathBuf) -> Result<StreamFramework, Outcome> {
+    let Started {
+        context, events, shutdown, ..
+    } = started;
+    let coordinator = Coordinator::new(
+        spec.clone(),
+        context.app_id.to_string(),
+        context.attempt,
+        &checkpoint_dir,
+        Instant::now(),
+    );
+    let commits = spawn_committer(coordinator.storage.clone(), spec.keep_checkpoints as usize);
+    if let Some(meta) = coordinator.last_complete.clone().filter(|meta| meta.last) {
+        return Err(match run_commits(&commits, meta.commits).await {
+            Ok(()) => Outcome::succeeded(format!("the job had ended (last checkpoint {})", meta.id)),
+            Err(error) => Outcome::failed(format!("committing the last output failed: {error}")),
+        });
+    }
+    let listener = TcpListener::bind(("0.0.0.0", 0))
+        .await
+        .map_err(|error| Outcome::failed(format!("cannot open the control port: {error}")))?;
+    let port = listener
+        .local_addr()
+        .map_err(|error| Outcome::failed(format!("cannot open the control port: {error}")))?
+        .port();
+    let host = context
+        .node_id
+        .as_ref()
+        .and_then(|node| node.0.rsplit_once(':').map(|(host, _)| host.to_owned()))
+        .unwrap_or_else(|| "127.0.0.1".to_owned());
+    let control_address = format!("{host}:{port}");
+    let accepting = events.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = control_server::accept_workers(listener, token, accepting) => {}
+            () = shutdown.cancelled() => {}
+        }
+    });
+    let worker_command = spec
+        .worker_command
+        .clone()
+        .unwrap_or_else(|| vec!["spindle".to_owned(), "stream-task".to_owned()]);
+    let mut worker_env = spec.env.clone();
+    worker_env.insert(AM_CONTROL_ENV.to_owned(), control_address.clone());
+    tracing::info!(app_id = %context.app_id, %control_address, "stream AM starting");
+    Ok(StreamFramework {
+        worker: LaunchSpec {
+            command: worker_command,
+            env: worker_env,
+            files: Default::default(),
+        },
+        spec,
+        coordinator,
+        channels: BTreeMap::new(),
+        released: BTreeSet::new(),
+        commits,
+        events,
+        commits_running: 0,
+        finish: None,
+        commit_failure: None,
+    })
+}
+
+/// The stream job on the driver.
+pub struct StreamFramework {
+    spec: StreamSpec,
+    coordinator: Coordinator,
+    /// What every worker container runs.
+    worker: LaunchSpec,
+    /// Control channels of the workers that said hello.
+    channels: BTreeMap<ContainerId, mpsc::UnboundedSender<ToWorker>>,
+    /// Workers handed back: never asked for again by id, never released twice.
+    released: BTreeSet<ContainerId>,
+    commits: mpsc::UnboundedSender<CommitJob>,
+    /// For the commits' results.
+    events: mpsc::UnboundedSender<Event>,
+    commits_running: usize,
+    /// The coordinator's verdict; the job ends once every commit queued before it ran.
+    finish: Option<(bool, String)>,
+    commit_failure: Option<String>,
+}
+
+impl StreamFramework {
+    fn send(&self, worker: ContainerId, message: ToWorker) {
+        if let Some(tx) = self.channels.get(&worker) {
+            let _ = tx.send(message);
+        }
+    }
+
+    /// Carries out what the coordinator decided.
+    fn apply_effects(&mut self) {
+        for effect in self.coordinator.take_effects() {
+            match effect {
+                Effect::Send { worker, message } => {
+                    let stop = matches!(message, ToWorker::Shutdown);
+                    self.send(worker, message);
+                    if stop {
+                        self.channels.remove(&worker);
+                    }
+                }
+                Effect::Commit(batch) => {
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+                    let job = CommitJob {
+                        commits: batch,
+                        clean: None,
+                        done: Some(done_tx),
+                    };
+                    if self.commits.send(job).is_err() {
+                        self.commit_failure = Some("the committer stopped".to_owned());
+                        continue;
+                    }
+                    self.commits_running += 1;
+                    let events = self.events.clone();
+                    tokio::spawn(async move {
+                        let result = done_rx.await.unwrap_or_else(|_| Err("the committer stopped".to_owned()));
+                        let _ = events.send(Event::Committed(result));
+                    });
+                }
+                Effect::CleanStaging { dirs, epoch } => {
+                    let _ = self.commits.send(CommitJob {
+                        commits: Vec::new(),
+                        clean: Some((dirs, epoch)),
+                        done: None,
+                    });
+                }
+                Effect::Finish { succeeded, diagnostics } => {
+                    self.finish.get_or_insert((succeeded, diagnostics));
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, container: ContainerId, message: ToAm, now: Instant) {
+        let coordinator = &mut self.coordinator;
+        match message {
+            ToAm::Hello { .. } => {}
+            ToAm::Acked(ack) => coordinator.on_ack(ack, now),
+            ToAm::Prepared { checkpoint } => coordinator.on_prepared(container, checkpoint, now),
+            ToAm::Loaded {
+                instance,
+                checkpoint,
+                paused_ms,
+            } => coordinator.on_loaded(instance, checkpoint, paused_ms, now),
+            ToAm::Finished { instance, commit } => coordinator.on_finished(instance, commit, now),
+            ToAm::Failed { instance, error } => coordinator.on_instance_failed(instance, &error, now),
+            ToAm::Metrics { instances } => coordinator.metrics.record(now, instances),
+            ToAm::ResetDone { epoch } => coordinator.on_reset_done(container, epoch, now),
+        }
+    }
+}
+
+impl Framework for StreamFramework {
+    type Event = Event;
+
+    fn allocate_wait(&self) -> Duration {
+        ALLOCATE_WAIT
+    }
+
+    fn tick_every(&self) -> Option<Duration> {
+        Some(TICK)
+    }
+
+    /// Workers of an earlier AM attempt are not reused: their control connections went to it,
+    /// so they are handed back.
+    fn on_registered(&mut self, live: &[ContainerId], _now: Instant) {
+        for id in live {
+            if !self.coordinator.workers.contains_key(id) && self.released.insert(*id) {
+                tracing::debug!(container_id = %id, "releasing a container this attempt does not know");
+            }
+        }
+    }
+
+    fn on_granted(&mut self, allocation: Allocation, _now: Instant) -> Option<LaunchSpec> {
+        self.coordinator.workers.insert(allocation.container_id, Worker::default());
+        Some(self.worker.clone())
+    }
+
+    fn on_launched(&mut self, container: ContainerId, result: Result<(), LaunchFailure>, now: Instant) {
+        if let Err(failure) = result {
+            self.coordinator
+                .on_worker_lost(container, &format!("launch failed: {}", failure.message), now);
+        }
+    }
+
+    fn on_completed(&mut self, status: &ContainerStatus, now: Instant) {
+        let reason = format!("container ended: {}", status.diagnostics.trim());
+        self.coordinator.on_worker_lost(status.container_id, &reason, now);
+    }
+
+    fn on_preempt_notice(&mut self, containers: &[ContainerId], now: Instant) {
+        self.coordinator.on_preempt(containers, now);
+    }
+
+    fn on_controls(&mut self, controls: &BTreeMap<String, serde_json::Value>, now: Instant) {
+        let desired = operator_parallelism(controls);
+        if !desired.is_empty() {
+            self.coordinator.set_desired(&desired, now);
+        }
+    }
+
+    fn on_event(&mut self, event: Event, now: Instant) {
+        match event {
+            Event::Hello {
+                container,
+                data_address,
+                tx,
+            } => match self.coordinator.workers.get_mut(&container) {
+                Some(worker) => {
+                    worker.data_address = Some(data_address);
+                    self.channels.insert(container, tx);
+                }
+                // Not ours (any more): tell it to go.
+                None => {
+                    let _ = tx.send(ToWorker::Shutdown);
+                }
+            },
+            Event::Closed { container } => {
+                self.coordinator.on_worker_lost(container, "its control connection closed", now);
+            }
+            Event::Message { container, message } => self.on_message(container, message, now),
+            Event::Committed(result) => {
+                self.commits_running = self.commits_running.saturating_sub(1);
+                if let Err(error) = result {
+                    // A failed commit fails the job: its output cannot be published.
+                    self.commit_failure.get_or_insert(format!("committing sink output failed: {error}"));
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.coordinator.tick(now);
+        self.apply_effects();
+    }
+
+    fn asks(&self) -> Vec<ResourceAsk> {
+        let wanted = self.coordinator.workers_wanted().saturating_sub(self.coordinator.workers.len());
+        if wanted == 0 {
+            return Vec::new();
+        }
+        vec![ResourceAsk {
+            priority: 1,
+            resources: self.spec.worker,
+            count: u32::try_from(wanted).unwrap_or(u32::MAX),
+            nodes: Vec::new(),
+            racks: Vec::new(),
+            label: None,
+        }]
+    }
+
+    fn take_releases(&mut self) -> Vec<ContainerId> {
+        let idle: Vec<ContainerId> = self.coordinator.idle_workers();
+        let mut releases: Vec<ContainerId> = self
+            .released
+            .iter()
+            .filter(|id| !self.coordinator.workers.contains_key(id))
+            .copied()
+            .collect();
+        for id in idle {
+            if self.released.insert(id) {
+                self.send(id, ToWorker::Shutdown);
+                self.channels.remove(&id);
+                self.coordinator.workers.remove(&id);
+                releases.push(id);
+            }
+        }
+        releases.sort();
+        releases.dedup();
+        releases
+    }
+
+    fn report(&self) -> Report {
+        let coordinator = &self.coordinator;
+        let layout = coordinator.layout.as_ref();
+        let stream = coordinator.metrics.detail(
+            &coordinator.graph,
+            layout,
+            &coordinator.parallelism,
+            &coordinator.slots,
+            coordinator.last_complete.as_ref(),
+            coordinator.restarts,
+        );
+        let detail = JobDetail {
+            counters: coordinator.metrics.totals(&coordinator.graph, layout),
+            metrics: exported_metrics::exported_metrics(&stream),
+            ..JobDetail::default()
+        };
+        Report {
+            progress: 0.5,
+            detail: Some(detail.with_section(STREAM_SECTION, &stream)),
+        }
+    }
+
+    fn outcome(&mut self) -> Option<Outcome> {
+        let (succeeded, diagnostics) = match (&self.commit_failure, &self.finish) {
+            (Some(failure), _) => (false, failure.clone()),
+            (None, Some((succeeded, diagnostics))) => (*succeeded, diagnostics.clone()),
+            (None, None) => return None,
+        };
+        // Every commit queued so far (the last one included) must be done before the end.
+        if self.commits_running > 0 {
+            return None;
+        }
+        Some(if succeeded {
+            Outcome::succeeded(diagnostics)
+        } else {
+            Outcome::failed(diagnostics)
+        })
+    }
+
+    fn stop(&mut self) {
+        for tx in std::mem::take(&mut self.channels).into_values() {
+            let _ = tx.send(ToWorker::Shutdown);
+        }
+    }
+}
+
+/// `operators/<name>` → `{"parallelism": n}` controls as a map of wanted parallelism.
+fn operator_parallelism(controls: &BTreeMap<String, serde_json::Value>) -> BTreeMap<String, u32> {
+    controls
+        .iter()
+        .filter_map(|(key, value)| {
+            let name = key.strip_prefix(OPERATOR_CONTROL_PREFIX)?;
+            let parallelism = u32::try_from(value.get("parallelism")?.as_u64()?).ok()?;
+            Some((name.to_owned(), parallelism))
+        })
+        .collect()
+}
+
+/// Without a `checkpoint_dir`: `/tmp/spindle-checkpoints-<uid>`, one per account and
+/// private to it (0700), never a dir every account may write. Only for jobs whose workers
+/// share one host.
+fn default_checkpoint_dir() -> PathBuf {
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    // Not `temp_dir()`: the agent points TMPDIR into the container's own dir, which a later
+    // AM attempt (another container) would not see.
+    let dir = PathBuf::from("/tmp").join(format!("spindle-checkpoints-{uid}"));
+    use std::os::unix::fs::DirBuilderExt;
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    dir
+}

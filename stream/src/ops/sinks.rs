@@ -1,0 +1,313 @@
+//! Sinks: `file` (exactly-once rolling files), `stdout` (at-least-once), `discard` (benchmarks).
+//!
+//! The file sink stages lines in `<path>/.staging/<operator>-<index>-e<epoch>-<seq>.inprogress`
+//! (the epoch keeps a restarted instance from touching an earlier attempt's files). At a
+//! checkpoint barrier it syncs what it wrote and hands the AM a `Commit` of renames to
+//! `<path>/part-<operator>-<index>-<checkpoint:08>-<n>`; the AM runs them (`run_file_commit`)
+//! once the checkpoint is complete, and again after restoring from it, so output appears exactly
+//! once: files of a checkpoint that never completed stay in `.staging` and are never published.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use spindle_protocol::OperatorSpec;
+
+use crate::operator::{Commit, InstanceContext, OperatorError, Sink};
+use crate::record::Batch;
+
+/// Roll to a new file within a checkpoint after this many MB when the spec does not say.
+pub const DEFAULT_ROLL_MB: u64 = 128;
+
+struct Staged {
+    path: PathBuf,
+    writer: BufWriter<File>,
+    bytes: u64,
+}
+
+/// A `file` sink instance.
+pub struct FileSink {
+    dir: PathBuf,
+    staging: PathBuf,
+    prefix: String,
+    operator: String,
+    index: u32,
+    roll_bytes: u64,
+    next_seq: u64,
+    current: Option<Staged>,
+    /// Staged files complete and synced since the last `prepare_commit`.
+    finished: Vec<PathBuf>,
+}
+
+impl FileSink {
+    pub fn new(spec: &OperatorSpec, context: &InstanceContext) -> Result<FileSink, OperatorError> {
+        let dir = PathBuf::from(
+            spec.path
+                .as_deref()
+                .ok_or_else(|| OperatorError::failed(format!("operator {}: file sink needs `path`", spec.name)))?,
+        );
+        let staging = dir.join(".staging");
+        std::fs::create_dir_all(&staging)?;
+        Ok(FileSink {
+            dir,
+            staging,
+            prefix: format!("{}-{}-e{}", context.operator, context.index, context.epoch),
+            operator: context.operator.clone(),
+            index: context.index,
+            roll_bytes: spec.roll_mb.unwrap_or(DEFAULT_ROLL_MB).max(1) << 20,
+            next_seq: 0,
+            current: None,
+            finished: Vec::new(),
+        })
+    }
+
+    fn open(&mut self) -> Result<&mut Staged, OperatorError> {
+        if self.current.is_none() {
+            let path = self.staging.join(format!("{}-{}.inprogress", self.prefix, self.next_seq));
+            self.next_seq += 1;
+            // `create_new`: a name is never reused, so an existing file is a bug worth stopping for.
+            let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
+            self.current = Some(Staged {
+                path,
+                writer: BufWriter::with_capacity(1 << 20, file),
+                bytes: 0,
+            });
+        }
+        Ok(self.current.as_mut().expect("opened above"))
+    }
+
+    /// Flushes and syncs the current file and queues it for the next commit.
+    fn close_current(&mut self) -> Result<(), OperatorError> {
+        if let Some(staged) = self.current.take() {
+            let file = staged.writer.into_inner().map_err(|error| error.into_error())?;
+            file.sync_all()?;
+            self.finished.push(staged.path);
+        }
+        Ok(())
+    }
+}
+
+impl Sink for FileSink {
+    fn write(&mut self, batch: &Batch) -> Result<(), OperatorError> {
+        for record in batch {
+            let roll_bytes = self.roll_bytes;
+            let staged = self.open()?;
+            staged.writer.write_all(record.value)?;
+            staged.writer.write_all(b"\n")?;
+            staged.bytes += record.value.len() as u64 + 1;
+            if staged.bytes >= roll_bytes {
+                self.close_current()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn prepare_commit(&mut self, checkpoint: u64) -> Result<Commit, OperatorError> {
+        self.close_current()?;
+        if self.finished.is_empty() {
+            return Ok(Commit::default());
+        }
+        sync_dir(&self.staging)?;
+        let renames = self
+            .finished
+            .drain(..)
+            .enumerate()
+            .map(|(n, staged)| {
+                let name = format!("part-{}-{}-{checkpoint:08}-{n}", self.operator, self.index);
+                (staged, self.dir.join(name))
+            })
+            .collect();
+        Ok(Commit { renames, nats: None })
+    }
+}
+
+/// Publishes a file sink's output: renames each staged file to its final name. Idempotent: a
+/// staged file already gone whose final name exists was committed before.
+pub fn run_file_commit(commit: &Commit) -> std::io::Result<()> {
+    let mut dirs: Vec<&Path> = Vec::new();
+    for (staged, target) in &commit.renames {
+        if staged.exists() {
+            std::fs::rename(staged, target)?;
+            if let Some(dir) = target.parent().filter(|dir| !dirs.contains(dir)) {
+                dirs.push(dir);
+            }
+        } else if !target.exists() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "cannot commit {}: neither it nor its final name {} exists",
+                    staged.display(),
+                    target.display()
+                ),
+            ));
+        }
+    }
+    for dir in dirs {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Makes renames and creations in `dir` durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// A `stdout` sink: lines on the worker's stdout, flushed at every checkpoint (at-least-once:
+/// lines written after the last checkpoint are written again after a restore).
+pub struct StdoutSink {
+    out: BufWriter<std::io::Stdout>,
+}
+
+impl StdoutSink {
+    pub fn new() -> StdoutSink {
+        StdoutSink {
+            out: BufWriter::with_capacity(1 << 16, std::io::stdout()),
+        }
+    }
+}
+
+impl Default for StdoutSink {
+    fn default() -> StdoutSink {
+        StdoutSink::new()
+    }
+}
+
+impl Sink for StdoutSink {
+    fn write(&mut self, batch: &Batch) -> Result<(), OperatorError> {
+        for record in batch {
+            self.out.write_all(record.value)?;
+            self.out.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+
+    fn prepare_commit(&mut self, _checkpoint: u64) -> Result<Commit, OperatorError> {
+        self.out.flush()?;
+        Ok(Commit::default())
+    }
+}
+
+/// A `discard` sink: counts what it drops.
+#[derive(Debug, Default)]
+pub struct DiscardSink {
+    records: u64,
+    bytes: u64,
+}
+
+impl DiscardSink {
+    pub fn new() -> DiscardSink {
+        DiscardSink::default()
+    }
+
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Bytes of the records' values.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Sink for DiscardSink {
+    fn write(&mut self, batch: &Batch) -> Result<(), OperatorError> {
+        self.records += batch.len() as u64;
+        self.bytes += batch.byte_len() as u64;
+        Ok(())
+    }
+
+    fn prepare_commit(&mut self, _checkpoint: u64) -> Result<Commit, OperatorError> {
+        Ok(Commit::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use spindle_protocol::OperatorKind;
+
+    use super::*;
+    use crate::ops::test_context;
+
+    fn sink(dir: &Path, roll_mb: Option<u64>) -> FileSink {
+        let spec = OperatorSpec {
+            name: "out".into(),
+            kind: Some(OperatorKind::FileSink),
+            path: Some(dir.display().to_string()),
+            roll_mb,
+            ..OperatorSpec::default()
+        };
+        let mut context = test_context(2, 3);
+        context.operator = "out".into();
+        FileSink::new(&spec, &context).unwrap()
+    }
+
+    fn batch(lines: &[&str]) -> Batch {
+        let mut batch = Batch::new();
+        for line in lines {
+            batch.push(0, b"", line.as_bytes());
+        }
+        batch
+    }
+
+    fn visible(dir: &Path) -> Vec<(String, String)> {
+        let mut files: Vec<(String, String)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap())
+            .filter(|entry| entry.file_type().unwrap().is_file())
+            .map(|entry| {
+                (
+                    entry.file_name().into_string().unwrap(),
+                    std::fs::read_to_string(entry.path()).unwrap(),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn output_appears_only_when_committed_and_commits_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = sink(dir.path(), None);
+        sink.write(&batch(&["a", "b"])).unwrap();
+        let commit = sink.prepare_commit(7).unwrap();
+        assert!(visible(dir.path()).is_empty(), "nothing is visible before the commit runs");
+        assert_eq!(commit.renames.len(), 1);
+        run_file_commit(&commit).unwrap();
+        run_file_commit(&commit).unwrap();
+        assert_eq!(visible(dir.path()), vec![("part-out-2-00000007-0".into(), "a\nb\n".into())]);
+
+        assert!(sink.prepare_commit(8).unwrap().is_empty(), "no files when nothing was written");
+        sink.write(&batch(&["c"])).unwrap();
+        let uncommitted = sink.prepare_commit(9).unwrap();
+        std::fs::remove_file(&uncommitted.renames[0].0).unwrap();
+        let error = run_file_commit(&uncommitted).unwrap_err();
+        assert!(error.to_string().contains("part-out-2-00000009-0"), "{error}");
+    }
+
+    #[test]
+    fn files_roll_within_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = sink(dir.path(), Some(1));
+        let line = "x".repeat(700 * 1024);
+        sink.write(&batch(&[&line, &line, &line])).unwrap();
+        let commit = sink.prepare_commit(1).unwrap();
+        assert_eq!(commit.renames.len(), 2);
+        run_file_commit(&commit).unwrap();
+        let files = visible(dir.path());
+        assert_eq!(
+            files.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(),
+            vec!["part-out-2-00000001-0", "part-out-2-00000001-1"]
+        );
+        assert_eq!(files[0].1.len(), 2 * (line.len() + 1));
+    }
+
+    #[test]
+    fn discard_counts() {
+        let mut sink = DiscardSink::new();
+        sink.write(&batch(&["a", "b"])).unwrap();
+        assert_eq!(sink.records(), 2);
+        assert!(sink.prepare_commit(1).unwrap().is_empty());
+    }
+}
