@@ -138,7 +138,7 @@ async fn bad_submissions_are_refused_and_create_nothing() {
         .await;
     post()
         .json(&hello_with("vcores", json!(0)))
-        .refused(StatusCode::BAD_REQUEST, "bad_request", &["shell.vcores"])
+        .refused(StatusCode::BAD_REQUEST, "invalid_spec", &["shell.vcores"])
         .await;
     post()
         .json(&hello_with("vcores", json!(-1)))
@@ -150,27 +150,27 @@ async fn bad_submissions_are_refused_and_create_nothing() {
         .await;
     post()
         .json(&hello_with("memory_mb", json!(u64::MAX)))
-        .refused(StatusCode::BAD_REQUEST, "bad_request", &["memory"])
+        .refused(StatusCode::BAD_REQUEST, "invalid_spec", &["memory"])
         .await;
     post()
         .json(&hello_with("memory_mb", json!(1_000_000_000_000_000u64)))
-        .refused(StatusCode::BAD_REQUEST, "bad_request", &["shell.memory_mb"])
+        .refused(StatusCode::BAD_REQUEST, "invalid_spec", &["shell.memory_mb"])
         .await;
     post()
         .json(&hello_with("containers", json!(0)))
-        .refused(StatusCode::BAD_REQUEST, "bad_request", &["shell.containers"])
+        .refused(StatusCode::BAD_REQUEST, "invalid_spec", &["shell.containers"])
         .await;
     post()
         .json(&hello_with("command", json!([])))
-        .refused(StatusCode::BAD_REQUEST, "bad_request", &["shell.command"])
+        .refused(StatusCode::BAD_REQUEST, "invalid_spec", &["shell.command"])
         .await;
     post()
         .json(&json!({"name": "x", "kind": "shell"}))
-        .refused(StatusCode::BAD_REQUEST, "bad_request", &["shell", "section"])
+        .refused(StatusCode::BAD_REQUEST, "invalid_spec", &["shell", "section"])
         .await;
     post()
         .json(&json!({"name": "x", "kind": "custom"}))
-        .refused(StatusCode::BAD_REQUEST, "bad_request", &["custom", "section"])
+        .refused(StatusCode::BAD_REQUEST, "invalid_spec", &["custom", "section"])
         .await;
     post()
         .json(&json!({"name": "x", "kind": "teleport"}))
@@ -180,13 +180,13 @@ async fn bad_submissions_are_refused_and_create_nothing() {
     no_attempts["max_attempts"] = json!(0);
     post()
         .json(&no_attempts)
-        .refused(StatusCode::BAD_REQUEST, "bad_request", &["max_attempts"])
+        .refused(StatusCode::BAD_REQUEST, "invalid_spec", &["max_attempts"])
         .await;
     let mut no_name = hello();
     no_name["name"] = json!(" ");
     post()
         .json(&no_name)
-        .refused(StatusCode::BAD_REQUEST, "bad_request", &["name"])
+        .refused(StatusCode::BAD_REQUEST, "invalid_spec", &["name"])
         .await;
 
     // Over the body limit (1 MiB): a valid document with a long name.
@@ -229,13 +229,13 @@ async fn unknown_and_malformed_ids_and_queries() {
         seq: 1,
     };
     get(&format!("/v1/apps/{unknown_app}"))
-        .refused(StatusCode::NOT_FOUND, "not_found", &[&unknown_app.to_string()])
+        .refused(StatusCode::NOT_FOUND, "app_not_found", &[&unknown_app.to_string()])
         .await;
     get(&format!("/v1/apps/{unknown_app}/containers"))
-        .refused(StatusCode::NOT_FOUND, "not_found", &["not found"])
+        .refused(StatusCode::NOT_FOUND, "app_not_found", &["not found"])
         .await;
     Call::new(&rm, Method::DELETE, format!("/v1/apps/{unknown_app}"))
-        .refused(StatusCode::NOT_FOUND, "not_found", &["not found"])
+        .refused(StatusCode::NOT_FOUND, "app_not_found", &["not found"])
         .await;
     get("/v1/apps/app_1")
         .refused(StatusCode::BAD_REQUEST, "bad_request", &["app_id", "app_1"])
@@ -248,11 +248,11 @@ async fn unknown_and_malformed_ids_and_queries() {
         .await;
 
     get("/v1/nodes/nosuch.example:8042")
-        .refused(StatusCode::NOT_FOUND, "not_found", &["nosuch.example:8042"])
+        .refused(StatusCode::NOT_FOUND, "node_not_found", &["nosuch.example:8042"])
         .await;
     Call::new(&rm, Method::POST, "/v1/nodes/nosuch.example:8042/decommission")
         .json(&json!({"timeout_s": 10}))
-        .refused(StatusCode::NOT_FOUND, "not_found", &["nosuch.example:8042"])
+        .refused(StatusCode::NOT_FOUND, "node_not_found", &["nosuch.example:8042"])
         .await;
 
     get("/v1/apps?colour=red")
@@ -385,13 +385,13 @@ async fn a_container_bigger_than_any_node_is_refused() {
     let post = || Call::new(&rm, Method::POST, "/v1/apps");
     post()
         .json(&hello_with("vcores", json!(4)))
-        .refused(StatusCode::BAD_REQUEST, "bad_request", &["shell.vcores", "more than any node has"])
+        .refused(StatusCode::BAD_REQUEST, "invalid_spec", &["shell.vcores", "more than any node has"])
         .await;
     post()
         .json(&hello_with("memory_mb", json!(2048)))
         .refused(
             StatusCode::BAD_REQUEST,
-            "bad_request",
+            "invalid_spec",
             &["shell.memory_mb", "more than any node has"],
         )
         .await;
@@ -399,7 +399,7 @@ async fn a_container_bigger_than_any_node_is_refused() {
     big_am["am"] = json!({"vcores": 1, "memory_mb": 4096});
     post()
         .json(&big_am)
-        .refused(StatusCode::BAD_REQUEST, "bad_request", &["am.memory_mb", "more than any node has"])
+        .refused(StatusCode::BAD_REQUEST, "invalid_spec", &["am.memory_mb", "more than any node has"])
         .await;
     assert_eq!(app_count(&rm).await, 0, "a refused submission must leave no app behind");
 

@@ -14,32 +14,7 @@ use spindle_protocol::{
 use support::{InProcessRm, SECRET, shell_job};
 
 fn window_count() -> JobSpec {
-    toml::from_str(
-        r#"
-        name = "window-count"
-        kind = "stream"
-        [[stream.operators]]
-        name = "events"
-        kind = "generator"
-        [[stream.operators]]
-        name = "by-key"
-        kind = "key_by"
-        input = ["events"]
-        expr = "$1"
-        [[stream.operators]]
-        name = "count"
-        kind = "window"
-        input = ["by-key"]
-        parallelism = 2
-        size_ms = 1000
-        aggregate = "count"
-        [[stream.operators]]
-        name = "out"
-        kind = "discard_sink"
-        input = ["count"]
-        "#,
-    )
-    .expect("the job parses")
+    toml::from_str(include_str!("../examples/stream-window-count.toml")).expect("the example parses")
 }
 
 /// The app's first AM, as the RM would start it.
@@ -73,7 +48,7 @@ async fn scaling_an_operator_wakes_the_am_and_bad_requests_are_refused() {
 
     let first = am.allocate(&allocate_request(app_id, 0, None)).await.unwrap();
     let expected = |count: u32| -> BTreeMap<String, serde_json::Value> {
-        [("events", 1), ("by-key", 1), ("count", count), ("out", 1)]
+        [("events", 2), ("by_key", 1), ("count", count), ("out", 1)]
             .into_iter()
             .map(|(name, parallelism)| (format!("operators/{name}"), serde_json::json!({ "parallelism": parallelism })))
             .collect()

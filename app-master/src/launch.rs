@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use spindle_protocol::{AgentClient, Allocation, ClientError, ContainerId, LaunchRequest, LaunchSpec};
+use spindle_protocol::{AgentClient, Allocation, ClientError, ContainerId, LaunchRequest, LaunchSpec, error_codes};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -76,7 +76,7 @@ impl ContainerLauncher for AgentLauncher {
 fn launch_failure(error: ClientError) -> LaunchFailure {
     let kind = match &error {
         ClientError::Unreachable { .. } => LaunchFailureKind::AgentUnreachable,
-        ClientError::Api { status: 409, message, .. } if message.contains("decommissioning") => LaunchFailureKind::AgentUnreachable,
+        error if error.code() == Some(error_codes::DRAINING) => LaunchFailureKind::AgentUnreachable,
         _ => LaunchFailureKind::AgentRefused,
     };
     LaunchFailure {
@@ -161,17 +161,20 @@ mod tests {
 
     #[test]
     fn a_draining_agent_does_not_count_against_the_task() {
-        let api = |status: u16, message: &str| ClientError::Api {
+        let api = |status: u16, code: &str| ClientError::Api {
             status,
-            code: "conflict".to_owned(),
-            message: message.to_owned(),
+            code: code.to_owned(),
+            message: "whatever the agent says".to_owned(),
         };
-        // As the node agent answers a launch while its node is being decommissioned.
-        let draining = api(409, "node is decommissioning: it takes no new containers");
+        // As the node agent answers a launch while its node is being decommissioned: by code.
+        let draining = api(409, error_codes::DRAINING);
         assert_eq!(launch_failure(draining).kind, LaunchFailureKind::AgentUnreachable);
-        let duplicate = api(409, "container c was already launched on this node: container ids are single-use");
+        let duplicate = api(409, error_codes::ALREADY_RUNNING);
         assert_eq!(launch_failure(duplicate).kind, LaunchFailureKind::AgentRefused);
-        assert_eq!(launch_failure(api(400, "bad command")).kind, LaunchFailureKind::AgentRefused);
+        assert_eq!(
+            launch_failure(api(400, error_codes::BAD_REQUEST)).kind,
+            LaunchFailureKind::AgentRefused
+        );
         let unreachable = ClientError::Unreachable {
             urls: "n1:8042".to_owned(),
             reason: "connection refused".to_owned(),

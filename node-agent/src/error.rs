@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use spindle_protocol::{AppId, ContainerId, ErrorBody, ErrorDetail, TokenError};
+use spindle_protocol::{AppId, ContainerId, ErrorBody, ErrorDetail, TokenError, error_codes};
 
 /// Everything that can go wrong in the agent: at start-up (returned by `run`) and per request
 /// (turned into `{"error": {"code", "message"}}` with a fitting status).
@@ -79,20 +79,22 @@ impl AgentError {
 
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            AgentError::BadRequest(_) | AgentError::Account(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            AgentError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            AgentError::Forbidden(_) | AgentError::Token(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            AgentError::ContainerNotFound(_)
-            | AgentError::LogNotFound { .. }
-            | AgentError::LogsRemoved { .. }
-            | AgentError::ShuffleOutputNotFound { .. }
-            | AgentError::UnknownRoute(_) => (StatusCode::NOT_FOUND, "not_found"),
-            AgentError::DuplicateContainer(_) | AgentError::Draining => (StatusCode::CONFLICT, "conflict"),
-            AgentError::StaleRm { .. } => (StatusCode::CONFLICT, "stale_epoch"),
-            AgentError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            AgentError::NotRegistered => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            AgentError::BadRequest(_) => (StatusCode::BAD_REQUEST, error_codes::BAD_REQUEST),
+            AgentError::Account(_) => (StatusCode::BAD_REQUEST, error_codes::BAD_ACCOUNT),
+            AgentError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, error_codes::UNAUTHORIZED),
+            AgentError::Forbidden(_) | AgentError::Token(_) => (StatusCode::FORBIDDEN, error_codes::FORBIDDEN),
+            AgentError::ContainerNotFound(_) => (StatusCode::NOT_FOUND, error_codes::CONTAINER_NOT_FOUND),
+            AgentError::LogNotFound { .. } => (StatusCode::NOT_FOUND, error_codes::LOG_NOT_FOUND),
+            AgentError::LogsRemoved { .. } => (StatusCode::NOT_FOUND, error_codes::LOGS_REMOVED),
+            AgentError::ShuffleOutputNotFound { .. } => (StatusCode::NOT_FOUND, error_codes::SHUFFLE_OUTPUT_NOT_FOUND),
+            AgentError::UnknownRoute(_) => (StatusCode::NOT_FOUND, error_codes::NOT_FOUND),
+            AgentError::DuplicateContainer(_) => (StatusCode::CONFLICT, error_codes::ALREADY_RUNNING),
+            AgentError::Draining => (StatusCode::CONFLICT, error_codes::DRAINING),
+            AgentError::StaleRm { .. } => (StatusCode::CONFLICT, error_codes::STALE_EPOCH),
+            AgentError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, error_codes::PAYLOAD_TOO_LARGE),
+            AgentError::NotRegistered => (StatusCode::SERVICE_UNAVAILABLE, error_codes::NOT_REGISTERED),
             AgentError::Config(_) | AgentError::CgroupUnavailable(_) | AgentError::Io { .. } => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+                (StatusCode::INTERNAL_SERVER_ERROR, error_codes::INTERNAL)
             }
         }
     }
@@ -139,14 +141,14 @@ mod tests {
                 403,
                 "forbidden",
             ),
-            (AgentError::ContainerNotFound(container.to_string()), 404, "not_found"),
+            (AgentError::ContainerNotFound(container.to_string()), 404, "container_not_found"),
             (
                 AgentError::LogsRemoved {
                     container_id: container,
                     retention: Duration::from_secs(60),
                 },
                 404,
-                "not_found",
+                "logs_removed",
             ),
             (
                 AgentError::ShuffleOutputNotFound {
@@ -154,10 +156,13 @@ mod tests {
                     output: "m_1".into(),
                 },
                 404,
-                "not_found",
+                "shuffle_output_not_found",
             ),
-            (AgentError::DuplicateContainer(container), 409, "conflict"),
-            (AgentError::Draining, 409, "conflict"),
+            (AgentError::UnknownRoute("/x".into()), 404, "not_found"),
+            (AgentError::DuplicateContainer(container), 409, "already_running"),
+            (AgentError::Draining, 409, "draining"),
+            (AgentError::StaleRm { epoch: 1, current: 2 }, 409, "stale_epoch"),
+            (AgentError::NotRegistered, 503, "not_registered"),
             (AgentError::PayloadTooLarge, 413, "payload_too_large"),
         ];
         for (error, status, code) in cases {

@@ -60,11 +60,11 @@ async fn container_ids_are_single_use_and_unknown_ids_are_not_found() {
     let agent = TestAgent::start_without_rm(|_| {}).await;
     agent.launch(1, 128, &["sleep", "30"]).await.unwrap();
     let (status, code, message) = api_error(agent.launch(1, 128, &["true"]).await);
-    assert_eq!((status, code.as_str()), (409, "conflict"));
+    assert_eq!((status, code.as_str()), (409, "already_running"));
     assert!(message.contains(&container_id(1).to_string()), "{message}");
 
     let (status, code, _) = api_error(agent.admin().status(container_id(99)).await);
-    assert_eq!((status, code.as_str()), (404, "not_found"));
+    assert_eq!((status, code.as_str()), (404, "container_not_found"));
     let (status, _, _) = api_error(agent.admin().stop(container_id(99)).await);
     assert_eq!(status, 404);
     let (status, _, _) = api_error(agent.admin().logs(container_id(99), "stdout").await);

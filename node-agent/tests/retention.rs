@@ -63,7 +63,7 @@ async fn a_finished_containers_directory_goes_after_the_retention_and_its_logs_s
 
     for stream in ["stdout", "stderr"] {
         let (status, body) = log_error(&agent, 1, stream).await;
-        assert_eq!((status, body.error.code.as_str()), (404, "not_found"), "{}", body.error.message);
+        assert_eq!((status, body.error.code.as_str()), (404, "logs_removed"), "{}", body.error.message);
         assert!(
             body.error.message.contains("removed after the retention period"),
             "{}",

@@ -105,7 +105,7 @@ async fn a_draining_node_refuses_launches() {
     })
     .await;
     let refused = agent.launch(1, 128, &["true"]).await.unwrap_err();
-    assert_eq!(refused.status(), Some(409));
+    assert_eq!(refused.code(), Some(spindle_protocol::error_codes::DRAINING), "{refused}");
     assert!(refused.to_string().contains("node is decommissioning"), "{refused}");
 
     rm.state.drain.store(false, Ordering::Relaxed);

@@ -30,6 +30,14 @@ impl ClientError {
         }
     }
 
+    /// The stable code of an error answer (`spindle_protocol::error_codes`), if the server gave one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
     pub fn is_not_found(&self) -> bool {
         self.status() == Some(404)
     }

@@ -5,6 +5,7 @@ mod account;
 mod client;
 mod controls;
 mod credential;
+pub mod error_codes;
 mod ids;
 mod internal;
 mod job;

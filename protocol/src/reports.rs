@@ -378,7 +378,7 @@ pub struct ErrorBody {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable, machine-readable: `bad_request`, `unauthorized`, `not_found`, `conflict`…
+    /// Stable, machine-readable: one of `error_codes` (`already_running`, `draining`, …).
     pub code: String,
     /// For people: what was wrong and what to do.
     pub message: String,

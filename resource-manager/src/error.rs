@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use spindle_protocol::{ErrorBody, ErrorDetail};
+use spindle_protocol::{ErrorBody, ErrorDetail, error_codes};
 
 use crate::cluster::AppError;
 use crate::cluster::NodeError;
@@ -51,21 +51,27 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An answer with the generic code of its status.
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         let code = match status {
-            StatusCode::BAD_REQUEST => "bad_request",
-            StatusCode::UNAUTHORIZED => "unauthorized",
-            StatusCode::FORBIDDEN => "forbidden",
-            StatusCode::NOT_FOUND => "not_found",
-            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-            StatusCode::CONFLICT => "conflict",
-            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-            StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
-            StatusCode::BAD_GATEWAY => "bad_gateway",
-            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-            _ => "internal",
+            StatusCode::BAD_REQUEST => error_codes::BAD_REQUEST,
+            StatusCode::UNAUTHORIZED => error_codes::UNAUTHORIZED,
+            StatusCode::FORBIDDEN => error_codes::FORBIDDEN,
+            StatusCode::NOT_FOUND => error_codes::NOT_FOUND,
+            StatusCode::METHOD_NOT_ALLOWED => error_codes::METHOD_NOT_ALLOWED,
+            StatusCode::CONFLICT => error_codes::CONFLICT,
+            StatusCode::PAYLOAD_TOO_LARGE => error_codes::PAYLOAD_TOO_LARGE,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => error_codes::UNSUPPORTED_MEDIA_TYPE,
+            StatusCode::TOO_MANY_REQUESTS => error_codes::TOO_MANY_REQUESTS,
+            StatusCode::BAD_GATEWAY => error_codes::BAD_GATEWAY,
+            StatusCode::SERVICE_UNAVAILABLE => error_codes::UNAVAILABLE,
+            _ => error_codes::INTERNAL,
         };
+        Self::with_code(status, code, message)
+    }
+
+    /// An answer with a specific code (`spindle_protocol::error_codes`).
+    pub fn with_code(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -104,28 +110,31 @@ impl IntoResponse for ApiError {
 
 impl From<AppError> for ApiError {
     fn from(err: AppError) -> ApiError {
-        let status = match &err {
-            AppError::InvalidSpec(_) | AppError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            AppError::NotFound(_) | AppError::ContainerNotFound(_) | AppError::ControlTargetNotFound(_) => StatusCode::NOT_FOUND,
-            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
-            AppError::Conflict(_) => StatusCode::CONFLICT,
+        let (status, code) = match &err {
+            AppError::InvalidSpec(_) => (StatusCode::BAD_REQUEST, error_codes::INVALID_SPEC),
+            AppError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, error_codes::INVALID_REQUEST),
+            AppError::NotFound(_) => (StatusCode::NOT_FOUND, error_codes::APP_NOT_FOUND),
+            AppError::ContainerNotFound(_) => (StatusCode::NOT_FOUND, error_codes::CONTAINER_NOT_FOUND),
+            AppError::ControlTargetNotFound(_) => (StatusCode::NOT_FOUND, error_codes::CONTROL_TARGET_NOT_FOUND),
+            AppError::Forbidden(_) => (StatusCode::FORBIDDEN, error_codes::FORBIDDEN),
+            AppError::Conflict(_) => (StatusCode::CONFLICT, error_codes::CONFLICT),
         };
         let message = match &err {
             AppError::InvalidSpec(spec) => format!("invalid job spec: {spec}"),
             other => other.to_string(),
         };
-        ApiError::new(status, message)
+        ApiError::with_code(status, code, message)
     }
 }
 
 impl From<NodeError> for ApiError {
     fn from(err: NodeError) -> ApiError {
-        let status = match &err {
-            NodeError::NotFound(_) => StatusCode::NOT_FOUND,
-            NodeError::Conflict { .. } => StatusCode::CONFLICT,
-            NodeError::Invalid { .. } => StatusCode::BAD_REQUEST,
+        let (status, code) = match &err {
+            NodeError::NotFound(_) => (StatusCode::NOT_FOUND, error_codes::NODE_NOT_FOUND),
+            NodeError::Conflict { .. } => (StatusCode::CONFLICT, error_codes::CONFLICT),
+            NodeError::Invalid { .. } => (StatusCode::BAD_REQUEST, error_codes::INVALID_REQUEST),
         };
-        ApiError::new(status, err.to_string())
+        ApiError::with_code(status, code, err.to_string())
     }
 }
 

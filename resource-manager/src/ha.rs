@@ -92,7 +92,7 @@ fn standby_answer(request: &Request, leader: Option<(String, u64)>) -> Response 
             let location = format!("{url}{path}");
             let mut response = ApiError {
                 status: StatusCode::TEMPORARY_REDIRECT,
-                code: "standby",
+                code: spindle_protocol::error_codes::STANDBY,
                 message: format!("this resource manager is a standby; the active one is at {url}"),
             }
             .into_response();
@@ -104,7 +104,7 @@ fn standby_answer(request: &Request, leader: Option<(String, u64)>) -> Response 
         None => {
             let mut response = ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "no_active_rm",
+                code: spindle_protocol::error_codes::NO_ACTIVE_RM,
                 message: "no resource manager is active at the moment (one is taking over); retry in a moment".to_owned(),
             }
             .into_response();
@@ -173,12 +173,11 @@ impl Campaign {
                 url: self.url.clone(),
                 epoch,
             });
-            let timers = tokio::spawn(Arc::clone(&rm).run_timers());
-            tokio::spawn(crate::reload_on_sighup(Arc::clone(&rm)));
+            rm.spawn_background();
             let lost = self.hold(epoch, valid_until, &term).await;
             term.cancel();
             self.roles.send_replace(Role::Standby { leader: None });
-            let _ = timers.await;
+            rm.stop_background().await;
             if let Some(fatal) = rm.fatal_error() {
                 if !(fatal.steps_down && self.store.elects_leader()) {
                     return Err(RmError::Stopped(fatal.reason));

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 
-use spindle_protocol::{AgentClient, ClientError, NodeAuthority, NodeId, RM_BEARER_VALIDITY, now_ms};
+use spindle_protocol::{AgentClient, ClientError, NodeAuthority, NodeId, RM_BEARER_VALIDITY, error_codes, now_ms};
 
 use crate::cluster::AmLaunch;
 
@@ -84,7 +84,7 @@ impl AmLauncher for HttpAmLauncher {
             let client = self.client(&launch.node_address, &launch.request.token.node_id);
             match client.launch(&launch.request).await {
                 Ok(_) => Ok(()),
-                Err(ClientError::Api { status: 409, message, .. }) if message.contains("already") => Err(LaunchError::AlreadyRunning),
+                Err(err) if err.code() == Some(error_codes::ALREADY_RUNNING) => Err(LaunchError::AlreadyRunning),
                 Err(err @ ClientError::Api { status: 400, .. }) => Err(LaunchError::Refused(err.to_string())),
                 Err(err) => Err(LaunchError::Failed(err.to_string())),
             }

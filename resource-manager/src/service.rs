@@ -11,6 +11,7 @@ use std::time::Duration;
 use spindle_protocol::{AllocateReply, AllocateRequest, AppId, ContainerStatus, ExitReason, NodeAuthority, QueueReport, now_ms};
 use tokio::sync::{Notify, OwnedMutexGuard};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::cluster::{Cluster, ClusterSettings, Outbox};
 use crate::config::RmConfig;
@@ -56,7 +57,7 @@ impl Drop for PendingCommit {
     fn drop(&mut self) {
         if let Some((cluster, batch, outbox)) = self.work.take() {
             let rm = Arc::clone(&self.rm);
-            tokio::spawn(async move {
+            self.rm.tasks.spawn(async move {
                 let _ = rm.commit_and_dispatch(cluster, batch, outbox).await;
             });
         }
@@ -65,6 +66,9 @@ impl Drop for PendingCommit {
 
 /// Longest an allocate call may wait for news, whatever the AM asks.
 pub(crate) const MAX_ALLOCATE_WAIT: Duration = Duration::from_secs(30);
+/// How long the end of a term waits for its background tasks (a commit in flight finishes or
+/// fails within the store's own timeouts).
+const TASKS_STOP_BOUND: Duration = Duration::from_secs(10);
 /// How often timers run: node expiry, launch expiry, decommission deadlines.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -111,6 +115,9 @@ pub struct ResourceManager {
     /// Why the RM stopped itself, if it did.
     fatal: Mutex<Option<Fatal>>,
     pub counters: Counters,
+    /// Every background task of this term (timers, SIGHUP reloads, AM launches, commits of
+    /// dropped requests): awaited when the term ends, so none outlives it.
+    tasks: TaskTracker,
 }
 
 impl ResourceManager {
@@ -155,6 +162,7 @@ impl ResourceManager {
             shutdown,
             fatal: Mutex::new(None),
             counters: Counters::default(),
+            tasks: TaskTracker::new(),
         });
         rm.dispatch(outbox);
         Ok(rm)
@@ -276,10 +284,16 @@ impl ResourceManager {
         }
         for launch in outbox.am_launches {
             let rm = Arc::clone(self);
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 let container_id = launch.request.token.container_id;
                 let node = launch.node_address.clone();
-                match rm.launcher.launch(launch).await {
+                // A launch cut short by the end of the term is not lost: the next active RM
+                // launches every granted AM that has not reported running.
+                let launched = tokio::select! {
+                    launched = rm.launcher.launch(launch) => launched,
+                    () = rm.shutdown.cancelled() => return,
+                };
+                match launched {
                     Ok(()) | Err(LaunchError::AlreadyRunning) => {}
                     Err(error) => {
                         tracing::warn!(container = %container_id, node = %node, reason = %error, "AM launch failed");
@@ -355,6 +369,21 @@ impl ResourceManager {
     }
 
     /// Timers: run `tick` every TICK_INTERVAL and purge old finished apps hourly, until shutdown.
+    /// Starts the term's background tasks: the timers and SIGHUP queue reloads.
+    pub fn spawn_background(self: &Arc<Self>) {
+        self.tasks.spawn(Arc::clone(self).run_timers());
+        self.tasks.spawn(crate::reload_on_sighup(Arc::clone(self)));
+    }
+
+    /// Waits (at most `TASKS_STOP_BOUND`) for every background task of the term, once
+    /// `shutdown` has fired: none outlives it.
+    pub async fn stop_background(&self) {
+        self.tasks.close();
+        if tokio::time::timeout(TASKS_STOP_BOUND, self.tasks.wait()).await.is_err() {
+            tracing::warn!(left = self.tasks.len(), "background tasks still running after the term ended");
+        }
+    }
+
     pub async fn run_timers(self: Arc<Self>) {
         let mut ticker = tokio::time::interval(TICK_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -136,35 +136,16 @@ pub fn intersect(a: Range, b: Range) -> Option<Range> {
     (start < end).then_some((start, end))
 }
 
-/// generator (2) → key_by → 1 s window `count` (`count_parallelism`) → discard: the pipeline
-/// the tests of this module tree plan, scale and autoscale.
+/// The example pipeline (examples/stream-window-count.toml: generator (2) → key_by → 1 s
+/// window `count` (`count_parallelism`) → discard) that the tests of this crate plan, scale and
+/// autoscale.
 #[cfg(test)]
 pub(crate) fn window_count_spec(count_parallelism: u32) -> StreamSpec {
-    let toml = format!(
-        r#"
-        [[operators]]
-        name = "events"
-        kind = "generator"
-        parallelism = 2
-        [[operators]]
-        name = "by_key"
-        kind = "key_by"
-        input = ["events"]
-        expr = "$1"
-        [[operators]]
-        name = "count"
-        kind = "window"
-        input = ["by_key"]
-        size_ms = 1000
-        aggregate = "count"
-        parallelism = {count_parallelism}
-        [[operators]]
-        name = "out"
-        kind = "discard_sink"
-        input = ["count"]
-        "#
-    );
-    toml::from_str(&toml).expect("a valid pipeline")
+    let job: spindle_protocol::JobSpec =
+        toml::from_str(include_str!("../../examples/stream-window-count.toml")).expect("the example parses");
+    let mut spec = job.stream.expect("a stream job");
+    spec.set_parallelism("count", count_parallelism).expect("a valid parallelism");
+    spec
 }
 
 #[cfg(test)]

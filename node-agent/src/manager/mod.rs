@@ -22,8 +22,8 @@ use crate::recovery;
 
 mod adopt;
 mod auth;
-mod retention;
-mod shuffle;
+mod retention_rules;
+mod shuffle_access;
 mod supervise;
 
 /// How long a completed container the RM has acknowledged stays queryable (status, and logs

@@ -2,38 +2,15 @@ use crate::job::JobSpec;
 use crate::stream::{Aggregate, AutoscaleSpec, OperatorKind, OperatorSpec, StreamSpec};
 
 /// generator → key_by → window count → file sink: the pipeline of the exactly-once test.
+/// The example pipeline (examples/stream-window-count.toml: generator → key_by → 1 s window
+/// `count` → sink) with its sink writing files, as the checks of paths need.
 fn window_count() -> StreamSpec {
-    toml::from_str(
-        r#"
-        [[operators]]
-        name = "events"
-        kind = "generator"
-        rate = 1000
-        keys = 100
-        seed = 7
-
-        [[operators]]
-        name = "by-key"
-        kind = "key_by"
-        input = ["events"]
-        expr = "$1"
-
-        [[operators]]
-        name = "count"
-        kind = "window"
-        input = ["by-key"]
-        parallelism = 2
-        size_ms = 1000
-        aggregate = "count"
-
-        [[operators]]
-        name = "out"
-        kind = "file_sink"
-        input = ["count"]
-        path = "/tmp/spindle-out"
-        "#,
-    )
-    .expect("the example parses")
+    let job: crate::JobSpec = toml::from_str(include_str!("../../../examples/stream-window-count.toml")).expect("the example parses");
+    let mut spec = job.stream.expect("a stream job");
+    let out = spec.operators.last_mut().expect("a sink");
+    out.kind = Some(OperatorKind::FileSink);
+    out.path = Some("/tmp/spindle-out".into());
+    spec
 }
 
 fn operator(name: &str, kind: OperatorKind, input: &[&str]) -> OperatorSpec {
@@ -130,7 +107,7 @@ fn inputs_must_exist_and_fit_their_operator() {
             "not an operator of this job",
         ),
         (
-            |spec| spec.operators[2].input = vec!["by-key".into(), "by-key".into()],
+            |spec| spec.operators[2].input = vec!["by_key".into(), "by_key".into()],
             "stream.operators[2].input",
             "twice",
         ),
@@ -175,18 +152,18 @@ fn inputs_must_exist_and_fit_their_operator() {
 #[test]
 fn cycles_are_refused_naming_their_operators() {
     let mut spec = window_count();
-    // by-key ← count ← by-key, beside a proper source so only the cycle is wrong.
+    // by_key ← count ← by_key, beside a proper source so only the cycle is wrong.
     spec.operators[1].input = vec!["count".into()];
     spec.operators.push(operator("tap", OperatorKind::DiscardSink, &["events"]));
     let err = spec.validate().unwrap_err();
     assert!(err.reason.contains("form a cycle"), "{err}");
     assert!(
-        err.reason.contains("by-key → count → by-key") || err.reason.contains("count → by-key → count"),
+        err.reason.contains("by_key → count → by_key") || err.reason.contains("count → by_key → count"),
         "{err}"
     );
     let mut spec = window_count();
-    spec.operators[1].input = vec!["by-key".into()];
-    assert_refused(&spec, "stream.operators[1].input", "by-key → by-key");
+    spec.operators[1].input = vec!["by_key".into()];
+    assert_refused(&spec, "stream.operators[1].input", "by_key → by_key");
 }
 
 #[test]
@@ -194,7 +171,7 @@ fn keyed_operators_need_a_key_by_on_every_input() {
     let mut spec = window_count();
     spec.operators[2].input = vec!["events".into()];
     spec.operators[1].input = vec!["events".into()];
-    spec.operators.push(operator("all", OperatorKind::DiscardSink, &["by-key"]));
+    spec.operators.push(operator("all", OperatorKind::DiscardSink, &["by_key"]));
     assert_refused(
         &spec,
         "stream.operators[2].input",
@@ -203,14 +180,14 @@ fn keyed_operators_need_a_key_by_on_every_input() {
 
     // A filter after the key_by keeps the key; a map with a command in between does not.
     let mut spec = window_count();
-    let mut filter = operator("some", OperatorKind::Filter, &["by-key"]);
+    let mut filter = operator("some", OperatorKind::Filter, &["by_key"]);
     filter.expr = Some("$2 > 1".into());
     spec.operators.push(filter);
     spec.operators[2].input = vec!["some".into()];
     spec.validate().unwrap();
     spec.operators[4] = OperatorSpec {
         command: Some(vec!["cat".into()]),
-        ..operator("some", OperatorKind::Map, &["by-key"])
+        ..operator("some", OperatorKind::Map, &["by_key"])
     };
     assert_refused(&spec, "stream.operators[2].input", "input `some` is not keyed");
 }
@@ -330,7 +307,7 @@ fn sources_sinks_and_transforms_of_every_kind() {
     let map = |expr: Option<&str>, command: Option<Vec<String>>| OperatorSpec {
         expr: expr.map(str::to_owned),
         command,
-        ..operator("by-key", OperatorKind::Map, &["events"])
+        ..operator("by_key", OperatorKind::Map, &["events"])
     };
     spec.operators[1] = map(None, None);
     assert_refused(&spec, "stream.operators[1].expr", "either `expr`");
@@ -368,7 +345,7 @@ fn sources_sinks_and_transforms_of_every_kind() {
     spec.operators[3].subject = Some("counts".into());
     spec.validate().unwrap();
 
-    spec.operators[2] = operator("count", OperatorKind::User, &["by-key"]);
+    spec.operators[2] = operator("count", OperatorKind::User, &["by_key"]);
     assert_refused(&spec, "stream.operators[2].class", "needs `class`");
     spec.operators[2].class = Some("my-op".into());
     spec.operators[2].keyed = Some(true);
@@ -435,7 +412,7 @@ fn set_parallelism_changes_only_what_may_change() {
     );
     let err = spec.set_parallelism("events", 2).unwrap_err();
     assert!(err.reason.contains("number of partitions"), "{err}");
-    let err = spec.set_parallelism("by-key", 2).unwrap_err();
+    let err = spec.set_parallelism("by_key", 2).unwrap_err();
     assert!(err.reason.contains("fused"), "{err}");
     for (parallelism, hint) in [(0, "use 1 to 1024"), (1025, "use 1 to 1024"), (129, "key_groups (128)")] {
         let err = spec.set_parallelism("count", parallelism).unwrap_err();

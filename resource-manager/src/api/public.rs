@@ -10,11 +10,11 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use spindle_protocol::{
     AgentClient, AppId, AppReport, AppState, ClusterReport, ContainerId, ContainerReport, DecommissionRequest, ErrorBody, JobSpec, NodeId,
-    NodeReport, QueueReport, RM_BEARER_VALIDITY, ScaleReply, ScaleRequest, SubmitReply, now_ms, operator_control_key,
+    NodeReport, QueueReport, RM_BEARER_VALIDITY, ScaleReply, ScaleRequest, SubmitReply, error_codes, now_ms, operator_control_key,
 };
 
 use super::extract::{ApiJson, User};
-use crate::cluster::AppQuery;
+use crate::cluster::{AppError, AppQuery};
 use crate::error::ApiError;
 use crate::service::ResourceManager;
 
@@ -118,7 +118,7 @@ pub async fn get_app(State(rm): Rm, User(caller): User, Path(app_id): Path<Strin
     rm.read(|cluster| cluster.app_report_for(&caller, app_id))
         .await
         .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("application {app_id} not found")))
+        .ok_or_else(|| ApiError::from(AppError::NotFound(app_id)))
 }
 
 /// Kill an app (its owner or an admin).
@@ -133,9 +133,7 @@ pub async fn kill_app(State(rm): Rm, User(caller): User, Path(app_id): Path<Stri
         })
         .await??;
     tracing::info!(app = %app_id, user = %caller.user, "application killed");
-    report
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("application {app_id} not found")))
+    report.map(Json).ok_or_else(|| ApiError::from(AppError::NotFound(app_id)))
 }
 
 /// Set the parallelism of a stream app's operator (its owner or an admin). The change is
@@ -179,7 +177,7 @@ pub async fn app_containers(State(rm): Rm, User(caller): User, Path(app_id): Pat
     rm.read(|cluster| cluster.container_reports_for(&caller, app_id))
         .await
         .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("application {app_id} not found")))
+        .ok_or_else(|| ApiError::from(AppError::NotFound(app_id)))
 }
 
 /// All nodes.
@@ -193,10 +191,13 @@ pub async fn list_nodes(State(rm): Rm, _user: User) -> Json<Vec<NodeReport>> {
     responses((status = 200, body = NodeReport), (status = 404, body = ErrorBody)))]
 pub async fn get_node(State(rm): Rm, _user: User, Path(node_id): Path<String>) -> Result<Json<NodeReport>, ApiError> {
     let node_id = NodeId(node_id);
-    rm.read(|cluster| cluster.node_report(&node_id))
-        .await
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("node {node_id} not found")))
+    rm.read(|cluster| cluster.node_report(&node_id)).await.map(Json).ok_or_else(|| {
+        ApiError::with_code(
+            StatusCode::NOT_FOUND,
+            error_codes::NODE_NOT_FOUND,
+            format!("node {node_id} not found"),
+        )
+    })
 }
 
 /// Drain a node, then remove it (admins only).
@@ -223,9 +224,13 @@ pub async fn decommission_node(
         })
         .await??;
     tracing::info!(node = %node_id, timeout_s = request.timeout_s, force = request.force, "node decommissioning");
-    report
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("node {node_id} not found")))
+    report.map(Json).ok_or_else(|| {
+        ApiError::with_code(
+            StatusCode::NOT_FOUND,
+            error_codes::NODE_NOT_FOUND,
+            format!("node {node_id} not found"),
+        )
+    })
 }
 
 /// Cluster totals.

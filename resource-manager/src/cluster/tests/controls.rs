@@ -1,44 +1,14 @@
 //! App controls and AM details at the RM, with a stream job (the kind that has controls):
 //! submitting it, scaling its operators through the generic control, what its AM reports.
 
-use spindle_protocol::{AllocateReply, JobDetail, MetricFamily, MetricSample, STREAM_SECTION, StreamDetail, StreamSpec};
+use spindle_protocol::{AllocateReply, JobDetail, MetricFamily, MetricSample, STREAM_SECTION, StreamDetail};
 
 use super::*;
 
-/// generator → key_by → window `count` (parallelism 2) → file sink.
+/// The example pipeline (examples/stream-window-count.toml): generator (2) → key_by → window
+/// `count` (parallelism 2) → discard sink.
 fn stream_spec() -> JobSpec {
-    let stream: StreamSpec = toml::from_str(
-        r#"
-        worker = { vcores = 1, memory_mb = 512 }
-        [[operators]]
-        name = "events"
-        kind = "generator"
-        [[operators]]
-        name = "by-key"
-        kind = "key_by"
-        input = ["events"]
-        expr = "$1"
-        [[operators]]
-        name = "count"
-        kind = "window"
-        input = ["by-key"]
-        parallelism = 2
-        size_ms = 1000
-        aggregate = "count"
-        [[operators]]
-        name = "out"
-        kind = "file_sink"
-        input = ["count"]
-        path = "/tmp/spindle-out"
-        "#,
-    )
-    .expect("the pipeline parses");
-    JobSpec {
-        kind: JobKind::Stream,
-        shell: None,
-        stream: Some(stream),
-        ..shell_spec(1)
-    }
+    toml::from_str(include_str!("../../../../examples/stream-window-count.toml")).expect("the example parses")
 }
 
 fn parallelism_of(record: &AppRecord, operator: &str) -> u32 {
@@ -74,8 +44,8 @@ fn operators(reply: &AllocateReply) -> BTreeMap<String, u32> {
 
 fn expected_operators(count: u32) -> BTreeMap<String, u32> {
     BTreeMap::from([
-        ("events".to_owned(), 1),
-        ("by-key".to_owned(), 1),
+        ("events".to_owned(), 2),
+        ("by_key".to_owned(), 1),
         ("count".to_owned(), count),
         ("out".to_owned(), 1),
     ])
