@@ -47,10 +47,8 @@ pub enum AmError {
     #[error("the application master was asked to stop")]
     Cancelled,
 
-    #[error("I/O: {0}")]
-    Io(String),
-
-    /// The stream job's checkpoint dir cannot be used safely.
-    #[error("checkpoint storage: {0}")]
-    Checkpoints(String),
+    /// A framework cannot prepare what it needs before it registers (such as a stream job's
+    /// checkpoint dir that is not safe to use): the attempt fails, the message says why.
+    #[error("{0}")]
+    Setup(String),
 }

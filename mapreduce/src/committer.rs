@@ -15,25 +15,10 @@ use spindle_protocol::AppId;
 
 use super::part_file_name;
 use super::task_protocol::TaskAttemptId;
+use crate::TaskError;
 
-/// Why the output could not be set up or published.
-#[derive(Debug, thiserror::Error)]
-pub enum CommitError {
-    #[error("output `{}` already exists: remove it, choose another, or set overwrite = true", .0.display())]
-    OutputExists(PathBuf),
-    #[error("output `{}`: its parent directory does not exist", .0.display())]
-    NoParent(PathBuf),
-    #[error("{action} `{}`: {source}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CommitError {
-    let path = path.to_owned();
-    move |source| CommitError::Io { action, path, source }
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TaskError {
+    TaskError::io(action, path)
 }
 
 /// The output of one job attempt.
@@ -48,16 +33,16 @@ pub struct OutputCommitter {
 impl OutputCommitter {
     /// Checks the output and creates the staging directory (a fresh one: a previous AM
     /// attempt's leftovers are removed).
-    pub fn setup(output: &Path, overwrite: bool, app_id: AppId) -> Result<OutputCommitter, CommitError> {
+    pub fn setup(output: &Path, overwrite: bool, app_id: AppId) -> Result<OutputCommitter, TaskError> {
         let output = output.to_owned();
         if output.exists() && !overwrite {
-            return Err(CommitError::OutputExists(output));
+            return Err(TaskError::OutputExists(output));
         }
         let (Some(parent), Some(name)) = (output.parent(), output.file_name()) else {
-            return Err(CommitError::NoParent(output));
+            return Err(TaskError::NoOutputParent(output));
         };
         if !parent.is_dir() {
-            return Err(CommitError::NoParent(output));
+            return Err(TaskError::NoOutputParent(output));
         }
         let staging = parent.join(format!(".{}.spindle-{app_id}", name.to_string_lossy()));
         if staging.exists() {
@@ -84,7 +69,7 @@ impl OutputCommitter {
     /// Publishes the part files of the winning attempt of every partition, in partition order,
     /// plus `_SUCCESS`, as the output directory in one rename; an existing output is replaced
     /// only with `overwrite`.
-    pub fn commit(&self, winners: &[TaskAttemptId]) -> Result<(), CommitError> {
+    pub fn commit(&self, winners: &[TaskAttemptId]) -> Result<(), TaskError> {
         let assembled = self.staging.join("final");
         std::fs::create_dir_all(&assembled).map_err(io("cannot create", &assembled))?;
         for attempt in winners {
@@ -97,7 +82,7 @@ impl OutputCommitter {
         let replaced = self.staging.join("replaced");
         if self.output.exists() {
             if !self.overwrite {
-                return Err(CommitError::OutputExists(self.output.clone()));
+                return Err(TaskError::OutputExists(self.output.clone()));
             }
             std::fs::rename(&self.output, &replaced).map_err(io("cannot move the old output aside", &self.output))?;
         }

@@ -1,9 +1,11 @@
-//! The one error enum of the MapReduce task runtime: what stopped a map or reduce task, and where.
+//! The one error enum of the crate: what stopped a map or reduce task, or the job's output
+//! commit, and where.
 
 use std::io;
 use std::path::PathBuf;
 
-/// Why a map or reduce task failed. Every message names the file, key or command involved.
+/// Why a map or reduce task failed, or the output could not be set up or published. Every
+/// message names the file, key or command involved.
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
     #[error("input `{path}`: {reason}")]
@@ -43,6 +45,12 @@ pub enum TaskError {
 
     #[error("invalid task parameters: {0}")]
     InvalidParams(String),
+
+    #[error("output `{}` already exists: remove it, choose another, or set overwrite = true", .0.display())]
+    OutputExists(PathBuf),
+
+    #[error("output `{}`: its parent directory does not exist", .0.display())]
+    NoOutputParent(PathBuf),
 }
 
 impl TaskError {

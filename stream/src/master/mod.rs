@@ -103,7 +103,7 @@ impl<L: ContainerLauncher> StreamMaster<L> {
         let checkpoint_dir = spec.checkpoint_dir.clone().map_or_else(default_checkpoint_dir, PathBuf::from);
         Storage::new(&checkpoint_dir, &context.app_id.to_string())
             .prepare()
-            .map_err(|err| AmError::Checkpoints(format!("cannot prepare {}: {err}", checkpoint_dir.display())))?;
+            .map_err(|err| AmError::Setup(format!("checkpoint storage: cannot prepare {}: {err}", checkpoint_dir.display())))?;
         driver::run_default(context, launcher, shutdown, |started| start(started, spec, token, checkpoint_dir)).await
     }
 }
@@ -165,6 +165,7 @@ async fn start(started: Started<Event>, spec: StreamSpec, token: String, checkpo
         coordinator,
         channels: BTreeMap::new(),
         released: BTreeSet::new(),
+        to_release: Vec::new(),
         commits,
         events,
         commits_running: 0,
@@ -181,8 +182,10 @@ pub struct StreamFramework {
     worker: LaunchSpec,
     /// Control channels of the workers that said hello.
     channels: BTreeMap<ContainerId, mpsc::UnboundedSender<ToWorker>>,
-    /// Workers handed back: never asked for again by id, never released twice.
+    /// Containers handed back (or being), so none is released twice.
     released: BTreeSet<ContainerId>,
+    /// Releases for the next allocate.
+    to_release: Vec<ContainerId>,
     commits: mpsc::UnboundedSender<CommitJob>,
     /// For the commits' results.
     events: mpsc::UnboundedSender<Event>,
@@ -281,6 +284,7 @@ impl Framework for StreamFramework {
         for id in live {
             if !self.coordinator.workers.contains_key(id) && self.released.insert(*id) {
                 tracing::debug!(container_id = %id, "releasing a container this attempt does not know");
+                self.to_release.push(*id);
             }
         }
     }
@@ -364,24 +368,15 @@ impl Framework for StreamFramework {
     }
 
     fn take_releases(&mut self) -> Vec<ContainerId> {
-        let idle: Vec<ContainerId> = self.coordinator.idle_workers();
-        let mut releases: Vec<ContainerId> = self
-            .released
-            .iter()
-            .filter(|id| !self.coordinator.workers.contains_key(id))
-            .copied()
-            .collect();
-        for id in idle {
+        for id in self.coordinator.idle_workers() {
             if self.released.insert(id) {
                 self.send(id, ToWorker::Shutdown);
                 self.channels.remove(&id);
                 self.coordinator.workers.remove(&id);
-                releases.push(id);
+                self.to_release.push(id);
             }
         }
-        releases.sort();
-        releases.dedup();
-        releases
+        std::mem::take(&mut self.to_release)
     }
 
     fn report(&self) -> Report {
