@@ -15,6 +15,13 @@ const DURATION_S: &str = "75";
 
 #[test]
 fn a_mixed_workload_survives_every_kind_of_fault_with_exact_output() {
+    if std::fs::read_dir("/usr/lib/postgresql").is_err() {
+        support::skip_unless_required(
+            support::REQUIRE_POSTGRES,
+            "the chaos suite runs a private PostgreSQL server: none is installed",
+        );
+        return;
+    }
     let dir = support::shared_tempdir("spindle-chaos-");
     // Another subnet and bridge than the script's defaults and than other test processes'.
     let tag = std::process::id() % 200 + 20;

@@ -42,7 +42,7 @@ fn indexes(count: u32) -> Vec<String> {
 /// never restarted and no container killed; the old RM comes back as a standby.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standby_takes_over_when_the_active_is_killed_and_nothing_is_lost() {
-    let schema = PgSchema::create().await;
+    let Some(schema) = PgSchema::create().await else { return };
     let mut cluster = TestCluster::start_ha(schema.url.clone(), LEASE_S, 2).await;
     cluster.start_agent(2, 4096).await;
     cluster.start_agent(2, 4096).await;
@@ -130,7 +130,7 @@ async fn the_standby_takes_over_when_the_active_is_killed_and_nothing_is_lost() 
 /// fenced, steps down to standby without writing, and the job ends as if nothing happened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_active_is_fenced_and_steps_down_when_it_wakes() {
-    let schema = PgSchema::create().await;
+    let Some(schema) = PgSchema::create().await else { return };
     let mut cluster = TestCluster::start_ha(schema.url.clone(), LEASE_S, 2).await;
     cluster.start_agent(2, 4096).await;
     let admin = cluster.admin();

@@ -319,7 +319,7 @@ async fn rm_restart_preserves_work_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rm_restart_preserves_work_postgres() {
-    let schema = PgSchema::create().await;
+    let Some(schema) = PgSchema::create().await else { return };
     rm_restart_preserves_work(Db::Url(schema.url.clone())).await;
     drop(schema);
 }

@@ -63,7 +63,7 @@ async fn execute(url: &str, statement: &str) {
 async fn a_store_failure_stops_the_rm_and_loses_nothing_acknowledged() {
     use tokio::io::AsyncWriteExt;
 
-    let schema = PgSchema::create().await;
+    let Some(schema) = PgSchema::create().await else { return };
     let rm = start_rm(&schema.url).await;
     let kept = rm.client.submit(&shell_job("kept", "true", 1, 64, 0)).await.unwrap();
     // Clients holding connections (an idle one, one that sent half a request head) do not
@@ -107,7 +107,7 @@ async fn a_store_failure_stops_the_rm_and_loses_nothing_acknowledged() {
 async fn a_fenced_rm_stops_acting_and_stands_for_leadership_again() {
     use tokio::io::AsyncWriteExt;
 
-    let schema = PgSchema::create().await;
+    let Some(schema) = PgSchema::create().await else { return };
     let rm = start_rm(&schema.url).await;
     let _idle = tokio::net::TcpStream::connect(rm.address).await.unwrap();
     let mut half = tokio::net::TcpStream::connect(rm.address).await.unwrap();

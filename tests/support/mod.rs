@@ -47,6 +47,19 @@ pub use self::{
 /// The cluster secret every test cluster shares between its RM and agents.
 pub const SECRET: &str = "e2e-cluster-secret-0123456789abcdef";
 
+/// Set by CI: a missing PostgreSQL server (or its binaries) fails the tests that need it
+/// instead of skipping them.
+pub const REQUIRE_POSTGRES: &str = "SPINDLE_REQUIRE_POSTGRES";
+
+/// For a test whose service is missing on this machine: one line saying it is skipped (the
+/// caller then returns), or a panic when `require_var` says the service must be there.
+pub fn skip_unless_required(require_var: &str, why: &str) {
+    assert!(std::env::var_os(require_var).is_none(), "{require_var} is set, but {why}");
+    // Straight to stderr, not `eprintln!`, which the test harness captures: the skip must show.
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "skipped: {why} (set {require_var} to make this a failure)");
+}
+
 /// A join token of the test clusters (`SECRET`), valid for an hour.
 pub fn join_token() -> String {
     spindle_protocol::ClusterSecret::new(SECRET).join_token(spindle_protocol::now_ms() + 3_600_000)

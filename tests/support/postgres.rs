@@ -11,12 +11,21 @@ pub struct PgSchema {
 }
 
 impl PgSchema {
-    /// Creates `spindle_e2e_<random>` on SPINDLE_TEST_POSTGRES (default the local `test` database).
-    pub async fn create() -> PgSchema {
+    /// Creates `spindle_e2e_<random>` on SPINDLE_TEST_POSTGRES (default the local `test` database);
+    /// `None` (the test skips, saying so) when no server answers there, unless
+    /// SPINDLE_REQUIRE_POSTGRES is set.
+    pub async fn create() -> Option<PgSchema> {
         let server_url = std::env::var("SPINDLE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-        let mut admin = sqlx::PgConnection::connect(&server_url).await.unwrap_or_else(|error| {
-            panic!("PostgreSQL is unreachable at {server_url} ({error}): start it, or point SPINDLE_TEST_POSTGRES at one")
-        });
+        let mut admin = match sqlx::PgConnection::connect(&server_url).await {
+            Ok(admin) => admin,
+            Err(error) => {
+                super::skip_unless_required(
+                    super::REQUIRE_POSTGRES,
+                    &format!("PostgreSQL is unreachable at {server_url} ({error}): start it, or point SPINDLE_TEST_POSTGRES at one"),
+                );
+                return None;
+            }
+        };
         let schema = format!("spindle_e2e_{}", hex::encode(rand::random::<[u8; 8]>()));
         sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
             .execute(&mut admin)
@@ -25,7 +34,7 @@ impl PgSchema {
         let _ = admin.close().await;
         let separator = if server_url.contains('?') { '&' } else { '?' };
         let url = format!("{server_url}{separator}options=-c%20search_path%3D{schema}");
-        PgSchema { server_url, schema, url }
+        Some(PgSchema { server_url, schema, url })
     }
 }
 

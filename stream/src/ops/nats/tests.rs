@@ -29,7 +29,12 @@ fn admin() -> Option<Admin> {
             std::env::var_os("SPINDLE_REQUIRE_NATS").is_none(),
             "SPINDLE_REQUIRE_NATS is set but no NATS server listens on {URL}"
         );
-        eprintln!("note: skipping the NATS test: no NATS server on {URL}");
+        // Straight to stderr: the test harness captures `eprintln!`, and the skip must show.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: no NATS server on {URL} (set SPINDLE_REQUIRE_NATS to make this a failure)"
+        );
         return None;
     }
     // Multi-threaded so that subscriptions keep receiving while the test thread blocks.
