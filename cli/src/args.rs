@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use spindle_node_agent::DEFAULT_LOG_RETENTION;
-use spindle_protocol::{AppId, AppState, ContainerId};
+use spindle_protocol::{AppId, AppState};
 
 /// Spindle: a cluster resource manager and job runner in the lineage of Hadoop YARN.
 #[derive(Debug, Parser)]
@@ -80,6 +80,12 @@ pub enum Command {
         /// application_<cluster-ts>_<seq>
         app_id: AppId,
     },
+    /// Wait for an application to end, showing its progress (as `submit --wait` does); exit 0
+    /// only if it SUCCEEDED. Ctrl-C stops waiting, not the app.
+    Wait {
+        /// application_<cluster-ts>_<seq>
+        app_id: AppId,
+    },
     /// Kill an application.
     Kill {
         /// application_<cluster-ts>_<seq>
@@ -99,7 +105,8 @@ pub enum Command {
     Decommission(DecommissionArgs),
     /// Make a token that lets new node agents join (cluster admins only); prints it.
     JoinToken(JoinTokenArgs),
-    /// Print a container's stdout (or stderr).
+    /// Print the stdout (or stderr) of a container, or of every container of an app; --follow
+    /// while they run.
     Logs(LogsArgs),
     /// Run the scheduler against a synthetic workload in simulated time; report speed and fairness.
     Simulate(SimulateArgs),
@@ -257,14 +264,23 @@ pub struct DecommissionArgs {
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// container_e<epoch>_<cluster-ts>_<app-seq>_<attempt>_<seq>
-    pub container_id: ContainerId,
+    /// An app (application_<cluster-ts>_<seq>: every container of it, under headers) or one
+    /// container (container_e<epoch>_<cluster-ts>_<app-seq>_<attempt>_<seq>).
+    #[arg(value_name = "APP|CONTAINER")]
+    pub target: crate::client::logs::LogTarget,
     /// Print stderr instead of stdout.
     #[arg(long)]
     pub stderr: bool,
-    /// Only the last BYTES bytes of the log.
-    #[arg(long, value_name = "BYTES")]
+    /// Only the last N lines (of each container's log).
+    #[arg(long, short = 'n', value_name = "N")]
     pub tail: Option<u64>,
+    /// Only the last BYTES bytes (of each container's log).
+    #[arg(long, value_name = "BYTES")]
+    pub tail_bytes: Option<u64>,
+    /// Keep printing what is appended until the container (or every container of the app) has
+    /// ended; an app's lines are prefixed with their container's <attempt>_<seq>.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
 }
 
 #[derive(Debug, Args)]

@@ -139,11 +139,15 @@ impl LocalCluster {
             admin: true,
             unix_user: None,
         });
+        // Finished apps' logs stay readable after the agents' retention (`spindle logs APP`).
+        let mut log_aggregation = base.log_aggregation.clone();
+        log_aggregation.dir.get_or_insert_with(|| data_dir.join("app-logs"));
         let config = RmConfig {
             listen: options.listen,
             db: format!("sqlite://{}", data_dir.join("spindle.db").display()),
             cluster_secret: state.cluster_secret.clone(),
             users,
+            log_aggregation,
             ..base
         };
         config.validate().context("the local RM configuration is not valid")?;

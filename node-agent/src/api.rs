@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use spindle_protocol::{AppId, ContainerId, ContainerStatus, LaunchRequest};
+use spindle_protocol::{AppId, ContainerId, ContainerStatus, LaunchRequest, LogOptions};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -102,18 +102,14 @@ async fn stop_container(
     Ok(Json(manager.stop_by_app(&container_id).await?))
 }
 
-/// Streams the file, so a large log never sits in the agent's memory.
-/// `?tail_bytes=N`: only the last N bytes of a log.
-#[derive(Debug, serde::Deserialize)]
-struct LogQuery {
-    tail_bytes: Option<u64>,
-}
-
+/// Streams the file, so a large log never sits in the agent's memory. The query
+/// (`LogOptions`): `tail_bytes=N`, `tail_lines=N`, `follow=true` (appended bytes are sent as
+/// they come until the container has ended).
 async fn container_log(
     State(manager): State<Arc<ContainerManager>>,
     headers: HeaderMap,
     Path((container_id, stream)): Path<(String, String)>,
-    axum::extract::Query(query): axum::extract::Query<LogQuery>,
+    axum::extract::Query(options): axum::extract::Query<LogOptions>,
 ) -> Result<Response, AgentError> {
     let container_id = parse_container_id(&container_id)?;
     manager.authorize(bearer(&headers)?, Some(&container_id))?;
@@ -135,19 +131,9 @@ async fn container_log(
             return Err(AgentError::io(format!("cannot open {}", path.display()), err));
         }
     };
-    let mut file = file;
-    if let Some(tail_bytes) = query.tail_bytes {
-        use tokio::io::AsyncSeekExt;
-        let length = file
-            .metadata()
-            .await
-            .map_err(|err| AgentError::io(format!("cannot read {}", path.display()), err))?
-            .len();
-        file.seek(std::io::SeekFrom::Start(length.saturating_sub(tail_bytes)))
-            .await
-            .map_err(|err| AgentError::io(format!("cannot read {}", path.display()), err))?;
-    }
-    let body = Body::from_stream(ReaderStream::new(file));
+    let body = crate::log_reading::log_body(file, &options, Arc::clone(&manager), container_id)
+        .await
+        .map_err(|err| AgentError::io(format!("cannot read {}", path.display()), err))?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 

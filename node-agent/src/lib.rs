@@ -15,6 +15,7 @@ mod error;
 mod exit;
 mod heartbeat;
 mod launcher;
+mod log_reading;
 mod manager;
 mod memory;
 mod probe;

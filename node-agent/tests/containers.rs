@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{TestAgent, container_id, process_gone};
 use spindle_node_agent::{AgentError, MemoryEnforcement};
-use spindle_protocol::{AgentClient, ContainerState, ExitReason};
+use spindle_protocol::{AgentClient, ContainerState, ExitReason, LogOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_successful_container_completes_and_serves_its_logs() {
@@ -28,9 +28,29 @@ async fn a_successful_container_completes_and_serves_its_logs() {
     let am = AgentClient::new(&agent.address, Some(token.signature));
     assert_eq!(am.logs(container_id(1), "stdout").await.unwrap(), "hi\n");
     // Only the end, streamed.
-    let tail = admin.log_response(container_id(1), "stdout", Some(2)).await.unwrap();
+    let tail = admin
+        .log_response(
+            container_id(1),
+            "stdout",
+            &LogOptions {
+                tail_bytes: Some(2),
+                ..LogOptions::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(tail.text().await.unwrap(), "i\n");
-    let whole = admin.log_response(container_id(1), "stdout", Some(1000)).await.unwrap();
+    let whole = admin
+        .log_response(
+            container_id(1),
+            "stdout",
+            &LogOptions {
+                tail_bytes: Some(1000),
+                ..LogOptions::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(whole.text().await.unwrap(), "hi\n");
 }
 

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::*;
 
@@ -252,17 +252,11 @@ impl Http {
 
     /// `GET /v1/containers/{id}/logs/{stream}[?tail_bytes=N]`, the same path on the RM and on
     /// agents, unread, with the long timeout of a large log.
-    async fn log_response(
-        &self,
-        container_id: ContainerId,
-        stream: &str,
-        tail_bytes: Option<u64>,
-    ) -> Result<reqwest::Response, ClientError> {
-        let mut path = format!("/v1/containers/{container_id}/logs/{stream}");
-        if let Some(tail_bytes) = tail_bytes {
-            path.push_str(&format!("?tail_bytes={tail_bytes}"));
-        }
-        let response = self.send_raw::<()>(Method::GET, &path, None, Some(LOG_FETCH_TIMEOUT)).await?;
+    async fn log_response(&self, container_id: ContainerId, stream: &str, options: &LogOptions) -> Result<reqwest::Response, ClientError> {
+        let path = format!("/v1/containers/{container_id}/logs/{stream}{}", options.query());
+        // A followed log stays open while its container runs.
+        let timeout = if options.follow { LOG_FOLLOW_TIMEOUT } else { LOG_FETCH_TIMEOUT };
+        let response = self.send_raw::<()>(Method::GET, &path, None, Some(timeout)).await?;
         check(response).await
     }
 
@@ -424,9 +418,9 @@ impl RmClient {
         &self,
         container_id: ContainerId,
         stream: &str,
-        tail_bytes: Option<u64>,
+        options: &LogOptions,
     ) -> Result<reqwest::Response, ClientError> {
-        self.http.log_response(container_id, stream, tail_bytes).await
+        self.http.log_response(container_id, stream, options).await
     }
 
     pub async fn register_node(&self, request: &RegisterNodeRequest) -> Result<RegisterNodeReply, ClientError> {
@@ -499,9 +493,9 @@ impl AgentClient {
         &self,
         container_id: ContainerId,
         stream: &str,
-        tail_bytes: Option<u64>,
+        options: &LogOptions,
     ) -> Result<reqwest::Response, ClientError> {
-        self.http.log_response(container_id, stream, tail_bytes).await
+        self.http.log_response(container_id, stream, options).await
     }
 
     /// Partition `partition` of the map output `output_name` of `app_id`, read with the app's
@@ -560,6 +554,44 @@ impl AgentClient {
 const SHUFFLE_FETCH_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// The longest a log is streamed through the RM.
 const LOG_FETCH_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// How long a followed log may stay open (it ends when its container does).
+const LOG_FOLLOW_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Which part of a container's log to read: the query of `GET /v1/containers/{id}/logs/{stream}`
+/// at the RM and at the agents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogOptions {
+    /// Only the last N bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail_bytes: Option<u64>,
+    /// Only the last N lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail_lines: Option<u64>,
+    /// Keep the answer open and send what is appended until the container has ended.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+impl LogOptions {
+    /// `?tail_bytes=…&tail_lines=…&follow=true`, or nothing.
+    fn query(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(bytes) = self.tail_bytes {
+            parts.push(format!("tail_bytes={bytes}"));
+        }
+        if let Some(lines) = self.tail_lines {
+            parts.push(format!("tail_lines={lines}"));
+        }
+        if self.follow {
+            parts.push("follow=true".to_owned());
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", parts.join("&"))
+        }
+    }
+}
 
 /// 128 random bits in hex.
 fn new_idempotency_key() -> String {

@@ -19,7 +19,7 @@ pub mod tls;
 mod token;
 
 pub use account::{NodeIsolation, RunAs, check_account_name};
-pub use client::{AgentClient, AppFilter, ClientError, IDEMPOTENCY_KEY_HEADER, RmClient};
+pub use client::{AgentClient, AppFilter, ClientError, IDEMPOTENCY_KEY_HEADER, LogOptions, RmClient};
 pub use controls::{ControlError, OPERATOR_CONTROL_PREFIX, operator_control_key};
 pub use credential::{
     AgentLogin, BadCredential, CredentialError, GenerationKey, NodeAuthority, NodeCredential, NodeKeyring, RM_BEARER_VALIDITY,

@@ -2,6 +2,7 @@
 //! durable store, and the REST API that serves users, agents and application masters.
 
 pub mod api;
+pub mod app_logs;
 pub mod cluster;
 pub mod config;
 pub mod error;

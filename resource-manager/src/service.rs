@@ -282,6 +282,11 @@ impl ResourceManager {
                 }
             }
         }
+        if self.config.log_aggregation.dir.is_some() {
+            for app_id in outbox.ended {
+                self.tasks.spawn(crate::app_logs::aggregate(Arc::clone(self), app_id));
+            }
+        }
         for launch in outbox.am_launches {
             let rm = Arc::clone(self);
             self.tasks.spawn(async move {
@@ -411,7 +416,11 @@ impl ResourceManager {
         match self.store.purge_finished_before(cutoff_ms).await {
             Ok(purged) => {
                 let forgotten = cluster.forget_finished_before(cutoff_ms);
-                tracing::info!(purged, forgotten, "purged finished applications");
+                let logs = match &self.config.log_aggregation.dir {
+                    Some(dir) => crate::app_logs::purge_before(dir, cutoff_ms),
+                    None => 0,
+                };
+                tracing::info!(purged, forgotten, logs, "purged finished applications");
             }
             Err(err) => tracing::warn!(error = %err, "purging finished applications failed"),
         }

@@ -203,6 +203,8 @@ impl TestCluster {
             Db::Url(url) => url,
         };
         let mut config = format!("{top_level}{}", rm_config_toml(&db));
+        // Finished apps' logs are copied here (tests/logs.rs reads them after the agents are gone).
+        config.push_str(&format!("\n[log_aggregation]\ndir = {:?}\n", dir.path().join("app-logs")));
         if let Some(ca) = &tls {
             config.push_str(&format!(
                 "

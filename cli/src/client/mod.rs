@@ -41,6 +41,7 @@ pub async fn run(command: Command, global: &GlobalArgs) -> anyhow::Result<ExitCo
         Command::Submit(args) => submit::submit(&context, &args).await,
         Command::Apps(args) => apps::list(&context, &args).await,
         Command::App { app_id } => apps::show(&context, app_id).await,
+        Command::Wait { app_id } => submit::wait(&context, app_id).await,
         Command::Kill { app_id } => apps::kill(&context, app_id).await,
         Command::Scale(args) => stream::scale(&context, &args).await,
         Command::Nodes => nodes::list(&context).await,

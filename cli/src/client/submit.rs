@@ -52,9 +52,22 @@ pub async fn submit(context: &ClientContext, args: &SubmitArgs) -> anyhow::Resul
     if !context.json {
         outln!("{app_id}");
     }
+    wait(context, app_id).await
+}
+
+/// `spindle wait APP` and `submit --wait`: follows the app to its end and prints how it ended;
+/// 0 only if it SUCCEEDED. Ctrl-C stops the waiting, not the app, and says so.
+pub async fn wait(context: &ClientContext, app_id: AppId) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut progress = ProgressLine::on_stderr(ProgressMode::Off);
-    let report = wait_for_app(&context.client, app_id, &mut progress).await?;
+    let report = tokio::select! {
+        report = wait_for_app(&context.client, app_id, &mut progress) => report?,
+        _ = tokio::signal::ctrl_c() => {
+            progress.clear();
+            eprintln!("stopped waiting: {app_id} keeps running; `spindle wait {app_id}` follows it again, `spindle kill {app_id}` stops it");
+            return Ok(ExitCode::from(130));
+        }
+    };
     drop(progress);
     if context.json {
         print_json(&report)?;

@@ -9,8 +9,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use spindle_protocol::{
-    AgentClient, AppId, AppReport, AppState, ClusterReport, ContainerId, ContainerReport, DecommissionRequest, ErrorBody, JobSpec, NodeId,
-    NodeReport, QueueReport, RM_BEARER_VALIDITY, ScaleReply, ScaleRequest, SubmitReply, error_codes, now_ms, operator_control_key,
+    AgentClient, AppId, AppReport, AppState, ClusterReport, ContainerId, ContainerReport, DecommissionRequest, ErrorBody, JobSpec,
+    LogOptions, NodeId, NodeReport, QueueReport, RM_BEARER_VALIDITY, ScaleReply, ScaleRequest, SubmitReply, error_codes, now_ms,
+    operator_control_key,
 };
 
 use super::extract::{ApiJson, User};
@@ -260,24 +261,20 @@ pub async fn reload_queues(State(rm): Rm, User(caller): User) -> Result<Json<Que
     Ok(Json(rm.reload_queues().await?))
 }
 
-/// `?tail_bytes=N`: only the last N bytes of the log.
-#[derive(Debug, serde::Deserialize)]
-pub struct LogQuery {
-    tail_bytes: Option<u64>,
-}
-
 /// A container's stdout or stderr, fetched from its node (the app's owner, an admin of its
 /// queue or a cluster admin; 403 for anyone else).
 #[utoipa::path(get, path = "/v1/containers/{container_id}/logs/{stream}", tag = "apps",
     params(("container_id" = String, Path), ("stream" = String, Path, description = "stdout or stderr"),
-        ("tail_bytes" = Option<u64>, Query, description = "only the last N bytes")),
+        ("tail_bytes" = Option<u64>, Query, description = "only the last N bytes"),
+        ("tail_lines" = Option<u64>, Query, description = "only the last N lines"),
+        ("follow" = Option<bool>, Query, description = "keep sending what is appended until the container has ended")),
     responses((status = 200, body = String, content_type = "text/plain"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 502, body = ErrorBody)))]
 pub async fn container_logs(
     State(rm): Rm,
     User(caller): User,
     Path((container_id, stream)): Path<(String, String)>,
-    axum::extract::Query(query): axum::extract::Query<LogQuery>,
+    axum::extract::Query(options): axum::extract::Query<LogOptions>,
 ) -> Result<Response, ApiError> {
     let container_id = parse_container_id(&container_id)?;
     if stream != "stdout" && stream != "stderr" {
@@ -292,13 +289,26 @@ pub async fn container_logs(
         .rm_bearer(&location.node_id, rm.epoch(), now_ms() + RM_BEARER_VALIDITY.as_millis() as u64);
     let agent = AgentClient::new(&location.node_address, Some(bearer));
     // Streamed through, never held: a log may be gigabytes.
-    match agent.log_response(container_id, &stream, query.tail_bytes).await {
-        Ok(response) => {
-            let body = axum::body::Body::new(reqwest::Body::from(response));
-            Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
-        }
+    let fetched = agent.log_response(container_id, &stream, &options).await;
+    if let Ok(response) = fetched {
+        let body = axum::body::Body::new(reqwest::Body::from(response));
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response());
+    }
+    // The node no longer has it (retention, a lost or removed node): the copy made when the
+    // app ended, if log aggregation is on.
+    if let Some(dir) = &rm.config.log_aggregation.dir
+        && let Some(copy) = crate::app_logs::read_copy(dir, container_id, &stream).await
+    {
+        let headers = [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::HeaderName::from_static("x-spindle-log-source"), "aggregated"),
+        ];
+        return Ok((headers, crate::app_logs::tail_of(copy, &options)).into_response());
+    }
+    match fetched {
+        Ok(_) => unreachable!("answered above"),
         Err(err) if err.is_not_found() => Err(ApiError::not_found(format!(
-            "node {} has no logs for {container_id}",
+            "node {} has no logs for {container_id} (and no aggregated copy exists)",
             location.node_address
         ))),
         Err(err) => Err(ApiError::new(

@@ -231,6 +231,7 @@ impl Cluster {
         let live: Vec<ContainerId> = app.live.iter().copied().filter(|id| Some(*id) != keep).collect();
         self.mark_app(app_id);
         self.outbox.wake.insert(app_id);
+        self.outbox.ended.push(app_id);
         let reason = if state == AppState::Killed {
             "application killed"
         } else {

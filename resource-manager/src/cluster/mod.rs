@@ -31,7 +31,7 @@ pub use apps::{AppError, Caller};
 pub use nodes::NodeError;
 pub use reports::AppQuery;
 pub use scheduling::ReloadRefused;
-pub use view_acl::{ContainerLocation, HIDDEN};
+pub use view_acl::{ContainerLocation, ContainerPlace, HIDDEN};
 
 /// Timing and identity settings the state machine needs.
 #[derive(Debug, Clone)]
@@ -176,6 +176,8 @@ pub struct Outbox {
     pub am_launches: Vec<AmLaunch>,
     /// Apps whose AM may be long-polling and has news.
     pub wake: BTreeSet<AppId>,
+    /// Apps that have just ended: their logs are aggregated.
+    pub ended: Vec<AppId>,
 }
 
 /// An AM container the RM must start on a node.

@@ -28,7 +28,33 @@ pub struct ContainerLocation {
     pub node_address: String,
 }
 
+/// A container of an app and where its node is (for log aggregation).
+#[derive(Debug, Clone)]
+pub struct ContainerPlace {
+    pub container_id: ContainerId,
+    pub node_id: spindle_protocol::NodeId,
+    pub node_address: String,
+    pub state: spindle_protocol::ContainerState,
+}
+
 impl Cluster {
+    /// Every container of `app_id` the RM still knows, in id order, with its node.
+    pub fn app_container_locations(&self, app_id: spindle_protocol::AppId) -> Vec<ContainerPlace> {
+        let mut places: Vec<ContainerPlace> = self
+            .containers
+            .values()
+            .filter(|container| container.record.container_id.app == app_id)
+            .map(|container| ContainerPlace {
+                container_id: container.record.container_id,
+                node_id: container.record.node_id.clone(),
+                node_address: container.record.node_address.clone(),
+                state: container.record.state,
+            })
+            .collect();
+        places.sort_by_key(|place| place.container_id);
+        places
+    }
+
     /// Whether `caller` may see the private parts of an app's reports and its containers' logs
     /// (false for an unknown app). The same people may act on it: see `may_administer_app`.
     pub(crate) fn may_view_app(&self, caller: &Caller, app_id: AppId) -> bool {

@@ -84,6 +84,8 @@ pub struct RmConfig {
     /// Finished apps older than this are purged from the store (0 keeps them forever).
     #[serde(with = "seconds")]
     pub retain_finished: Duration,
+    /// Copies of finished apps' logs (`[log_aggregation]`; off unless `dir` is set).
+    pub log_aggregation: LogAggregationConfig,
     /// The HTTP server's limits against slow and misbehaving clients.
     pub http: HttpConfig,
     /// HTTPS for the API and towards agents (off by default).
@@ -95,6 +97,32 @@ pub struct RmConfig {
     /// The file this config was read from, if any: what a reload reads again.
     #[serde(skip)]
     pub path: Option<PathBuf>,
+}
+
+/// Aggregation of finished apps' logs, as YARN's: once an app has ended, the RM copies the last
+/// bytes of every container's stdout and stderr from its node, so they stay readable after the
+/// node's retention deleted the container's directory, until the app itself is purged
+/// (`retain_finished`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogAggregationConfig {
+    /// Where the copies go (`<dir>/<app_id>/<container_id>.<stdout|stderr>`, mode 0600); none:
+    /// no aggregation. With several RMs, a directory every RM host mounts.
+    pub dir: Option<PathBuf>,
+    /// At most this many bytes per app (the containers in id order; later ones are cut).
+    pub max_bytes_per_app: u64,
+    /// At most this many bytes of one log: its last bytes.
+    pub max_bytes_per_log: u64,
+}
+
+impl Default for LogAggregationConfig {
+    fn default() -> Self {
+        LogAggregationConfig {
+            dir: None,
+            max_bytes_per_app: 256 * 1024 * 1024,
+            max_bytes_per_log: 16 * 1024 * 1024,
+        }
+    }
 }
 
 /// How the scheduler takes capacity back and waits for locality.
@@ -212,6 +240,7 @@ impl Default for RmConfig {
             container_launch_expiry: Duration::from_secs(60),
             max_body_bytes: 1024 * 1024,
             retain_finished: Duration::from_secs(7 * 24 * 3600),
+            log_aggregation: LogAggregationConfig::default(),
             http: HttpConfig::default(),
             tls: TlsConfig::default(),
             scheduler: SchedulerConfig::default(),
