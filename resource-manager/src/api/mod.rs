@@ -5,6 +5,7 @@ mod extract;
 mod internal;
 mod join;
 mod public;
+mod yarn;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -91,6 +92,7 @@ fn short_routes() -> Router<Arc<ResourceManager>> {
         .route("/v1/internal/nodes/heartbeat", post(internal::node_heartbeat))
         .route("/v1/internal/am/register", post(internal::register_am))
         .route("/v1/internal/am/finish", post(internal::finish_am))
+        .merge(yarn::routes())
 }
 
 /// Prometheus text format, for any API user's bearer token: the figures name apps, users and

@@ -46,6 +46,10 @@ pub enum AppError {
 /// The AM container's copy of its job spec, in its working dir.
 const AM_JOB_SPEC_FILE: &str = "job-spec.json";
 
+/// Ids reserved by `new-application` and not used yet, at most (an abandoned one costs nothing
+/// but memory).
+const MAX_RESERVED_IDS: usize = 10_000;
+
 /// More AM attempts than this are never made, even when failures do not count (a node that
 /// keeps dying under the AM must not loop forever).
 const ATTEMPT_HARD_LIMIT_EXTRA: u32 = 10;
@@ -60,6 +64,48 @@ impl Cluster {
     /// submission made, unchanged (the spec is not compared: the key is the client's promise
     /// that it is the same submission).
     pub fn submit_once(&mut self, caller: &Caller, spec: JobSpec, key: Option<String>, now_ms: u64) -> Result<AppId, AppError> {
+        self.submit_as(caller, spec, key, None, now_ms)
+    }
+
+    /// Hands out an app id for a later `submit_reserved` (YARN's `new-application`). At most
+    /// `MAX_RESERVED_IDS` wait at once; the oldest are forgotten first.
+    pub fn reserve_app_id(&mut self, caller: &Caller) -> AppId {
+        let app_id = AppId {
+            cluster_ts: self.started_at_ms,
+            seq: self.next_app_seq,
+        };
+        self.next_app_seq += 1;
+        self.reserved_app_ids.insert(app_id, caller.user.clone());
+        while self.reserved_app_ids.len() > MAX_RESERVED_IDS {
+            self.reserved_app_ids.pop_first();
+        }
+        app_id
+    }
+
+    /// Submits under an id `reserve_app_id` gave this caller.
+    pub fn submit_reserved(&mut self, caller: &Caller, spec: JobSpec, app_id: AppId, now_ms: u64) -> Result<AppId, AppError> {
+        if self.reserved_app_ids.get(&app_id) != Some(&caller.user) {
+            return Err(AppError::InvalidRequest(SpecError {
+                field: "application-id".to_owned(),
+                reason: format!(
+                    "{app_id} was not handed out to {} by new-application (or the RM restarted since): ask for a new one",
+                    caller.user
+                ),
+            }));
+        }
+        let submitted = self.submit_as(caller, spec, None, Some(app_id), now_ms)?;
+        self.reserved_app_ids.remove(&app_id);
+        Ok(submitted)
+    }
+
+    fn submit_as(
+        &mut self,
+        caller: &Caller,
+        spec: JobSpec,
+        key: Option<String>,
+        reserved: Option<AppId>,
+        now_ms: u64,
+    ) -> Result<AppId, AppError> {
         if let Some(key) = &key
             && let Some(app_id) = self.submission_keys.get(&(caller.user.clone(), key.clone()))
         {
@@ -80,11 +126,13 @@ impl Cluster {
         for (field, shape) in spec.container_shapes() {
             self.check_fits_some_node(field, shape)?;
         }
-        let app_id = AppId {
-            cluster_ts: self.started_at_ms,
-            seq: self.next_app_seq,
-        };
-        self.next_app_seq += 1;
+        let app_id = reserved.unwrap_or_else(|| {
+            self.next_app_seq += 1;
+            AppId {
+                cluster_ts: self.started_at_ms,
+                seq: self.next_app_seq - 1,
+            }
+        });
         let mut record = AppRecord {
             app_id,
             user: caller.user.clone(),

@@ -59,6 +59,9 @@ pub struct Cluster {
     /// (user, idempotency key) → the app that submission made: a retried submission (its
     /// answer lost in a crash or a failover) names the same app.
     submission_keys: HashMap<(String, String), AppId>,
+    /// Ids handed out by YARN's `new-application` and not submitted yet, with the user who
+    /// asked: soft state (an RM restart forgets them; the client asks again).
+    reserved_app_ids: BTreeMap<AppId, String>,
     apps: BTreeMap<AppId, App>,
     containers: HashMap<ContainerId, Container>,
     nodes: BTreeMap<NodeId, Node>,
@@ -199,6 +202,7 @@ impl Cluster {
             started_at_ms: now_ms,
             next_app_seq: 1,
             submission_keys: HashMap::new(),
+            reserved_app_ids: BTreeMap::new(),
             apps: BTreeMap::new(),
             containers: HashMap::new(),
             nodes: BTreeMap::new(),
