@@ -93,8 +93,12 @@ pub enum Command {
     },
     /// Set the parallelism of a streaming job's operator; its AM rescales it while it runs.
     Scale(ScaleArgs),
-    /// List node agents.
-    Nodes,
+    /// List node agents (DECOMMISSIONED and LOST ones only with --all).
+    Nodes {
+        /// Also nodes that were decommissioned or lost.
+        #[arg(long)]
+        all: bool,
+    },
     /// Show the queue tree with each queue's shares, usage and users; `queues reload` applies
     /// the RM config file's [queues] again.
     Queues {
@@ -103,6 +107,11 @@ pub enum Command {
     },
     /// Drain a node, then remove it from the cluster.
     Decommission(DecommissionArgs),
+    /// Call a drain off: a DECOMMISSIONING node runs new containers again.
+    Recommission {
+        /// Node id (host:port), as `spindle nodes` shows it.
+        node_id: String,
+    },
     /// Make a token that lets new node agents join (cluster admins only); prints it.
     JoinToken(JoinTokenArgs),
     /// Print the stdout (or stderr) of a container, or of every container of an app; --follow

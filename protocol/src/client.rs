@@ -383,6 +383,18 @@ impl RmClient {
             .await
     }
 
+    /// Calls a drain off (admins only): the node is RUNNING again.
+    pub async fn recommission(&self, node_id: &NodeId) -> Result<NodeReport, ClientError> {
+        self.http
+            .call(
+                Method::POST,
+                &format!("/v1/nodes/{node_id}/recommission"),
+                Some(&serde_json::json!({})),
+                None,
+            )
+            .await
+    }
+
     pub async fn decommission(&self, node_id: &NodeId, request: &DecommissionRequest) -> Result<NodeReport, ClientError> {
         self.http
             .call(Method::POST, &format!("/v1/nodes/{node_id}/decommission"), Some(request), None)

@@ -161,6 +161,8 @@ impl NodeState {
         matches!(
             (self, next),
             (New | Lost | Decommissioned, Running)
+                // Recommissioned: a drain called off (`spindle recommission`), as YARN allows.
+                | (Decommissioning, Running)
                 | (Running, Unhealthy)
                 | (Unhealthy, Running)
                 | (New | Running | Unhealthy, Decommissioning)
@@ -245,6 +247,7 @@ mod tests {
             (Running, Decommissioning),
             (Unhealthy, Decommissioning),
             (Decommissioning, Decommissioned),
+            (Decommissioning, Running),
             (New, Lost),
             (Running, Lost),
             (Unhealthy, Lost),

@@ -44,7 +44,8 @@ pub async fn run(command: Command, global: &GlobalArgs) -> anyhow::Result<ExitCo
         Command::Wait { app_id } => submit::wait(&context, app_id).await,
         Command::Kill { app_id } => apps::kill(&context, app_id).await,
         Command::Scale(args) => stream::scale(&context, &args).await,
-        Command::Nodes => nodes::list(&context).await,
+        Command::Nodes { all } => nodes::list(&context, all).await,
+        Command::Recommission { node_id } => nodes::recommission(&context, &node_id).await,
         Command::Queues { action: None } => nodes::queues(&context).await,
         Command::Queues {
             action: Some(QueuesAction::Reload),

@@ -9,14 +9,41 @@ use super::{ClientContext, print_json};
 use crate::args::{DecommissionArgs, JoinTokenArgs};
 use crate::table::{Table, age, memory, wire_name};
 
-pub async fn list(context: &ClientContext) -> anyhow::Result<ExitCode> {
-    let nodes = context.client.nodes().await.context("cannot list nodes")?;
+/// `spindle nodes [--all]`: nodes that left (DECOMMISSIONED, LOST) only with `--all`, so a
+/// cluster that has churned through many hosts still lists what it has.
+pub async fn list(context: &ClientContext, all: bool) -> anyhow::Result<ExitCode> {
+    let mut nodes = context.client.nodes().await.context("cannot list nodes")?;
+    let total = nodes.len();
+    if !all {
+        nodes.retain(|node| !matches!(node.state, NodeState::Decommissioned | NodeState::Lost));
+    }
+    let hidden = total - nodes.len();
     if context.json {
         print_json(&nodes)?;
-    } else if nodes.is_empty() {
+    } else if total == 0 {
         eprintln!("no nodes: start one with `spindle node-agent --rm URL`, or a whole cluster with `spindle local`");
     } else {
-        out!("{}", nodes_table(&nodes, now_ms()).render());
+        if !nodes.is_empty() {
+            out!("{}", nodes_table(&nodes, now_ms()).render());
+        }
+        if hidden > 0 {
+            eprintln!("{hidden} decommissioned or lost node(s) not shown: `spindle nodes --all` lists them");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn recommission(context: &ClientContext, node_id: &str) -> anyhow::Result<ExitCode> {
+    let node_id = NodeId(node_id.to_owned());
+    let node = context
+        .client
+        .recommission(&node_id)
+        .await
+        .with_context(|| format!("cannot recommission {node_id}"))?;
+    if context.json {
+        print_json(&node)?;
+    } else {
+        outln!("{node_id}  {}", wire_name(&node.state));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -29,7 +29,7 @@ pub use extract::parse_json;
     info(title = "Spindle resource manager", description = "Submit jobs, watch apps, containers and nodes."),
     paths(
         public::submit_app, public::list_apps, public::get_app, public::kill_app, public::scale_operator, public::app_containers,
-        public::list_nodes, public::get_node, public::decommission_node, public::cluster_report, public::queues, public::reload_queues,
+        public::list_nodes, public::get_node, public::decommission_node, public::recommission_node, public::cluster_report, public::queues, public::reload_queues,
         public::container_logs, join::create_join_token
     ),
     components(schemas(spindle_protocol::JobSpec, spindle_protocol::ShellSpec, spindle_protocol::CustomSpec, spindle_protocol::JobKind,
@@ -83,6 +83,7 @@ fn short_routes() -> Router<Arc<ResourceManager>> {
         .route("/v1/nodes", get(public::list_nodes))
         .route("/v1/nodes/{node_id}", get(public::get_node))
         .route("/v1/nodes/{node_id}/decommission", post(public::decommission_node))
+        .route("/v1/nodes/{node_id}/recommission", post(public::recommission_node))
         .route("/v1/cluster", get(public::cluster_report))
         .route("/v1/cluster/join-tokens", post(join::create_join_token))
         .route("/v1/queues", get(public::queues))

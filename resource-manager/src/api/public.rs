@@ -201,6 +201,33 @@ pub async fn get_node(State(rm): Rm, _user: User, Path(node_id): Path<String>) -
     })
 }
 
+/// Call a drain off: a DECOMMISSIONING node is RUNNING again (admins only).
+#[utoipa::path(post, path = "/v1/nodes/{node_id}/recommission", tag = "nodes", params(("node_id" = String, Path)),
+    responses((status = 200, body = NodeReport), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn recommission_node(State(rm): Rm, User(caller): User, Path(node_id): Path<String>) -> Result<Json<NodeReport>, ApiError> {
+    if !caller.admin {
+        return Err(ApiError::forbidden(format!(
+            "user {} may not recommission nodes: only admins may",
+            caller.user
+        )));
+    }
+    let node_id = NodeId(node_id);
+    let report = rm
+        .mutate(|cluster, _| {
+            cluster.recommission(&node_id)?;
+            Ok::<_, crate::cluster::NodeError>(cluster.node_report(&node_id))
+        })
+        .await??;
+    tracing::info!(node = %node_id, user = %caller.user, "node recommissioned");
+    report.map(Json).ok_or_else(|| {
+        ApiError::with_code(
+            StatusCode::NOT_FOUND,
+            error_codes::NODE_NOT_FOUND,
+            format!("node {node_id} not found"),
+        )
+    })
+}
+
 /// Drain a node, then remove it (admins only).
 #[utoipa::path(post, path = "/v1/nodes/{node_id}/decommission", tag = "nodes", params(("node_id" = String, Path)),
     request_body = DecommissionRequest,

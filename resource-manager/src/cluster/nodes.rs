@@ -287,6 +287,26 @@ impl Cluster {
         Ok(())
     }
 
+    /// Calls a drain off: a DECOMMISSIONING node is RUNNING again and takes new containers (its
+    /// running ones were never stopped). Anything else is a conflict naming its state.
+    pub fn recommission(&mut self, node_id: &NodeId) -> Result<(), NodeError> {
+        let node = self.nodes.get_mut(node_id).ok_or_else(|| NodeError::NotFound(node_id.clone()))?;
+        if node.record.state != NodeState::Decommissioning {
+            return Err(NodeError::Conflict {
+                node: node_id.clone(),
+                state: node.record.state,
+                what: "only a DECOMMISSIONING node can be recommissioned (a DECOMMISSIONED one comes back when its agent registers again)"
+                    .to_owned(),
+            });
+        }
+        transitions::transition(&node.record.node_id, &mut node.record.state, NodeState::Running);
+        node.record.decommission_deadline_ms = None;
+        self.mark_node(node_id);
+        self.round_due = true;
+        tracing::info!(node = %node_id, "node recommissioned");
+        Ok(())
+    }
+
     /// Kills what outlived a drain's deadline; a drained node becomes DECOMMISSIONED.
     pub(super) fn advance_decommissions(&mut self, now_ms: u64) {
         let draining: Vec<NodeId> = self

@@ -281,6 +281,34 @@ fn a_decommissioning_node_drains_then_is_decommissioned() {
 }
 
 #[test]
+fn a_recommissioned_node_runs_new_containers_again_and_only_a_draining_one_can_be() {
+    let (mut rm, _n1, mut n2, mut am, tasks) = job_with_tasks_on_n2();
+    rm.decommission("n2:8042", 300, false, 1_000).unwrap();
+    am.ask(&mut rm, 1, 1_100);
+    assert!(am.collect_news(&mut rm).is_none(), "a draining node takes no new containers");
+
+    rm.mutate(|cluster| cluster.recommission(&node_id("n2:8042"))).unwrap();
+    assert_eq!(rm.node("n2:8042").state, NodeState::Running);
+    let reply = n2.heartbeat(&mut rm, 1_200);
+    assert!(
+        !reply.drain && !reply.shutdown && reply.kill.is_empty(),
+        "running tasks go on: {reply:?}"
+    );
+    let news = am.collect_news(&mut rm).expect("the pending ask is granted");
+    assert_eq!(news.allocated[0].node_id, node_id("n2:8042"));
+    assert!(tasks.iter().all(|id| rm.container(*id).exit_reason.is_none()), "nothing was killed");
+
+    for (node, why) in [("n2:8042", "running"), ("n9:8042", "unknown")] {
+        let refused = rm.mutate(|cluster| cluster.recommission(&node_id(node)));
+        assert!(refused.is_err(), "{why}: {refused:?}");
+    }
+    assert!(matches!(
+        rm.mutate(|cluster| cluster.recommission(&node_id("n9:8042"))),
+        Err(NodeError::NotFound(_))
+    ));
+}
+
+#[test]
 fn a_forced_decommission_kills_at_once() {
     let (mut rm, _n1, mut n2, mut am, tasks) = job_with_tasks_on_n2();
     // A third task is granted on n2 but not launched yet: it ends at once.
