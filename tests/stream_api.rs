@@ -193,5 +193,19 @@ async fn the_ams_stream_detail_shows_in_metrics() {
     ] {
         assert!(metrics.lines().any(|written| written == line), "no `{line}` in:\n{metrics}");
     }
+    // Prometheus' own parser reads all of it: the RM's families and the AM's, with their types
+    // and labels (skipped, saying so, where the parser is not installed).
+    if let Some(families) = support::parse_prometheus_text(&metrics) {
+        assert_eq!(families["spindle_store_commits"]["type"], "counter", "{families}");
+        assert_eq!(families["spindle_nodes"]["type"], "gauge");
+        assert_eq!(families["spindle_stream_restarts"]["type"], "counter");
+        let busy = &families["spindle_stream_busy_ratio"]["samples"][0];
+        assert_eq!(busy[1]["app"], app_id.to_string());
+        assert_eq!(
+            (busy[1]["operator"].as_str(), busy[1]["instance"].as_str()),
+            (Some("count"), Some("0"))
+        );
+        assert_eq!(busy[2], 0.75);
+    }
     rm.stop().await;
 }

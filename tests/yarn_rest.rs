@@ -3,9 +3,9 @@
 //! listed and filtered, one app's report and attempts, nodes, and a shell app submitted through
 //! `new-application` + `POST /ws/v1/cluster/apps` and killed with `PUT …/state`.
 //!
-//! The client runs in `target/yarn-client-venv` (`.ci/run` makes it) or whatever python
-//! `SPINDLE_YARN_CLIENT_PYTHON` names; without it the test skips, saying so, unless
-//! `SPINDLE_REQUIRE_YARN_CLIENT` is set.
+//! The client runs in `target/test-venv` (`.ci/run` makes it) or whatever python
+//! `SPINDLE_TEST_PYTHON` names; without it the test skips, saying so, unless
+//! `SPINDLE_REQUIRE_TEST_PYTHON` is set.
 
 mod support;
 
@@ -15,29 +15,9 @@ use std::time::Duration;
 use serde_json::Value;
 use support::{ADMIN_TOKEN, Db, TestCluster, run_to_success, shell_job};
 
-/// A python that can import the client, if there is one.
-fn client_python() -> Option<PathBuf> {
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/yarn-client-venv/bin/python");
-    let candidates = [
-        std::env::var_os("SPINDLE_YARN_CLIENT_PYTHON").map(PathBuf::from),
-        Some(venv),
-        Some(PathBuf::from("python3")),
-    ];
-    candidates.into_iter().flatten().find(|python| {
-        std::process::Command::new(python)
-            .args(["-c", "import yarn_api_client"])
-            .output()
-            .is_ok_and(|output| output.status.success())
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_yarn_rest_client_reads_the_cluster_and_submits_and_kills_an_app() {
-    let Some(python) = client_python() else {
-        support::skip_unless_required(
-            "SPINDLE_REQUIRE_YARN_CLIENT",
-            "no python with yarn-api-client (python3 -m venv target/yarn-client-venv && target/yarn-client-venv/bin/pip install yarn-api-client==1.0.3)",
-        );
+    let Some(python) = support::test_python("yarn_api_client") else {
         return;
     };
     let mut cluster = TestCluster::start(Db::Sqlite).await;
@@ -47,7 +27,7 @@ async fn a_yarn_rest_client_reads_the_cluster_and_submits_and_kills_an_app() {
     let done = run_to_success(&admin, &shell_job("yarn-visible", "echo hi", 2, 128, 0), Duration::from_secs(60)).await;
     let node_id = cluster.node_id(0).0.clone();
 
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/yarn/yarn_client.py");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/python/yarn_client.py");
     let output = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new(&python)

@@ -47,6 +47,65 @@ pub use self::{
 /// The cluster secret every test cluster shares between its RM and agents.
 pub const SECRET: &str = "e2e-cluster-secret-0123456789abcdef";
 
+/// Set by CI: tests that drive the RM with tools from PyPI fail, instead of skipping, when no
+/// python has them.
+pub const REQUIRE_TEST_PYTHON: &str = "SPINDLE_REQUIRE_TEST_PYTHON";
+
+/// A python that can import `modules` (tools from PyPI the tests use): `SPINDLE_TEST_PYTHON`,
+/// the venv `.ci/run` makes (`target/test-venv`), or `python3`. `None` (with a line saying
+/// the test is skipped, or a panic under `SPINDLE_REQUIRE_TEST_PYTHON`) when none can.
+pub fn test_python(modules: &str) -> Option<PathBuf> {
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-venv/bin/python");
+    let candidates = [
+        std::env::var_os("SPINDLE_TEST_PYTHON").map(PathBuf::from),
+        Some(venv),
+        Some(PathBuf::from("python3")),
+    ];
+    let found = candidates.into_iter().flatten().find(|python| {
+        std::process::Command::new(python)
+            .args(["-c", &format!("import {modules}")])
+            .output()
+            .is_ok_and(|output| output.status.success())
+    });
+    if found.is_none() {
+        skip_unless_required(
+            REQUIRE_TEST_PYTHON,
+            &format!(
+                "no python can import {modules} (python3 -m venv target/test-venv && target/test-venv/bin/pip install yarn-api-client==1.0.3 prometheus-client==0.21.1)"
+            ),
+        );
+    }
+    found
+}
+
+/// Parses Prometheus text with `prometheus_client`'s parser: family name → `{"type", "samples":
+/// [[name, labels, value]]}`, or `None` when the parser is not installed (the caller skips).
+pub fn parse_prometheus_text(text: &str) -> Option<serde_json::Value> {
+    let python = test_python("prometheus_client")?;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/python/parse_prometheus.py");
+    let mut child = std::process::Command::new(python)
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the Prometheus parser");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed the parser");
+    let output = child.wait_with_output().expect("the parser ends");
+    assert!(
+        output.status.success(),
+        "Prometheus' parser refused the text:\n{}\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(serde_json::from_slice(&output.stdout).expect("the parser prints JSON"))
+}
+
 /// Set by CI: a missing PostgreSQL server (or its binaries) fails the tests that need it
 /// instead of skipping them.
 pub const REQUIRE_POSTGRES: &str = "SPINDLE_REQUIRE_POSTGRES";
