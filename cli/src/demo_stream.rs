@@ -15,7 +15,7 @@ const STREAM_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Submits the streaming job: 2 generators (5,000 events/s each, 12 s of events) → key_by →
 /// 1 s tumbling count per key → files committed on checkpoints.
-pub async fn start(cluster: &LocalCluster, data_dir: &Path) -> anyhow::Result<AppId> {
+pub async fn start(cluster: &LocalCluster, data_dir: &Path) -> anyhow::Result<StreamDemo> {
     let job = format!(
         r#"name = "demo-stream"
 kind = "stream"
@@ -58,20 +58,55 @@ path = {out:?}
         .await
         .context("cannot submit the demo streaming job")?;
     outln!("\nSubmitted {app_id}: a streaming window count (generator → key_by → 1 s count → files), running beside the batch jobs.");
-    Ok(app_id)
+    // Rescaled as soon as its pipeline runs, while its sources still have seconds of events to
+    // go, not after the batch jobs (by then a slow machine may have run the sources dry, and a
+    // job whose sources ended rescales nothing).
+    let client = cluster.client();
+    let rescale = tokio::spawn(async move { rescale_when_running(&client, app_id).await });
+    Ok(StreamDemo { app_id, rescale })
+}
+
+/// The demo's streaming job and its rescale in progress.
+pub struct StreamDemo {
+    app_id: AppId,
+    rescale: tokio::task::JoinHandle<anyhow::Result<spindle_protocol::ScaleReply>>,
+}
+
+/// Waits until every operator has its instances (the pipeline is deployed), then asks for
+/// `count` 2 → 3.
+async fn rescale_when_running(client: &RmClient, app_id: AppId) -> anyhow::Result<spindle_protocol::ScaleReply> {
+    let started = Instant::now();
+    loop {
+        let report = client.app(app_id).await?;
+        if report.state.is_terminal() {
+            return Err(anyhow!("it ended before its pipeline was seen running"));
+        }
+        let deployed = report
+            .detail
+            .and_then(|detail| detail.stream())
+            .is_some_and(|stream| !stream.operators.is_empty() && stream.operators.iter().all(|operator| !operator.instances.is_empty()));
+        if deployed {
+            return Ok(client.scale_operator(app_id, "count", 3).await?);
+        }
+        if started.elapsed() > STREAM_TIMEOUT {
+            return Err(anyhow!("its pipeline did not start within {}s", STREAM_TIMEOUT.as_secs()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Rescales the window operator while the job runs, waits for the job to end and shows what it
 /// committed.
-pub async fn finish(cluster: &LocalCluster, app_id: AppId, data_dir: &Path) -> anyhow::Result<bool> {
+pub async fn finish(cluster: &LocalCluster, demo: StreamDemo, data_dir: &Path) -> anyhow::Result<bool> {
     let client = cluster.client();
-    match client.scale_operator(app_id, "count", 3).await {
+    let StreamDemo { app_id, rescale } = demo;
+    match rescale.await.map_err(anyhow::Error::from).and_then(|scaled| scaled) {
         Ok(reply) => outln!(
-            "\nRescaling the streaming job's `count` operator {} → {} while it runs…",
+            "\nThe streaming job's `count` operator was rescaled {} → {} while it ran.",
             reply.previous,
             reply.parallelism
         ),
-        Err(err) => outln!("\n(not rescaled: {err})"),
+        Err(err) => outln!("\n(not rescaled: {err:#})"),
     }
     let started = Instant::now();
     let report = loop {
