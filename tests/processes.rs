@@ -74,9 +74,15 @@ async fn rm_and_two_agents_run_a_shell_job() {
             .and_then(|index| index.parse().ok())
             .unwrap_or_else(|| panic!("`spindle logs {}` printed {:?}", task.container_id, logs.stdout));
         greeted.insert(index);
-        let tail = cluster.cli(&["logs", &task.container_id.to_string(), "--tail", "3"]).await;
+        let tail = cluster.cli(&["logs", &task.container_id.to_string(), "--tail-bytes", "3"]).await;
         assert!(tail.success(), "{tail}");
-        assert_eq!(tail.stdout, logs.stdout[logs.stdout.len() - 3..], "`--tail 3` is the last 3 bytes");
+        assert_eq!(
+            tail.stdout,
+            logs.stdout[logs.stdout.len() - 3..],
+            "`--tail-bytes 3` is the last 3 bytes"
+        );
+        let last_line = cluster.cli(&["logs", &task.container_id.to_string(), "--tail", "1"]).await;
+        assert_eq!(last_line.stdout, logs.stdout, "`--tail 1` is the one line it printed");
     }
     assert_eq!(greeted, (0..4).collect(), "every task index said hello once");
 

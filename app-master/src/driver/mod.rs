@@ -175,7 +175,15 @@ where
             (rm, result) = allocate => {
                 in_flight = None;
                 idle = Some(rm);
-                let heartbeat = result?;
+                let heartbeat = match result {
+                    Ok(heartbeat) => heartbeat,
+                    // The attempt ends here (refused, the RM gone past the budget, or asked to
+                    // stop while the allocate waited): the framework's processes go too.
+                    Err(error) => {
+                        framework.stop();
+                        return Err(error);
+                    }
+                };
                 let now = Instant::now();
                 if let Some(registered) = &heartbeat.reregistered {
                     framework.on_registered(&without_own(&registered.live_containers, own), now);

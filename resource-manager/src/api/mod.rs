@@ -1,6 +1,7 @@
 //! The RM's HTTP server: the public API, the internal protocol, health, metrics, OpenAPI.
 
 mod app_metrics;
+mod dashboard;
 mod extract;
 mod internal;
 mod join;
@@ -94,6 +95,7 @@ fn short_routes() -> Router<Arc<ResourceManager>> {
         .route("/v1/internal/am/register", post(internal::register_am))
         .route("/v1/internal/am/finish", post(internal::finish_am))
         .merge(yarn::routes())
+        .merge(dashboard::routes())
 }
 
 /// Prometheus text format, for any API user's bearer token: the figures name apps, users and
