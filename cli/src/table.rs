@@ -167,17 +167,23 @@ pub fn precise_duration(ms: u64) -> String {
     }
 }
 
-/// Memory in the unit people read fastest: `512M`, `2G`, `1.5G`.
+/// Memory in the unit people read fastest: `512 MB`, `2 GB`, `1.5 GB`.
 pub fn memory(mb: u64) -> String {
     if mb < 1024 {
-        return format!("{mb}M");
+        return format!("{mb} MB");
     }
     let gb = mb as f64 / 1024.0;
     if mb.is_multiple_of(1024) {
-        format!("{}G", mb / 1024)
+        format!("{} GB", mb / 1024)
     } else {
-        format!("{gb:.1}G")
+        format!("{gb:.1} GB")
     }
+}
+
+/// A container size or a use of capacity as it reads: `1 vcore / 512 MB`, `4 vcores / 3.2 GB`.
+pub fn resources(resources: &spindle_protocol::Resources) -> String {
+    let plural = if resources.vcores == 1 { "" } else { "s" };
+    format!("{} vcore{plural} / {}", resources.vcores, memory(resources.memory_mb))
 }
 
 /// `0.456` → `46%`.
@@ -270,9 +276,11 @@ mod tests {
         assert_eq!(precise_duration(42), "42ms");
         assert_eq!(precise_duration(1_300), "1.3s");
         assert_eq!(precise_duration(65_000), "1m05s");
-        assert_eq!(memory(512), "512M");
-        assert_eq!(memory(2048), "2G");
-        assert_eq!(memory(1536), "1.5G");
+        assert_eq!(memory(512), "512 MB");
+        assert_eq!(memory(2048), "2 GB");
+        assert_eq!(memory(1536), "1.5 GB");
+        assert_eq!(resources(&spindle_protocol::Resources::new(1, 512)), "1 vcore / 512 MB");
+        assert_eq!(resources(&spindle_protocol::Resources::new(4, 3277)), "4 vcores / 3.2 GB");
         assert_eq!(percent(0.456), "46%");
         assert_eq!(percent(7.0), "100%");
         assert_eq!(or_dash(None::<u32>), "-");

@@ -7,7 +7,7 @@ use spindle_protocol::{AppFilter, AppId, AppReport, ContainerReport, now_ms};
 
 use super::{ClientContext, print_json};
 use crate::args::AppsArgs;
-use crate::table::{Table, age, key_values, memory, or_dash, percent, precise_duration, wire_name};
+use crate::table::{Table, age, key_values, or_dash, percent, precise_duration, wire_name};
 
 pub async fn list(context: &ClientContext, args: &AppsArgs) -> anyhow::Result<ExitCode> {
     let filter = AppFilter {
@@ -181,14 +181,9 @@ pub fn containers_table(containers: &[ContainerReport]) -> Table {
     table
 }
 
-/// `2 vcores, 512M`
+/// `2 vcores / 512 MB`
 fn resources(resources: &spindle_protocol::Resources) -> String {
-    format!(
-        "{} vcore{}, {}",
-        resources.vcores,
-        if resources.vcores == 1 { "" } else { "s" },
-        memory(resources.memory_mb)
-    )
+    crate::table::resources(resources)
 }
 
 pub async fn kill(context: &ClientContext, app_id: AppId) -> anyhow::Result<ExitCode> {
@@ -251,7 +246,7 @@ mod tests {
     fn the_app_report_shows_state_and_resources() {
         let report = app_report(&app(1, AppState::Running), &[], 4_000);
         assert!(report.contains("state         RUNNING\n"), "{report}");
-        assert!(report.contains("2 running, holding 2 vcores, 384M"), "{report}");
+        assert!(report.contains("2 running, holding 2 vcores / 384 MB"), "{report}");
         assert!(report.contains("run time      2.0s"), "{report}");
         assert!(!report.contains("Containers"));
     }

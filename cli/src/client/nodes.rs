@@ -7,7 +7,7 @@ use spindle_protocol::{DecommissionRequest, JoinTokenRequest, NodeId, NodeReport
 
 use super::{ClientContext, print_json};
 use crate::args::{DecommissionArgs, JoinTokenArgs};
-use crate::table::{Table, age, memory, wire_name};
+use crate::table::{Table, age, wire_name};
 
 /// `spindle nodes [--all]`: nodes that left (DECOMMISSIONED, LOST) only with `--all`, so a
 /// cluster that has churned through many hosts still lists what it has.
@@ -87,9 +87,9 @@ pub fn queues_table(root: &QueueReport) -> Table {
         }
     }
     fn resources(value: Resources) -> String {
-        format!("{}/{}", value.vcores, memory(value.memory_mb))
+        crate::table::resources(&value)
     }
-    let mut table = Table::new(&["QUEUE", "GUARANTEED", "MAXIMUM", "USED", "PENDING", "APPS", "USERS"]).right_align(&[1, 2, 3, 4, 5]);
+    let mut table = Table::new(&["QUEUE", "GUARANTEED", "MAXIMUM", "USED", "PENDING", "APPS", "USERS"]).right_align(&[1, 2, 5]);
     add(&mut table, root, 0);
     table
 }
@@ -100,20 +100,20 @@ pub fn nodes_table(nodes: &[NodeReport], now_ms: u64) -> Table {
         "STATE",
         "RACK",
         "CONTAINERS",
-        "VCORES",
-        "MEMORY",
+        "USED",
+        "CAPACITY",
         "LAST HEARTBEAT",
         "RUNS CONTAINERS AS",
     ])
-    .right_align(&[3, 4, 5]);
+    .right_align(&[3]);
     for node in nodes {
         table.row(vec![
             node.node_id.to_string(),
             wire_name(&node.state),
             node.rack.clone(),
             node.containers.to_string(),
-            format!("{}/{}", node.used.vcores, node.capacity.vcores),
-            format!("{}/{}", memory(node.used.memory_mb), memory(node.capacity.memory_mb)),
+            crate::table::resources(&node.used),
+            crate::table::resources(&node.capacity),
             age(now_ms, node.last_heartbeat_ms),
             node.isolation.summary(),
         ]);
@@ -196,9 +196,9 @@ mod tests {
         let table = nodes_table(&[node, single_user], 10_000).render();
         assert_eq!(
             table,
-            "ID              STATE    RACK           CONTAINERS  VCORES    MEMORY  LAST HEARTBEAT  RUNS CONTAINERS AS\n\
-             127.0.0.1:8042  RUNNING  /default-rack           3     3/8  640M/16G  1s ago          per-user\n\
-             127.0.0.1:8043  RUNNING  /default-rack           3     3/8  640M/16G  1s ago          single-tenant (as alice)\n"
+            "ID              STATE    RACK           CONTAINERS  USED               CAPACITY          LAST HEARTBEAT  RUNS CONTAINERS AS\n\
+             127.0.0.1:8042  RUNNING  /default-rack           3  3 vcores / 640 MB  8 vcores / 16 GB  1s ago          per-user\n\
+             127.0.0.1:8043  RUNNING  /default-rack           3  3 vcores / 640 MB  8 vcores / 16 GB  1s ago          single-tenant (as alice)\n"
         );
     }
 
@@ -230,9 +230,9 @@ mod tests {
         let table = queues_table(&root).render();
         assert_eq!(
             table,
-            "QUEUE      GUARANTEED  MAXIMUM    USED  PENDING  APPS  USERS\n\
-             root             100%     100%  3/640M   1/128M     2\n\
-             \x20 default        100%     100%  3/640M   1/128M     2  alice\n"
+            "QUEUE      GUARANTEED  MAXIMUM  USED               PENDING           APPS  USERS\n\
+             root             100%     100%  3 vcores / 640 MB  1 vcore / 128 MB     2\n\
+             \x20 default        100%     100%  3 vcores / 640 MB  1 vcore / 128 MB     2  alice\n"
         );
     }
 }
