@@ -202,3 +202,47 @@ fn a_submission_repeated_with_its_key_makes_one_app_also_across_a_restart() {
     let unkeyed = rm.submit(shell_spec(1), 230).unwrap();
     assert_ne!(unkeyed, first);
 }
+
+#[test]
+fn a_reserved_app_id_is_used_once_and_only_by_the_user_it_was_reserved_for() {
+    let mut rm = cluster();
+    register(&mut rm, "n1:8042", 4, 4096, 0);
+    let reserved = rm.mutate(|cluster| Ok::<_, AppError>(cluster.reserve_app_id(&caller()))).unwrap();
+    let mallory = Caller {
+        user: "mallory".to_owned(),
+        admin: false,
+        unix_user: Some("nobody".to_owned()),
+    };
+    let refused =
+        |result: Result<AppId, AppError>| matches!(result, Err(AppError::InvalidRequest(error)) if error.field == "application-id");
+    // Another user cannot take it, nor may anyone submit under an id never handed out.
+    assert!(refused(rm.mutate(|cluster| cluster.submit_reserved(
+        &mallory,
+        shell_spec(1),
+        reserved,
+        0
+    ))));
+    let unknown = AppId {
+        seq: reserved.seq + 100,
+        ..reserved
+    };
+    assert!(refused(rm.mutate(|cluster| cluster.submit_reserved(
+        &caller(),
+        shell_spec(1),
+        unknown,
+        0
+    ))));
+    assert!(rm.last_writes.apps.is_empty(), "a refused submission writes nothing");
+
+    let app_id = rm
+        .mutate(|cluster| cluster.submit_reserved(&caller(), shell_spec(1), reserved, 0))
+        .unwrap();
+    assert_eq!(app_id, reserved);
+    assert!(
+        refused(rm.mutate(|cluster| cluster.submit_reserved(&caller(), shell_spec(1), reserved, 0))),
+        "used once"
+    );
+    // Ids of ordinary submissions never collide with a reserved one.
+    let next = rm.submit(shell_spec(1), 0).unwrap();
+    assert!(next.seq > reserved.seq);
+}
