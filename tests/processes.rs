@@ -113,6 +113,29 @@ async fn rm_and_two_agents_run_a_shell_job() {
     assert!(submitted.success(), "{submitted}");
     assert!(submitted.stdout.contains("SUCCEEDED"), "{submitted}");
 
+    // `spindle top --once` while a job runs: the cluster's nodes and the app, as text and JSON.
+    let watched = admin.submit(&shell_job("watched", "sleep 30", 1, 64, 0)).await.unwrap();
+    wait_until(JOB_TIMEOUT, "the watched job to run a task", || async {
+        admin.app(watched).await.ok().filter(|app| app.running_containers >= 2)
+    })
+    .await;
+    let top = cluster.cli(&["top", "--once"]).await;
+    assert!(top.success(), "{top}");
+    let watched_id = watched.to_string();
+    for expected in nodes
+        .iter()
+        .map(|node_id| node_id.as_str())
+        .chain([watched_id.as_str(), "watched", "RUNNING"])
+    {
+        assert!(top.stdout.contains(expected), "`top --once` does not show {expected}:\n{top}");
+    }
+    let top_json = cluster.cli(&["top", "--once", "--json"]).await;
+    let snapshot: serde_json::Value = serde_json::from_str(&top_json.stdout).expect("`top --once --json` prints JSON");
+    assert_eq!(snapshot["nodes"].as_array().map(Vec::len), Some(nodes.len()), "{snapshot}");
+    assert_eq!(snapshot["apps"][0]["app_id"], watched_id, "{snapshot}");
+    assert!(snapshot["cluster"]["containers_running"].as_u64() >= Some(2), "{snapshot}");
+    admin.kill(watched).await.unwrap();
+
     // SIGTERM stops every daemon cleanly: the agents first, then the RM.
     for agent in &mut cluster.agents {
         agent.daemon.terminate();

@@ -1,6 +1,7 @@
 //! Streaming jobs end to end, with real AM and worker processes: exactly-once output through
-//! `kill -9` of a worker, of a whole node and of the AM; and a live rescale 2 → 4 → 1 of the
-//! keyed window operator with the output still exact. The jobs are `examples/stream-*.toml`.
+//! `kill -9` of a worker, of a whole node and of the AM; a live rescale 2 → 4 → 1 of the keyed
+//! window operator with the output still exact; and operators' totals that survive rescales
+//! and a restart and equal what the output proves. The jobs are `examples/stream-*.toml`.
 //!
 //! The generator is deterministic from its seed, so the committed output is compared with the
 //! counts computed from the seed: every (key, window) once, with its exact count.
@@ -11,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use spindle_protocol::{AppId, AppState, ContainerState, FinalStatus, JobSpec, RmClient};
+use spindle_protocol::{AppId, AppState, ContainerId, ContainerState, FinalStatus, JobSpec, RmClient};
 use spindle_stream::ops::generator::expected_window_counts;
 use support::{
     CleanupDir, Db, TestCluster, kill_processes_under, start_local, stream_detail, task_containers, wait_for_app_end, wait_for_checkpoint,
@@ -176,6 +177,7 @@ async fn exactly_once_through_kill_9_of_a_worker_a_node_and_the_am() {
         report.attempts
     );
     assert_exact(&out, &expected);
+    assert_totals_match(&report, &spec, expected.len() as u64);
     // What the failed attempts staged was cleaned up when the pipeline was deployed again.
     let staged: Vec<_> = std::fs::read_dir(out.join(".staging"))
         .unwrap()
@@ -183,6 +185,50 @@ async fn exactly_once_through_kill_9_of_a_worker_a_node_and_the_am() {
         .map(|entry| entry.file_name())
         .collect();
     assert!(staged.is_empty(), "left in .staging: {staged:?}");
+}
+
+/// The operators' totals in the final report — in its stream detail, its counters (what
+/// `spindle app` shows) and its `/metrics` families — are what the bounded generators produced
+/// (every event once) and what the committed output proves (`windows` results, each once).
+fn assert_totals_match(report: &spindle_protocol::AppReport, spec: &JobSpec, windows: u64) {
+    let stream_spec = spec.stream.as_ref().unwrap();
+    let generator = stream_spec.operators.iter().find(|op| op.name == "events").unwrap();
+    let produced = u64::from(generator.parallelism) * generator.limit.unwrap();
+    let detail = report.detail.as_ref().unwrap();
+    let stream = detail.stream().unwrap();
+    let operator = |name: &str| stream.operators.iter().find(|op| op.name == name).unwrap().clone();
+    let (events, count, out) = (operator("events"), operator("count"), operator("out"));
+    let totals = |op: &spindle_protocol::OperatorStatus| (op.records_in, op.records_out);
+    assert_eq!(
+        (totals(&events), totals(&count), totals(&out)),
+        ((0, produced), (produced, windows), (windows, 0)),
+        "(records in, records out) of the generators, the window and the sink"
+    );
+    assert_eq!(events.bytes_out, count.bytes_in, "what the generators sent is what the window took");
+    assert_eq!(count.bytes_out, out.bytes_in);
+    for (name, value) in [
+        ("events.records_out", produced),
+        ("count.records_in", produced),
+        ("count.records_out", windows),
+        ("out.records_in", windows),
+    ] {
+        assert_eq!(detail.counters.get(name), Some(&value), "counter {name}: {:?}", detail.counters);
+    }
+    let exported = |family: &str, operator: &str| {
+        detail
+            .metrics
+            .iter()
+            .find(|f| f.name == family)
+            .and_then(|f| {
+                f.samples
+                    .iter()
+                    .find(|s| s.labels.get("operator").map(String::as_str) == Some(operator))
+            })
+            .map(|sample| sample.value)
+    };
+    assert_eq!(exported("spindle_stream_records_out_total", "events"), Some(produced as f64));
+    assert_eq!(exported("spindle_stream_records_in_total", "count"), Some(produced as f64));
+    assert_eq!(exported("spindle_stream_records_in_total", "out"), Some(windows as f64));
 }
 
 /// Waits until the rescale to `to` is done; returns its pause.
@@ -236,6 +282,83 @@ async fn rescaling_the_window_operator_2_to_4_to_1_keeps_the_output_exact() {
     let detail = report.detail.and_then(|detail| detail.stream()).unwrap();
     assert_eq!(detail.restarts, 0, "a rescale restarts nothing");
     assert_exact(&dir.path().join("out"), &expected);
+    let _ = cluster.shutdown().await;
+}
+
+/// The working directory of a container of a `spindle local` cluster's agents.
+fn local_container_dir(work_root: &Path, app_id: AppId, container: ContainerId) -> PathBuf {
+    (0..2)
+        .map(|agent| {
+            work_root
+                .join(format!("agent-{agent}"))
+                .join("apps")
+                .join(app_id.to_string())
+                .join(container.to_string())
+        })
+        .find(|dir| dir.is_dir())
+        .unwrap_or_else(|| panic!("no directory of {container} under {}", work_root.display()))
+}
+
+/// Operators' totals are carried through rescales 2 → 4 → 1 (retired instances' counts
+/// included) and through a restart after a worker's `kill -9`: at the end the report's totals,
+/// its counters (what `spindle app` shows) and its `/metrics` families equal what the bounded
+/// generators produced and what the committed output proves, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_totals_survive_rescales_and_a_killed_worker_and_match_the_output() {
+    let dir = support::shared_tempdir("spindle-test-");
+    let cluster = start_local(dir.path()).await;
+    let _cleanup = CleanupDir(dir.path());
+    // The containers run outside the data dir: their logs too are printed if the test fails.
+    let work_root = cluster.work_root.clone();
+    let _cleanup_containers = CleanupDir(&work_root);
+    let client = cluster.client();
+    let started = Instant::now();
+    let mut spec = example_job("stream-exactly-once.toml", dir.path());
+    let generator = spec
+        .stream
+        .as_mut()
+        .unwrap()
+        .operators
+        .iter_mut()
+        .find(|op| op.name == "events")
+        .unwrap();
+    generator.keys = Some(1000);
+    generator.limit = Some(200_000);
+    let expected = expected(&spec);
+    let app_id = client.submit(&spec).await.unwrap();
+    wait_for_checkpoint(&client, app_id, 0, 0, "a first checkpoint").await;
+
+    client.scale_operator(app_id, "count", 4).await.unwrap();
+    wait_for_rescale(&client, app_id, 4).await;
+    client.scale_operator(app_id, "count", 1).await.unwrap();
+    wait_for_rescale(&client, app_id, 1).await;
+    // The workers the scale-down emptied are handed back; kill one of the two that stay.
+    let victim = wait_until(Duration::from_secs(30), "the emptied workers to go", || async {
+        let running: Vec<ContainerId> = task_containers(&client, app_id)
+            .await
+            .into_iter()
+            .filter(|c| c.state == ContainerState::Running)
+            .map(|c| c.container_id)
+            .collect();
+        (running.len() == 2).then(|| running[0])
+    })
+    .await;
+    eprintln!("{:.1}s: kill -9 worker {victim}", started.elapsed().as_secs_f64());
+    kill_processes_under(&local_container_dir(&work_root, app_id, victim));
+
+    let report = wait_for_app_end(&client, app_id, Duration::from_secs(90)).await;
+    eprintln!("{:.1}s: the job ended: {}", started.elapsed().as_secs_f64(), report.diagnostics);
+    assert_eq!(
+        (report.state, report.final_status),
+        (AppState::Finished, FinalStatus::Succeeded),
+        "{report:#?}"
+    );
+    assert_exact(&dir.path().join("out"), &expected);
+    assert!(
+        report.detail.as_ref().and_then(|detail| detail.stream()).unwrap().restarts >= 1,
+        "the killed worker restarted the job"
+    );
+    assert_totals_match(&report, &spec, expected.len() as u64);
     let _ = cluster.shutdown().await;
 }
 

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use spindle_node_agent::DEFAULT_LOG_RETENTION;
 use spindle_protocol::{AppId, AppState};
 
@@ -17,6 +17,45 @@ pub struct Cli {
     pub global: GlobalArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Global options that mean nothing to a command: still accepted (an exported `SPINDLE_RM` or a
+/// habit of `--json` never breaks it), but left out of its `--help`. A local cluster is its own
+/// RM, plain HTTP (it refuses a CA) and prints no reports; a simulation reaches no RM and logs
+/// nothing.
+const GLOBAL_OPTIONS_NOT_APPLYING: &[(&str, &[&str])] = &[
+    ("local", &["rm", "token", "ca_file", "json"]),
+    ("demo", &["rm", "token", "ca_file", "json"]),
+    ("simulate", &["rm", "token", "ca_file", "log_format"]),
+];
+
+impl Cli {
+    /// The command line as `--help` shows it: each command lists the global options that apply
+    /// to it, and no others.
+    pub fn command_with_applicable_help() -> clap::Command {
+        let command = Cli::command();
+        let globals: Vec<clap::Arg> = command.get_arguments().filter(|arg| arg.is_global_set()).cloned().collect();
+        // clap copies each global option into every subcommand that has none of that id when it
+        // builds the command; a hidden copy put there first is the one the subcommand keeps.
+        command.mut_subcommands(|subcommand| {
+            let hidden = GLOBAL_OPTIONS_NOT_APPLYING
+                .iter()
+                .find(|(name, _)| *name == subcommand.get_name())
+                .map_or(&[][..], |(_, ids)| ids);
+            globals
+                .iter()
+                .filter(|arg| hidden.contains(&arg.get_id().as_str()))
+                .fold(subcommand, |subcommand, arg| subcommand.arg(arg.clone().hide(true)))
+        })
+    }
+
+    /// Parses the process's arguments as [`Cli::command_with_applicable_help`] describes them;
+    /// prints the help or the usage error and exits when that is what they ask for.
+    pub fn parse_args() -> Cli {
+        let mut command = Cli::command_with_applicable_help();
+        let matches = command.get_matches_mut();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.format(&mut command).exit())
+    }
 }
 
 /// Help heading of the flags every command accepts.
@@ -33,7 +72,7 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "TOKEN", help_heading = GLOBAL)]
     pub token: Option<String>,
     /// The CA of a TLS cluster (PEM): every daemon's certificate is checked against it, and
-    /// addresses without a scheme are reached over https [env: SPINDLE_CA_FILE]
+    /// addresses without a scheme are reached over https
     #[arg(long, global = true, value_name = "FILE", env = "SPINDLE_CA_FILE", help_heading = GLOBAL)]
     pub ca_file: Option<PathBuf>,
     /// Print the JSON of the API's reports instead of tables.
@@ -117,6 +156,9 @@ pub enum Command {
     /// Print the stdout (or stderr) of a container, or of every container of an app; --follow
     /// while they run.
     Logs(LogsArgs),
+    /// Watch the cluster live: totals, the busiest nodes, running and accepted apps, redrawn
+    /// every --interval seconds (one snapshot per interval when stdout is not a terminal).
+    Top(TopArgs),
     /// Run the scheduler against a synthetic workload in simulated time; report speed and fairness.
     Simulate(SimulateArgs),
 }
@@ -210,14 +252,17 @@ pub struct LocalArgs {
     /// Store, secrets and agent work dirs; created owner-only [default: $SPINDLE_HOME/local]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Vcores each agent offers, instead of the probed count (needs --agent-memory-mb).
+    /// Vcores each agent offers [default: the cores split between the agents, at least 4 each]
+    /// (needs --agent-memory-mb)
     #[arg(long, value_name = "N", requires = "agent_memory_mb")]
     pub agent_vcores: Option<u32>,
-    /// Memory in MB each agent offers, instead of the probed size (needs --agent-vcores).
+    /// Memory in MB each agent offers [default: the memory less the OS reserve, split between
+    /// the agents] (needs --agent-vcores)
     #[arg(long, value_name = "N", requires = "agent_vcores")]
     pub agent_memory_mb: Option<u64>,
     /// An RM config file (TOML) for its [queues], [scheduler] and [[users]]; the local RM keeps
-    /// its own listen address, store, secret and admin user. `spindle queues reload` re-reads it.
+    /// its own listen address, store, secret, admin user and log directory. `spindle queues
+    /// reload` re-reads it.
     #[arg(long, value_name = "FILE")]
     pub rm_config: Option<PathBuf>,
 }
@@ -293,6 +338,17 @@ pub struct LogsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Seconds between two refreshes.
+    #[arg(long, value_name = "SECONDS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub interval: u64,
+    /// Print one snapshot and exit (with --json: the cluster, nodes and apps reports as one
+    /// JSON object).
+    #[arg(long)]
+    pub once: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct SimulateArgs {
     /// Nodes at the start (about 1% more join and 1% are lost and come back during the run).
     #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
@@ -322,6 +378,53 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_help_of_a_command_lists_only_the_global_options_that_apply() {
+        let mut command = Cli::command_with_applicable_help();
+        command.clone().debug_assert();
+        let global_ids: Vec<String> = Cli::command()
+            .get_arguments()
+            .filter(|arg| arg.is_global_set())
+            .map(|arg| arg.get_id().to_string())
+            .collect();
+        for (name, ids) in GLOBAL_OPTIONS_NOT_APPLYING {
+            assert!(command.find_subcommand(name).is_some(), "no {name} command");
+            assert!(ids.iter().all(|id| global_ids.iter().any(|global| global == id)), "{ids:?}");
+        }
+        // As `--help` sees it: with the global options copied into the subcommands.
+        command.build();
+        // The long options a command's help lists.
+        let mut listed = |name: &str| -> Vec<String> {
+            let help = command
+                .find_subcommand_mut(name)
+                .unwrap_or_else(|| panic!("no {name} command"))
+                .render_help()
+                .to_string();
+            help.lines()
+                .filter_map(|line| line.trim_start().trim_start_matches("-h, ").strip_prefix("--"))
+                .filter_map(|option| option.split_whitespace().next().map(str::to_owned))
+                .collect()
+        };
+        let globals = |options: &[String]| -> Vec<String> {
+            ["rm", "token", "ca-file", "json", "log-format"]
+                .into_iter()
+                .filter(|global| options.iter().any(|option| option == global))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(globals(&listed("demo")), ["log-format"]);
+        assert_eq!(globals(&listed("local")), ["log-format"]);
+        assert_eq!(globals(&listed("simulate")), ["json"]);
+        assert_eq!(globals(&listed("apps")), ["rm", "token", "ca-file", "json", "log-format"]);
+        // Hidden, not gone: a global option in the environment or out of habit still parses.
+        let matches = Cli::command_with_applicable_help()
+            .try_get_matches_from(["spindle", "demo", "--json", "--rm", "h:1"])
+            .unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        assert!(matches!(cli.command, Command::Demo) && cli.global.json);
+        assert_eq!(cli.global.rm.as_deref(), Some("h:1"));
     }
 
     #[test]

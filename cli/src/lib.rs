@@ -12,6 +12,7 @@ pub mod demo;
 mod demo_stream;
 pub mod error;
 pub mod local;
+pub mod local_capacity;
 pub mod local_work;
 pub mod roles;
 pub mod settings;
@@ -21,8 +22,6 @@ pub mod table;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
-
 use crate::args::{Cli, Command};
 use crate::daemon::init_tracing;
 
@@ -31,7 +30,7 @@ const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Parses the command line, runs the command and turns its outcome into an exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     settings::take_secrets_from_env();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

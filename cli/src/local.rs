@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::daemon::{bind, reachable_address};
 use crate::error::UsageError;
+use crate::local_capacity::AgentCapacity;
 use crate::settings::write_private_file;
 
 /// How long the RM and the agents may take to come up before `start` gives up.
@@ -37,12 +38,12 @@ pub struct LocalOptions {
     pub listen: SocketAddr,
     /// Holds the store, `local.toml` and each agent's work dir.
     pub data_dir: PathBuf,
-    /// What each agent offers, instead of what its probe finds.
+    /// What each agent offers; `None`: a share of the machine (`local_capacity`).
     pub agent_capacity: Option<Resources>,
     /// The binary agents run for `spindle app-master`: this one, except in tests.
     pub spindle_bin: PathBuf,
     /// An RM config file whose queues and scheduler settings the local RM uses (and reloads
-    /// on `spindle queues reload`); its listen, db, secret and users are the local ones.
+    /// on `spindle queues reload`); its listen, db, secret, admin user and log copies are the local ones.
     pub rm_config: Option<PathBuf>,
 }
 
@@ -99,6 +100,8 @@ pub struct LocalCluster {
     spindle_bin: PathBuf,
     /// Where each agent serves its API, in start order.
     pub agent_addresses: Vec<SocketAddr>,
+    /// What each agent offers, and why: `spindle local` says so at start.
+    pub agent_capacity: AgentCapacity,
     /// Cancelled first at shutdown, so the agents' last reports reach a live RM.
     agents_shutdown: CancellationToken,
     /// Cancelled once the agents have stopped.
@@ -139,9 +142,10 @@ impl LocalCluster {
             admin: true,
             unix_user: None,
         });
-        // Finished apps' logs stay readable after the agents' retention (`spindle logs APP`).
+        // Finished apps' logs stay readable after the agents' retention (`spindle logs APP`), in
+        // the data dir whatever the file says: a copy of deploy/rm.toml names /var/lib/spindle.
         let mut log_aggregation = base.log_aggregation.clone();
-        log_aggregation.dir.get_or_insert_with(|| data_dir.join("app-logs"));
+        log_aggregation.dir = Some(data_dir.join("app-logs"));
         let config = RmConfig {
             listen: options.listen,
             db: format!("sqlite://{}", data_dir.join("spindle.db").display()),
@@ -152,6 +156,7 @@ impl LocalCluster {
         };
         config.validate().context("the local RM configuration is not valid")?;
 
+        let agent_capacity = AgentCapacity::decide(options.agent_capacity, options.agents).await?;
         let rm_listener = bind(options.listen, "resource manager", "--listen").await?;
         let rm_url = format!("http://{}", reachable_address(rm_listener.local_addr()?));
         let work_root = crate::local_work::work_root(&data_dir)?;
@@ -163,6 +168,7 @@ impl LocalCluster {
             work_root,
             spindle_bin,
             agent_addresses: Vec::new(),
+            agent_capacity,
             agents_shutdown: CancellationToken::new(),
             rm_shutdown: CancellationToken::new(),
             agent_tasks: JoinSet::new(),
@@ -185,7 +191,7 @@ impl LocalCluster {
                 .await?;
             for index in 0..options.agents {
                 let preferred_port = state.agent_ports.get(index).copied().unwrap_or(0);
-                cluster.spawn_agent(index, preferred_port, &options, &authority).await?;
+                cluster.spawn_agent(index, preferred_port, &authority).await?;
             }
             let ports: Vec<u16> = cluster.agent_addresses.iter().map(SocketAddr::port).collect();
             if state.agent_ports != ports {
@@ -219,13 +225,7 @@ impl LocalCluster {
     }
 
     /// Starts agent `index` on `preferred_port` if it is free, else on any free port.
-    async fn spawn_agent(
-        &mut self,
-        index: usize,
-        preferred_port: u16,
-        options: &LocalOptions,
-        authority: &spindle_protocol::NodeAuthority,
-    ) -> anyhow::Result<()> {
+    async fn spawn_agent(&mut self, index: usize, preferred_port: u16, authority: &spindle_protocol::NodeAuthority) -> anyhow::Result<()> {
         let listener = match TcpListener::bind((Ipv4Addr::LOCALHOST, preferred_port)).await {
             Ok(listener) => listener,
             Err(_) => bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), "node agent", "--listen").await?,
@@ -237,7 +237,7 @@ impl LocalCluster {
         spindle_node_agent::save_node_credential(&work_dir, &authority.credential(&node_id, now_ms()))?;
         let mut config = spindle_node_agent::AgentConfig::new(vec![self.rm_url.clone()], None, work_dir);
         config.advertise_host = Some(Ipv4Addr::LOCALHOST.to_string());
-        config.capacity = options.agent_capacity;
+        config.capacity = Some(self.agent_capacity.each());
         config.spindle_bin = self.spindle_bin.clone();
         // A local cluster stops whole, its agents with its RM: its containers go with it, and
         // nothing is left to adopt, so launches skip recovery's cost (~1.3 ms each).

@@ -166,7 +166,15 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<ExitCode> {
         .and_then(|text| write_private_file(&config_path, &text));
     out!(
         "{}",
-        banner(&cluster.rm_url, &cluster.data_dir, &config_path, args.agents, written.is_ok())
+        banner(
+            &cluster.rm_url,
+            &cluster.data_dir,
+            &cluster.work_root,
+            &config_path,
+            &cluster.agent_capacity.describe(args.agents),
+            args.agents,
+            written.is_ok()
+        )
     );
     if let Err(err) = written {
         eprintln!("warning: the client config was not written: {err:#}");
@@ -181,10 +189,18 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<ExitCode> {
     outcome.and(stopped).map(|()| ExitCode::SUCCESS)
 }
 
-/// What `spindle local` prints. Never the admin token (it is not even an argument): terminals
-/// are logged and shared, so it stays in owner-only files (the client config, and the data
-/// dir's `local.toml`).
-fn banner(rm_url: &str, data_dir: &Path, config_path: &Path, agents: usize, config_written: bool) -> String {
+/// What `spindle local` prints: where things are, what each agent offers, and how another
+/// agent joins. Never the admin token (it is not even an argument): terminals are logged and
+/// shared, so it stays in owner-only files (the client config, and the data dir's `local.toml`).
+fn banner(
+    rm_url: &str,
+    data_dir: &Path,
+    work_root: &Path,
+    config_path: &Path,
+    capacity: &[String],
+    agents: usize,
+    config_written: bool,
+) -> String {
     let config_line = if config_written {
         format!(
             "  config  {}  (mode 0600, with the admin token; clients read it: no flags needed)\n",
@@ -196,18 +212,34 @@ fn banner(rm_url: &str, data_dir: &Path, config_path: &Path, agents: usize, conf
             data_dir.join("local.toml").display()
         )
     };
+    let capacity: String = capacity
+        .iter()
+        .enumerate()
+        .map(|(line, text)| format!("  {:<8}{text}\n", if line == 0 { "agents" } else { "" }))
+        .collect();
+    // The token file goes in the data dir: owner-only, as a join token should be. The agent's
+    // work dir goes beside the local agents' (`local_work`): containers' accounts can reach it.
+    let join_token_file = data_dir.join("join-token");
+    let joined_work_dir = work_root.join("joined-agent");
     format!(
         "Spindle is running: a resource manager and {agents} node agent{plural}.\n\
          \x20 RM      {rm}\n\
          {config_line}\
          \x20 data    {data}\n\
+         {capacity}\
          Try:\n\
          \x20 spindle submit examples/hello-shell.toml --wait\n\
          \x20 spindle nodes\n\
+         Another node agent joins from another shell of this host (a local cluster is one host: \
+         its agents are on 127.0.0.1; for several hosts see deploy/README.md):\n\
+         \x20 spindle join-token > {token_file}\n\
+         \x20 spindle node-agent --rm {rm} --join-token-file {token_file} --listen 127.0.0.1:8042 --work-dir {work_dir}\n\
          Ctrl-C stops the cluster; `spindle local` again picks up its apps.\n",
         plural = if agents == 1 { "" } else { "s" },
         rm = rm_url,
         data = data_dir.display(),
+        token_file = join_token_file.display(),
+        work_dir = joined_work_dir.display(),
     )
 }
 
@@ -263,6 +295,37 @@ mod tests {
         std::fs::write(&path, "lisen = \"x\"\n").unwrap();
         let message = rm_config(&rm_args(Some(&path)), Some(SECRET.into())).unwrap_err().to_string();
         assert!(message.contains("rm.toml") && message.contains("lisen"), "{message}");
+    }
+
+    #[test]
+    fn the_local_banner_says_what_agents_got_and_how_another_joins() {
+        let capacity = ["4 vcores / 3 GB each: …".to_owned(), "choose with …".to_owned()];
+        let text = banner(
+            "http://127.0.0.1:8088",
+            Path::new("/home/u/.spindle/local"),
+            Path::new("/tmp/spindle-local-1f"),
+            Path::new("/home/u/.spindle/config.toml"),
+            &capacity,
+            2,
+            true,
+        );
+        assert!(
+            text.contains("\n  agents  4 vcores / 3 GB each: …\n          choose with …\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n  spindle join-token > /home/u/.spindle/local/join-token\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "\n  spindle node-agent --rm http://127.0.0.1:8088 --join-token-file /home/u/.spindle/local/join-token --listen 127.0.0.1:8042 --work-dir /tmp/spindle-local-1f/joined-agent\n"
+            ),
+            "{text}"
+        );
+        // tests/tenant_escape.rs reads the URL from the first line that starts with `RM `.
+        let rm_lines: Vec<&str> = text.lines().filter(|line| line.trim().starts_with("RM ")).collect();
+        assert_eq!(rm_lines, ["  RM      http://127.0.0.1:8088"]);
     }
 
     #[test]

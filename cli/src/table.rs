@@ -1,5 +1,7 @@
 //! Human output: aligned tables, key/value reports, and the small formatters they share
-//! (ages, durations, sizes). Hand-rolled: a table of a few columns does not need a crate.
+//! (ages, durations, sizes). Tables are drawn by `comfy-table`, which measures cells by their
+//! display width (so `ünïcode` and wide characters line up), in the borderless look of
+//! `kubectl get` and `yarn application -list`.
 //!
 //! Every cell and value goes through [`terminal_safe`]: names, users and diagnostics come from
 //! jobs, and a job must not be able to write escape sequences to the terminal of whoever runs
@@ -7,30 +9,42 @@
 
 use std::borrow::Cow;
 
-/// Columns of text, aligned on their widest cell.
+use comfy_table::{CellAlignment, presets};
+
+/// Columns of text under a header row, aligned on their widest cell, two spaces apart.
 #[derive(Debug, Clone)]
 pub struct Table {
-    headers: Vec<String>,
-    rows: Vec<Vec<String>>,
-    /// Columns whose cells line up on the right (numbers).
-    right_aligned: Vec<usize>,
+    /// The drawn table: borderless, every column but the last followed by a [`GAP`].
+    inner: comfy_table::Table,
+    /// How many columns the header has: rows are cut or padded to it.
+    columns: usize,
 }
 
-/// Space between two columns.
-const GAP: &str = "  ";
+/// Spaces between two columns.
+const GAP: u16 = 2;
 
 impl Table {
     pub fn new(headers: &[&str]) -> Self {
+        let mut inner = comfy_table::Table::new();
+        inner.load_style(presets::NOTHING);
+        inner.set_header(headers.iter().map(|header| terminal_safe(header).into_owned()));
+        let last = headers.len().saturating_sub(1);
+        for (index, column) in inner.column_iter_mut().enumerate() {
+            column.set_padding((0, if index < last { GAP } else { 0 }));
+        }
         Table {
-            headers: headers.iter().map(|header| header.to_string()).collect(),
-            rows: Vec::new(),
-            right_aligned: Vec::new(),
+            inner,
+            columns: headers.len(),
         }
     }
 
-    /// Aligns the given columns (by index) on the right.
+    /// Aligns the given columns (by index) on the right, header included.
     pub fn right_align(mut self, columns: &[usize]) -> Self {
-        self.right_aligned.extend_from_slice(columns);
+        for &index in columns {
+            if let Some(column) = self.inner.column_mut(index) {
+                column.set_cell_alignment(CellAlignment::Right);
+            }
+        }
         self
     }
 
@@ -44,45 +58,17 @@ impl Table {
                 Cow::Owned(escaped) => escaped,
             })
             .collect();
-        cells.resize(self.headers.len(), String::new());
-        self.rows.push(cells);
+        cells.resize(self.columns, String::new());
+        self.inner.add_row(cells);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.inner.is_empty()
     }
 
-    /// The table as lines, without trailing spaces.
+    /// The table as lines, each ending in a newline, without trailing spaces.
     pub fn render(&self) -> String {
-        let widths: Vec<usize> = (0..self.headers.len())
-            .map(|column| {
-                std::iter::once(&self.headers)
-                    .chain(&self.rows)
-                    .map(|row| row[column].chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let mut out = String::new();
-        for row in std::iter::once(&self.headers).chain(&self.rows) {
-            let mut line = String::new();
-            for (column, cell) in row.iter().enumerate() {
-                if column > 0 {
-                    line.push_str(GAP);
-                }
-                let padding = " ".repeat(widths[column] - cell.chars().count());
-                if self.right_aligned.contains(&column) {
-                    line.push_str(&padding);
-                    line.push_str(cell);
-                } else {
-                    line.push_str(cell);
-                    line.push_str(&padding);
-                }
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
-        }
-        out
+        self.inner.lines().map(|line| line.trim_end().to_owned() + "\n").collect()
     }
 }
 
@@ -93,7 +79,7 @@ pub fn key_values(pairs: &[(&str, String)]) -> String {
         .iter()
         .map(|(key, value)| {
             let value = terminal_safe(value);
-            format!("{key:<width$}{GAP}{value}").trim_end().to_owned() + "\n"
+            format!("{key:<width$}  {value}").trim_end().to_owned() + "\n"
         })
         .collect()
 }
@@ -191,6 +177,22 @@ pub fn percent(fraction: f32) -> String {
     format!("{:.0}%", (fraction.clamp(0.0, 1.0) * 100.0))
 }
 
+/// How far an app is, when that means something: a stream has no end to be a share of (its AM
+/// reports a placeholder), so it has none.
+pub fn progress_fraction(app: &spindle_protocol::AppReport) -> Option<f32> {
+    (app.kind != spindle_protocol::JobKind::Stream).then_some(app.progress)
+}
+
+/// An app's progress as it reads: `46%`, or `running` for a stream that runs (`-` before and
+/// after), never a percentage that would mean it is half done.
+pub fn app_progress(app: &spindle_protocol::AppReport) -> String {
+    match progress_fraction(app) {
+        Some(fraction) => percent(fraction),
+        None if app.state == spindle_protocol::AppState::Running => "running".to_owned(),
+        None => "-".to_owned(),
+    }
+}
+
 /// The name a state or reason has on the wire (`SUCCEEDED`, `NODE_LOST`): the one users know.
 pub fn wire_name(value: &impl serde::Serialize) -> String {
     match serde_json::to_value(value) {
@@ -228,6 +230,57 @@ mod tests {
         table.row(vec!["x".into()]);
         assert_eq!(table.render(), "A  B\nx\n");
         assert!(!table.is_empty());
+    }
+
+    #[test]
+    fn cells_line_up_by_their_display_width() {
+        let mut table = Table::new(&["NAME", "USER", "N"]).right_align(&[2]);
+        table.row(vec!["日本".into(), "ünï".into(), "7".into()]);
+        table.row(vec!["ab".into(), "x".into(), "12".into()]);
+        assert_eq!(
+            table.render(),
+            "NAME  USER   N\n\
+             日本  ünï    7\n\
+             ab    x     12\n"
+        );
+    }
+
+    #[test]
+    fn no_line_ends_in_spaces() {
+        let mut table = Table::new(&["ID", "NOTE", ""]).right_align(&[0]);
+        table.row(vec!["1".into(), "".into(), "".into()]);
+        table.row(vec!["22".into(), "a long note".into()]);
+        let rendered = table.render();
+        assert!(rendered.ends_with('\n'));
+        for line in rendered.lines() {
+            assert_eq!(line, line.trim_end(), "{rendered:?}");
+        }
+        assert_eq!(rendered, "ID  NOTE\n 1\n22  a long note\n");
+    }
+
+    #[test]
+    fn headers_are_escaped_too() {
+        let table = Table::new(&["A\x1b[1m"]);
+        assert_eq!(table.render(), "A\\x1b[1m\n");
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn a_stream_runs_and_a_batch_job_is_a_share_done() {
+        let app = |kind: &str, state: &str| -> spindle_protocol::AppReport {
+            serde_json::from_value(serde_json::json!({
+                "app_id": "application_1700000000000_0001", "name": "n", "queue": "default", "user": "u",
+                "kind": kind, "priority": 0, "state": state, "final_status": "UNDEFINED", "diagnostics": "",
+                "progress": 0.5, "max_attempts": 1, "attempts": [], "allocated": { "vcores": 1, "memory_mb": 128 },
+                "running_containers": 1, "submitted_at_ms": 1, "started_at_ms": 2, "finished_at_ms": null,
+            }))
+            .unwrap()
+        };
+        assert_eq!(app_progress(&app("shell", "RUNNING")), "50%");
+        assert_eq!(progress_fraction(&app("mapreduce", "RUNNING")), Some(0.5));
+        assert_eq!(app_progress(&app("stream", "RUNNING")), "running");
+        assert_eq!(progress_fraction(&app("stream", "RUNNING")), None);
+        assert_eq!(app_progress(&app("stream", "ACCEPTED")), "-");
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! *request timeout* — how long a route may take from its head to its response head, which
 //! bounds slow bodies and stuck handlers.
 
+pub mod metrics;
 pub mod tls;
 
 use std::future::Future;

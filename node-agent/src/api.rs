@@ -3,6 +3,7 @@
 //! | method and path | who may call |
 //! |---|---|
 //! | `GET /healthz` | anyone |
+//! | `GET /metrics` | anyone (node totals only: `metrics.rs`) |
 //! | `POST /v1/containers` | whoever holds a container token the RM signed for this node |
 //! | `GET /v1/containers` | the RM's bearer for this node |
 //! | `GET`/`DELETE /v1/containers/{id}`, `GET …/{id}/logs/{stdout,stderr}` | the RM's bearer, or the container's own token signature |
@@ -19,7 +20,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use spindle_protocol::{AppId, ContainerId, ContainerStatus, LaunchRequest, LogOptions};
+use spindle_http_server::metrics::OPENMETRICS_CONTENT_TYPE;
+use spindle_protocol::{AppId, ContainerId, ContainerStatus, LaunchRequest, LogOptions, Resources};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -39,9 +41,19 @@ const LOG_STREAMS: [&str; 2] = ["stdout", "stderr"];
 const SHUFFLE_CHUNK_BYTES: usize = 64 * 1024;
 
 /// All routes, with the body limit, sharing the container manager.
-pub(crate) fn router(manager: Arc<ContainerManager>) -> Router {
-    Router::new()
+/// All routes, with the body limit, sharing the container manager; `/metrics` reports the
+/// node's `capacity` beside what is granted.
+pub(crate) fn router(manager: Arc<ContainerManager>, capacity: Resources) -> Router {
+    let http_metrics = manager.metrics.http.clone();
+    let router = Router::new()
         .route("/healthz", get(healthz))
+        .route(
+            "/metrics",
+            get(move |State(manager): State<Arc<ContainerManager>>| async move {
+                let text = manager.metrics.encode(manager.census(capacity));
+                ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text)
+            }),
+        )
         .route("/v1/containers", get(list_containers).post(launch_container))
         .route("/v1/containers/{container_id}", get(container_status).delete(stop_container))
         .route("/v1/containers/{container_id}/logs/{stream}", get(container_log))
@@ -49,7 +61,8 @@ pub(crate) fn router(manager: Arc<ContainerManager>) -> Router {
         .fallback(unknown_route)
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(middleware::map_response(json_payload_too_large))
-        .with_state(manager)
+        .with_state(manager);
+    spindle_http_server::metrics::observed(router, Some(http_metrics))
 }
 
 async fn healthz() -> &'static str {
@@ -65,7 +78,11 @@ async fn launch_container(
     // The container token authorizes a launch; an RM's bearer beside it (the RM launching an
     // AM) must also be of the current leader.
     manager.check_rm_epoch(bearer(&headers).ok())?;
-    let status = manager.launch(request).await?;
+    let started = std::time::Instant::now();
+    let launched = manager.launch(request).await;
+    let outcome = launched.as_ref().map_or_else(AgentError::code, |_| "started");
+    manager.metrics.record_launch(outcome, started.elapsed().as_secs_f64());
+    let status = launched?;
     let location = format!("/v1/containers/{}", status.container_id);
     let mut response = (StatusCode::CREATED, Json(status)).into_response();
     if let Ok(location) = HeaderValue::from_str(&location) {

@@ -77,6 +77,11 @@ impl AgentError {
         }
     }
 
+    /// The code of the error body (`error_codes`), also the outcome label of a refused launch.
+    pub(crate) fn code(&self) -> &'static str {
+        self.status_and_code().1
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             AgentError::BadRequest(_) => (StatusCode::BAD_REQUEST, error_codes::BAD_REQUEST),

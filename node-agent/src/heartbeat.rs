@@ -117,10 +117,12 @@ impl Heartbeater {
                 containers: self.manager.reportable_statuses(),
             };
             self.client.set_token(self.manager.rm_bearer());
+            let sent = std::time::Instant::now();
             let result = tokio::select! {
                 _ = stop.cancelled() => return HeartbeatEnd::Cancelled,
                 result = self.client.node_heartbeat(&request) => result,
             };
+            self.manager.metrics.record_heartbeat(result.is_ok(), sent.elapsed().as_secs_f64());
             match result {
                 Ok(reply) => {
                     self.rm_reachable();

@@ -18,6 +18,7 @@ mod launcher;
 mod log_reading;
 mod manager;
 mod memory;
+mod metrics;
 mod probe;
 mod recovery;
 mod retention;
@@ -40,6 +41,8 @@ pub use config::{
 };
 pub use error::AgentError;
 pub use launcher::CONTAINER_KILL_GRACE;
+// `spindle local` splits the machine between its agents.
+pub use probe::default_capacity;
 
 use crate::account::RunMode;
 use crate::cgroup::{CgroupRoot, CpuRoot};
@@ -152,7 +155,8 @@ pub async fn run(config: AgentConfig, listener: tokio::net::TcpListener, shutdow
     let server = {
         // Every agent route answers promptly (a DELETE waits for the kill grace at most), so
         // one request timeout covers them all; file bodies stream on after it.
-        let router = spindle_http_server::with_request_timeout(api::router(manager.clone()), spindle_http_server::DEFAULT_REQUEST_TIMEOUT);
+        let router =
+            spindle_http_server::with_request_timeout(api::router(manager.clone(), capacity), spindle_http_server::DEFAULT_REQUEST_TIMEOUT);
         let limits = spindle_http_server::ServerLimits::with_max_connections(config.max_connections);
         tasks.spawn(spindle_http_server::serve(
             listener,

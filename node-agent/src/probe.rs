@@ -19,8 +19,9 @@ pub(crate) fn memory_reserve_mb(total_mb: u64) -> u64 {
     (total_mb / 10).max(1024)
 }
 
-/// All CPUs and total memory minus the reserve. Blocking: call from `spawn_blocking`.
-pub(crate) fn default_capacity() -> Resources {
+/// What an agent offers unless told otherwise: all CPUs and total memory minus the reserve.
+/// Blocking: call from `spawn_blocking`.
+pub fn default_capacity() -> Resources {
     let refresh = RefreshKind::nothing()
         .with_cpu(CpuRefreshKind::nothing())
         .with_memory(MemoryRefreshKind::nothing().with_ram());

@@ -373,8 +373,14 @@ impl RmClient {
             .await
     }
 
+    /// The nodes the RM tracks, departed ones (DECOMMISSIONED, LOST) until it forgets them.
     pub async fn nodes(&self) -> Result<Vec<NodeReport>, ClientError> {
         self.http.call::<(), _>(Method::GET, "/v1/nodes", None, None).await
+    }
+
+    /// The nodes the RM tracks and those it has forgotten (their last state, `forgotten_at_ms` set).
+    pub async fn all_nodes(&self) -> Result<Vec<NodeReport>, ClientError> {
+        self.http.call::<(), _>(Method::GET, "/v1/nodes?all=true", None, None).await
     }
 
     pub async fn node(&self, node_id: &NodeId) -> Result<NodeReport, ClientError> {

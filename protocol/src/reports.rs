@@ -126,6 +126,26 @@ pub struct OperatorStatus {
     /// Instances asked for (differs from `parallelism` while rescaling).
     pub target_parallelism: u32,
     pub instances: Vec<InstanceStatus>,
+    /// Records its instances took in since the job started, over every instance it ever had
+    /// (carried in checkpoints across rescales, restarts and AM attempts: exact at each
+    /// checkpoint; back to the checkpoint's figure after a restore from it).
+    #[serde(default)]
+    pub records_in: u64,
+    /// Records it sent on since the job started, counted as `records_in` is.
+    #[serde(default)]
+    pub records_out: u64,
+    /// Bytes of the records it took in, in the batch format they travel in.
+    #[serde(default)]
+    pub bytes_in: u64,
+    /// Bytes of the records it sent on.
+    #[serde(default)]
+    pub bytes_out: u64,
+    /// Records dropped because the watermark had passed their window.
+    #[serde(default)]
+    pub late_records: u64,
+    /// Records skipped because a field they need does not parse.
+    #[serde(default)]
+    pub bad_records: u64,
 }
 
 /// One instance of an operator.
@@ -137,7 +157,9 @@ pub struct InstanceStatus {
     /// Key groups it owns, `[first, end)`, for keyed operators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_groups: Option<(u32, u32)>,
+    /// Records this instance took in since it started (the operator's totals span instances).
     pub records_in: u64,
+    /// Records this instance sent on since it started.
     pub records_out: u64,
     pub records_in_per_s: f64,
     pub records_out_per_s: f64,
@@ -234,6 +256,13 @@ pub struct NodeReport {
     /// Whose account containers run as on this node, and how limits are applied.
     #[serde(default)]
     pub isolation: crate::NodeIsolation,
+    /// When it departed (became DECOMMISSIONED or LOST); absent while it is in the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub departed_at_ms: Option<u64>,
+    /// When the RM forgot it, `departed_node_expiry` after it departed: the report is its last
+    /// state, from the RM's history (`GET /v1/nodes?all=true`, `GET /v1/nodes/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forgotten_at_ms: Option<u64>,
 }
 
 /// What the node's own probe measures (as opposed to what the RM granted).

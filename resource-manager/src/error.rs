@@ -34,7 +34,9 @@ pub enum RmError {
 /// Why a queue reload changed nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    #[error("the resource manager was started without a config file (--config FILE): there is nothing to reload")]
+    #[error(
+        "the resource manager was started without a config file (`--config FILE`; for `spindle local`, `--rm-config FILE`): there is nothing to reload"
+    )]
     NoConfigFile,
     #[error(transparent)]
     Config(#[from] ConfigError),

@@ -30,6 +30,7 @@ use tower::ServiceExt;
 use crate::config::RmConfig;
 use crate::error::{ApiError, RmError};
 use crate::launcher::HttpAmLauncher;
+use crate::metrics::RmMetrics;
 use crate::service::ResourceManager;
 use crate::store::{Leadership, Store};
 
@@ -123,6 +124,8 @@ struct Campaign {
     url: String,
     roles: watch::Sender<Role>,
     shutdown: CancellationToken,
+    /// The process's metrics, handed to each term.
+    metrics: Arc<RmMetrics>,
 }
 
 /// Stands for leadership until `shutdown`: standby until the lease is won, active until it is
@@ -134,6 +137,7 @@ pub async fn campaign(
     url: String,
     roles: watch::Sender<Role>,
     shutdown: CancellationToken,
+    metrics: Arc<RmMetrics>,
 ) -> Result<(), RmError> {
     Campaign {
         config,
@@ -141,6 +145,7 @@ pub async fn campaign(
         url,
         roles,
         shutdown,
+        metrics,
     }
     .run()
     .await
@@ -158,7 +163,16 @@ impl Campaign {
             };
             let term = self.shutdown.child_token();
             let launcher = Arc::new(HttpAmLauncher::new(self.config.node_authority(), epoch));
-            let rm = match ResourceManager::start(self.config.clone(), self.store.clone(), epoch, launcher, term.clone()).await {
+            let rm = match ResourceManager::start(
+                self.config.clone(),
+                self.store.clone(),
+                epoch,
+                launcher,
+                term.clone(),
+                Arc::clone(&self.metrics),
+            )
+            .await
+            {
                 Ok(rm) => rm,
                 Err(RmError::Store(err)) if self.store.elects_leader() && err.is_unavailable() => {
                     tracing::warn!(error = %err, epoch, "could not load the state after winning the lease; standing by");

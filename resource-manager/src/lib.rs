@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod ha;
 pub mod launcher;
+pub mod metrics;
 pub mod records;
 pub mod scheduler;
 pub mod service;
@@ -48,7 +49,7 @@ pub async fn run(config: RmConfig, listener: TcpListener, shutdown: Cancellation
     let (roles, mut watch_roles) = tokio::sync::watch::channel(ha::Role::Standby { leader: None });
     let limits = config.http.server_limits();
     let server_stop = shutdown.child_token();
-    let mut campaign = tokio::spawn(ha::campaign(config, store, url, roles, shutdown.clone()));
+    let mut campaign = tokio::spawn(ha::campaign(config, store, url, roles, shutdown.clone(), metrics::RmMetrics::new()));
     // Serve once the first try at leadership has settled the role (on SQLite: active), so a
     // `/healthz` that answers means the RM knows what it is.
     let ended_early = tokio::select! {

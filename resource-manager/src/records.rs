@@ -81,6 +81,25 @@ pub struct NodeRecord {
     /// As the agent last reported it.
     #[serde(default)]
     pub isolation: spindle_protocol::NodeIsolation,
+    /// When it last departed (became DECOMMISSIONED or LOST); `None` while it is part of the
+    /// cluster. Starts the `departed_node_expiry` clock, which a restart must not reset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub departed_at_ms: Option<u64>,
+    /// Set when the RM forgot the departed node: the row stays in the store as history
+    /// (`GET /v1/nodes/{id}`, `GET /v1/nodes?all=true`) but is not reloaded at a restart, and
+    /// a registration with the same id starts afresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forgotten: Option<ForgottenNode>,
+}
+
+/// When and how a departed node left the RM's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgottenNode {
+    /// When the RM forgot it: what retention (`retain_finished`) measures the history from.
+    pub at_ms: u64,
+    /// Its last heartbeat, which is soft state while the RM tracks the node: kept here so its
+    /// history still says when the agent was last heard of.
+    pub last_heartbeat_ms: u64,
 }
 
 /// The writes of one state change (or one scheduling round), committed in one transaction.

@@ -4,7 +4,6 @@
 //! truth, and a restart recovers from it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,12 +11,14 @@ use spindle_protocol::{AllocateReply, AllocateRequest, AppId, ContainerStatus, E
 use tokio::sync::{Notify, OwnedMutexGuard};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::cluster::{Cluster, ClusterSettings, Outbox};
 use crate::config::RmConfig;
 use crate::error::ReloadError;
 use crate::error::RmError;
 use crate::launcher::{AmLauncher, LaunchError};
+use crate::metrics::RmMetrics;
 use crate::records::WriteBatch;
 use crate::scheduler::capacity::LocalitySettings;
 use crate::store::{Store, StoreError};
@@ -43,10 +44,7 @@ impl PendingCommit {
             self.work = None;
             return Err(self.rm.fail_stop(err));
         }
-        let (cluster, batch, outbox) = self.work.take().expect("checked above");
-        if !batch.is_empty() {
-            self.rm.counters.commits.fetch_add(1, Ordering::Relaxed);
-        }
+        let (cluster, _, outbox) = self.work.take().expect("checked above");
         drop(cluster);
         self.rm.dispatch(outbox);
         Ok(())
@@ -71,15 +69,6 @@ pub(crate) const MAX_ALLOCATE_WAIT: Duration = Duration::from_secs(30);
 const TASKS_STOP_BOUND: Duration = Duration::from_secs(10);
 /// How often timers run: node expiry, launch expiry, decommission deadlines.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub commits: AtomicU64,
-    pub allocate_calls: AtomicU64,
-    pub heartbeats: AtomicU64,
-    pub apps_submitted: AtomicU64,
-}
 
 /// Why an RM stopped acting by itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +103,8 @@ pub struct ResourceManager {
     pub shutdown: CancellationToken,
     /// Why the RM stopped itself, if it did.
     fatal: Mutex<Option<Fatal>>,
-    pub counters: Counters,
+    /// The process's metrics (they outlive this term).
+    pub metrics: Arc<RmMetrics>,
     /// Every background task of this term (timers, SIGHUP reloads, AM launches, commits of
     /// dropped requests): awaited when the term ends, so none outlives it.
     tasks: TaskTracker,
@@ -130,11 +120,13 @@ impl ResourceManager {
         epoch: u64,
         launcher: Arc<dyn AmLauncher>,
         shutdown: CancellationToken,
+        metrics: Arc<RmMetrics>,
     ) -> Result<Arc<ResourceManager>, RmError> {
         let authority = config.node_authority();
         let settings = ClusterSettings {
             authority: authority.clone(),
             node_expiry_ms: config.node_expiry.as_millis() as u64,
+            departed_node_expiry_ms: config.departed_node_expiry_ms(),
             heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
             container_launch_expiry_ms: config.container_launch_expiry.as_millis() as u64,
             queues: config.queue_tree()?,
@@ -161,7 +153,7 @@ impl ResourceManager {
             launcher,
             shutdown,
             fatal: Mutex::new(None),
-            counters: Counters::default(),
+            metrics,
             tasks: TaskTracker::new(),
         });
         rm.dispatch(outbox);
@@ -209,7 +201,6 @@ impl ResourceManager {
     ) -> Result<(), RmError> {
         if !batch.is_empty() {
             self.commit(cluster.epoch(), &batch).await.map_err(|err| self.fail_stop(err))?;
-            self.counters.commits.fetch_add(1, Ordering::Relaxed);
         }
         drop(cluster);
         self.dispatch(outbox);
@@ -221,6 +212,22 @@ impl ResourceManager {
     /// renew its lease has stepped down anyway. Committing a batch again is harmless (whole
     /// records, upserted), so a commit whose answer was lost may be retried.
     async fn commit(&self, epoch: u64, batch: &WriteBatch) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let span = tracing::debug_span!(
+            "store_commit",
+            epoch,
+            apps = batch.apps.len(),
+            containers = batch.containers.len(),
+            nodes = batch.nodes.len()
+        );
+        let committed = self.commit_with_retries(epoch, batch).instrument(span).await;
+        if committed.is_ok() {
+            self.metrics.record_commit(started.elapsed());
+        }
+        committed
+    }
+
+    async fn commit_with_retries(&self, epoch: u64, batch: &WriteBatch) -> Result<(), StoreError> {
         let deadline = tokio::time::Instant::now() + self.config.leader_lease;
         let mut pause = COMMIT_RETRY_FIRST_PAUSE;
         loop {
@@ -264,6 +271,30 @@ impl ResourceManager {
         view(&*self.cluster.lock().await)
     }
 
+    /// The nodes the RM tracks and, with `with_forgotten`, those it has forgotten (the store's
+    /// history), by id. The state lock is held across the store read, so a node forgotten or
+    /// registered again meanwhile is listed exactly once.
+    pub async fn node_reports(&self, with_forgotten: bool) -> Result<Vec<spindle_protocol::NodeReport>, StoreError> {
+        let cluster = self.cluster.lock().await;
+        let mut reports = cluster.node_reports();
+        if with_forgotten {
+            let history = self.store.forgotten_nodes().await?;
+            reports.extend(history.iter().map(crate::cluster::forgotten_node_report));
+            reports.sort_by(|a, b| a.node_id.as_str().cmp(b.node_id.as_str()));
+        }
+        Ok(reports)
+    }
+
+    /// One node as the RM tracks it, else its last state if the RM has forgotten it.
+    pub async fn node_report(&self, node_id: &spindle_protocol::NodeId) -> Result<Option<spindle_protocol::NodeReport>, StoreError> {
+        let cluster = self.cluster.lock().await;
+        if let Some(report) = cluster.node_report(node_id) {
+            return Ok(Some(report));
+        }
+        let history = self.store.forgotten_node(node_id).await?;
+        Ok(history.as_ref().map(crate::cluster::forgotten_node_report))
+    }
+
     fn waker(&self, app_id: AppId) -> Arc<Notify> {
         self.wakers
             .lock()
@@ -274,6 +305,7 @@ impl ResourceManager {
     }
 
     fn dispatch(self: &Arc<Self>, outbox: Outbox) {
+        self.metrics.record(&outbox.observed);
         if !outbox.wake.is_empty() {
             let wakers = self.wakers.lock().expect("waker map is never poisoned");
             for app_id in &outbox.wake {
@@ -346,7 +378,7 @@ impl ResourceManager {
     /// The AM protocol's allocate: record asks, then answer at once with news, or wait for
     /// news up to `wait_ms` (long poll).
     pub async fn allocate(self: &Arc<Self>, request: AllocateRequest) -> Result<AllocateReply, RmError> {
-        self.counters.allocate_calls.fetch_add(1, Ordering::Relaxed);
+        self.metrics.allocate_calls.inc();
         let (app_id, attempt) = (request.app_id, request.attempt);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(request.wait_ms).min(MAX_ALLOCATE_WAIT);
         let notify = self.waker(app_id);
@@ -424,6 +456,11 @@ impl ResourceManager {
             }
             Err(err) => tracing::warn!(error = %err, "purging finished applications failed"),
         }
+        // The history of forgotten nodes is kept as long as finished apps.
+        match self.store.purge_forgotten_nodes_before(cutoff_ms).await {
+            Ok(nodes) => tracing::info!(nodes, "purged the history of forgotten nodes"),
+            Err(err) => tracing::warn!(error = %err, "purging the history of forgotten nodes failed"),
+        }
         self.wakers
             .lock()
             .expect("waker map is never poisoned")
@@ -471,7 +508,7 @@ mod tests {
             ..RmConfig::default()
         };
         let epoch = store.begin_epoch().await.unwrap();
-        ResourceManager::start(config, store, epoch, launcher, CancellationToken::new())
+        ResourceManager::start(config, store, epoch, launcher, CancellationToken::new(), RmMetrics::new())
             .await
             .unwrap()
     }

@@ -5,7 +5,8 @@
 //! PostgreSQL comes from `SPINDLE_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/test`).
 //! If it cannot be reached the PostgreSQL tests fail rather than skip: CI starts it.
 //! Run: `cargo test -p spindle-resource-manager --test store_suite`. The per-test databases and
-//! the record builders live in `store_suite/support.rs`.
+//! the record builders live in `store_suite/support.rs`; the bodies about forgotten nodes in
+//! `store_suite/forgotten_nodes.rs`.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,13 @@ use spindle_resource_manager::store::{Leadership, Store, StoreError};
 #[path = "store_suite/support.rs"]
 mod support;
 
+#[path = "store_suite/forgotten_nodes.rs"]
+mod forgotten_nodes;
+
+use forgotten_nodes::{
+    a_forgotten_node_that_registers_again_is_tracked_again, forgotten_nodes_are_history_not_reloaded,
+    purging_forgotten_nodes_keeps_newer_history_and_tracked_nodes,
+};
 use support::{TestDb, app, app_id, batch, container, node};
 
 /// Generates `mod sqlite` and `mod postgres`, each with one `#[tokio::test]` per body.
@@ -57,6 +65,9 @@ backend_suite!(
     purge_removes_only_old_terminal_apps_and_their_containers,
     purge_keeps_an_ended_app_whose_containers_still_run,
     a_corrupt_doc_is_reported_with_its_row,
+    forgotten_nodes_are_history_not_reloaded,
+    a_forgotten_node_that_registers_again_is_tracked_again,
+    purging_forgotten_nodes_keeps_newer_history_and_tracked_nodes,
 );
 
 // ---- bodies ---------------------------------------------------------------------------------

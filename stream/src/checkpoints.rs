@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::control::Range;
+use super::counts::RecordCounts;
 use super::operator::Commit;
 
 const METADATA: &str = "_metadata.json";
@@ -29,6 +30,11 @@ pub struct CheckpointMeta {
     /// The job's last: its sources ended and this commits the rest.
     #[serde(default)]
     pub last: bool,
+    /// Every operator's totals since the job started, counting exactly the records before this
+    /// checkpoint's barrier (empty in checkpoints written before counters were kept: their
+    /// counting starts again from 0).
+    #[serde(default)]
+    pub counters: BTreeMap<String, RecordCounts>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -172,6 +178,13 @@ mod tests {
             stages: BTreeMap::new(),
             commits: Vec::new(),
             last: false,
+            counters: BTreeMap::from([(
+                "count".to_owned(),
+                RecordCounts {
+                    records_in: 40,
+                    ..RecordCounts::default()
+                },
+            )]),
         }
     }
 
@@ -193,5 +206,20 @@ mod tests {
         storage.prune(2);
         assert_eq!(storage.ids(), vec![3, 5, 6], "the in-flight 6 stays; 4 never completed");
         assert_eq!(storage.complete_checkpoints().last().unwrap(), &meta(5));
+    }
+
+    #[test]
+    fn metadata_written_before_counters_were_kept_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::new(dir.path(), "app-1");
+        std::fs::create_dir_all(storage.dir(3)).unwrap();
+        let old = r#"{"id": 3, "completed_at_ms": 1, "duration_ms": 2, "size_bytes": 3,
+            "parallelism": {"count": 2}, "stages": {}, "commits": []}"#;
+        let path = storage.dir(3).join(METADATA);
+        std::fs::write(&path, old).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let read = storage.complete_checkpoints();
+        assert_eq!(read.len(), 1, "the old checkpoint still counts");
+        assert!(read[0].counters.is_empty() && !read[0].last);
     }
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use spindle_protocol::OperatorSpec;
 
+use super::counts::RecordCounts;
 use super::operator::Commit;
 use super::wire::InstanceId;
 
@@ -137,6 +138,9 @@ pub enum ToAm {
     Finished {
         instance: InstanceId,
         commit: Option<Commit>,
+        /// Everything it counted, exact: the job's last totals are made of these.
+        #[serde(default)]
+        counts: RecordCounts,
     },
     Failed {
         instance: InstanceId,
@@ -160,9 +164,14 @@ pub struct Ack {
     pub commit: Option<Commit>,
     /// From the barrier's arrival at the first input to the snapshot written.
     pub duration_ms: u64,
+    /// What it counted since it started, up to the barrier exactly: the AM folds these into
+    /// the operators' totals the checkpoint records.
+    #[serde(default)]
+    pub counts: RecordCounts,
 }
 
-/// Totals since the instance started; the AM turns them into rates.
+/// Totals since the instance started, read while it runs (so a little behind it); the AM
+/// turns them into rates and shows them between checkpoints.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct InstanceMetrics {
     pub id: InstanceId,
@@ -176,4 +185,22 @@ pub struct InstanceMetrics {
     /// Records skipped because a field they need does not parse.
     #[serde(default)]
     pub bad_records: u64,
+    #[serde(default)]
+    pub bytes_in: u64,
+    #[serde(default)]
+    pub bytes_out: u64,
+}
+
+impl InstanceMetrics {
+    /// The counters of this sample (the rest are rates' raw figures and gauges).
+    pub fn counts(&self) -> RecordCounts {
+        RecordCounts {
+            records_in: self.records_in,
+            records_out: self.records_out,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            late_records: self.late_records,
+            bad_records: self.bad_records,
+        }
+    }
 }

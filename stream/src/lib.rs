@@ -10,6 +10,7 @@
 
 pub mod checkpoints;
 pub mod control;
+pub mod counts;
 pub mod graph;
 pub mod keys;
 pub mod master;

@@ -1,4 +1,5 @@
-"""Parses Prometheus text (stdin) with prometheus_client's own parser; prints the families as JSON.
+"""Parses OpenMetrics text (stdin) with prometheus_client's own strict OpenMetrics parser, which
+is what Prometheus reads from Spindle's /metrics; prints the families as JSON.
 
 Any line the parser refuses makes it raise: the test fails with the text it could not read.
 """
@@ -6,7 +7,7 @@ Any line the parser refuses makes it raise: the test fails with the text it coul
 import json
 import sys
 
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 families = {}
 for family in text_string_to_metric_families(sys.stdin.read()):

@@ -7,7 +7,7 @@ use spindle_protocol::{AppFilter, AppId, AppReport, ContainerReport, now_ms};
 
 use super::{ClientContext, print_json};
 use crate::args::AppsArgs;
-use crate::table::{Table, age, key_values, or_dash, percent, precise_duration, wire_name};
+use crate::table::{Table, age, key_values, or_dash, precise_duration, wire_name};
 
 pub async fn list(context: &ClientContext, args: &AppsArgs) -> anyhow::Result<ExitCode> {
     let filter = AppFilter {
@@ -42,7 +42,7 @@ pub fn apps_table(apps: &[AppReport], now_ms: u64) -> Table {
             app.queue.clone(),
             app.state.as_str().to_owned(),
             wire_name(&app.final_status),
-            percent(app.progress),
+            crate::table::app_progress(app),
             age(now_ms, app.submitted_at_ms),
         ]);
     }
@@ -82,7 +82,7 @@ pub fn app_report(app: &AppReport, containers: &[ContainerReport], now_ms: u64) 
         ("priority", app.priority.to_string()),
         ("state", app.state.as_str().to_owned()),
         ("final status", wire_name(&app.final_status)),
-        ("progress", percent(app.progress)),
+        ("progress", crate::table::app_progress(app)),
         (
             "containers",
             format!("{} running, holding {}", app.running_containers, resources(&app.allocated)),

@@ -7,6 +7,7 @@ pub mod nodes;
 pub mod progress;
 pub mod stream;
 pub mod submit;
+pub mod top;
 
 use std::process::ExitCode;
 
@@ -53,6 +54,7 @@ pub async fn run(command: Command, global: &GlobalArgs) -> anyhow::Result<ExitCo
         Command::Decommission(args) => nodes::decommission(&context, &args).await,
         Command::JoinToken(args) => nodes::join_token(&context, &args).await,
         Command::Logs(args) => logs::print(&context, &args).await,
+        Command::Top(args) => top::top(&context, &args).await,
         Command::ResourceManager(_)
         | Command::NodeAgent(_)
         | Command::AppMaster

@@ -10,9 +10,15 @@ use crate::args::{DecommissionArgs, JoinTokenArgs};
 use crate::table::{Table, age, wire_name};
 
 /// `spindle nodes [--all]`: nodes that left (DECOMMISSIONED, LOST) only with `--all`, so a
-/// cluster that has churned through many hosts still lists what it has.
+/// cluster that has churned through many hosts still lists what it has; `--all` also lists
+/// those the RM has forgotten (`departed_node_expiry` after they left), from its history.
 pub async fn list(context: &ClientContext, all: bool) -> anyhow::Result<ExitCode> {
-    let mut nodes = context.client.nodes().await.context("cannot list nodes")?;
+    let nodes = if all {
+        context.client.all_nodes().await
+    } else {
+        context.client.nodes().await
+    };
+    let mut nodes = nodes.context("cannot list nodes")?;
     let total = nodes.len();
     if !all {
         nodes.retain(|node| !matches!(node.state, NodeState::Decommissioned | NodeState::Lost));
@@ -107,9 +113,10 @@ pub fn nodes_table(nodes: &[NodeReport], now_ms: u64) -> Table {
     ])
     .right_align(&[3]);
     for node in nodes {
+        let forgotten = if node.forgotten_at_ms.is_some() { " (forgotten)" } else { "" };
         table.row(vec![
             node.node_id.to_string(),
-            wire_name(&node.state),
+            format!("{}{forgotten}", wire_name(&node.state)),
             node.rack.clone(),
             node.containers.to_string(),
             crate::table::resources(&node.used),
@@ -186,6 +193,8 @@ mod tests {
                 run_as: spindle_protocol::RunAs::PerUser { min_uid: 1000 },
                 limits: "cgroup v1".into(),
             },
+            departed_at_ms: None,
+            forgotten_at_ms: None,
         };
         let mut single_user = node.clone();
         single_user.node_id = NodeId("127.0.0.1:8043".into());

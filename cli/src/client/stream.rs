@@ -230,6 +230,7 @@ mod tests {
                         state_bytes: 0,
                         ..instance(0, None, Some(1_500))
                     }],
+                    ..OperatorStatus::default()
                 },
                 OperatorStatus {
                     name: "count".into(),
@@ -237,6 +238,7 @@ mod tests {
                     parallelism: 2,
                     target_parallelism: 4,
                     instances: vec![instance(0, Some((0, 64)), None), instance(1, Some((64, 128)), None)],
+                    ..OperatorStatus::default()
                 },
             ],
             last_checkpoint: Some(CheckpointStatus {

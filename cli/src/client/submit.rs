@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use spindle_protocol::{AppId, AppReport, AppState, ClientError, FinalStatus, JobSpec, RmClient};
 
-use super::progress::{ProgressLine, ProgressMode};
+use super::progress::{ProgressLine, ProgressMode, Status};
 use super::{ClientContext, print_json};
 use crate::args::SubmitArgs;
 use crate::error::{EXIT_FAILURE, UsageError};
-use crate::table::{percent, precise_duration, wire_name};
+use crate::table::{app_progress, precise_duration, progress_fraction, wire_name};
 
 /// First poll interval of `--wait`: short apps finish within a few of these.
 const FIRST_POLL: Duration = Duration::from_millis(50);
@@ -59,7 +59,9 @@ pub async fn submit(context: &ClientContext, args: &SubmitArgs) -> anyhow::Resul
 /// 0 only if it SUCCEEDED. Ctrl-C stops the waiting, not the app, and says so.
 pub async fn wait(context: &ClientContext, app_id: AppId) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let mut progress = ProgressLine::on_stderr(ProgressMode::Off);
+    // Off a terminal (CI, a log), a plain line per change of state on stderr: stdout keeps
+    // only the outcome (or the JSON report).
+    let mut progress = ProgressLine::on_stderr(ProgressMode::Changes);
     let report = tokio::select! {
         report = wait_for_app(&context.client, app_id, &mut progress) => report?,
         _ = tokio::signal::ctrl_c() => {
@@ -104,40 +106,37 @@ pub fn outcome_line(report: &AppReport, waited: Duration) -> String {
     )
 }
 
-/// The one-line status of a live app: state, progress, containers, time so far.
-pub fn progress_line(report: &AppReport, elapsed: Duration) -> String {
-    let line = format!(
-        "{}  {:<9} {:>4}  {} running container{}  {}",
-        report.app_id,
-        report.state.as_str(),
-        percent(report.progress),
+/// The status of a live app: state, progress (a bar for a batch job, `running` for a stream),
+/// containers, time so far, and its stages or why it waits.
+pub fn app_status(report: &AppReport, elapsed: Duration) -> Status {
+    let mut detail = format!(
+        "{} running container{}  {}",
         report.running_containers,
         if report.running_containers == 1 { "" } else { "s" },
         precise_duration(elapsed.as_millis() as u64)
     );
-    // An app that has not started says why it waits (AM share, queue maximum, full cluster…).
     if report.state == AppState::Accepted && !report.diagnostics.is_empty() {
-        return format!("{line}  ({})", report.diagnostics);
-    }
-    // Stages with a bar each: `map [####----] 12/30  reduce [--------] 0/2`.
-    let stages: Vec<String> = report
-        .detail
-        .iter()
-        .flat_map(|detail| &detail.stages)
-        .map(|stage| {
-            format!(
-                "{} {} {}/{}",
+        // An app that has not started says why it waits (AM share, queue maximum, full cluster…).
+        detail.push_str(&format!("  ({})", report.diagnostics));
+    } else {
+        // Stages with a bar each: `map [####----] 12/30  reduce [--------] 0/2`.
+        for stage in report.detail.iter().flat_map(|detail| &detail.stages) {
+            detail.push_str(&format!(
+                "  {} {} {}/{}",
                 stage.name,
                 super::apps::progress_bar(stage.succeeded, stage.total),
                 stage.succeeded,
                 stage.total
-            )
-        })
-        .collect();
-    if stages.is_empty() {
-        line
-    } else {
-        format!("{line}  {}", stages.join("  "))
+            ));
+        }
+    }
+    Status {
+        key: report.state.as_str().to_owned(),
+        // The state padded, so the plain lines of ACCEPTED and RUNNING line up.
+        subject: format!("{}  {:<9}", report.app_id, report.state.as_str()),
+        fraction: progress_fraction(report),
+        progress: app_progress(report),
+        detail,
     }
 }
 
@@ -154,7 +153,7 @@ pub async fn wait_for_app(client: &RmClient, app_id: AppId, progress: &mut Progr
             }
             Ok(report) => {
                 unreachable_since = None;
-                progress.update(report.state.as_str(), &progress_line(&report, started.elapsed()));
+                progress.update(&app_status(&report, started.elapsed()));
             }
             Err(err @ ClientError::Unreachable { .. }) => {
                 let since = *unreachable_since.get_or_insert_with(Instant::now);
@@ -162,7 +161,10 @@ pub async fn wait_for_app(client: &RmClient, app_id: AppId, progress: &mut Progr
                     progress.clear();
                     return Err(err).with_context(|| format!("gave up following {app_id}"));
                 }
-                progress.update("unreachable", &format!("{app_id}  the RM does not answer; retrying…"));
+                progress.update(&Status::message(
+                    "unreachable",
+                    format!("{app_id}  the RM does not answer; retrying…"),
+                ));
             }
             Err(err) => {
                 progress.clear();
@@ -187,6 +189,66 @@ containers = 4
 vcores = 1
 memory_mb = 128
 "#;
+
+    fn live_app(kind: spindle_protocol::JobKind) -> AppReport {
+        AppReport {
+            app_id: AppId {
+                cluster_ts: 1_700_000_000_000,
+                seq: 7,
+            },
+            name: "job".into(),
+            queue: "default".into(),
+            user: "ann".into(),
+            kind,
+            priority: 0,
+            state: AppState::Running,
+            final_status: FinalStatus::Undefined,
+            diagnostics: String::new(),
+            // What a stream's AM reports: a placeholder, not half of anything.
+            progress: 0.5,
+            max_attempts: 2,
+            attempts: Vec::new(),
+            allocated: spindle_protocol::Resources::new(3, 768),
+            running_containers: 3,
+            submitted_at_ms: 1_000,
+            started_at_ms: Some(2_000),
+            finished_at_ms: None,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_app_shows_its_share_done() {
+        let status = app_status(&live_app(spindle_protocol::JobKind::Shell), Duration::from_millis(1_300));
+        assert_eq!(status.fraction, Some(0.5));
+        assert_eq!(
+            status.plain(),
+            "application_1700000000000_0007  RUNNING     50%  3 running containers  1.3s"
+        );
+        assert!(status.on_terminal().contains("[##########----------]  50%"), "{status:?}");
+    }
+
+    #[test]
+    fn a_stream_reads_as_running_never_as_a_percentage() {
+        let status = app_status(&live_app(spindle_protocol::JobKind::Stream), Duration::from_secs(65));
+        assert_eq!(status.fraction, None);
+        assert_eq!(
+            status.plain(),
+            "application_1700000000000_0007  RUNNING    running  3 running containers  1m05s"
+        );
+        assert!(
+            !status.on_terminal().contains('%') && !status.on_terminal().contains('['),
+            "{status:?}"
+        );
+        let mut waiting = live_app(spindle_protocol::JobKind::Stream);
+        waiting.state = AppState::Accepted;
+        waiting.diagnostics = "waiting for an AM container".into();
+        let status = app_status(&waiting, Duration::from_secs(1));
+        assert_eq!(
+            status.plain(),
+            "application_1700000000000_0007  ACCEPTED      -  3 running containers  1.0s  (waiting for an AM container)"
+        );
+    }
 
     #[test]
     fn a_good_spec_parses_with_defaults() {

@@ -22,6 +22,7 @@ use crate::recovery;
 
 mod adopt;
 mod auth;
+mod census;
 mod retention_rules;
 mod shuffle_access;
 mod supervise;
@@ -54,6 +55,8 @@ pub(crate) struct ContainerManager {
     cgroup_failure_logged: AtomicBool,
     /// How long a finished container's directory is kept (`AgentConfig::log_retention`).
     log_retention: Duration,
+    /// The agent's event metrics (launches, heartbeats, requests), for `/metrics`.
+    pub(crate) metrics: crate::metrics::AgentMetrics,
 }
 
 struct ManagerState {
@@ -120,6 +123,7 @@ impl ContainerManager {
             stop,
             cgroup_failure_logged: AtomicBool::new(false),
             log_retention,
+            metrics: crate::metrics::AgentMetrics::new(),
         }
     }
 

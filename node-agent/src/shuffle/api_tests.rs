@@ -77,7 +77,7 @@ impl TestApi {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let stop = CancellationToken::new();
-        let router = crate::api::router(manager.clone());
+        let router = crate::api::router(manager.clone(), spindle_protocol::Resources::new(4, 4096));
         let stopped = stop.clone();
         tokio::spawn(async move {
             axum::serve(listener, router)

@@ -1,7 +1,6 @@
 //! The internal protocol: agents (register, heartbeat) and AMs (register, allocate, finish).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::State;
@@ -38,7 +37,7 @@ pub async fn node_heartbeat(
     ApiJson(request): ApiJson<NodeHeartbeatRequest>,
 ) -> Result<Json<NodeHeartbeatReply>, ApiError> {
     agent.check_node(&request.node_id, false)?;
-    rm.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
+    rm.metrics.heartbeats.inc();
     let node_id = request.node_id.clone();
     let mut reply = rm.mutate(|cluster, now| cluster.node_heartbeat(request, now)).await?;
     // Rotation: an agent behind the RM's generation gets the new keys.

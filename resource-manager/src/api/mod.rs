@@ -1,6 +1,5 @@
 //! The RM's HTTP server: the public API, the internal protocol, health, metrics, OpenAPI.
 
-mod app_metrics;
 mod dashboard;
 mod extract;
 mod internal;
@@ -8,15 +7,14 @@ mod join;
 mod public;
 mod yarn;
 
-use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
+use spindle_protocol::now_ms;
 use utoipa::OpenApi;
 
 use crate::error::ApiError;
@@ -57,19 +55,21 @@ impl utoipa::Modify for BearerAuth {
 /// The whole router, with the body size limit and the request timeouts of the config.
 pub fn router(rm: Arc<ResourceManager>) -> Router {
     let max_body = rm.config.max_body_bytes;
+    let http_metrics = rm.metrics.http.clone();
     let request_timeout = rm.config.http.request_timeout;
     // A long poll waits up to MAX_ALLOCATE_WAIT by design: it gets that on top of the limit
     // every other route has, which still bounds a slowly sent body or a stuck handler.
     let long_polls = Router::new().route("/v1/internal/am/allocate", post(internal::allocate));
     let long_polls = spindle_http_server::with_request_timeout(long_polls, request_timeout + MAX_ALLOCATE_WAIT);
-    spindle_http_server::with_request_timeout(short_routes(), request_timeout)
+    let router = spindle_http_server::with_request_timeout(short_routes(), request_timeout)
         .merge(long_polls)
         .fallback(|uri: axum::http::Uri| async move { ApiError::not_found(format!("no such endpoint: {}", uri.path())) })
         .method_not_allowed_fallback(|| async {
             ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this path")
         })
         .layer(DefaultBodyLimit::max(max_body))
-        .with_state(rm)
+        .with_state(rm);
+    spindle_http_server::metrics::observed(router, Some(http_metrics))
 }
 
 /// Every route that answers promptly: all but the long polls.
@@ -98,83 +98,16 @@ fn short_routes() -> Router<Arc<ResourceManager>> {
         .merge(dashboard::routes())
 }
 
-/// Prometheus text format, for any API user's bearer token: the figures name apps, users and
-/// queues, which only the cluster's users may see (why not a token-less port: README.md).
+/// OpenMetrics text (Prometheus reads it), for any API user's bearer token: the figures name
+/// apps, users and queues, which only the cluster's users may see (why not a token-less port:
+/// README.md).
 async fn metrics(State(rm): State<Arc<ResourceManager>>, user: Result<User, ApiError>) -> Result<impl IntoResponse, ApiError> {
     user.map_err(metrics_unauthorized)?;
-    let (report, app_metrics) = rm
-        .read(|cluster| (cluster.cluster_report(String::new()), cluster.app_metrics()))
-        .await;
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, samples: Vec<(String, f64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    gauge(
-        "spindle_nodes",
-        "Nodes by state.",
-        report
-            .nodes
-            .iter()
-            .map(|(state, n)| (format!("{{state=\"{state}\"}}"), *n as f64))
-            .collect(),
-    );
-    gauge(
-        "spindle_apps",
-        "Applications by state.",
-        report
-            .apps
-            .iter()
-            .map(|(state, n)| (format!("{{state=\"{state}\"}}"), *n as f64))
-            .collect(),
-    );
-    gauge(
-        "spindle_containers_running",
-        "Containers running.",
-        vec![(String::new(), report.containers_running as f64)],
-    );
-    gauge(
-        "spindle_capacity_vcores",
-        "Virtual cores of active nodes.",
-        vec![(String::new(), report.capacity.vcores as f64)],
-    );
-    gauge(
-        "spindle_used_vcores",
-        "Virtual cores granted.",
-        vec![(String::new(), report.used.vcores as f64)],
-    );
-    gauge(
-        "spindle_capacity_memory_mb",
-        "Memory of active nodes.",
-        vec![(String::new(), report.capacity.memory_mb as f64)],
-    );
-    gauge(
-        "spindle_used_memory_mb",
-        "Memory granted.",
-        vec![(String::new(), report.used.memory_mb as f64)],
-    );
-    gauge("spindle_epoch", "RM restart epoch.", vec![(String::new(), report.epoch as f64)]);
-    let counters = [
-        ("spindle_store_commits_total", "Store transactions committed.", &rm.counters.commits),
-        ("spindle_allocate_calls_total", "AM allocate calls.", &rm.counters.allocate_calls),
-        ("spindle_heartbeats_total", "Agent heartbeats.", &rm.counters.heartbeats),
-        (
-            "spindle_apps_submitted_total",
-            "Applications submitted.",
-            &rm.counters.apps_submitted,
-        ),
-    ];
-    for (name, help, counter) in counters {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-            counter.load(Ordering::Relaxed)
-        );
-    }
-    app_metrics::write_app_metrics(&mut out, &app_metrics);
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+    let snapshot = rm.read(|cluster| cluster.scrape_snapshot(now_ms())).await;
+    Ok((
+        [(header::CONTENT_TYPE, crate::metrics::OPENMETRICS_CONTENT_TYPE)],
+        rm.metrics.encode(snapshot),
+    ))
 }
 
 /// A refused scrape says how to give Prometheus a token, since a scraper is who usually asks.

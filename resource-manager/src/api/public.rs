@@ -43,7 +43,7 @@ pub async fn submit_app(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let app_id = rm.mutate(|cluster, now| cluster.submit_once(&caller, spec, key, now)).await??;
-    rm.counters.apps_submitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    rm.metrics.apps_submitted.inc();
     tracing::info!(app = %app_id, user = %caller.user, "application submitted");
     let location = format!("/v1/apps/{app_id}");
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(SubmitReply { app_id })).into_response())
@@ -181,24 +181,52 @@ pub async fn app_containers(State(rm): Rm, User(caller): User, Path(app_id): Pat
         .ok_or_else(|| ApiError::from(AppError::NotFound(app_id)))
 }
 
-/// All nodes.
-#[utoipa::path(get, path = "/v1/nodes", tag = "nodes", responses((status = 200, body = Vec<NodeReport>)))]
-pub async fn list_nodes(State(rm): Rm, _user: User) -> Json<Vec<NodeReport>> {
-    Json(rm.read(|cluster| cluster.node_reports()).await)
+/// The nodes the RM tracks (departed ones until `departed_node_expiry`); with `all=true` also
+/// those it has forgotten, with their last state (`forgotten_at_ms` set), from its history.
+#[utoipa::path(get, path = "/v1/nodes", tag = "nodes",
+    params(("all" = Option<bool>, Query, description = "also the nodes the RM has forgotten")),
+    responses((status = 200, body = Vec<NodeReport>), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn list_nodes(
+    State(rm): Rm,
+    _user: User,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Vec<NodeReport>>, ApiError> {
+    let mut with_forgotten = false;
+    for (key, value) in params {
+        match key.as_str() {
+            "all" => {
+                with_forgotten = value
+                    .parse()
+                    .map_err(|_| ApiError::bad_request(format!("all: `{value}` is neither true nor false")))?
+            }
+            other => return Err(ApiError::bad_request(format!("unknown query parameter `{other}`: use all"))),
+        }
+    }
+    rm.node_reports(with_forgotten).await.map(Json).map_err(node_history_unavailable)
 }
 
-/// One node.
+/// One node: as the RM tracks it, or its last state if the RM has forgotten it
+/// (`forgotten_at_ms` set); 404 if it never registered or its history was purged.
 #[utoipa::path(get, path = "/v1/nodes/{node_id}", tag = "nodes", params(("node_id" = String, Path)),
-    responses((status = 200, body = NodeReport), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = NodeReport), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn get_node(State(rm): Rm, _user: User, Path(node_id): Path<String>) -> Result<Json<NodeReport>, ApiError> {
     let node_id = NodeId(node_id);
-    rm.read(|cluster| cluster.node_report(&node_id)).await.map(Json).ok_or_else(|| {
+    let report = rm.node_report(&node_id).await.map_err(node_history_unavailable)?;
+    report.map(Json).ok_or_else(|| {
         ApiError::with_code(
             StatusCode::NOT_FOUND,
             error_codes::NODE_NOT_FOUND,
-            format!("node {node_id} not found"),
+            format!("node {node_id} not found: it never registered, or it departed and its history was purged (`retain_finished`)"),
         )
     })
+}
+
+/// The store could not be read for the history of forgotten nodes: nothing changed, try again.
+fn node_history_unavailable(err: crate::store::StoreError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("cannot read the nodes' history from the store ({err}); retry in a moment"),
+    )
 }
 
 /// Call a drain off: a DECOMMISSIONING node is RUNNING again (admins only).

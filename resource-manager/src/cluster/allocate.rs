@@ -149,6 +149,11 @@ impl Cluster {
             }
         }
         asks.retain(|ask| ask.count > 0);
+        app.asks_since_ms = match app.asks_since_ms {
+            _ if asks.is_empty() => None,
+            Some(since) => Some(since),
+            None => Some(now_ms),
+        };
         app.asks = asks;
         self.round_due = true;
         self.schedule(now_ms);

@@ -22,14 +22,26 @@ impl Cluster {
             seq: app.next_container_seq,
         };
         app.next_container_seq += 1;
-        let resources = match ask_index {
-            None => app.record.spec.am,
+        let (resources, demand_since_ms) = match ask_index {
+            None => (
+                app.record.spec.am,
+                app.record.attempts.last().map_or(now_ms, |attempt| attempt.started_at_ms),
+            ),
             Some(index) => {
                 let ask = &mut app.asks[index];
                 ask.count -= 1;
-                ask.resources
+                let resources = ask.resources;
+                let since = app.asks_since_ms.unwrap_or(now_ms);
+                if app.asks.iter().all(|ask| ask.count == 0) {
+                    app.asks_since_ms = None;
+                }
+                (resources, since)
             }
         };
+        self.outbox
+            .observed
+            .allocation_latencies_ms
+            .push(now_ms.saturating_sub(demand_since_ms));
         let record = ContainerRecord {
             container_id,
             node_id: node_id.clone(),

@@ -8,6 +8,7 @@ mod apps;
 mod containers;
 mod controls;
 mod nodes;
+mod observations;
 mod recovery;
 mod reports;
 mod scheduling;
@@ -29,7 +30,8 @@ use crate::scheduler::queues::QueueTree;
 
 pub use apps::{AppError, Caller};
 pub use nodes::NodeError;
-pub use reports::AppQuery;
+pub use observations::Observations;
+pub use reports::{AppQuery, forgotten_node_report};
 pub use scheduling::ReloadRefused;
 pub use view_acl::{ContainerLocation, ContainerPlace, HIDDEN};
 
@@ -39,6 +41,9 @@ pub struct ClusterSettings {
     /// Signs AM and container tokens (the cluster secret and the node keys derived from it).
     pub authority: NodeAuthority,
     pub node_expiry_ms: u64,
+    /// A departed (DECOMMISSIONED or LOST) node is forgotten this long after it departed;
+    /// `None` keeps departed nodes for ever.
+    pub departed_node_expiry_ms: Option<u64>,
     pub heartbeat_interval_ms: u64,
     pub container_launch_expiry_ms: u64,
     /// The queue tree; replaced as a whole by a reload.
@@ -103,6 +108,9 @@ struct App {
     controls_news: bool,
     /// The stages and counters its AM reported last (not stored: the AM resends them).
     detail: Option<spindle_protocol::JobDetail>,
+    /// Since when its AM's asks have been waiting, unmet (the start of the allocation
+    /// latency of its grants; soft state, like the asks).
+    asks_since_ms: Option<u64>,
 }
 
 impl App {
@@ -121,6 +129,7 @@ impl App {
             preempt_news: false,
             controls_news: false,
             detail: None,
+            asks_since_ms: None,
         }
     }
 }
@@ -170,6 +179,9 @@ struct Dirty {
     apps: BTreeSet<AppId>,
     containers: BTreeSet<ContainerId>,
     nodes: BTreeSet<NodeId>,
+    /// The last records of nodes forgotten since the last `take_writes`: no longer in `nodes`,
+    /// but still to be written (marked forgotten) as history.
+    forgotten_nodes: BTreeMap<NodeId, NodeRecord>,
 }
 
 /// Side effects to carry out after the writes are committed.
@@ -181,6 +193,8 @@ pub struct Outbox {
     pub wake: BTreeSet<AppId>,
     /// Apps that have just ended: their logs are aggregated.
     pub ended: Vec<AppId>,
+    /// What the change observed for the metrics (scheduling rounds, grant latencies).
+    pub observed: Observations,
 }
 
 /// An AM container the RM must start on a node.
@@ -245,11 +259,14 @@ impl Cluster {
                 .filter_map(|id| self.containers.get(id))
                 .map(|c| c.record.clone())
                 .collect(),
+            // A node forgotten and registered again since the last batch is written as it is now.
             nodes: dirty
                 .nodes
                 .iter()
-                .filter_map(|id| self.nodes.get(id))
-                .map(|node| node.record.clone())
+                .filter_map(|id| {
+                    let tracked = self.nodes.get(id).map(|node| node.record.clone());
+                    tracked.or_else(|| dirty.forgotten_nodes.get(id).cloned())
+                })
                 .collect(),
         }
     }
@@ -283,11 +300,12 @@ impl Cluster {
     }
 
     /// Periodic work: lose silent nodes, reclaim unlaunched grants, finish decommissions,
-    /// preempt, place.
+    /// forget long-departed nodes, preempt, place.
     pub fn tick(&mut self, now_ms: u64) {
         self.expire_nodes(now_ms);
         self.expire_unlaunched_containers(now_ms);
         self.advance_decommissions(now_ms);
+        self.forget_departed_nodes(now_ms);
         self.preempt(now_ms);
         self.round_due = true;
         self.schedule(now_ms);

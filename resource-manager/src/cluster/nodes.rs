@@ -1,5 +1,5 @@
 //! Node lifecycle: registration, heartbeats and the container statuses they carry, loss by
-//! silence, and graceful decommissioning.
+//! silence, graceful decommissioning, and forgetting nodes long departed.
 
 use std::collections::BTreeSet;
 
@@ -11,7 +11,7 @@ use spindle_protocol::{
 use super::containers::synthetic_status;
 use super::transitions;
 use super::{Cluster, Node};
-use crate::records::NodeRecord;
+use crate::records::{ForgottenNode, NodeRecord};
 
 /// How many heartbeat replies tell an agent to delete an ended app's shuffle data. Deleting is
 /// idempotent and the agent acts on the first reply it gets, so repeating the order a few times
@@ -49,6 +49,8 @@ impl Cluster {
                 state: NodeState::New,
                 decommission_deadline_ms: None,
                 isolation: request.isolation.clone(),
+                departed_at_ms: None,
+                forgotten: None,
             };
             Node::new(record, now_ms)
         });
@@ -58,7 +60,7 @@ impl Cluster {
         node.record.labels = request.labels.clone();
         node.record.capacity = request.capacity;
         if node.record.state.can_become(NodeState::Running) {
-            transitions::transition(&node.record.node_id, &mut node.record.state, NodeState::Running);
+            node.change_state(NodeState::Running, now_ms);
             node.record.decommission_deadline_ms = None;
         }
         node.registered = true;
@@ -110,6 +112,8 @@ impl Cluster {
         };
         match node.record.state {
             NodeState::Decommissioned => {
+                // Still heard: it is kept (and told to shut down) until it falls silent.
+                node.last_heartbeat_ms = now_ms;
                 return NodeHeartbeatReply {
                     shutdown: true,
                     ..NodeHeartbeatReply::default()
@@ -138,7 +142,7 @@ impl Cluster {
             _ => None,
         };
         if let Some(next) = next_state {
-            transitions::transition(&node.record.node_id, &mut node.record.state, next);
+            node.change_state(next, now_ms);
             self.mark_node(&node_id);
             self.round_due |= next == NodeState::Running;
         }
@@ -249,7 +253,7 @@ impl Cluster {
             .collect();
         for node_id in silent {
             let node = self.nodes.get_mut(&node_id).expect("listed above");
-            transitions::transition(&node.record.node_id, &mut node.record.state, NodeState::Lost);
+            node.change_state(NodeState::Lost, now_ms);
             node.registered = false;
             node.pending_kills.clear();
             let live: Vec<ContainerId> = node.live.iter().copied().collect();
@@ -278,7 +282,7 @@ impl Cluster {
                 reason: format!("{timeout_s} is more than a week"),
             });
         }
-        transitions::transition(&node.record.node_id, &mut node.record.state, NodeState::Decommissioning);
+        node.change_state(NodeState::Decommissioning, now_ms);
         let deadline = if force { now_ms } else { now_ms.saturating_add(timeout_s * 1000) };
         // A second request may shorten the drain, never lengthen it.
         node.record.decommission_deadline_ms = Some(node.record.decommission_deadline_ms.map_or(deadline, |old| old.min(deadline)));
@@ -330,11 +334,74 @@ impl Cluster {
             }
             let node = self.nodes.get_mut(&node_id).expect("listed above");
             if node.live.is_empty() {
-                transitions::transition(&node.record.node_id, &mut node.record.state, NodeState::Decommissioned);
+                node.change_state(NodeState::Decommissioned, now_ms);
                 node.record.decommission_deadline_ms = None;
                 self.mark_node(&node_id);
                 tracing::info!(node = %node_id, "node decommissioned");
             }
+        }
+    }
+
+    /// Departed nodes (DECOMMISSIONED or LOST) are forgotten once they have been departed for
+    /// longer than `departed_node_expiry` and silent for longer than `node_expiry`: dropped
+    /// from memory, their record written one last time, marked forgotten, as history. The
+    /// silence matters for a DECOMMISSIONED agent that still heartbeats: while the RM knows the
+    /// node it tells the agent to shut down; once forgotten it would tell it to register again.
+    pub(super) fn forget_departed_nodes(&mut self, now_ms: u64) {
+        let Some(expiry) = self.settings.departed_node_expiry_ms else {
+            return;
+        };
+        let silence = self.settings.node_expiry_ms;
+        let due: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|node| {
+                node.record
+                    .departed_at_ms
+                    .is_some_and(|departed| departed.saturating_add(expiry) < now_ms)
+            })
+            .filter(|node| node.last_heartbeat_ms.saturating_add(silence) < now_ms)
+            .map(|node| node.record.node_id.clone())
+            .collect();
+        for node_id in due {
+            let node = &self.nodes[&node_id];
+            // A departed node's containers all completed when it departed: none can still
+            // point at a node the RM no longer knows.
+            if !node.live.is_empty() || node.record.state.is_active() {
+                tracing::error!(node = %node_id, state = ?node.record.state, live = node.live.len(), "not forgetting a node that is active or has live containers");
+                debug_assert!(
+                    false,
+                    "{node_id} is due to be forgotten but is {:?} with {} live containers",
+                    node.record.state,
+                    node.live.len()
+                );
+                continue;
+            }
+            let node = self.nodes.remove(&node_id).expect("looked up above");
+            let mut record = node.record;
+            record.forgotten = Some(ForgottenNode {
+                at_ms: now_ms,
+                last_heartbeat_ms: node.last_heartbeat_ms,
+            });
+            tracing::info!(node = %node_id, state = ?record.state, departed_at_ms = record.departed_at_ms, "departed node forgotten; its last state stays in the store");
+            self.dirty.forgotten_nodes.insert(node_id.clone(), record);
+            self.mark_node(&node_id);
+        }
+    }
+}
+
+impl Node {
+    /// Moves the node to `next` through the transition table, keeping `departed_at_ms` in
+    /// step: set when the node departs (DECOMMISSIONED, LOST), cleared when it is back.
+    fn change_state(&mut self, next: NodeState, now_ms: u64) {
+        let was_active = self.record.state.is_active();
+        if !transitions::transition(&self.record.node_id, &mut self.record.state, next) {
+            return;
+        }
+        if next.is_active() {
+            self.record.departed_at_ms = None;
+        } else if was_active {
+            self.record.departed_at_ms = Some(now_ms);
         }
     }
 }

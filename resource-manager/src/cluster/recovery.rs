@@ -8,13 +8,23 @@ use crate::records::Snapshot;
 
 impl Cluster {
     /// A cluster rebuilt from a snapshot. Recovered nodes get a full `node_expiry` from now to
-    /// register again before they are declared LOST.
+    /// register again before they are declared LOST; departed ones keep the time they departed,
+    /// so a restart does not put off forgetting them (by more than that `node_expiry`).
     pub fn recover(settings: ClusterSettings, epoch: u64, now_ms: u64, snapshot: Snapshot) -> Cluster {
         // New apps are named after this RM's start; never reuse an old app's timestamp.
         let newest_ts = snapshot.apps.iter().map(|app| app.app_id.cluster_ts).max().unwrap_or(0);
         let mut cluster = Cluster::new(settings, epoch, now_ms.max(newest_ts + 1));
-        for record in snapshot.nodes {
+        for mut record in snapshot.nodes {
+            // The store leaves forgotten nodes out; one that slipped in stays history.
+            if record.forgotten.is_some() {
+                continue;
+            }
             let node_id = record.node_id.clone();
+            // Stored before departures were timed: its `departed_node_expiry` starts now.
+            if !record.state.is_active() && record.departed_at_ms.is_none() {
+                record.departed_at_ms = Some(now_ms);
+                cluster.mark_node(&node_id);
+            }
             cluster.nodes.insert(node_id, Node::new(record, now_ms));
         }
         for record in snapshot.apps {

@@ -4,11 +4,12 @@ use std::collections::BTreeMap;
 
 use spindle_protocol::{
     AppId, AppReport, AppState, AttemptReport, ClusterReport, ContainerId, ContainerReport, ContainerState, NodeId, NodeReport, NodeState,
-    QueueReport, QueueUserReport, Resources,
+    NodeUsage, QueueReport, QueueUserReport, Resources,
 };
 
 use super::view_acl::{redact_app_report, redact_container_report};
 use super::{App, Caller, Cluster, Container, Node};
+use crate::records::NodeRecord;
 
 /// Filters of `GET /v1/apps`.
 #[derive(Debug, Clone, Default)]
@@ -286,5 +287,28 @@ fn node_report(node: &Node) -> NodeReport {
         health_report: node.health_report.clone(),
         last_heartbeat_ms: node.last_heartbeat_ms,
         isolation: node.record.isolation.clone(),
+        departed_at_ms: node.record.departed_at_ms,
+        forgotten_at_ms: None,
+    }
+}
+
+/// The report of a node the RM has forgotten, from its last record (the store's history):
+/// departed, so with no containers and nothing in use.
+pub fn forgotten_node_report(record: &NodeRecord) -> NodeReport {
+    NodeReport {
+        node_id: record.node_id.clone(),
+        address: record.address.clone(),
+        rack: record.rack.clone(),
+        labels: record.labels.clone(),
+        state: record.state,
+        capacity: record.capacity,
+        used: Resources::ZERO,
+        containers: 0,
+        usage: NodeUsage::default(),
+        health_report: String::new(),
+        last_heartbeat_ms: record.forgotten.map_or(0, |forgotten| forgotten.last_heartbeat_ms),
+        isolation: record.isolation.clone(),
+        departed_at_ms: record.departed_at_ms,
+        forgotten_at_ms: record.forgotten.map(|forgotten| forgotten.at_ms),
     }
 }

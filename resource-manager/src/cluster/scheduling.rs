@@ -50,6 +50,9 @@ impl Cluster {
             apps,
             now_ms,
         };
+        // Measured for the metrics only: no decision depends on the wall clock.
+        let round_started = std::time::Instant::now();
+        let _round = tracing::debug_span!("scheduling_round", apps = snapshot.apps.len(), nodes = snapshot.nodes.len()).entered();
         let decisions = self.scheduler.solve(&snapshot);
         let apps = snapshot.apps;
         for placement in &decisions.placements {
@@ -67,6 +70,8 @@ impl Cluster {
                 state.waiting = decisions.wait_reason(app.app_id).map(ToString::to_string);
             }
         }
+        tracing::debug!(placed = decisions.placements.len(), "scheduling round");
+        self.outbox.observed.scheduling_rounds.push(round_started.elapsed());
     }
 
     /// Preemption, run by `tick`: ask the planner which containers should be under notice and

@@ -73,6 +73,12 @@ pub struct RmConfig {
     /// A node silent this long is LOST.
     #[serde(with = "seconds")]
     pub node_expiry: Duration,
+    /// A departed node (DECOMMISSIONED or LOST) is forgotten this long after it departed (and
+    /// once silent for `node_expiry`): dropped from memory and the node list, its last state
+    /// kept in the store as history (YARN's `node-removal-untracked.timeout-ms`). 0 keeps
+    /// departed nodes for ever; otherwise at least `MIN_DEPARTED_NODE_EXPIRY`.
+    #[serde(with = "seconds")]
+    pub departed_node_expiry: Duration,
     /// How often agents heartbeat (they also report at once when a container ends).
     #[serde(with = "millis")]
     pub heartbeat_interval: Duration,
@@ -236,6 +242,7 @@ impl Default for RmConfig {
             users: Vec::new(),
             default_unix_user: DEFAULT_UNIX_USER.to_owned(),
             node_expiry: Duration::from_secs(10),
+            departed_node_expiry: Duration::from_secs(3600),
             heartbeat_interval: Duration::from_millis(1000),
             container_launch_expiry: Duration::from_secs(60),
             max_body_bytes: 1024 * 1024,
@@ -343,6 +350,11 @@ impl RmConfig {
         )
     }
 
+    /// `departed_node_expiry` as the state machine takes it: `None` keeps departed nodes.
+    pub fn departed_node_expiry_ms(&self) -> Option<u64> {
+        (!self.departed_node_expiry.is_zero()).then_some(self.departed_node_expiry.as_millis() as u64)
+    }
+
     /// The validated queue tree of this config.
     pub fn queue_tree(&self) -> Result<QueueTree, ConfigError> {
         Ok(QueueTree::from_config(&self.queues)?)
@@ -387,6 +399,16 @@ impl RmConfig {
             return Err(ConfigError::Invalid {
                 field: "node_expiry",
                 reason: "must be at least twice heartbeat_interval".to_owned(),
+            });
+        }
+        if !self.departed_node_expiry.is_zero() && self.departed_node_expiry < MIN_DEPARTED_NODE_EXPIRY {
+            return Err(ConfigError::Invalid {
+                field: "departed_node_expiry",
+                reason: format!(
+                    "must be 0 (keep departed nodes) or at least {} seconds, not {}",
+                    MIN_DEPARTED_NODE_EXPIRY.as_secs(),
+                    self.departed_node_expiry.as_secs_f64()
+                ),
             });
         }
         if self.heartbeat_interval.is_zero() || self.container_launch_expiry.is_zero() {
@@ -446,6 +468,10 @@ impl RmConfig {
         format!("{scheme}://{bound}")
     }
 }
+
+/// Departed nodes stay listed at least this long, so that people and scripts polling the node
+/// list get to see that a node went.
+const MIN_DEPARTED_NODE_EXPIRY: Duration = Duration::from_secs(60);
 
 /// Shorter leases would be renewed more often than a database round trip under load allows.
 const MIN_LEADER_LEASE: Duration = Duration::from_millis(100);

@@ -171,3 +171,22 @@ fn tls_needs_its_certificate_key_and_ca_together() {
             .unwrap();
     assert!(parsed.tls.enabled());
 }
+
+#[test]
+fn departed_nodes_are_forgotten_after_an_hour_by_default_never_with_0_and_not_too_soon() {
+    let read = |text: &str| {
+        parse(&format!("cluster_secret = \"0123456789abcdef0123\"\n{text}"))
+            .and_then(|config| config.validate().map(|()| config))
+            .map_err(|err| err.to_string())
+    };
+    assert_eq!(read("").unwrap().departed_node_expiry_ms(), Some(3_600_000));
+    assert_eq!(read("departed_node_expiry = 90.5").unwrap().departed_node_expiry_ms(), Some(90_500));
+    assert_eq!(read("departed_node_expiry = 0").unwrap().departed_node_expiry_ms(), None);
+    let message = read("departed_node_expiry = 5").unwrap_err();
+    assert!(
+        message.contains("field `departed_node_expiry`") && message.contains("at least 60 seconds") && message.contains("not 5"),
+        "{message}"
+    );
+    let message = read("departed_node_expiry = -1").unwrap_err();
+    assert!(message.contains("field `departed_node_expiry`"), "{message}");
+}

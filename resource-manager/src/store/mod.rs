@@ -11,8 +11,9 @@
 //! ```
 //!
 //! Each record is stored whole as JSON (`doc`), beside a few copied columns that queries filter
-//! or sort on. Glossary: *epoch* — a counter bumped at each RM start; a write carries the epoch
-//! its RM got, and is *fenced* (refused) once a newer RM has bumped it.
+//! or sort on. Nodes the RM has forgotten keep their row (`forgotten_at_ms` set) as history.
+//! Glossary: *epoch* — a counter bumped at each RM start; a write carries the epoch its RM got,
+//! and is *fenced* (refused) once a newer RM has bumped it.
 
 mod postgres;
 mod shared;
@@ -23,7 +24,9 @@ pub use sqlite::SqliteStore;
 
 use std::time::Duration;
 
-use crate::records::{Snapshot, WriteBatch};
+use spindle_protocol::NodeId;
+
+use crate::records::{NodeRecord, Snapshot, WriteBatch};
 
 /// The URL forms `Store::connect` accepts, quoted by `StoreError::BadUrl`.
 const ACCEPTED_URLS: &str = "sqlite://PATH (a file, created if missing), sqlite::memory: (in memory, for tests) \
@@ -253,7 +256,7 @@ impl Store {
     }
 
     /// Everything to reload at restart: apps by `submitted_at_ms` then id, containers by id,
-    /// nodes by id (ids compared as strings, byte by byte).
+    /// nodes by id (ids compared as strings, byte by byte), but not the nodes the RM forgot.
     pub async fn load(&self) -> Result<Snapshot, StoreError> {
         match self {
             Store::Sqlite(store) => store.load().await,
@@ -281,6 +284,33 @@ impl Store {
         match self {
             Store::Sqlite(store) => store.purge_finished_before(cutoff_ms).await,
             Store::Postgres(store) => store.purge_finished_before(cutoff_ms).await,
+        }
+    }
+
+    /// The last records of the nodes the RM has forgotten (departed longer than
+    /// `departed_node_expiry`), by id: history, which `load` leaves out.
+    pub async fn forgotten_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.forgotten_nodes(None).await,
+            Store::Postgres(store) => store.forgotten_nodes(None).await,
+        }
+    }
+
+    /// The last record of `node_id` if the RM has forgotten it; `None` if it is tracked or unknown.
+    pub async fn forgotten_node(&self, node_id: &NodeId) -> Result<Option<NodeRecord>, StoreError> {
+        let found = match self {
+            Store::Sqlite(store) => store.forgotten_nodes(Some(node_id)).await?,
+            Store::Postgres(store) => store.forgotten_nodes(Some(node_id)).await?,
+        };
+        Ok(found.into_iter().next())
+    }
+
+    /// Deletes the history of nodes forgotten before `cutoff_ms` (a node that registered again
+    /// is not forgotten and stays); returns how many went. Retention, as for finished apps.
+    pub async fn purge_forgotten_nodes_before(&self, cutoff_ms: u64) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.purge_forgotten_nodes_before(cutoff_ms).await,
+            Store::Postgres(store) => store.purge_forgotten_nodes_before(cutoff_ms).await,
         }
     }
 

@@ -3,12 +3,13 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use spindle_protocol::NodeId;
 use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::shared::{Queries, Statement, epoch_from_sql};
 use super::{Leadership, StoreError};
-use crate::records::Snapshot;
+use crate::records::{NodeRecord, Snapshot};
 
 /// Locks the epoch row for the rest of the transaction, so a `begin_epoch` by a newer RM waits
 /// for this write to finish, and a write waits for a `begin_epoch` in flight and then sees the
@@ -125,6 +126,16 @@ impl PgStore {
         let purged = Queries::<Postgres>::purge_finished_before(&mut tx, cutoff_ms).await?;
         tx.commit().await?;
         Ok(purged)
+    }
+
+    pub(super) async fn forgotten_nodes(&self, node_id: Option<&NodeId>) -> Result<Vec<NodeRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Postgres>::forgotten_nodes(&mut conn, node_id).await
+    }
+
+    pub(super) async fn purge_forgotten_nodes_before(&self, cutoff_ms: u64) -> Result<u64, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Postgres>::purge_forgotten_nodes_before(&mut conn, cutoff_ms).await
     }
 
     pub(super) async fn close(&self) {

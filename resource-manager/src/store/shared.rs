@@ -7,6 +7,7 @@ use std::marker::PhantomData;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use spindle_protocol::NodeId;
 use sqlx::{AssertSqlSafe, Database, Encode, Executor, FromRow, IntoArguments, Transaction, Type};
 
 use super::StoreError;
@@ -21,7 +22,13 @@ const ROWS_PER_STATEMENT: usize = 200;
 const BUMP_EPOCH: &str = "UPDATE cluster_meta SET epoch = epoch + 1, started_at_ms = $1 WHERE id = 1 RETURNING epoch";
 const LOAD_APPS: &str = "SELECT app_id, doc FROM apps ORDER BY submitted_at_ms, app_id";
 const LOAD_CONTAINERS: &str = "SELECT container_id, doc FROM containers ORDER BY container_id";
-const LOAD_NODES: &str = "SELECT node_id, doc FROM nodes ORDER BY node_id";
+/// Forgotten nodes are history: a restarted RM does not track them again.
+const LOAD_NODES: &str = "SELECT node_id, doc FROM nodes WHERE forgotten_at_ms IS NULL ORDER BY node_id";
+const LOAD_FORGOTTEN_NODES: &str = "SELECT node_id, doc FROM nodes WHERE forgotten_at_ms IS NOT NULL ORDER BY node_id";
+const LOAD_FORGOTTEN_NODE: &str = "SELECT node_id, doc FROM nodes WHERE node_id = $1 AND forgotten_at_ms IS NOT NULL";
+/// The history of forgotten nodes is kept as long as finished apps (`retain_finished`). A node
+/// that registered again has no `forgotten_at_ms` and is never touched.
+const PURGE_FORGOTTEN_NODES: &str = "DELETE FROM nodes WHERE forgotten_at_ms < $1 RETURNING node_id";
 /// The terminal app states, spelled out so the statement is a constant; a unit test keeps the
 /// list in step with `AppState::is_terminal`. An ended app some of whose containers still run
 /// (an AM that finished its app and is still exiting) stays: the RM keeps it in memory and
@@ -50,7 +57,7 @@ const CONTAINERS: Table = Table {
 };
 const NODES: Table = Table {
     name: "nodes",
-    columns: &["node_id", "state", "doc"],
+    columns: &["node_id", "state", "forgotten_at_ms", "doc"],
 };
 
 /// A value to bind: the only three column types the schema uses.
@@ -158,6 +165,7 @@ fn node_row(node: &NodeRecord) -> (String, Vec<SqlValue>) {
     let values = vec![
         SqlValue::Text(key.clone()),
         SqlValue::Text(json_name(&node.state)),
+        SqlValue::NullableInt(node.forgotten.map(|forgotten| to_sql_int(forgotten.at_ms))),
         SqlValue::Text(to_doc(node)),
     ];
     (key, values)
@@ -252,6 +260,29 @@ where
         })
     }
 
+    /// The nodes the RM has forgotten, by id; with `node_id`, only that one (if it is forgotten).
+    pub(super) async fn forgotten_nodes(conn: &mut DB::Connection, node_id: Option<&NodeId>) -> Result<Vec<NodeRecord>, StoreError> {
+        let rows: Vec<(String, String)> = match node_id {
+            Some(node_id) => {
+                sqlx::query_as(LOAD_FORGOTTEN_NODE)
+                    .bind(node_id.to_string())
+                    .fetch_all(conn)
+                    .await?
+            }
+            None => sqlx::query_as(LOAD_FORGOTTEN_NODES).fetch_all(conn).await?,
+        };
+        decode_rows("nodes", rows, |node: &NodeRecord| node.node_id.to_string())
+    }
+
+    /// Deletes the history of nodes forgotten before `cutoff_ms`; returns how many went.
+    pub(super) async fn purge_forgotten_nodes_before(conn: &mut DB::Connection, cutoff_ms: u64) -> Result<u64, StoreError> {
+        let purged: Vec<(String,)> = sqlx::query_as(PURGE_FORGOTTEN_NODES)
+            .bind(to_sql_int(cutoff_ms))
+            .fetch_all(conn)
+            .await?;
+        Ok(purged.len() as u64)
+    }
+
     /// Checks the fence, then runs the statements, then commits; on any error it rolls back.
     /// `read_epoch` is the backend's way of reading (and, on PostgreSQL, locking) the epoch.
     pub(super) async fn fenced_write(
@@ -324,8 +355,8 @@ mod tests {
     fn upsert_sql_numbers_placeholders_across_rows() {
         assert_eq!(
             upsert_sql(&NODES, 2),
-            "INSERT INTO nodes (node_id, state, doc) VALUES ($1, $2, $3), ($4, $5, $6) \
-             ON CONFLICT (node_id) DO UPDATE SET state = excluded.state, doc = excluded.doc"
+            "INSERT INTO nodes (node_id, state, forgotten_at_ms, doc) VALUES ($1, $2, $3, $4), ($5, $6, $7, $8) \
+             ON CONFLICT (node_id) DO UPDATE SET state = excluded.state, forgotten_at_ms = excluded.forgotten_at_ms, doc = excluded.doc"
         );
     }
 

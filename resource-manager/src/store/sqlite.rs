@@ -4,12 +4,13 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use spindle_protocol::NodeId;
 use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use super::shared::{Queries, Statement};
 use super::{Leadership, SqliteSynchronous, StoreError};
-use crate::records::Snapshot;
+use crate::records::{NodeRecord, Snapshot};
 
 /// Takes the write lock when the transaction begins, not at its first write: a deferred
 /// transaction that reads first cannot wait for the lock it later needs and fails with
@@ -129,6 +130,16 @@ impl SqliteStore {
         let purged = Queries::<Sqlite>::purge_finished_before(&mut tx, cutoff_ms).await?;
         tx.commit().await?;
         Ok(purged)
+    }
+
+    pub(super) async fn forgotten_nodes(&self, node_id: Option<&NodeId>) -> Result<Vec<NodeRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Sqlite>::forgotten_nodes(&mut conn, node_id).await
+    }
+
+    pub(super) async fn purge_forgotten_nodes_before(&self, cutoff_ms: u64) -> Result<u64, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Sqlite>::purge_forgotten_nodes_before(&mut conn, cutoff_ms).await
     }
 
     pub(super) async fn close(&self) {

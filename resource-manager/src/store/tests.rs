@@ -66,6 +66,9 @@ fn store_futures_are_send() {
         assert_send(store.load());
         assert_send(store.commit(1, batch));
         assert_send(store.purge_finished_before(0));
+        assert_send(store.forgotten_nodes());
+        assert_send(store.forgotten_node(&spindle_protocol::NodeId("n1:8042".to_owned())));
+        assert_send(store.purge_forgotten_nodes_before(0));
         assert_send(store.close());
     };
 }

@@ -1,7 +1,7 @@
 //! The suite's plumbing: a database of its own per test, and fully populated records.
 
 use spindle_protocol::{AppId, AppState, ContainerId, ContainerState, ExitReason, FinalStatus, JobSpec, NodeId, NodeState, Resources};
-use spindle_resource_manager::records::{AppRecord, AttemptRecord, ContainerRecord, NodeRecord, WriteBatch};
+use spindle_resource_manager::records::{AppRecord, AttemptRecord, ContainerRecord, ForgottenNode, NodeRecord, WriteBatch};
 use spindle_resource_manager::store::Store;
 use sqlx::{AssertSqlSafe, Connection};
 
@@ -217,6 +217,19 @@ pub fn node(name: &str, state: NodeState) -> NodeRecord {
         state,
         decommission_deadline_ms: Some(123_456),
         isolation: Default::default(),
+        departed_at_ms: Some(234_567),
+        forgotten: None,
+    }
+}
+
+/// A departed node the RM forgot at `at_ms`: history, which `load` leaves out.
+pub fn forgotten_node(name: &str, state: NodeState, at_ms: u64) -> NodeRecord {
+    NodeRecord {
+        forgotten: Some(ForgottenNode {
+            at_ms,
+            last_heartbeat_ms: at_ms - 1_000,
+        }),
+        ..node(name, state)
     }
 }
 

@@ -2,7 +2,7 @@
 //! writing the metadata that makes a checkpoint complete, and the last commit of a job whose
 //! sources all ended.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use spindle_protocol::now_ms;
@@ -10,6 +10,7 @@ use spindle_protocol::now_ms;
 use super::coordinator::{Coordinator, Effect, Pending, Phase};
 use crate::checkpoints::{CheckpointMeta, SnapshotFile};
 use crate::control::{Ack, ToWorker};
+use crate::counts::RecordCounts;
 use crate::operator::Commit;
 use crate::wire::InstanceId;
 use spindle_protocol::ContainerId;
@@ -95,6 +96,10 @@ impl Coordinator {
                 commits.push(commit.clone());
             }
         }
+        // Each instance's counts at the barrier: the checkpoint's totals, kept only if it is.
+        let counters = self
+            .counters
+            .checkpointed(pending.acks.iter().map(|(instance, ack)| (*instance, ack.counts)));
         let meta = CheckpointMeta {
             id,
             completed_at_ms: now_ms(),
@@ -104,11 +109,23 @@ impl Coordinator {
             stages,
             commits: commits.clone(),
             last: false,
+            counters: counters.committed().clone(),
         };
         if let Err(error) = self.storage.complete(&meta) {
             tracing::warn!(checkpoint = id, %error, "cannot write checkpoint metadata: the checkpoint does not count");
             return;
         }
+        self.counters = counters;
+        let live: BTreeSet<InstanceId> = self
+            .layout
+            .iter()
+            .flatten()
+            .flatten()
+            .chain(self.rescale.iter().flat_map(|rescale| &rescale.new))
+            .map(|placed| placed.id)
+            .collect();
+        self.counters.forget_departed(&live);
+        self.metrics.forget_departed(&live);
         tracing::debug!(checkpoint = id, bytes = size, duration_ms = meta.duration_ms, "checkpoint complete");
         self.pending.retain(|&other, _| other > id);
         self.last_complete = Some(meta);
@@ -116,9 +133,10 @@ impl Coordinator {
         self.rescale_on_complete(id);
     }
 
-    /// An instance's input ended for good (bounded sources).
-    pub fn on_finished(&mut self, instance: InstanceId, commit: Option<Commit>, now: Instant) {
+    /// An instance's input ended for good (bounded sources), with everything it counted.
+    pub fn on_finished(&mut self, instance: InstanceId, commit: Option<Commit>, counts: RecordCounts, now: Instant) {
         self.now = now;
+        self.counters.observe(instance, counts);
         let Some(layout) = &self.layout else { return };
         let Some(stage) = layout.iter().position(|placed| placed.iter().any(|p| p.id == instance)) else {
             return;
@@ -127,12 +145,10 @@ impl Coordinator {
             self.sources_done = true;
         }
         self.finished.insert(instance, commit);
-        let sinks_done = layout
-            .iter()
-            .enumerate()
-            .filter(|(stage, _)| self.graph.stages[*stage].spec.kind().is_sink())
-            .all(|(_, placed)| placed.iter().all(|p| self.finished.contains_key(&p.id)));
-        if sinks_done && self.phase == Phase::Running {
+        // The sinks finish last, but the other instances' last counts may still be on their
+        // way (each worker has its own connection): the job's final totals wait for them.
+        let all_done = layout.iter().flatten().all(|p| self.finished.contains_key(&p.id));
+        if all_done && self.phase == Phase::Running {
             self.finish_job();
         }
     }
@@ -155,6 +171,7 @@ impl Coordinator {
             stages: BTreeMap::new(),
             commits: commits.clone(),
             last: true,
+            counters: self.counters.totals(),
         };
         self.phase = Phase::Finishing;
         if let Err(error) = self.storage.complete(&meta) {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use spindle_protocol::{ContainerId, StreamSpec};
 
+use super::counters::{CounterLedger, OperatorTotals};
 use super::metrics::Metrics;
 use super::rescale::Rescale;
 use crate::checkpoints::{CheckpointMeta, Storage};
@@ -83,6 +84,8 @@ pub struct Coordinator {
     pub restarts: u32,
     pub rescale: Option<Rescale>,
     pub metrics: Metrics,
+    /// Every operator's totals, folded at each complete checkpoint.
+    pub counters: CounterLedger,
     pub effects: Vec<Effect>,
     /// The parallelism the RM last said it stores: only its changes are news (the autoscaler
     /// may have moved away from it since).
@@ -114,6 +117,8 @@ impl Coordinator {
         }
         let next_checkpoint = storage.ids().last().map_or(1, |id| id + 1);
         let epoch = u64::from(attempt) << 32;
+        // A new attempt goes on counting from the checkpoint it resumes from.
+        let counters = CounterLedger::starting_from(last_complete.as_ref().map(|meta| meta.counters.clone()).unwrap_or_default());
         Coordinator {
             spec,
             app_id,
@@ -135,6 +140,7 @@ impl Coordinator {
             restarts: 0,
             rescale: None,
             metrics: Metrics::default(),
+            counters,
             effects: Vec::new(),
             rm_parallelism: BTreeMap::new(),
             last_rescaled: BTreeMap::new(),
@@ -160,6 +166,20 @@ impl Coordinator {
             .filter(|(_, worker)| worker.data_address.is_some())
             .map(|(id, _)| *id)
             .collect()
+    }
+
+    /// The totals at the checkpoint a deployment restores from (none yet: zero).
+    pub(super) fn restored_totals(&self) -> OperatorTotals {
+        self.last_complete.as_ref().map(|meta| meta.counters.clone()).unwrap_or_default()
+    }
+
+    /// Workers' samples of their instances: rates, and counts between checkpoints.
+    pub fn on_metrics(&mut self, samples: Vec<crate::control::InstanceMetrics>, now: Instant) {
+        self.now = now;
+        for sample in &samples {
+            self.counters.observe(sample.id, sample.counts());
+        }
+        self.metrics.record(now, samples);
     }
 
     pub fn send(&mut self, worker: ContainerId, message: ToWorker) {
@@ -293,9 +313,12 @@ impl Coordinator {
         if !dirs.is_empty() {
             self.effects.push(Effect::CleanStaging { dirs, epoch: self.epoch });
         }
+        // The new instances count from 0, on top of the totals of the checkpoint they restore.
+        self.counters.restore(self.restored_totals());
         let mut starts: BTreeMap<ContainerId, Vec<InstancePlan>> = BTreeMap::new();
         for (stage, placed) in layout.iter().enumerate() {
             for instance in placed {
+                self.counters.track(instance.id, &self.graph.stages[stage].spec.name);
                 let plan = self.instance_plan(&layout, stage, instance, restored, None);
                 starts.entry(self.slots[instance.worker]).or_default().push(plan);
             }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use spindle_protocol::{InstanceStatus, MetricFamily, MetricSample, StreamDetail};
+use spindle_protocol::{InstanceStatus, MetricFamily, MetricSample, OperatorStatus, StreamDetail};
 
 /// A per-instance gauge: its name, help, and the figure it reads (`None`: no sample).
 type InstanceGauge = (&'static str, &'static str, fn(&InstanceStatus) -> Option<f64>);
@@ -41,15 +41,59 @@ const INSTANCE_GAUGES: [InstanceGauge; 6] = [
     ),
 ];
 
+/// A per-operator counter: its name, help, and the total it reads.
+type OperatorCounter = (&'static str, &'static str, fn(&OperatorStatus) -> u64);
+
+/// Totals since the job started over every instance an operator had, kept in checkpoints: a
+/// restore sets them back to the checkpoint's figures (a counter reset to Prometheus, which
+/// `rate()` and `increase()` handle), after which the replayed records count again.
+const OPERATOR_COUNTERS: [OperatorCounter; 6] = [
+    (
+        "spindle_stream_records_in_total",
+        "Records an operator took in since the job started, over all its instances.",
+        |operator| operator.records_in,
+    ),
+    (
+        "spindle_stream_records_out_total",
+        "Records an operator sent on since the job started, over all its instances.",
+        |operator| operator.records_out,
+    ),
+    (
+        "spindle_stream_in_bytes_total",
+        "Bytes of the records an operator took in since the job started (batch format).",
+        |operator| operator.bytes_in,
+    ),
+    (
+        "spindle_stream_out_bytes_total",
+        "Bytes of the records an operator sent on since the job started (batch format).",
+        |operator| operator.bytes_out,
+    ),
+    (
+        "spindle_stream_late_records_total",
+        "Records an operator dropped because the watermark had passed their window.",
+        |operator| operator.late_records,
+    ),
+    (
+        "spindle_stream_bad_records_total",
+        "Records an operator skipped because a field they need does not parse.",
+        |operator| operator.bad_records,
+    ),
+];
+
 /// A per-app figure: its name, help, type, and the figure it reads (`None`: no sample).
 type AppMetric = (&'static str, &'static str, &'static str, fn(&StreamDetail) -> Option<f64>);
 
 const APP_METRICS: [AppMetric; 4] = [
     (
-        "spindle_stream_checkpoint_duration_ms",
+        "spindle_stream_checkpoint_duration_seconds",
         "Duration of the latest complete checkpoint, from trigger to the last acknowledgement.",
         "gauge",
-        |detail| detail.last_checkpoint.as_ref().map(|checkpoint| checkpoint.duration_ms as f64),
+        |detail| {
+            detail
+                .last_checkpoint
+                .as_ref()
+                .map(|checkpoint| checkpoint.duration_ms as f64 / 1000.0)
+        },
     ),
     (
         "spindle_stream_checkpoint_size_bytes",
@@ -91,6 +135,17 @@ pub fn exported_metrics(detail: &StreamDetail) -> Vec<MetricFamily> {
             }
         }
         families.push(family(name, help, "gauge", samples));
+    }
+    for (name, help, read) in OPERATOR_COUNTERS {
+        let samples = detail
+            .operators
+            .iter()
+            .map(|operator| MetricSample {
+                labels: BTreeMap::from([("operator".to_owned(), operator.name.clone())]),
+                value: read(operator) as f64,
+            })
+            .collect();
+        families.push(family(name, help, "counter", samples));
     }
     for (name, help, kind, read) in APP_METRICS {
         let samples = read(detail)
@@ -141,6 +196,7 @@ mod tests {
                     parallelism: 1,
                     target_parallelism: 1,
                     instances: vec![instance(0, Some(12))],
+                    ..OperatorStatus::default()
                 },
                 OperatorStatus {
                     name: "count".into(),
@@ -148,6 +204,9 @@ mod tests {
                     parallelism: 2,
                     target_parallelism: 2,
                     instances: vec![instance(0, None), instance(1, None)],
+                    records_in: 40_000_000,
+                    late_records: 3,
+                    ..OperatorStatus::default()
                 },
             ],
             last_checkpoint: Some(CheckpointStatus {
@@ -171,9 +230,17 @@ mod tests {
         assert_eq!(find("spindle_stream_source_lag").samples[0].labels["operator"], "events");
         assert_eq!(find("spindle_stream_source_lag").samples[0].value, 12.0);
         assert_eq!(find("spindle_stream_state_bytes").samples[2].labels["instance"], "1");
-        assert_eq!(find("spindle_stream_checkpoint_duration_ms").samples[0].value, 80.0);
+        assert_eq!(find("spindle_stream_checkpoint_duration_seconds").samples[0].value, 0.08);
         assert_eq!(find("spindle_stream_last_checkpoint_id").samples[0].value, 42.0);
         assert_eq!(find("spindle_stream_restarts_total").kind, "counter");
+        let records_in = find("spindle_stream_records_in_total");
+        assert_eq!(records_in.kind, "counter");
+        assert_eq!(records_in.samples[1].labels["operator"], "count");
+        assert_eq!(
+            records_in.samples[1].value, 40_000_000.0,
+            "the operator's total, not a live instance's"
+        );
+        assert_eq!(find("spindle_stream_late_records_total").samples.len(), 2, "zeros included");
         assert!(families.iter().all(|family| family.name.starts_with("spindle_stream_")));
 
         let idle = exported_metrics(&StreamDetail::default());

@@ -44,6 +44,9 @@ impl Coordinator {
         self.sources_done = false;
         self.rescale = None;
         self.layout = None;
+        // What the instances counted since the checkpoint is dropped with them: the records
+        // are replayed and counted again (so the totals shown go back to the checkpoint's).
+        self.counters.restore(self.restored_totals());
         let waiting: BTreeSet<ContainerId> = self.connected().into_iter().collect();
         for &worker in &waiting {
             self.send(worker, ToWorker::Reset { epoch: self.epoch });

@@ -1,14 +1,15 @@
-//! The instances' counters as the AM last heard them, turned into the `StreamDetail` of the
-//! app report (rates over the last report interval).
+//! The instances' samples as the AM last heard them, turned into the `StreamDetail` of the
+//! app report (rates over the last report interval); the operators' totals come from the
+//! counter ledger (`counters.rs`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use spindle_protocol::{CheckpointStatus, InstanceStatus, OperatorStatus, RescaleStatus, StreamDetail};
 
-use crate::checkpoints::CheckpointMeta;
+use super::coordinator::Coordinator;
 use crate::control::InstanceMetrics;
-use crate::graph::{Graph, Layout};
+use crate::graph::Layout;
 use crate::wire::InstanceId;
 
 /// One report of an instance's counters and when it came.
@@ -29,9 +30,8 @@ impl Metrics {
         }
     }
 
-    /// Forgets instances not in the layout any more.
-    pub fn retain(&mut self, layout: &Layout) {
-        let live: std::collections::BTreeSet<InstanceId> = layout.iter().flatten().map(|p| p.id).collect();
+    /// Forgets the samples of instances that are gone (only live ones are reported).
+    pub fn forget_departed(&mut self, live: &BTreeSet<InstanceId>) {
         self.samples.retain(|id, _| live.contains(id));
     }
 
@@ -65,53 +65,6 @@ impl Metrics {
         }
     }
 
-    /// The detail for the app report.
-    pub fn detail(
-        &self,
-        graph: &Graph,
-        layout: Option<&Layout>,
-        parallelism: &[u32],
-        slots: &[spindle_protocol::ContainerId],
-        last_complete: Option<&CheckpointMeta>,
-        restarts: u32,
-    ) -> StreamDetail {
-        let operators = graph
-            .stages
-            .iter()
-            .enumerate()
-            .map(|(stage, spec)| {
-                let placed = layout.map(|layout| layout[stage].as_slice()).unwrap_or_default();
-                let instances = placed
-                    .iter()
-                    .map(|p| InstanceStatus {
-                        index: p.index,
-                        container_id: slots.get(p.worker).copied(),
-                        key_groups: spec.spec.is_keyed().then_some(p.range),
-                        ..self.status(p.id)
-                    })
-                    .collect::<Vec<_>>();
-                OperatorStatus {
-                    name: spec.spec.name.clone(),
-                    kind: spec.spec.kind().as_str().to_owned(),
-                    parallelism: instances.len() as u32,
-                    target_parallelism: parallelism[stage],
-                    instances,
-                }
-            })
-            .collect();
-        StreamDetail {
-            operators,
-            last_checkpoint: last_complete.filter(|meta| !meta.last).map(|meta| CheckpointStatus {
-                id: meta.id,
-                completed_at_ms: meta.completed_at_ms,
-                duration_ms: meta.duration_ms,
-                size_bytes: meta.size_bytes,
-            }),
-            restarts,
-            last_rescale: self.last_rescale.clone(),
-        }
-    }
-
     /// What each stage of the layout did over the last interval (for autoscaling).
     pub fn stage_rates(&self, layout: &Layout) -> Vec<super::autoscale::StageRates> {
         layout
@@ -141,80 +94,55 @@ impl Metrics {
             })
             .collect()
     }
-
-    /// Totals by operator name, for counters.
-    pub fn totals(&self, graph: &Graph, layout: Option<&Layout>) -> BTreeMap<String, u64> {
-        let mut totals = BTreeMap::new();
-        let Some(layout) = layout else { return totals };
-        for (stage, placed) in layout.iter().enumerate() {
-            let name = &graph.stages[stage].spec.name;
-            let (mut records_in, mut records_out, mut late, mut bad) = (0, 0, 0, 0);
-            for p in placed {
-                if let Some((_, last, _)) = self.samples.get(&p.id) {
-                    records_in += last.records_in;
-                    records_out += last.records_out;
-                    late += last.late_records;
-                    bad += last.bad_records;
-                }
-            }
-            totals.insert(format!("{name}.records_in"), records_in);
-            totals.insert(format!("{name}.records_out"), records_out);
-            // Only when there are some: the report's counters are bounded.
-            if late > 0 {
-                totals.insert(format!("{name}.late_records"), late);
-            }
-            if bad > 0 {
-                totals.insert(format!("{name}.bad_records"), bad);
-            }
-        }
-        // The RM refuses a report with more counters than this (per-instance figures are in
-        // the stream detail anyway).
-        while totals.len() > spindle_protocol::MAX_DETAIL_ENTRIES {
-            totals.pop_last();
-        }
-        totals
-    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::graph::{Placed, window_count_spec};
-
-    #[test]
-    fn totals_name_late_and_bad_records_only_when_there_are_some() {
-        let graph = Graph::build(&window_count_spec(1));
-        let placed = |id| {
-            vec![Placed {
-                id,
-                index: 0,
-                range: (0, 128),
-                worker: 0,
-            }]
-        };
-        let layout: Layout = vec![placed(1), placed(2), placed(3)];
-        let mut metrics = Metrics::default();
-        metrics.record(
-            Instant::now(),
-            vec![
-                InstanceMetrics {
-                    id: 1,
-                    records_out: 10,
-                    bad_records: 2,
-                    ..Default::default()
-                },
-                InstanceMetrics {
-                    id: 2,
-                    records_in: 10,
-                    late_records: 1,
-                    ..Default::default()
-                },
-            ],
-        );
-        let totals = metrics.totals(&graph, Some(&layout));
-        assert_eq!(totals["events.bad_records"], 2);
-        assert_eq!(totals["count.late_records"], 1);
-        assert!(!totals.contains_key("count.bad_records") && !totals.contains_key("out.late_records"));
-        assert_eq!(totals["count.records_in"], 10);
+impl Coordinator {
+    /// The stream section of the app report: every operator with its instances and its totals
+    /// since the job started, the latest checkpoint, restarts and the last rescale.
+    pub fn stream_detail(&self) -> StreamDetail {
+        let totals = self.counters.totals();
+        let operators = self
+            .graph
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(stage, spec)| {
+                let placed = self.layout.as_ref().map(|layout| layout[stage].as_slice()).unwrap_or_default();
+                let instances = placed
+                    .iter()
+                    .map(|p| InstanceStatus {
+                        index: p.index,
+                        container_id: self.slots.get(p.worker).copied(),
+                        key_groups: spec.spec.is_keyed().then_some(p.range),
+                        ..self.metrics.status(p.id)
+                    })
+                    .collect::<Vec<_>>();
+                let total = totals.get(&spec.spec.name).copied().unwrap_or_default();
+                OperatorStatus {
+                    name: spec.spec.name.clone(),
+                    kind: spec.spec.kind().as_str().to_owned(),
+                    parallelism: instances.len() as u32,
+                    target_parallelism: self.parallelism[stage],
+                    instances,
+                    records_in: total.records_in,
+                    records_out: total.records_out,
+                    bytes_in: total.bytes_in,
+                    bytes_out: total.bytes_out,
+                    late_records: total.late_records,
+                    bad_records: total.bad_records,
+                }
+            })
+            .collect();
+        StreamDetail {
+            operators,
+            last_checkpoint: self.last_complete.as_ref().filter(|meta| !meta.last).map(|meta| CheckpointStatus {
+                id: meta.id,
+                completed_at_ms: meta.completed_at_ms,
+                duration_ms: meta.duration_ms,
+                size_bytes: meta.size_bytes,
+            }),
+            restarts: self.restarts,
+            last_rescale: self.metrics.last_rescale.clone(),
+        }
     }
 }

@@ -7,6 +7,7 @@ mod checkpointing;
 mod committer;
 mod control_server;
 mod coordinator;
+mod counters;
 mod exported_metrics;
 mod failures;
 mod metrics;
@@ -259,9 +260,9 @@ impl StreamFramework {
                 checkpoint,
                 paused_ms,
             } => coordinator.on_loaded(instance, checkpoint, paused_ms, now),
-            ToAm::Finished { instance, commit } => coordinator.on_finished(instance, commit, now),
+            ToAm::Finished { instance, commit, counts } => coordinator.on_finished(instance, commit, counts, now),
             ToAm::Failed { instance, error } => coordinator.on_instance_failed(instance, &error, now),
-            ToAm::Metrics { instances } => coordinator.metrics.record(now, instances),
+            ToAm::Metrics { instances } => coordinator.on_metrics(instances, now),
             ToAm::ResetDone { epoch } => coordinator.on_reset_done(container, epoch, now),
         }
     }
@@ -380,18 +381,9 @@ impl Framework for StreamFramework {
     }
 
     fn report(&self) -> Report {
-        let coordinator = &self.coordinator;
-        let layout = coordinator.layout.as_ref();
-        let stream = coordinator.metrics.detail(
-            &coordinator.graph,
-            layout,
-            &coordinator.parallelism,
-            &coordinator.slots,
-            coordinator.last_complete.as_ref(),
-            coordinator.restarts,
-        );
+        let stream = self.coordinator.stream_detail();
         let detail = JobDetail {
-            counters: coordinator.metrics.totals(&coordinator.graph, layout),
+            counters: counters::job_counters(&stream),
             metrics: exported_metrics::exported_metrics(&stream),
             ..JobDetail::default()
         };

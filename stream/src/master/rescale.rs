@@ -136,8 +136,11 @@ impl Coordinator {
         next_layout[stage] = new.clone();
 
         // 1. Start the new instances (they wait for data after the barrier, and for state).
+        // They count from 0 (only records after the barrier reach them); instances that stay
+        // keep their counts, and retiring ones count up to the barrier.
         let mut starts: BTreeMap<ContainerId, Vec<_>> = BTreeMap::new();
         for placed in &added {
+            self.counters.track(placed.id, &spec.name);
             let plan = self.instance_plan(&next_layout, stage, placed, checkpoint, Some(checkpoint));
             starts.entry(self.slots[placed.worker]).or_default().push(plan);
         }

@@ -9,6 +9,8 @@ use spindle_protocol::{AppId, ContainerId, StreamSpec};
 use super::coordinator::{Coordinator, Effect, Phase, Worker};
 use crate::control::{Ack, InstanceChange, ToWorker};
 
+mod counters;
+
 /// The plan tests' pipeline, checkpointing on every tick, into 2 file sinks.
 fn spec() -> StreamSpec {
     let mut spec = crate::graph::window_count_spec(2);
@@ -97,6 +99,7 @@ fn ack(instance: u64, checkpoint: u64) -> Ack {
         state_bytes: 10,
         commit: None,
         duration_ms: 1,
+        counts: Default::default(),
     }
 }
 

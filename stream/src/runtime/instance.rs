@@ -14,6 +14,7 @@ use super::inputs::{InputChange, Inputs};
 use super::net::{Inbound, SendError};
 use super::outputs::Outputs;
 use crate::control::{Ack, InputPlan, InstancePlan, Range, StateFileRef, TargetPlan, ToAm};
+use crate::counts::RecordCounts;
 use crate::operator::{Operator, OperatorError, Sink, Source, SourceStatus};
 use crate::record::{Batch, EventTime};
 use crate::state::{StateReader, StateWriter};
@@ -51,11 +52,13 @@ pub enum Body {
     Sink(Box<dyn Sink>),
 }
 
-/// Counters an instance keeps and the worker reports.
+/// Counters an instance keeps and the worker reports (only the instance's thread writes them).
 #[derive(Default)]
 pub struct Counters {
     pub records_in: AtomicU64,
     pub records_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
     pub busy_ns: AtomicU64,
     pub backpressured_ns: AtomicU64,
     pub state_bytes: AtomicU64,
@@ -196,7 +199,7 @@ impl Instance {
                 max_time = max_time.max(record.time);
             }
             self.outputs.route(&batch, &self.env.cancel)?;
-            self.account(0, started, backpressured);
+            self.account(0, 0, started, backpressured);
             if let Some(lag) = source.lag() {
                 self.env.counters.lag.store(lag, Ordering::Relaxed);
             }
@@ -221,6 +224,7 @@ impl Instance {
                     let _ = self.env.to_am.send(ToAm::Finished {
                         instance: self.env.plan.id,
                         commit: None,
+                        counts: self.counts(0, source.bad_records()),
                     });
                 }
             }
@@ -244,6 +248,7 @@ impl Instance {
             state_bytes: bytes,
             commit: None,
             duration_ms: started.elapsed().as_millis() as u64,
+            counts: self.counts(0, source.bad_records()),
         });
         Ok(())
     }
@@ -260,15 +265,39 @@ impl Instance {
         let _ = self.env.to_am.send(ToAm::Acked(ack));
     }
 
-    fn account(&self, records_in: usize, started: Instant, backpressured_before: Duration) {
+    fn account(&self, records_in: usize, bytes_in: usize, started: Instant, backpressured_before: Duration) {
         let counters = &self.env.counters;
         let waited = self.outputs.backpressured.saturating_sub(backpressured_before);
         counters.records_in.fetch_add(records_in as u64, Ordering::Relaxed);
+        counters.bytes_in.fetch_add(bytes_in as u64, Ordering::Relaxed);
         counters.records_out.store(self.outputs.records_out, Ordering::Relaxed);
+        counters.bytes_out.store(self.outputs.bytes_out, Ordering::Relaxed);
         counters
             .busy_ns
             .fetch_add(started.elapsed().saturating_sub(waited).as_nanos() as u64, Ordering::Relaxed);
         counters.backpressured_ns.fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// What this instance counted so far, exactly (read on its own thread, unlike the worker's
+    /// samples of `Counters`): at a barrier, the records before it.
+    fn counts(&self, late_records: u64, bad_records: u64) -> RecordCounts {
+        RecordCounts {
+            records_in: self.env.counters.records_in.load(Ordering::Relaxed),
+            records_out: self.outputs.records_out,
+            bytes_in: self.env.counters.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.outputs.bytes_out,
+            late_records,
+            bad_records,
+        }
+    }
+
+    /// `counts` with the late and bad records its body counted.
+    fn body_counts(&self, body: &Body) -> RecordCounts {
+        match body {
+            Body::Operator(operator) => self.counts(operator.late_records(), operator.bad_records()),
+            Body::Source(source) => self.counts(0, source.bad_records()),
+            Body::Sink(_) => self.counts(0, 0),
+        }
     }
 
     fn command(&mut self, command: Command, body: Option<&mut Body>) -> Result<(), RunError> {
@@ -347,7 +376,7 @@ impl Instance {
                 let backpressured = self.outputs.backpressured;
                 self.process(body, &batch)?;
                 self.inputs.processed_batch(from);
-                self.account(batch.len(), started, backpressured);
+                self.account(batch.len(), batch.byte_len(), started, backpressured);
                 return Ok(false);
             }
             DataEvent::Watermark(watermark) => vec![self.inputs.on_watermark(from, watermark)],
@@ -415,6 +444,7 @@ impl Instance {
             state_bytes: 0,
             commit: None,
             duration_ms: 0,
+            counts: self.body_counts(body),
         };
         match body {
             Body::Operator(operator) => {
@@ -479,6 +509,7 @@ impl Instance {
         let _ = self.env.to_am.send(ToAm::Finished {
             instance: self.env.plan.id,
             commit,
+            counts: self.body_counts(body),
         });
         Ok(())
     }

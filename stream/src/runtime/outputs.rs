@@ -48,7 +48,10 @@ pub struct Outputs {
     token: String,
     handle: Handle,
     scratch: Batch,
+    /// Records routed, summed over the edges (after each edge's fused transforms).
     pub records_out: u64,
+    /// Their bytes in the batch format.
+    pub bytes_out: u64,
     pub backpressured: Duration,
 }
 
@@ -89,6 +92,7 @@ impl Outputs {
             handle: handle.clone(),
             scratch: Batch::with_capacity(BATCH_BYTES * 2),
             records_out: 0,
+            bytes_out: 0,
             backpressured: Duration::ZERO,
         })
     }
@@ -103,6 +107,7 @@ impl Outputs {
             key_groups,
             scratch,
             records_out,
+            bytes_out,
             backpressured,
             ..
         } = self;
@@ -118,6 +123,7 @@ impl Outputs {
                 None => batch,
             };
             *records_out += records.len() as u64;
+            *bytes_out += records.byte_len() as u64;
             if edge.targets.is_empty() {
                 continue;
             }

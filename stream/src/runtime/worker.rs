@@ -244,6 +244,8 @@ async fn report_metrics(running: Arc<Mutex<HashMap<InstanceId, Running>>>, to_am
                     lag: (lag != u64::MAX).then_some(lag),
                     late_records: counters.late_records.load(Ordering::Relaxed),
                     bad_records: counters.bad_records.load(Ordering::Relaxed),
+                    bytes_in: counters.bytes_in.load(Ordering::Relaxed),
+                    bytes_out: counters.bytes_out.load(Ordering::Relaxed),
                 }
             })
             .collect();

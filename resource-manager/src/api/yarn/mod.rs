@@ -243,7 +243,7 @@ async fn submit(State(rm): Rm, User(caller): User, ApiJson(body): ApiJson<Value>
     let app_id = rm
         .mutate(|cluster, now| cluster.submit_reserved(&caller, spec, app_id, now))
         .await??;
-    rm.counters.apps_submitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    rm.metrics.apps_submitted.inc();
     tracing::info!(app = %app_id, user = %caller.user, "application submitted (YARN REST)");
     let location = format!("/ws/v1/cluster/apps/{app_id}");
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)]).into_response())

@@ -55,11 +55,12 @@ impl Rm {
         self.mutate(|cluster| cluster.decommission(&node_id(node), timeout_s, force, now))
     }
 
-    /// The RM restarts: a new state machine, one epoch later, recovered from the store. Side
-    /// effects the old process still owed are gone with it.
+    /// The RM restarts (with the same settings): a new state machine, one epoch later,
+    /// recovered from the store. Side effects the old process still owed are gone with it.
     pub(super) fn restart(&mut self, now: u64) {
         let epoch = self.cluster.epoch() + 1;
-        self.cluster = Cluster::recover(settings(), epoch, now, self.store.snapshot());
+        let settings = self.cluster.settings().clone();
+        self.cluster = Cluster::recover(settings, epoch, now, self.store.snapshot());
         self.launches.clear();
         self.woken.clear();
         // The service commits and carries out what recovery decided before it serves anyone.
@@ -171,16 +172,44 @@ impl FakeStore {
         for node in &batch.nodes {
             let previous = self.nodes.get(&node.node_id).map(|old| old.state);
             check_transition(&node.node_id, previous, node.state, &[NodeState::Running], NODE_STEPS_IN_ONE_CHANGE);
+            assert_eq!(
+                node.departed_at_ms.is_some(),
+                !node.state.is_active(),
+                "{} is {:?} with departed_at_ms {:?}",
+                node.node_id,
+                node.state,
+                node.departed_at_ms
+            );
+            if node.forgotten.is_some() {
+                assert!(!node.state.is_active(), "{} forgotten while {:?}", node.node_id, node.state);
+                let live_there: Vec<ContainerId> = self
+                    .containers
+                    .values()
+                    .filter(|container| container.node_id == node.node_id && container.state.is_live())
+                    .map(|container| container.container_id)
+                    .collect();
+                assert!(
+                    live_there.is_empty(),
+                    "{} forgotten with live containers {live_there:?}",
+                    node.node_id
+                );
+            }
             self.nodes.insert(node.node_id.clone(), node.clone());
         }
     }
 
-    fn snapshot(&self) -> Snapshot {
+    /// What `Store::load` returns: forgotten nodes are history, not reloaded.
+    pub(super) fn snapshot(&self) -> Snapshot {
         Snapshot {
             apps: self.apps.values().cloned().collect(),
             containers: self.containers.values().cloned().collect(),
-            nodes: self.nodes.values().cloned().collect(),
+            nodes: self.nodes.values().filter(|node| node.forgotten.is_none()).cloned().collect(),
         }
+    }
+
+    /// The stored record of a node, forgotten or not.
+    pub(super) fn node(&self, address: &str) -> Option<&NodeRecord> {
+        self.nodes.get(&node_id(address))
     }
 }
 
@@ -287,7 +316,16 @@ fn check_invariants(cluster: &Cluster) {
         assert!(live_ams.len() <= 1, "{} has several live AM containers: {live_ams:?}", app.app_id);
     }
 
-    // Inside: a container is in its node's and its app's live sets exactly while it is live.
+    // Inside: a forgotten node is never referenced by a live container (departed nodes have none).
+    for container in cluster.containers.values().filter(|container| container.record.state.is_live()) {
+        assert!(
+            cluster.nodes.contains_key(&container.record.node_id),
+            "{} is live on {}, which the RM no longer tracks",
+            container.record.container_id,
+            container.record.node_id
+        );
+    }
+    // A container is in its node's and its app's live sets exactly while it is live.
     for (id, container) in &cluster.containers {
         let live = container.record.state.is_live();
         let on_node = cluster
@@ -306,6 +344,20 @@ fn check_invariants(cluster: &Cluster) {
         assert!(
             node.live.iter().all(|id| cluster.containers.contains_key(id)),
             "{} lists unknown containers",
+            node.record.node_id
+        );
+        // The clock of `departed_node_expiry` runs exactly while the node is departed.
+        assert_eq!(
+            node.record.departed_at_ms.is_some(),
+            !node.record.state.is_active(),
+            "{} is {:?} with departed_at_ms {:?}",
+            node.record.node_id,
+            node.record.state,
+            node.record.departed_at_ms
+        );
+        assert!(
+            node.record.forgotten.is_none(),
+            "{} is tracked but marked forgotten",
             node.record.node_id
         );
     }
@@ -358,4 +410,14 @@ fn the_store_check_catches_an_illegal_transition() {
         containers: vec![resurrected],
         ..WriteBatch::default()
     });
+}
+
+#[test]
+#[should_panic(expected = "which the RM no longer tracks")]
+fn the_invariants_catch_a_live_container_on_a_forgotten_node() {
+    let mut rm = cluster();
+    let mut n1 = register(&mut rm, "n1:8042", 4, 4096, 0);
+    running_job(&mut rm, &mut n1, 1, 0);
+    rm.cluster.nodes.remove(&node_id("n1:8042"));
+    check_invariants(&rm.cluster);
 }

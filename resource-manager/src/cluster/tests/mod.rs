@@ -33,6 +33,8 @@ use harness::Rm;
 
 const SECRET: &str = "test-secret-0123456789";
 const NODE_EXPIRY_MS: u64 = 10_000;
+/// Short enough that the random operations see departed nodes forgotten and registering again.
+const DEPARTED_NODE_EXPIRY_MS: u64 = 30_000;
 const LAUNCH_EXPIRY_MS: u64 = 60_000;
 /// The AM container of every job here (the job spec's default).
 const AM: Resources = Resources { vcores: 1, memory_mb: 256 };
@@ -47,6 +49,7 @@ fn settings() -> ClusterSettings {
     ClusterSettings {
         authority: authority(),
         node_expiry_ms: NODE_EXPIRY_MS,
+        departed_node_expiry_ms: Some(DEPARTED_NODE_EXPIRY_MS),
         heartbeat_interval_ms: 1000,
         container_launch_expiry_ms: LAUNCH_EXPIRY_MS,
         queues: lifecycle_queues(),
@@ -168,6 +171,7 @@ mod am_protocol;
 mod attempts;
 mod cleanup;
 mod controls;
+mod departed_nodes;
 mod nodes;
 mod queues;
 mod random_operations;
