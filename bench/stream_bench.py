@@ -12,7 +12,10 @@
     `PUT /v1/apps/{id}/operators/count {"parallelism": 4}`; the pause is the longest time an
     instance that gained key groups could not process (from the barrier that moved them to
     their state loaded), as the AM reports it; the stall seen by the pipeline (seconds with no
-    window input) is printed beside it.
+    window input) is printed beside it. --rescale-speeds: `throttled` (300,000 events/s per
+    generator), `full` (unthrottled: the window instances are the bottleneck), or both.
+(c) With --checkpoint-cost: the throughput run again with checkpoints every 10 min instead of
+    every second, so the difference is what checkpoints cost the pipeline.
 
 The cluster's data dir (and the checkpoints) live under --dir (tmpfs by default).
 Usage: bench/stream_bench.py [--runs 3] [--seconds 20] [--skip-rescale] [--state-mb 100]
@@ -61,10 +64,12 @@ def window_rate(stream):
     return sum(i["records_in_per_s"] for i in count["instances"]), count
 
 
-def throughput_run(rm, checkpoint_dir, seconds, warmup):
+def throughput_run(rm, checkpoint_dir, seconds, warmup, checkpoint_interval_ms=None):
     spec = load_example()
     spec["name"] = "stream-throughput"
     spec["stream"]["checkpoint_dir"] = checkpoint_dir
+    if checkpoint_interval_ms:
+        spec["stream"]["checkpoint_interval_ms"] = checkpoint_interval_ms
     app_id = rm.call("POST", "/v1/apps", spec)["app_id"]
     samples, busy = [], []
     deadline = time.time() + warmup + seconds + 60
@@ -88,14 +93,18 @@ def throughput_run(rm, checkpoint_dir, seconds, warmup):
     return statistics.median(samples), statistics.median(busy), stream.get("last_checkpoint")
 
 
-def rescale_run(rm, checkpoint_dir, state_mb, keys, measure):
+def rescale_run(rm, checkpoint_dir, state_mb, keys, measure, full_speed):
     spec = load_example()
     spec["name"] = "stream-rescale"
     spec["stream"]["checkpoint_dir"] = checkpoint_dir
     spec["stream"]["checkpoint_interval_ms"] = 5000
     spec["stream"]["worker"] = {"vcores": 1, "memory_mb": 2048}
     events = operator(spec, "events")
-    events.update({"keys": keys, "rate": 300_000, "event_rate": 300_000})
+    if full_speed:
+        # Unthrottled; event time advances ~2 s per second, so the 10 min window stays open.
+        events.update({"keys": keys, "event_rate": 1_000_000})
+    else:
+        events.update({"keys": keys, "rate": 300_000, "event_rate": 300_000})
     operator(spec, "count")["size_ms"] = 600_000
     app_id = rm.call("POST", "/v1/apps", spec)["app_id"]
     while True:
@@ -142,6 +151,10 @@ def main():
     parser.add_argument("--measure", choices=["memory", "snapshot"], default="memory",
                         help="--state-mb counts the instances' in-memory state, or the checkpoint's bytes")
     parser.add_argument("--skip-rescale", action="store_true")
+    parser.add_argument("--rescale-speeds", default="throttled,full",
+                        help="comma-separated: throttled (300,000 events/s per generator), full (unthrottled)")
+    parser.add_argument("--checkpoint-cost", action="store_true",
+                        help="also run the throughput pipeline with checkpoints every 10 min")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
     data_dir = tempfile.mkdtemp(prefix="spindle-stream-bench-", dir=args.dir)
@@ -156,15 +169,28 @@ def main():
                 log(f"run {run + 1}: {rate / 1e6:.2f} M events/s (window busy {busy:.0%}; last checkpoint {checkpoint})")
             print(f"throughput: median {statistics.median(rates) / 1e6:.2f} M events/s over {args.runs} runs "
                   f"({', '.join(f'{r / 1e6:.2f}' for r in rates)})")
-        if not args.skip_rescale:
+            if args.checkpoint_cost:
+                quiet = []
+                for run in range(args.runs):
+                    rate, busy, _ = throughput_run(rm, checkpoints, args.seconds, args.warmup, 600_000)
+                    quiet.append(rate)
+                    log(f"run {run + 1}, checkpoints every 10 min: {rate / 1e6:.2f} M events/s (window busy {busy:.0%})")
+                print(f"throughput without checkpoints: median {statistics.median(quiet) / 1e6:.2f} M events/s "
+                      f"({', '.join(f'{r / 1e6:.2f}' for r in quiet)}); with checkpoints every second: "
+                      f"{statistics.median(rates) / statistics.median(quiet):.1%} of it")
+        for speed in [] if args.skip_rescale else args.rescale_speeds.split(","):
             pauses = []
             for run in range(args.runs):
-                state, pause, took, rates, checkpoint = rescale_run(rm, checkpoints, args.state_mb, args.keys, args.measure)
+                state, pause, took, rates, checkpoint = rescale_run(
+                    rm, checkpoints, args.state_mb, args.keys, args.measure, speed == "full")
                 pauses.append(pause)
-                log(f"run {run + 1}: rescale 2 → 4 with {state / 1e6:.0f} MB of keyed state: pause {pause} ms, "
-                    f"rescale done in {took} ms; its checkpoint (synchronous snapshot of every instance) took "
-                    f"{checkpoint.get('duration_ms')} ms for {checkpoint.get('size_bytes', 0) / 1e6:.0f} MB")
-            print(f"rescale pause: median {statistics.median(pauses)} ms over {args.runs} runs ({', '.join(map(str, pauses))})")
+                log(f"run {run + 1} ({speed}): rescale 2 → 4 with {state / 1e6:.0f} MB of keyed state: pause {pause} ms, "
+                    f"rescale done in {took} ms; its checkpoint (trigger to complete) took "
+                    f"{checkpoint.get('duration_ms')} ms for {checkpoint.get('size_bytes', 0) / 1e6:.0f} MB; "
+                    f"window input rates after the request: "
+                    f"{' '.join(f'{t:.1f}s:{r / 1e6:.2f}M' for t, r in rates)}")
+            print(f"rescale pause ({speed}): median {statistics.median(pauses)} ms over {args.runs} runs "
+                  f"({', '.join(map(str, pauses))})")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

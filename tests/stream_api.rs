@@ -1,6 +1,7 @@
 //! A streaming job's control plane over HTTP against a real RM (in this process, on port 0):
-//! `PUT /v1/apps/{app_id}/operators/{name}` stores the parallelism and wakes the AM's
-//! long-polling allocate with it; the AM's stream detail shows in `/metrics`. No agents: the
+//! `PUT /v1/apps/{app_id}/operators/{name}` stores the parallelism and `POST
+//! /v1/apps/{app_id}/savepoints` a savepoint request, each waking the AM's long-polling
+//! allocate with it; the AM's stream detail shows in `/metrics`. No agents: the
 //! test plays the AM itself, which may register before its container runs.
 
 mod support;
@@ -9,7 +10,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use spindle_protocol::{
-    AllocateRequest, AppId, ClusterSecret, JobDetail, JobSpec, MetricFamily, MetricSample, RegisterAmRequest, RmClient, StreamDetail,
+    AllocateRequest, AppId, ClusterSecret, JobDetail, JobSpec, MetricFamily, MetricSample, RegisterAmRequest, RmClient, SavepointRequest,
+    StreamDetail,
 };
 use support::{InProcessRm, SECRET, shell_job};
 
@@ -128,6 +130,100 @@ async fn scaling_an_operator_wakes_the_am_and_bad_requests_are_refused() {
         "the scale endpoint is documented"
     );
     assert!(openapi.contains("ScaleRequest"));
+    rm.stop().await;
+}
+
+/// `POST /v1/apps/{app_id}/savepoints`: a request stored for the AM (202 with its id), which
+/// its long-polling allocate wakes up with; for the owner, a queue admin or an admin; a bad
+/// `dir` is a 400 naming it; an app that is not a running stream job is a 409.
+#[tokio::test]
+async fn a_savepoint_request_wakes_the_am_and_bad_ones_are_refused() {
+    let rm = InProcessRm::start().await;
+    let refused = |result: Result<_, spindle_protocol::ClientError>| {
+        let err = result.expect_err("refused");
+        (err.status(), err.to_string())
+    };
+    let request = |dir: Option<&str>, stop: bool| SavepointRequest {
+        dir: dir.map(str::to_owned),
+        stop,
+    };
+    let app_id = rm.user().submit(&window_count()).await.unwrap();
+    let (status, message) = refused(rm.user().request_savepoint(app_id, &request(None, false)).await);
+    assert_eq!(status, Some(409), "{message}");
+    assert!(message.contains("is ACCEPTED"), "no AM to take it yet: {message}");
+
+    let am = am_of(&rm, app_id).await;
+    am.allocate(&allocate_request(app_id, 0, None)).await.unwrap();
+    let waiting = {
+        let am = am.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let reply = am.allocate(&allocate_request(app_id, 20_000, None)).await.unwrap();
+            (reply, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reply = rm
+        .user()
+        .request_savepoint(app_id, &request(Some("file:///data/savepoints"), true))
+        .await
+        .expect("the owner may ask");
+    assert_eq!((reply.app_id, reply.savepoint_id), (app_id, 1));
+    let (woken, waited) = waiting.await.unwrap();
+    assert!(waited < Duration::from_secs(10), "the long poll was woken: {waited:?}");
+    assert_eq!(
+        woken.controls.get("savepoints/1"),
+        Some(&serde_json::json!({"dir": "/data/savepoints", "stop": true})),
+        "{:?}",
+        woken.controls
+    );
+
+    for dir in ["savepoints", "/data/../etc", "s3://bucket/sp"] {
+        let (status, message) = refused(rm.user().request_savepoint(app_id, &request(Some(dir), false)).await);
+        assert_eq!(status, Some(400), "{dir}: {message}");
+        assert!(message.contains("dir"), "{message}");
+    }
+    let garbled = spindle_protocol::tls::client_builder()
+        .build()
+        .expect("an HTTP client")
+        .post(format!("{}/v1/apps/{app_id}/savepoints", rm.url))
+        .bearer_auth(support::USER_TOKEN)
+        .header("content-type", "application/json")
+        .body(r#"{"directory": "/data"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbled.status(), 400);
+
+    let admins_app = rm.admin().submit(&window_count()).await.unwrap();
+    let (status, message) = refused(rm.user().request_savepoint(admins_app, &request(None, false)).await);
+    assert_eq!(status, Some(403), "{message}");
+    let second = rm
+        .admin()
+        .request_savepoint(app_id, &request(None, false))
+        .await
+        .expect("an admin may ask for any app's");
+    assert_eq!(second.savepoint_id, 2);
+
+    let shell = rm.user().submit(&shell_job("hello", "true", 1, 128, 0)).await.unwrap();
+    let (status, message) = refused(rm.user().request_savepoint(shell, &request(None, false)).await);
+    assert_eq!(status, Some(409), "{message}");
+    assert!(message.contains("only stream jobs take savepoints"), "{message}");
+    rm.user().kill(app_id).await.unwrap();
+    let (status, message) = refused(rm.user().request_savepoint(app_id, &request(None, true)).await);
+    assert_eq!(status, Some(409), "{message}");
+
+    let openapi = reqwest::get(format!("{}/openapi.json", rm.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        openapi.contains("/v1/apps/{app_id}/savepoints"),
+        "the savepoint endpoint is documented"
+    );
+    assert!(openapi.contains("SavepointRequest") && openapi.contains("SavepointReply"));
     rm.stop().await;
 }
 

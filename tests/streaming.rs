@@ -13,83 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use spindle_protocol::{AppId, AppState, ContainerId, ContainerState, FinalStatus, JobSpec, RmClient};
-use spindle_stream::ops::generator::expected_window_counts;
 use support::{
-    CleanupDir, Db, TestCluster, kill_processes_under, start_local, stream_detail, task_containers, wait_for_app_end, wait_for_checkpoint,
-    wait_until,
+    CleanupDir, Db, TestCluster, assert_exact, example_job, expected, kill_processes_under, start_local, stream_detail, task_containers,
+    wait_for_app_end, wait_for_checkpoint, wait_until,
 };
-
-/// The exactly-once example with its output and checkpoints in `dir`.
-fn example_job(name: &str, dir: &Path) -> JobSpec {
-    let text = std::fs::read_to_string(support::examples_dir().join(name)).unwrap();
-    let mut spec: JobSpec = toml::from_str(&text).unwrap();
-    let stream = spec.stream.as_mut().unwrap();
-    stream.checkpoint_dir = Some(dir.join("checkpoints").display().to_string());
-    for operator in &mut stream.operators {
-        if operator.path.is_some() {
-            operator.path = Some(dir.join("out").display().to_string());
-        }
-    }
-    spec.validate().unwrap();
-    spec
-}
-
-/// What the job's generators produce, counted per key and 1 s window.
-fn expected(spec: &JobSpec) -> BTreeMap<(String, i64), u64> {
-    let stream = spec.stream.as_ref().unwrap();
-    let generator = stream.operators.iter().find(|op| op.name == "events").unwrap();
-    let event_rate = generator.event_rate.or(generator.rate).unwrap_or(1_000_000);
-    expected_window_counts(
-        generator.seed.unwrap_or(0),
-        generator.parallelism,
-        generator.keys.unwrap_or(1000),
-        generator.limit.unwrap(),
-        event_rate,
-        1000,
-    )
-}
-
-/// Every committed `key<TAB>start<TAB>end<TAB>count` line; a (key, window) twice fails.
-fn committed_windows(out: &Path) -> BTreeMap<(String, i64), u64> {
-    let mut windows = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(out) else { return windows };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if !entry.file_name().to_string_lossy().starts_with("part-") {
-            continue;
-        }
-        for line in std::fs::read_to_string(&path).unwrap().lines() {
-            let fields: Vec<&str> = line.split('\t').collect();
-            assert_eq!(fields.len(), 4, "{line:?} in {}", path.display());
-            let key = (fields[0].to_owned(), fields[1].parse::<i64>().unwrap());
-            let count = fields[3].parse::<u64>().unwrap();
-            assert!(
-                windows.insert(key.clone(), count).is_none(),
-                "{key:?} committed twice (in {})",
-                path.display()
-            );
-        }
-    }
-    windows
-}
-
-fn assert_exact(out: &Path, expected: &BTreeMap<(String, i64), u64>) {
-    let committed = committed_windows(out);
-    let missing: Vec<_> = expected.keys().filter(|key| !committed.contains_key(*key)).take(5).collect();
-    let extra: Vec<_> = committed.keys().filter(|key| !expected.contains_key(*key)).take(5).collect();
-    let wrong: Vec<_> = expected
-        .iter()
-        .filter(|(key, count)| committed.get(*key).is_some_and(|c| c != *count))
-        .take(5)
-        .map(|(key, count)| (key.clone(), *count, committed[key]))
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty() && wrong.is_empty(),
-        "{} windows expected, {} committed; missing {missing:?}, extra {extra:?}, wrong (key, expected, got) {wrong:?}",
-        expected.len(),
-        committed.len()
-    );
-}
 
 fn node_of(cluster: &TestCluster, node: &spindle_protocol::NodeId) -> usize {
     (0..cluster.agents.len()).find(|&agent| cluster.node_id(agent) == node).unwrap()

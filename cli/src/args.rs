@@ -132,6 +132,13 @@ pub enum Command {
     },
     /// Set the parallelism of a streaming job's operator; its AM rescales it while it runs.
     Scale(ScaleArgs),
+    /// Take a savepoint of a running streaming job (a checkpoint you own: never deleted, and a
+    /// job file's `from_savepoint` starts from it); waits until it is complete and prints its
+    /// path.
+    Savepoint(SavepointArgs),
+    /// Stop a streaming job with a final savepoint (Flink's stop-with-savepoint): its sources
+    /// stop, its sinks commit what came before, it ends FINISHED; prints the savepoint's path.
+    Stop(StopArgs),
     /// List node agents (DECOMMISSIONED and LOST ones only with --all).
     Nodes {
         /// Also nodes that were decommissioned or lost.
@@ -302,6 +309,37 @@ pub struct ScaleArgs {
     /// How many instances it should run.
     #[arg(value_name = "N")]
     pub parallelism: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct SavepointArgs {
+    /// application_<cluster-ts>_<seq>
+    pub app_id: AppId,
+    /// Directory to put it in: an absolute path (or file:// URL) that the job's account may
+    /// write and every node sees [default: the job's savepoint_dir, else
+    /// <checkpoint_dir>/savepoints]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<String>,
+    /// Stop waiting after this many seconds (the savepoint may still complete: `spindle app`
+    /// shows it).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// application_<cluster-ts>_<seq>
+    pub app_id: AppId,
+    /// Take a final savepoint and stop after it (required: to end a job without one, `spindle
+    /// kill` it).
+    #[arg(long)]
+    pub savepoint: bool,
+    /// Directory to put the savepoint in, as for `spindle savepoint`.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<String>,
+    /// Stop waiting after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Args)]

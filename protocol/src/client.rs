@@ -367,6 +367,13 @@ impl RmClient {
         self.http.call(Method::PUT, &path, Some(&ScaleRequest { parallelism }), None).await
     }
 
+    /// Asks stream app `app_id` for a savepoint (and to stop after it, with `stop`); its AM
+    /// reports it in the app's `detail.stream.savepoints` under the answer's id.
+    pub async fn request_savepoint(&self, app_id: AppId, request: &SavepointRequest) -> Result<SavepointReply, ClientError> {
+        let path = format!("/v1/apps/{app_id}/savepoints");
+        self.http.call(Method::POST, &path, Some(request), None).await
+    }
+
     pub async fn containers(&self, app_id: AppId) -> Result<Vec<ContainerReport>, ClientError> {
         self.http
             .call::<(), _>(Method::GET, &format!("/v1/apps/{app_id}/containers"), None, None)

@@ -6,12 +6,18 @@
 //!
 //! Keys mirror the REST path that sets them: `PUT /v1/apps/{id}/operators/{name}` sets
 //! `operators/{name}` to `{"parallelism": n}`.
+//!
+//! Besides these settings of the spec, an app takes *requests*: one-shot asks (a stream job's
+//! savepoints) that the spec checks here and the RM stores beside it, numbered per app, under
+//! `<kind>/<id>` (`POST /v1/apps/{id}/savepoints` makes `savepoints/<id>`). They travel with the
+//! controls; the AM acts on each id once.
 
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::{JobSpec, SpecError};
+use crate::savepoints::{SAVEPOINT_REQUEST_KIND, SavepointRequest, storage_path};
+use crate::{JobKind, JobSpec, SpecError};
 
 /// Prefix of a stream operator's control key.
 pub const OPERATOR_CONTROL_PREFIX: &str = "operators/";
@@ -80,6 +86,31 @@ impl JobSpec {
         })?;
         Ok(json!({ "parallelism": previous }))
     }
+
+    /// Checks a request of kind `kind` (the first part of its key) with body `value`; returns
+    /// the value to store (normalized: a `file://` directory as a path).
+    pub fn check_request(&self, kind: &str, value: &Value) -> Result<Value, ControlError> {
+        if kind != SAVEPOINT_REQUEST_KIND {
+            return Err(ControlError::NotSupported(format!("there are no `{kind}` requests")));
+        }
+        if self.kind != JobKind::Stream {
+            return Err(ControlError::NotSupported(format!(
+                "this is a {} job: only stream jobs take savepoints",
+                self.kind.as_str()
+            )));
+        }
+        let mut request: SavepointRequest = serde_json::from_value(value.clone()).map_err(|err| {
+            ControlError::Invalid(SpecError {
+                field: "body".to_owned(),
+                reason: format!("{err}: expected {{\"dir\": \"/absolute/path\", \"stop\": false}}, both optional"),
+            })
+        })?;
+        if let Some(dir) = &request.dir {
+            let path = storage_path("dir", dir).map_err(ControlError::Invalid)?;
+            request.dir = Some(path.display().to_string());
+        }
+        Ok(serde_json::to_value(request).expect("a request serializes"))
+    }
 }
 
 #[cfg(test)]
@@ -113,5 +144,36 @@ mod tests {
         let other = spec.apply_control("replicas", &json!(3));
         assert!(matches!(other, Err(ControlError::NotSupported(_))), "{other:?}");
         assert_eq!(spec, before);
+    }
+
+    #[test]
+    fn savepoint_requests_are_checked_and_normalized_for_stream_jobs_only() {
+        let spec = stream_job();
+        assert_eq!(
+            spec.check_request("savepoints", &json!({"dir": "file:///data/sp", "stop": true}))
+                .unwrap(),
+            json!({"dir": "/data/sp", "stop": true})
+        );
+        assert_eq!(spec.check_request("savepoints", &json!({})).unwrap(), json!({"stop": false}));
+        for (value, field) in [
+            (json!({"dir": "sp"}), "dir"),
+            (json!({"dir": "/data/../etc"}), "dir"),
+            (json!({"stop": "yes"}), "body"),
+            (json!({"dirs": "/x"}), "body"),
+        ] {
+            let err = spec.check_request("savepoints", &value);
+            assert!(
+                matches!(&err, Err(ControlError::Invalid(e)) if e.field == field),
+                "{value}: {err:?}"
+            );
+        }
+        let other = spec.check_request("snapshots", &json!({}));
+        assert!(matches!(other, Err(ControlError::NotSupported(_))), "{other:?}");
+        let shell: JobSpec = serde_json::from_value(json!({"name": "x", "kind": "shell", "shell": {"command": ["true"]}})).unwrap();
+        let refused = shell.check_request("savepoints", &json!({}));
+        assert!(
+            matches!(&refused, Err(ControlError::NotSupported(reason)) if reason.contains("only stream jobs")),
+            "{refused:?}"
+        );
     }
 }

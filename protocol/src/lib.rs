@@ -12,6 +12,7 @@ mod job;
 mod mapreduce;
 mod reports;
 mod resources;
+mod savepoints;
 mod states;
 mod stream;
 mod stream_validate;
@@ -30,6 +31,10 @@ pub use job::{CustomSpec, JobKind, JobSpec, ShellSpec, SpecError, validate_resou
 pub use mapreduce::{Builtin, MapReduceSpec, Stage, TaskFunction};
 pub use reports::*;
 pub use resources::Resources;
+pub use savepoints::{
+    SAVEPOINT_REQUEST_KIND, SavepointReply, SavepointRequest, SavepointState, SavepointStatus, parse_savepoint_request,
+    savepoint_request_key, storage_path,
+};
 pub use states::{AppState, ContainerState, ExitReason, FinalStatus, NodeState};
 pub use stream::{Aggregate, AutoscaleSpec, DEFAULT_KEY_GROUPS, MAX_KEY_GROUPS, MAX_PARALLELISM, OperatorKind, OperatorSpec, StreamSpec};
 pub use stream_validate::MAX_OPERATORS;

@@ -114,6 +114,9 @@ pub struct StreamDetail {
     /// A rescale in progress or the last one: its operator, from and to, and its pause.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rescale: Option<RescaleStatus>,
+    /// The savepoints asked of this app (those the RM still keeps), by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub savepoints: Vec<crate::SavepointStatus>,
 }
 
 /// One operator of a streaming job (fused transforms are listed with the operator they run in).

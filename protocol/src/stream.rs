@@ -57,6 +57,19 @@ pub struct StreamSpec {
     /// Let the AM set the parallelism of keyed operators from their measured load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<AutoscaleSpec>,
+    /// Absolute path (or `file://` URL) where `spindle savepoint` puts savepoints when it names
+    /// no `--dir` (Flink's `state.savepoints.dir`). Default: `<checkpoint_dir>/savepoints`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint_dir: Option<String>,
+    /// Start from this savepoint (its directory or its `_metadata.json`): operators' state
+    /// mapped by name, sources' offsets by name. Used while the job has no checkpoint of its
+    /// own; after that it recovers from its own checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_savepoint: Option<String>,
+    /// With `from_savepoint`: start even if the state of operators this job no longer has (or
+    /// has changed so that it cannot read it) would be dropped. Default false: refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_dropped_state: bool,
 }
 
 /// DS2-style autoscaling bounds.
@@ -65,7 +78,8 @@ pub struct StreamSpec {
 pub struct AutoscaleSpec {
     pub min: u32,
     pub max: u32,
-    /// Least time between two rescales of one operator.
+    /// The window rates are averaged over before a decision (at least 2 s), measured from 3 s
+    /// after the latest rescale ended: so also the least time between two rescales.
     #[serde(default = "default_cooldown_ms")]
     pub cooldown_ms: u64,
     /// Busy fraction an instance should run at (headroom for bursts).

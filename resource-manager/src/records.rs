@@ -2,6 +2,8 @@
 //! In-memory state is rebuilt from these; anything not here is soft state that agents and AMs
 //! report again after a restart (running containers, asks).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use spindle_protocol::{AppId, AppState, ContainerId, ContainerState, ExitReason, FinalStatus, JobSpec, NodeId, NodeState, Resources};
 
@@ -29,6 +31,18 @@ pub struct AppRecord {
     /// same user names this app again instead of making another (a retried submission).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submission_key: Option<String>,
+    /// Requests users made of the running app (a stream job's savepoints), by control key
+    /// (`savepoints/3`): handed to its AM with the spec's controls in every allocate reply. The
+    /// newest few are kept (`cluster::controls::MAX_APP_REQUESTS`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, serde_json::Value>,
+    /// The id of the app's last request: ids count up from 1 and are never reused.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_request: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// One AM attempt.

@@ -35,6 +35,10 @@ pub struct CheckpointMeta {
     /// counting starts again from 0).
     #[serde(default)]
     pub counters: BTreeMap<String, RecordCounts>,
+    /// The deployment epoch it was taken in (0 in metadata written before it was kept): a
+    /// later AM attempt stages sink files under higher epochs.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,7 +163,7 @@ impl Storage {
 }
 
 /// The account this process runs as: the only one whose checkpoint files it trusts.
-fn effective_uid() -> u32 {
+pub(crate) fn effective_uid() -> u32 {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() }
 }
@@ -185,6 +189,7 @@ mod tests {
                     ..RecordCounts::default()
                 },
             )]),
+            epoch: 1 << 32,
         }
     }
 

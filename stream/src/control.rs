@@ -21,8 +21,14 @@ pub enum ToWorker {
     Start { instances: Vec<InstancePlan> },
     /// Stop every instance (a restart from a checkpoint follows); answered by `ResetDone`.
     Reset { epoch: u64 },
-    /// Sources among `instances` inject barrier `checkpoint`.
-    Trigger { checkpoint: u64, instances: Vec<InstanceId> },
+    /// Sources among `instances` inject barrier `checkpoint`; with `stop` (a stop with a
+    /// savepoint) they read nothing after it.
+    Trigger {
+        checkpoint: u64,
+        instances: Vec<InstanceId>,
+        #[serde(default)]
+        stop: bool,
+    },
     /// Changes that take effect at barrier `checkpoint` (a rescale); answered by `Prepared`
     /// once every instance has them queued, before the AM triggers that barrier.
     Rescale { checkpoint: u64, changes: Vec<InstanceChange> },

@@ -18,6 +18,7 @@ pub mod operator;
 pub mod ops;
 pub mod record;
 pub mod runtime;
+pub mod savepoint;
 pub mod state;
 pub mod wire;
 
@@ -25,4 +26,4 @@ pub use keys::{KeyGroupRange, key_group};
 pub use master::StreamMaster;
 pub use operator::{Commit, InstanceContext, Operator, OperatorError, OperatorRegistry, Sink, Source, SourceStatus};
 pub use record::{Batch, EventTime, Record};
-pub use state::{StateReader, StateWriter};
+pub use state::{BufferedState, CapturedState, StateReader, StateWriter};

@@ -14,7 +14,7 @@ use thiserror::Error;
 
 use super::keys::KeyGroupRange;
 use super::record::{Batch, EventTime, Record};
-use super::state::StateWriter;
+use super::state::{CapturedState, StateWriter};
 
 /// An operator failed: the instance fails, and the job restarts from its latest checkpoint.
 #[derive(Debug, Error)]
@@ -73,6 +73,16 @@ pub trait Operator: Send {
     /// that is not keyed). Called between records, never concurrently with `process`.
     fn snapshot(&mut self, _state: &mut StateWriter) -> Result<(), OperatorError> {
         Ok(())
+    }
+
+    /// A checkpoint barrier passed: take what `snapshot` would write, as cheaply as possible, so
+    /// that it can be written to the snapshot file on another thread while `process` goes on
+    /// (the synchronous phase of an asynchronous snapshot). The default serializes `snapshot`
+    /// into memory; an operator can return a frozen view instead (`window`'s copy-on-write maps).
+    fn capture(&mut self) -> Result<Box<dyn CapturedState>, OperatorError> {
+        let mut state = StateWriter::in_memory();
+        self.snapshot(&mut state)?;
+        Ok(Box::new(state.into_buffered()))
     }
 
     /// Adds one key group's state, as `snapshot` wrote it (at start, after a restart, or when

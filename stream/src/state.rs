@@ -16,14 +16,23 @@ const MAGIC: &[u8; 8] = b"SPNDLST1";
 /// The section of state that belongs to no key group.
 pub const OPERATOR_STATE: u32 = u32::MAX;
 
-/// Writes one snapshot file; `finish` renames it into place.
+/// Writes one snapshot's sections: into its file (`create`, and `finish` renames it into place),
+/// or into memory (`in_memory`, and `into_buffered` keeps them for a writer thread).
 pub struct StateWriter {
-    path: PathBuf,
-    temp: PathBuf,
-    file: BufWriter<File>,
+    output: Output,
     offset: u64,
     index: Vec<(u32, u64, u64)>,
     scratch: Vec<u8>,
+}
+
+/// Where a `StateWriter`'s sections go.
+enum Output {
+    File {
+        path: PathBuf,
+        temp: PathBuf,
+        file: BufWriter<File>,
+    },
+    Memory(Vec<u8>),
 }
 
 impl StateWriter {
@@ -34,13 +43,35 @@ impl StateWriter {
         let temp = path.with_extension("tmp");
         let file = BufWriter::with_capacity(1 << 20, File::create(&temp)?);
         Ok(StateWriter {
-            path: path.to_owned(),
-            temp,
-            file,
+            output: Output::File {
+                path: path.to_owned(),
+                temp,
+                file,
+            },
             offset: 0,
             index: Vec::new(),
             scratch: Vec::new(),
         })
+    }
+
+    /// A writer that keeps the sections in memory: an operator's `snapshot` on the instance's
+    /// thread, written to the file later by `BufferedState::write_to` on another.
+    pub fn in_memory() -> StateWriter {
+        StateWriter {
+            output: Output::Memory(Vec::new()),
+            offset: 0,
+            index: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The sections written into an `in_memory` writer.
+    pub fn into_buffered(self) -> BufferedState {
+        let data = match self.output {
+            Output::Memory(data) => data,
+            Output::File { .. } => panic!("into_buffered on a writer of a file: use finish"),
+        };
+        BufferedState { data, index: self.index }
     }
 
     /// Writes one key group's state, as `write` appends it to the buffer it is given.
@@ -62,7 +93,10 @@ impl StateWriter {
         if bytes.is_empty() {
             return Ok(());
         }
-        self.file.write_all(bytes)?;
+        match &mut self.output {
+            Output::File { file, .. } => file.write_all(bytes)?,
+            Output::Memory(data) => data.extend_from_slice(bytes),
+        }
         self.index.push((group, self.offset, bytes.len() as u64));
         self.offset += bytes.len() as u64;
         Ok(())
@@ -74,20 +108,45 @@ impl StateWriter {
     }
 
     /// Writes the index, syncs, and renames the file into place; returns its size.
-    pub fn finish(mut self) -> Result<u64, OperatorError> {
+    pub fn finish(self) -> Result<u64, OperatorError> {
+        let Output::File { path, temp, mut file } = self.output else {
+            return Err(OperatorError::failed("finish on an in-memory state writer: use into_buffered"));
+        };
         let index_offset = self.offset;
-        self.file.write_all(&(self.index.len() as u32).to_le_bytes())?;
+        file.write_all(&(self.index.len() as u32).to_le_bytes())?;
         for (group, offset, length) in &self.index {
-            self.file.write_all(&group.to_le_bytes())?;
-            self.file.write_all(&offset.to_le_bytes())?;
-            self.file.write_all(&length.to_le_bytes())?;
+            file.write_all(&group.to_le_bytes())?;
+            file.write_all(&offset.to_le_bytes())?;
+            file.write_all(&length.to_le_bytes())?;
         }
-        self.file.write_all(&index_offset.to_le_bytes())?;
-        self.file.write_all(MAGIC)?;
-        let file = self.file.into_inner().map_err(|error| error.into_error())?;
+        file.write_all(&index_offset.to_le_bytes())?;
+        file.write_all(MAGIC)?;
+        let file = file.into_inner().map_err(|error| error.into_error())?;
         file.sync_all()?;
-        std::fs::rename(&self.temp, &self.path)?;
+        std::fs::rename(&temp, &path)?;
         Ok(index_offset + 4 + self.index.len() as u64 * 20 + 16)
+    }
+}
+
+/// A snapshot taken on an instance's thread (`Operator::capture`), written to its file on the
+/// instance's snapshot thread while the instance processes on: Flink's asynchronous phase.
+pub trait CapturedState: Send {
+    /// Writes every section into `state` (a file writer; the caller finishes it).
+    fn write_to(self: Box<Self>, state: &mut StateWriter) -> Result<(), OperatorError>;
+}
+
+/// Sections already serialized into memory: the capture of an operator without a cheaper one.
+pub struct BufferedState {
+    data: Vec<u8>,
+    index: Vec<(u32, u64, u64)>,
+}
+
+impl CapturedState for BufferedState {
+    fn write_to(self: Box<Self>, state: &mut StateWriter) -> Result<(), OperatorError> {
+        for (group, offset, length) in &self.index {
+            state.section(*group, &self.data[*offset as usize..(*offset + *length) as usize])?;
+        }
+        Ok(())
     }
 }
 
@@ -136,6 +195,11 @@ impl StateReader {
             return Err(corrupt("a section runs past the data"));
         }
         Ok(StateReader { file, index })
+    }
+
+    /// Bytes of state the file holds, over all its sections (0: the instance had none).
+    pub fn state_bytes(&self) -> u64 {
+        self.index.iter().map(|(_, _, length)| length).sum()
     }
 
     /// The key groups with state in this file.
@@ -211,6 +275,34 @@ mod tests {
             .unwrap();
         assert_eq!(seen, vec![(3, "g3".into()), (4, "g4".into()), (5, "g5".into())]);
         assert_eq!(reader.operator_state().unwrap().as_deref(), Some(&b"offsets"[..]));
+        assert_eq!(reader.state_bytes(), 10 * 2 + 7);
+    }
+
+    #[test]
+    fn sections_buffered_in_memory_write_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |state: &mut StateWriter| {
+            state.key_group(2, |bytes| bytes.extend_from_slice(b"two")).unwrap();
+            state.key_group(5, |_| {}).unwrap();
+            state.key_group(9, |bytes| bytes.extend_from_slice(b"nine")).unwrap();
+            state.operator_state(b"offsets").unwrap();
+        };
+        let direct = dir.path().join("direct.state");
+        let mut writer = StateWriter::create(&direct).unwrap();
+        write(&mut writer);
+        writer.finish().unwrap();
+
+        let mut memory = StateWriter::in_memory();
+        write(&mut memory);
+        assert!(memory.finish().is_err(), "an in-memory writer has no file to finish");
+        let mut memory = StateWriter::in_memory();
+        write(&mut memory);
+        let buffered: Box<dyn CapturedState> = Box::new(memory.into_buffered());
+        let later = dir.path().join("later.state");
+        let mut writer = StateWriter::create(&later).unwrap();
+        buffered.write_to(&mut writer).unwrap();
+        writer.finish().unwrap();
+        assert_eq!(std::fs::read(&direct).unwrap(), std::fs::read(&later).unwrap());
     }
 
     #[test]

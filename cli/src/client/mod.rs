@@ -5,6 +5,7 @@ pub mod apps;
 pub mod logs;
 pub mod nodes;
 pub mod progress;
+pub mod savepoint;
 pub mod stream;
 pub mod submit;
 pub mod top;
@@ -45,6 +46,8 @@ pub async fn run(command: Command, global: &GlobalArgs) -> anyhow::Result<ExitCo
         Command::Wait { app_id } => submit::wait(&context, app_id).await,
         Command::Kill { app_id } => apps::kill(&context, app_id).await,
         Command::Scale(args) => stream::scale(&context, &args).await,
+        Command::Savepoint(args) => savepoint::savepoint(&context, &args).await,
+        Command::Stop(args) => savepoint::stop(&context, &args).await,
         Command::Nodes { all } => nodes::list(&context, all).await,
         Command::Recommission { node_id } => nodes::recommission(&context, &node_id).await,
         Command::Queues { action: None } => nodes::queues(&context).await,

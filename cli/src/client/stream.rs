@@ -1,10 +1,11 @@
 //! Streaming jobs in the client: `spindle scale APP OPERATOR N`, and the stream section of
-//! `spindle app ID` (operators with their instances, checkpoints, restarts, rescales).
+//! `spindle app ID` (operators with their instances, checkpoints, restarts, rescales,
+//! savepoints).
 
 use std::process::ExitCode;
 
 use anyhow::Context;
-use spindle_protocol::{InstanceStatus, OperatorStatus, StreamDetail};
+use spindle_protocol::{InstanceStatus, OperatorStatus, SavepointState, StreamDetail};
 
 use super::{ClientContext, print_json};
 use crate::args::ScaleArgs;
@@ -78,11 +79,22 @@ pub fn stream_section(detail: &StreamDetail, now_ms: u64) -> String {
         };
         format!("{} {} → {}, {how}", rescale.operator, rescale.from, rescale.to)
     });
+    let savepoint = detail.savepoints.iter().max_by_key(|savepoint| savepoint.id).map(|savepoint| {
+        let how = match (savepoint.state, savepoint.completed_at_ms) {
+            (SavepointState::Completed, Some(at)) => format!("completed {}", age(now_ms, at)),
+            (SavepointState::Completed, None) => "completed".to_owned(),
+            (SavepointState::InProgress, _) => "in progress".to_owned(),
+            (SavepointState::Failed, _) => format!("failed: {}", savepoint.error.as_deref().unwrap_or("no reason given")),
+        };
+        let stop = if savepoint.stop { " (stop)" } else { "" };
+        format!("#{}{stop} {how}, {}", savepoint.id, terminal_safe(&savepoint.path))
+    });
     out.push('\n');
     out.push_str(&key_values(&[
         ("last checkpoint", checkpoint.unwrap_or_else(|| "none yet".to_owned())),
         ("restarts", detail.restarts.to_string()),
         ("last rescale", or_dash(rescale)),
+        ("last savepoint", or_dash(savepoint)),
     ]));
     out
 }
@@ -256,6 +268,15 @@ mod tests {
                 finished_at_ms: Some(1_400),
                 pause_ms: Some(350),
             }),
+            savepoints: vec![spindle_protocol::SavepointStatus {
+                id: 2,
+                state: SavepointState::Completed,
+                path: "/data/savepoints/savepoint-application_1_0001-2".into(),
+                stop: false,
+                checkpoint: Some(40),
+                completed_at_ms: Some(4_000),
+                error: None,
+            }],
         }
     }
 
@@ -302,6 +323,10 @@ mod tests {
         assert!(section.contains("restarts         1\n"), "{section}");
         assert!(
             section.contains("last rescale     count 1 → 2, 8s ago, paused 350ms\n"),
+            "{section}"
+        );
+        assert!(
+            section.contains("last savepoint   #2 completed 6s ago, /data/savepoints/savepoint-application_1_0001-2\n"),
             "{section}"
         );
     }

@@ -34,8 +34,25 @@ pub fn parse_spec(source: &str, text: &str) -> Result<JobSpec, UsageError> {
     Ok(spec)
 }
 
+/// A job file's `from_savepoint`, checked where this process can read it: a savepoint of a
+/// format this build does not know, or one the job cannot start from (its state would be
+/// dropped, key groups differ, …), is named before anything is submitted. The RM reads no
+/// user's files; the AM checks again, as the job's account, when it starts.
+fn check_savepoint(path: &Path, spec: &JobSpec) -> Result<(), UsageError> {
+    let Some(stream) = &spec.stream else { return Ok(()) };
+    let Some(from) = &stream.from_savepoint else {
+        return Ok(());
+    };
+    let checked = spindle_stream::savepoint::inspect(from).and_then(|found| match found {
+        Some((dir, meta)) => meta.restore_point(&dir, stream).map(|_| ()),
+        None => Ok(()),
+    });
+    checked.map_err(|err| UsageError::new(format!("{}: {err}", path.display())))
+}
+
 pub async fn submit(context: &ClientContext, args: &SubmitArgs) -> anyhow::Result<ExitCode> {
     let spec = load_spec(&args.job_file)?;
+    check_savepoint(&args.job_file, &spec)?;
     let app_id = context
         .client
         .submit(&spec)

@@ -10,6 +10,7 @@ mod graph;
 mod tests;
 
 use crate::job::{SpecError, validate_command, validate_resources};
+use crate::savepoints::storage_path;
 use crate::stream::{MAX_KEY_GROUPS, MAX_PARALLELISM, OperatorKind, OperatorSpec, StreamSpec};
 
 /// Most operators one job may have (so the AM's report of them always fits the RM's bound).
@@ -132,6 +133,20 @@ impl StreamSpec {
             return Err(invalid(
                 "stream.checkpoint_dir",
                 format!("`{dir}` must be an absolute path (workers run on other nodes, in other directories)"),
+            ));
+        }
+        if let Some(dir) = &self.savepoint_dir {
+            storage_path("stream.savepoint_dir", dir)?;
+        }
+        // Only the path's shape: whether a savepoint is there, and whether this job can start
+        // from it, the AM finds out as the app's account (the RM reads no user's files), and
+        // `spindle submit` beforehand where it can read it.
+        if let Some(savepoint) = &self.from_savepoint {
+            storage_path("stream.from_savepoint", savepoint)?;
+        } else if self.allow_dropped_state {
+            return Err(invalid(
+                "stream.allow_dropped_state",
+                "applies only to a job started from a savepoint: set from_savepoint, or remove it",
             ));
         }
         if !(1..=MAX_KEEP_CHECKPOINTS).contains(&self.keep_checkpoints) {

@@ -366,11 +366,15 @@ fn job_settings() {
             target_utilization,
         }
     }
-    let cases: [(Breakage, &str); 14] = [
+    let cases: [(Breakage, &str); 18] = [
         (|spec| spec.key_groups = 40_000, "stream.key_groups"),
         (|spec| spec.checkpoint_interval_ms = 49, "stream.checkpoint_interval_ms"),
         (|spec| spec.checkpoint_interval_ms = 3_600_001, "stream.checkpoint_interval_ms"),
         (|spec| spec.checkpoint_dir = Some("ckpt".into()), "stream.checkpoint_dir"),
+        (|spec| spec.savepoint_dir = Some("savepoints".into()), "stream.savepoint_dir"),
+        (|spec| spec.from_savepoint = Some("/sp/../etc".into()), "stream.from_savepoint"),
+        (|spec| spec.from_savepoint = Some("hdfs://nn/sp".into()), "stream.from_savepoint"),
+        (|spec| spec.allow_dropped_state = true, "stream.allow_dropped_state"),
         (|spec| spec.keep_checkpoints = 0, "stream.keep_checkpoints"),
         (|spec| spec.keep_checkpoints = 101, "stream.keep_checkpoints"),
         (|spec| spec.worker.vcores = 0, "stream.worker.vcores"),
@@ -393,6 +397,9 @@ fn job_settings() {
     let mut spec = window_count();
     spec.autoscale = Some(autoscale(1, 8, 1.0));
     spec.checkpoint_dir = Some("/shared/ckpt".into());
+    spec.savepoint_dir = Some("file:///shared/savepoints".into());
+    spec.from_savepoint = Some("/shared/savepoints/savepoint-application_1_0001-1".into());
+    spec.allow_dropped_state = true;
     spec.validate().unwrap();
 }
 

@@ -27,13 +27,14 @@ pub use extract::parse_json;
 #[openapi(
     info(title = "Spindle resource manager", description = "Submit jobs, watch apps, containers and nodes."),
     paths(
-        public::submit_app, public::list_apps, public::get_app, public::kill_app, public::scale_operator, public::app_containers,
+        public::submit_app, public::list_apps, public::get_app, public::kill_app, public::scale_operator, public::request_savepoint, public::app_containers,
         public::list_nodes, public::get_node, public::decommission_node, public::recommission_node, public::cluster_report, public::queues, public::reload_queues,
         public::container_logs, join::create_join_token
     ),
     components(schemas(spindle_protocol::JobSpec, spindle_protocol::ShellSpec, spindle_protocol::CustomSpec, spindle_protocol::JobKind,
         spindle_protocol::Resources, spindle_protocol::AppState, spindle_protocol::FinalStatus, spindle_protocol::ContainerState,
-        spindle_protocol::ExitReason, spindle_protocol::NodeState, spindle_protocol::NodeUsage, spindle_protocol::AttemptReport)),
+        spindle_protocol::ExitReason, spindle_protocol::NodeState, spindle_protocol::NodeUsage, spindle_protocol::AttemptReport,
+        spindle_protocol::SavepointStatus, spindle_protocol::SavepointState)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -81,6 +82,7 @@ fn short_routes() -> Router<Arc<ResourceManager>> {
         .route("/v1/apps/{app_id}", get(public::get_app).delete(public::kill_app))
         .route("/v1/apps/{app_id}/containers", get(public::app_containers))
         .route("/v1/apps/{app_id}/operators/{name}", put(public::scale_operator))
+        .route("/v1/apps/{app_id}/savepoints", post(public::request_savepoint))
         .route("/v1/nodes", get(public::list_nodes))
         .route("/v1/nodes/{node_id}", get(public::get_node))
         .route("/v1/nodes/{node_id}/decommission", post(public::decommission_node))

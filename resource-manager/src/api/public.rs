@@ -10,8 +10,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use spindle_protocol::{
     AgentClient, AppId, AppReport, AppState, ClusterReport, ContainerId, ContainerReport, DecommissionRequest, ErrorBody, JobSpec,
-    LogOptions, NodeId, NodeReport, QueueReport, RM_BEARER_VALIDITY, ScaleReply, ScaleRequest, SubmitReply, error_codes, now_ms,
-    operator_control_key,
+    LogOptions, NodeId, NodeReport, QueueReport, RM_BEARER_VALIDITY, SAVEPOINT_REQUEST_KIND, SavepointReply, SavepointRequest, ScaleReply,
+    ScaleRequest, SubmitReply, error_codes, now_ms, operator_control_key,
 };
 
 use super::extract::{ApiJson, User};
@@ -167,6 +167,29 @@ pub async fn scale_operator(
         parallelism: request.parallelism,
         previous,
     }))
+}
+
+/// Ask a running stream app for a savepoint, or to stop after one (its owner, an admin of its
+/// queue or a cluster admin). The request is stored at once and answered 202 with its id; the
+/// AM takes the savepoint as the app's account and reports it in the app's
+/// `detail.stream.savepoints` (in progress, completed with its path, or failed with why).
+#[utoipa::path(post, path = "/v1/apps/{app_id}/savepoints", request_body = SavepointRequest, tag = "apps",
+    params(("app_id" = String, Path)),
+    responses((status = 202, body = SavepointReply), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "the app is not a running stream job")))]
+pub async fn request_savepoint(
+    State(rm): Rm,
+    User(caller): User,
+    Path(app_id): Path<String>,
+    ApiJson(request): ApiJson<SavepointRequest>,
+) -> Result<Response, ApiError> {
+    let app_id = parse_app_id(&app_id)?;
+    let value = serde_json::to_value(&request).map_err(|err| ApiError::bad_request(err.to_string()))?;
+    let savepoint_id = rm
+        .mutate(|cluster, _| cluster.request_app(&caller, app_id, SAVEPOINT_REQUEST_KIND, &value))
+        .await??;
+    tracing::info!(app = %app_id, user = %caller.user, savepoint = savepoint_id, stop = request.stop, "savepoint requested");
+    Ok((StatusCode::ACCEPTED, Json(SavepointReply { app_id, savepoint_id })).into_response())
 }
 
 /// An app's containers, live and finished; their diagnostics (stderr tails) read `<hidden>`

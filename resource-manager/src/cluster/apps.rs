@@ -147,6 +147,8 @@ impl Cluster {
             started_at_ms: None,
             finished_at_ms: None,
             submission_key: key.clone(),
+            requests: Default::default(),
+            last_request: 0,
         };
         if let Some(key) = key {
             self.submission_keys.insert((caller.user.clone(), key), app_id);

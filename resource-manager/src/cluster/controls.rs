@@ -1,10 +1,11 @@
 //! App controls and what AMs report, kept without knowing any framework: a control (such as a
 //! stream operator's parallelism) is applied to the stored spec through the spec's own rules and
-//! handed to the AM in every allocate reply; a job detail is bounded and stored as sent.
+//! handed to the AM in every allocate reply; so is a request (such as a savepoint), checked by
+//! the spec and stored beside it under a new id; a job detail is bounded and stored as sent.
 
 use std::collections::BTreeMap;
 
-use spindle_protocol::{AppId, ControlError, JobDetail, JobKind, MetricFamily, SpecError};
+use spindle_protocol::{AppId, AppState, ControlError, JobDetail, JobKind, MetricFamily, SpecError};
 
 use super::{AppError, Caller, Cluster};
 
@@ -16,6 +17,10 @@ pub const MAX_METRIC_SAMPLES: usize = 8192;
 const MAX_METRIC_FAMILIES: usize = 64;
 const MAX_LABEL_BYTES: usize = 128;
 
+/// Requests kept per app: the newest (an AM acts on a request as soon as it hears of it, so
+/// older ones only keep their place in its report).
+pub const MAX_APP_REQUESTS: usize = 16;
+
 /// What a control changed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ControlChange {
@@ -26,6 +31,59 @@ impl Cluster {
     /// Sets control `key` of app `app_id` to `value`: a durable change of its stored spec, which
     /// its AM hears of at once (a waiting allocate returns) and a later AM attempt starts from.
     pub fn control_app(&mut self, caller: &Caller, app_id: AppId, key: &str, value: &serde_json::Value) -> Result<ControlChange, AppError> {
+        self.check_may_control(caller, app_id)?;
+        let app = self.apps.get_mut(&app_id).expect("checked above");
+        let previous = app
+            .record
+            .spec
+            .apply_control(key, value)
+            .map_err(|err| control_refused(app_id, err))?;
+        if previous != *value {
+            app.controls_news = true;
+            self.mark_app(app_id);
+            self.outbox.wake.insert(app_id);
+        }
+        Ok(ControlChange { previous })
+    }
+
+    /// Makes request `kind` (such as `savepoints`) of the running app `app_id` with body `value`:
+    /// the spec checks it, the RM stores it as `<kind>/<id>` under a new id (returned) and its
+    /// AM hears of it at once. Only a RUNNING app takes requests: they need its AM.
+    pub fn request_app(&mut self, caller: &Caller, app_id: AppId, kind: &str, value: &serde_json::Value) -> Result<u64, AppError> {
+        self.check_may_control(caller, app_id)?;
+        let app = self.apps.get_mut(&app_id).expect("checked above");
+        let stored = app
+            .record
+            .spec
+            .check_request(kind, value)
+            .map_err(|err| control_refused(app_id, err))?;
+        if app.record.state != AppState::Running {
+            return Err(AppError::Conflict(format!(
+                "{app_id} is {}: its application master is not running yet; ask again once the app is RUNNING",
+                app.record.state.as_str()
+            )));
+        }
+        app.record.last_request += 1;
+        let id = app.record.last_request;
+        app.record.requests.insert(format!("{kind}/{id}"), stored);
+        while app.record.requests.len() > MAX_APP_REQUESTS {
+            let oldest = app
+                .record
+                .requests
+                .keys()
+                .min_by_key(|key| request_id(key))
+                .cloned()
+                .expect("more than the limit, so not empty");
+            app.record.requests.remove(&oldest);
+        }
+        app.controls_news = true;
+        self.mark_app(app_id);
+        self.outbox.wake.insert(app_id);
+        Ok(id)
+    }
+
+    /// Refuses callers who may not act on the app (as for kill) and apps that ended.
+    fn check_may_control(&self, caller: &Caller, app_id: AppId) -> Result<(), AppError> {
         let app = self.apps.get(&app_id).ok_or(AppError::NotFound(app_id))?;
         if !self.may_administer_app(caller, &app.record.user, &app.record.spec.queue) {
             return Err(AppError::Forbidden(format!(
@@ -39,23 +97,18 @@ impl Cluster {
                 app.record.state.as_str()
             )));
         }
-        let app = self.apps.get_mut(&app_id).expect("checked above");
-        let previous = app.record.spec.apply_control(key, value).map_err(|err| match err {
-            ControlError::NotSupported(reason) => AppError::Conflict(format!("app {app_id}: {reason}")),
-            ControlError::UnknownTarget(err) => AppError::ControlTargetNotFound(format!("{app_id}: {}", err.reason)),
-            ControlError::Invalid(err) => AppError::InvalidRequest(err),
-        })?;
-        if previous != *value {
-            app.controls_news = true;
-            self.mark_app(app_id);
-            self.outbox.wake.insert(app_id);
-        }
-        Ok(ControlChange { previous })
+        Ok(())
     }
 
-    /// The controls of app `app_id` as its stored spec has them (empty for unknown apps).
+    /// The controls of app `app_id`: its stored spec's, and the requests kept (empty for
+    /// unknown apps).
     pub(super) fn app_controls(&self, app_id: AppId) -> BTreeMap<String, serde_json::Value> {
-        self.apps.get(&app_id).map(|app| app.record.spec.controls()).unwrap_or_default()
+        let Some(app) = self.apps.get(&app_id) else {
+            return BTreeMap::new();
+        };
+        let mut controls = app.record.spec.controls();
+        controls.extend(app.record.requests.iter().map(|(key, value)| (key.clone(), value.clone())));
+        controls
     }
 
     /// The metric families every live app's AM reported last (for `/metrics`), with its kind.
@@ -69,6 +122,19 @@ impl Cluster {
             })
             .collect()
     }
+}
+
+fn control_refused(app_id: AppId, err: ControlError) -> AppError {
+    match err {
+        ControlError::NotSupported(reason) => AppError::Conflict(format!("app {app_id}: {reason}")),
+        ControlError::UnknownTarget(err) => AppError::ControlTargetNotFound(format!("{app_id}: {}", err.reason)),
+        ControlError::Invalid(err) => AppError::InvalidRequest(err),
+    }
+}
+
+/// The id of request key `<kind>/<id>` (0 if garbled: removed first).
+fn request_id(key: &str) -> u64 {
+    key.rsplit_once('/').and_then(|(_, id)| id.parse().ok()).unwrap_or(0)
 }
 
 /// Bounds a detail before it is stored: counts and names of stages and counters, the size of

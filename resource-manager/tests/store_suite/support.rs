@@ -184,6 +184,8 @@ pub fn app(seq: u32, submitted_at_ms: u64, state: AppState, finished_at_ms: Opti
         finished_at_ms,
         unix_user: "nobody".to_owned(),
         submission_key: None,
+        requests: [("savepoints/2".to_owned(), serde_json::json!({"dir": "/data/sp", "stop": true}))].into(),
+        last_request: 2,
     }
 }
 

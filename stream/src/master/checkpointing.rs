@@ -17,6 +17,10 @@ use spindle_protocol::ContainerId;
 
 impl Coordinator {
     pub(super) fn maybe_trigger(&mut self) {
+        // Savepoints go first, at once; a stop under way holds the others back.
+        if self.maybe_trigger_savepoint() {
+            return;
+        }
         let interval = Duration::from_millis(self.spec.checkpoint_interval_ms);
         if self.rescale.is_some()
             || !self.pending.is_empty()
@@ -52,8 +56,16 @@ impl Coordinator {
                 acks: BTreeMap::new(),
             },
         );
+        let stop = self.savepoints.stops_at(id);
         for (worker, instances) in by_worker {
-            self.send(worker, ToWorker::Trigger { checkpoint: id, instances });
+            self.send(
+                worker,
+                ToWorker::Trigger {
+                    checkpoint: id,
+                    instances,
+                    stop,
+                },
+            );
         }
     }
 
@@ -110,6 +122,7 @@ impl Coordinator {
             commits: commits.clone(),
             last: false,
             counters: counters.committed().clone(),
+            epoch: self.epoch,
         };
         if let Err(error) = self.storage.complete(&meta) {
             tracing::warn!(checkpoint = id, %error, "cannot write checkpoint metadata: the checkpoint does not count");
@@ -128,6 +141,9 @@ impl Coordinator {
         self.metrics.forget_departed(&live);
         tracing::debug!(checkpoint = id, bytes = size, duration_ms = meta.duration_ms, "checkpoint complete");
         self.pending.retain(|&other, _| other > id);
+        // A savepoint of this checkpoint is copied out of it before its commits run (and so
+        // before the prune after them).
+        self.savepoint_on_complete(&meta);
         self.last_complete = Some(meta);
         self.effects.push(Effect::Commit(commits));
         self.rescale_on_complete(id);
@@ -172,8 +188,10 @@ impl Coordinator {
             commits: commits.clone(),
             last: true,
             counters: self.counters.totals(),
+            epoch: self.epoch,
         };
         self.phase = Phase::Finishing;
+        self.fail_unstarted_savepoints("the job's sources ended before the savepoint could be taken");
         if let Err(error) = self.storage.complete(&meta) {
             self.effects.push(Effect::Finish {
                 succeeded: false,

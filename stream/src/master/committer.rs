@@ -1,5 +1,6 @@
 //! The stream AM's committer: runs sinks' commits one batch at a time, in checkpoint order (a
-//! checkpoint is pruned only after its commits ran), and cleans what failed attempts staged.
+//! checkpoint is pruned only after its commits ran), cleans what failed attempts staged, and
+//! copies checkpoints into savepoints (in the same order, so before any prune of their files).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,21 +9,40 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::checkpoints::Storage;
 use crate::operator::Commit;
+use crate::savepoint::{FileCopy, SavepointMeta};
 
-/// Commits to run (or, with no commits, staging dirs to clean of files older than an epoch).
+/// Commits to run (or, with no commits, staging dirs to clean of files older than an epoch, or
+/// a savepoint to write).
 pub(super) struct CommitJob {
     pub commits: Vec<Commit>,
     pub clean: Option<(Vec<PathBuf>, u64)>,
+    pub savepoint: Option<SavepointWrite>,
     pub done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// A savepoint to write: its directory, metadata and the files to copy into it.
+pub(super) struct SavepointWrite {
+    pub dir: PathBuf,
+    pub meta: SavepointMeta,
+    pub copies: Vec<FileCopy>,
 }
 
 /// Runs commits one batch at a time, in order, then prunes old checkpoints.
 pub(super) fn spawn_committer(storage: Storage, keep: usize) -> mpsc::UnboundedSender<CommitJob> {
     let (tx, mut rx) = mpsc::unbounded_channel::<CommitJob>();
     tokio::spawn(async move {
-        while let Some(CommitJob { commits, clean, done }) = rx.recv().await {
+        while let Some(CommitJob {
+            commits,
+            clean,
+            savepoint,
+            done,
+        }) = rx.recv().await
+        {
             let storage = storage.clone();
             let result = tokio::task::spawn_blocking(move || {
+                if let Some(SavepointWrite { dir, meta, copies }) = savepoint {
+                    return crate::savepoint::write(&dir, meta, &copies);
+                }
                 if let Some((dirs, epoch)) = clean {
                     clean_staging(&dirs, epoch);
                     return Ok(());
@@ -84,6 +104,7 @@ pub(super) async fn run_commits(commits: &mpsc::UnboundedSender<CommitJob>, batc
         .send(CommitJob {
             commits: batch,
             clean: None,
+            savepoint: None,
             done: Some(done_tx),
         })
         .map_err(|_| "the committer stopped".to_owned())?;

@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 
 use spindle_protocol::{ContainerId, StreamSpec};
 
+use super::autoscale::Autoscaler;
 use super::counters::{CounterLedger, OperatorTotals};
 use super::metrics::Metrics;
 use super::rescale::Rescale;
+use super::savepoints::{Savepoints, epoch_after};
 use crate::checkpoints::{CheckpointMeta, Storage};
 use crate::control::{Ack, EdgePlan, InputPlan, InstancePlan, StateFileRef, TargetPlan, ToWorker};
 use crate::graph::{Graph, Layout, Placed, fresh_layout, intersect, workers_needed};
@@ -58,6 +60,14 @@ pub enum Effect {
     CleanStaging { dirs: Vec<std::path::PathBuf>, epoch: u64 },
     /// The job is over: after the commits, finish with this status.
     Finish { succeeded: bool, diagnostics: String },
+    /// Copy a complete checkpoint's files into savepoint `id`'s directory and write its
+    /// metadata (before the commits queued after it); answered by `on_savepoint_written`.
+    WriteSavepoint {
+        id: u64,
+        dir: std::path::PathBuf,
+        meta: Box<crate::savepoint::SavepointMeta>,
+        copies: Vec<crate::savepoint::FileCopy>,
+    },
 }
 
 pub struct Coordinator {
@@ -87,12 +97,13 @@ pub struct Coordinator {
     /// Every operator's totals, folded at each complete checkpoint.
     pub counters: CounterLedger,
     pub effects: Vec<Effect>,
+    /// The savepoints asked of the job (`savepoints.rs`).
+    pub savepoints: Savepoints,
     /// The parallelism the RM last said it stores: only its changes are news (the autoscaler
     /// may have moved away from it since).
     pub(super) rm_parallelism: BTreeMap<String, u32>,
-    /// When each stage was last rescaled (autoscaling cooldown).
-    pub(super) last_rescaled: BTreeMap<usize, Instant>,
-    pub(super) started: Instant,
+    /// DS2 autoscaling's readings, the scale-up it is judging and ceilings it found.
+    pub(super) autoscaler: Autoscaler,
     /// Slots of workers the RM will take back (preemption): rescales retire their instances.
     pub draining: BTreeSet<usize>,
     /// The time of the event being handled, as the caller gave it: the coordinator reads no
@@ -116,7 +127,7 @@ impl Coordinator {
             }
         }
         let next_checkpoint = storage.ids().last().map_or(1, |id| id + 1);
-        let epoch = u64::from(attempt) << 32;
+        let epoch = epoch_after(u64::from(attempt) << 32, last_complete.as_ref().map(|meta| meta.epoch));
         // A new attempt goes on counting from the checkpoint it resumes from.
         let counters = CounterLedger::starting_from(last_complete.as_ref().map(|meta| meta.counters.clone()).unwrap_or_default());
         Coordinator {
@@ -142,9 +153,9 @@ impl Coordinator {
             metrics: Metrics::default(),
             counters,
             effects: Vec::new(),
+            savepoints: Savepoints::default(),
             rm_parallelism: BTreeMap::new(),
-            last_rescaled: BTreeMap::new(),
-            started: now,
+            autoscaler: Autoscaler::default(),
             draining: BTreeSet::new(),
             now,
         }
@@ -178,6 +189,9 @@ impl Coordinator {
         self.now = now;
         for sample in &samples {
             self.counters.observe(sample.id, sample.counts());
+        }
+        if let Some(settings) = &self.spec.autoscale {
+            self.autoscaler.record(now, &samples, settings);
         }
         self.metrics.record(now, samples);
     }
@@ -218,34 +232,33 @@ impl Coordinator {
         self.rm_parallelism = desired.clone();
     }
 
-    /// DS2 autoscaling, when the job asks for it: one stage at a time, after its cooldown.
+    /// DS2 autoscaling, when the job asks for it: one stage at a time, once the previous
+    /// change is done and a window measured after it (`autoscale.rs`).
     fn maybe_autoscale(&mut self) {
-        let Some(settings) = self.spec.autoscale.clone() else { return };
-        let cooldown = Duration::from_millis(settings.cooldown_ms);
-        if self.rescale.is_some() || self.sources_done || self.now.saturating_duration_since(self.started) < cooldown {
-            return;
-        }
+        let Some(settings) = &self.spec.autoscale else { return };
         let Some(layout) = &self.layout else { return };
-        let rates = self.metrics.stage_rates(layout);
-        let current: Vec<u32> = layout.iter().map(|placed| placed.len() as u32).collect();
-        let Some(wanted) = super::autoscale::ds2(&self.graph, &rates, &current, &settings, self.spec.key_groups) else {
+        if self.sources_done {
+            return;
+        }
+        let running: Vec<u32> = layout.iter().map(|placed| placed.len() as u32).collect();
+        let changing = self.rescale.is_some() || running != self.parallelism;
+        let Some(decision) = self
+            .autoscaler
+            .decide(self.now, &self.graph, layout, changing, settings, self.spec.key_groups)
+        else {
             return;
         };
-        let ready = |stage: usize| {
-            self.last_rescaled
-                .get(&stage)
-                .is_none_or(|at| self.now.saturating_duration_since(*at) >= cooldown)
-        };
-        if let Some(stage) = (0..wanted.len()).find(|&stage| wanted[stage] != current[stage] && ready(stage)) {
-            tracing::info!(
-                operator = %self.graph.stages[stage].spec.name,
-                from = current[stage],
-                to = wanted[stage],
-                "autoscaling"
-            );
-            self.parallelism[stage] = wanted[stage];
-            self.last_rescaled.insert(stage, self.now);
-        }
+        tracing::info!(
+            operator = %self.graph.stages[decision.stage].spec.name,
+            from = decision.from,
+            to = decision.to,
+            rate_to_sustain = decision.demand.rate_to_sustain.round(),
+            true_rate = decision.demand.true_rate.round(),
+            utilization = decision.demand.utilization(decision.from),
+            ceiling = decision.ceiling,
+            "autoscaling"
+        );
+        self.parallelism[decision.stage] = decision.to;
     }
 
     /// Called often: deploys when ready, triggers checkpoints, starts rescales.
@@ -294,13 +307,13 @@ impl Coordinator {
         if self.last_complete.is_some() {
             // Publish what the kept checkpoints committed, oldest first, in case an earlier
             // attempt died before doing so (committing is idempotent; a checkpoint is pruned
-            // only after its commits ran).
-            let commits: Vec<Commit> = self
-                .storage
-                .complete_checkpoints()
-                .into_iter()
-                .flat_map(|meta| meta.commits)
-                .collect();
+            // only after its commits ran). A job restoring a savepoint has none of its own
+            // yet: the savepoint's, in case the job it came from ended before they ran.
+            let mut kept = self.storage.complete_checkpoints();
+            if kept.is_empty() {
+                kept.extend(self.last_complete.clone());
+            }
+            let commits: Vec<Commit> = kept.into_iter().flat_map(|meta| meta.commits).collect();
             self.effects.push(Effect::Commit(commits));
         }
         let dirs: Vec<std::path::PathBuf> = self

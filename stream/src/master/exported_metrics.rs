@@ -217,6 +217,7 @@ mod tests {
             }),
             restarts: 3,
             last_rescale: None,
+            savepoints: Vec::new(),
         };
         let families = exported_metrics(&detail);
         let find = |name: &str| {

@@ -9,7 +9,6 @@ use spindle_protocol::{CheckpointStatus, InstanceStatus, OperatorStatus, Rescale
 
 use super::coordinator::Coordinator;
 use crate::control::InstanceMetrics;
-use crate::graph::Layout;
 use crate::wire::InstanceId;
 
 /// One report of an instance's counters and when it came.
@@ -64,36 +63,6 @@ impl Metrics {
             ..InstanceStatus::default()
         }
     }
-
-    /// What each stage of the layout did over the last interval (for autoscaling).
-    pub fn stage_rates(&self, layout: &Layout) -> Vec<super::autoscale::StageRates> {
-        layout
-            .iter()
-            .map(|placed| {
-                let mut rates = super::autoscale::StageRates::default();
-                let mut backpressured = 0.0;
-                for p in placed {
-                    let status = self.status(p.id);
-                    rates.records_in_per_s += status.records_in_per_s;
-                    rates.records_out_per_s += status.records_out_per_s;
-                    rates.busy += status.busy;
-                    backpressured += status.backpressured;
-                    if let Some((at, last, Some((then, before)))) = self.samples.get(&p.id)
-                        && let (Some(now_lag), Some(then_lag)) = (last.lag, before.lag)
-                    {
-                        let seconds = at.duration_since(*then).as_secs_f64().max(1e-3);
-                        rates.backlog_growth_per_s += (now_lag as f64 - then_lag as f64) / seconds;
-                    }
-                }
-                rates.backpressured = if placed.is_empty() {
-                    0.0
-                } else {
-                    backpressured / placed.len() as f64
-                };
-                rates
-            })
-            .collect()
-    }
 }
 
 impl Coordinator {
@@ -143,6 +112,7 @@ impl Coordinator {
             }),
             restarts: self.restarts,
             last_rescale: self.metrics.last_rescale.clone(),
+            savepoints: self.savepoints.statuses(),
         }
     }
 }

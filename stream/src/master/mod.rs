@@ -12,6 +12,7 @@ mod exported_metrics;
 mod failures;
 mod metrics;
 mod rescale;
+mod savepoints;
 #[cfg(test)]
 mod tests;
 
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use spindle_protocol::{
     Allocation, ContainerId, ContainerStatus, JobDetail, LaunchSpec, OPERATOR_CONTROL_PREFIX, ResourceAsk, STREAM_SECTION, StreamSpec, env,
+    storage_path,
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -29,8 +31,9 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoints::Storage;
 use crate::control::{ToAm, ToWorker};
 use crate::runtime::worker::AM_CONTROL_ENV;
-use committer::{CommitJob, run_commits, spawn_committer};
+use committer::{CommitJob, SavepointWrite, run_commits, spawn_committer};
 pub use coordinator::{Coordinator, Effect, Phase, Worker};
+pub use savepoints::SavepointAsk;
 use spindle_app_master::AmContext;
 use spindle_app_master::AmError;
 use spindle_app_master::AmExit;
@@ -59,6 +62,11 @@ pub enum Event {
     },
     /// A batch of sink commits ran: `Err` is why it failed.
     Committed(Result<(), String>),
+    /// Savepoint `id` was written (or why not).
+    SavepointWritten {
+        id: u64,
+        result: Result<(), String>,
+    },
 }
 
 /// The application master of a `stream` job.
@@ -115,13 +123,28 @@ async fn start(started: Started<Event>, spec: StreamSpec, token: String, checkpo
     let Started {
         context, events, shutdown, ..
     } = started;
-    let coordinator = Coordinator::new(
+    let mut coordinator = Coordinator::new(
         spec.clone(),
         context.app_id.to_string(),
         context.attempt,
         &checkpoint_dir,
         Instant::now(),
     );
+    // Only a job with no checkpoint of its own starts from its savepoint: later attempts
+    // recover from their own, as any job does.
+    if coordinator.last_complete.is_none()
+        && let Some(from) = &spec.from_savepoint
+    {
+        let point = crate::savepoint::read(from)
+            .and_then(|(dir, meta)| meta.restore_point(&dir, &spec))
+            .map_err(|err| Outcome::failed(format!("cannot start from savepoint {from}: {err}")))?;
+        tracing::info!(savepoint = %from, checkpoint = point.id, "starting from a savepoint");
+        coordinator.restore_from_savepoint(point);
+    }
+    let savepoint_dir = match &spec.savepoint_dir {
+        Some(dir) => storage_path("stream.savepoint_dir", dir).map_err(|err| Outcome::failed(err.to_string()))?,
+        None => checkpoint_dir.join("savepoints"),
+    };
     let commits = spawn_committer(coordinator.storage.clone(), spec.keep_checkpoints as usize);
     if let Some(meta) = coordinator.last_complete.clone().filter(|meta| meta.last) {
         return Err(match run_commits(&commits, meta.commits).await {
@@ -157,6 +180,8 @@ async fn start(started: Started<Event>, spec: StreamSpec, token: String, checkpo
     worker_env.insert(AM_CONTROL_ENV.to_owned(), control_address.clone());
     tracing::info!(app_id = %context.app_id, %control_address, "stream AM starting");
     Ok(StreamFramework {
+        app_id: context.app_id.to_string(),
+        savepoint_dir,
         worker: LaunchSpec {
             command: worker_command,
             env: worker_env,
@@ -177,6 +202,9 @@ async fn start(started: Started<Event>, spec: StreamSpec, token: String, checkpo
 
 /// The stream job on the driver.
 pub struct StreamFramework {
+    app_id: String,
+    /// Where savepoints go when their request names no directory.
+    savepoint_dir: PathBuf,
     spec: StreamSpec,
     coordinator: Coordinator,
     /// What every worker container runs.
@@ -222,6 +250,7 @@ impl StreamFramework {
                     let job = CommitJob {
                         commits: batch,
                         clean: None,
+                        savepoint: None,
                         done: Some(done_tx),
                     };
                     if self.commits.send(job).is_err() {
@@ -239,7 +268,29 @@ impl StreamFramework {
                     let _ = self.commits.send(CommitJob {
                         commits: Vec::new(),
                         clean: Some((dirs, epoch)),
+                        savepoint: None,
                         done: None,
+                    });
+                }
+                Effect::WriteSavepoint { id, dir, meta, copies } => {
+                    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+                    let job = CommitJob {
+                        commits: Vec::new(),
+                        clean: None,
+                        savepoint: Some(SavepointWrite { dir, meta: *meta, copies }),
+                        done: Some(done_tx),
+                    };
+                    // Counted with the commits: the job does not end while one is written.
+                    self.commits_running += 1;
+                    let events = self.events.clone();
+                    let sent = self.commits.send(job).is_ok();
+                    tokio::spawn(async move {
+                        let result = if sent {
+                            done_rx.await.unwrap_or_else(|_| Err("the committer stopped".to_owned()))
+                        } else {
+                            Err("the committer stopped".to_owned())
+                        };
+                        let _ = events.send(Event::SavepointWritten { id, result });
                     });
                 }
                 Effect::Finish { succeeded, diagnostics } => {
@@ -316,6 +367,10 @@ impl Framework for StreamFramework {
         if !desired.is_empty() {
             self.coordinator.set_desired(&desired, now);
         }
+        let asks = savepoints::asks_from_controls(controls, &self.coordinator.savepoints, &self.savepoint_dir, &self.app_id);
+        if !asks.is_empty() {
+            self.coordinator.on_savepoint_asks(asks, now);
+        }
     }
 
     fn on_event(&mut self, event: Event, now: Instant) {
@@ -338,6 +393,10 @@ impl Framework for StreamFramework {
                 self.coordinator.on_worker_lost(container, "its control connection closed", now);
             }
             Event::Message { container, message } => self.on_message(container, message, now),
+            Event::SavepointWritten { id, result } => {
+                self.commits_running = self.commits_running.saturating_sub(1);
+                self.coordinator.on_savepoint_written(id, result, now);
+            }
             Event::Committed(result) => {
                 self.commits_running = self.commits_running.saturating_sub(1);
                 if let Err(error) = result {

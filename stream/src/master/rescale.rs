@@ -39,7 +39,12 @@ impl Coordinator {
     /// Starts a rescale when a stage's wanted parallelism differs from what runs and enough
     /// workers are connected.
     pub(super) fn maybe_start_rescale(&mut self) {
-        if self.rescale.is_some() || !self.pending.is_empty() || self.sources_done || self.phase != Phase::Running {
+        if self.rescale.is_some()
+            || !self.pending.is_empty()
+            || self.sources_done
+            || self.phase != Phase::Running
+            || self.savepoints.holds_rescales()
+        {
             return;
         }
         let Some(layout) = &self.layout else { return };

@@ -10,6 +10,7 @@ use super::coordinator::{Coordinator, Effect, Phase, Worker};
 use crate::control::{Ack, InstanceChange, ToWorker};
 
 mod counters;
+mod savepoints;
 
 /// The plan tests' pipeline, checkpointing on every tick, into 2 file sinks.
 fn spec() -> StreamSpec {
@@ -318,10 +319,12 @@ fn autoscaling_grows_a_saturated_keyed_operator_within_its_bounds() {
         cooldown_ms: 0,
         target_utilization: 0.7,
     });
+    // Unthrottled generators: what they could emit is what they emit per unblocked second.
+    h.coordinator.graph.stages[0].spec.rate = None;
     h.tick();
     let layout = h.coordinator.layout.clone().unwrap();
-    // Over one second: each generator emitted 500,000 records while blocked half the time;
-    // each window instance took 500,000 in, busy all the time.
+    // Every second: each generator emitted 500,000 records while blocked half the time; each
+    // window instance took 500,000 in, busy all the time.
     let sample = |scale: u64| -> Vec<InstanceMetrics> {
         let mut samples = Vec::new();
         for placed in &layout[0] {
@@ -352,10 +355,20 @@ fn autoscaling_grows_a_saturated_keyed_operator_within_its_bounds() {
         }
         samples
     };
-    h.coordinator.metrics.record(h.now, sample(1));
-    h.now += Duration::from_secs(1);
-    h.coordinator.metrics.record(h.now, sample(2));
+    // The first tick of the deployment starts the warm-up (3 s), then a window of 2 s (the
+    // shortest) is measured: nothing is decided before.
     h.tick();
+    for second in 1..=4 {
+        h.now += Duration::from_secs(1);
+        h.coordinator.on_metrics(sample(second), h.now);
+        h.tick();
+        assert_eq!(h.coordinator.parallelism[1], 2, "after {second} s");
+    }
+    for second in 5..=6 {
+        h.now += Duration::from_secs(1);
+        h.coordinator.on_metrics(sample(second), h.now);
+        h.tick();
+    }
     // Generators could do 2 M/s; a window instance does 0.5 M/s per busy second at 70%:
     // 2e6 / 3.5e5 = 6 instances, capped at the maximum of 4.
     assert_eq!(

@@ -4,6 +4,7 @@
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::Arc;
 
 use spindle_protocol::{Aggregate, OperatorSpec};
 
@@ -129,6 +130,65 @@ impl Eq for CompactKey {}
 impl std::fmt::Debug for CompactKey {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(formatter, "{:?}", String::from_utf8_lossy(self.as_slice()))
+    }
+}
+
+/// A key map an asynchronous snapshot may share: copy on write, with no atomic operation on
+/// the hot path while no snapshot holds it. `freeze` (at a capture) moves the map into an `Arc`
+/// and shares it; the first `get_mut` after takes it back, copying only if the snapshot thread
+/// still holds it.
+#[derive(Debug)]
+pub enum SharedMap<V> {
+    Owned(KeyMap<V>),
+    Frozen(Arc<KeyMap<V>>),
+}
+
+impl<V: Clone> SharedMap<V> {
+    /// The map to update.
+    #[inline]
+    pub fn get_mut(&mut self) -> &mut KeyMap<V> {
+        if let SharedMap::Frozen(_) = self {
+            self.thaw();
+        }
+        match self {
+            SharedMap::Owned(map) => map,
+            SharedMap::Frozen(_) => unreachable!("thawed above"),
+        }
+    }
+
+    #[cold]
+    fn thaw(&mut self) {
+        if let SharedMap::Frozen(shared) = std::mem::replace(self, SharedMap::Owned(KeyMap::default())) {
+            *self = SharedMap::Owned(Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone()));
+        }
+    }
+
+    /// The map as it is now, shared with the caller (no copy).
+    pub fn freeze(&mut self) -> Arc<KeyMap<V>> {
+        if let SharedMap::Owned(map) = self {
+            *self = SharedMap::Frozen(Arc::new(std::mem::take(map)));
+        }
+        match self {
+            SharedMap::Frozen(shared) => shared.clone(),
+            SharedMap::Owned(_) => unreachable!("frozen above"),
+        }
+    }
+}
+
+impl<V> Default for SharedMap<V> {
+    fn default() -> SharedMap<V> {
+        SharedMap::Owned(KeyMap::default())
+    }
+}
+
+impl<V> std::ops::Deref for SharedMap<V> {
+    type Target = KeyMap<V>;
+
+    fn deref(&self) -> &KeyMap<V> {
+        match self {
+            SharedMap::Owned(map) => map,
+            SharedMap::Frozen(shared) => shared,
+        }
     }
 }
 
@@ -350,6 +410,27 @@ mod tests {
         let build = FxBuildHasher::default();
         let buckets: std::collections::BTreeSet<u64> = (0..1000).map(|key| build.hash_one(format!("k{key}").as_bytes()) & 1023).collect();
         assert!(buckets.len() > 550, "{} of 1024 buckets used", buckets.len());
+    }
+
+    #[test]
+    fn a_frozen_map_is_copied_on_write_only_while_shared() {
+        let mut map: SharedMap<i64> = SharedMap::default();
+        map.get_mut().insert(CompactKey::new(b"a"), 1);
+        let frozen = map.freeze();
+        map.get_mut().insert(CompactKey::new(b"b"), 2);
+        assert_eq!(frozen.len(), 1, "the snapshot's view does not change");
+        assert_eq!(map.len(), 2);
+
+        let frozen = map.freeze();
+        let address = Arc::as_ptr(&frozen);
+        drop(frozen);
+        let thawed: *const KeyMap<i64> = map.get_mut();
+        assert_eq!(map.len(), 2);
+        assert_ne!(thawed, address, "taken back out of the Arc");
+        assert!(
+            matches!(map, SharedMap::Owned(_)),
+            "owned again, without a copy once the snapshot let go"
+        );
     }
 
     #[test]

@@ -118,6 +118,21 @@ pub(crate) fn restore_all(from: &mut dyn crate::operator::Operator, to: &mut dyn
     }
 }
 
+/// Writes a state `capture` took (as the snapshot thread does) and restores every key group
+/// into `to`.
+#[cfg(test)]
+pub(crate) fn restore_captured(captured: Box<dyn crate::state::CapturedState>, to: &mut dyn crate::operator::Operator, key_groups: u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let mut writer = crate::state::StateWriter::create(&path).unwrap();
+    captured.write_to(&mut writer).unwrap();
+    writer.finish().unwrap();
+    let mut reader = crate::state::StateReader::open(&path).unwrap();
+    reader
+        .read_key_groups(&(0..key_groups), |group, bytes| to.restore_key_group(group, bytes))
+        .unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

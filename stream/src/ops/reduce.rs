@@ -1,23 +1,27 @@
 //! The keyed `reduce` operator: a running `count`/`sum`/`min`/`max` per key, emitted on every
 //! update as `key\taggregate` with the input record's time and key.
 //!
-//! State: per key group, a map key → aggregate; a group's snapshot is its entries.
+//! State: per key group, a map key → aggregate; a group's snapshot is its entries. The maps are
+//! `SharedMap`s: `capture` freezes them (a view for an asynchronous snapshot, no copy), and the
+//! first update of a group the snapshot thread still holds copies its map (copy on write).
+
+use std::sync::Arc;
 
 use spindle_protocol::OperatorSpec;
 
 use super::fields::write_i64;
-use super::keyed::{Aggregator, Decoder, ENTRY_OVERHEAD, KeyMap, group_slots, put_key_map, read_key_map, slot};
+use super::keyed::{Aggregator, Decoder, ENTRY_OVERHEAD, KeyMap, SharedMap, group_slots, put_key_map, read_key_map, slot};
 use crate::keys::KeyGroupRange;
 use crate::operator::{InstanceContext, Operator, OperatorError};
 use crate::record::{Batch, Record};
-use crate::state::StateWriter;
+use crate::state::{CapturedState, StateWriter};
 
 const FORMAT_VERSION: u8 = 1;
 
 /// A `reduce` instance.
 pub struct Reduce {
     aggregator: Aggregator,
-    groups: Vec<Option<KeyMap<i64>>>,
+    groups: Vec<Option<SharedMap<i64>>>,
     entries: u64,
     key_bytes: u64,
     bad: u64,
@@ -41,6 +45,39 @@ impl Reduce {
     }
 }
 
+impl Reduce {
+    /// The groups with state, sharing their maps (no copy).
+    fn frozen(&mut self) -> FrozenMaps {
+        let groups = self.groups.iter_mut().enumerate();
+        let groups = groups.filter_map(|(group, map)| Some((group as u32, map.as_mut().filter(|map| !map.is_empty())?.freeze())));
+        FrozenMaps { groups: groups.collect() }
+    }
+}
+
+/// A reduce operator's state as of a barrier.
+struct FrozenMaps {
+    groups: Vec<(u32, Arc<KeyMap<i64>>)>,
+}
+
+impl FrozenMaps {
+    /// Writes the groups in order, letting go of each map once written.
+    fn write_groups(self, state: &mut StateWriter) -> Result<(), OperatorError> {
+        for (group, map) in self.groups {
+            state.key_group(group, |out| {
+                out.push(FORMAT_VERSION);
+                put_key_map(out, &map);
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl CapturedState for FrozenMaps {
+    fn write_to(self: Box<Self>, state: &mut StateWriter) -> Result<(), OperatorError> {
+        self.write_groups(state)
+    }
+}
+
 impl Operator for Reduce {
     /// Records skipped because their field is not an integer.
     fn bad_records(&self) -> u64 {
@@ -53,7 +90,7 @@ impl Operator for Reduce {
             self.bad += 1;
             return Ok(());
         };
-        let map = slot(&mut self.groups, key_group);
+        let map = slot(&mut self.groups, key_group).get_mut();
         let (aggregate, new) = self.aggregator.update(map, record.key, value);
         if new {
             self.entries += 1;
@@ -68,16 +105,11 @@ impl Operator for Reduce {
     }
 
     fn snapshot(&mut self, state: &mut StateWriter) -> Result<(), OperatorError> {
-        for (group, map) in self.groups.iter().enumerate() {
-            let Some(map) = map.as_ref().filter(|map| !map.is_empty()) else {
-                continue;
-            };
-            state.key_group(group as u32, |out| {
-                out.push(FORMAT_VERSION);
-                put_key_map(out, map);
-            })?;
-        }
-        Ok(())
+        self.frozen().write_groups(state)
+    }
+
+    fn capture(&mut self) -> Result<Box<dyn CapturedState>, OperatorError> {
+        Ok(Box::new(self.frozen()))
     }
 
     fn restore_key_group(&mut self, group: u32, bytes: &[u8]) -> Result<(), OperatorError> {
@@ -87,7 +119,7 @@ impl Operator for Reduce {
                 "reduce state of key group {group}: unknown format"
             )));
         }
-        let map = slot(&mut self.groups, group);
+        let map = slot(&mut self.groups, group).get_mut();
         let (added, key_bytes) = read_key_map(&mut decoder, map, &self.aggregator)?;
         self.entries += added;
         self.key_bytes += key_bytes;
@@ -120,7 +152,7 @@ mod tests {
 
     use super::*;
     use crate::keys::key_group;
-    use crate::ops::{restore_all, test_context};
+    use crate::ops::{restore_all, restore_captured, test_context};
 
     fn spec(aggregate: Aggregate) -> OperatorSpec {
         OperatorSpec {
@@ -194,5 +226,25 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_capture_is_the_state_at_the_barrier_while_the_instance_goes_on() {
+        let mut reduce = Reduce::new(&spec(Aggregate::Sum), &test_context(0, 1)).unwrap();
+        let mut out = Batch::new();
+        feed(&mut reduce, "a", "a 1", &mut out);
+        feed(&mut reduce, "b", "b 2", &mut out);
+        let captured = reduce.capture().unwrap();
+        feed(&mut reduce, "a", "a 10", &mut out);
+        feed(&mut reduce, "c", "c 5", &mut out);
+        reduce.retain_key_groups(&(0..0));
+
+        let mut restored = Reduce::new(&spec(Aggregate::Sum), &test_context(0, 1)).unwrap();
+        restore_captured(captured, &mut restored, 16);
+        out.clear();
+        for key in ["a", "b", "c"] {
+            feed(&mut restored, key, &format!("{key} 0"), &mut out);
+        }
+        assert_eq!(values(&out), vec!["a\t1", "b\t2", "c\t0"]);
     }
 }

@@ -14,17 +14,26 @@
 //! State: per key group, its windows by end, each a map key → aggregate. A group's snapshot
 //! also carries the watermark, so a record that was late before a restore (or a move to another
 //! instance) is still late after it: output does not depend on where recovery happened.
+//!
+//! Asynchronous snapshots: each window's map is a `SharedMap`. `capture` freezes them (moves each
+//! into an `Arc` and shares it: a frozen view of every group, no copy); the snapshot thread
+//! serializes them while records go on, and the first update of a map the snapshot still holds
+//! copies it (copy on write per window of a key group, where Flink's heap backend copies per
+//! entry).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use spindle_protocol::OperatorSpec;
 
 use super::fields::write_i64;
-use super::keyed::{Aggregator, Decoder, ENTRY_OVERHEAD, KeyMap, group_slots, put_key_map, put_signed, put_varint, read_key_map, slot};
+use super::keyed::{
+    Aggregator, Decoder, ENTRY_OVERHEAD, KeyMap, SharedMap, group_slots, put_key_map, put_signed, put_varint, read_key_map, slot,
+};
 use crate::keys::KeyGroupRange;
 use crate::operator::{InstanceContext, Operator, OperatorError};
 use crate::record::{Batch, EventTime, Record};
-use crate::state::StateWriter;
+use crate::state::{CapturedState, StateWriter};
 
 const FORMAT_VERSION: u8 = 1;
 
@@ -32,8 +41,11 @@ const FORMAT_VERSION: u8 = 1;
 struct GroupWindows {
     /// Watermark this group's state had seen (from a restore): its windows up to here fired.
     watermark: EventTime,
-    windows: BTreeMap<EventTime, KeyMap<i64>>,
+    windows: Windows,
 }
+
+/// A key group's windows by end, each shared with a snapshot in flight until updated.
+type Windows = BTreeMap<EventTime, SharedMap<i64>>;
 
 impl Default for GroupWindows {
     fn default() -> GroupWindows {
@@ -98,6 +110,23 @@ impl Window {
         }
     }
 
+    /// Every group a snapshot writes, sharing the maps (no copy).
+    fn frozen(&mut self) -> FrozenWindows {
+        let mut groups = Vec::new();
+        for (index, group) in self.groups.iter_mut().enumerate() {
+            let index = index as u32;
+            if group.is_none() && (!self.owned.contains(&index) || self.watermark == EventTime::MIN) {
+                continue;
+            }
+            let watermark = self.watermark.max(group.as_ref().map_or(EventTime::MIN, |group| group.watermark));
+            let windows = group.as_mut().map_or_else(BTreeMap::new, |group| {
+                group.windows.iter_mut().map(|(end, map)| (*end, map.freeze())).collect()
+            });
+            groups.push((index, watermark, windows));
+        }
+        FrozenWindows { groups }
+    }
+
     fn write_output(&self, out: &mut Batch, end: EventTime, key: &[u8], aggregate: i64) {
         let start = end - self.size;
         out.push_with(end - 1, key, |value| {
@@ -135,7 +164,7 @@ impl Operator for Window {
             if end <= fired_up_to {
                 late = true;
             } else {
-                let map = group.windows.entry(end).or_default();
+                let map = group.windows.entry(end).or_default().get_mut();
                 if self.aggregator.update(map, record.key, value).1 {
                     self.entries += 1;
                     self.key_bytes += record.key.len() as u64;
@@ -157,7 +186,7 @@ impl Operator for Window {
             return Ok(());
         }
         // Fired windows by end, then by group (groups are visited in order).
-        let mut fired: BTreeMap<EventTime, Vec<KeyMap<i64>>> = BTreeMap::new();
+        let mut fired: BTreeMap<EventTime, Vec<SharedMap<i64>>> = BTreeMap::new();
         for group in self.groups.iter_mut().flatten() {
             let keep = match watermark.checked_add(1) {
                 Some(after) => group.windows.split_off(&after),
@@ -193,24 +222,11 @@ impl Operator for Window {
     }
 
     fn snapshot(&mut self, state: &mut StateWriter) -> Result<(), OperatorError> {
-        for (index, group) in self.groups.iter().enumerate() {
-            let index = index as u32;
-            if group.is_none() && (!self.owned.contains(&index) || self.watermark == EventTime::MIN) {
-                continue;
-            }
-            let watermark = self.watermark.max(group.as_ref().map_or(EventTime::MIN, |group| group.watermark));
-            state.key_group(index, |out| {
-                out.push(FORMAT_VERSION);
-                put_signed(out, watermark);
-                let windows = group.as_ref().map(|group| &group.windows);
-                put_varint(out, windows.map_or(0, BTreeMap::len) as u64);
-                for (end, map) in windows.into_iter().flatten() {
-                    put_signed(out, *end);
-                    put_key_map(out, map);
-                }
-            })?;
-        }
-        Ok(())
+        self.frozen().write_groups(state)
+    }
+
+    fn capture(&mut self) -> Result<Box<dyn CapturedState>, OperatorError> {
+        Ok(Box::new(self.frozen()))
     }
 
     fn restore_key_group(&mut self, group: u32, bytes: &[u8]) -> Result<(), OperatorError> {
@@ -226,7 +242,7 @@ impl Operator for Window {
         state.watermark = state.watermark.max(watermark);
         for _ in 0..windows {
             let end = decoder.signed()?;
-            let map = state.windows.entry(end).or_default();
+            let map = state.windows.entry(end).or_default().get_mut();
             let (added, key_bytes) = read_key_map(&mut decoder, map, &self.aggregator)?;
             self.entries += added;
             self.key_bytes += key_bytes;
@@ -257,6 +273,40 @@ impl Operator for Window {
 
     fn late_records(&self) -> u64 {
         self.late
+    }
+}
+
+/// A key group's windows by end, as of a barrier.
+type FrozenGroup = BTreeMap<EventTime, Arc<KeyMap<i64>>>;
+
+/// A window operator's state as of a barrier: per key group, its watermark and windows.
+struct FrozenWindows {
+    /// Per key group: its number, watermark and windows.
+    groups: Vec<(u32, EventTime, FrozenGroup)>,
+}
+
+impl FrozenWindows {
+    /// Writes the groups in order, letting go of each group's maps once written (so the
+    /// instance copies only maps not yet written when it updates them).
+    fn write_groups(self, state: &mut StateWriter) -> Result<(), OperatorError> {
+        for (index, watermark, windows) in self.groups {
+            state.key_group(index, |out| {
+                out.push(FORMAT_VERSION);
+                put_signed(out, watermark);
+                put_varint(out, windows.len() as u64);
+                for (end, map) in &windows {
+                    put_signed(out, *end);
+                    put_key_map(out, map);
+                }
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl CapturedState for FrozenWindows {
+    fn write_to(self: Box<Self>, state: &mut StateWriter) -> Result<(), OperatorError> {
+        self.write_groups(state)
     }
 }
 

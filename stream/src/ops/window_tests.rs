@@ -5,7 +5,7 @@ use spindle_protocol::{Aggregate, OperatorKind, OperatorSpec};
 
 use super::*;
 use crate::keys::key_group;
-use crate::ops::{restore_all, test_context};
+use crate::ops::{restore_all, restore_captured, test_context};
 
 const GROUPS: u32 = 16;
 
@@ -233,4 +233,32 @@ proptest! {
         prop_assert_eq!(&straight, &restored);
         prop_assert_eq!(straight, reference(&spec, &steps));
     }
+}
+
+#[test]
+fn a_capture_is_the_state_at_the_barrier_while_the_instance_goes_on() {
+    let spec = spec(1000, None, Aggregate::Count);
+    let mut window = Window::new(&spec, &test_context(0, 1)).unwrap();
+    let mut reference = Window::new(&spec, &test_context(0, 1)).unwrap();
+    let mut out = Batch::new();
+    for (key, time) in [("a", 0), ("b", 10), ("a", 1500), ("c", 2500)] {
+        feed(&mut window, key, time, 0, &mut out);
+        feed(&mut reference, key, time, 0, &mut out);
+    }
+    let captured = window.capture().unwrap();
+    // Updates, a new window, a fired window and dropped groups after the capture touch only
+    // the instance's copy.
+    for (key, time) in [("a", 1), ("a", 1600), ("d", 3000)] {
+        feed(&mut window, key, time, 0, &mut out);
+    }
+    window.on_watermark(2000, &mut out).unwrap();
+    window.retain_key_groups(&(0..GROUPS / 2));
+
+    let mut restored = Window::new(&spec, &test_context(0, 1)).unwrap();
+    restore_captured(captured, &mut restored, GROUPS);
+    let (mut expected, mut actual) = (Batch::new(), Batch::new());
+    reference.finish(&mut expected).unwrap();
+    restored.finish(&mut actual).unwrap();
+    assert_eq!(collect(&actual), collect(&expected));
+    assert_eq!(collect(&actual).len(), 4, "a, b in [0, 1000), a in [1000, 2000), c in [2000, 3000)");
 }

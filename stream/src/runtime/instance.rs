@@ -13,6 +13,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::inputs::{InputChange, Inputs};
 use super::net::{Inbound, SendError};
 use super::outputs::Outputs;
+use super::snapshots::{SnapshotJob, SnapshotThread};
 use crate::control::{Ack, InputPlan, InstancePlan, Range, StateFileRef, TargetPlan, ToAm};
 use crate::counts::RecordCounts;
 use crate::operator::{Operator, OperatorError, Sink, Source, SourceStatus};
@@ -27,7 +28,11 @@ const FLUSH_EVERY: Duration = Duration::from_millis(20);
 
 /// What the AM asks of one instance.
 pub enum Command {
-    Trigger(u64),
+    /// A source injects this barrier; `stop`: then reads nothing more (a stop with a savepoint).
+    Trigger {
+        checkpoint: u64,
+        stop: bool,
+    },
     Retarget {
         checkpoint: u64,
         edge: usize,
@@ -85,6 +90,8 @@ enum RunError {
     Operator(#[from] OperatorError),
     #[error(transparent)]
     Send(#[from] SendError),
+    #[error("writing a snapshot: {0}")]
+    Snapshot(OperatorError),
     #[error("input from instance {from} broke: {error}")]
     InputBroken { from: InstanceId, error: String },
 }
@@ -111,7 +118,9 @@ pub fn run(env: Environment, body: Body) {
 fn run_inner(env: Environment, mut body: Body) -> Result<(), RunError> {
     restore(&mut body, &env.plan.restore)?;
     let outputs = Outputs::connect(&env.plan.outputs, env.plan.key_groups, env.plan.id, &env.token, &env.handle)?;
+    let snapshots = SnapshotThread::new(format!("{}-{}-snapshot", env.plan.spec.name, env.plan.index), env.to_am.clone());
     let mut instance = Instance {
+        snapshots,
         outputs,
         inputs: Inputs::new(
             env.plan.inputs.iter().map(|input| (input.from, input.starts_after)),
@@ -161,6 +170,8 @@ struct Instance {
     /// A rescale's change to this instance's groups, at its barrier.
     regroup: Option<(u64, Option<Range>, bool)>,
     paused_since: Option<Instant>,
+    /// Writes operator snapshots while the instance goes on (see `snapshots.rs`).
+    snapshots: SnapshotThread,
 }
 
 impl Instance {
@@ -174,6 +185,8 @@ impl Instance {
         let mut sent_watermark = EventTime::MIN;
         let mut last_flush = Instant::now();
         let mut finished = false;
+        // Stopped at a stop's barrier: the job ends once its savepoint is written.
+        let mut stopped = false;
         let mut batch = Batch::with_capacity(64 << 10);
         loop {
             if self.cancelled() {
@@ -182,12 +195,15 @@ impl Instance {
             while let Ok(message) = self.env.inbox.try_recv() {
                 if let Inbound::Command(command) = message {
                     match command {
-                        Command::Trigger(checkpoint) if !finished => self.checkpoint_source(source.as_mut(), checkpoint)?,
+                        Command::Trigger { checkpoint, stop } if !finished => {
+                            self.checkpoint_source(source.as_mut(), checkpoint)?;
+                            stopped |= stop;
+                        }
                         other => self.command(other, None)?,
                     }
                 }
             }
-            if finished {
+            if finished || stopped {
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             }
@@ -302,7 +318,7 @@ impl Instance {
 
     fn command(&mut self, command: Command, body: Option<&mut Body>) -> Result<(), RunError> {
         match command {
-            Command::Trigger(_) => {}
+            Command::Trigger { .. } => {}
             Command::Retarget { checkpoint, edge, targets } => self.outputs.prepare_retarget(checkpoint, edge, targets)?,
             Command::Regroup { checkpoint, range, gains } => self.regroup = Some((checkpoint, range, gains)),
             Command::AddInputs(inputs) => {
@@ -359,11 +375,14 @@ impl Instance {
             if let Some((from, event)) = next
                 && self.handle(&mut body, from, event)?
             {
+                // Retired or finished: its last snapshot is acknowledged before it ends.
+                self.snapshots.wait().map_err(RunError::Snapshot)?;
                 return Ok(());
             }
             if last_flush.elapsed() >= FLUSH_EVERY {
                 last_flush = Instant::now();
                 self.outputs.flush(&self.env.cancel)?;
+                self.snapshots.check().map_err(RunError::Snapshot)?;
             }
         }
     }
@@ -433,7 +452,9 @@ impl Instance {
     }
 
     /// Barrier `checkpoint` aligned: forward it, snapshot, apply a rescale's changes. `true`
-    /// when a rescale retired this instance.
+    /// when a rescale retired this instance. An operator's state is only captured here; its
+    /// snapshot thread writes it and acknowledges (one in flight: a capture waits for the
+    /// previous write).
     fn checkpoint(&mut self, body: &mut Body, checkpoint: u64) -> Result<bool, RunError> {
         let started = Instant::now();
         self.outputs.broadcast(&DataEvent::Barrier(checkpoint), &self.env.cancel)?;
@@ -448,20 +469,26 @@ impl Instance {
         };
         match body {
             Body::Operator(operator) => {
-                let path = self.state_path(checkpoint);
-                let mut writer = StateWriter::create(&path)?;
-                operator.snapshot(&mut writer)?;
-                ack.state_bytes = writer.finish()?;
-                ack.state_file = Some(path);
+                self.snapshots.wait().map_err(RunError::Snapshot)?;
+                let job = SnapshotJob {
+                    path: self.state_path(checkpoint),
+                    state: operator.capture()?,
+                    ack,
+                    aligned_at: started,
+                };
+                self.snapshots.submit(job).map_err(RunError::Snapshot)?;
             }
             Body::Sink(sink) => {
                 let commit = sink.prepare_commit(checkpoint)?;
                 ack.commit = (!commit.is_empty()).then_some(commit);
+                ack.duration_ms = started.elapsed().as_millis() as u64;
+                self.ack(ack);
             }
-            Body::Source(_) => {}
+            Body::Source(_) => {
+                ack.duration_ms = started.elapsed().as_millis() as u64;
+                self.ack(ack);
+            }
         }
-        ack.duration_ms = started.elapsed().as_millis() as u64;
-        self.ack(ack);
         self.outputs.switch_at(checkpoint, &self.env.cancel)?;
         self.inputs.checkpoint_done(checkpoint);
         if let Some((at, range, gains)) = self.regroup.take() {
@@ -506,6 +533,8 @@ impl Instance {
         }
         self.outputs.broadcast(&DataEvent::Watermark(EventTime::MAX), &self.env.cancel)?;
         self.outputs.broadcast(&DataEvent::End { last: true }, &self.env.cancel)?;
+        // The last checkpoint's acknowledgement before the end.
+        self.snapshots.wait().map_err(RunError::Snapshot)?;
         let _ = self.env.to_am.send(ToAm::Finished {
             instance: self.env.plan.id,
             commit,

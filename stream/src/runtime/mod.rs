@@ -5,4 +5,5 @@ pub mod inputs;
 pub mod instance;
 pub mod net;
 pub mod outputs;
+pub mod snapshots;
 pub mod worker;

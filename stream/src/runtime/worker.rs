@@ -124,11 +124,15 @@ pub async fn serve(registry: OperatorRegistry) -> anyhow::Result<()> {
                 }
                 let _ = to_am.send(ToAm::ResetDone { epoch });
             }
-            ToWorker::Trigger { checkpoint, instances } => {
+            ToWorker::Trigger {
+                checkpoint,
+                instances,
+                stop,
+            } => {
                 let running = running.lock().expect("running lock");
                 for id in instances {
                     if let Some(instance) = running.get(&id) {
-                        let _ = instance.inbox.send(Inbound::Command(Command::Trigger(checkpoint)));
+                        let _ = instance.inbox.send(Inbound::Command(Command::Trigger { checkpoint, stop }));
                     }
                 }
             }

@@ -35,9 +35,9 @@ fn operators(reply: &AllocateReply) -> BTreeMap<String, u32> {
     reply
         .controls
         .iter()
-        .map(|(key, value)| {
-            let name = key.strip_prefix("operators/").expect("only operator controls");
-            (name.to_owned(), value["parallelism"].as_u64().expect("a parallelism") as u32)
+        .filter_map(|(key, value)| {
+            let name = key.strip_prefix("operators/")?;
+            Some((name.to_owned(), value["parallelism"].as_u64().expect("a parallelism") as u32))
         })
         .collect()
 }
@@ -250,4 +250,113 @@ fn an_am_detail_is_stored_as_sent_and_bad_or_oversized_ones_are_refused() {
 
     rm.kill(&caller(), am.app_id, 10).unwrap();
     assert!(rm.cluster.app_metrics().is_empty(), "ended apps leave /metrics");
+}
+
+/// `POST …/savepoints` as the API runs it: the generic request `savepoints`.
+fn request_savepoint(rm: &mut Rm, by: &Caller, app_id: AppId, body: serde_json::Value) -> Result<u64, AppError> {
+    rm.mutate(|cluster| cluster.request_app(by, app_id, spindle_protocol::SAVEPOINT_REQUEST_KIND, &body))
+}
+
+/// The savepoint requests a reply's controls carry, by id.
+fn savepoint_requests(reply: &AllocateReply) -> BTreeMap<u64, spindle_protocol::SavepointRequest> {
+    reply
+        .controls
+        .iter()
+        .filter_map(|(key, value)| spindle_protocol::parse_savepoint_request(key, value))
+        .collect()
+}
+
+#[test]
+fn a_savepoint_request_is_numbered_stored_and_wakes_the_am_which_sees_it_in_every_reply() {
+    let mut rm = cluster();
+    let mut n1 = register(&mut rm, "n1:8042", 4, 4096, 0);
+    let mut am = start_job(&mut rm, &mut n1, stream_spec(), 0);
+    assert!(am.collect_news(&mut rm).is_none());
+    rm.woken.clear();
+
+    let first = request_savepoint(&mut rm, &caller(), am.app_id, serde_json::json!({"dir": "file:///data/sp"})).unwrap();
+    assert_eq!(first, 1);
+    assert!(rm.woken.contains(&am.app_id), "a long-polling AM is woken");
+    assert_eq!(rm.last_writes.apps.len(), 1, "the request is committed before it is answered");
+    let news = am.collect_news(&mut rm).expect("a request is news");
+    let requests = savepoint_requests(&news);
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        (requests[&1].dir.as_deref(), requests[&1].stop),
+        (Some("/data/sp"), false),
+        "stored as a plain path"
+    );
+    assert_eq!(operators(&news), expected_operators(2), "beside the spec's controls");
+
+    // A second one (a stop) gets the next id; both survive an RM restart.
+    assert_eq!(
+        request_savepoint(&mut rm, &caller(), am.app_id, serde_json::json!({"stop": true})).unwrap(),
+        2
+    );
+    rm.restart(100);
+    let idle = rm.mutate(|cluster| cluster.idle_reply(am.app_id, am.attempt));
+    let requests = savepoint_requests(&idle);
+    assert_eq!(requests.keys().copied().collect::<Vec<_>>(), [1, 2]);
+    assert!(requests[&2].stop && requests[&2].dir.is_none());
+
+    // Only the newest are kept, and ids are never reused.
+    for _ in 0..20 {
+        request_savepoint(&mut rm, &caller(), am.app_id, serde_json::json!({})).unwrap();
+    }
+    let idle = rm.mutate(|cluster| cluster.idle_reply(am.app_id, am.attempt));
+    let ids: Vec<u64> = savepoint_requests(&idle).keys().copied().collect();
+    assert_eq!(ids, (7..=22).collect::<Vec<_>>());
+}
+
+#[test]
+fn savepoint_requests_are_refused_to_others_with_bad_dirs_and_for_apps_that_are_not_running_stream_jobs() {
+    let mut rm = cluster();
+    let mut n1 = register(&mut rm, "n1:8042", 8, 8192, 0);
+    let am = start_job(&mut rm, &mut n1, stream_spec(), 0);
+    let app_id = am.app_id;
+    let bob = Caller {
+        user: "bob".to_owned(),
+        admin: false,
+        unix_user: Some("nobody".to_owned()),
+    };
+    let err = request_savepoint(&mut rm, &bob, app_id, serde_json::json!({})).unwrap_err();
+    assert!(matches!(&err, AppError::Forbidden(m) if m.contains("may not change")), "{err:?}");
+
+    for (body, field) in [
+        (serde_json::json!({"dir": "savepoints"}), "dir"),
+        (serde_json::json!({"dir": "/data/../etc"}), "dir"),
+        (serde_json::json!({"dir": "s3://bucket/sp"}), "dir"),
+        (serde_json::json!({"stop": "yes"}), "body"),
+    ] {
+        let err = request_savepoint(&mut rm, &caller(), app_id, body.clone()).unwrap_err();
+        assert!(matches!(&err, AppError::InvalidRequest(e) if e.field == field), "{body}: {err:?}");
+    }
+    assert!(rm.last_writes.apps.is_empty(), "a refused request writes nothing");
+
+    // An admin may ask for anyone's savepoint.
+    let admin = Caller {
+        user: "root".to_owned(),
+        admin: true,
+        unix_user: Some("nobody".to_owned()),
+    };
+    request_savepoint(&mut rm, &admin, app_id, serde_json::json!({})).unwrap();
+
+    // 409: a shell job, a stream job whose AM is not up yet, an ended job.
+    let (shell_am, _) = running_job(&mut rm, &mut n1, 1, 0);
+    let err = request_savepoint(&mut rm, &caller(), shell_am.app_id, serde_json::json!({})).unwrap_err();
+    assert!(
+        matches!(&err, AppError::Conflict(m) if m.contains("only stream jobs take savepoints")),
+        "{err:?}"
+    );
+    let waiting = rm.submit(stream_spec(), 0).unwrap();
+    let err = request_savepoint(&mut rm, &caller(), waiting, serde_json::json!({})).unwrap_err();
+    assert!(matches!(&err, AppError::Conflict(m) if m.contains("is ACCEPTED")), "{err:?}");
+    rm.kill(&caller(), app_id, 10).unwrap();
+    let err = request_savepoint(&mut rm, &caller(), app_id, serde_json::json!({})).unwrap_err();
+    assert!(matches!(&err, AppError::Conflict(m) if m.contains("already ended")), "{err:?}");
+    let unknown = AppId { seq: 99, ..app_id };
+    assert_eq!(
+        request_savepoint(&mut rm, &caller(), unknown, serde_json::json!({})).unwrap_err(),
+        AppError::NotFound(unknown)
+    );
 }
