@@ -22,8 +22,11 @@ pub struct Cli {
 /// Global options that mean nothing to a command: still accepted (an exported `SPINDLE_RM` or a
 /// habit of `--json` never breaks it), but left out of its `--help`. A local cluster is its own
 /// RM, plain HTTP (it refuses a CA) and prints no reports; a simulation reaches no RM and logs
-/// nothing.
+/// nothing; the RM takes its TLS and users from its config file and prints no reports; an agent
+/// uses `--rm` and `--ca-file` but holds no API token.
 const GLOBAL_OPTIONS_NOT_APPLYING: &[(&str, &[&str])] = &[
+    ("resource-manager", &["rm", "token", "ca_file", "json"]),
+    ("node-agent", &["token", "json"]),
     ("local", &["rm", "token", "ca_file", "json"]),
     ("demo", &["rm", "token", "ca_file", "json"]),
     ("simulate", &["rm", "token", "ca_file", "log_format"]),
@@ -455,6 +458,8 @@ mod tests {
         assert_eq!(globals(&listed("demo")), ["log-format"]);
         assert_eq!(globals(&listed("local")), ["log-format"]);
         assert_eq!(globals(&listed("simulate")), ["json"]);
+        assert_eq!(globals(&listed("resource-manager")), ["log-format"]);
+        assert_eq!(globals(&listed("node-agent")), ["rm", "ca-file", "log-format"]);
         assert_eq!(globals(&listed("apps")), ["rm", "token", "ca-file", "json", "log-format"]);
         // Hidden, not gone: a global option in the environment or out of habit still parses.
         let matches = Cli::command_with_applicable_help()
