@@ -66,7 +66,15 @@ async fn streaming_gets_its_guarantee_within_the_grace_period_and_batch_uses_the
     let dir = support::shared_tempdir("spindle-queues-");
     let _cleanup = support::CleanupDir(dir.path());
     let config_path = dir.path().join("rm.toml");
-    std::fs::write(&config_path, rm_config(true)).unwrap();
+    // A copy of a deployment's config may carry [tls]: a local cluster stays plain HTTP anyway.
+    for pem in ["rm.crt", "rm.key", "ca.crt"] {
+        std::fs::write(dir.path().join(pem), "").unwrap();
+    }
+    let tls = format!(
+        "\n[tls]\ncert_file = \"{0}/rm.crt\"\nkey_file = \"{0}/rm.key\"\nca_file = \"{0}/ca.crt\"\n",
+        dir.path().display()
+    );
+    std::fs::write(&config_path, rm_config(true) + &tls).unwrap();
     let mut options = LocalOptions::new(dir.path().join("local")).expect("local options");
     options.agents = 2;
     options.agent_capacity = Some(Resources::new(4, 4096));

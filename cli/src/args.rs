@@ -271,8 +271,8 @@ pub struct LocalArgs {
     #[arg(long, value_name = "N", requires = "agent_vcores")]
     pub agent_memory_mb: Option<u64>,
     /// An RM config file (TOML) for its [queues], [scheduler] and [[users]]; the local RM keeps
-    /// its own listen address, store, secret, admin user and log directory. `spindle queues
-    /// reload` re-reads it.
+    /// its own listen address, store, secret, admin user and log directory, and plain HTTP (a
+    /// [tls] in the file is ignored, with a warning). `spindle queues reload` re-reads it.
     #[arg(long, value_name = "FILE")]
     pub rm_config: Option<PathBuf>,
 }

@@ -146,12 +146,21 @@ impl LocalCluster {
         // the data dir whatever the file says: a copy of deploy/rm.toml names /var/lib/spindle.
         let mut log_aggregation = base.log_aggregation.clone();
         log_aggregation.dir = Some(data_dir.join("app-logs"));
+        // Its agents and clients reach it over plain HTTP on this host: a copy of a deployment's
+        // config must not turn TLS on under them.
+        if base.tls != Default::default() {
+            tracing::warn!(
+                config = %options.rm_config.as_deref().unwrap_or(Path::new("")).display(),
+                "spindle local serves plain HTTP on this host: the config's [tls] is ignored"
+            );
+        }
         let config = RmConfig {
             listen: options.listen,
             db: format!("sqlite://{}", data_dir.join("spindle.db").display()),
             cluster_secret: state.cluster_secret.clone(),
             users,
             log_aggregation,
+            tls: Default::default(),
             ..base
         };
         config.validate().context("the local RM configuration is not valid")?;
