@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use spindle_protocol::{AppState, FinalStatus, OperatorKind, OperatorSpec};
 use support::{
-    CleanupDir, CliOutput, assert_exact, committed_windows, example_job, expected, run_spindle, start_local, wait_for_app_end,
-    wait_for_checkpoint,
+    CleanupDir, CliOutput, assert_exact, committed_windows, example_job, expected, operator_mut, run_spindle, start_local,
+    wait_for_app_end, wait_for_checkpoint,
 };
 
 /// The path `spindle savepoint` / `spindle stop` printed.
@@ -46,14 +46,7 @@ async fn savepoint_stop_and_a_changed_job_from_the_savepoint_give_exactly_once_o
 
     // 20 s of input at 5,000 events/s per generator: the stop comes well before its end.
     let mut first = example_job("stream-exactly-once.toml", dir.path());
-    let generator = first
-        .stream
-        .as_mut()
-        .unwrap()
-        .operators
-        .iter_mut()
-        .find(|op| op.name == "events")
-        .unwrap();
+    let generator = operator_mut(&mut first, "events");
     generator.rate = Some(5_000);
     generator.keys = Some(1_000);
     generator.limit = Some(100_000);

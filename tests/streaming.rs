@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use spindle_protocol::{AppId, AppState, ContainerId, ContainerState, FinalStatus, JobSpec, RmClient};
 use support::{
-    CleanupDir, Db, TestCluster, assert_exact, example_job, expected, kill_processes_under, start_local, stream_detail, task_containers,
-    wait_for_app_end, wait_for_checkpoint, wait_until,
+    CleanupDir, Db, TestCluster, assert_exact, example_job, expected, kill_processes_under, operator_mut, start_local, stream_detail,
+    task_containers, wait_for_app_end, wait_for_checkpoint, wait_until,
 };
 
 fn node_of(cluster: &TestCluster, node: &spindle_protocol::NodeId) -> usize {
@@ -178,14 +178,7 @@ async fn rescaling_the_window_operator_2_to_4_to_1_keeps_the_output_exact() {
     let _cleanup = CleanupDir(dir.path());
     let client = cluster.client();
     let mut spec = example_job("stream-exactly-once.toml", dir.path());
-    let generator = spec
-        .stream
-        .as_mut()
-        .unwrap()
-        .operators
-        .iter_mut()
-        .find(|op| op.name == "events")
-        .unwrap();
+    let generator = operator_mut(&mut spec, "events");
     generator.keys = Some(1000);
     generator.limit = Some(200_000);
     let expected = expected(&spec);
@@ -241,14 +234,7 @@ async fn operator_totals_survive_rescales_and_a_killed_worker_and_match_the_outp
     let client = cluster.client();
     let started = Instant::now();
     let mut spec = example_job("stream-exactly-once.toml", dir.path());
-    let generator = spec
-        .stream
-        .as_mut()
-        .unwrap()
-        .operators
-        .iter_mut()
-        .find(|op| op.name == "events")
-        .unwrap();
+    let generator = operator_mut(&mut spec, "events");
     generator.keys = Some(1000);
     generator.limit = Some(200_000);
     let expected = expected(&spec);

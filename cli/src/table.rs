@@ -193,14 +193,7 @@ pub fn app_progress(app: &spindle_protocol::AppReport) -> String {
     }
 }
 
-/// The name a state or reason has on the wire (`SUCCEEDED`, `NODE_LOST`): the one users know.
-pub fn wire_name(value: &impl serde::Serialize) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(name)) => name,
-        Ok(other) => other.to_string(),
-        Err(_) => "?".to_owned(),
-    }
-}
+pub use spindle_protocol::wire_name;
 
 /// `Some(text)` or `-`.
 pub fn or_dash(value: Option<impl ToString>) -> String {

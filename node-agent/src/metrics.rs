@@ -109,10 +109,7 @@ impl Collector for Census {
             MetricType::Gauge,
         )?;
         for (state, count) in &self.containers {
-            let name = serde_json::to_value(state)
-                .ok()
-                .and_then(|value| value.as_str().map(str::to_owned))
-                .unwrap_or_default();
+            let name = spindle_protocol::wire_name(state);
             ConstGauge::new(*count).encode(family.encode_family(&[("state", name)])?)?;
         }
         let gauges = [

@@ -35,7 +35,7 @@ pub use savepoints::{
     SAVEPOINT_REQUEST_KIND, SavepointReply, SavepointRequest, SavepointState, SavepointStatus, parse_savepoint_request,
     savepoint_request_key, storage_path,
 };
-pub use states::{AppState, ContainerState, ExitReason, FinalStatus, NodeState};
+pub use states::{AppState, ContainerState, ExitReason, FinalStatus, NodeState, wire_name};
 pub use stream::{Aggregate, AutoscaleSpec, DEFAULT_KEY_GROUPS, MAX_KEY_GROUPS, MAX_PARALLELISM, OperatorKind, OperatorSpec, StreamSpec};
 pub use stream_validate::MAX_OPERATORS;
 pub use token::{ClusterSecret, ContainerGrant, ContainerToken, TokenError, constant_time_eq};

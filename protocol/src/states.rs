@@ -185,6 +185,16 @@ impl NodeState {
     }
 }
 
+/// The name a state or reason has on the wire (`RUNNING`, `NODE_LOST`): the one users know,
+/// for tables, labels and logs.
+pub fn wire_name(value: &impl Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

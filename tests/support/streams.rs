@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use spindle_cli::local::{LocalCluster, LocalOptions};
-use spindle_protocol::{AppId, JobSpec, Resources, RmClient, StreamDetail};
+use spindle_protocol::{AppId, JobSpec, OperatorSpec, Resources, RmClient, StreamDetail};
 use spindle_stream::ops::generator::expected_window_counts;
 
 /// `spindle local` in-process: an RM and 2 agents of 4 vcores and 8 GB each, under `dir`.
@@ -49,6 +49,16 @@ pub fn example_job(name: &str, dir: &Path) -> JobSpec {
     }
     spec.validate().unwrap();
     spec
+}
+
+/// The operator `name` of a stream job's spec, to change before submitting it.
+pub fn operator_mut<'a>(spec: &'a mut JobSpec, name: &str) -> &'a mut OperatorSpec {
+    let stream = spec.stream.as_mut().expect("a stream job");
+    stream
+        .operators
+        .iter_mut()
+        .find(|op| op.name == name)
+        .unwrap_or_else(|| panic!("no operator {name}"))
 }
 
 /// What the job's generators produce, counted per key and 1 s window.

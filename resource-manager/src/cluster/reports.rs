@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use spindle_protocol::{
-    AppId, AppReport, AppState, AttemptReport, ClusterReport, ContainerId, ContainerReport, ContainerState, NodeId, NodeReport, NodeState,
-    NodeUsage, QueueReport, QueueUserReport, Resources,
+    AppId, AppReport, AppState, AttemptReport, ClusterReport, ContainerId, ContainerReport, ContainerState, NodeId, NodeReport, NodeUsage,
+    QueueReport, QueueUserReport, Resources,
 };
 
 use super::view_acl::{redact_app_report, redact_container_report};
@@ -156,7 +156,7 @@ impl Cluster {
         let mut capacity = Resources::ZERO;
         let mut used = Resources::ZERO;
         for node in self.nodes.values() {
-            *nodes.entry(state_name(node.record.state)).or_insert(0) += 1;
+            *nodes.entry(spindle_protocol::wire_name(&node.record.state)).or_insert(0) += 1;
             if node.record.state.is_active() {
                 capacity += node.record.capacity;
                 used += node.used;
@@ -183,13 +183,6 @@ impl Cluster {
             containers_running,
         }
     }
-}
-
-fn state_name(state: NodeState) -> String {
-    serde_json::to_value(state)
-        .ok()
-        .and_then(|value| value.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 /// The stored diagnostics, or why the scheduler keeps the app waiting: an app must never be

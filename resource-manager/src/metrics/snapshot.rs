@@ -109,7 +109,7 @@ pub fn count_states<S: Copy + PartialEq>(all: &[S], states: impl Iterator<Item =
 impl Collector for ScrapeSnapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         fn state_label(state: &impl serde::Serialize) -> Labels {
-            vec![("state".to_owned(), state_name(state))]
+            vec![("state".to_owned(), spindle_protocol::wire_name(state))]
         }
         gauge_family(
             &mut encoder,
@@ -215,14 +215,6 @@ impl ScrapeSnapshot {
             queues.iter().map(|queue| (label(queue), u64::from(queue.apps_running).into())),
         )
     }
-}
-
-/// A state's name as the API spells it (`RUNNING`).
-fn state_name(state: &impl serde::Serialize) -> String {
-    serde_json::to_value(state)
-        .ok()
-        .and_then(|value| value.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 type Labels = Vec<(String, String)>;
