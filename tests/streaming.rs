@@ -9,13 +9,13 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use spindle_protocol::{AppId, AppState, ContainerId, ContainerState, FinalStatus, JobSpec, RmClient};
 use support::{
-    CleanupDir, Db, TestCluster, assert_exact, example_job, expected, kill_processes_under, operator_mut, start_local, stream_detail,
-    task_containers, wait_for_app_end, wait_for_checkpoint, wait_until,
+    CleanupDir, Db, TestCluster, assert_exact, example_job, expected, kill_processes_under, local_container_dir, operator_mut, start_local,
+    stream_detail, task_containers, wait_for_app_end, wait_for_checkpoint, wait_until,
 };
 
 fn node_of(cluster: &TestCluster, node: &spindle_protocol::NodeId) -> usize {
@@ -206,19 +206,6 @@ async fn rescaling_the_window_operator_2_to_4_to_1_keeps_the_output_exact() {
 }
 
 /// The working directory of a container of a `spindle local` cluster's agents.
-fn local_container_dir(work_root: &Path, app_id: AppId, container: ContainerId) -> PathBuf {
-    (0..2)
-        .map(|agent| {
-            work_root
-                .join(format!("agent-{agent}"))
-                .join("apps")
-                .join(app_id.to_string())
-                .join(container.to_string())
-        })
-        .find(|dir| dir.is_dir())
-        .unwrap_or_else(|| panic!("no directory of {container} under {}", work_root.display()))
-}
-
 /// Operators' totals are carried through rescales 2 → 4 → 1 (retired instances' counts
 /// included) and through a restart after a worker's `kill -9`: at the end the report's totals,
 /// its counters (what `spindle app` shows) and its `/metrics` families equal what the bounded

@@ -36,7 +36,9 @@ pub use savepoints::{
     savepoint_request_key, storage_path,
 };
 pub use states::{AppState, ContainerState, ExitReason, FinalStatus, NodeState, wire_name};
-pub use stream::{Aggregate, AutoscaleSpec, DEFAULT_KEY_GROUPS, MAX_KEY_GROUPS, MAX_PARALLELISM, OperatorKind, OperatorSpec, StreamSpec};
+pub use stream::{
+    Aggregate, AutoscaleSpec, DEFAULT_KEY_GROUPS, FailoverStrategy, MAX_KEY_GROUPS, MAX_PARALLELISM, OperatorKind, OperatorSpec, StreamSpec,
+};
 pub use stream_validate::MAX_OPERATORS;
 pub use token::{ClusterSecret, ContainerGrant, ContainerToken, TokenError, constant_time_eq};
 

@@ -114,6 +114,9 @@ pub struct StreamDetail {
     /// A rescale in progress or the last one: its operator, from and to, and its pause.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rescale: Option<RescaleStatus>,
+    /// The last restart from a checkpoint: why, and how much of the job went back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restart: Option<RestartStatus>,
     /// The savepoints asked of this app (those the RM still keeps), by id.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub savepoints: Vec<crate::SavepointStatus>,
@@ -198,6 +201,22 @@ pub struct RescaleStatus {
     /// Longest time any moved key group could not be processed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause_ms: Option<u64>,
+}
+
+/// A restart from a checkpoint after a failure: the whole pipeline, or only the failed
+/// instances' failover region (the instances they exchange records with, transitively) while
+/// the rest of the job runs on.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct RestartStatus {
+    pub at_ms: u64,
+    pub reason: String,
+    /// Instances stopped and deployed again from the checkpoint.
+    pub instances: u32,
+    /// Instances the job ran: `instances` equals it when the whole pipeline restarted.
+    pub of_instances: u32,
+    /// The checkpoint they went back to (none: the job's start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<u64>,
 }
 
 /// One stage of a job: its tasks by state.

@@ -70,6 +70,27 @@ pub struct StreamSpec {
     /// has changed so that it cannot read it) would be dropped. Default false: refused.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_dropped_state: bool,
+    /// What a failure restarts from the latest checkpoint (Flink's failover strategy).
+    #[serde(default, skip_serializing_if = "FailoverStrategy::is_region")]
+    pub failover: FailoverStrategy,
+}
+
+/// What a failure restarts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverStrategy {
+    /// The failed instances' failover region: the instances connected to them by data,
+    /// directly or through others; the rest of the job runs on.
+    #[default]
+    Region,
+    /// Every instance of the job.
+    Full,
+}
+
+impl FailoverStrategy {
+    pub fn is_region(&self) -> bool {
+        *self == FailoverStrategy::Region
+    }
 }
 
 /// DS2-style autoscaling bounds.

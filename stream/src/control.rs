@@ -21,6 +21,9 @@ pub enum ToWorker {
     Start { instances: Vec<InstancePlan> },
     /// Stop every instance (a restart from a checkpoint follows); answered by `ResetDone`.
     Reset { epoch: u64 },
+    /// Stop these instances (their failover region restarts from a checkpoint while the
+    /// others go on); answered by `Cancelled` once they stopped.
+    Cancel { instances: Vec<InstanceId>, epoch: u64 },
     /// Sources among `instances` inject barrier `checkpoint`; with `stop` (a stop with a
     /// savepoint) they read nothing after it.
     Trigger {
@@ -156,6 +159,9 @@ pub enum ToAm {
         instances: Vec<InstanceMetrics>,
     },
     ResetDone {
+        epoch: u64,
+    },
+    Cancelled {
         epoch: u64,
     },
 }

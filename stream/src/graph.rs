@@ -1,12 +1,13 @@
 //! The physical plan of a streaming job, pure: which operators run as instances (stages),
 //! the edges between them with the transforms fused into each, and where instances go.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use spindle_protocol::{OperatorSpec, StreamSpec};
 
 use super::control::Range;
 use super::keys::even_ranges;
+use super::wire::InstanceId;
 
 /// An operator that runs as instances of its own.
 #[derive(Debug, Clone)]
@@ -73,6 +74,59 @@ impl Graph {
     /// Indices of the edges entering `stage`.
     pub fn incoming(&self, stage: usize) -> Vec<usize> {
         (0..self.edges.len()).filter(|&edge| self.edges[edge].to == stage).collect()
+    }
+
+    /// Whether `edge` is *forward* in `layout` (Flink's forward partitioning): instance `i`
+    /// sends only to instance `i`. It is when the edge partitions by nothing (no `key_by`, a
+    /// downstream operator without keyed state) and both ends run as many instances; otherwise
+    /// every upstream instance sends to every downstream one (by key group or round-robin).
+    /// Forward edges are what split a pipeline into failover regions.
+    pub fn is_forward(&self, edge: usize, layout: &Layout) -> bool {
+        let Edge { from, to, keyed, .. } = self.edges[edge];
+        !keyed && !self.stages[to].spec.is_keyed() && layout[from].len() == layout[to].len()
+    }
+
+    /// The instances `from` (an instance of `edge`'s upstream stage) sends to over `edge`.
+    pub fn receivers<'a>(&self, layout: &'a Layout, edge: usize, from: &Placed) -> Vec<&'a Placed> {
+        let forward = self.is_forward(edge, layout);
+        layout[self.edges[edge].to]
+            .iter()
+            .filter(|to| !forward || to.index == from.index)
+            .collect()
+    }
+
+    /// The instances that send to `to` (an instance of `edge`'s downstream stage) over `edge`.
+    pub fn senders<'a>(&self, layout: &'a Layout, edge: usize, to: &Placed) -> Vec<&'a Placed> {
+        let forward = self.is_forward(edge, layout);
+        layout[self.edges[edge].from]
+            .iter()
+            .filter(|from| !forward || from.index == to.index)
+            .collect()
+    }
+
+    /// The failover region of `failed` (Flink's): every instance connected to one of them by
+    /// data, directly or through others. Records flow both ways along a connection's meaning:
+    /// downstream instances hold what the failed ones sent since the checkpoint, upstream ones
+    /// would have to send again what was lost in them, so all of them go back to the
+    /// checkpoint together; instances outside the region exchange nothing with it and go on.
+    pub fn region(&self, layout: &Layout, failed: &BTreeSet<InstanceId>) -> BTreeSet<InstanceId> {
+        let mut neighbours: BTreeMap<InstanceId, Vec<InstanceId>> = BTreeMap::new();
+        for (edge, Edge { from, .. }) in self.edges.iter().enumerate() {
+            for sender in &layout[*from] {
+                for receiver in self.receivers(layout, edge, sender) {
+                    neighbours.entry(sender.id).or_default().push(receiver.id);
+                    neighbours.entry(receiver.id).or_default().push(sender.id);
+                }
+            }
+        }
+        let mut region: BTreeSet<InstanceId> = BTreeSet::new();
+        let mut frontier: Vec<InstanceId> = failed.iter().copied().collect();
+        while let Some(instance) = frontier.pop() {
+            if region.insert(instance) {
+                frontier.extend(neighbours.get(&instance).into_iter().flatten().filter(|n| !region.contains(n)));
+            }
+        }
+        region
     }
 
     /// The number of edge `edge` among its source stage's outgoing edges.
@@ -148,6 +202,15 @@ pub(crate) fn window_count_spec(count_parallelism: u32) -> StreamSpec {
     spec
 }
 
+/// examples/stream-parallel-etl.toml: generator (3) → filter → file sink (3), every edge
+/// forward, so three failover regions.
+#[cfg(test)]
+pub(crate) fn parallel_etl_spec() -> StreamSpec {
+    let job: spindle_protocol::JobSpec =
+        toml::from_str(include_str!("../../examples/stream-parallel-etl.toml")).expect("the example parses");
+    job.stream.expect("a stream job")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +248,45 @@ mod tests {
         assert_eq!(layout[0].len(), 2);
         assert_eq!(intersect((0, 10), (5, 20)), Some((5, 10)));
         assert_eq!(intersect((0, 5), (5, 20)), None);
+    }
+
+    fn layout_of(graph: &Graph, parallelism: &[u32]) -> Layout {
+        let mut id = 0;
+        fresh_layout(graph, parallelism, 128, || {
+            id += 1;
+            id
+        })
+    }
+
+    #[test]
+    fn unkeyed_edges_between_equal_parallelisms_are_forward_and_make_one_region_per_index() {
+        let graph = Graph::build(&parallel_etl_spec());
+        let layout = layout_of(&graph, &[3, 3]);
+        assert!(graph.is_forward(0, &layout));
+        let receivers: Vec<u64> = graph.receivers(&layout, 0, &layout[0][1]).iter().map(|p| p.id).collect();
+        assert_eq!(receivers, [layout[1][1].id]);
+        let senders: Vec<u64> = graph.senders(&layout, 0, &layout[1][2]).iter().map(|p| p.id).collect();
+        assert_eq!(senders, [layout[0][2].id]);
+        // The sink's instance 1 fails: its generator goes back with it, nothing else.
+        let region = graph.region(&layout, &BTreeSet::from([layout[1][1].id]));
+        assert_eq!(region, BTreeSet::from([layout[0][1].id, layout[1][1].id]));
+
+        // Different parallelisms: round-robin to every instance, one region.
+        let layout = layout_of(&graph, &[3, 2]);
+        assert!(!graph.is_forward(0, &layout));
+        assert_eq!(graph.receivers(&layout, 0, &layout[0][0]).len(), 2);
+        assert_eq!(graph.region(&layout, &BTreeSet::from([layout[1][0].id])).len(), 5);
+    }
+
+    #[test]
+    fn keyed_edges_join_everything_behind_them_into_one_region() {
+        let graph = Graph::build(&spec());
+        // events (2) → key_by → count (2) → out (2): the count → out edge is forward, but the
+        // keyed edge ties every instance to every other.
+        let layout = layout_of(&graph, &[2, 2, 2]);
+        assert!(!graph.is_forward(0, &layout), "keyed");
+        assert!(graph.is_forward(1, &layout));
+        let all: BTreeSet<u64> = layout.iter().flatten().map(|p| p.id).collect();
+        assert_eq!(graph.region(&layout, &BTreeSet::from([layout[2][1].id])), all);
     }
 }

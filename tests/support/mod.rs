@@ -40,7 +40,10 @@ pub use self::{
     netns::NetnsHosts,
     postgres::PgSchema,
     private_postgres::PrivatePostgres,
-    streams::{assert_exact, committed_windows, example_job, expected, operator_mut, start_local, stream_detail, wait_for_checkpoint},
+    streams::{
+        assert_exact, committed_windows, example_job, expected, local_container_dir, operator_mut, start_local, stream_detail,
+        wait_for_checkpoint,
+    },
     tls::TestCa,
 };
 

@@ -3,11 +3,11 @@
 //! committed output must be.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use spindle_cli::local::{LocalCluster, LocalOptions};
-use spindle_protocol::{AppId, JobSpec, OperatorSpec, Resources, RmClient, StreamDetail};
+use spindle_protocol::{AppId, ContainerId, JobSpec, OperatorSpec, Resources, RmClient, StreamDetail};
 use spindle_stream::ops::generator::expected_window_counts;
 
 /// `spindle local` in-process: an RM and 2 agents of 4 vcores and 8 GB each, under `dir`.
@@ -17,6 +17,20 @@ pub async fn start_local(dir: &Path) -> LocalCluster {
     options.agent_capacity = Some(Resources::new(4, 8192));
     options.spindle_bin = super::spindle_bin();
     LocalCluster::start(options).await.expect("the local cluster starts")
+}
+
+/// The directory of `container` of a local cluster's app (the agents of `start_local`).
+pub fn local_container_dir(work_root: &Path, app_id: AppId, container: ContainerId) -> PathBuf {
+    (0..2)
+        .map(|agent| {
+            work_root
+                .join(format!("agent-{agent}"))
+                .join("apps")
+                .join(app_id.to_string())
+                .join(container.to_string())
+        })
+        .find(|dir| dir.is_dir())
+        .unwrap_or_else(|| panic!("no directory of {container} under {}", work_root.display()))
 }
 
 /// The stream job's detail; panics if the job has ended (the caller waits for it running).

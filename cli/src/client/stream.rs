@@ -89,10 +89,29 @@ pub fn stream_section(detail: &StreamDetail, now_ms: u64) -> String {
         let stop = if savepoint.stop { " (stop)" } else { "" };
         format!("#{}{stop} {how}, {}", savepoint.id, terminal_safe(&savepoint.path))
     });
+    let restarts = match &detail.last_restart {
+        Some(last) => {
+            let what = if last.instances < last.of_instances {
+                format!("{} of {} instances (a failover region)", last.instances, last.of_instances)
+            } else {
+                "the whole pipeline".to_owned()
+            };
+            let from = last
+                .checkpoint
+                .map_or_else(|| "the start".to_owned(), |id| format!("checkpoint {id}"));
+            format!(
+                "{}, last {}: {what} from {from}: {}",
+                detail.restarts,
+                age(now_ms, last.at_ms),
+                terminal_safe(&last.reason)
+            )
+        }
+        None => detail.restarts.to_string(),
+    };
     out.push('\n');
     out.push_str(&key_values(&[
         ("last checkpoint", checkpoint.unwrap_or_else(|| "none yet".to_owned())),
-        ("restarts", detail.restarts.to_string()),
+        ("restarts", restarts),
         ("last rescale", or_dash(rescale)),
         ("last savepoint", or_dash(savepoint)),
     ]));
@@ -268,6 +287,7 @@ mod tests {
                 finished_at_ms: Some(1_400),
                 pause_ms: Some(350),
             }),
+            last_restart: None,
             savepoints: vec![spindle_protocol::SavepointStatus {
                 id: 2,
                 state: SavepointState::Completed,
@@ -321,6 +341,21 @@ mod tests {
         );
         assert!(section.contains("last checkpoint  #42, 3s ago, took 80ms, 100M\n"), "{section}");
         assert!(section.contains("restarts         1\n"), "{section}");
+        let mut regional = sample();
+        regional.restarts = 2;
+        regional.last_restart = Some(spindle_protocol::RestartStatus {
+            at_ms: 5_000,
+            reason: "worker lost".into(),
+            instances: 2,
+            of_instances: 6,
+            checkpoint: Some(41),
+        });
+        assert!(
+            stream_section(&regional, 10_000)
+                .contains("restarts         2, last 5s ago: 2 of 6 instances (a failover region) from checkpoint 41: worker lost\n"),
+            "{}",
+            stream_section(&regional, 10_000)
+        );
         assert!(
             section.contains("last rescale     count 1 → 2, 8s ago, paused 350ms\n"),
             "{section}"

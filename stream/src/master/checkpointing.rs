@@ -89,7 +89,9 @@ impl Coordinator {
     pub(super) fn complete(&mut self, id: u64) {
         let pending = self.pending.remove(&id).expect("checked by the caller");
         let mut stages: BTreeMap<String, Vec<SnapshotFile>> = BTreeMap::new();
-        let mut commits = Vec::new();
+        // What instances that went on through a regional restart staged for checkpoints it
+        // abandoned is theirs: it is committed with this one.
+        let mut commits: Vec<Commit> = self.carried.iter().map(|(_, commit)| commit.clone()).collect();
         let mut size = 0;
         for (instance, ack) in &pending.acks {
             let (stage, index, range) = pending.expected[instance];
@@ -129,6 +131,7 @@ impl Coordinator {
             return;
         }
         self.counters = counters;
+        self.carried.clear();
         let live: BTreeSet<InstanceId> = self
             .layout
             .iter()
@@ -171,7 +174,7 @@ impl Coordinator {
 
     /// Every sink ended: the last checkpoint commits what no complete checkpoint did.
     pub(super) fn finish_job(&mut self) {
-        let mut commits: Vec<Commit> = Vec::new();
+        let mut commits: Vec<Commit> = self.carried.iter().map(|(_, commit)| commit.clone()).collect();
         for pending in self.pending.values() {
             commits.extend(pending.acks.values().filter_map(|ack| ack.commit.clone()));
         }

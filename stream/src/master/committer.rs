@@ -15,7 +15,8 @@ use crate::savepoint::{FileCopy, SavepointMeta};
 /// a savepoint to write).
 pub(super) struct CommitJob {
     pub commits: Vec<Commit>,
-    pub clean: Option<(Vec<PathBuf>, u64)>,
+    /// Staging dirs, the epoch, and the name prefixes to clean (none: every file).
+    pub clean: Option<(Vec<PathBuf>, u64, Vec<String>)>,
     pub savepoint: Option<SavepointWrite>,
     pub done: Option<oneshot::Sender<Result<(), String>>>,
 }
@@ -43,8 +44,8 @@ pub(super) fn spawn_committer(storage: Storage, keep: usize) -> mpsc::UnboundedS
                 if let Some(SavepointWrite { dir, meta, copies }) = savepoint {
                     return crate::savepoint::write(&dir, meta, &copies);
                 }
-                if let Some((dirs, epoch)) = clean {
-                    clean_staging(&dirs, epoch);
+                if let Some((dirs, epoch, prefixes)) = clean {
+                    clean_staging(&dirs, epoch, &prefixes);
                     return Ok(());
                 }
                 let mut last = Ok(());
@@ -73,11 +74,14 @@ pub(super) fn spawn_committer(storage: Storage, keep: usize) -> mpsc::UnboundedS
 /// Deletes staged files of epochs before `epoch` (`<operator>-<index>-e<epoch>-<seq>…`): the
 /// attempt that wrote them failed and the checkpoints that covered them never completed, or they
 /// were committed (renamed away) already.
-fn clean_staging(dirs: &[PathBuf], epoch: u64) {
+fn clean_staging(dirs: &[PathBuf], epoch: u64, prefixes: &[String]) {
     for dir in dirs {
         let Ok(entries) = std::fs::read_dir(dir) else { continue };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
+            if !prefixes.is_empty() && !prefixes.iter().any(|prefix| name.starts_with(prefix.as_str())) {
+                continue;
+            }
             let staged_epoch = name
                 .split('-')
                 .find_map(|part| part.strip_prefix('e').and_then(|digits| digits.parse::<u64>().ok()));

@@ -36,6 +36,9 @@ pub enum Phase {
         since: Instant,
     },
     Running,
+    /// One failover region is going back to the latest checkpoint while the rest of the job
+    /// runs on (`failures.rs`).
+    Recovering(super::failures::Recovery),
     /// Every sink finished: the last commit is being made.
     Finishing,
 }
@@ -56,8 +59,14 @@ pub enum Effect {
     /// Run these commits in order (then prune old checkpoints).
     Commit(Vec<Commit>),
     /// After the commits queued before it: delete what file sinks staged in these directories
-    /// before `epoch` (attempts that failed; nothing will ever commit those files).
-    CleanStaging { dirs: Vec<std::path::PathBuf>, epoch: u64 },
+    /// before `epoch` (attempts that failed; nothing will ever commit those files); only the
+    /// files whose names start with one of `prefixes` when there are any (the instances of a
+    /// region that restarted: the others' files are still to be committed).
+    CleanStaging {
+        dirs: Vec<std::path::PathBuf>,
+        epoch: u64,
+        prefixes: Vec<String>,
+    },
     /// The job is over: after the commits, finish with this status.
     Finish { succeeded: bool, diagnostics: String },
     /// Copy a complete checkpoint's files into savepoint `id`'s directory and write its
@@ -104,6 +113,12 @@ pub struct Coordinator {
     pub(super) rm_parallelism: BTreeMap<String, u32>,
     /// DS2 autoscaling's readings, the scale-up it is judging and ceilings it found.
     pub(super) autoscaler: Autoscaler,
+    /// Commits of instances that went on through a regional restart, made for checkpoints the
+    /// restart abandoned: their output is valid (they do not go back), so it is committed
+    /// with the next checkpoint that completes, unless they go back themselves before.
+    pub(super) carried: Vec<(InstanceId, Commit)>,
+    /// The last restart from a checkpoint, for the report.
+    pub last_restart: Option<spindle_protocol::RestartStatus>,
     /// Slots of workers the RM will take back (preemption): rescales retire their instances.
     pub draining: BTreeSet<usize>,
     /// The time of the event being handled, as the caller gave it: the coordinator reads no
@@ -157,6 +172,8 @@ impl Coordinator {
             rm_parallelism: BTreeMap::new(),
             autoscaler: Autoscaler::default(),
             draining: BTreeSet::new(),
+            carried: Vec::new(),
+            last_restart: None,
             now,
         }
     }
@@ -270,6 +287,7 @@ impl Coordinator {
                     self.deploy();
                 }
             }
+            Phase::Recovering(_) => self.tick_recovery(),
             Phase::Resetting { since, .. } => {
                 if self.now.saturating_duration_since(*since) > Duration::from_secs(15) {
                     tracing::warn!("workers did not confirm a reset within 15 s: deploying without them");
@@ -324,7 +342,11 @@ impl Coordinator {
             .filter_map(|stage| stage.spec.path.as_ref().map(|path| std::path::Path::new(path).join(".staging")))
             .collect();
         if !dirs.is_empty() {
-            self.effects.push(Effect::CleanStaging { dirs, epoch: self.epoch });
+            self.effects.push(Effect::CleanStaging {
+                dirs,
+                epoch: self.epoch,
+                prefixes: Vec::new(),
+            });
         }
         // The new instances count from 0, on top of the totals of the checkpoint they restore.
         self.counters.restore(self.restored_totals());
@@ -366,7 +388,7 @@ impl Coordinator {
             .graph
             .incoming(stage)
             .into_iter()
-            .flat_map(|edge| layout[self.graph.edges[edge].from].iter())
+            .flat_map(|edge| self.graph.senders(layout, edge, instance))
             .map(|upstream| InputPlan {
                 from: upstream.id,
                 starts_after,
@@ -376,21 +398,15 @@ impl Coordinator {
             .graph
             .outgoing(stage)
             .into_iter()
-            .map(|edge| {
-                let edge = &self.graph.edges[edge];
-                EdgePlan {
-                    chain: edge.chain.clone(),
-                    keyed: edge.keyed,
-                    targets: layout[edge.to]
-                        .iter()
-                        .map(|target| TargetPlan {
-                            id: target.id,
-                            address: self.address_of_slot(target.worker),
-                            range: target.range,
-                            starts_after,
-                        })
-                        .collect(),
-                }
+            .map(|edge| EdgePlan {
+                chain: self.graph.edges[edge].chain.clone(),
+                keyed: self.graph.edges[edge].keyed,
+                targets: self
+                    .graph
+                    .receivers(layout, edge, instance)
+                    .into_iter()
+                    .map(|target| self.target_plan(target, starts_after))
+                    .collect(),
             })
             .collect();
         let restore = if starts_after.is_some() {
@@ -414,6 +430,17 @@ impl Coordinator {
             app_id: self.app_id.clone(),
             checkpoint_dir: self.storage.root().to_owned(),
             env: self.spec.env.clone(),
+        }
+    }
+
+    /// Where to send to `target`; `starts_after`: the connection carries only data after
+    /// that barrier.
+    pub fn target_plan(&self, target: &Placed, starts_after: Option<u64>) -> TargetPlan {
+        TargetPlan {
+            id: target.id,
+            address: self.address_of_slot(target.worker),
+            range: target.range,
+            starts_after,
         }
     }
 

@@ -61,6 +61,13 @@ impl CounterLedger {
         *self = CounterLedger::starting_from(totals);
     }
 
+    /// These instances go back to the latest complete checkpoint (a regional restart): what
+    /// they counted since it is dropped, their replacements count the replayed records again;
+    /// the other instances' counts stand.
+    pub fn go_back(&mut self, instances: &BTreeSet<InstanceId>) {
+        self.instances.retain(|id, _| !instances.contains(id));
+    }
+
     /// A new instance of `operator`, counting from 0.
     pub fn track(&mut self, instance: InstanceId, operator: &str) {
         self.instances.entry(instance).or_insert_with(|| Tracked {

@@ -216,8 +216,7 @@ mod tests {
                 size_bytes: 1_000_000,
             }),
             restarts: 3,
-            last_rescale: None,
-            savepoints: Vec::new(),
+            ..StreamDetail::default()
         };
         let families = exported_metrics(&detail);
         let find = |name: &str| {

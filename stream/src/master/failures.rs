@@ -1,14 +1,40 @@
-//! Failures as the coordinator handles them: restarts from the latest checkpoint, lost
-//! workers, preemption notices, and workers to hand back.
+//! Failures as the coordinator handles them: restarts from the latest checkpoint (of the failed
+//! instances' failover region alone when the rest of the job can go on, else of the whole
+//! pipeline), lost workers, preemption notices, and workers to hand back.
+//!
+//! Regional recovery (Flink's failover regions): instances exchange records along the graph's
+//! edges, all-to-all over keyed and round-robin edges, instance `i` to instance `i` over
+//! forward ones (`Graph::is_forward`). A failed instance's region is everything connected to
+//! it; nothing outside it sent it records or received records from it, so the rest of the job
+//! is consistent without going back. The region's instances stop on their workers, then start
+//! again from the latest complete checkpoint on the same slots (a lost worker's slot on a
+//! replacement): its sources replay from their checkpointed offsets, nothing else does.
+//! Checkpoints in flight are abandoned; what the other regions' sinks staged for them is
+//! committed with the next checkpoint that completes (they did not go back, so that output is
+//! theirs once and only once).
 
-use std::collections::BTreeSet;
-use std::time::Instant;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
-use spindle_protocol::ContainerId;
+use spindle_protocol::{ContainerId, FailoverStrategy, OperatorKind, RestartStatus, now_ms};
 
 use super::coordinator::{Coordinator, Effect, Phase};
 use crate::control::ToWorker;
+use crate::graph::Placed;
 use crate::wire::InstanceId;
+
+/// How long workers have to stop a region's instances before the whole job restarts instead.
+const CANCEL_PATIENCE: Duration = Duration::from_secs(15);
+
+/// A failover region going back to the latest checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Its instances, by their ids in the layout (they get new ones when deployed again).
+    pub region: BTreeSet<InstanceId>,
+    /// Workers that have not yet said they stopped the region's instances.
+    pub waiting: BTreeSet<ContainerId>,
+    pub since: Instant,
+}
 
 impl Coordinator {
     /// An instance reported an error: restart, unless it belongs to an earlier deployment.
@@ -19,8 +45,63 @@ impl Coordinator {
             .as_ref()
             .is_some_and(|layout| layout.iter().flatten().any(|p| p.id == instance));
         if live {
-            self.restart(&format!("instance {instance} failed: {error}"));
+            self.recover(BTreeSet::from([instance]), &format!("instance {instance} failed: {error}"));
         }
+    }
+
+    /// These instances failed: their failover region goes back to the latest checkpoint alone
+    /// when it can, else the whole pipeline does.
+    fn recover(&mut self, failed: BTreeSet<InstanceId>, reason: &str) {
+        if let Phase::Recovering(recovery) = &self.phase {
+            if failed.is_subset(&recovery.region) {
+                return; // going back already
+            }
+            // Another region failed meanwhile: start everything again.
+            return self.restart(reason);
+        }
+        match self.failover_region(&failed) {
+            Some(region) => self.restart_region(region, reason),
+            None => self.restart(reason),
+        }
+    }
+
+    /// The region to restart alone, if the job allows: `failover = "region"` (the default),
+    /// running with no rescale, preemption or stop under way (their barriers span every region), and a region short of the whole job.
+    fn failover_region(&self, failed: &BTreeSet<InstanceId>) -> Option<BTreeSet<InstanceId>> {
+        if self.spec.failover == FailoverStrategy::Full
+            || self.phase != Phase::Running
+            || self.rescale.is_some()
+            || self.savepoints.stopping()
+            || !self.draining.is_empty()
+        {
+            return None;
+        }
+        let layout = self.layout.as_ref()?;
+        let region = self.graph.region(layout, failed);
+        let total = layout.iter().map(Vec::len).sum::<usize>();
+        (region.len() < total).then_some(region)
+    }
+
+    /// Counts a restart; `false` (and the job is failing) past `max_restarts`.
+    fn count_restart(&mut self, reason: &str, instances: usize) -> bool {
+        self.restarts += 1;
+        let of_instances = self.layout.iter().flatten().map(Vec::len).sum::<usize>();
+        self.last_restart = Some(RestartStatus {
+            at_ms: now_ms(),
+            reason: reason.to_owned(),
+            instances: instances.min(of_instances) as u32,
+            of_instances: of_instances as u32,
+            checkpoint: self.last_complete.as_ref().map(|meta| meta.id),
+        });
+        if self.restarts > self.spec.max_restarts {
+            self.phase = Phase::Finishing;
+            self.effects.push(Effect::Finish {
+                succeeded: false,
+                diagnostics: format!("restarted {} times (max_restarts); last failure: {reason}", self.spec.max_restarts),
+            });
+            return false;
+        }
+        true
     }
 
     /// Something failed: stop everything and start again from the latest complete checkpoint.
@@ -28,18 +109,14 @@ impl Coordinator {
         if matches!(self.phase, Phase::Finishing) {
             return;
         }
-        self.restarts += 1;
-        if self.restarts > self.spec.max_restarts {
-            self.phase = Phase::Finishing;
-            self.effects.push(Effect::Finish {
-                succeeded: false,
-                diagnostics: format!("restarted {} times (max_restarts); last failure: {reason}", self.spec.max_restarts),
-            });
+        let everything = self.layout.iter().flatten().map(Vec::len).sum::<usize>();
+        if !self.count_restart(reason, everything) {
             return;
         }
         tracing::warn!(restarts = self.restarts, %reason, "restarting the pipeline from its latest checkpoint");
         self.epoch += 1;
         self.pending.clear();
+        self.carried.clear();
         self.finished.clear();
         self.sources_done = false;
         self.rescale = None;
@@ -56,6 +133,147 @@ impl Coordinator {
         } else {
             Phase::Resetting { waiting, since: self.now }
         };
+    }
+
+    /// Stops `region`'s instances; `tick_recovery` deploys them again once they stopped.
+    fn restart_region(&mut self, region: BTreeSet<InstanceId>, reason: &str) {
+        if !self.count_restart(reason, region.len()) {
+            return;
+        }
+        tracing::warn!(
+            restarts = self.restarts,
+            instances = region.len(),
+            of = self.last_restart.as_ref().map_or(0, |last| last.of_instances),
+            %reason,
+            "restarting a failover region from the latest checkpoint; the rest of the job goes on"
+        );
+        self.epoch += 1;
+        for (_, pending) in std::mem::take(&mut self.pending) {
+            for (instance, ack) in pending.acks {
+                if let Some(commit) = ack.commit.filter(|_| !region.contains(&instance)) {
+                    self.carried.push((instance, commit));
+                }
+            }
+        }
+        self.carried.retain(|(instance, _)| !region.contains(instance));
+        self.finished.retain(|instance, _| !region.contains(instance));
+        self.counters.go_back(&region);
+        let mut cancels: BTreeMap<ContainerId, Vec<InstanceId>> = BTreeMap::new();
+        for placed in self.layout.iter().flatten().flatten().filter(|p| region.contains(&p.id)) {
+            cancels.entry(self.slots[placed.worker]).or_default().push(placed.id);
+        }
+        let mut waiting = BTreeSet::new();
+        for (worker, instances) in cancels {
+            if self.workers.contains_key(&worker) {
+                self.send(
+                    worker,
+                    ToWorker::Cancel {
+                        instances,
+                        epoch: self.epoch,
+                    },
+                );
+                waiting.insert(worker);
+            }
+        }
+        self.phase = Phase::Recovering(Recovery {
+            region,
+            waiting,
+            since: self.now,
+        });
+    }
+
+    pub fn on_cancelled(&mut self, worker: ContainerId, epoch: u64, now: Instant) {
+        self.now = now;
+        if let Phase::Recovering(recovery) = &mut self.phase
+            && epoch == self.epoch
+        {
+            recovery.waiting.remove(&worker);
+        }
+    }
+
+    /// Deploys the recovering region once its instances stopped and its slots have workers.
+    pub(super) fn tick_recovery(&mut self) {
+        let Phase::Recovering(recovery) = &self.phase else { return };
+        if !recovery.waiting.is_empty() {
+            if self.now.saturating_duration_since(recovery.since) > CANCEL_PATIENCE {
+                self.restart("a failed region's instances did not stop within 15 s");
+            }
+            return;
+        }
+        let region = recovery.region.clone();
+        let Some(mut layout) = self.layout.take() else { return };
+        // A slot whose worker is gone goes to a connected worker that hosts nothing; with too
+        // few, wait: the asks bring replacements.
+        let live =
+            |coordinator: &Coordinator, worker: &ContainerId| coordinator.workers.get(worker).is_some_and(|w| w.data_address.is_some());
+        let lost: BTreeSet<usize> = layout
+            .iter()
+            .flatten()
+            .filter(|p| region.contains(&p.id) && !live(self, &self.slots[p.worker]))
+            .map(|p| p.worker)
+            .collect();
+        let spare: Vec<ContainerId> = self.connected().into_iter().filter(|id| !self.slots.contains(id)).collect();
+        if spare.len() < lost.len() {
+            self.layout = Some(layout);
+            return;
+        }
+        for (slot, worker) in lost.into_iter().zip(spare) {
+            self.slots[slot] = worker;
+        }
+        let mut restarted: Vec<(usize, Placed)> = Vec::new();
+        for (stage, placed) in layout.iter_mut().enumerate() {
+            for instance in placed.iter_mut().filter(|p| region.contains(&p.id)) {
+                instance.id = self.next_instance_id();
+                restarted.push((stage, instance.clone()));
+            }
+        }
+        self.clean_region_staging(&restarted);
+        let restored = self.last_complete.as_ref().map_or(0, |meta| meta.id);
+        let mut starts: BTreeMap<ContainerId, Vec<_>> = BTreeMap::new();
+        for (stage, instance) in &restarted {
+            self.counters.track(instance.id, &self.graph.stages[*stage].spec.name);
+            let plan = self.instance_plan(&layout, *stage, instance, restored, None);
+            starts.entry(self.slots[instance.worker]).or_default().push(plan);
+        }
+        tracing::info!(
+            epoch = self.epoch,
+            restored,
+            instances = restarted.len(),
+            "deploying a failover region again"
+        );
+        for (worker, instances) in starts {
+            self.send(worker, ToWorker::Start { instances });
+        }
+        self.layout = Some(layout);
+        self.phase = Phase::Running;
+        self.last_trigger = self.now;
+    }
+
+    /// What the restarted file sink instances staged before goes (it was never committed, and
+    /// they write it again); the other instances' staged files stay.
+    fn clean_region_staging(&mut self, restarted: &[(usize, Placed)]) {
+        let mut dirs = Vec::new();
+        let mut prefixes = Vec::new();
+        for (stage, instance) in restarted {
+            let spec = &self.graph.stages[*stage].spec;
+            if spec.kind() != OperatorKind::FileSink {
+                continue;
+            }
+            if let Some(path) = &spec.path {
+                let dir = std::path::Path::new(path).join(".staging");
+                if !dirs.contains(&dir) {
+                    dirs.push(dir);
+                }
+                prefixes.push(crate::ops::sinks::staged_prefix(&spec.name, instance.index));
+            }
+        }
+        if !prefixes.is_empty() {
+            self.effects.push(Effect::CleanStaging {
+                dirs,
+                epoch: self.epoch,
+                prefixes,
+            });
+        }
     }
 
     pub fn on_reset_done(&mut self, worker: ContainerId, epoch: u64, now: Instant) {
@@ -80,14 +298,21 @@ impl Coordinator {
         if self.workers.remove(&worker).is_none() {
             return;
         }
-        if let Phase::Resetting { waiting, .. } = &mut self.phase {
-            waiting.remove(&worker);
-            if waiting.is_empty() {
-                self.phase = Phase::Deploying;
+        match &mut self.phase {
+            Phase::Resetting { waiting, .. } => {
+                waiting.remove(&worker);
+                if waiting.is_empty() {
+                    self.phase = Phase::Deploying;
+                }
             }
+            Phase::Recovering(recovery) => {
+                recovery.waiting.remove(&worker);
+            }
+            _ => {}
         }
-        if self.hosts_instances(worker) {
-            self.restart(&format!("worker {worker} lost: {reason}"));
+        let hosted = self.instances_on(worker);
+        if !hosted.is_empty() {
+            self.recover(hosted, &format!("worker {worker} lost: {reason}"));
         }
     }
 
@@ -120,8 +345,18 @@ impl Coordinator {
 
     /// Whether the current layout has instances on `worker`.
     pub fn hosts_instances(&self, worker: ContainerId) -> bool {
-        let Some(layout) = &self.layout else { return false };
-        layout.iter().flatten().any(|placed| self.slots.get(placed.worker) == Some(&worker))
+        !self.instances_on(worker).is_empty()
+    }
+
+    /// The current layout's instances on `worker`.
+    fn instances_on(&self, worker: ContainerId) -> BTreeSet<InstanceId> {
+        let Some(layout) = &self.layout else { return BTreeSet::new() };
+        layout
+            .iter()
+            .flatten()
+            .filter(|placed| self.slots.get(placed.worker) == Some(&worker))
+            .map(|placed| placed.id)
+            .collect()
     }
 
     /// Workers beyond what the job needs that host nothing: hand them back. Nothing goes

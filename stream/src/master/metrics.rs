@@ -112,6 +112,7 @@ impl Coordinator {
             }),
             restarts: self.restarts,
             last_rescale: self.metrics.last_rescale.clone(),
+            last_restart: self.last_restart.clone(),
             savepoints: self.savepoints.statuses(),
         }
     }

@@ -264,10 +264,10 @@ impl StreamFramework {
                         let _ = events.send(Event::Committed(result));
                     });
                 }
-                Effect::CleanStaging { dirs, epoch } => {
+                Effect::CleanStaging { dirs, epoch, prefixes } => {
                     let _ = self.commits.send(CommitJob {
                         commits: Vec::new(),
-                        clean: Some((dirs, epoch)),
+                        clean: Some((dirs, epoch, prefixes)),
                         savepoint: None,
                         done: None,
                     });
@@ -315,6 +315,7 @@ impl StreamFramework {
             ToAm::Failed { instance, error } => coordinator.on_instance_failed(instance, &error, now),
             ToAm::Metrics { instances } => coordinator.on_metrics(instances, now),
             ToAm::ResetDone { epoch } => coordinator.on_reset_done(container, epoch, now),
+            ToAm::Cancelled { epoch } => coordinator.on_cancelled(container, epoch, now),
         }
     }
 }

@@ -9,9 +9,10 @@ use std::time::Instant;
 use spindle_protocol::{ContainerId, RescaleStatus, now_ms};
 
 use super::coordinator::{Coordinator, Phase};
-use crate::control::{InputPlan, InstanceChange, StateFileRef, TargetPlan, ToWorker};
-use crate::graph::{Placed, intersect};
+use crate::control::{InputPlan, InstanceChange, Range, StateFileRef, ToWorker};
+use crate::graph::{Layout, Placed, intersect};
 use crate::keys::{assign_ranges, even_ranges};
+use crate::wire::InstanceId;
 
 /// A rescale in progress.
 pub struct Rescale {
@@ -152,30 +153,10 @@ impl Coordinator {
         for (worker, instances) in starts {
             self.send(worker, ToWorker::Start { instances });
         }
-        // 2. Changes at the barrier, per worker.
-        let mut changes: BTreeMap<ContainerId, Vec<InstanceChange>> = BTreeMap::new();
-        for edge in self.graph.incoming(stage) {
-            let local = self.graph.local_edge(edge);
-            let targets: Vec<TargetPlan> = new
-                .iter()
-                .map(|target| TargetPlan {
-                    id: target.id,
-                    address: self.address_of_slot(target.worker),
-                    range: target.range,
-                    starts_after: (!kept.contains(&target.id)).then_some(checkpoint),
-                })
-                .collect();
-            for upstream in &layout[self.graph.edges[edge].from] {
-                changes
-                    .entry(self.slots[upstream.worker])
-                    .or_default()
-                    .push(InstanceChange::Retarget {
-                        instance: upstream.id,
-                        edge: local,
-                        targets: targets.clone(),
-                    });
-            }
-        }
+        // 2. Changes at the barrier, per worker: connections that change (upstream instances
+        // switch to the new owners, downstream ones hear from new senders), then the
+        // rescaled operator's own instances' key groups.
+        let mut changes = self.connection_changes(&layout, &next_layout, checkpoint);
         for placed in &old {
             let after = new.iter().find(|p| p.id == placed.id);
             changes.entry(self.slots[placed.worker]).or_default().push(InstanceChange::Regroup {
@@ -183,23 +164,6 @@ impl Coordinator {
                 range: after.map(|p| p.range),
                 gains: after.is_some_and(|p| gaining.contains_key(&p.id)),
             });
-        }
-        for edge in self.graph.outgoing(stage) {
-            for downstream in &layout[self.graph.edges[edge].to] {
-                changes
-                    .entry(self.slots[downstream.worker])
-                    .or_default()
-                    .push(InstanceChange::AddInputs {
-                        instance: downstream.id,
-                        inputs: added
-                            .iter()
-                            .map(|p| InputPlan {
-                                from: p.id,
-                                starts_after: Some(checkpoint),
-                            })
-                            .collect(),
-                    });
-            }
         }
         let awaiting_prepared: BTreeSet<ContainerId> = changes.keys().copied().collect();
         for (worker, changes) in changes {
@@ -229,6 +193,67 @@ impl Coordinator {
             barrier_at: None,
         });
         self.metrics.last_rescale = self.rescale.as_ref().map(|r| r.status.clone());
+    }
+
+    /// What the instances that stay must change at barrier `checkpoint` for the job to go from
+    /// layout `before` to `after`, by worker: the targets of an edge (`Retarget`) and the
+    /// senders they hear from (`AddInputs`; a sender that stops sending says so after the
+    /// barrier). Any change of layout: a rescale changes one stage's instances, and with them
+    /// its edges' partitioning (a forward edge goes round-robin when its ends' parallelisms
+    /// part, and back when they meet).
+    fn connection_changes(&self, before: &Layout, after: &Layout, checkpoint: u64) -> BTreeMap<ContainerId, Vec<InstanceChange>> {
+        let mut changes: BTreeMap<ContainerId, Vec<InstanceChange>> = BTreeMap::new();
+        for (stage, placed) in after.iter().enumerate() {
+            for now in placed {
+                // New instances are started with every connection in their plan.
+                let Some(was) = before[stage].iter().find(|p| p.id == now.id) else {
+                    continue;
+                };
+                let worker = self.slots[now.worker];
+                for (local, edge) in self.graph.outgoing(stage).into_iter().enumerate() {
+                    let old: BTreeMap<InstanceId, Range> =
+                        self.graph.receivers(before, edge, was).iter().map(|p| (p.id, p.range)).collect();
+                    let new = self.graph.receivers(after, edge, now);
+                    if new.len() == old.len() && new.iter().all(|p| old.get(&p.id) == Some(&p.range)) {
+                        continue;
+                    }
+                    let targets = new
+                        .iter()
+                        .map(|p| self.target_plan(p, (!old.contains_key(&p.id)).then_some(checkpoint)))
+                        .collect();
+                    changes.entry(worker).or_default().push(InstanceChange::Retarget {
+                        instance: now.id,
+                        edge: local,
+                        targets,
+                    });
+                }
+                let heard: BTreeSet<InstanceId> = self
+                    .graph
+                    .incoming(stage)
+                    .into_iter()
+                    .flat_map(|edge| self.graph.senders(before, edge, was))
+                    .map(|p| p.id)
+                    .collect();
+                let inputs: Vec<InputPlan> = self
+                    .graph
+                    .incoming(stage)
+                    .into_iter()
+                    .flat_map(|edge| self.graph.senders(after, edge, now))
+                    .filter(|p| !heard.contains(&p.id))
+                    .map(|p| InputPlan {
+                        from: p.id,
+                        starts_after: Some(checkpoint),
+                    })
+                    .collect();
+                if !inputs.is_empty() {
+                    changes
+                        .entry(worker)
+                        .or_default()
+                        .push(InstanceChange::AddInputs { instance: now.id, inputs });
+                }
+            }
+        }
+        changes
     }
 
     /// A worker queued its changes; once all did, the barrier goes out (from the old layout).

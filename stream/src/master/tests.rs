@@ -10,6 +10,7 @@ use super::coordinator::{Coordinator, Effect, Phase, Worker};
 use crate::control::{Ack, InstanceChange, ToWorker};
 
 mod counters;
+mod regions;
 mod savepoints;
 
 /// The plan tests' pipeline, checkpointing on every tick, into 2 file sinks.
@@ -42,10 +43,14 @@ fn container(n: u64) -> ContainerId {
 
 impl Harness {
     fn new(workers: u64) -> Harness {
+        Harness::with_spec(spec(), workers)
+    }
+
+    fn with_spec(spec: StreamSpec, workers: u64) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let now = Instant::now();
         let mut harness = Harness {
-            coordinator: Coordinator::new(spec(), "app".into(), 1, dir.path(), now),
+            coordinator: Coordinator::new(spec, "app".into(), 1, dir.path(), now),
             now,
             workers: BTreeSet::new(),
             _dir: dir,
@@ -115,7 +120,12 @@ fn deploys_one_instance_of_each_stage_per_worker_and_completes_checkpoints_on_ev
         };
         let names: Vec<&str> = instances.iter().map(|plan| plan.spec.name.as_str()).collect();
         assert_eq!(names, ["events", "count", "out"]);
-        assert_eq!(instances[1].outputs[0].targets.len(), 2, "count feeds both sinks");
+        assert_eq!(
+            instances[1].outputs[0].targets.len(),
+            1,
+            "count feeds its own sink: a forward edge, both run 2 instances"
+        );
+        assert_eq!(instances[2].inputs.len(), 1);
         assert!(instances[0].outputs[0].keyed, "the key_by is fused into the generator's edge");
     }
     h.tick();
@@ -181,11 +191,24 @@ fn a_rescale_starts_new_instances_switches_upstream_at_a_barrier_and_hands_state
             )
         })
         .count();
+    // count → out was forward (2 and 2); with 4 counts it goes round-robin: the two counts that
+    // stay now feed both sinks too (the new connection carries data after the barrier only),
+    // and each sink hears from three more senders.
+    let widened = changes
+        .iter()
+        .filter(|c| {
+            matches!(c, InstanceChange::Retarget { targets, .. }
+                if targets.len() == 2 && targets.iter().filter(|t| t.starts_after == Some(checkpoint)).count() == 1)
+        })
+        .count();
     let added = changes
         .iter()
-        .filter(|c| matches!(c, InstanceChange::AddInputs { inputs, .. } if inputs.len() == 2))
+        .filter(|c| {
+            matches!(c, InstanceChange::AddInputs { inputs, .. }
+                if inputs.len() == 3 && inputs.iter().all(|i| i.starts_after == Some(checkpoint)))
+        })
         .count();
-    assert_eq!((retargets, regroups, added), (2, 2, 2), "{changes:?}");
+    assert_eq!((retargets, regroups, widened, added), (2, 2, 2, 2), "{changes:?}");
 
     // Only once every worker has the changes queued does the barrier go out.
     let workers: Vec<ContainerId> = sent

@@ -51,7 +51,7 @@ impl FileSink {
         Ok(FileSink {
             dir,
             staging,
-            prefix: format!("{}-{}-e{}", context.operator, context.index, context.epoch),
+            prefix: format!("{}{}", staged_prefix(&context.operator, context.index), context.epoch),
             operator: context.operator.clone(),
             index: context.index,
             roll_bytes: spec.roll_mb.unwrap_or(DEFAULT_ROLL_MB).max(1) << 20,
@@ -119,6 +119,12 @@ impl Sink for FileSink {
             .collect();
         Ok(Commit { renames, nats: None })
     }
+}
+
+/// The start of the staged files' names of instance `index` of file sink `operator`, before
+/// the epoch: what a restart of that instance alone cleans.
+pub fn staged_prefix(operator: &str, index: u32) -> String {
+    format!("{operator}-{index}-e")
 }
 
 /// Publishes a file sink's output: renames each staged file to its final name. Idempotent: a

@@ -124,6 +124,39 @@ pub async fn serve(registry: OperatorRegistry) -> anyhow::Result<()> {
                 }
                 let _ = to_am.send(ToAm::ResetDone { epoch });
             }
+            ToWorker::Cancel { instances, epoch } => {
+                // Only a failover region's instances stop: the others (and this loop) go on,
+                // so they are joined off the control loop.
+                let stopped: Vec<Running> = {
+                    let mut running = running.lock().expect("running lock");
+                    let mut inboxes = inboxes.lock().expect("inboxes lock");
+                    instances
+                        .iter()
+                        .filter_map(|id| {
+                            inboxes.remove(id);
+                            running.remove(id)
+                        })
+                        .collect()
+                };
+                for instance in &stopped {
+                    instance.cancel.store(true, Ordering::Relaxed);
+                }
+                let to_am = to_am.clone();
+                tokio::spawn(async move {
+                    let joined = tokio::task::spawn_blocking(move || {
+                        for instance in stopped {
+                            let _ = instance.thread.join();
+                        }
+                    });
+                    if tokio::time::timeout(Duration::from_secs(10), joined).await.is_err() {
+                        // They might still write: the worker goes, and its loss restarts the
+                        // whole job (as a reset that does not finish does).
+                        tracing::error!(epoch, "cancelled instances did not stop within 10 s: the worker exits");
+                        std::process::exit(1);
+                    }
+                    let _ = to_am.send(ToAm::Cancelled { epoch });
+                });
+            }
             ToWorker::Trigger {
                 checkpoint,
                 instances,

@@ -160,10 +160,12 @@ function streamSection(stream) {
   }
   const cp = stream.last_checkpoint;
   const rs = stream.last_rescale;
+  const lr = stream.last_restart;
+  const restart = lr ? ` (last ${ago(lr.at_ms)}: ${lr.instances < lr.of_instances ? `${lr.instances} of ${lr.of_instances} instances` : "everything"}, ${esc(lr.reason)})` : "";
   return `<h2>Pipeline</h2><div class="card graph">${graph}</div>
     ${table(["Operator", "Kind", "Parallelism", "In", "Out", "Busy", "Backpressured", "State", "Source lag"], rows)}
     <div class="card">Checkpoint: ${cp ? `#${cp.id}, ${cp.duration_ms} ms, ${bytes(cp.size_bytes)}, ${ago(cp.completed_at_ms)}` : "none yet"} ·
-      restarts: ${stream.restarts} · rescale: ${rs ? `${esc(rs.operator)} ${rs.from} → ${rs.to}${rs.pause_ms != null ? `, paused ${rs.pause_ms} ms` : " (in progress)"}` : "none"}</div>`;
+      restarts: ${stream.restarts}${restart} · rescale: ${rs ? `${esc(rs.operator)} ${rs.from} → ${rs.to}${rs.pause_ms != null ? `, paused ${rs.pause_ms} ms` : " (in progress)"}` : "none"}</div>`;
 }
 
 async function logsView(containerId) {
