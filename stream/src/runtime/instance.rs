@@ -117,7 +117,14 @@ pub fn run(env: Environment, body: Body) {
 
 fn run_inner(env: Environment, mut body: Body) -> Result<(), RunError> {
     restore(&mut body, &env.plan.restore)?;
-    let outputs = Outputs::connect(&env.plan.outputs, env.plan.key_groups, env.plan.id, &env.token, &env.handle)?;
+    let outputs = Outputs::connect(
+        &env.plan.outputs,
+        env.plan.key_groups,
+        env.plan.id,
+        &env.token,
+        &env.handle,
+        env.cancel.clone(),
+    )?;
     let snapshots = SnapshotThread::new(format!("{}-{}-snapshot", env.plan.spec.name, env.plan.index), env.to_am.clone());
     let mut instance = Instance {
         snapshots,

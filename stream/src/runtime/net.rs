@@ -188,10 +188,14 @@ pub enum SendError {
 
 impl Sender {
     /// Opens a connection to instance `hello.to` at `address`, retrying while it is not
-    /// deployed yet (up to `patience`).
-    pub async fn connect(address: &str, hello: DataHello, patience: Duration) -> std::io::Result<Sender> {
+    /// deployed yet (up to `patience`, or until `cancel`: a reset or a region's restart must
+    /// not wait on a peer that is gone).
+    pub async fn connect(address: &str, hello: DataHello, patience: Duration, cancel: &AtomicBool) -> std::io::Result<Sender> {
         let deadline = Instant::now() + patience;
         loop {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(std::io::Error::other("cancelled"));
+            }
             match Self::try_connect(address, &hello).await {
                 Ok(Some(sender)) => return Ok(sender),
                 Ok(None) | Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -309,4 +313,32 @@ async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(writer: &mut W, frame: &F
         writer.write_all(&frame.body).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that is gone (a region restarting, a reset) must not hold a connecting instance
+    /// for the whole patience: its cancel flag ends the retries.
+    #[tokio::test]
+    async fn connecting_to_a_peer_that_is_gone_stops_when_cancelled() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            flag.store(true, Ordering::Relaxed);
+        });
+        let hello = DataHello {
+            token: "t".into(),
+            from: 1,
+            to: 2,
+            starts_after: None,
+        };
+        let started = Instant::now();
+        let result = Sender::connect(&format!("127.0.0.1:{port}"), hello, Duration::from_secs(60), &cancel).await;
+        assert!(result.is_err());
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    }
 }

@@ -2,6 +2,7 @@
 //! per-target batch buffers, and the switch to new targets at a rescale barrier.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -47,6 +48,8 @@ pub struct Outputs {
     from: InstanceId,
     token: String,
     handle: Handle,
+    /// The instance's cancel flag: connecting gives up when it is set.
+    cancel: Arc<AtomicBool>,
     scratch: Batch,
     /// Records routed, summed over the edges (after each edge's fused transforms).
     pub records_out: u64,
@@ -57,7 +60,14 @@ pub struct Outputs {
 
 impl Outputs {
     /// Builds the edges and connects to every target (retrying until they are deployed).
-    pub fn connect(plans: &[EdgePlan], key_groups: u32, from: InstanceId, token: &str, handle: &Handle) -> Result<Outputs, OperatorError> {
+    pub fn connect(
+        plans: &[EdgePlan],
+        key_groups: u32,
+        from: InstanceId,
+        token: &str,
+        handle: &Handle,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<Outputs, OperatorError> {
         let mut edges = Vec::with_capacity(plans.len());
         for plan in plans {
             let chain = if plan.chain.is_empty() {
@@ -67,7 +77,7 @@ impl Outputs {
             };
             let mut targets = Vec::with_capacity(plan.targets.len());
             for target in &plan.targets {
-                let sender = connect(handle, target, from, token)?;
+                let sender = connect(handle, target, from, token, &cancel)?;
                 targets.push(Target {
                     id: target.id,
                     sender,
@@ -90,6 +100,7 @@ impl Outputs {
             from,
             token: token.to_owned(),
             handle: handle.clone(),
+            cancel,
             scratch: Batch::with_capacity(BATCH_BYTES * 2),
             records_out: 0,
             bytes_out: 0,
@@ -187,7 +198,7 @@ impl Outputs {
             let sender = if existing.contains(&target.id) {
                 None
             } else {
-                Some(connect(&self.handle, &target, self.from, &self.token)?)
+                Some(connect(&self.handle, &target, self.from, &self.token, &self.cancel)?)
             };
             prepared.push((target, sender));
         }
@@ -227,7 +238,7 @@ impl Outputs {
     }
 }
 
-fn connect(handle: &Handle, target: &TargetPlan, from: InstanceId, token: &str) -> Result<Sender, OperatorError> {
+fn connect(handle: &Handle, target: &TargetPlan, from: InstanceId, token: &str, cancel: &AtomicBool) -> Result<Sender, OperatorError> {
     let hello = DataHello {
         token: token.to_owned(),
         from,
@@ -235,7 +246,7 @@ fn connect(handle: &Handle, target: &TargetPlan, from: InstanceId, token: &str) 
         starts_after: target.starts_after,
     };
     handle
-        .block_on(Sender::connect(&target.address, hello, CONNECT_PATIENCE))
+        .block_on(Sender::connect(&target.address, hello, CONNECT_PATIENCE, cancel))
         .map_err(|error| OperatorError::failed(format!("connecting to instance {} at {}: {error}", target.id, target.address)))
 }
 
