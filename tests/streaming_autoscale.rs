@@ -1,93 +1,121 @@
-//! DS2 autoscaling that settles, with real AM and worker processes on this machine: a steady,
-//! throttled input that needs 2 instances of the window operator is reached from 1 and from 4
-//! in at most 3 rescales, and then nothing is rescaled while the input stays steady.
+//! DS2 autoscaling that settles, with real AM and worker processes on this machine: a steady
+//! input that needs 2 instances is reached from 1 and from 4 in at most 3 rescales, nothing is
+//! rescaled for 60 s while the input stays steady, and a step up of the input is followed
+//! within 2 cooldowns.
 //!
-//! The job is `examples/stream-window-count.toml` with sliding windows (1 s every 25 ms: each
-//! record updates 40 windows), so the window operator is the cost and the generators and the
-//! data plane's per-batch work are almost free. How fast one window instance is depends on
-//! the build and the machine, so the test first measures it (a job without autoscaling, its
-//! window instance nearly or fully busy), then throttles the generators to 72% of that. One
-//! instance runs at 0.72 or more (the measure is of a full instance, the fastest it gets),
-//! above the target of 0.7; two run at 0.36 each, or 0.65 where each is 45% slower for
-//! sharing the 2 cores (as measured here beside builds); one alone would run above
-//! 0.7 × 0.8 = 0.56. So 2 is what the rules settle on — while the machine's speed holds: a
-//! run beside builds that take the cores can make 3 (or, when two instances barely beat one,
-//! 1) right for a while, and the test fails then, printing what the AM measured.
+//! The job reads lines the test appends to a file at a rate it controls (`file_source`,
+//! following the file: a real external input whose backlog the autoscaler sees), keys them and
+//! passes them through `paced` (`cli/examples/stream_user_operator.rs`), an operator that waits
+//! 100 µs per record: one instance takes at most 10,000 records per busy second, on an idle or
+//! a loaded machine alike (waiting needs no core). So the parallelism an input needs is known
+//! without calibrating against the machine, as DS2's rules compute it (target 0.7, scale down
+//! only to a parallelism that runs at ≤ 0.7 × 0.8 = 0.56):
 //!
-//! Timings: cooldown 8 s (after every change, a 3 s warm-up and an 8 s window before the next
-//! decision: long enough to average the instances' noisy busy time); the quiet period is 60 s
-//! after the start from 1 and 30 s after the start from 4, to keep the test near 3 minutes.
+//! * 8,000 lines/s: 1 instance would be ≥ 0.8 busy, above 0.7, so 2 (0.4 each); from 4, down
+//!   to 2 (≤ 0.56 while the per-record overhead of the worker stays under 40 µs), not to 1.
+//! * 16,000 lines/s: 2 run at ≥ 0.8, so up to 3 (0.53); 3 stays (2 would be above 0.56).
+//!
+//! Cooldown 8 s: after every change a 3 s warm-up and an 8 s window before the next decision.
+//! The whole test takes about 4 minutes.
 
 mod support;
 
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use spindle_protocol::{AppId, AutoscaleSpec, JobSpec, RmClient, StreamDetail};
-use support::{CleanupDir, start_local, stream_detail, wait_for_app_end, wait_for_checkpoint};
+use spindle_protocol::{AppId, JobSpec, RmClient, StreamDetail};
+use support::{CleanupDir, start_local, stream_detail, wait_for_app_end};
 
-/// The example job: generators throttled to `rate` each, the window `count` with
-/// `parallelism` instances over 1 s windows sliding by 25 ms.
-fn job(name: &str, rate: u64, parallelism: u32, autoscale: Option<AutoscaleSpec>) -> JobSpec {
-    let text = std::fs::read_to_string(support::examples_dir().join("stream-window-count.toml")).unwrap();
-    let mut spec: JobSpec = toml::from_str(&text).unwrap();
-    spec.name = name.to_owned();
-    let stream = spec.stream.as_mut().unwrap();
-    stream.autoscale = autoscale;
-    for operator in &mut stream.operators {
-        match operator.name.as_str() {
-            "events" => operator.rate = Some(rate),
-            "count" => {
-                operator.parallelism = parallelism;
-                operator.slide_ms = Some(25);
-            }
-            _ => {}
-        }
-    }
+const COOLDOWN: Duration = Duration::from_secs(8);
+/// A rate 1 instance cannot take below 0.7 busy and 2 take at 0.4 each.
+const NEEDS_2: u64 = 8_000;
+/// Twice that: 2 instances would run at 0.8, 3 at 0.53.
+const NEEDS_3: u64 = 16_000;
+
+/// file source (the test's lines) → key_by → `paced` (`start` instances, autoscaled 1..=4) →
+/// discard.
+fn job(name: &str, input: &std::path::Path, binary: &std::path::Path, start: u32) -> JobSpec {
+    let text = format!(
+        r#"
+name = "{name}"
+kind = "stream"
+
+[stream]
+checkpoint_interval_ms = 1000
+worker = {{ vcores = 1, memory_mb = 256 }}
+worker_command = ["{binary}"]
+env = {{ PACED_US_PER_RECORD = "100" }}
+autoscale = {{ min = 1, max = 4, cooldown_ms = {cooldown}, target_utilization = 0.7 }}
+
+[[stream.operators]]
+name = "lines"
+kind = "file_source"
+path = "{input}"
+
+[[stream.operators]]
+name = "by_key"
+kind = "key_by"
+input = ["lines"]
+expr = "$1"
+
+[[stream.operators]]
+name = "paced"
+kind = "user"
+class = "paced"
+keyed = true
+input = ["by_key"]
+parallelism = {start}
+
+[[stream.operators]]
+name = "out"
+kind = "discard_sink"
+input = ["paced"]
+"#,
+        binary = binary.display(),
+        input = input.display(),
+        cooldown = COOLDOWN.as_millis(),
+    );
+    let spec: JobSpec = toml::from_str(&text).unwrap();
     spec.validate().unwrap();
     spec
 }
 
-fn count_operator(detail: &StreamDetail) -> &spindle_protocol::OperatorStatus {
-    detail.operators.iter().find(|op| op.name == "count").expect("the window operator")
-}
-
-/// Records one window instance processes per busy second, and how busy it was, measured
-/// over 8 reports of a job at `rate` per generator with one window instance.
-async fn measure_true_rate(client: &RmClient, rate: u64) -> (f64, f64) {
-    let app_id = client.submit(&job("autoscale-calibration", rate, 1, None)).await.unwrap();
-    wait_for_checkpoint(client, app_id, 0, 0, "the calibration job's first checkpoint").await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (mut records, mut busy) = (0.0, 0.0);
-    for _ in 0..8 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let detail = stream_detail(client, app_id).await.expect("the calibration job's detail");
-        let instance = &count_operator(&detail).instances[0];
-        records += instance.records_in_per_s;
-        busy += instance.busy;
-    }
-    stop(client, app_id).await;
-    assert!(busy > 0.0 && records > 0.0, "the window instance did nothing");
-    (records / busy, busy / 8.0)
-}
-
-/// The true rate of a window instance that is nearly or fully busy (as it is in the runs:
-/// fuller batches make it faster than when mostly idle): measured at 2 × 50,000/s (more than
-/// a debug build's instance takes), and again nearer its speed if that left it idle.
-async fn calibrate(client: &RmClient) -> f64 {
-    let mut rate = 50_000;
-    loop {
-        let (true_rate, busy) = measure_true_rate(client, rate).await;
-        eprintln!("calibration at 2 × {rate}/s: {true_rate:.0} records per busy second, busy {busy:.2}");
-        if busy >= 0.6 || rate > 10_000_000 {
-            return true_rate;
+/// Appends `rate` lines a second (`k<n % 1000> <n>`) to `path` in 20 ms steps until `stop`;
+/// `rate` may change while it runs.
+fn feed(path: std::path::PathBuf, rate: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+        let started = Instant::now();
+        let (mut written, mut owed, mut last) = (0u64, 0.0f64, Instant::now());
+        let mut text = String::new();
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = Instant::now();
+            owed += rate.load(Ordering::Relaxed) as f64 * now.duration_since(last).as_secs_f64();
+            last = now;
+            text.clear();
+            while owed >= 1.0 {
+                use std::fmt::Write as _;
+                let _ = writeln!(text, "k{} {written}", written % 1000);
+                written += 1;
+                owed -= 1.0;
+            }
+            // Whole lines per write: the source never sees half of one for long.
+            file.write_all(text.as_bytes()).unwrap();
         }
-        rate = (true_rate * 0.9 / 2.0) as u64;
-    }
+        eprintln!("fed {written} lines in {:.0} s", started.elapsed().as_secs_f64());
+    })
 }
 
-/// The rescales of `count` seen so far, as (from, to), in order; polled often enough to see
-/// every one (the autoscaler leaves at least 11 s between two). Also what the window instances
-/// measured, once a second, to show when the test fails.
+fn paced(detail: &StreamDetail) -> &spindle_protocol::OperatorStatus {
+    detail.operators.iter().find(|op| op.name == "paced").expect("the paced operator")
+}
+
+/// The rescales of `paced` seen so far, as (started at, from, to), in order; polled often
+/// enough to see every one (the autoscaler leaves at least 11 s between two). Also what the
+/// instances measured, once a second, to show when the test fails.
 #[derive(Default)]
 struct Watch {
     rescales: Vec<(u64, u32, u32)>,
@@ -100,24 +128,24 @@ impl Watch {
     async fn poll(&mut self, client: &RmClient, app_id: AppId) -> Option<StreamDetail> {
         let detail = stream_detail(client, app_id).await?;
         if let Some(rescale) = &detail.last_rescale
-            && rescale.operator == "count"
+            && rescale.operator == "paced"
             && self.rescales.last().is_none_or(|last| last.0 != rescale.started_at_ms)
         {
-            eprintln!("rescale of count: {} → {}", rescale.from, rescale.to);
+            eprintln!("rescale of paced: {} → {}", rescale.from, rescale.to);
             self.rescales.push((rescale.started_at_ms, rescale.from, rescale.to));
         }
         if self.last_traced.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
             self.last_traced = Some(Instant::now());
-            let count = count_operator(&detail);
-            let instances: Vec<String> = count
+            let op = paced(&detail);
+            let instances: Vec<String> = op
                 .instances
                 .iter()
                 .map(|i| format!("{:.0}/s busy {:.2}", i.records_in_per_s, i.busy))
                 .collect();
             self.trace.push(format!(
-                "count {} → {}: {}",
-                count.parallelism,
-                count.target_parallelism,
+                "paced {} → {}: {}",
+                op.parallelism,
+                op.target_parallelism,
                 instances.join(", ")
             ));
         }
@@ -128,6 +156,45 @@ impl Watch {
         self.rescales.iter().map(|(_, from, to)| (*from, *to)).collect()
     }
 
+    /// Polls until `paced` runs `wanted` instances with no rescale under way, at most `within`.
+    async fn until_at(&mut self, client: &RmClient, app_id: AppId, wanted: u32, within: Duration, what: &str) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(detail) = self.poll(client, app_id).await {
+                let op = paced(&detail);
+                let done = detail.last_rescale.as_ref().is_none_or(|r| r.finished_at_ms.is_some());
+                if op.parallelism == wanted && op.target_parallelism == wanted && done {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                let why = format!("{what}: not at {wanted} within {} s: {:?}", within.as_secs(), self.steps());
+                self.fail(client, app_id, why).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Polls for `quiet`: `paced` must stay at `wanted` all along.
+    async fn stays_at(&mut self, client: &RmClient, app_id: AppId, wanted: u32, quiet: Duration, what: &str) {
+        let from = Instant::now();
+        while from.elapsed() < quiet {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let detail = self.poll(client, app_id).await.expect("the job's detail");
+            let op = paced(&detail);
+            if (op.parallelism, op.target_parallelism) != (wanted, wanted) {
+                let why = format!(
+                    "{what}: settled at {wanted} ({:?}), then {} → {} after {:.0} s of a steady input",
+                    self.steps(),
+                    op.parallelism,
+                    op.target_parallelism,
+                    from.elapsed().as_secs_f64()
+                );
+                self.fail(client, app_id, why).await;
+            }
+        }
+    }
+
     /// Prints what was measured and the AM's decisions, then fails.
     async fn fail(&self, client: &RmClient, app_id: AppId, why: String) -> ! {
         for line in self.trace.iter().rev().take(40).rev() {
@@ -136,68 +203,6 @@ impl Watch {
         print_decisions(client, app_id).await;
         panic!("{why}");
     }
-}
-
-/// Starts the job with `start` window instances; it must settle at `wanted` in at most 3
-/// rescales and then stay there for `quiet`.
-async fn settles(client: &RmClient, rate: u64, start: u32, wanted: u32, quiet: Duration) {
-    let autoscale = AutoscaleSpec {
-        min: 1,
-        max: 4,
-        cooldown_ms: 8000,
-        target_utilization: 0.7,
-    };
-    let app_id = client
-        .submit(&job(&format!("autoscale-from-{start}"), rate, start, Some(autoscale)))
-        .await
-        .unwrap();
-    let submitted = Instant::now();
-    let mut watch = Watch::default();
-    let deadline = submitted + Duration::from_secs(120);
-    loop {
-        if let Some(detail) = watch.poll(client, app_id).await {
-            let count = count_operator(&detail);
-            let done = detail.last_rescale.as_ref().is_some_and(|r| r.finished_at_ms.is_some());
-            if count.parallelism == wanted && count.target_parallelism == wanted && done {
-                break;
-            }
-        }
-        if Instant::now() > deadline {
-            let why = format!("from {start}: not settled at {wanted} within 120 s: {:?}", watch.steps());
-            watch.fail(client, app_id, why).await;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let took = submitted.elapsed();
-    if watch.rescales.len() > 3 {
-        let why = format!("from {start}: more than 3 rescales: {:?}", watch.steps());
-        watch.fail(client, app_id, why).await;
-    }
-
-    let quiet_from = Instant::now();
-    while quiet_from.elapsed() < quiet {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let detail = watch.poll(client, app_id).await.expect("the job's detail");
-        let count = count_operator(&detail);
-        if (count.parallelism, count.target_parallelism) != (wanted, wanted) {
-            let why = format!(
-                "from {start}: settled at {wanted} ({:?}), then {} → {} after {:.0} s of a steady input",
-                watch.steps(),
-                count.parallelism,
-                count.target_parallelism,
-                quiet_from.elapsed().as_secs_f64()
-            );
-            watch.fail(client, app_id, why).await;
-        }
-    }
-    eprintln!(
-        "from {start}: {:?} in {:.0} s, then none for {} s",
-        watch.steps(),
-        took.as_secs_f64(),
-        quiet.as_secs()
-    );
-    print_decisions(client, app_id).await;
-    stop(client, app_id).await;
 }
 
 /// Kills a job and lets its containers go, so the next one has the cores to itself.
@@ -222,15 +227,60 @@ async fn print_decisions(client: &RmClient, app_id: AppId) {
     }
 }
 
-// Out of the default run: it calibrates against one instance's measured speed, which swings
-// many-fold when anything else loads the 2 cores, and then fails (it failed in a CI-like run).
-// Run it on an idle machine with SPINDLE_RUN_TIMING_TESTS=1.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_steady_input_is_reached_from_1_and_from_4_and_then_kept() {
-    if std::env::var_os("SPINDLE_RUN_TIMING_TESTS").is_none() {
-        eprintln!("skipped: timing-sensitive, set SPINDLE_RUN_TIMING_TESTS=1 on an idle machine to run it");
-        return;
+/// One job from `start` instances: it must reach 2 in at most 3 rescales and stay there for
+/// 60 s; with `step`, the input then doubles and it must be at 3 within 2 cooldowns (plus the
+/// rescale's own few seconds) and stay there for a cooldown's window.
+async fn run(client: &RmClient, dir: &std::path::Path, binary: &std::path::Path, start: u32, step: bool) {
+    let input = dir.join(format!("input-from-{start}"));
+    std::fs::create_dir_all(&input).unwrap();
+    let rate = Arc::new(AtomicU64::new(NEEDS_2));
+    let stop_feeding = Arc::new(AtomicBool::new(false));
+    let feeder = feed(input.join("lines.txt"), rate.clone(), stop_feeding.clone());
+    let app_id = client
+        .submit(&job(&format!("autoscale-from-{start}"), &input, binary, start))
+        .await
+        .unwrap();
+    let submitted = Instant::now();
+    let mut watch = Watch::default();
+    let what = format!("from {start} at {NEEDS_2}/s");
+    watch.until_at(client, app_id, 2, Duration::from_secs(120), &what).await;
+    let took = submitted.elapsed();
+    if watch.rescales.len() > 3 {
+        let why = format!("{what}: more than 3 rescales: {:?}", watch.steps());
+        watch.fail(client, app_id, why).await;
     }
+    watch.stays_at(client, app_id, 2, Duration::from_secs(60), &what).await;
+    eprintln!("{what}: {:?} in {:.0} s, then none for 60 s", watch.steps(), took.as_secs_f64());
+
+    if step {
+        rate.store(NEEDS_3, Ordering::Relaxed);
+        let stepped = Instant::now();
+        let what = format!("from {start}, after a step to {NEEDS_3}/s");
+        // Two cooldowns to decide, plus the rescale itself (a few seconds at most here).
+        watch
+            .until_at(client, app_id, 3, 2 * COOLDOWN + Duration::from_secs(6), &what)
+            .await;
+        eprintln!("{what}: at 3 {:.1} s after the step", stepped.elapsed().as_secs_f64());
+        watch.stays_at(client, app_id, 3, COOLDOWN * 2, &what).await;
+    }
+    print_decisions(client, app_id).await;
+    stop(client, app_id).await;
+    stop_feeding.store(true, Ordering::Relaxed);
+    feeder.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_input_is_reached_from_1_and_from_4_and_kept_and_a_step_is_followed() {
+    let binary = support::spindle_bin()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("stream_user_operator");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it with `cargo build -p spindle-cli --example stream_user_operator`",
+        binary.display()
+    );
     let dir = support::shared_tempdir("spindle-test-");
     let cluster = start_local(dir.path()).await;
     let _cleanup = CleanupDir(dir.path());
@@ -239,11 +289,7 @@ async fn a_steady_input_is_reached_from_1_and_from_4_and_then_kept() {
     let _cleanup_containers = CleanupDir(&work_root);
     let client = cluster.client();
 
-    let true_rate = calibrate(&client).await;
-    let rate = (true_rate * 0.72 / 2.0) as u64;
-    eprintln!("one window instance: {true_rate:.0} records per busy second; generators: 2 × {rate}/s");
-
-    settles(&client, rate, 1, 2, Duration::from_secs(60)).await;
-    settles(&client, rate, 4, 2, Duration::from_secs(30)).await;
+    run(&client, dir.path(), &binary, 1, true).await;
+    run(&client, dir.path(), &binary, 4, false).await;
     let _ = cluster.shutdown().await;
 }

@@ -1,12 +1,19 @@
-//! A job binary with an operator of its own, written in Rust: `distinct`, a keyed operator that
-//! counts the distinct values seen per key and emits `key<TAB>distinct` when a new one arrives.
-//! Its state is checkpointed and moved between instances by key group like a built-in's.
+//! A job binary with operators of its own, written in Rust:
+//!
+//! * `distinct`, a keyed operator that counts the distinct values seen per key and emits
+//!   `key<TAB>distinct` when a new one arrives. Its state is checkpointed and moved between
+//!   instances by key group like a built-in's.
+//! * `paced`, a stand-in for an operator whose records each cost a fixed time (a call to a
+//!   model or a remote service): it waits `PACED_US_PER_RECORD` µs (job env, default 100) per
+//!   record and passes records on. Waiting, not computing, so its speed is the same on a busy
+//!   machine: the autoscaling test knows from it which parallelism an input rate needs.
 //!
 //! Build it (`cargo build --release -p spindle-cli --example stream_user_operator`), then name it
 //! in the job: `worker_command = ["/path/to/stream_user_operator"]`, and the operator as
 //! `kind = "user"`, `class = "distinct"`, `keyed = true`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
 use spindle_protocol::OperatorSpec;
 use spindle_stream::{Batch, InstanceContext, Operator, OperatorError, OperatorRegistry, Record, StateWriter, key_group};
@@ -66,6 +73,28 @@ impl Operator for Distinct {
     }
 }
 
+/// Costs `per_record` of wall time per record, paid in sleeps of at least a millisecond (a
+/// sleep per record would cost the timer's slack each time); what a sleep overshoots is
+/// credited to the next records, so the mean cost is exact.
+struct Paced {
+    per_record: Duration,
+    /// Owed (positive) or overpaid (negative) time, in ns.
+    owed_ns: i64,
+}
+
+impl Operator for Paced {
+    fn process(&mut self, record: Record<'_>, _key_group: u32, out: &mut Batch) -> Result<(), OperatorError> {
+        self.owed_ns += self.per_record.as_nanos() as i64;
+        if self.owed_ns >= 1_000_000 {
+            let started = Instant::now();
+            std::thread::sleep(Duration::from_nanos(self.owed_ns as u64));
+            self.owed_ns -= started.elapsed().as_nanos() as i64;
+        }
+        out.push(record.time, record.key, record.value);
+        Ok(())
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_writer(std::io::stderr).init();
     let mut registry = OperatorRegistry::new();
@@ -73,6 +102,18 @@ fn main() -> anyhow::Result<()> {
         Ok(Box::new(Distinct {
             key_groups: context.key_groups,
             groups: BTreeMap::new(),
+        }) as Box<dyn Operator>)
+    });
+    registry.register("paced", |_spec: &OperatorSpec, context: &InstanceContext| {
+        let per_record_us = match context.env.get("PACED_US_PER_RECORD") {
+            Some(text) => text
+                .parse()
+                .map_err(|_| OperatorError::failed(format!("PACED_US_PER_RECORD: not a number of µs: {text:?}")))?,
+            None => 100,
+        };
+        Ok(Box::new(Paced {
+            per_record: Duration::from_micros(per_record_us),
+            owed_ns: 0,
         }) as Box<dyn Operator>)
     });
     spindle_stream::runtime::worker::run_worker(registry)

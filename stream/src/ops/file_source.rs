@@ -80,6 +80,9 @@ pub struct FileSource {
     last_scan: Option<Instant>,
     buffer: Vec<u8>,
     bad: u64,
+    /// Lines and bytes consumed so far: the mean line length turns unread bytes into records.
+    lines_read: u64,
+    bytes_read: u64,
 }
 
 impl FileSource {
@@ -99,6 +102,8 @@ impl FileSource {
             last_scan: None,
             buffer: Vec::new(),
             bad: 0,
+            lines_read: 0,
+            bytes_read: 0,
         })
     }
 
@@ -161,6 +166,7 @@ impl FileSource {
                     None => self.bad += 1,
                 }
                 consumed = next;
+                self.lines_read += 1;
             }
             if consumed == 0 {
                 if at_end {
@@ -171,6 +177,7 @@ impl FileSource {
                 continue;
             }
             *offset += consumed as u64;
+            self.bytes_read += consumed as u64;
         }
         Ok(emitted)
     }
@@ -228,13 +235,19 @@ impl Source for FileSource {
         Ok(())
     }
 
+    /// Records, estimated from the unread bytes and the mean length of the lines read so far
+    /// (the autoscaler adds the lag's growth to records read: bytes would overstate it by the
+    /// line length). Before any line was read, the bytes themselves: an upper bound.
     fn lag(&self) -> Option<u64> {
-        Some(
-            self.open
-                .iter()
-                .map(|(name, (_, size))| size.saturating_sub(self.offsets.get(name).copied().unwrap_or(0)))
-                .sum(),
-        )
+        let unread: u64 = self
+            .open
+            .iter()
+            .map(|(name, (_, size))| size.saturating_sub(self.offsets.get(name).copied().unwrap_or(0)))
+            .sum();
+        if self.lines_read == 0 || unread == 0 {
+            return Some(unread);
+        }
+        Some((unread as u128 * u128::from(self.lines_read)).div_ceil(u128::from(self.bytes_read)) as u64)
     }
 }
 
