@@ -26,7 +26,7 @@ fn bench_word_count_map_task_throughput() {
         let started = std::time::Instant::now();
         let report = run_map_task(MapTaskParams {
             split: Split {
-                path: input.clone(),
+                path: input.display().to_string(),
                 start: 0,
                 length: bytes as u64,
             },
@@ -50,7 +50,7 @@ fn bench_word_count_map_task_throughput() {
     let started = std::time::Instant::now();
     let sorted = run_map_task(MapTaskParams {
         split: Split {
-            path: input.clone(),
+            path: input.display().to_string(),
             start: 0,
             length: bytes as u64,
         },

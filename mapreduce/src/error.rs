@@ -46,8 +46,12 @@ pub enum TaskError {
     #[error("invalid task parameters: {0}")]
     InvalidParams(String),
 
-    #[error("output `{}` already exists: remove it, choose another, or set overwrite = true", .0.display())]
-    OutputExists(PathBuf),
+    #[error("output `{0}` already exists: remove it, choose another, or set overwrite = true")]
+    OutputExists(String),
+
+    /// The object store refused or failed a request about the output.
+    #[error("output: {0}")]
+    Output(String),
 
     #[error("output `{}`: its parent directory does not exist", .0.display())]
     NoOutputParent(PathBuf),

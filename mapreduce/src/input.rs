@@ -1,25 +1,28 @@
-//! Map input: expanding the spec's `input` (files, directories, globs) into files, cutting them
-//! into splits of about `split_size` bytes (`split_reader` reads their lines).
+//! Map input: expanding the spec's `input` (files, directories, globs; local or `s3://`) into
+//! files, cutting them into splits of about `split_size` bytes (`split_reader` reads their
+//! lines).
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use spindle_storage::{DataUrl, ObjectUrl, S3Settings, block_on};
 
 use super::error::{TaskError, TaskResult};
-use super::glob::{expand_glob, is_glob};
+use super::glob::{expand_glob, glob_matches, is_glob};
 
-/// One input file and its size when the input was listed.
+/// One input file (an absolute path or an `s3://` URL) and its size when the input was listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputFile {
-    pub path: PathBuf,
+    pub path: String,
     pub size: u64,
 }
 
 /// A byte range of one input file: the input of one map task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Split {
-    pub path: PathBuf,
+    /// An absolute path or an `s3://` URL.
+    pub path: String,
     pub start: u64,
     pub length: u64,
 }
@@ -28,8 +31,10 @@ pub struct Split {
 /// file below it (sorted by path), a glob (`*`, `?`, `[…]` in any component) is what it
 /// matches, each expanded the same way. Names starting with `.` or `_` (such as `_SUCCESS`)
 /// are skipped inside directories and by globs, as Hadoop does, but not when named. A file
-/// reached twice is listed once. Anything missing is an error naming it.
-pub fn expand_inputs(inputs: &[String]) -> TaskResult<Vec<InputFile>> {
+/// reached twice is listed once. Anything missing is an error naming it. On an object store,
+/// a "directory" is a key prefix (`s3://b/in` is every object below `in/`, or the object `in`
+/// itself), and globs match key components the same way; `s3` settings come from the job's env.
+pub fn expand_inputs(inputs: &[String], s3: &S3Settings) -> TaskResult<Vec<InputFile>> {
     let mut files = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for input in inputs {
@@ -37,9 +42,16 @@ pub fn expand_inputs(inputs: &[String]) -> TaskResult<Vec<InputFile>> {
             path: input.clone(),
             reason,
         };
-        if !input.starts_with('/') {
-            return Err(input_error("is not an absolute path".into()));
+        let url = DataUrl::parse(input).map_err(|error| input_error(error.reason))?;
+        if let Some(object) = ObjectUrl::open(&url, s3).map_err(|error| input_error(error.to_string()))? {
+            for file in block_on(expand_object_input(object)).map_err(input_error)? {
+                if seen.insert(file.path.clone()) {
+                    files.push(file);
+                }
+            }
+            continue;
         }
+        let input = &url.to_string();
         let matches = if is_glob(input) {
             let matches = expand_glob(input).map_err(|error| input_error(error.to_string()))?;
             if matches.is_empty() {
@@ -47,7 +59,7 @@ pub fn expand_inputs(inputs: &[String]) -> TaskResult<Vec<InputFile>> {
             }
             matches
         } else {
-            vec![PathBuf::from(input)]
+            vec![Path::new(input).to_owned()]
         };
         let mut found = Vec::new();
         for path in matches {
@@ -65,11 +77,74 @@ pub fn expand_inputs(inputs: &[String]) -> TaskResult<Vec<InputFile>> {
     Ok(files)
 }
 
+/// Hidden names (`.x`, and `_x` such as `_SUCCESS`), as Hadoop hides them.
+fn hidden(name: &[u8]) -> bool {
+    name.first().is_some_and(|first| matches!(first, b'.' | b'_'))
+}
+
+/// An object input: the object itself, or every object below the prefix (hidden names skipped
+/// at any depth below it), or what a glob in its key matches (component by component, as on
+/// a file system: the listing is of the prefix before the first glob component).
+async fn expand_object_input(object: ObjectUrl) -> Result<Vec<InputFile>, String> {
+    let key = object.key().to_owned();
+    let entry = |found: &ObjectUrl, size: u64| InputFile {
+        path: found.to_string(),
+        size,
+    };
+    if !is_glob(&key) {
+        // Listed first: a HEAD of a "directory" key is an error on some servers, not a 404.
+        let below: Vec<InputFile> = object
+            .list()
+            .await
+            .map_err(|error| error.to_string())?
+            .into_iter()
+            .filter(|found| {
+                let relative = found.key.strip_prefix(&key).unwrap_or(&found.key);
+                !relative.split('/').any(|part| hidden(part.as_bytes()))
+            })
+            .map(|found| entry(&object.at(&found.key), found.size))
+            .collect();
+        if !below.is_empty() {
+            return Ok(below);
+        }
+        if !key.is_empty()
+            && let Some(size) = object.size().await.map_err(|error| error.to_string())?
+        {
+            return Ok(vec![entry(&object, size)]);
+        }
+        return Err("no object has this key or prefix".into());
+    }
+    let components: Vec<&str> = key.split('/').collect();
+    let literal = components.iter().take_while(|part| !is_glob(part)).count();
+    let base = object.at(&components[..literal].join("/"));
+    let pattern = &components[literal..];
+    let mut matched: Vec<InputFile> = Vec::new();
+    for found in base.list().await.map_err(|error| error.to_string())? {
+        let relative: Vec<&str> = found.key.split('/').skip(literal).collect();
+        if relative.len() < pattern.len() {
+            continue;
+        }
+        // The pattern's components match the key's first ones; deeper keys are objects of
+        // a matched "directory", whose own hidden names are skipped.
+        let matches = pattern.iter().zip(&relative).all(|(pattern, name)| {
+            let hidden_by_pattern = hidden(name.as_bytes()) && pattern.as_bytes().first() != name.as_bytes().first();
+            !hidden_by_pattern && glob_matches(pattern.as_bytes(), name.as_bytes())
+        });
+        if matches && !relative[pattern.len()..].iter().any(|name| hidden(name.as_bytes())) {
+            matched.push(entry(&object.at(&found.key), found.size));
+        }
+    }
+    if matched.is_empty() {
+        return Err("the glob matches no object".into());
+    }
+    Ok(matched)
+}
+
 fn add_files(path: &Path, found: &mut Vec<InputFile>) -> std::io::Result<()> {
     let metadata = fs::metadata(path)?;
     if metadata.is_file() {
         found.push(InputFile {
-            path: path.to_owned(),
+            path: path.display().to_string(),
             size: metadata.len(),
         });
         return Ok(());
@@ -87,12 +162,7 @@ fn add_files(path: &Path, found: &mut Vec<InputFile>) -> std::io::Result<()> {
 fn walk_directory(directory: &Path, found: &mut Vec<InputFile>) -> std::io::Result<()> {
     for entry in fs::read_dir(directory)? {
         let entry = entry?;
-        if entry
-            .file_name()
-            .as_encoded_bytes()
-            .first()
-            .is_some_and(|first| matches!(first, b'.' | b'_'))
-        {
+        if hidden(entry.file_name().as_encoded_bytes()) {
             continue;
         }
         let path = entry.path();
@@ -104,7 +174,7 @@ fn walk_directory(directory: &Path, found: &mut Vec<InputFile>) -> std::io::Resu
             && metadata.is_file()
         {
             found.push(InputFile {
-                path,
+                path: path.display().to_string(),
                 size: metadata.len(),
             });
         }
@@ -156,21 +226,22 @@ mod tests {
             fs::write(root.join(name), text).unwrap();
         }
         let at = |relative: &str| format!("{}/{relative}", root.display());
-        let files = expand_inputs(&[at("books"), at("*.md"), at("books/a.txt")]).unwrap();
+        let s3 = S3Settings::default();
+        let files = expand_inputs(&[at("books"), at("*.md"), at("books/a.txt")], &s3).unwrap();
         let names: Vec<_> = files
             .iter()
-            .map(|file| file.path.strip_prefix(root).unwrap().to_str().unwrap().to_owned())
+            .map(|file| Path::new(&file.path).strip_prefix(root).unwrap().to_str().unwrap().to_owned())
             .collect();
         assert_eq!(names, ["books/a.txt", "books/b.txt", "books/deep/c.txt", "notes.md"]);
         assert_eq!(files.iter().map(|file| file.size).collect::<Vec<_>>(), [1, 2, 3, 1]);
-        let globbed = expand_inputs(&[at("b*/[a-b].t?t")]).unwrap();
+        let globbed = expand_inputs(&[at("b*/[a-b].t?t")], &s3).unwrap();
         assert_eq!(globbed.len(), 2);
-        let hidden = expand_inputs(&[at("books/*")]).unwrap();
+        let hidden = expand_inputs(&[at("books/*")], &s3).unwrap();
         assert_eq!(hidden.len(), 3, "`*` skips _SUCCESS: {hidden:?}");
 
-        let missing = expand_inputs(&[at("nope")]).unwrap_err().to_string();
+        let missing = expand_inputs(&[at("nope")], &s3).unwrap_err().to_string();
         assert!(missing.contains("nope") && missing.contains("No such file"), "{missing}");
-        let no_match = expand_inputs(&[at("*.csv")]).unwrap_err().to_string();
+        let no_match = expand_inputs(&[at("*.csv")], &s3).unwrap_err().to_string();
         assert!(no_match.contains("*.csv") && no_match.contains("matches no file"), "{no_match}");
     }
 

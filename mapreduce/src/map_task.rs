@@ -1,6 +1,7 @@
 //! A map task: read a split's lines, run the mapper, and write the partitioned, sorted and
 //! combined map output for the shuffle.
 
+use spindle_storage::S3Settings;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -86,10 +87,11 @@ pub fn run_map_task_with_progress(params: MapTaskParams, bytes_read: &AtomicU64)
         &params.output_dir,
         &params.output_name,
     );
+    let s3 = S3Settings::from_env(&params.env);
     let mut reader = if params.split.length >= READ_AHEAD_MIN_SPLIT_BYTES {
-        SplitReader::open_read_ahead(&params.split, READ_AHEAD_BLOCK_BYTES)?
+        SplitReader::open_read_ahead(&params.split, &s3, READ_AHEAD_BLOCK_BYTES)?
     } else {
-        SplitReader::open(&params.split)?
+        SplitReader::open(&params.split, &s3)?
     };
     let mut input_records = 0;
     match &params.mapper {
@@ -108,7 +110,7 @@ pub fn run_map_task_with_progress(params: MapTaskParams, bytes_read: &AtomicU64)
         TaskFunction::Command(command) => {
             let mut env = params.env.clone();
             // Hadoop Streaming's names for the split, which scripts use.
-            env.insert("mapreduce_map_input_file".into(), params.split.path.display().to_string());
+            env.insert("mapreduce_map_input_file".into(), params.split.path.clone());
             env.insert("mapreduce_map_input_start".into(), params.split.start.to_string());
             env.insert("mapreduce_map_input_length".into(), params.split.length.to_string());
             let records = &mut input_records;

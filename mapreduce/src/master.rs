@@ -104,7 +104,7 @@ async fn start(started: Started<Event>, spec: MapReduceSpec, shuffle_token: Stri
             sort_buffer_bytes: usize::try_from(spec.sort_buffer_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
             env: spec.env.clone(),
         },
-        output_temp_dir: committer.staging_dir().to_owned(),
+        output_temp_dir: committer.staging_location(),
         am_url,
     };
     tracing::info!(app_id = %context.app_id, maps, reducers = spec.reducers, "MapReduce AM starting");
@@ -312,8 +312,8 @@ async fn prepare(
         if plan.splits.is_empty() {
             return Err("the input is empty: no file has any bytes".to_owned());
         }
-        let committer =
-            OutputCommitter::setup(std::path::Path::new(&spec.output), spec.overwrite, app_id).map_err(|err| err.to_string())?;
+        let s3 = spindle_storage::S3Settings::from_env(&spec.env);
+        let committer = OutputCommitter::setup(&spec.output, spec.overwrite, app_id, &s3).map_err(|err| err.to_string())?;
         Ok((plan.splits, plan.preferred_nodes, plan.partitioner, committer))
     })
     .await;

@@ -3,6 +3,8 @@
 
 use spindle_protocol::{Builtin, MapReduceSpec, NodeId, TaskFunction};
 
+use spindle_storage::S3Settings;
+
 use super::{Partitioner, Split, TaskResult, compute_splits, expand_inputs, sample_input_keys, sample_split_points};
 
 /// Keys a total-order sort samples over the whole input to choose its range boundaries.
@@ -25,14 +27,15 @@ pub struct MapPlan {
 /// or for `sort` key ranges from a sample of the input, so reducer `i` gets keys below reducer
 /// `i + 1`'s (TeraSort's sampled range partitioner).
 pub fn plan_maps(spec: &MapReduceSpec) -> TaskResult<MapPlan> {
-    let files = expand_inputs(&spec.input)?;
+    let s3 = S3Settings::from_env(&spec.env);
+    let files = expand_inputs(&spec.input, &s3)?;
     let input_bytes = files.iter().map(|file| file.size).sum();
     let splits = compute_splits(&files, spec.split_size_mb.saturating_mul(1024 * 1024));
     let sorts = TaskFunction::parse("mapreduce.mapper", &spec.mapper, spindle_protocol::Stage::Map)
         .is_ok_and(|mapper| mapper == TaskFunction::Builtin(Builtin::Sort));
     let partitioner = if sorts && spec.reducers > 1 {
         let per_split = (SORT_SAMPLE_KEYS / splits.len().max(1)).max(10);
-        let sample = sample_input_keys(&splits, per_split)?;
+        let sample = sample_input_keys(&splits, &s3, per_split)?;
         Partitioner::Range {
             boundaries: sample_split_points(sample, spec.reducers),
         }
@@ -52,8 +55,13 @@ pub fn plan_maps(spec: &MapReduceSpec) -> TaskResult<MapPlan> {
 }
 
 /// The nodes of the longest `input_locations` prefix that contains `path` (whole path
-/// components: `/data/n1` covers `/data/n1/a.txt`, not `/data/n10/a.txt`).
-fn nodes_holding(locations: &std::collections::BTreeMap<String, Vec<String>>, path: &std::path::Path) -> Vec<NodeId> {
+/// components: `/data/n1` covers `/data/n1/a.txt`, not `/data/n10/a.txt`). Objects have no
+/// locality (every node reads them over the network as fast): none, so nothing waits for one.
+fn nodes_holding(locations: &std::collections::BTreeMap<String, Vec<String>>, path: &str) -> Vec<NodeId> {
+    if !path.starts_with('/') {
+        return Vec::new();
+    }
+    let path = std::path::Path::new(path);
     locations
         .iter()
         .filter(|(prefix, _)| path.starts_with(prefix.as_str()))
@@ -115,7 +123,16 @@ mod tests {
             .splits
             .iter()
             .zip(&plan.preferred_nodes)
-            .map(|(split, nodes)| (split.path.strip_prefix(dir.path()).unwrap().display().to_string(), nodes.clone()))
+            .map(|(split, nodes)| {
+                (
+                    std::path::Path::new(&split.path)
+                        .strip_prefix(dir.path())
+                        .unwrap()
+                        .display()
+                        .to_string(),
+                    nodes.clone(),
+                )
+            })
             .collect();
         assert_eq!(
             by_path,

@@ -1,6 +1,8 @@
 //! Sampling for a total-order sort: the AM reads a few keys from each split, picks
 //! `reducers - 1` boundaries, and gives every map task a range partitioner with them.
 
+use spindle_storage::S3Settings;
+
 use super::error::TaskResult;
 use super::functions::split_key_value;
 use super::input::Split;
@@ -8,10 +10,10 @@ use super::split_reader::SplitReader;
 
 /// The keys (first tab-separated field) of the first `keys_per_split` lines of each split,
 /// as Hadoop's `SplitSampler` does: cheap, and good enough when splits are alike.
-pub fn sample_input_keys(splits: &[Split], keys_per_split: usize) -> TaskResult<Vec<Vec<u8>>> {
+pub fn sample_input_keys(splits: &[Split], s3: &S3Settings, keys_per_split: usize) -> TaskResult<Vec<Vec<u8>>> {
     let mut sample = Vec::new();
     for split in splits {
-        let mut reader = SplitReader::open(split)?;
+        let mut reader = SplitReader::open(split, s3)?;
         for _ in 0..keys_per_split {
             let Some(line) = reader.next_line()? else { break };
             sample.push(split_key_value(line).0.to_vec());
@@ -65,11 +67,11 @@ mod tests {
         let path = directory.path().join("input");
         std::fs::write(&path, "c\t1\nb\t2\na\n").unwrap();
         let split = |start, length| Split {
-            path: path.clone(),
+            path: path.display().to_string(),
             start,
             length,
         };
-        let sample = sample_input_keys(&[split(0, 4), split(4, 6)], 1).unwrap();
+        let sample = sample_input_keys(&[split(0, 4), split(4, 6)], &S3Settings::default(), 1).unwrap();
         assert_eq!(sample, [b"c".to_vec(), b"b".to_vec()]);
         assert_eq!(sample_split_points(sample, 2), [b"c".to_vec()]);
     }

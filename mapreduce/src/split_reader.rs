@@ -6,6 +6,8 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 
+use spindle_storage::{DataUrl, ObjectReader, ObjectUrl, S3Settings, block_on};
+
 use super::error::{TaskError, TaskResult};
 use super::input::Split;
 
@@ -41,31 +43,30 @@ pub struct SplitReader {
 
 impl SplitReader {
     /// Opens the split's file and seeks to just before the split; reads on this thread.
-    pub fn open(split: &Split) -> TaskResult<Self> {
-        Self::open_with(split, None)
+    pub fn open(split: &Split, s3: &S3Settings) -> TaskResult<Self> {
+        Self::open_with(split, s3, None)
     }
 
     /// Like `open`, but a thread reads blocks of `block_bytes` ahead while the caller works on
     /// the lines already read: reading overlaps mapping (worth it for large splits).
-    pub fn open_read_ahead(split: &Split, block_bytes: usize) -> TaskResult<Self> {
-        Self::open_with(split, Some(block_bytes))
+    pub fn open_read_ahead(split: &Split, s3: &S3Settings, block_bytes: usize) -> TaskResult<Self> {
+        Self::open_with(split, s3, Some(block_bytes))
     }
 
-    fn open_with(split: &Split, read_ahead_block_bytes: Option<usize>) -> TaskResult<Self> {
-        let mut file = File::open(&split.path).map_err(TaskError::io("open the input split", &split.path))?;
+    fn open_with(split: &Split, s3: &S3Settings, read_ahead_block_bytes: Option<usize>) -> TaskResult<Self> {
+        let path = PathBuf::from(&split.path);
         let offset = split.start.saturating_sub(1);
-        file.seek(SeekFrom::Start(offset))
-            .map_err(TaskError::io("seek in the input split", &split.path))?;
+        let reader = open_at(split, s3, offset, read_ahead_block_bytes)?;
         let source = match read_ahead_block_bytes {
-            None => BlockSource::Direct(file),
+            None => BlockSource::Direct(reader),
             Some(block_bytes) => {
-                BlockSource::read_ahead(file, block_bytes.max(1)).map_err(TaskError::io("start reading ahead in", &split.path))?
+                BlockSource::read_ahead(reader, block_bytes.max(1)).map_err(TaskError::io("start reading ahead in", &path))?
             }
         };
         let buffer_len = READ_BUFFER_BYTES.min(usize::try_from(split.length).unwrap_or(usize::MAX).saturating_add(4096));
         Ok(SplitReader {
             source,
-            path: split.path.clone(),
+            path,
             buffer: vec![0; buffer_len.max(4096)],
             low: 0,
             high: 0,
@@ -157,10 +158,46 @@ impl SplitReader {
     }
 }
 
+/// The split's file or object, positioned at `offset`.
+fn open_at(split: &Split, s3: &S3Settings, offset: u64, read_ahead: Option<usize>) -> TaskResult<Box<dyn Read + Send>> {
+    let path = std::path::Path::new(&split.path);
+    let url = DataUrl::parse(&split.path).map_err(|error| TaskError::Input {
+        path: split.path.clone(),
+        reason: error.reason,
+    })?;
+    let object_error = |error: spindle_storage::StorageError| TaskError::Input {
+        path: split.path.clone(),
+        reason: error.to_string(),
+    };
+    match ObjectUrl::open(&url, s3).map_err(object_error)? {
+        Some(object) => {
+            // Read to the object's end: the split's last line may run past its range.
+            let lookup = object.clone();
+            let size = block_on(async move { lookup.size().await })
+                .map_err(object_error)?
+                .ok_or_else(|| TaskError::Input {
+                    path: split.path.clone(),
+                    reason: "the object is gone".into(),
+                })?;
+            let chunk = read_ahead.unwrap_or(READ_BUFFER_BYTES).max(OBJECT_READ_BYTES);
+            Ok(Box::new(ObjectReader::new(object, offset, size, chunk)))
+        }
+        None => {
+            let mut file = File::open(path).map_err(TaskError::io("open the input split", path))?;
+            file.seek(SeekFrom::Start(offset))
+                .map_err(TaskError::io("seek in the input split", path))?;
+            Ok(Box::new(file))
+        }
+    }
+}
+
+/// Bytes per ranged GET of an object: requests cost ~1 ms each, so a few MB amortize them.
+const OBJECT_READ_BYTES: usize = 8 << 20;
+
 /// Where a `SplitReader`'s bytes come from.
 enum BlockSource {
     /// Read on the caller's thread.
-    Direct(File),
+    Direct(Box<dyn Read + Send>),
     /// Blocks read by a thread of their own (which ends when this is dropped), and the way
     /// back for used blocks, so reading ahead allocates a few blocks in all.
     ReadAhead {
@@ -173,7 +210,7 @@ enum BlockSource {
 const READ_AHEAD_BLOCKS: usize = 2;
 
 impl BlockSource {
-    fn read_ahead(mut file: File, block_bytes: usize) -> io::Result<Self> {
+    fn read_ahead(mut file: Box<dyn Read + Send>, block_bytes: usize) -> io::Result<Self> {
         let (block_sender, blocks) = mpsc::sync_channel(READ_AHEAD_BLOCKS);
         let (spare, spare_blocks) = mpsc::sync_channel::<Vec<u8>>(READ_AHEAD_BLOCKS + 2);
         std::thread::Builder::new().name("split-read-ahead".into()).spawn(move || {
@@ -241,7 +278,7 @@ mod tests {
     use std::fs;
 
     fn lines_of_split(split: &Split, read_ahead_block_bytes: Option<usize>) -> Vec<Vec<u8>> {
-        let mut reader = SplitReader::open_with(split, read_ahead_block_bytes).unwrap();
+        let mut reader = SplitReader::open_with(split, &S3Settings::default(), read_ahead_block_bytes).unwrap();
         let mut lines = Vec::new();
         while let Some(line) = reader.next_line().unwrap() {
             lines.push(line.to_vec());
@@ -274,13 +311,13 @@ mod tests {
             let directory = tempfile::tempdir().unwrap();
             let path = directory.path().join("input.txt");
             fs::write(&path, &contents).unwrap();
-            let files = vec![InputFile { path, size: contents.len() as u64 }];
+            let files = vec![InputFile { path: path.display().to_string(), size: contents.len() as u64 }];
             let splits = compute_splits(&files, split_size);
             prop_assert_eq!(splits.iter().map(|split| split.length).sum::<u64>(), contents.len() as u64);
             let mut read = Vec::new();
             let mut bytes = 0;
             for split in &splits {
-                let mut reader = SplitReader::open_with(split, read_ahead_block_bytes).unwrap();
+                let mut reader = SplitReader::open_with(split, &S3Settings::default(), read_ahead_block_bytes).unwrap();
                 while let Some(line) = reader.next_line().unwrap() {
                     read.push(line.to_vec());
                 }
@@ -298,7 +335,7 @@ mod tests {
         let long_line = vec![b'x'; 3 * READ_BUFFER_BYTES];
         fs::write(&path, [long_line.as_slice(), b"\nshort\n"].concat()).unwrap();
         let split = Split {
-            path,
+            path: path.display().to_string(),
             start: 0,
             length: 10,
         };

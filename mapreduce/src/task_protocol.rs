@@ -3,7 +3,6 @@
 //! reports a task sends the AM over HTTP while it runs and when it ends.
 
 use std::fmt;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use spindle_protocol::NodeId;
@@ -83,7 +82,8 @@ pub enum TaskWork {
     Reduce {
         partition: u32,
         maps: Vec<MapOutputLocation>,
-        output_dir: PathBuf,
+        /// A local directory, or an `s3://` prefix the part file is uploaded to.
+        output_dir: String,
     },
 }
 

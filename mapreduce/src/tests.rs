@@ -61,7 +61,7 @@ fn run_job(
     sort_buffer_bytes: usize,
 ) -> TaskResult<Vec<String>> {
     let work = tempfile::tempdir().unwrap();
-    let files = expand_inputs(&[input.display().to_string()])?;
+    let files = expand_inputs(&[input.display().to_string()], &Default::default())?;
     let mut outputs = Vec::new();
     for (number, split) in compute_splits(&files, split_size).into_iter().enumerate() {
         let report = run_map_task(MapTaskParams {
@@ -273,7 +273,7 @@ fn map_task_counters_add_up() {
     let (directory, input) = write_input("a b a\n\nc\n");
     let report = run_map_task(MapTaskParams {
         split: Split {
-            path: input,
+            path: input.display().to_string(),
             start: 0,
             length: 9,
         },

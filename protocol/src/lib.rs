@@ -5,6 +5,7 @@ mod account;
 mod client;
 mod controls;
 mod credential;
+mod data_url;
 pub mod error_codes;
 mod ids;
 mod internal;
@@ -25,6 +26,7 @@ pub use controls::{ControlError, OPERATOR_CONTROL_PREFIX, operator_control_key};
 pub use credential::{
     AgentLogin, BadCredential, CredentialError, GenerationKey, NodeAuthority, NodeCredential, NodeKeyring, RM_BEARER_VALIDITY,
 };
+pub use data_url::{DataUrl, UrlError};
 pub use ids::{AppId, ContainerId, IdParseError, NodeId};
 pub use internal::*;
 pub use job::{CustomSpec, JobKind, JobSpec, ShellSpec, SpecError, validate_resources};

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::DataUrl;
 use crate::job::{SpecError, validate_resources};
 use crate::resources::Resources;
 
@@ -16,9 +17,11 @@ pub const MAX_REDUCERS: u32 = 10_000;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MapReduceSpec {
-    /// Absolute paths of files, directories (every file below them) or globs (`*`, `?`, `[…]`).
+    /// Absolute paths of files, directories (every file below them) or globs (`*`, `?`, `[…]`);
+    /// or the same on an object store: `s3://bucket/prefix` (every object below it), globs too.
     pub input: Vec<String>,
-    /// Absolute path of the output directory; it gets `part-r-00000` … and `_SUCCESS`.
+    /// The output directory (an absolute path) or object prefix (`s3://bucket/prefix`); it gets
+    /// `part-r-00000` … and `_SUCCESS`.
     pub output: String,
     /// Replace `output` if it exists; without this an existing output fails the job at start.
     #[serde(default)]
@@ -147,22 +150,31 @@ impl MapReduceSpec {
         if self.input.is_empty() {
             return Err(invalid("mapreduce.input", "must name at least one file, directory or glob"));
         }
+        let mut inputs = Vec::with_capacity(self.input.len());
         for (index, path) in self.input.iter().enumerate() {
-            if !path.starts_with('/') {
-                return Err(invalid(
-                    format!("mapreduce.input[{index}]"),
-                    format!("`{path}` must be an absolute path (tasks run on other nodes, in other directories)"),
-                ));
-            }
+            // Relative paths are refused: tasks run on other nodes, in other directories.
+            let url = DataUrl::parse(path).map_err(|error| invalid(format!("mapreduce.input[{index}]"), error.to_string()))?;
+            inputs.push(url.to_string());
         }
-        if !self.output.starts_with('/') || self.output.trim_end_matches('/').is_empty() {
+        let output = DataUrl::parse(&self.output).map_err(|error| invalid("mapreduce.output", error.to_string()))?;
+        let root = match &output {
+            DataUrl::Local(path) => path.parent().is_none(),
+            DataUrl::S3 { key, .. } => key.is_empty(),
+        };
+        if root {
             return Err(invalid(
                 "mapreduce.output",
-                format!("`{}` must be an absolute path of a directory other than /", self.output),
+                format!(
+                    "`{}` must be a directory or prefix below the root of its file system or bucket",
+                    self.output
+                ),
             ));
         }
-        let output = self.output.trim_end_matches('/');
-        if let Some(index) = self.input.iter().position(|path| path.trim_end_matches('/') == output) {
+        let output = output.to_string();
+        if let Some(index) = inputs
+            .iter()
+            .position(|input| input.trim_end_matches('/') == output.trim_end_matches('/'))
+        {
             return Err(invalid(
                 "mapreduce.output",
                 format!("is also input[{index}]: the job would read its own output"),
@@ -340,7 +352,7 @@ mod tests {
     #[test]
     fn bad_fields_are_named() {
         type Breakage = fn(&mut MapReduceSpec);
-        let cases: [(Breakage, &str); 10] = [
+        let cases: [(Breakage, &str); 13] = [
             (
                 |spec| {
                     spec.combiner = Some("count".into());
@@ -352,6 +364,9 @@ mod tests {
             (|spec| spec.input = vec!["books".into()], "mapreduce.input[0]"),
             (|spec| spec.output = "/".into(), "mapreduce.output"),
             (|spec| spec.output = "/data/books/".into(), "mapreduce.output"),
+            (|spec| spec.output = "s3://bucket".into(), "mapreduce.output"),
+            (|spec| spec.output = "s3://Bucket/out".into(), "mapreduce.output"),
+            (|spec| spec.input = vec!["s3:///in".into()], "mapreduce.input[0]"),
             (|spec| spec.reducers = 0, "mapreduce.reducers"),
             (|spec| spec.mapper = "sort".into(), "mapreduce.reducer"),
             (|spec| spec.sort_buffer_mb = 300, "mapreduce.sort_buffer_mb"),

@@ -189,7 +189,7 @@ impl MapReduceJob {
                 let work = TaskWork::Reduce {
                     partition: index,
                     maps,
-                    output_dir: self.plan.output_temp_dir.join(id.to_string()),
+                    output_dir: format!("{}/{id}", self.plan.output_temp_dir),
                 };
                 (work, attempts)
             }

@@ -1,8 +1,6 @@
 //! What a job is made of (`JobPlan`), how it may run (`JobSettings`), and what the state
 //! machine hands back to its driver (`GrantDecision`, `TaskLaunch`, `JobOutcome`).
 
-use std::path::PathBuf;
-
 use spindle_protocol::{Allocation, ContainerId, MapReduceSpec, NodeId, Resources};
 
 use crate::Partitioner;
@@ -25,7 +23,8 @@ pub struct JobPlan {
     /// The job's staging directory: reduce attempt `a` writes its `part-r-NNNNN` into
     /// `<output_temp_dir>/<a>` (`r_000003_0`), the layout of `OutputCommitter::attempt_dir`,
     /// and the commit publishes the winners' files (`MapReduceJob::winning_reduce_attempts`).
-    pub output_temp_dir: PathBuf,
+    /// A local directory, or an `s3://` prefix (`<output>/_temporary/<app>`).
+    pub output_temp_dir: String,
     /// Base URL of the AM's task API, where tasks send their reports.
     pub am_url: String,
 }

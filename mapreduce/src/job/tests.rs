@@ -2,7 +2,6 @@
 //! the agents and the tasks.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use spindle_protocol::{Allocation, AppId, ContainerId, ContainerState, ContainerStatus, ContainerToken, ExitReason, NodeId, Resources};
 
@@ -35,7 +34,7 @@ pub(super) fn plan(maps: u32, reducers: u32, preferred: Vec<Vec<NodeId>>) -> Job
     JobPlan {
         splits: (0..maps)
             .map(|index| Split {
-                path: PathBuf::from("/data/in.txt"),
+                path: "/data/in.txt".into(),
                 start: u64::from(index) * 100,
                 length: 100,
             })
@@ -49,7 +48,7 @@ pub(super) fn plan(maps: u32, reducers: u32, preferred: Vec<Vec<NodeId>>) -> Job
             sort_buffer_bytes: 1 << 20,
             env: BTreeMap::new(),
         },
-        output_temp_dir: PathBuf::from("/data/.out.spindle-app"),
+        output_temp_dir: "/data/.out.spindle-app".into(),
         am_url: "http://am:9000".to_owned(),
     }
 }
@@ -229,7 +228,7 @@ fn happy_path_runs_every_map_then_every_reduce_and_becomes_ready_to_commit() {
         panic!("a reduce")
     };
     assert_eq!(*partition, 0);
-    assert_eq!(output_dir, &PathBuf::from("/data/.out.spindle-app/r_000000_0"));
+    assert_eq!(output_dir, "/data/.out.spindle-app/r_000000_0");
     let locations: Vec<(u32, &str, &str)> = maps
         .iter()
         .map(|location| (location.map, location.node_address.as_str(), location.output_name.as_str()))

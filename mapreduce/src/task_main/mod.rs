@@ -113,7 +113,38 @@ async fn run_attempt(assignment: &TaskAssignment, environment: &TaskEnvironment)
             partition,
             maps,
             output_dir,
-        } => return reduce(assignment, environment, *partition, maps, output_dir).await,
+        } => {
+            let Ok(url) = spindle_storage::DataUrl::parse(output_dir) else {
+                let error = format!("the output directory {output_dir:?} is not a path or URL");
+                return (TaskOutcome::Failed { error }, TaskCounters::default());
+            };
+            let spindle_storage::DataUrl::S3 { .. } = url else {
+                return reduce(assignment, environment, *partition, maps, std::path::Path::new(output_dir)).await;
+            };
+            // On an object store: written here, then uploaded under the attempt's own prefix;
+            // only the AM's commit copies the winner's into the output.
+            let local = environment.work_dir.join("output");
+            let (outcome, counters) = reduce(assignment, environment, *partition, maps, &local).await;
+            if outcome != TaskOutcome::Succeeded {
+                return (outcome, counters);
+            }
+            let name = crate::part_file_name(*partition);
+            let s3 = spindle_storage::S3Settings::from_env(&assignment.functions.env);
+            let uploaded = match spindle_storage::ObjectUrl::open(&url.join(&name), &s3) {
+                Ok(Some(object)) => object.upload_file(&local.join(&name)).await.map_err(|error| error.to_string()),
+                Ok(None) => unreachable!("an s3:// URL opens an object"),
+                Err(error) => Err(error.to_string()),
+            };
+            return match uploaded {
+                Ok(_) => (outcome, counters),
+                Err(error) => (
+                    TaskOutcome::Failed {
+                        error: format!("cannot upload the reduce output: {error}"),
+                    },
+                    counters,
+                ),
+            };
+        }
     };
     match result {
         Ok(counters) => (TaskOutcome::Succeeded, counters),

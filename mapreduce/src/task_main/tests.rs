@@ -44,7 +44,7 @@ async fn a_map_attempt_writes_its_output_where_the_shuffle_serves_it() {
         functions: functions(),
         work: TaskWork::Map {
             split: Split {
-                path: input,
+                path: input.display().to_string(),
                 start: 0,
                 length: 10,
             },
@@ -79,7 +79,7 @@ async fn a_reduce_that_cannot_fetch_names_the_maps_to_run_again() {
         work: TaskWork::Reduce {
             partition: 0,
             maps: vec![unreachable(0), unreachable(1)],
-            output_dir: dir.path().join("out"),
+            output_dir: dir.path().join("out").display().to_string(),
         },
         am_url: "http://127.0.0.1:9".into(),
     };
@@ -106,7 +106,7 @@ async fn a_function_the_spec_does_not_allow_fails_the_attempt() {
         functions,
         work: TaskWork::Map {
             split: Split {
-                path: dir.path().join("missing"),
+                path: dir.path().join("missing").display().to_string(),
                 start: 0,
                 length: 1,
             },
