@@ -11,24 +11,7 @@ use std::time::Duration;
 
 use spindle_protocol::{AppState, FinalStatus, JobSpec};
 use spindle_storage::{DataUrl, ObjectUrl, S3Settings};
-use support::{CleanupDir, run_to_success, start_local, wait_for_app_end};
-
-const SECRET: &str = "spindle-test-secret";
-
-/// The test server's env for jobs, or `None` (the test skips) when it does not answer.
-fn s3_env() -> Option<BTreeMap<String, String>> {
-    let endpoint = std::env::var("SPINDLE_TEST_S3").unwrap_or_else(|_| "http://127.0.0.1:8014".to_owned());
-    let address = endpoint.trim_start_matches("http://").trim_end_matches('/').to_owned();
-    if std::net::TcpStream::connect(&address).is_err() {
-        support::skip_unless_required("SPINDLE_REQUIRE_S3", &format!("no S3-compatible server at {endpoint}"));
-        return None;
-    }
-    Some(BTreeMap::from([
-        ("AWS_ENDPOINT_URL".to_owned(), endpoint),
-        ("AWS_ACCESS_KEY_ID".to_owned(), "spindle-test".to_owned()),
-        ("AWS_SECRET_ACCESS_KEY".to_owned(), SECRET.to_owned()),
-    ]))
-}
+use support::{CleanupDir, S3_SECRET as SECRET, run_to_success, shared_s3_env, start_local, unique_s3_root, wait_for_app_end};
 
 fn object(url: &str, env: &BTreeMap<String, String>) -> ObjectUrl {
     ObjectUrl::open(&DataUrl::parse(url).unwrap(), &S3Settings::from_env(env))
@@ -103,12 +86,8 @@ async fn read_output(output: &ObjectUrl) -> BTreeMap<String, u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn word_count_from_s3_to_s3_matches_the_reference_and_commits_atomically() {
-    let Some(env) = s3_env() else { return };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let root = format!("s3://spindle-test/mapreduce-{nanos}");
+    let Some(env) = shared_s3_env() else { return };
+    let root = unique_s3_root("mapreduce");
     let input = object(&format!("{root}/input"), &env);
     let expected = put_text(&input, 3).await;
 

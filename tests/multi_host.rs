@@ -10,9 +10,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use spindle_protocol::{JobSpec, NodeState, RmClient};
+use spindle_storage::{DataUrl, ObjectUrl, S3Settings};
 use support::{
-    ADMIN_TOKEN, Daemon, NetnsHosts, read_counts, rm_config_toml, run_to_success, task_containers, wait_for_app_end, wait_for_http,
-    wait_until,
+    ADMIN_TOKEN, Daemon, NetnsHosts, S3Server, read_counts, rm_config_toml, run_to_success, s3_env, task_containers, wait_for_app_end,
+    wait_for_http, wait_until,
 };
 
 const RM_PORT: u16 = 8088;
@@ -126,12 +127,16 @@ impl Drop for HostCluster {
 
 /// A word count over `input` into `output`: 2 reducers running `reducer`.
 fn wordcount(input: &Path, output: &Path, reducer: &str) -> JobSpec {
+    wordcount_urls(&input.display().to_string(), &output.display().to_string(), reducer)
+}
+
+fn wordcount_urls(input: &str, output: &str, reducer: &str) -> JobSpec {
     serde_json::from_value(serde_json::json!({
         "name": "wordcount-across-hosts",
         "kind": "mapreduce",
         "mapreduce": {
-            "input": [input.display().to_string()],
-            "output": output.display().to_string(),
+            "input": [input],
+            "output": output,
             "mapper": "wordcount",
             "combiner": "sum",
             "reducer": reducer,
@@ -221,4 +226,89 @@ async fn a_partitioned_agents_reducer_runs_again_elsewhere_and_the_output_is_exa
         .filter(|entry| entry.as_ref().unwrap().file_name().to_string_lossy().starts_with("part-r-"))
         .count();
     assert_eq!(parts, 2, "one file per reducer");
+}
+
+/// Object storage across hosts: the RM on host 0, agents on hosts 1 and 2, an S3-compatible
+/// server in the test's namespace on the bridge. The job names only `s3://` data, so nothing
+/// relies on a directory the hosts share (each agent works in a directory of its own). With
+/// speculation on, the agent that does not host the AM is killed with SIGKILL while a reducer
+/// of its runs; its tasks run again on the other host and the output equals the reference,
+/// with `_SUCCESS` and the winners' parts only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_word_count_from_s3_to_s3_across_hosts_survives_kill_9_of_an_agent() {
+    let mut cluster = HostCluster::start(3, &[1, 2]).await;
+    let Some(s3) = S3Server::start(&cluster.hosts.bridge_address(), 8014) else {
+        return;
+    };
+    let env = s3_env(&s3.endpoint);
+    let open = |url: &str| {
+        ObjectUrl::open(&DataUrl::parse(url).unwrap(), &S3Settings::from_env(&env))
+            .unwrap()
+            .unwrap()
+    };
+    let local = cluster.path().join("text");
+    let expected = write_text(&local);
+    for entry in std::fs::read_dir(&local).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        open(&format!("s3://{}/in/{name}", support::S3_BUCKET))
+            .upload_file(&path)
+            .await
+            .unwrap();
+    }
+    std::fs::remove_dir_all(&local).unwrap();
+
+    let slow_reducer = "sleep 4; awk -F'\\t' '{ sum[$1] += $2 } END { for (w in sum) print w \"\\t\" sum[w] }'";
+    let output_url = format!("s3://{}/out", support::S3_BUCKET);
+    let mut spec = wordcount_urls(&format!("s3://{}/in", support::S3_BUCKET), &output_url, slow_reducer);
+    let mapreduce = spec.mapreduce.as_mut().unwrap();
+    mapreduce.speculation = true;
+    mapreduce.env = env.clone();
+    let admin = cluster.admin.clone();
+    let app_id = admin.submit(&spec).await.unwrap();
+    let am_node = wait_until(Duration::from_secs(30), "the AM to be placed", || async {
+        admin.app(app_id).await.ok()?.attempts.first()?.node_id.clone()
+    })
+    .await;
+    let victim = wait_until(Duration::from_secs(60), "a reducer on the other host than the AM's", || async {
+        let report = admin.app(app_id).await.ok()?;
+        if report.progress < 0.5 {
+            return None;
+        }
+        task_containers(&admin, app_id)
+            .await
+            .into_iter()
+            .find(|task| task.state == spindle_protocol::ContainerState::Running && task.node_id != am_node)
+            .map(|task| task.node_id)
+    })
+    .await;
+    let host = (1..=2)
+        .find(|host| victim.0 == format!("{}:{AGENT_PORT}", cluster.hosts.address(*host)))
+        .expect("the victim is one of the agents' hosts");
+    cluster.agents[host - 1].kill9();
+    let report = wait_for_app_end(&admin, app_id, Duration::from_secs(180)).await;
+    assert_eq!(
+        (report.state, report.final_status),
+        (spindle_protocol::AppState::Finished, spindle_protocol::FinalStatus::Succeeded),
+        "{report:#?}"
+    );
+    let output = open(&output_url);
+    let mut counts = BTreeMap::new();
+    let mut names = Vec::new();
+    for entry in output.list().await.unwrap() {
+        let name = entry.key.rsplit('/').next().unwrap().to_owned();
+        if name.starts_with("part-r-") {
+            let text = String::from_utf8(output.at(&entry.key).get().await.unwrap().to_vec()).unwrap();
+            for line in text.lines() {
+                let (word, count) = line.split_once('\t').unwrap();
+                assert!(
+                    counts.insert(word.to_owned(), count.parse::<u64>().unwrap()).is_none(),
+                    "{word} twice"
+                );
+            }
+        }
+        names.push(name);
+    }
+    assert_eq!(names, ["_SUCCESS", "part-r-00000", "part-r-00001"], "no attempt left anything");
+    assert_eq!(counts, expected, "the output is exact");
 }

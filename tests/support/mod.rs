@@ -19,6 +19,7 @@ mod in_process;
 mod netns;
 mod postgres;
 mod private_postgres;
+mod s3;
 mod streams;
 mod tls;
 
@@ -40,6 +41,7 @@ pub use self::{
     netns::NetnsHosts,
     postgres::PgSchema,
     private_postgres::PrivatePostgres,
+    s3::{S3_BUCKET, S3_SECRET, S3Server, s3_env, shared_s3_env, unique_s3_root},
     streams::{
         assert_exact, committed_windows, example_job, expected, local_container_dir, operator_mut, start_local, stream_detail,
         wait_for_checkpoint,

@@ -62,6 +62,12 @@ impl NetnsHosts {
         format!("{}.{}", self.subnet, index + 1)
     }
 
+    /// The test's own namespace on the bridge: a server listening here is reachable from
+    /// every host.
+    pub fn bridge_address(&self) -> String {
+        format!("{}.254", self.subnet)
+    }
+
     /// Host `index`'s namespace name, for `Daemon::spawn_in_netns`.
     pub fn name(&self, index: usize) -> &str {
         &self.names[index]
