@@ -6,6 +6,10 @@
     `wc_reference` over the same file in the same run; the job's output is checked against the
     reference's counts. The runs interleave (reference, reference with Fx hash, job) so the
     shared machine's changing load hits each alike.
+    With --s3, each run also counts the same text read from and written to an S3-compatible
+    server this script starts (`s3s-fs`, its data under --dir like the local files), right
+    after the local job: the ratio of the two is the cost of the object store's path (HTTP,
+    ranged GETs, multipart uploads, the server-side copy at commit).
 (b) total-order sort (mapper and reducer `sort`) of generated 100-byte records; the output is
     checked for global order across the part files, record count and content (an
     order-independent checksum of the lines).
@@ -182,12 +186,55 @@ def reference_run(reference, text, counts_path, fx):
     return result
 
 
+class S3Server:
+    """An s3s-fs server on a free port with its data (a bucket is a directory) under `root`."""
+
+    def __init__(self, binary, root):
+        import socket
+        self.root = root
+        os.makedirs(os.path.join(root, "bench"), exist_ok=True)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([binary, "--host", "127.0.0.1", "--port", str(port), "--access-key", "bench",
+                                      "--secret-key", "bench-secret", root],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("s3s-fs did not start")
+
+    def env(self):
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret"}
+
+    def put_file(self, path, key, uploader):
+        """Uploads a file as object `bench/KEY` through the S3 API (a file copied into the
+        server's directory would have no stored ETag, and s3s-fs would hash the whole object
+        for every ranged GET)."""
+        subprocess.run([uploader, path, f"s3://bench/{key}"], env={**os.environ, **self.env()}, check=True)
+
+    def path_of(self, key):
+        return os.path.join(self.root, "bench", key)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
 def word_count(rm, args, data_dir, text):
-    """Interleaves the runs (reference with std hash, with Fx hash, then the job) so a change in
-    the shared machine's load hits all three alike."""
+    """Interleaves the runs (reference with std hash, with Fx hash, then the job, then the job on
+    S3 with --s3) so a change in the shared machine's load hits all alike."""
     size = os.path.getsize(text)
     counts_path = os.path.join(data_dir, "reference-counts.txt")
-    reference, reference_fx, results = [], [], []
+    reference, reference_fx, results, s3_results = [], [], [], []
+    s3 = None
+    if args.s3:
+        s3 = S3Server(args.s3s_fs, os.path.join(data_dir, "s3"))
+        s3.put_file(text, "input/text.txt", args.s3_put)
     for run in range(args.runs):
         warm(text)
         log(f" run {run + 1} (load average {os.getloadavg()[0]:.2f})")
@@ -208,7 +255,19 @@ def word_count(rm, args, data_dir, text):
                         "counters": (app.get("detail") or {}).get("counters")})
         phase = f", maps done after {map_phase:.2f} s" if map_phase else ""
         log(f"  spindle word count: {size / 1e6 / seconds:.1f} MB/s, {seconds:.2f} s{phase}, {cpu:.2f} CPU s; output matches the reference")
-    return reference, reference_fx, results
+        if s3:
+            spec = mapreduce_job("wordcount-s3", "s3://bench/input", f"s3://bench/out-{run}", "wordcount", "sum", "sum", args)
+            spec["mapreduce"]["env"] = s3.env()
+            seconds, app, map_phase, cpu = run_job(rm, spec, rm.pid)
+            if read_counts(sorted(glob.glob(s3.path_of(f"out-{run}/part-r-*")))) != expected:
+                raise AssertionError("the S3 word count's output differs from the reference")
+            shutil.rmtree(s3.path_of(f"out-{run}"))
+            s3_results.append({"seconds": seconds, "mb_per_s": size / 1e6 / seconds, "map_phase_seconds": map_phase, "cpu_seconds": cpu})
+            log(f"  spindle word count s3:// → s3://: {size / 1e6 / seconds:.1f} MB/s, {seconds:.2f} s, {cpu:.2f} CPU s "
+                f"(+ the server's); output matches the reference")
+    if s3:
+        s3.stop()
+    return reference, reference_fx, results, s3_results
 
 
 def sort(rm, args, data_dir, records_path):
@@ -253,6 +312,11 @@ def main():
                         help="sort's reduce containers (1024 is OOM-killed on tmpfs: see bench/README.md)")
     parser.add_argument("--skip-wordcount", action="store_true")
     parser.add_argument("--skip-sort", action="store_true")
+    parser.add_argument("--s3", action="store_true", help="also count words from and to a local S3-compatible server")
+    parser.add_argument("--s3s-fs", default=shutil.which("s3s-fs") or os.path.expanduser("~/.cargo/bin/s3s-fs"),
+                        help="the s3s-fs binary (cargo install s3s-fs@0.14.1 --locked --features binary)")
+    parser.add_argument("--s3-put", default="target/release/examples/s3_put",
+                        help="the uploader (cargo build --release -p spindle-storage --example s3_put)")
     parser.add_argument("--keep-data", action="store_true", help="keep the generated inputs under --dir/spindle-mr-data")
     args = parser.parse_args()
     args.sort_runs = args.runs if args.sort_runs is None else args.sort_runs
@@ -279,7 +343,7 @@ def main():
     try:
         if not args.skip_wordcount:
             log(f"word count over {os.path.getsize(text)} bytes of Zipf text")
-            reference, reference_fx, spindle_wc = word_count(rm, args, data_dir, text)
+            reference, reference_fx, spindle_wc, s3_wc = word_count(rm, args, data_dir, text)
             summary["wordcount"] = {
                 "reference_std_mb_per_s": median(reference), "reference_fx_mb_per_s": median(reference_fx),
                 "spindle_mb_per_s": median(spindle_wc), "spindle_seconds": median(spindle_wc, "seconds"),
@@ -290,6 +354,10 @@ def main():
                 "ratio_vs_fx": median(spindle_wc) / median(reference_fx),
                 "runs": {"reference_std": reference, "reference_fx": reference_fx, "spindle": spindle_wc},
             }
+            if s3_wc:
+                summary["wordcount"]["s3_mb_per_s"] = median(s3_wc)
+                summary["wordcount"]["s3_ratio_vs_local"] = median(s3_wc) / median(spindle_wc)
+                summary["wordcount"]["runs"]["spindle_s3"] = s3_wc
         if not args.skip_sort:
             log(f"sort of {os.path.getsize(records)} bytes of 100-byte records")
             spindle_sort = sort(rm, args, data_dir, records)
@@ -312,6 +380,10 @@ def main():
             f"{wc['reference_std_mb_per_s']:.1f} MB/s (std HashMap), {wc['reference_fx_mb_per_s']:.1f} MB/s (Fx hash); "
             f"ratio {wc['ratio_vs_std']:.2f} / {wc['ratio_vs_fx']:.2f} (target >= 0.8); CPU seconds: spindle "
             f"{wc['spindle_cpu_seconds']:.1f}, hand-written {wc['reference_std_cpu_seconds']:.1f} / {wc['reference_fx_cpu_seconds']:.1f}")
+    if "s3_mb_per_s" in summary.get("wordcount", {}):
+        wc = summary["wordcount"]
+        log(f"word count from and to S3 (s3s-fs), median of {args.runs}: {wc['s3_mb_per_s']:.1f} MB/s, "
+            f"{wc['s3_ratio_vs_local']:.2f} of the local files' (target >= 0.7)")
     if "sort" in summary:
         log(f"sort, median of {args.sort_runs}: {summary['sort']['spindle_mb_per_s']:.1f} MB/s, "
             f"{summary['sort']['spindle_cpu_seconds']:.1f} CPU s")

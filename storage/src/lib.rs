@@ -13,8 +13,8 @@ pub use object::{ObjectEntry, ObjectReader, ObjectUrl};
 pub use s3::{S3Settings, SECRET_VARIABLES};
 pub use spindle_protocol::{DataUrl, UrlError};
 
-/// A client of one bucket.
-pub type Store = std::sync::Arc<dyn object_store::ObjectStore>;
+/// A client of one bucket (S3's, for its multipart uploads that complete later).
+pub type Store = std::sync::Arc<object_store::aws::AmazonS3>;
 
 /// What went wrong with a store.
 #[derive(Debug, thiserror::Error)]

@@ -6,8 +6,9 @@ use std::path::Path;
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as Key;
-use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use tokio::io::AsyncReadExt;
 
 use crate::{DataUrl, S3Settings, StorageError, Store, block_on};
@@ -159,6 +160,42 @@ impl ObjectUrl {
         }
         writer.finish().await.map_err(StorageError::request(self))?;
         Ok(total)
+    }
+
+    /// Starts a multipart upload of this object: nothing is visible until it is completed.
+    pub async fn start_upload(&self) -> Result<String, StorageError> {
+        self.store.create_multipart(&self.path()).await.map_err(StorageError::request(self))
+    }
+
+    /// Uploads part `index` (from 0) of an upload; what completing it needs.
+    pub async fn upload_part(&self, upload: &str, index: usize, bytes: impl Into<Bytes>) -> Result<String, StorageError> {
+        let part = self
+            .store
+            .put_part(&self.path(), &upload.to_owned(), index, PutPayload::from(bytes.into()))
+            .await
+            .map_err(StorageError::request(self))?;
+        Ok(part.content_id)
+    }
+
+    /// Completes an upload: the object appears whole. Idempotent: when the upload is gone but
+    /// the object exists, it was completed before (object names are never reused).
+    pub async fn complete_upload(&self, upload: &str, parts: &[String]) -> Result<(), StorageError> {
+        let parts = parts.iter().map(|id| PartId { content_id: id.clone() }).collect();
+        match self.store.complete_multipart(&self.path(), &upload.to_owned(), parts).await {
+            Ok(_) => Ok(()),
+            Err(error) => match self.size().await {
+                Ok(Some(_)) => Ok(()),
+                _ => Err(StorageError::request(self)(error)),
+            },
+        }
+    }
+
+    /// Aborts an upload: its parts are deleted (a missing upload is not an error).
+    pub async fn abort_upload(&self, upload: &str) -> Result<(), StorageError> {
+        match self.store.abort_multipart(&self.path(), &upload.to_owned()).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(error) => Err(StorageError::request(self)(error)),
+        }
     }
 
     /// Copies this object to `to` (same bucket) on the server.

@@ -175,6 +175,20 @@ pub struct Commit {
     /// `<id_prefix>-<line number>` (JetStream drops duplicates of an id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nats: Option<NatsCommit>,
+    /// Object stores: multipart uploads to complete (the object appears whole; completing one
+    /// already completed is a no-op).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uploads: Vec<UploadCommit>,
+}
+
+/// A multipart upload a `file` sink on an object store staged, to complete at commit.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UploadCommit {
+    /// `s3://bucket/key` of the object it makes.
+    pub url: String,
+    pub upload_id: String,
+    /// The parts' ids, in order.
+    pub parts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -187,7 +201,7 @@ pub struct NatsCommit {
 
 impl Commit {
     pub fn is_empty(&self) -> bool {
-        self.renames.is_empty() && self.nats.is_none()
+        self.renames.is_empty() && self.nats.is_none() && self.uploads.is_empty()
     }
 }
 

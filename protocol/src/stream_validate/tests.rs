@@ -263,7 +263,7 @@ fn fields_that_do_not_apply_to_the_kind_are_refused() {
 fn required_fields_and_values_per_kind() {
     type Breakage = fn(&mut OperatorSpec);
     // (operator index, breakage, field, hint)
-    let cases: [(usize, Breakage, &str, &str); 17] = [
+    let cases: [(usize, Breakage, &str, &str); 18] = [
         (0, |op| op.rate = Some(0), "rate", "at least 1"),
         (0, |op| op.keys = Some(0), "keys", "at least 1"),
         (1, |op| op.expr = None, "expr", "needs `expr`"),
@@ -285,6 +285,7 @@ fn required_fields_and_values_per_kind() {
         (2, |op| op.aggregate = Some(Aggregate::Sum), "field", "needs `field`"),
         (3, |op| op.path = None, "path", "needs `path`"),
         (3, |op| op.path = Some("out".into()), "path", "absolute"),
+        (3, |op| op.path = Some("s3://Out/x".into()), "path", "bucket"),
         (3, |op| op.roll_mb = Some(0), "roll_mb", "at least 1"),
     ];
     for (index, break_it, field, hint) in cases {

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use spindle_storage::S3Settings;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::checkpoints::Storage;
@@ -29,7 +30,8 @@ pub(super) struct SavepointWrite {
 }
 
 /// Runs commits one batch at a time, in order, then prunes old checkpoints.
-pub(super) fn spawn_committer(storage: Storage, keep: usize) -> mpsc::UnboundedSender<CommitJob> {
+/// `s3`: how to reach the object stores file sinks stage uploads on (from the job's env).
+pub(super) fn spawn_committer(storage: Storage, keep: usize, s3: S3Settings) -> mpsc::UnboundedSender<CommitJob> {
     let (tx, mut rx) = mpsc::unbounded_channel::<CommitJob>();
     tokio::spawn(async move {
         while let Some(CommitJob {
@@ -39,7 +41,7 @@ pub(super) fn spawn_committer(storage: Storage, keep: usize) -> mpsc::UnboundedS
             done,
         }) = rx.recv().await
         {
-            let storage = storage.clone();
+            let (storage, s3) = (storage.clone(), s3.clone());
             let result = tokio::task::spawn_blocking(move || {
                 if let Some(SavepointWrite { dir, meta, copies }) = savepoint {
                     return crate::savepoint::write(&dir, meta, &copies);
@@ -50,7 +52,7 @@ pub(super) fn spawn_committer(storage: Storage, keep: usize) -> mpsc::UnboundedS
                 }
                 let mut last = Ok(());
                 for attempt in 0..3 {
-                    last = commits.iter().try_for_each(commit_one);
+                    last = commits.iter().try_for_each(|commit| commit_one(commit, &s3));
                     if last.is_ok() {
                         break;
                     }
@@ -92,9 +94,12 @@ fn clean_staging(dirs: &[PathBuf], epoch: u64, prefixes: &[String]) {
     }
 }
 
-fn commit_one(commit: &Commit) -> Result<(), String> {
+fn commit_one(commit: &Commit, s3: &S3Settings) -> Result<(), String> {
     if !commit.renames.is_empty() {
         crate::ops::sinks::run_file_commit(commit).map_err(|error| error.to_string())?;
+    }
+    if !commit.uploads.is_empty() {
+        crate::ops::sinks::run_upload_commit(commit, s3)?;
     }
     if let Some(nats) = &commit.nats {
         crate::ops::nats::run_nats_commit(nats).map_err(|error| error.to_string())?;

@@ -59,7 +59,13 @@ async fn serve_worker(stream: TcpStream, token: &str, events: mpsc::UnboundedSen
     loop {
         match read_json::<_, ToAm>(&mut reader).await {
             Ok(Some(message)) => {
-                if events.send(Event::Message { container, message }).is_err() {
+                if events
+                    .send(Event::Message {
+                        container,
+                        message: Box::new(message),
+                    })
+                    .is_err()
+                {
                     return Ok(());
                 }
             }

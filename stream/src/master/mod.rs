@@ -55,7 +55,8 @@ pub enum Event {
     },
     Message {
         container: ContainerId,
-        message: ToAm,
+        /// Boxed: an ack with its sink commit is several times the other events' size.
+        message: Box<ToAm>,
     },
     Closed {
         container: ContainerId,
@@ -145,7 +146,8 @@ async fn start(started: Started<Event>, spec: StreamSpec, token: String, checkpo
         Some(dir) => storage_path("stream.savepoint_dir", dir).map_err(|err| Outcome::failed(err.to_string()))?,
         None => checkpoint_dir.join("savepoints"),
     };
-    let commits = spawn_committer(coordinator.storage.clone(), spec.keep_checkpoints as usize);
+    let s3 = spindle_storage::S3Settings::from_env(&spec.env);
+    let commits = spawn_committer(coordinator.storage.clone(), spec.keep_checkpoints as usize, s3);
     if let Some(meta) = coordinator.last_complete.clone().filter(|meta| meta.last) {
         return Err(match run_commits(&commits, meta.commits).await {
             Ok(()) => Outcome::succeeded(format!("the job had ended (last checkpoint {})", meta.id)),
@@ -393,7 +395,7 @@ impl Framework for StreamFramework {
             Event::Closed { container } => {
                 self.coordinator.on_worker_lost(container, "its control connection closed", now);
             }
-            Event::Message { container, message } => self.on_message(container, message, now),
+            Event::Message { container, message } => self.on_message(container, *message, now),
             Event::SavepointWritten { id, result } => {
                 self.commits_running = self.commits_running.saturating_sub(1);
                 self.coordinator.on_savepoint_written(id, result, now);

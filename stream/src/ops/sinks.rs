@@ -6,14 +6,23 @@
 //! `<path>/part-<operator>-<index>-<checkpoint:08>-<n>`; the AM runs them (`run_file_commit`)
 //! once the checkpoint is complete, and again after restoring from it, so output appears exactly
 //! once: files of a checkpoint that never completed stay in `.staging` and are never published.
+//!
+//! On an object store (`path = "s3://bucket/prefix"`), as Flink's recoverable S3 writer: the
+//! lines are staged in the worker's scratch directory; at the barrier each staged file becomes a
+//! multipart upload of `<prefix>/part-<operator>-<index>-<checkpoint:08>-<n>` whose parts are
+//! uploaded but which is not completed: the `Commit` carries its id and parts, and the AM
+//! completes it once the checkpoint is complete (again after restoring from it: completing is
+//! idempotent). An upload of a checkpoint that never completes is never completed, so nothing
+//! of it is visible (the bucket's lifecycle rule for incomplete uploads removes its parts).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use spindle_protocol::OperatorSpec;
+use spindle_protocol::{DataUrl, OperatorSpec};
+use spindle_storage::{ObjectUrl, S3Settings, block_on};
 
-use crate::operator::{Commit, InstanceContext, OperatorError, Sink};
+use crate::operator::{Commit, InstanceContext, OperatorError, Sink, UploadCommit};
 use crate::record::Batch;
 
 /// Roll to a new file within a checkpoint after this many MB when the spec does not say.
@@ -25,9 +34,18 @@ struct Staged {
     bytes: u64,
 }
 
+/// Parts of the uploads a sink stages on an object store.
+const UPLOAD_PART_BYTES: usize = 16 << 20;
+
+/// Where committed files go.
+enum Target {
+    Dir(PathBuf),
+    Object(ObjectUrl),
+}
+
 /// A `file` sink instance.
 pub struct FileSink {
-    dir: PathBuf,
+    target: Target,
     staging: PathBuf,
     prefix: String,
     operator: String,
@@ -41,15 +59,27 @@ pub struct FileSink {
 
 impl FileSink {
     pub fn new(spec: &OperatorSpec, context: &InstanceContext) -> Result<FileSink, OperatorError> {
-        let dir = PathBuf::from(
-            spec.path
-                .as_deref()
-                .ok_or_else(|| OperatorError::failed(format!("operator {}: file sink needs `path`", spec.name)))?,
-        );
-        let staging = dir.join(".staging");
+        let path = spec
+            .path
+            .as_deref()
+            .ok_or_else(|| OperatorError::failed(format!("operator {}: file sink needs `path`", spec.name)))?;
+        let url = DataUrl::parse(path).map_err(|error| OperatorError::failed(format!("operator {}: path: {error}", spec.name)))?;
+        let (target, staging) = match ObjectUrl::open(&url, &S3Settings::from_env(&context.env))
+            .map_err(|error| OperatorError::failed(format!("operator {}: {error}", spec.name)))?
+        {
+            // Staged on this worker only: what a checkpoint needs is uploaded at its barrier.
+            Some(object) => (
+                Target::Object(object),
+                context.work_dir.join(format!("staging-{}-{}", spec.name, context.index)),
+            ),
+            None => {
+                let dir = PathBuf::from(url.to_string());
+                (Target::Dir(dir.clone()), dir.join(".staging"))
+            }
+        };
         std::fs::create_dir_all(&staging)?;
         Ok(FileSink {
-            dir,
+            target,
             staging,
             prefix: format!("{}{}", staged_prefix(&context.operator, context.index), context.epoch),
             operator: context.operator.clone(),
@@ -107,18 +137,67 @@ impl Sink for FileSink {
         if self.finished.is_empty() {
             return Ok(Commit::default());
         }
-        sync_dir(&self.staging)?;
-        let renames = self
-            .finished
-            .drain(..)
-            .enumerate()
-            .map(|(n, staged)| {
-                let name = format!("part-{}-{}-{checkpoint:08}-{n}", self.operator, self.index);
-                (staged, self.dir.join(name))
-            })
-            .collect();
-        Ok(Commit { renames, nats: None })
+        let names = (0..self.finished.len()).map(|n| format!("part-{}-{}-{checkpoint:08}-{n}", self.operator, self.index));
+        let staged: Vec<(PathBuf, String)> = self.finished.drain(..).zip(names).collect();
+        match &self.target {
+            Target::Dir(dir) => {
+                sync_dir(&self.staging)?;
+                let renames = staged.into_iter().map(|(file, name)| (file, dir.join(name))).collect();
+                Ok(Commit {
+                    renames,
+                    ..Commit::default()
+                })
+            }
+            Target::Object(prefix) => {
+                let mut uploads = Vec::with_capacity(staged.len());
+                for (file, name) in staged {
+                    uploads.push(stage_upload(&prefix.child(&name), &file)?);
+                    std::fs::remove_file(&file)?;
+                }
+                Ok(Commit {
+                    uploads,
+                    ..Commit::default()
+                })
+            }
+        }
     }
+}
+
+/// Uploads `file` as the parts of a new multipart upload of `object`, not completed.
+fn stage_upload(object: &ObjectUrl, file: &Path) -> Result<UploadCommit, OperatorError> {
+    let failed = |error: spindle_storage::StorageError| OperatorError::failed(format!("file sink: {error}"));
+    let bytes = std::fs::read(file)?;
+    let (object, upload) = {
+        let object = object.clone();
+        block_on(async move {
+            let upload = object.start_upload().await?;
+            Ok::<_, spindle_storage::StorageError>((object, upload))
+        })
+        .map_err(failed)?
+    };
+    let mut parts = Vec::new();
+    for (index, chunk) in bytes.chunks(UPLOAD_PART_BYTES).enumerate() {
+        let (object, upload, chunk) = (object.clone(), upload.clone(), chunk.to_vec());
+        parts.push(block_on(async move { object.upload_part(&upload, index, chunk).await }).map_err(failed)?);
+    }
+    Ok(UploadCommit {
+        url: object.to_string(),
+        upload_id: upload,
+        parts,
+    })
+}
+
+/// Completes a sink's staged uploads (the AM, at commit).
+pub fn run_upload_commit(commit: &Commit, s3: &S3Settings) -> Result<(), String> {
+    for upload in &commit.uploads {
+        let url = DataUrl::parse(&upload.url).map_err(|error| error.to_string())?;
+        let object = ObjectUrl::open(&url, s3)
+            .map_err(|error| error.to_string())?
+            .ok_or_else(|| format!("{}: not an object URL", upload.url))?;
+        let (id, parts) = (upload.upload_id.clone(), upload.parts.clone());
+        block_on(async move { object.complete_upload(&id, &parts).await }).map_err(|error| error.to_string())?;
+    }
+    Ok(())
 }
 
 /// The start of the staged files' names of instance `index` of file sink `operator`, before

@@ -51,7 +51,7 @@ fn checkpoint(dir: &Path) -> CheckpointMeta {
         stages,
         commits: vec![Commit {
             renames: vec![("/out/.staging/a".into(), "/out/part-a".into())],
-            nats: None,
+            ..Commit::default()
         }],
         last: false,
         counters: BTreeMap::new(),

@@ -30,7 +30,7 @@ fn id(h: &Harness, stage: usize, index: usize) -> InstanceId {
 fn commit(name: &str) -> Commit {
     Commit {
         renames: vec![(format!("/tmp/out/.staging/{name}").into(), format!("/tmp/out/{name}").into())],
-        nats: None,
+        ..Commit::default()
     }
 }
 

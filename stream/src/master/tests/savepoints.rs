@@ -58,7 +58,7 @@ fn ack_with_commits(h: &mut Harness, id: u64) -> Vec<Effect> {
                     format!("/tmp/out/.staging/{instance}").into(),
                     format!("/tmp/out/part-{id}-{instance}").into(),
                 )],
-                nats: None,
+                ..Commit::default()
             });
         }
         h.coordinator.on_ack(ack, h.now);
@@ -240,7 +240,7 @@ fn a_job_from_a_savepoint_restores_its_files_replays_its_commits_and_numbers_aft
     };
     let commits = vec![Commit {
         renames: vec![("/tmp/out/.staging/x".into(), "/tmp/out/part-out-0-00000040-0".into())],
-        nats: None,
+        ..Commit::default()
     }];
     let point = CheckpointMeta {
         id: 40,

@@ -1,0 +1,81 @@
+//! A streaming job writing to an S3-compatible store (the `s3s-fs` server `.ci/run` starts):
+//! `file_sink` with `path = "s3://…"` stages multipart uploads at each barrier and the AM
+//! completes them when the checkpoint completes. Through a live rescale 2 → 4 of the keyed
+//! window and a `kill -9` of a worker, the committed objects hold every window count exactly
+//! once, and nothing else is visible under the prefix. Skipped with a line saying so when no
+//! server answers, unless SPINDLE_REQUIRE_S3=1.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use spindle_protocol::{AppState, ContainerId, ContainerState, FinalStatus};
+use spindle_storage::{DataUrl, ObjectUrl, S3Settings};
+use support::{
+    CleanupDir, assert_exact, example_job, expected, kill_processes_under, local_container_dir, operator_mut, shared_s3_env, start_local,
+    stream_detail, task_containers, unique_s3_root, wait_for_app_end, wait_for_checkpoint, wait_until,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_sink_on_s3_is_exact_through_a_rescale_and_a_killed_worker() {
+    let Some(env) = shared_s3_env() else { return };
+    let root = unique_s3_root("stream");
+    let dir = support::shared_tempdir("spindle-test-");
+    let cluster = start_local(dir.path()).await;
+    let _cleanup = CleanupDir(dir.path());
+    let work_root = cluster.work_root.clone();
+    let _cleanup_containers = CleanupDir(&work_root);
+    let client = cluster.client();
+    let started = Instant::now();
+
+    let mut spec = example_job("stream-exactly-once.toml", dir.path());
+    let generator = operator_mut(&mut spec, "events");
+    generator.keys = Some(1000);
+    generator.limit = Some(200_000);
+    let expected = expected(&spec);
+    operator_mut(&mut spec, "out").path = Some(format!("{root}/out"));
+    spec.stream.as_mut().unwrap().env = env.clone();
+    spec.validate().unwrap();
+    let app_id = client.submit(&spec).await.unwrap();
+    wait_for_checkpoint(&client, app_id, 0, 0, "a first checkpoint").await;
+
+    client.scale_operator(app_id, "count", 4).await.unwrap();
+    wait_until(Duration::from_secs(60), "the rescale to 4", || async {
+        let detail = stream_detail(&client, app_id).await?;
+        detail.last_rescale.filter(|r| r.to == 4 && r.finished_at_ms.is_some())
+    })
+    .await;
+    let victim = wait_until(Duration::from_secs(30), "a running worker", || async {
+        let running: Vec<ContainerId> = task_containers(&client, app_id)
+            .await
+            .into_iter()
+            .filter(|c| c.state == ContainerState::Running)
+            .map(|c| c.container_id)
+            .collect();
+        running.first().copied()
+    })
+    .await;
+    eprintln!("{:.1}s: kill -9 worker {victim}", started.elapsed().as_secs_f64());
+    kill_processes_under(&local_container_dir(&work_root, app_id, victim));
+
+    let report = wait_for_app_end(&client, app_id, Duration::from_secs(120)).await;
+    assert_eq!(
+        (report.state, report.final_status),
+        (AppState::Finished, FinalStatus::Succeeded),
+        "{report:#?}"
+    );
+    // What a reader of the prefix sees: downloaded, then checked as the local tests check it.
+    let out = ObjectUrl::open(&DataUrl::parse(&format!("{root}/out")).unwrap(), &S3Settings::from_env(&env))
+        .unwrap()
+        .unwrap();
+    let local = dir.path().join("downloaded");
+    std::fs::create_dir_all(&local).unwrap();
+    for entry in out.list().await.unwrap() {
+        let name = entry.key.rsplit('/').next().unwrap().to_owned();
+        assert!(name.starts_with("part-out-"), "only committed parts are visible: {}", entry.key);
+        std::fs::write(local.join(&name), out.at(&entry.key).get().await.unwrap()).unwrap();
+    }
+    assert_exact(&local, &expected);
+    out.delete_all().await.unwrap();
+    let _ = cluster.shutdown().await;
+}
