@@ -108,13 +108,7 @@ pub(super) fn check(index: usize, operator: &OperatorSpec) -> Result<(), SpecErr
                 return Err(required("path", "`path`, the absolute path of its directory"));
             };
             // Relative paths are refused: workers run on other nodes, in other directories.
-            let url = crate::DataUrl::parse(path).map_err(|error| invalid(at(index, "path"), error.to_string()))?;
-            if kind == OperatorKind::FileSource && url.is_object_store() {
-                return Err(invalid(
-                    at(index, "path"),
-                    format!("`{path}`: a file_source reads a local or shared directory (object stores: not yet)"),
-                ));
-            }
+            crate::DataUrl::parse(path).map_err(|error| invalid(at(index, "path"), error.to_string()))?;
         }
         OperatorKind::TcpSource => {
             let Some(address) = &operator.address else {

@@ -9,6 +9,10 @@
 //!   idle); `follow = false` reads the files there at the first poll to their end, then finishes.
 //! - Time: `time_field` (`$N`, integer ms); a line whose field is missing or not an integer is a
 //!   bad record (counted in `bad_records`, skipped). Without `time_field`: the time it was read.
+//! - On an object store (`path = "s3://bucket/prefix"`): the objects below the prefix (names
+//!   relative to it; a name with a `.` component is skipped), listed again at most every
+//!   second while following; offsets per object as for files. Objects do not grow, so an
+//!   object's last line needs no newline.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -16,7 +20,8 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use spindle_protocol::OperatorSpec;
+use spindle_protocol::{DataUrl, OperatorSpec};
+use spindle_storage::{ObjectUrl, S3Settings, block_on};
 
 use super::fields::{Fields, parse_i64};
 use crate::keys::stable_hash;
@@ -24,6 +29,8 @@ use crate::operator::{InstanceContext, OperatorError, Source, SourceStatus};
 use crate::record::{Batch, EventTime};
 
 const RESCAN_INTERVAL: Duration = Duration::from_millis(100);
+/// Listing a bucket costs a request (and money on S3): at most once a second.
+const OBJECT_RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// Bytes read per file per step (doubled for a line longer than this).
 const CHUNK: usize = 256 * 1024;
 
@@ -66,17 +73,76 @@ pub fn now_ms() -> EventTime {
         .map_or(0, |since| since.as_millis() as EventTime)
 }
 
+/// Where the lines are: a directory of files, or a prefix of objects.
+enum Location {
+    Dir(PathBuf),
+    Objects(ObjectUrl),
+}
+
+/// Bytes per ranged GET of an object: a poll reads a few thousand lines, a request costs ~1 ms.
+const OBJECT_CHUNK: u64 = 8 << 20;
+
+/// An input being read: an open file, or an object (immutable, so complete when listed) with
+/// the bytes of its latest GET.
+enum Input {
+    File(File),
+    Object {
+        object: ObjectUrl,
+        size: u64,
+        fetched_at: u64,
+        fetched: bytes::Bytes,
+    },
+}
+
+impl Input {
+    fn object(object: ObjectUrl, size: u64) -> Input {
+        Input::Object {
+            object,
+            size,
+            fetched_at: 0,
+            fetched: bytes::Bytes::new(),
+        }
+    }
+
+    fn read_exact_at(&mut self, buffer: &mut [u8], offset: u64) -> Result<(), OperatorError> {
+        match self {
+            Input::File(file) => Ok(file.read_exact_at(buffer, offset)?),
+            Input::Object {
+                object,
+                size,
+                fetched_at,
+                fetched,
+            } => {
+                let end = offset + buffer.len() as u64;
+                if offset < *fetched_at || end > *fetched_at + fetched.len() as u64 {
+                    let range = offset..(offset + OBJECT_CHUNK.max(buffer.len() as u64)).min(*size);
+                    let object = object.clone();
+                    *fetched = block_on(async move { object.get_range(range).await })
+                        .map_err(|error| OperatorError::failed(format!("file source: {error}")))?;
+                    *fetched_at = offset;
+                    if (fetched.len() as u64) < buffer.len() as u64 {
+                        return Err(OperatorError::failed(format!("file source: a short read of {}", fetched.len())));
+                    }
+                }
+                let start = (offset - *fetched_at) as usize;
+                buffer.copy_from_slice(&fetched[start..start + buffer.len()]);
+                Ok(())
+            }
+        }
+    }
+}
+
 /// A `file` source instance.
 pub struct FileSource {
-    dir: PathBuf,
+    location: Location,
     index: u32,
     parallelism: u32,
     follow: bool,
     time: LineTime,
     /// Every file of this instance seen so far (or restored) → offset.
     offsets: BTreeMap<String, u64>,
-    /// Open files and their size when last looked at.
-    open: BTreeMap<String, (File, u64)>,
+    /// Open files (or listed objects) and their size when last looked at.
+    open: BTreeMap<String, (Input, u64)>,
     last_scan: Option<Instant>,
     buffer: Vec<u8>,
     bad: u64,
@@ -87,12 +153,19 @@ pub struct FileSource {
 
 impl FileSource {
     pub fn new(spec: &OperatorSpec, context: &InstanceContext) -> Result<FileSource, OperatorError> {
-        let dir = spec
+        let path = spec
             .path
             .as_deref()
             .ok_or_else(|| OperatorError::failed(format!("operator {}: file source needs `path`", spec.name)))?;
+        let url = DataUrl::parse(path).map_err(|error| OperatorError::failed(format!("operator {}: path: {error}", spec.name)))?;
+        let location = match ObjectUrl::open(&url, &S3Settings::from_env(&context.env))
+            .map_err(|error| OperatorError::failed(format!("operator {}: {error}", spec.name)))?
+        {
+            Some(prefix) => Location::Objects(prefix),
+            None => Location::Dir(PathBuf::from(url.to_string())),
+        };
         Ok(FileSource {
-            dir: PathBuf::from(dir),
+            location,
             index: context.index,
             parallelism: context.parallelism.max(1),
             follow: spec.follow.unwrap_or(true),
@@ -110,11 +183,15 @@ impl FileSource {
     /// Finds this instance's files (new ones start at offset 0).
     fn scan(&mut self) -> Result<(), OperatorError> {
         self.last_scan = Some(Instant::now());
-        let entries = match std::fs::read_dir(&self.dir) {
+        let dir = match &self.location {
+            Location::Dir(dir) => dir.clone(),
+            Location::Objects(prefix) => return self.scan_objects(prefix.clone()),
+        };
+        let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             // A directory that does not exist yet is empty (a producer may create it later).
             Err(error) if error.kind() == std::io::ErrorKind::NotFound && self.follow => return Ok(()),
-            Err(error) => return Err(OperatorError::failed(format!("file source {}: {error}", self.dir.display()))),
+            Err(error) => return Err(OperatorError::failed(format!("file source {}: {error}", dir.display()))),
         };
         for entry in entries {
             let entry = entry?;
@@ -129,8 +206,33 @@ impl FileSource {
                 let file = File::open(entry.path())?;
                 let size = file.metadata()?.len();
                 self.offsets.entry(name.clone()).or_insert(0);
-                self.open.insert(name, (file, size));
+                self.open.insert(name, (Input::File(file), size));
             }
+        }
+        Ok(())
+    }
+
+    /// Lists the objects below the prefix; this instance's new ones start at offset 0.
+    fn scan_objects(&mut self, prefix: ObjectUrl) -> Result<(), OperatorError> {
+        let listing = prefix.clone();
+        let found =
+            block_on(async move { listing.list().await }).map_err(|error| OperatorError::failed(format!("file source: {error}")))?;
+        for entry in found {
+            let name = entry
+                .key
+                .strip_prefix(prefix.key())
+                .unwrap_or(&entry.key)
+                .trim_start_matches('/')
+                .to_owned();
+            if name.split('/').any(|part| part.starts_with('.')) || self.open.contains_key(&name) {
+                continue;
+            }
+            if stable_hash(name.as_bytes()) % u64::from(self.parallelism) != u64::from(self.index) {
+                continue;
+            }
+            self.offsets.entry(name.clone()).or_insert(0);
+            self.open
+                .insert(name, (Input::object(prefix.at(&entry.key), entry.size), entry.size));
         }
         Ok(())
     }
@@ -141,7 +243,13 @@ impl FileSource {
             return Ok(0);
         };
         let offset = self.offsets.entry(name.to_owned()).or_insert(0);
-        *size = file.metadata()?.len();
+        let complete = match file {
+            Input::File(open) => {
+                *size = open.metadata()?.len();
+                !self.follow
+            }
+            Input::Object { .. } => true,
+        };
         let mut emitted = 0;
         let mut chunk = CHUNK;
         while emitted < budget && *offset < *size {
@@ -154,7 +262,7 @@ impl FileSource {
                 let rest = &self.buffer[consumed..];
                 let (line, next) = match memchr::memchr(b'\n', rest) {
                     Some(at) => (&rest[..at], consumed + at + 1),
-                    None if at_end && !self.follow && !rest.is_empty() => (rest, want),
+                    None if at_end && complete && !rest.is_empty() => (rest, want),
                     None => break,
                 };
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -190,9 +298,13 @@ impl Source for FileSource {
     }
 
     fn poll(&mut self, out: &mut Batch, max_records: usize) -> Result<SourceStatus, OperatorError> {
+        let interval = match self.location {
+            Location::Dir(_) => RESCAN_INTERVAL,
+            Location::Objects(_) => OBJECT_RESCAN_INTERVAL,
+        };
         let due = match self.last_scan {
             None => true,
-            Some(at) => self.follow && at.elapsed() >= RESCAN_INTERVAL,
+            Some(at) => self.follow && at.elapsed() >= interval,
         };
         if due {
             self.scan()?;
