@@ -84,3 +84,26 @@ async fn wrong_credentials_fail_with_the_url_and_no_secret() {
     assert!(error.contains("s3://spindle-test/storage-denied"), "{error}");
     assert!(!error.contains("not-the-secret"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_uploads_appear_only_when_completed_and_aborted_ones_never() {
+    let Some(settings) = test_s3() else { return };
+    let root = ObjectUrl::open(&DataUrl::parse(&unique_prefix("uploads")).unwrap(), &settings)
+        .unwrap()
+        .unwrap();
+    let (kept, dropped) = (root.child("kept"), root.child("dropped"));
+    let kept_upload = kept.start_upload().await.unwrap();
+    let part = kept.upload_part(&kept_upload, 0, b"line\n".to_vec()).await.unwrap();
+    let dropped_upload = dropped.start_upload().await.unwrap();
+    dropped.upload_part(&dropped_upload, 0, b"never\n".to_vec()).await.unwrap();
+    assert!(root.list().await.unwrap().is_empty(), "nothing is visible before completion");
+
+    kept.complete_upload(&kept_upload, std::slice::from_ref(&part)).await.unwrap();
+    kept.complete_upload(&kept_upload, &[part]).await.unwrap();
+    assert_eq!(&kept.get().await.unwrap()[..], b"line\n", "completed once, again a no-op");
+    dropped.abort_upload(&dropped_upload).await.unwrap();
+    assert!(dropped.complete_upload(&dropped_upload, &["x".to_owned()]).await.is_err());
+    let keys: Vec<String> = root.list().await.unwrap().into_iter().map(|entry| entry.key).collect();
+    assert_eq!(keys, [kept.key().to_owned()]);
+    root.delete_all().await.unwrap();
+}

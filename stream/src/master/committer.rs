@@ -9,7 +9,7 @@ use spindle_storage::S3Settings;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::checkpoints::Storage;
-use crate::operator::Commit;
+use crate::operator::{Commit, UploadCommit};
 use crate::savepoint::{FileCopy, SavepointMeta};
 
 /// Commits to run (or, with no commits, staging dirs to clean of files older than an epoch, or
@@ -19,6 +19,8 @@ pub(super) struct CommitJob {
     /// Staging dirs, the epoch, and the name prefixes to clean (none: every file).
     pub clean: Option<(Vec<PathBuf>, u64, Vec<String>)>,
     pub savepoint: Option<SavepointWrite>,
+    /// Multipart uploads staged for checkpoints that will never complete: aborted.
+    pub abort: Vec<UploadCommit>,
     pub done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
@@ -38,6 +40,7 @@ pub(super) fn spawn_committer(storage: Storage, keep: usize, s3: S3Settings) -> 
             commits,
             clean,
             savepoint,
+            abort,
             done,
         }) = rx.recv().await
         {
@@ -45,6 +48,10 @@ pub(super) fn spawn_committer(storage: Storage, keep: usize, s3: S3Settings) -> 
             let result = tokio::task::spawn_blocking(move || {
                 if let Some(SavepointWrite { dir, meta, copies }) = savepoint {
                     return crate::savepoint::write(&dir, meta, &copies);
+                }
+                if !abort.is_empty() {
+                    crate::ops::sinks::abort_uploads(&abort, &s3);
+                    return Ok(());
                 }
                 if let Some((dirs, epoch, prefixes)) = clean {
                     clean_staging(&dirs, epoch, &prefixes);
@@ -114,6 +121,7 @@ pub(super) async fn run_commits(commits: &mpsc::UnboundedSender<CommitJob>, batc
             commits: batch,
             clean: None,
             savepoint: None,
+            abort: Vec::new(),
             done: Some(done_tx),
         })
         .map_err(|_| "the committer stopped".to_owned())?;

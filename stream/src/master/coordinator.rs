@@ -58,6 +58,10 @@ pub enum Effect {
     Send { worker: ContainerId, message: ToWorker },
     /// Run these commits in order (then prune old checkpoints).
     Commit(Vec<Commit>),
+    /// After the commits queued before it: abort these multipart uploads staged on object
+    /// stores for checkpoints that will never complete (best effort: a bucket's lifecycle rule
+    /// for incomplete uploads is the backstop).
+    AbortUploads(Vec<crate::operator::UploadCommit>),
     /// After the commits queued before it: delete what file sinks staged in these directories
     /// before `epoch` (attempts that failed; nothing will ever commit those files); only the
     /// files whose names start with one of `prefixes` when there are any (the instances of a

@@ -21,6 +21,7 @@ use spindle_protocol::{ContainerId, FailoverStrategy, OperatorKind, RestartStatu
 use super::coordinator::{Coordinator, Effect, Phase};
 use crate::control::ToWorker;
 use crate::graph::Placed;
+use crate::operator::UploadCommit;
 use crate::wire::InstanceId;
 
 /// How long workers have to stop a region's instances before the whole job restarts instead.
@@ -115,6 +116,16 @@ impl Coordinator {
         }
         tracing::warn!(restarts = self.restarts, %reason, "restarting the pipeline from its latest checkpoint");
         self.epoch += 1;
+        let dropped = self
+            .pending
+            .values()
+            .flat_map(|pending| pending.acks.values().filter_map(|ack| ack.commit.as_ref()))
+            .chain(self.carried.iter().map(|(_, commit)| commit))
+            .chain(self.finished.values().flatten());
+        let uploads: Vec<UploadCommit> = dropped.flat_map(|commit| commit.uploads.iter().cloned()).collect();
+        if !uploads.is_empty() {
+            self.effects.push(Effect::AbortUploads(uploads));
+        }
         self.pending.clear();
         self.carried.clear();
         self.finished.clear();
@@ -148,12 +159,32 @@ impl Coordinator {
             "restarting a failover region from the latest checkpoint; the rest of the job goes on"
         );
         self.epoch += 1;
+        // The region's own staged uploads will never be completed: it writes them again.
+        let mut uploads: Vec<UploadCommit> = Vec::new();
         for (_, pending) in std::mem::take(&mut self.pending) {
             for (instance, ack) in pending.acks {
-                if let Some(commit) = ack.commit.filter(|_| !region.contains(&instance)) {
-                    self.carried.push((instance, commit));
+                match ack.commit {
+                    Some(commit) if !region.contains(&instance) => self.carried.push((instance, commit)),
+                    Some(commit) => uploads.extend(commit.uploads),
+                    None => {}
                 }
             }
+        }
+        let in_region = |instance: &InstanceId| region.contains(instance);
+        uploads.extend(
+            self.carried
+                .iter()
+                .filter(|(instance, _)| in_region(instance))
+                .flat_map(|(_, commit)| commit.uploads.iter().cloned()),
+        );
+        uploads.extend(
+            self.finished
+                .iter()
+                .filter(|(instance, _)| in_region(instance))
+                .flat_map(|(_, commit)| commit.iter().flat_map(|commit| commit.uploads.iter().cloned())),
+        );
+        if !uploads.is_empty() {
+            self.effects.push(Effect::AbortUploads(uploads));
         }
         self.carried.retain(|(instance, _)| !region.contains(instance));
         self.finished.retain(|instance, _| !region.contains(instance));

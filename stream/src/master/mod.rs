@@ -253,6 +253,7 @@ impl StreamFramework {
                         commits: batch,
                         clean: None,
                         savepoint: None,
+                        abort: Vec::new(),
                         done: Some(done_tx),
                     };
                     if self.commits.send(job).is_err() {
@@ -271,6 +272,16 @@ impl StreamFramework {
                         commits: Vec::new(),
                         clean: Some((dirs, epoch, prefixes)),
                         savepoint: None,
+                        abort: Vec::new(),
+                        done: None,
+                    });
+                }
+                Effect::AbortUploads(uploads) => {
+                    let _ = self.commits.send(CommitJob {
+                        commits: Vec::new(),
+                        clean: None,
+                        savepoint: None,
+                        abort: uploads,
                         done: None,
                     });
                 }
@@ -280,6 +291,7 @@ impl StreamFramework {
                         commits: Vec::new(),
                         clean: None,
                         savepoint: Some(SavepointWrite { dir, meta: *meta, copies }),
+                        abort: Vec::new(),
                         done: Some(done_tx),
                     };
                     // Counted with the commits: the job does not end while one is written.

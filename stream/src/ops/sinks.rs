@@ -13,7 +13,7 @@
 //! uploaded but which is not completed: the `Commit` carries its id and parts, and the AM
 //! completes it once the checkpoint is complete (again after restoring from it: completing is
 //! idempotent). An upload of a checkpoint that never completes is never completed, so nothing
-//! of it is visible (the bucket's lifecycle rule for incomplete uploads removes its parts).
+//! of it is visible; the AM aborts it when a restart drops the checkpoint (`abort_uploads`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -185,6 +185,23 @@ fn stage_upload(object: &ObjectUrl, file: &Path) -> Result<UploadCommit, Operato
         upload_id: upload,
         parts,
     })
+}
+
+/// Aborts staged uploads that will never be completed (the AM, after a restart dropped the
+/// checkpoints they were for); failures are only logged.
+pub fn abort_uploads(uploads: &[UploadCommit], s3: &S3Settings) {
+    for upload in uploads {
+        let Ok(Some(object)) = DataUrl::parse(&upload.url)
+            .map_err(|error| error.to_string())
+            .and_then(|url| ObjectUrl::open(&url, s3).map_err(|error| error.to_string()))
+        else {
+            continue;
+        };
+        let id = upload.upload_id.clone();
+        if let Err(error) = block_on(async move { object.abort_upload(&id).await }) {
+            tracing::warn!(url = %upload.url, %error, "cannot abort a staged upload (the bucket's lifecycle rule will)");
+        }
+    }
 }
 
 /// Completes a sink's staged uploads (the AM, at commit).

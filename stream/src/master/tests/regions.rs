@@ -250,3 +250,63 @@ fn failover_full_restarts_every_region() {
     assert!(matches!(h.coordinator.phase, Phase::Resetting { .. }));
     assert_eq!(h.coordinator.last_restart.clone().unwrap().instances, 6);
 }
+
+/// A staged multipart upload of a sink on an object store (see `commit`).
+fn upload(name: &str) -> crate::operator::UploadCommit {
+    crate::operator::UploadCommit {
+        url: format!("s3://bucket/out/{name}"),
+        upload_id: format!("upload-{name}"),
+        parts: vec!["part-1".into()],
+    }
+}
+
+fn aborted(h: &mut Harness) -> BTreeSet<String> {
+    h.coordinator
+        .take_effects()
+        .into_iter()
+        .filter_map(|effect| match effect {
+            Effect::AbortUploads(uploads) => Some(uploads),
+            _ => None,
+        })
+        .flatten()
+        .map(|upload| upload.upload_id)
+        .collect()
+}
+
+/// Uploads staged for a checkpoint that will never complete are aborted: the failed region's
+/// at once (the others' are carried to the next checkpoint), everything a full restart drops.
+#[test]
+fn uploads_that_will_never_be_completed_are_aborted() {
+    let mut h = running_with_a_checkpoint_half_acknowledged();
+    let (source, sink) = (id(&h, 0, 1), id(&h, 1, 1));
+    h.coordinator.on_ack(ack(source, 2), h.now);
+    let mut staged = ack(sink, 2);
+    staged.commit = Some(Commit {
+        uploads: vec![upload("region-1")],
+        ..Commit::default()
+    });
+    h.coordinator.on_ack(staged, h.now);
+    // Checkpoint 2 completed meanwhile (every region acknowledged): nothing to abort.
+    assert!(aborted(&mut h).is_empty());
+
+    let mut h = running_with_a_checkpoint_half_acknowledged();
+    for region in [0, 2] {
+        let sink = id(&h, 1, region);
+        h.coordinator.pending.get_mut(&2).unwrap().acks.get_mut(&sink).unwrap().commit = Some(Commit {
+            uploads: vec![upload(&format!("region-{region}"))],
+            ..Commit::default()
+        });
+    }
+    h.coordinator.on_instance_failed(id(&h, 1, 0), "disk full", h.now);
+    assert_eq!(
+        aborted(&mut h),
+        BTreeSet::from(["upload-region-0".to_owned()]),
+        "region 2's is carried"
+    );
+    h.coordinator.on_instance_failed(id(&h, 1, 2), "disk full", h.now);
+    assert_eq!(
+        aborted(&mut h),
+        BTreeSet::from(["upload-region-2".to_owned()]),
+        "a full restart drops the carried"
+    );
+}
