@@ -132,15 +132,18 @@ fn every_example_job_file_parses_and_validates() {
                     .input
                     .iter()
                     .chain([&mapreduce.output])
-                    .all(|path| path.starts_with("/data/")),
-                "{}: examples use the placeholder paths under /data/ the README explains",
+                    .all(|path| path.starts_with("/data/") || path.starts_with("s3://")),
+                "{}: examples use the placeholder paths under /data/ the README explains (or s3:// URLs)",
                 path.display()
             );
             mapreduce_examples.push(path.file_name().unwrap().to_string_lossy().into_owned());
         }
     }
     mapreduce_examples.sort();
-    assert_eq!(mapreduce_examples, ["sort.toml", "streaming-wordcount.toml", "wordcount.toml"]);
+    assert_eq!(
+        mapreduce_examples,
+        ["sort.toml", "streaming-wordcount.toml", "wordcount-s3.toml", "wordcount.toml"]
+    );
 }
 
 /// TeraSort's record: a 10-byte key, then payload, 100 bytes with the newline.
