@@ -127,13 +127,21 @@ impl StreamSpec {
                 ),
             ));
         }
-        if let Some(dir) = &self.checkpoint_dir
-            && !dir.starts_with('/')
-        {
-            return Err(invalid(
-                "stream.checkpoint_dir",
-                format!("`{dir}` must be an absolute path (workers run on other nodes, in other directories)"),
-            ));
+        if let Some(dir) = &self.checkpoint_dir {
+            if dir.starts_with("s3://") {
+                return Err(invalid(
+                    "stream.checkpoint_dir",
+                    format!(
+                        "`{dir}`: checkpoints on object stores are not supported yet (sinks and sources are); use a directory every node sees"
+                    ),
+                ));
+            }
+            if !dir.starts_with('/') {
+                return Err(invalid(
+                    "stream.checkpoint_dir",
+                    format!("`{dir}` must be an absolute path (workers run on other nodes, in other directories)"),
+                ));
+            }
         }
         if let Some(dir) = &self.savepoint_dir {
             storage_path("stream.savepoint_dir", dir)?;

@@ -367,11 +367,15 @@ fn job_settings() {
             target_utilization,
         }
     }
-    let cases: [(Breakage, &str); 18] = [
+    let cases: [(Breakage, &str); 19] = [
         (|spec| spec.key_groups = 40_000, "stream.key_groups"),
         (|spec| spec.checkpoint_interval_ms = 49, "stream.checkpoint_interval_ms"),
         (|spec| spec.checkpoint_interval_ms = 3_600_001, "stream.checkpoint_interval_ms"),
         (|spec| spec.checkpoint_dir = Some("ckpt".into()), "stream.checkpoint_dir"),
+        (
+            |spec| spec.checkpoint_dir = Some("s3://bucket/ckpt".into()),
+            "stream.checkpoint_dir",
+        ),
         (|spec| spec.savepoint_dir = Some("savepoints".into()), "stream.savepoint_dir"),
         (|spec| spec.from_savepoint = Some("/sp/../etc".into()), "stream.from_savepoint"),
         (|spec| spec.from_savepoint = Some("hdfs://nn/sp".into()), "stream.from_savepoint"),
