@@ -10,13 +10,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use spindle_protocol::{AppState, FinalStatus, JobSpec};
-use spindle_storage::{DataUrl, ObjectUrl, S3Settings};
+use spindle_storage::{ObjectUrl, S3Settings};
 use support::{CleanupDir, S3_SECRET as SECRET, run_to_success, shared_s3_env, start_local, unique_s3_root, wait_for_app_end};
 
 fn object(url: &str, env: &BTreeMap<String, String>) -> ObjectUrl {
-    ObjectUrl::open(&DataUrl::parse(url).unwrap(), &S3Settings::from_env(env))
-        .unwrap()
-        .unwrap()
+    ObjectUrl::parse(url, &S3Settings::from_env(env)).unwrap()
 }
 
 /// Deterministic text in `files` objects below `input`, and its word counts.

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use spindle_protocol::{JobSpec, NodeState, RmClient};
-use spindle_storage::{DataUrl, ObjectUrl, S3Settings};
+use spindle_storage::{ObjectUrl, S3Settings};
 use support::{
     ADMIN_TOKEN, Daemon, NetnsHosts, S3Server, read_counts, rm_config_toml, run_to_success, s3_env, task_containers, wait_for_app_end,
     wait_for_http, wait_until,
@@ -241,11 +241,7 @@ async fn a_word_count_from_s3_to_s3_across_hosts_survives_kill_9_of_an_agent() {
         return;
     };
     let env = s3_env(&s3.endpoint);
-    let open = |url: &str| {
-        ObjectUrl::open(&DataUrl::parse(url).unwrap(), &S3Settings::from_env(&env))
-            .unwrap()
-            .unwrap()
-    };
+    let open = |url: &str| ObjectUrl::parse(url, &S3Settings::from_env(&env)).unwrap();
     let local = cluster.path().join("text");
     let expected = write_text(&local);
     for entry in std::fs::read_dir(&local).unwrap() {

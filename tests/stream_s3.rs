@@ -11,7 +11,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use spindle_protocol::{AppState, ContainerId, ContainerState, FinalStatus};
-use spindle_storage::{DataUrl, ObjectUrl, S3Settings};
+use spindle_storage::{ObjectUrl, S3Settings};
 use support::{
     CleanupDir, assert_exact, example_job, expected, kill_processes_under, local_container_dir, operator_mut, shared_s3_env, start_local,
     stream_detail, task_containers, unique_s3_root, wait_for_app_end, wait_for_checkpoint, wait_until,
@@ -66,9 +66,7 @@ async fn a_file_sink_on_s3_is_exact_through_a_rescale_and_a_killed_worker() {
         "{report:#?}"
     );
     // What a reader of the prefix sees: downloaded, then checked as the local tests check it.
-    let out = ObjectUrl::open(&DataUrl::parse(&format!("{root}/out")).unwrap(), &S3Settings::from_env(&env))
-        .unwrap()
-        .unwrap();
+    let out = ObjectUrl::parse(&format!("{root}/out"), &S3Settings::from_env(&env)).unwrap();
     let local = dir.path().join("downloaded");
     std::fs::create_dir_all(&local).unwrap();
     for entry in out.list().await.unwrap() {
@@ -91,7 +89,7 @@ async fn a_file_source_reads_new_objects_exactly_once_into_a_sink_on_s3() {
     let Some(env) = shared_s3_env() else { return };
     let root = unique_s3_root("stream-source");
     let settings = S3Settings::from_env(&env);
-    let open = |url: &str| ObjectUrl::open(&DataUrl::parse(url).unwrap(), &settings).unwrap().unwrap();
+    let open = |url: &str| ObjectUrl::parse(url, &settings).unwrap();
     let input = open(&format!("{root}/in"));
     let mut expected: std::collections::BTreeMap<(String, i64), u64> = Default::default();
     // Object `i` holds 40,000 lines `k<n % 50> <time>` spanning 10 s from i × 10 s.

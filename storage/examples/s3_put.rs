@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use spindle_storage::{DataUrl, ObjectUrl, S3Settings};
+use spindle_storage::{ObjectUrl, S3Settings};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -13,7 +13,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: s3_put FILE s3://bucket/key".into());
     };
     let env: BTreeMap<String, String> = std::env::vars().filter(|(name, _)| name.starts_with("AWS_")).collect();
-    let object = ObjectUrl::open(&DataUrl::parse(url)?, &S3Settings::from_env(&env))?.ok_or("not an s3:// URL")?;
+    let object = ObjectUrl::parse(url, &S3Settings::from_env(&env))?;
     let started = std::time::Instant::now();
     let bytes = object.upload_file(std::path::Path::new(file)).await?;
     eprintln!("{bytes} bytes to {object} in {:.2} s", started.elapsed().as_secs_f64());

@@ -59,6 +59,12 @@ impl ObjectUrl {
         }))
     }
 
+    /// Opens `text`, which must be an `s3://` URL (a staged upload's, a test's).
+    pub fn parse(text: &str, settings: &S3Settings) -> Result<ObjectUrl, StorageError> {
+        let url = DataUrl::parse(text).map_err(|error| StorageError::Config(error.to_string()))?;
+        Self::open(&url, settings)?.ok_or_else(|| StorageError::Config(format!("{text:?} is not an s3:// URL")))
+    }
+
     pub fn key(&self) -> &str {
         &self.key
     }
@@ -127,6 +133,36 @@ impl ObjectUrl {
         let payload = PutPayload::from(bytes.into());
         self.store.put(&self.path(), payload).await.map_err(StorageError::request(self))?;
         Ok(())
+    }
+
+    /// Uploads a local file as the parts of a new multipart upload of this object and leaves
+    /// it open: nothing is visible until `complete_upload` (a failed upload is aborted).
+    /// Returns the upload's id and its parts' ids.
+    pub async fn stage_file(&self, file: &Path) -> Result<(String, Vec<String>), StorageError> {
+        let io_error = |error: io::Error| StorageError::Request {
+            url: self.to_string(),
+            reason: format!("reading {}: {error}", file.display()),
+        };
+        let mut reader = tokio::fs::File::open(file).await.map_err(io_error)?;
+        let upload = self.start_upload().await?;
+        let mut parts = Vec::new();
+        loop {
+            let mut part = Vec::with_capacity(UPLOAD_PART_BYTES);
+            let read = (&mut reader).take(UPLOAD_PART_BYTES as u64).read_to_end(&mut part).await;
+            let uploaded = match read {
+                Ok(0) if !parts.is_empty() => break,
+                Ok(_) => self.upload_part(&upload, parts.len(), part).await,
+                Err(error) => Err(io_error(error)),
+            };
+            match uploaded {
+                Ok(id) => parts.push(id),
+                Err(error) => {
+                    let _ = self.abort_upload(&upload).await;
+                    return Err(error);
+                }
+            }
+        }
+        Ok((upload, parts))
     }
 
     /// Uploads a local file as this object, in parts: it exists only once whole (a failed
@@ -223,8 +259,6 @@ impl ObjectUrl {
 /// Reads an object from `offset` on with ranged GETs of `chunk` bytes: `std::io::Read` for the
 /// blocking split readers.
 pub struct ObjectReader {
-    /// The runtime of the thread that opened it: a read-ahead thread of its own has none.
-    runtime: Option<tokio::runtime::Handle>,
     object: ObjectUrl,
     offset: u64,
     size: u64,
@@ -235,7 +269,6 @@ pub struct ObjectReader {
 impl ObjectReader {
     pub fn new(object: ObjectUrl, offset: u64, size: u64, chunk: usize) -> ObjectReader {
         ObjectReader {
-            runtime: tokio::runtime::Handle::try_current().ok(),
             object,
             offset,
             size,
@@ -254,12 +287,7 @@ impl io::Read for ObjectReader {
             let end = (self.offset + self.chunk.max(buffer.len() as u64)).min(self.size);
             let object = self.object.clone();
             let range = self.offset..end;
-            let get = async move { object.get_range(range).await };
-            let got = match &self.runtime {
-                Some(runtime) if tokio::runtime::Handle::try_current().is_err() => runtime.block_on(get),
-                _ => block_on(get),
-            };
-            self.pending = got.map_err(io::Error::other)?;
+            self.pending = block_on(async move { object.get_range(range).await }).map_err(io::Error::other)?;
             if self.pending.is_empty() {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{} ended early", self.object)));
             }

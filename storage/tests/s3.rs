@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use spindle_storage::{DataUrl, ObjectReader, ObjectUrl, S3Settings};
+use spindle_storage::{ObjectReader, ObjectUrl, S3Settings};
 
 /// The test server's settings, or `None` (the test skips) when it does not answer.
 pub fn test_s3() -> Option<S3Settings> {
@@ -36,9 +36,7 @@ fn unique_prefix(name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_are_written_listed_read_by_range_copied_and_deleted() {
     let Some(settings) = test_s3() else { return };
-    let root = ObjectUrl::open(&DataUrl::parse(&unique_prefix("ops")).unwrap(), &settings)
-        .unwrap()
-        .unwrap();
+    let root = ObjectUrl::parse(&unique_prefix("ops"), &settings).unwrap();
     root.child("b/two.txt").put("two\n").await.unwrap();
     root.child("a.txt").put("one\nline two\n").await.unwrap();
     let listed = root.list().await.unwrap();
@@ -77,9 +75,7 @@ async fn objects_are_written_listed_read_by_range_copied_and_deleted() {
 async fn wrong_credentials_fail_with_the_url_and_no_secret() {
     let Some(mut settings) = test_s3() else { return };
     settings.secret_access_key = Some("not-the-secret".to_owned());
-    let root = ObjectUrl::open(&DataUrl::parse(&unique_prefix("denied")).unwrap(), &settings)
-        .unwrap()
-        .unwrap();
+    let root = ObjectUrl::parse(&unique_prefix("denied"), &settings).unwrap();
     let error = root.child("x").put("x").await.unwrap_err().to_string();
     assert!(error.contains("s3://spindle-test/storage-denied"), "{error}");
     assert!(!error.contains("not-the-secret"), "{error}");
@@ -88,9 +84,7 @@ async fn wrong_credentials_fail_with_the_url_and_no_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staged_uploads_appear_only_when_completed_and_aborted_ones_never() {
     let Some(settings) = test_s3() else { return };
-    let root = ObjectUrl::open(&DataUrl::parse(&unique_prefix("uploads")).unwrap(), &settings)
-        .unwrap()
-        .unwrap();
+    let root = ObjectUrl::parse(&unique_prefix("uploads"), &settings).unwrap();
     let (kept, dropped) = (root.child("kept"), root.child("dropped"));
     let kept_upload = kept.start_upload().await.unwrap();
     let part = kept.upload_part(&kept_upload, 0, b"line\n".to_vec()).await.unwrap();

@@ -130,9 +130,8 @@ async fn run_attempt(assignment: &TaskAssignment, environment: &TaskEnvironment)
             }
             let name = crate::part_file_name(*partition);
             let s3 = spindle_storage::S3Settings::from_env(&assignment.functions.env);
-            let uploaded = match spindle_storage::ObjectUrl::open(&url.join(&name), &s3) {
-                Ok(Some(object)) => object.upload_file(&local.join(&name)).await.map_err(|error| error.to_string()),
-                Ok(None) => unreachable!("an s3:// URL opens an object"),
+            let uploaded = match spindle_storage::ObjectUrl::parse(&url.join(&name).to_string(), &s3) {
+                Ok(object) => object.upload_file(&local.join(&name)).await.map_err(|error| error.to_string()),
                 Err(error) => Err(error.to_string()),
             };
             return match uploaded {

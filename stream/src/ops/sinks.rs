@@ -34,9 +34,6 @@ struct Staged {
     bytes: u64,
 }
 
-/// Parts of the uploads a sink stages on an object store.
-const UPLOAD_PART_BYTES: usize = 16 << 20;
-
 /// Where committed files go.
 enum Target {
     Dir(PathBuf),
@@ -165,40 +162,19 @@ impl Sink for FileSink {
 
 /// Uploads `file` as the parts of a new multipart upload of `object`, not completed.
 fn stage_upload(object: &ObjectUrl, file: &Path) -> Result<UploadCommit, OperatorError> {
-    let failed = |error: spindle_storage::StorageError| OperatorError::failed(format!("file sink: {error}"));
-    let bytes = std::fs::read(file)?;
-    let (object, upload) = {
-        let object = object.clone();
-        block_on(async move {
-            let upload = object.start_upload().await?;
-            Ok::<_, spindle_storage::StorageError>((object, upload))
-        })
-        .map_err(failed)?
-    };
-    let mut parts = Vec::new();
-    for (index, chunk) in bytes.chunks(UPLOAD_PART_BYTES).enumerate() {
-        let (object, upload, chunk) = (object.clone(), upload.clone(), chunk.to_vec());
-        parts.push(block_on(async move { object.upload_part(&upload, index, chunk).await }).map_err(failed)?);
-    }
-    Ok(UploadCommit {
-        url: object.to_string(),
-        upload_id: upload,
-        parts,
-    })
+    let (url, staging) = (object.to_string(), object.clone());
+    let (upload_id, parts) =
+        block_on(async move { staging.stage_file(file).await }).map_err(|error| OperatorError::failed(format!("file sink: {error}")))?;
+    Ok(UploadCommit { url, upload_id, parts })
 }
 
 /// Aborts staged uploads that will never be completed (the AM, after a restart dropped the
 /// checkpoints they were for); failures are only logged.
 pub fn abort_uploads(uploads: &[UploadCommit], s3: &S3Settings) {
     for upload in uploads {
-        let Ok(Some(object)) = DataUrl::parse(&upload.url)
-            .map_err(|error| error.to_string())
-            .and_then(|url| ObjectUrl::open(&url, s3).map_err(|error| error.to_string()))
-        else {
-            continue;
-        };
-        let id = upload.upload_id.clone();
-        if let Err(error) = block_on(async move { object.abort_upload(&id).await }) {
+        let aborted =
+            ObjectUrl::parse(&upload.url, s3).and_then(|object| block_on(async move { object.abort_upload(&upload.upload_id).await }));
+        if let Err(error) = aborted {
             tracing::warn!(url = %upload.url, %error, "cannot abort a staged upload (the bucket's lifecycle rule will)");
         }
     }
@@ -207,12 +183,9 @@ pub fn abort_uploads(uploads: &[UploadCommit], s3: &S3Settings) {
 /// Completes a sink's staged uploads (the AM, at commit).
 pub fn run_upload_commit(commit: &Commit, s3: &S3Settings) -> Result<(), String> {
     for upload in &commit.uploads {
-        let url = DataUrl::parse(&upload.url).map_err(|error| error.to_string())?;
-        let object = ObjectUrl::open(&url, s3)
-            .map_err(|error| error.to_string())?
-            .ok_or_else(|| format!("{}: not an object URL", upload.url))?;
-        let (id, parts) = (upload.upload_id.clone(), upload.parts.clone());
-        block_on(async move { object.complete_upload(&id, &parts).await }).map_err(|error| error.to_string())?;
+        ObjectUrl::parse(&upload.url, s3)
+            .and_then(|object| block_on(async move { object.complete_upload(&upload.upload_id, &upload.parts).await }))
+            .map_err(|error| error.to_string())?;
     }
     Ok(())
 }
