@@ -14,6 +14,9 @@
     their state loaded), as the AM reports it; the stall seen by the pipeline (seconds with no
     window input) is printed beside it. --rescale-speeds: `throttled` (300,000 events/s per
     generator), `full` (unthrottled: the window instances are the bottleneck), or both.
+    With --s3, each rescale run is followed by the same run checkpointing to an S3-compatible
+    server this script starts (`s3s-fs`, its data under --dir too): snapshots are uploaded and
+    the moved key groups read back with ranged GETs; both pauses are printed side by side.
 (c) With --checkpoint-cost: the throughput run again with checkpoints every 10 min instead of
     every second, so the difference is what checkpoints cost the pipeline.
 
@@ -24,6 +27,7 @@ Needs the release build: `cargo build --release -p spindle-cli`.
 import argparse
 import copy
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -33,6 +37,7 @@ import tomllib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cluster_bench import start_local_cluster  # noqa: E402
+from mapreduce_bench import S3Server  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,10 +98,12 @@ def throughput_run(rm, checkpoint_dir, seconds, warmup, checkpoint_interval_ms=N
     return statistics.median(samples), statistics.median(busy), stream.get("last_checkpoint")
 
 
-def rescale_run(rm, checkpoint_dir, state_mb, keys, measure, full_speed):
+def rescale_run(rm, checkpoint_dir, state_mb, keys, measure, full_speed, env=None):
     spec = load_example()
     spec["name"] = "stream-rescale"
     spec["stream"]["checkpoint_dir"] = checkpoint_dir
+    if env:
+        spec["stream"]["env"] = env
     spec["stream"]["checkpoint_interval_ms"] = 5000
     spec["stream"]["worker"] = {"vcores": 1, "memory_mb": 2048}
     events = operator(spec, "events")
@@ -156,9 +163,14 @@ def main():
     parser.add_argument("--checkpoint-cost", action="store_true",
                         help="also run the throughput pipeline with checkpoints every 10 min")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--s3", action="store_true",
+                        help="also run each rescale checkpointing to an S3-compatible server (s3s-fs)")
+    parser.add_argument("--s3s-fs", default=shutil.which("s3s-fs") or os.path.expanduser("~/.cargo/bin/s3s-fs"),
+                        help="the s3s-fs binary (cargo install s3s-fs@0.14.1 --locked --features binary)")
     args = parser.parse_args()
     data_dir = tempfile.mkdtemp(prefix="spindle-stream-bench-", dir=args.dir)
     proc, rm = start_local_cluster(args.spindle, data_dir, 4, 12288)
+    s3 = S3Server(args.s3s_fs, os.path.join(data_dir, "s3")) if args.s3 else None
     try:
         checkpoints = os.path.join(data_dir, "checkpoints")
         if not args.skip_throughput:
@@ -178,20 +190,27 @@ def main():
                 print(f"throughput without checkpoints: median {statistics.median(quiet) / 1e6:.2f} M events/s "
                       f"({', '.join(f'{r / 1e6:.2f}' for r in quiet)}); with checkpoints every second: "
                       f"{statistics.median(rates) / statistics.median(quiet):.1%} of it")
+        stores = [("local", checkpoints, None)]
+        if s3:
+            stores.append(("s3", "s3://bench/checkpoints", s3.env()))
         for speed in [] if args.skip_rescale else args.rescale_speeds.split(","):
-            pauses = []
+            pauses = {store: [] for store, _, _ in stores}
             for run in range(args.runs):
-                state, pause, took, rates, checkpoint = rescale_run(
-                    rm, checkpoints, args.state_mb, args.keys, args.measure, speed == "full")
-                pauses.append(pause)
-                log(f"run {run + 1} ({speed}): rescale 2 → 4 with {state / 1e6:.0f} MB of keyed state: pause {pause} ms, "
-                    f"rescale done in {took} ms; its checkpoint (trigger to complete) took "
-                    f"{checkpoint.get('duration_ms')} ms for {checkpoint.get('size_bytes', 0) / 1e6:.0f} MB; "
-                    f"window input rates after the request: "
-                    f"{' '.join(f'{t:.1f}s:{r / 1e6:.2f}M' for t, r in rates)}")
-            print(f"rescale pause ({speed}): median {statistics.median(pauses)} ms over {args.runs} runs "
-                  f"({', '.join(map(str, pauses))})")
+                for store, checkpoint_dir, env in stores:
+                    state, pause, took, rates, checkpoint = rescale_run(
+                        rm, checkpoint_dir, args.state_mb, args.keys, args.measure, speed == "full", env)
+                    pauses[store].append(pause)
+                    log(f"run {run + 1} ({speed}, checkpoints {store}): rescale 2 → 4 with {state / 1e6:.0f} MB of keyed "
+                        f"state: pause {pause} ms, rescale done in {took} ms; its checkpoint (trigger to complete) took "
+                        f"{checkpoint.get('duration_ms')} ms for {checkpoint.get('size_bytes', 0) / 1e6:.0f} MB; "
+                        f"window input rates after the request: "
+                        f"{' '.join(f'{t:.1f}s:{r / 1e6:.2f}M' for t, r in rates)}")
+            for store, values in pauses.items():
+                print(f"rescale pause ({speed}, checkpoints {store}): median {statistics.median(values)} ms "
+                      f"over {args.runs} runs ({', '.join(map(str, values))})")
     finally:
+        if s3:
+            s3.stop()
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
 

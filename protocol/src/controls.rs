@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::savepoints::{SAVEPOINT_REQUEST_KIND, SavepointRequest, storage_path};
+use crate::savepoints::{SAVEPOINT_REQUEST_KIND, SavepointRequest, savepoint_location};
 use crate::{JobKind, JobSpec, SpecError};
 
 /// Prefix of a stream operator's control key.
@@ -106,8 +106,7 @@ impl JobSpec {
             })
         })?;
         if let Some(dir) = &request.dir {
-            let path = storage_path("dir", dir).map_err(ControlError::Invalid)?;
-            request.dir = Some(path.display().to_string());
+            request.dir = Some(savepoint_location("dir", dir).map_err(ControlError::Invalid)?);
         }
         Ok(serde_json::to_value(request).expect("a request serializes"))
     }

@@ -34,7 +34,7 @@ pub use mapreduce::{Builtin, MapReduceSpec, Stage, TaskFunction};
 pub use reports::*;
 pub use resources::Resources;
 pub use savepoints::{
-    SAVEPOINT_REQUEST_KIND, SavepointReply, SavepointRequest, SavepointState, SavepointStatus, parse_savepoint_request,
+    SAVEPOINT_REQUEST_KIND, SavepointReply, SavepointRequest, SavepointState, SavepointStatus, parse_savepoint_request, savepoint_location,
     savepoint_request_key, storage_path,
 };
 pub use states::{AppState, ContainerState, ExitReason, FinalStatus, NodeState, wire_name};

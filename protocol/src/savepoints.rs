@@ -120,9 +120,32 @@ pub fn storage_path(field: &str, text: &str) -> Result<PathBuf, SpecError> {
     Ok(path.to_owned())
 }
 
+/// A savepoint's location as users write it: `storage_path`'s rules for a directory, or an
+/// `s3://bucket/prefix` URL (the job's credentials reach it). Returned as the text the AM
+/// opens: a path, or the URL without a trailing `/`.
+pub fn savepoint_location(field: &str, text: &str) -> Result<String, SpecError> {
+    if text.starts_with("s3://") {
+        let url = crate::DataUrl::parse(text).map_err(|error| SpecError {
+            field: field.to_owned(),
+            reason: error.to_string(),
+        })?;
+        return Ok(url.to_string());
+    }
+    storage_path(field, text).map(|path| path.display().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn savepoint_locations_are_storage_paths_or_s3_urls() {
+        assert_eq!(savepoint_location("dir", "file:///data/sp").unwrap(), "/data/sp");
+        assert_eq!(savepoint_location("dir", "s3://bucket/sp/").unwrap(), "s3://bucket/sp");
+        assert!(savepoint_location("dir", "s3://Bad_Bucket/sp").is_err());
+        assert!(savepoint_location("dir", "hdfs://nn/sp").unwrap_err().reason.contains("hdfs://"));
+        assert!(savepoint_location("dir", "s3://bucket/a/../b").is_err());
+    }
 
     #[test]
     fn storage_paths_are_absolute_without_dot_dot_and_file_urls_are_paths() {

@@ -69,6 +69,10 @@ impl ObjectUrl {
         &self.key
     }
 
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
     /// The same bucket at `key`.
     pub fn at(&self, key: &str) -> ObjectUrl {
         ObjectUrl {
@@ -165,14 +169,22 @@ impl ObjectUrl {
         Ok((upload, parts))
     }
 
-    /// Uploads a local file as this object, in parts: it exists only once whole (a failed
-    /// upload is aborted and leaves nothing visible).
+    /// Uploads a local file as this object: one request when it fits in a part, else in parts.
+    /// It exists only once whole (a failed upload is aborted and leaves nothing visible).
     pub async fn upload_file(&self, file: &Path) -> Result<u64, StorageError> {
         let io_error = |error: io::Error| StorageError::Request {
             url: self.to_string(),
             reason: format!("reading {}: {error}", file.display()),
         };
         let mut reader = tokio::fs::File::open(file).await.map_err(io_error)?;
+        let size = reader.metadata().await.map_err(io_error)?.len();
+        if size <= UPLOAD_PART_BYTES as u64 {
+            let mut bytes = Vec::with_capacity(size as usize);
+            reader.read_to_end(&mut bytes).await.map_err(io_error)?;
+            let total = bytes.len() as u64;
+            self.put(bytes).await?;
+            return Ok(total);
+        }
         let upload = self.store.put_multipart(&self.path()).await.map_err(StorageError::request(self))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART_BYTES);
         let mut buffer = vec![0u8; 1024 * 1024];

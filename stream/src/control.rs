@@ -2,7 +2,6 @@
 //! TCP connection per worker, opened by the worker).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use spindle_protocol::OperatorSpec;
@@ -65,7 +64,8 @@ pub struct InstancePlan {
     /// Checkpoint ids continue after this one.
     pub last_checkpoint: u64,
     pub app_id: String,
-    pub checkpoint_dir: PathBuf,
+    /// The job's checkpoint dir (`<checkpoint_dir>/<app_id>`): a path or an `s3://` URL.
+    pub checkpoint_dir: String,
     pub env: BTreeMap<String, String>,
 }
 
@@ -98,7 +98,8 @@ pub struct TargetPlan {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateFileRef {
-    pub path: PathBuf,
+    /// A path, or an `s3://` URL (see `Location`).
+    pub path: String,
     /// Groups to read from it (all the file has within this range).
     pub range: Range,
     /// Read the operator (non-keyed) state too.
@@ -171,7 +172,8 @@ pub enum ToAm {
 pub struct Ack {
     pub instance: InstanceId,
     pub checkpoint: u64,
-    pub state_file: Option<PathBuf>,
+    /// Its snapshot file: a path, or an `s3://` URL (see `Location`).
+    pub state_file: Option<String>,
     pub state_bytes: u64,
     pub commit: Option<Commit>,
     /// From the barrier's arrival at the first input to the snapshot written.

@@ -13,6 +13,7 @@ pub mod control;
 pub mod counts;
 pub mod graph;
 pub mod keys;
+pub mod location;
 pub mod master;
 pub mod operator;
 pub mod ops;

@@ -49,7 +49,7 @@ pub struct InstanceContext {
     /// A scratch directory of the worker container.
     pub work_dir: PathBuf,
     /// The job's checkpoint directory (`<checkpoint_dir>/<app_id>`).
-    pub checkpoint_dir: PathBuf,
+    pub checkpoint_dir: crate::location::Location,
     pub env: BTreeMap<String, String>,
 }
 

@@ -1,4 +1,5 @@
-//! Snapshot files: one per instance per checkpoint, written then renamed into place.
+//! Snapshot files: one per instance per checkpoint, written then renamed into place (or, in
+//! a checkpoint dir on an object store, written to a scratch file, then uploaded whole).
 //!
 //! Layout: the sections back to back, then an index (`count: u32`, then per section
 //! `group: u32, offset: u64, length: u64`), then the index's offset as `u64`, then the magic.
@@ -9,7 +10,10 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use spindle_storage::{ObjectUrl, block_on};
+
 use super::keys::KeyGroupRange;
+use super::location::Location;
 use super::operator::OperatorError;
 
 const MAGIC: &[u8; 8] = b"SPNDLST1";
@@ -28,11 +32,17 @@ pub struct StateWriter {
 /// Where a `StateWriter`'s sections go.
 enum Output {
     File {
-        path: PathBuf,
+        /// Where `temp` goes once whole: renamed to a path, or uploaded as an object.
+        target: Target,
         temp: PathBuf,
         file: BufWriter<File>,
     },
     Memory(Vec<u8>),
+}
+
+enum Target {
+    Path(PathBuf),
+    Object(ObjectUrl),
 }
 
 impl StateWriter {
@@ -40,14 +50,26 @@ impl StateWriter {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let temp = path.with_extension("tmp");
+        Self::to_file(Target::Path(path.to_owned()), path.with_extension("tmp"))
+    }
+
+    /// A writer of the snapshot file at `location`; one for an object store is written to a
+    /// scratch file in `scratch` first.
+    pub fn create_at(location: &Location, scratch: &Path) -> Result<StateWriter, OperatorError> {
+        match location {
+            Location::Dir(path) => Self::create(path),
+            Location::Object(object) => {
+                std::fs::create_dir_all(scratch)?;
+                let name = object.key().rsplit('/').next().unwrap_or("snapshot");
+                Self::to_file(Target::Object(object.clone()), scratch.join(format!("{name}.upload")))
+            }
+        }
+    }
+
+    fn to_file(target: Target, temp: PathBuf) -> Result<StateWriter, OperatorError> {
         let file = BufWriter::with_capacity(1 << 20, File::create(&temp)?);
         Ok(StateWriter {
-            output: Output::File {
-                path: path.to_owned(),
-                temp,
-                file,
-            },
+            output: Output::File { target, temp, file },
             offset: 0,
             index: Vec::new(),
             scratch: Vec::new(),
@@ -107,9 +129,10 @@ impl StateWriter {
         self.offset
     }
 
-    /// Writes the index, syncs, and renames the file into place; returns its size.
+    /// Writes the index, syncs, and renames the file into place (or uploads it and deletes the
+    /// scratch file); returns its size.
     pub fn finish(self) -> Result<u64, OperatorError> {
-        let Output::File { path, temp, mut file } = self.output else {
+        let Output::File { target, temp, mut file } = self.output else {
             return Err(OperatorError::failed("finish on an in-memory state writer: use into_buffered"));
         };
         let index_offset = self.offset;
@@ -122,8 +145,19 @@ impl StateWriter {
         file.write_all(&index_offset.to_le_bytes())?;
         file.write_all(MAGIC)?;
         let file = file.into_inner().map_err(|error| error.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&temp, &path)?;
+        match target {
+            Target::Path(path) => {
+                file.sync_all()?;
+                std::fs::rename(&temp, &path)?;
+            }
+            Target::Object(object) => {
+                // The store makes it durable: the scratch copy needs no sync.
+                drop(file);
+                let uploaded = block_on(object.upload_file(&temp));
+                let _ = std::fs::remove_file(&temp);
+                uploaded.map_err(|error| OperatorError::failed(format!("uploading a snapshot: {error}")))?;
+            }
+        }
         Ok(index_offset + 4 + self.index.len() as u64 * 20 + 16)
     }
 }
@@ -150,33 +184,102 @@ impl CapturedState for BufferedState {
     }
 }
 
+/// Bytes an object-store reader fetches per request at most: neighbouring sections it needs
+/// come in one ranged GET, not one each.
+const FETCH_BYTES: u64 = 16 << 20;
+/// The tail an object-store reader fetches first: the index of most files fits in it.
+const TAIL_BYTES: u64 = 64 << 10;
+
 /// Reads sections of a snapshot file.
 pub struct StateReader {
-    file: File,
+    source: Source,
     index: Vec<(u32, u64, u64)>,
+}
+
+enum Source {
+    File(File),
+    Object(ObjectUrl),
+}
+
+impl Source {
+    fn read_exact_at(&mut self, offset: u64, buffer: &mut [u8]) -> Result<(), OperatorError> {
+        match self {
+            Source::File(file) => {
+                file.seek(SeekFrom::Start(offset))?;
+                file.read_exact(buffer)?;
+            }
+            Source::Object(object) => {
+                let bytes = fetch(object, offset, buffer.len() as u64)?;
+                buffer.copy_from_slice(&bytes);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bytes `offset..offset + length` of an object, all of them (a short answer is an error).
+fn fetch(object: &ObjectUrl, offset: u64, length: u64) -> Result<bytes::Bytes, OperatorError> {
+    let bytes = block_on(object.get_range(offset..offset + length))
+        .map_err(|error| OperatorError::failed(format!("reading a snapshot: {error}")))?;
+    if bytes.len() as u64 != length {
+        return Err(OperatorError::CorruptState(format!(
+            "{object}: {} bytes at {offset} where {length} were asked",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
 }
 
 impl StateReader {
     pub fn open(path: &Path) -> Result<StateReader, OperatorError> {
-        let mut file = File::open(path)?;
-        let corrupt = |what: &str| OperatorError::CorruptState(format!("{}: {what}", path.display()));
+        let file = File::open(path)?;
         let len = file.metadata()?.len();
+        Self::read_index(Source::File(file), len, &path.display().to_string(), None)
+    }
+
+    /// Opens the snapshot file at `location`: an object's index costs a HEAD and one GET.
+    pub fn open_at(location: &Location) -> Result<StateReader, OperatorError> {
+        let object = match location {
+            Location::Dir(path) => return Self::open(path),
+            Location::Object(object) => object,
+        };
+        let len = block_on(object.size())
+            .map_err(|error| OperatorError::failed(format!("reading a snapshot: {error}")))?
+            .ok_or_else(|| OperatorError::failed(format!("the snapshot {object} does not exist")))?;
+        let tail_len = len.min(TAIL_BYTES);
+        let tail = fetch(object, len - tail_len, tail_len)?;
+        Self::read_index(Source::Object(object.clone()), len, &object.to_string(), Some(&tail))
+    }
+
+    /// Reads the index of a file of `len` bytes; `tail`: its last bytes, fetched already.
+    fn read_index(mut source: Source, len: u64, name: &str, tail: Option<&[u8]>) -> Result<StateReader, OperatorError> {
+        let corrupt = |what: &str| OperatorError::CorruptState(format!("{name}: {what}"));
         if len < 20 {
             return Err(corrupt("too short"));
         }
-        let mut tail = [0u8; 16];
-        file.seek(SeekFrom::End(-16))?;
-        file.read_exact(&mut tail)?;
-        if &tail[8..] != MAGIC {
+        // Bytes `offset..len - 16`, from the tail when it holds them.
+        let read_to_trailer = |source: &mut Source, offset: u64| -> Result<Vec<u8>, OperatorError> {
+            let mut bytes = vec![0u8; (len - offset) as usize];
+            match tail {
+                Some(tail) if len - offset <= tail.len() as u64 => bytes.copy_from_slice(&tail[tail.len() - (len - offset) as usize..]),
+                _ => source.read_exact_at(offset, &mut bytes)?,
+            }
+            bytes.truncate(bytes.len() - 16);
+            Ok(bytes)
+        };
+        let mut trailer = [0u8; 16];
+        match tail {
+            Some(tail) => trailer.copy_from_slice(&tail[tail.len() - 16..]),
+            None => source.read_exact_at(len - 16, &mut trailer)?,
+        }
+        if &trailer[8..] != MAGIC {
             return Err(corrupt("not a snapshot file"));
         }
-        let index_offset = u64::from_le_bytes(tail[..8].try_into().expect("8 bytes"));
+        let index_offset = u64::from_le_bytes(trailer[..8].try_into().expect("8 bytes"));
         if index_offset + 4 > len - 16 {
             return Err(corrupt("index out of bounds"));
         }
-        file.seek(SeekFrom::Start(index_offset))?;
-        let mut raw = vec![0u8; (len - 16 - index_offset) as usize];
-        file.read_exact(&mut raw)?;
+        let raw = read_to_trailer(&mut source, index_offset)?;
         let count = u32::from_le_bytes(raw[..4].try_into().expect("4 bytes")) as usize;
         if raw.len() != 4 + count * 20 {
             return Err(corrupt("index length"));
@@ -194,7 +297,7 @@ impl StateReader {
         if index.iter().any(|(_, offset, length)| offset + length > index_offset) {
             return Err(corrupt("a section runs past the data"));
         }
-        Ok(StateReader { file, index })
+        Ok(StateReader { source, index })
     }
 
     /// Bytes of state the file holds, over all its sections (0: the instance had none).
@@ -216,11 +319,39 @@ impl StateReader {
         range: &KeyGroupRange,
         mut each: impl FnMut(u32, &[u8]) -> Result<(), OperatorError>,
     ) -> Result<(), OperatorError> {
-        let mut buffer = Vec::new();
-        for (group, offset, length) in self.index.clone() {
-            if group == OPERATOR_STATE || !range.contains(&group) {
-                continue;
+        let wanted: Vec<(u32, u64, u64)> = self
+            .index
+            .iter()
+            .filter(|(group, _, _)| *group != OPERATOR_STATE && range.contains(group))
+            .copied()
+            .collect();
+        if let Source::Object(object) = &self.source {
+            // Sections lie in the file in the order of the index: runs of adjacent ones are
+            // fetched together, up to FETCH_BYTES per request.
+            let mut start = 0;
+            while start < wanted.len() {
+                let first = wanted[start].1;
+                let mut end = start + 1;
+                while end < wanted.len() {
+                    let (_, offset, length) = wanted[end];
+                    let (_, previous, previous_length) = wanted[end - 1];
+                    if offset != previous + previous_length || offset + length - first > FETCH_BYTES {
+                        break;
+                    }
+                    end += 1;
+                }
+                let (_, last, last_length) = wanted[end - 1];
+                let bytes = fetch(object, first, last + last_length - first)?;
+                for &(group, offset, length) in &wanted[start..end] {
+                    let at = (offset - first) as usize;
+                    each(group, &bytes[at..at + length as usize])?;
+                }
+                start = end;
             }
+            return Ok(());
+        }
+        let mut buffer = Vec::new();
+        for (group, offset, length) in wanted {
             self.read_section(offset, length, &mut buffer)?;
             each(group, &buffer)?;
         }
@@ -239,9 +370,7 @@ impl StateReader {
 
     fn read_section(&mut self, offset: u64, length: u64, buffer: &mut Vec<u8>) -> Result<(), OperatorError> {
         buffer.resize(length as usize, 0);
-        self.file.seek(SeekFrom::Start(offset))?;
-        self.file.read_exact(buffer)?;
-        Ok(())
+        self.source.read_exact_at(offset, buffer)
     }
 }
 

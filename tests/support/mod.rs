@@ -17,6 +17,7 @@ mod cli;
 mod daemons;
 mod in_process;
 mod netns;
+mod object_source;
 mod postgres;
 mod private_postgres;
 mod s3;
@@ -39,6 +40,7 @@ pub use self::{
     daemons::{Daemon, Db, TestAgent, TestCluster, rm_config_toml, wait_for_http},
     in_process::InProcessRm,
     netns::NetnsHosts,
+    object_source::{object_source_job, run_object_source_scenario},
     postgres::PgSchema,
     private_postgres::PrivatePostgres,
     s3::{S3_BUCKET, S3_SECRET, S3Server, s3_env, shared_s3_env, unique_s3_root},

@@ -9,8 +9,9 @@ mod graph;
 #[cfg(test)]
 mod tests;
 
+use crate::DataUrl;
 use crate::job::{SpecError, validate_command, validate_resources};
-use crate::savepoints::storage_path;
+use crate::savepoints::savepoint_location;
 use crate::stream::{MAX_KEY_GROUPS, MAX_PARALLELISM, OperatorKind, OperatorSpec, StreamSpec};
 
 /// Most operators one job may have (so the AM's report of them always fits the RM's bound).
@@ -129,14 +130,17 @@ impl StreamSpec {
         }
         if let Some(dir) = &self.checkpoint_dir {
             if dir.starts_with("s3://") {
-                return Err(invalid(
-                    "stream.checkpoint_dir",
-                    format!(
-                        "`{dir}`: checkpoints on object stores are not supported yet (sinks and sources are); use a directory every node sees"
-                    ),
-                ));
-            }
-            if !dir.starts_with('/') {
+                DataUrl::parse(dir).map_err(|error| invalid("stream.checkpoint_dir", error.to_string()))?;
+                if let Some(sink) = self.operators.iter().find(|op| op.kind() == OperatorKind::NatsSink) {
+                    return Err(invalid(
+                        "stream.checkpoint_dir",
+                        format!(
+                            "`{dir}`: nats_sink `{}` stages its output in the checkpoint dir for the AM to publish, which an object store cannot hold yet; use a directory every node sees",
+                            sink.name
+                        ),
+                    ));
+                }
+            } else if !dir.starts_with('/') {
                 return Err(invalid(
                     "stream.checkpoint_dir",
                     format!("`{dir}` must be an absolute path (workers run on other nodes, in other directories)"),
@@ -144,13 +148,13 @@ impl StreamSpec {
             }
         }
         if let Some(dir) = &self.savepoint_dir {
-            storage_path("stream.savepoint_dir", dir)?;
+            savepoint_location("stream.savepoint_dir", dir)?;
         }
         // Only the path's shape: whether a savepoint is there, and whether this job can start
         // from it, the AM finds out as the app's account (the RM reads no user's files), and
         // `spindle submit` beforehand where it can read it.
         if let Some(savepoint) = &self.from_savepoint {
-            storage_path("stream.from_savepoint", savepoint)?;
+            savepoint_location("stream.from_savepoint", savepoint)?;
         } else if self.allow_dropped_state {
             return Err(invalid(
                 "stream.allow_dropped_state",

@@ -345,6 +345,9 @@ fn sources_sinks_and_transforms_of_every_kind() {
     assert_refused(&spec, "stream.operators[3].subject", "needs `subject`");
     spec.operators[3].subject = Some("counts".into());
     spec.validate().unwrap();
+    spec.checkpoint_dir = Some("s3://bucket/ckpt".into());
+    assert_refused(&spec, "stream.checkpoint_dir", "nats_sink `out` stages its output");
+    spec.checkpoint_dir = None;
 
     spec.operators[2] = operator("count", OperatorKind::User, &["by_key"]);
     assert_refused(&spec, "stream.operators[2].class", "needs `class`");
@@ -373,7 +376,7 @@ fn job_settings() {
         (|spec| spec.checkpoint_interval_ms = 3_600_001, "stream.checkpoint_interval_ms"),
         (|spec| spec.checkpoint_dir = Some("ckpt".into()), "stream.checkpoint_dir"),
         (
-            |spec| spec.checkpoint_dir = Some("s3://bucket/ckpt".into()),
+            |spec| spec.checkpoint_dir = Some("s3://Bucket/ckpt".into()),
             "stream.checkpoint_dir",
         ),
         (|spec| spec.savepoint_dir = Some("savepoints".into()), "stream.savepoint_dir"),

@@ -104,6 +104,7 @@ impl Coordinator {
                         index,
                         range,
                         path: path.clone(),
+                        bytes: ack.state_bytes,
                     });
             }
             if let Some(commit) = &ack.commit {

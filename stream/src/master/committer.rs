@@ -9,6 +9,7 @@ use spindle_storage::S3Settings;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::checkpoints::Storage;
+use crate::location::Location;
 use crate::operator::{Commit, UploadCommit};
 use crate::savepoint::{FileCopy, SavepointMeta};
 
@@ -26,7 +27,7 @@ pub(super) struct CommitJob {
 
 /// A savepoint to write: its directory, metadata and the files to copy into it.
 pub(super) struct SavepointWrite {
-    pub dir: PathBuf,
+    pub dir: Location,
     pub meta: SavepointMeta,
     pub copies: Vec<FileCopy>,
 }
@@ -47,7 +48,7 @@ pub(super) fn spawn_committer(storage: Storage, keep: usize, s3: S3Settings) -> 
             let (storage, s3) = (storage.clone(), s3.clone());
             let result = tokio::task::spawn_blocking(move || {
                 if let Some(SavepointWrite { dir, meta, copies }) = savepoint {
-                    return crate::savepoint::write(&dir, meta, &copies);
+                    return crate::savepoint::write(&dir, meta, &copies, &s3);
                 }
                 if !abort.is_empty() {
                     crate::ops::sinks::abort_uploads(&abort, &s3);

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use spindle_protocol::{ContainerId, StreamSpec};
+use spindle_storage::S3Settings;
 
 use super::autoscale::Autoscaler;
 use super::counters::{CounterLedger, OperatorTotals};
@@ -15,6 +16,7 @@ use super::savepoints::{Savepoints, epoch_after};
 use crate::checkpoints::{CheckpointMeta, Storage};
 use crate::control::{Ack, EdgePlan, InputPlan, InstancePlan, StateFileRef, TargetPlan, ToWorker};
 use crate::graph::{Graph, Layout, Placed, fresh_layout, intersect, workers_needed};
+use crate::location::Location;
 use crate::operator::Commit;
 use crate::wire::InstanceId;
 
@@ -77,7 +79,7 @@ pub enum Effect {
     /// metadata (before the commits queued after it); answered by `on_savepoint_written`.
     WriteSavepoint {
         id: u64,
-        dir: std::path::PathBuf,
+        dir: Location,
         meta: Box<crate::savepoint::SavepointMeta>,
         copies: Vec<crate::savepoint::FileCopy>,
     },
@@ -132,10 +134,10 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// Reads the checkpoint dir's complete checkpoints (the job resumes from the latest).
-    pub fn new(spec: StreamSpec, app_id: String, attempt: u32, checkpoint_dir: &std::path::Path, now: Instant) -> Coordinator {
+    pub fn new(spec: StreamSpec, app_id: String, attempt: u32, checkpoint_dir: &Location, now: Instant) -> Coordinator {
         let graph = Graph::build(&spec);
-        let storage = Storage::new(checkpoint_dir, &app_id);
-        let last_complete = storage.complete_checkpoints().pop();
+        let storage = Storage::new(checkpoint_dir, &app_id, S3Settings::from_env(&spec.env));
+        let last_complete = storage.latest_whole();
         let mut parallelism: Vec<u32> = graph.stages.iter().map(|stage| stage.spec.parallelism).collect();
         // A rescale survives an AM restart through the checkpoint that made it.
         if let Some(meta) = &last_complete {
@@ -432,7 +434,7 @@ impl Coordinator {
             await_load: starts_after.filter(|_| spec.is_keyed()),
             last_checkpoint: starts_after.unwrap_or(restored),
             app_id: self.app_id.clone(),
-            checkpoint_dir: self.storage.root().to_owned(),
+            checkpoint_dir: self.storage.root().to_string(),
             env: self.spec.env.clone(),
         }
     }

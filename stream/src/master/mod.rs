@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use spindle_protocol::{
     Allocation, ContainerId, ContainerStatus, JobDetail, LaunchSpec, OPERATOR_CONTROL_PREFIX, ResourceAsk, STREAM_SECTION, StreamSpec, env,
-    storage_path,
+    savepoint_location,
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoints::Storage;
 use crate::control::{ToAm, ToWorker};
+use crate::location::Location;
 use crate::runtime::worker::AM_CONTROL_ENV;
 use committer::{CommitJob, SavepointWrite, run_commits, spawn_committer};
 pub use coordinator::{Coordinator, Effect, Phase, Worker};
@@ -39,6 +40,7 @@ use spindle_app_master::AmError;
 use spindle_app_master::AmExit;
 use spindle_app_master::driver::{self, Framework, Outcome, Report, Started};
 use spindle_app_master::{AgentLauncher, ContainerLauncher, LaunchFailure};
+use spindle_storage::S3Settings;
 
 /// How long an allocate waits on the RM for news (control messages arrive meanwhile).
 const ALLOCATE_WAIT: Duration = Duration::from_millis(250);
@@ -110,20 +112,25 @@ impl<L: ContainerLauncher> StreamMaster<L> {
         } = self;
         // The checkpoint dir is checked before registering: a dir this job cannot use safely
         // fails the attempt, as it did before the driver.
-        let checkpoint_dir = spec.checkpoint_dir.clone().map_or_else(default_checkpoint_dir, PathBuf::from);
-        Storage::new(&checkpoint_dir, &context.app_id.to_string())
+        let s3 = S3Settings::from_env(&spec.env);
+        let checkpoint_dir = match &spec.checkpoint_dir {
+            Some(dir) => Location::open(dir, &s3).map_err(|err| AmError::Setup(format!("checkpoint storage: {dir}: {err}")))?,
+            None => Location::Dir(default_checkpoint_dir()),
+        };
+        Storage::new(&checkpoint_dir, &context.app_id.to_string(), s3)
             .prepare()
-            .map_err(|err| AmError::Setup(format!("checkpoint storage: cannot prepare {}: {err}", checkpoint_dir.display())))?;
+            .map_err(|err| AmError::Setup(format!("checkpoint storage: cannot prepare {checkpoint_dir}: {err}")))?;
         driver::run_default(context, launcher, shutdown, |started| start(started, spec, token, checkpoint_dir)).await
     }
 }
 
 /// Reads the latest checkpoint, opens the control port and starts the committer. A job whose
 /// last checkpoint is recorded is over: its commits run (again) and it finishes at once.
-async fn start(started: Started<Event>, spec: StreamSpec, token: String, checkpoint_dir: PathBuf) -> Result<StreamFramework, Outcome> {
+async fn start(started: Started<Event>, spec: StreamSpec, token: String, checkpoint_dir: Location) -> Result<StreamFramework, Outcome> {
     let Started {
         context, events, shutdown, ..
     } = started;
+    let s3 = S3Settings::from_env(&spec.env);
     let mut coordinator = Coordinator::new(
         spec.clone(),
         context.app_id.to_string(),
@@ -136,18 +143,20 @@ async fn start(started: Started<Event>, spec: StreamSpec, token: String, checkpo
     if coordinator.last_complete.is_none()
         && let Some(from) = &spec.from_savepoint
     {
-        let point = crate::savepoint::read(from)
+        let point = crate::savepoint::read(from, &s3)
             .and_then(|(dir, meta)| meta.restore_point(&dir, &spec))
             .map_err(|err| Outcome::failed(format!("cannot start from savepoint {from}: {err}")))?;
         tracing::info!(savepoint = %from, checkpoint = point.id, "starting from a savepoint");
         coordinator.restore_from_savepoint(point);
     }
     let savepoint_dir = match &spec.savepoint_dir {
-        Some(dir) => storage_path("stream.savepoint_dir", dir).map_err(|err| Outcome::failed(err.to_string()))?,
-        None => checkpoint_dir.join("savepoints"),
+        Some(dir) => savepoint_location("stream.savepoint_dir", dir)
+            .map_err(|err| err.to_string())
+            .and_then(|dir| Location::open(&dir, &s3).map_err(|err| format!("stream.savepoint_dir: {err}")))
+            .map_err(Outcome::failed)?,
+        None => checkpoint_dir.child("savepoints"),
     };
-    let s3 = spindle_storage::S3Settings::from_env(&spec.env);
-    let commits = spawn_committer(coordinator.storage.clone(), spec.keep_checkpoints as usize, s3);
+    let commits = spawn_committer(coordinator.storage.clone(), spec.keep_checkpoints as usize, s3.clone());
     if let Some(meta) = coordinator.last_complete.clone().filter(|meta| meta.last) {
         return Err(match run_commits(&commits, meta.commits).await {
             Ok(()) => Outcome::succeeded(format!("the job had ended (last checkpoint {})", meta.id)),
@@ -184,6 +193,7 @@ async fn start(started: Started<Event>, spec: StreamSpec, token: String, checkpo
     Ok(StreamFramework {
         app_id: context.app_id.to_string(),
         savepoint_dir,
+        s3,
         worker: LaunchSpec {
             command: worker_command,
             env: worker_env,
@@ -206,7 +216,9 @@ async fn start(started: Started<Event>, spec: StreamSpec, token: String, checkpo
 pub struct StreamFramework {
     app_id: String,
     /// Where savepoints go when their request names no directory.
-    savepoint_dir: PathBuf,
+    savepoint_dir: Location,
+    /// The job's object-store settings (from its env).
+    s3: S3Settings,
     spec: StreamSpec,
     coordinator: Coordinator,
     /// What every worker container runs.
@@ -382,7 +394,7 @@ impl Framework for StreamFramework {
         if !desired.is_empty() {
             self.coordinator.set_desired(&desired, now);
         }
-        let asks = savepoints::asks_from_controls(controls, &self.coordinator.savepoints, &self.savepoint_dir, &self.app_id);
+        let asks = savepoints::asks_from_controls(controls, &self.coordinator.savepoints, &self.savepoint_dir, &self.app_id, &self.s3);
         if !asks.is_empty() {
             self.coordinator.on_savepoint_asks(asks, now);
         }

@@ -13,13 +13,15 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use spindle_protocol::{SavepointState, SavepointStatus, now_ms, parse_savepoint_request, storage_path};
+use spindle_protocol::{SavepointState, SavepointStatus, now_ms, parse_savepoint_request, savepoint_location};
+use spindle_storage::S3Settings;
 
 use super::coordinator::{Coordinator, Effect, Phase};
 use crate::checkpoints::CheckpointMeta;
+use crate::location::Location;
 use crate::savepoint::{SavepointMeta, Taken};
 
 /// A savepoint request as the AM's I/O found it.
@@ -27,7 +29,7 @@ use crate::savepoint::{SavepointMeta, Taken};
 pub struct SavepointAsk {
     pub id: u64,
     /// The savepoint's directory.
-    pub path: PathBuf,
+    pub path: Location,
     pub stop: bool,
     /// Its directory is ready (`Ok(None)`), holds the savepoint already (an earlier attempt
     /// took it), or cannot be used (why).
@@ -46,7 +48,7 @@ enum Stage {
 
 #[derive(Debug, Clone)]
 struct Entry {
-    path: PathBuf,
+    path: Location,
     stop: bool,
     stage: Stage,
 }
@@ -96,7 +98,7 @@ impl Savepoints {
                 SavepointStatus {
                     id,
                     state,
-                    path: entry.path.display().to_string(),
+                    path: entry.path.to_string(),
                     stop: entry.stop,
                     checkpoint,
                     completed_at_ms,
@@ -114,8 +116,9 @@ impl Savepoints {
 pub(super) fn asks_from_controls(
     controls: &BTreeMap<String, serde_json::Value>,
     known: &Savepoints,
-    default_dir: &Path,
+    default_dir: &Location,
     app_id: &str,
+    s3: &S3Settings,
 ) -> Vec<SavepointAsk> {
     controls
         .iter()
@@ -123,16 +126,18 @@ pub(super) fn asks_from_controls(
         .filter(|(id, _)| !known.knows(*id))
         .map(|(id, request)| {
             let base = match &request.dir {
-                Some(dir) => storage_path("dir", dir).map_err(|err| err.to_string()),
-                None => Ok(default_dir.to_owned()),
+                Some(dir) => savepoint_location("dir", dir)
+                    .map_err(|err| err.to_string())
+                    .and_then(|dir| Location::open(&dir, s3).map_err(|err| format!("dir: {err}"))),
+                None => Ok(default_dir.clone()),
             };
             let (path, found) = match base {
                 Ok(base) => {
                     let path = crate::savepoint::savepoint_path(&base, app_id, id);
-                    let found = crate::savepoint::prepare(&path);
+                    let found = crate::savepoint::prepare(&path, s3);
                     (path, found)
                 }
-                Err(error) => (PathBuf::from(request.dir.clone().unwrap_or_default()), Err(error)),
+                Err(error) => (Location::Dir(PathBuf::from(request.dir.clone().unwrap_or_default())), Err(error)),
             };
             SavepointAsk {
                 id,
@@ -156,7 +161,7 @@ impl Coordinator {
                 Ok(None) => Stage::Queued,
                 Err(error) => Stage::Failed { checkpoint: None, error },
                 Ok(Some(meta)) => {
-                    tracing::info!(savepoint = ask.id, path = %ask.path.display(), "the savepoint was taken by an earlier attempt");
+                    tracing::info!(savepoint = ask.id, path = %ask.path, "the savepoint was taken by an earlier attempt");
                     if ask.stop {
                         self.end_stopped(&ask.path, meta.checkpoint, meta.commits.clone());
                     }
@@ -166,7 +171,7 @@ impl Coordinator {
                     }
                 }
             };
-            tracing::info!(savepoint = ask.id, path = %ask.path.display(), stop = ask.stop, ?stage, "savepoint requested");
+            tracing::info!(savepoint = ask.id, path = %ask.path, stop = ask.stop, ?stage, "savepoint requested");
             self.savepoints.entries.insert(
                 ask.id,
                 Entry {
@@ -252,7 +257,7 @@ impl Coordinator {
         let (path, stop) = (entry.path.clone(), entry.stop);
         match result {
             Ok(()) => {
-                tracing::info!(savepoint = id, checkpoint, path = %path.display(), "savepoint complete");
+                tracing::info!(savepoint = id, checkpoint, path = %path, "savepoint complete");
                 entry.stage = Stage::Completed {
                     checkpoint,
                     at_ms: now_ms(),
@@ -278,7 +283,7 @@ impl Coordinator {
 
     /// The job ends after a stop's savepoint at `checkpoint`, once `commits` (and those queued
     /// before) ran.
-    fn end_stopped(&mut self, path: &std::path::Path, checkpoint: u64, commits: Vec<crate::operator::Commit>) {
+    fn end_stopped(&mut self, path: &Location, checkpoint: u64, commits: Vec<crate::operator::Commit>) {
         if self.phase == Phase::Finishing {
             return;
         }
@@ -286,10 +291,7 @@ impl Coordinator {
         self.effects.push(Effect::Commit(commits));
         self.effects.push(Effect::Finish {
             succeeded: true,
-            diagnostics: format!(
-                "stopped with a savepoint at {} (checkpoint {checkpoint}); its output is committed",
-                path.display()
-            ),
+            diagnostics: format!("stopped with a savepoint at {path} (checkpoint {checkpoint}); its output is committed"),
         });
     }
 

@@ -8,6 +8,7 @@ use spindle_protocol::{AppId, ContainerId, StreamSpec};
 
 use super::coordinator::{Coordinator, Effect, Phase, Worker};
 use crate::control::{Ack, InstanceChange, ToWorker};
+use crate::location::Location;
 
 mod counters;
 mod regions;
@@ -50,7 +51,7 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let now = Instant::now();
         let mut harness = Harness {
-            coordinator: Coordinator::new(spec, "app".into(), 1, dir.path(), now),
+            coordinator: Coordinator::new(spec, "app".into(), 1, &Location::Dir(dir.path().to_owned()), now),
             now,
             workers: BTreeSet::new(),
             _dir: dir,
@@ -101,7 +102,7 @@ fn ack(instance: u64, checkpoint: u64) -> Ack {
     Ack {
         instance,
         checkpoint,
-        state_file: Some(format!("/chk-{checkpoint}/{instance}.state").into()),
+        state_file: Some(format!("/chk-{checkpoint}/{instance}.state")),
         state_bytes: 10,
         commit: None,
         duration_ms: 1,

@@ -96,7 +96,7 @@ pub(crate) fn test_context(index: u32, parallelism: u32) -> crate::operator::Ins
         key_group_range: 0..16,
         epoch: 1,
         work_dir: std::env::temp_dir(),
-        checkpoint_dir: std::env::temp_dir(),
+        checkpoint_dir: crate::location::Location::Dir(std::env::temp_dir()),
         env: Default::default(),
     }
 }

@@ -13,12 +13,12 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::inputs::{InputChange, Inputs};
 use super::net::{Inbound, SendError};
 use super::outputs::Outputs;
-use super::snapshots::{SnapshotJob, SnapshotThread};
+use super::snapshots::{SnapshotJob, SnapshotThread, StateFiles};
 use crate::control::{Ack, InputPlan, InstancePlan, Range, StateFileRef, TargetPlan, ToAm};
 use crate::counts::RecordCounts;
+use crate::location::Location;
 use crate::operator::{Operator, OperatorError, Sink, Source, SourceStatus};
 use crate::record::{Batch, EventTime};
-use crate::state::{StateReader, StateWriter};
 use crate::wire::{DataEvent, InstanceId};
 
 /// Records a source reads per poll.
@@ -82,6 +82,7 @@ pub struct Environment {
     pub cancel: Arc<AtomicBool>,
     pub handle: Handle,
     pub token: String,
+    pub files: StateFiles,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +117,7 @@ pub fn run(env: Environment, body: Body) {
 }
 
 fn run_inner(env: Environment, mut body: Body) -> Result<(), RunError> {
-    restore(&mut body, &env.plan.restore)?;
+    restore(&mut body, &env.plan.restore, &env.files)?;
     let outputs = Outputs::connect(
         &env.plan.outputs,
         env.plan.key_groups,
@@ -148,9 +149,9 @@ fn run_inner(env: Environment, mut body: Body) -> Result<(), RunError> {
     }
 }
 
-fn restore(body: &mut Body, files: &[StateFileRef]) -> Result<(), OperatorError> {
-    for file in files {
-        let mut reader = StateReader::open(&file.path)?;
+fn restore(body: &mut Body, refs: &[StateFileRef], files: &StateFiles) -> Result<(), OperatorError> {
+    for file in refs {
+        let mut reader = files.open(&file.path)?;
         if file.operator_state
             && let Some(bytes) = reader.operator_state()?
         {
@@ -257,8 +258,8 @@ impl Instance {
     fn checkpoint_source(&mut self, source: &mut dyn Source, checkpoint: u64) -> Result<(), RunError> {
         let started = Instant::now();
         let offsets = source.snapshot()?;
-        let path = self.state_path(checkpoint);
-        let mut writer = StateWriter::create(&path)?;
+        let location = self.state_path(checkpoint);
+        let mut writer = self.env.files.create(&location)?;
         writer.operator_state(&offsets)?;
         let bytes = writer.finish()?;
         self.outputs.broadcast(&DataEvent::Barrier(checkpoint), &self.env.cancel)?;
@@ -267,7 +268,7 @@ impl Instance {
         self.ack(Ack {
             instance: self.env.plan.id,
             checkpoint,
-            state_file: Some(path),
+            state_file: Some(location.to_string()),
             state_bytes: bytes,
             commit: None,
             duration_ms: started.elapsed().as_millis() as u64,
@@ -276,12 +277,8 @@ impl Instance {
         Ok(())
     }
 
-    fn state_path(&self, checkpoint: u64) -> std::path::PathBuf {
-        self.env
-            .plan
-            .checkpoint_dir
-            .join(format!("chk-{checkpoint}"))
-            .join(format!("{}-{}.state", self.env.plan.spec.name, self.env.plan.id))
+    fn state_path(&self, checkpoint: u64) -> Location {
+        self.env.files.snapshot(checkpoint, &self.env.plan.spec.name, self.env.plan.id)
     }
 
     fn ack(&self, ack: Ack) {
@@ -335,7 +332,7 @@ impl Instance {
             }
             Command::Load { checkpoint, files } => {
                 if let Some(body) = body {
-                    restore(body, &files)?;
+                    restore(body, &files, &self.env.files)?;
                     if let Body::Operator(operator) = body {
                         self.env.counters.state_bytes.store(operator.state_bytes(), Ordering::Relaxed);
                     }
@@ -478,7 +475,8 @@ impl Instance {
             Body::Operator(operator) => {
                 self.snapshots.wait().map_err(RunError::Snapshot)?;
                 let job = SnapshotJob {
-                    path: self.state_path(checkpoint),
+                    location: self.state_path(checkpoint),
+                    files: self.env.files.clone(),
                     state: operator.capture()?,
                     ack,
                     aligned_at: started,

@@ -16,14 +16,45 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use spindle_storage::S3Settings;
+
 use crate::control::{Ack, ToAm};
+use crate::location::Location;
 use crate::operator::OperatorError;
-use crate::state::{CapturedState, StateWriter};
+use crate::state::{CapturedState, StateReader, StateWriter};
+
+/// Where an instance's snapshot files go and where the files it restores from are.
+#[derive(Debug, Clone)]
+pub struct StateFiles {
+    /// The job's checkpoint dir (`<checkpoint_dir>/<app_id>`).
+    pub root: Location,
+    /// The job's settings, for files the AM names elsewhere (a savepoint's).
+    pub s3: S3Settings,
+    /// The instance's scratch dir: snapshots bound for an object store are written here first.
+    pub scratch: PathBuf,
+}
+
+impl StateFiles {
+    /// The snapshot file of instance `instance` of `operator` at `checkpoint`.
+    pub fn snapshot(&self, checkpoint: u64, operator: &str, instance: u64) -> Location {
+        self.root.child(&format!("chk-{checkpoint}/{operator}-{instance}.state"))
+    }
+
+    pub fn create(&self, location: &Location) -> Result<StateWriter, OperatorError> {
+        StateWriter::create_at(location, &self.scratch)
+    }
+
+    /// Opens a file a message named (by its location's text).
+    pub fn open(&self, text: &str) -> Result<StateReader, OperatorError> {
+        StateReader::open_at(&self.root.resolve(text, &self.s3)?)
+    }
+}
 
 /// One snapshot to write: the state captured at a barrier and the acknowledgement to send
 /// once its file is in place.
 pub struct SnapshotJob {
-    pub path: PathBuf,
+    pub location: Location,
+    pub files: StateFiles,
     pub state: Box<dyn CapturedState>,
     /// Complete but for the file's path and size and the duration, filled in once written.
     pub ack: Ack,
@@ -131,19 +162,20 @@ impl Drop for SnapshotThread {
     }
 }
 
-/// Writes one snapshot file, syncs and renames it, and only then acknowledges.
+/// Writes one snapshot file, syncs and renames it (or uploads it), and only then acknowledges.
 fn write_and_ack(job: SnapshotJob, to_am: &UnboundedSender<ToAm>) -> Result<(), OperatorError> {
     let SnapshotJob {
-        path,
+        location,
+        files,
         state,
         mut ack,
         aligned_at,
     } = job;
     let started = Instant::now();
-    let mut writer = StateWriter::create(&path)?;
+    let mut writer = files.create(&location)?;
     state.write_to(&mut writer)?;
     ack.state_bytes = writer.finish()?;
-    ack.state_file = Some(path);
+    ack.state_file = Some(location.to_string());
     ack.duration_ms = aligned_at.elapsed().as_millis() as u64;
     tracing::debug!(
         instance = ack.instance,

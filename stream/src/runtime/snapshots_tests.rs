@@ -39,8 +39,19 @@ fn ack(checkpoint: u64) -> Ack {
 
 fn gated_job(path: PathBuf, checkpoint: u64) -> (SnapshotJob, std::sync::mpsc::Sender<()>) {
     let (release, gate) = channel();
+    // `<dir>/chk-<n>/<file>`: the job's checkpoint dir is `<dir>`.
+    let root = path
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("a file in a checkpoint's directory")
+        .to_owned();
     let job = SnapshotJob {
-        path,
+        location: Location::Dir(path),
+        files: StateFiles {
+            root: Location::Dir(root.clone()),
+            s3: S3Settings::default(),
+            scratch: root.join("scratch"),
+        },
         state: Box::new(Gated {
             release: gate,
             bytes: b"state",
@@ -75,7 +86,7 @@ fn the_ack_leaves_only_once_the_file_is_written_and_renamed() {
     release.send(()).unwrap();
     snapshots.wait().unwrap();
     let ack = next_ack(&mut acks).expect("acked once written");
-    assert_eq!(ack.state_file.as_deref(), Some(path.as_path()));
+    assert_eq!(ack.state_file.as_deref(), Some(path.to_str().unwrap()));
     assert_eq!(ack.counts.records_in, 10, "the counts taken at the barrier travel unchanged");
     assert_eq!(ack.state_bytes, std::fs::metadata(&path).unwrap().len());
     let mut reader = StateReader::open(&path).unwrap();

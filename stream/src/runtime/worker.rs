@@ -9,13 +9,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use spindle_protocol::env;
+use spindle_storage::S3Settings;
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use super::instance::{self, Body, Command, Counters, Environment};
 use super::net::{Inbound, Inboxes, accept_loop};
+use super::snapshots::StateFiles;
 use crate::control::{InstanceChange, InstanceMetrics, InstancePlan, ToAm, ToWorker};
+use crate::location::Location;
 use crate::operator::{InstanceContext, OperatorRegistry};
 use crate::ops;
 use crate::wire::{InstanceId, read_json, write_json};
@@ -220,7 +223,8 @@ fn start(
         key_group_range: plan.range.0..plan.range.1,
         epoch: plan.epoch,
         work_dir: work_dir.join(format!("instance-{}", plan.id)),
-        checkpoint_dir: plan.checkpoint_dir.clone(),
+        checkpoint_dir: Location::open(&plan.checkpoint_dir, &S3Settings::from_env(&plan.env))
+            .with_context(|| format!("the checkpoint dir {}", plan.checkpoint_dir))?,
         env: plan.env.clone(),
     };
     std::fs::create_dir_all(&context.work_dir)?;
@@ -245,6 +249,11 @@ fn start(
         cancel: cancel.clone(),
         handle: handle.clone(),
         token: token.to_owned(),
+        files: StateFiles {
+            root: context.checkpoint_dir.clone(),
+            s3: S3Settings::from_env(&context.env),
+            scratch: context.work_dir.clone(),
+        },
     };
     let name = format!("{}-{}", environment.plan.spec.name, environment.plan.index);
     let thread = std::thread::Builder::new()

@@ -1,5 +1,5 @@
-//! Savepoints: checkpoints the user owns (Flink's savepoints). One is a directory
-//! `<dir>/savepoint-<app_id>-<id>/` holding a copy of every instance's snapshot file of one
+//! Savepoints: checkpoints the user owns (Flink's savepoints). One is a directory (or an
+//! object-store prefix) `<dir>/savepoint-<app_id>-<id>/` holding a copy of every instance's snapshot file of one
 //! complete checkpoint (`<operator>-<n>.state`, the snapshot format of `state.rs`) and
 //! `_metadata.json`, a stable, versioned description of them: the operator graph (names, kinds,
 //! parallelism, inputs), `key_groups`, each operator's files with the key groups they hold
@@ -18,7 +18,7 @@ mod files;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use spindle_protocol::{OperatorKind, SpecError, StreamSpec};
@@ -26,6 +26,7 @@ use spindle_protocol::{OperatorKind, SpecError, StreamSpec};
 use crate::checkpoints::{CheckpointMeta, SnapshotFile};
 use crate::control::Range;
 use crate::counts::RecordCounts;
+use crate::location::Location;
 use crate::operator::Commit;
 
 pub use files::{inspect, prepare, read, write};
@@ -97,7 +98,8 @@ pub struct SavepointFile {
 /// A snapshot file of a checkpoint to copy into a savepoint under a name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileCopy {
-    pub from: PathBuf,
+    /// The checkpoint's file: a path or an `s3://` URL.
+    pub from: String,
     pub name: String,
 }
 
@@ -168,7 +170,7 @@ impl SavepointMeta {
     /// What job `spec` restores from when it starts from this savepoint (in `dir`): a
     /// checkpoint of the savepoint's files mapped onto its operators by name, or why it cannot
     /// start from it (the field of `spec` to change, and why).
-    pub fn restore_point(&self, dir: &Path, spec: &StreamSpec) -> Result<CheckpointMeta, SpecError> {
+    pub fn restore_point(&self, dir: &Location, spec: &StreamSpec) -> Result<CheckpointMeta, SpecError> {
         let refuse = |field: String, reason: String| SpecError { field, reason };
         if self.format_version != FORMAT_VERSION {
             return Err(refuse(
@@ -218,7 +220,7 @@ impl SavepointMeta {
 
     /// The files of `saved` that operator of the same name in `spec` restores from; refuses
     /// state that would be dropped (unless the spec allows it) or misread.
-    fn mapped_files(&self, saved: &SavepointOperator, dir: &Path, spec: &StreamSpec) -> Result<Vec<SnapshotFile>, SpecError> {
+    fn mapped_files(&self, saved: &SavepointOperator, dir: &Location, spec: &StreamSpec) -> Result<Vec<SnapshotFile>, SpecError> {
         let mut files = Vec::with_capacity(saved.state.len());
         for file in &saved.state {
             let corrupt = |what: String| SpecError {
@@ -314,7 +316,9 @@ impl SavepointMeta {
                 .map(|file| SnapshotFile {
                     index: file.index,
                     range: file.key_groups,
-                    path: dir.join(&file.file),
+                    path: dir.child(&file.file).to_string(),
+                    // `bytes` counts state, not the file's size: only its presence is checked.
+                    bytes: 0,
                 }),
         );
         Ok(files)
@@ -322,6 +326,6 @@ impl SavepointMeta {
 }
 
 /// The directory of savepoint `id` of app `app_id` under `dir`.
-pub fn savepoint_path(dir: &Path, app_id: &str, id: u64) -> PathBuf {
-    dir.join(format!("savepoint-{app_id}-{id}"))
+pub fn savepoint_path(dir: &Location, app_id: &str, id: u64) -> Location {
+    dir.child(&format!("savepoint-{app_id}-{id}"))
 }

@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use spindle_protocol::{OperatorKind, OperatorSpec, StreamSpec};
+use spindle_storage::S3Settings;
 
 use super::*;
 use crate::checkpoints::{CheckpointMeta, SnapshotFile};
@@ -27,11 +28,12 @@ fn checkpoint(dir: &Path) -> CheckpointMeta {
         let path = chk.join(format!("events-{}.state", 10 + index));
         let mut writer = StateWriter::create(&path).unwrap();
         writer.operator_state(&(1000 + u64::from(index)).to_le_bytes()).unwrap();
-        writer.finish().unwrap();
+        let bytes = writer.finish().unwrap();
         stages.entry("events".into()).or_default().push(SnapshotFile {
             index,
             range: (0, 128),
-            path,
+            path: path.display().to_string(),
+            bytes,
         });
         let range = (index * 64, index * 64 + 64);
         let path = chk.join(format!("count-{}.state", 20 + index));
@@ -39,8 +41,13 @@ fn checkpoint(dir: &Path) -> CheckpointMeta {
         for group in range.0..range.1 {
             writer.key_group(group, |bytes| bytes.extend_from_slice(b"window")).unwrap();
         }
-        writer.finish().unwrap();
-        stages.entry("count".into()).or_default().push(SnapshotFile { index, range, path });
+        let bytes = writer.finish().unwrap();
+        stages.entry("count".into()).or_default().push(SnapshotFile {
+            index,
+            range,
+            path: path.display().to_string(),
+            bytes,
+        });
     }
     CheckpointMeta {
         id: 7,
@@ -68,13 +75,27 @@ fn taken() -> Taken {
     }
 }
 
+/// Settings for savepoints in local directories (no object store is involved).
+fn s3() -> S3Settings {
+    S3Settings::default()
+}
+
+/// The path of a location in a directory (every location of these tests is one).
+#[track_caller]
+fn local(location: Location) -> PathBuf {
+    match location {
+        Location::Dir(path) => path,
+        Location::Object(object) => panic!("a directory was expected, not {object}"),
+    }
+}
+
 /// Takes a savepoint of `checkpoint(dir)` into `dir/sp` as the committer does; its directory.
 fn take(dir: &Path) -> PathBuf {
     let (meta, copies) = SavepointMeta::of_checkpoint(&spec(), &checkpoint(dir), taken());
-    let path = savepoint_path(&dir.join("savepoints"), "application_1_0001", 4);
-    assert_eq!(prepare(&path).unwrap(), None, "a new savepoint directory");
-    write(&path, meta, &copies).unwrap();
-    path
+    let path = savepoint_path(&Location::Dir(dir.join("savepoints")), "application_1_0001", 4);
+    assert_eq!(prepare(&path, &s3()).unwrap(), None, "a new savepoint directory");
+    write(&path, meta, &copies, &s3()).unwrap();
+    local(path)
 }
 
 fn operator(name: &str, kind: OperatorKind, input: &str) -> OperatorSpec {
@@ -101,10 +122,11 @@ fn a_savepoint_round_trips_with_its_graph_state_and_commits_and_outlives_its_che
     assert!(path.ends_with("savepoints/savepoint-application_1_0001-4"));
     std::fs::remove_dir_all(dir.path().join("chk-7")).unwrap();
 
-    let (read_dir, meta) = read(&path.display().to_string()).unwrap();
-    assert_eq!(read_dir, path);
+    let (read_dir, meta) = read(&path.display().to_string(), &s3()).unwrap();
+    assert_eq!(local(read_dir), path);
+    let (url_dir, url_meta) = read(&format!("file://{}/{METADATA}", path.display()), &s3()).unwrap();
     assert_eq!(
-        read(&format!("file://{}/{METADATA}", path.display())).unwrap(),
+        (local(url_dir), url_meta),
         (path.clone(), meta.clone()),
         "its metadata file or a file:// URL name it too"
     );
@@ -144,25 +166,26 @@ fn a_savepoint_round_trips_with_its_graph_state_and_commits_and_outlives_its_che
     assert_eq!(json["operators"][2]["name"], "count");
 
     // The same job restores every file from the savepoint, numbering after its checkpoint.
-    let point = meta.restore_point(&path, &spec()).unwrap();
+    let point = meta.restore_point(&Location::Dir(path.clone()), &spec()).unwrap();
     assert_eq!((point.id, point.epoch, point.commits.len()), (7, (1 << 32) + 3, 1));
-    assert_eq!(point.stages["count"][1].path, path.join("count-1.state"));
+    assert_eq!(point.stages["count"][1].path, path.join("count-1.state").display().to_string());
     assert_eq!(point.stages["events"].len(), 2);
     assert!(point.counters.is_empty(), "a new job counts from 0");
-    let mut reader = crate::state::StateReader::open(&point.stages["events"][1].path).unwrap();
+    let mut reader = crate::state::StateReader::open(Path::new(&point.stages["events"][1].path)).unwrap();
     assert_eq!(reader.operator_state().unwrap(), Some(1001u64.to_le_bytes().to_vec()));
 
     // Taking it again (a retried write, an earlier attempt's savepoint) changes nothing.
     let (again, copies) = SavepointMeta::of_checkpoint(&spec(), &checkpoint(dir.path()), taken());
-    write(&path, again, &copies).unwrap();
-    assert_eq!(prepare(&path).unwrap(), Some(meta));
+    write(&Location::Dir(path.clone()), again, &copies, &s3()).unwrap();
+    assert_eq!(prepare(&Location::Dir(path), &s3()).unwrap(), Some(meta));
 }
 
 #[test]
 fn state_is_mapped_by_name_onto_a_new_parallelism_and_added_operators_start_empty() {
     let dir = tempfile::tempdir().unwrap();
     let path = take(dir.path());
-    let (_, meta) = read(&path.display().to_string()).unwrap();
+    let (_, meta) = read(&path.display().to_string(), &s3()).unwrap();
+    let path = Location::Dir(path);
     let mut changed = spec();
     changed.set_parallelism("count", 3).unwrap();
     // A stateless stage between the window and the sink, and a second keyed operator.
@@ -207,7 +230,8 @@ fn state_is_mapped_by_name_onto_a_new_parallelism_and_added_operators_start_empt
 fn state_that_would_be_dropped_or_misread_is_refused_with_its_field_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let path = take(dir.path());
-    let (_, meta) = read(&path.display().to_string()).unwrap();
+    let (_, meta) = read(&path.display().to_string(), &s3()).unwrap();
+    let path = Location::Dir(path);
 
     let mut other_groups = spec();
     other_groups.key_groups = 64;
@@ -268,12 +292,12 @@ fn state_that_would_be_dropped_or_misread_is_refused_with_its_field_unless_allow
 fn savepoints_that_are_missing_of_an_unknown_version_or_writable_by_others_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nothing-here");
-    let err = read(&missing.display().to_string()).unwrap_err();
+    let err = read(&missing.display().to_string(), &s3()).unwrap_err();
     assert!(
         err.field == "stream.from_savepoint" && err.reason.contains("no savepoint at"),
         "{err}"
     );
-    assert_eq!(read("relative/sp").unwrap_err().field, "stream.from_savepoint");
+    assert_eq!(read("relative/sp", &s3()).unwrap_err().field, "stream.from_savepoint");
 
     let path = take(dir.path());
     let metadata = path.join(METADATA);
@@ -281,13 +305,13 @@ fn savepoints_that_are_missing_of_an_unknown_version_or_writable_by_others_are_r
     json["format_version"] = 9.into();
     json["operators"] = "a shape this build does not know".into();
     std::fs::write(&metadata, serde_json::to_vec(&json).unwrap()).unwrap();
-    let err = read(&path.display().to_string()).unwrap_err();
+    let err = read(&path.display().to_string(), &s3()).unwrap_err();
     assert!(
         err.reason.contains("format version 9"),
         "the version is named, not a parse error: {err}"
     );
 
     std::fs::set_permissions(&metadata, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let err = read(&path.display().to_string()).unwrap_err();
+    let err = read(&path.display().to_string(), &s3()).unwrap_err();
     assert!(err.reason.contains("only it may write"), "{err}");
 }

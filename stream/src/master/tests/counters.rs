@@ -84,12 +84,18 @@ impl Flow {
         count(self.truth.entry(operator.to_owned()).or_default());
     }
 
-    /// Acknowledges checkpoint `id` for every instance it expects, with what each counted.
+    /// Acknowledges checkpoint `id` for every instance it expects, with what each counted and
+    /// the snapshot file it wrote (a real one, of the size acknowledged: a new attempt recovers
+    /// only from a checkpoint whose every file is there).
     fn ack_all(&mut self, h: &mut Harness, id: u64) {
         let expected: Vec<InstanceId> = h.coordinator.pending[&id].expected.keys().copied().collect();
         for instance in expected {
             let mut ack = ack(instance, id);
             ack.counts = self.counts.get(&instance).copied().unwrap_or_default();
+            let file = h._dir.path().join(format!("app/chk-{id}/{instance}.state"));
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, vec![0; ack.state_bytes as usize]).unwrap();
+            ack.state_file = Some(file.display().to_string());
             h.coordinator.on_ack(ack, h.now);
         }
         assert!(!h.coordinator.pending.contains_key(&id), "checkpoint {id} completed");
@@ -217,7 +223,7 @@ fn totals_survive_rescales_a_lost_worker_and_a_new_attempt_and_end_exact() {
 
     // A new AM attempt starts from the latest checkpoint's totals.
     flow.run(&mut h, 600);
-    let dir = h._dir.path().to_owned();
+    let dir = crate::location::Location::Dir(h._dir.path().to_owned());
     h.coordinator = Coordinator::new(spec(), "app".into(), 2, &dir, h.now);
     flow.restore(last);
     flow.check_shown(&h, "a new attempt before it deploys");

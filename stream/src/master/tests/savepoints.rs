@@ -10,6 +10,7 @@ use spindle_protocol::SavepointState;
 use super::{Harness, ack, container};
 use crate::checkpoints::{CheckpointMeta, SnapshotFile};
 use crate::control::ToWorker;
+use crate::location::Location;
 use crate::master::coordinator::{Effect, Phase};
 use crate::master::savepoints::SavepointAsk;
 use crate::operator::Commit;
@@ -17,7 +18,7 @@ use crate::operator::Commit;
 fn ask(id: u64, stop: bool) -> SavepointAsk {
     SavepointAsk {
         id,
-        path: PathBuf::from(format!("/sp/savepoint-app-{id}")),
+        path: Location::Dir(PathBuf::from(format!("/sp/savepoint-app-{id}"))),
         stop,
         found: Ok(None),
     }
@@ -102,7 +103,7 @@ fn a_stop_with_savepoint_stops_the_sources_at_its_barrier_commits_and_ends_once_
     let Effect::WriteSavepoint { id, dir, meta, copies } = &effects[0] else {
         unreachable!()
     };
-    assert_eq!((*id, dir.as_path()), (1, std::path::Path::new("/sp/savepoint-app-1")));
+    assert_eq!((*id, dir.to_string()), (1, "/sp/savepoint-app-1".to_owned()));
     assert_eq!((meta.checkpoint, meta.stopped, meta.commits.len()), (checkpoint, true, 2));
     assert_eq!(copies.len(), 4, "2 generators' offsets and 2 windows' groups");
     let Effect::Commit(commits) = &effects[1] else { unreachable!() };
@@ -234,7 +235,8 @@ fn a_job_from_a_savepoint_restores_its_files_replays_its_commits_and_numbers_aft
             .map(|(index, range)| SnapshotFile {
                 index: index as u32,
                 range: *range,
-                path: savepoint.join(format!("{name}-{index}.state")),
+                path: savepoint.join(format!("{name}-{index}.state")).display().to_string(),
+                bytes: 0,
             })
             .collect()
     };
@@ -295,7 +297,7 @@ fn a_job_from_a_savepoint_restores_its_files_replays_its_commits_and_numbers_aft
         "4 old instances' groups re-split over 2"
     );
     let source = plans.iter().find(|plan| plan.spec.name == "events" && plan.index == 1).unwrap();
-    assert_eq!(source.restore[0].path, savepoint.join("events-1.state"));
+    assert_eq!(source.restore[0].path, savepoint.join("events-1.state").display().to_string());
     assert!(plans.iter().all(|plan| plan.last_checkpoint == 40));
     h.tick();
     assert_eq!(

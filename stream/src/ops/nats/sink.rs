@@ -13,6 +13,7 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use spindle_protocol::OperatorSpec;
 
 use super::{panic_text, server_url};
+use crate::location::Location;
 use crate::operator::{Commit, InstanceContext, NatsCommit, OperatorError, Sink};
 use crate::record::Batch;
 
@@ -45,7 +46,16 @@ impl NatsSink {
             url: server_url(spec, &format!("nats_sink {}", spec.name))?,
             subject,
             id_base: format!("{}-{}-{}", ctx.app_id, ctx.operator, ctx.index),
-            staged_dir: ctx.checkpoint_dir.join("staged"),
+            staged_dir: match &ctx.checkpoint_dir {
+                Location::Dir(dir) => dir.join("staged"),
+                // Refused at submit; a spec that skipped validation fails here.
+                Location::Object(_) => {
+                    return Err(OperatorError::failed(format!(
+                        "nats_sink {}: stages its output in the checkpoint dir, which must be a directory every node sees, not {}",
+                        spec.name, ctx.checkpoint_dir
+                    )));
+                }
+            },
             // The epoch makes names unique across restarts, which restart the numbering.
             file_base: format!("{}-{}-e{}", ctx.operator, ctx.index, ctx.epoch),
             next_file: 0,

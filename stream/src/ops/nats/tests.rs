@@ -104,7 +104,7 @@ fn context(checkpoint_dir: &Path) -> InstanceContext {
         key_group_range: 0..128,
         epoch: 3,
         work_dir: checkpoint_dir.to_path_buf(),
-        checkpoint_dir: checkpoint_dir.to_path_buf(),
+        checkpoint_dir: crate::location::Location::Dir(checkpoint_dir.to_path_buf()),
         env: Default::default(),
     }
 }
