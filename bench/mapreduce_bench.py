@@ -9,7 +9,10 @@
     With --s3, each run also counts the same text read from and written to an S3-compatible
     server this script starts (`s3s-fs`, its data under --dir like the local files), right
     after the local job: the ratio of the two is the cost of the object store's path (HTTP,
-    ranged GETs, multipart uploads, the server-side copy at commit).
+    ranged GETs, multipart uploads, the server-side copy at commit). With --s3-own-core, the
+    S3 server runs on CPU 1 and the cluster (and every task it starts) on CPU 0, in the local
+    and the S3 runs alike, as when the store is a host of its own: the ratio is then the cost
+    of the object-store path to the job itself, without the co-located server's CPU.
 (b) total-order sort (mapper and reducer `sort`) of generated 100-byte records; the output is
     checked for global order across the part files, record count and content (an
     order-independent checksum of the lines).
@@ -101,6 +104,26 @@ def tree_cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def pin_tree(root_pid, cpus):
+    """Pins every thread of `root_pid` and its descendants to `cpus` (taskset's list syntax);
+    processes they start later inherit it."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                pass
+    tree, frontier = [], [root_pid]
+    while frontier:
+        pid = frontier.pop()
+        tree.append(pid)
+        frontier.extend(child for child, parent in parents.items() if parent == pid)
+    for pid in tree:
+        subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], stdout=subprocess.DEVNULL, check=False)
 
 
 def run_job(rm, spec, cluster_pid):
@@ -235,6 +258,9 @@ def word_count(rm, args, data_dir, text):
     if args.s3:
         s3 = S3Server(args.s3s_fs, os.path.join(data_dir, "s3"))
         s3.put_file(text, "input/text.txt", args.s3_put)
+        if args.s3_own_core:
+            pin_tree(s3.proc.pid, "1")
+            pin_tree(rm.pid, "0")
     for run in range(args.runs):
         warm(text)
         log(f" run {run + 1} (load average {os.getloadavg()[0]:.2f})")
@@ -270,6 +296,8 @@ def word_count(rm, args, data_dir, text):
                 f"+ {server_cpu:.2f} CPU s of the S3 server on the same 2 cores; output matches the reference")
     if s3:
         s3.stop()
+        if args.s3_own_core:
+            pin_tree(rm.pid, "0-1")
     return reference, reference_fx, results, s3_results
 
 
@@ -318,6 +346,8 @@ def main():
     parser.add_argument("--s3", action="store_true", help="also count words from and to a local S3-compatible server")
     parser.add_argument("--s3s-fs", default=shutil.which("s3s-fs") or os.path.expanduser("~/.cargo/bin/s3s-fs"),
                         help="the s3s-fs binary (cargo install s3s-fs@0.14.1 --locked --features binary)")
+    parser.add_argument("--s3-own-core", action="store_true",
+                        help="with --s3: the S3 server on CPU 1, the cluster on CPU 0 (local and S3 runs alike)")
     parser.add_argument("--s3-put", default="target/release/examples/s3_put",
                         help="the uploader (cargo build --release -p spindle-storage --example s3_put)")
     parser.add_argument("--keep-data", action="store_true", help="keep the generated inputs under --dir/spindle-mr-data")

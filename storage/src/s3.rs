@@ -8,6 +8,7 @@
 //! | `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` | credentials | none |
 //! | `AWS_VIRTUAL_HOSTED_STYLE_REQUEST` | `true`: `bucket.host/key`; `false`: `host/bucket/key` | `false` with an endpoint, `true` without |
 //! | `AWS_ALLOW_HTTP` | allow `http://` endpoints | `true` when the endpoint is `http://` |
+//! | `AWS_UNSIGNED_PAYLOAD` | sign without hashing payloads | `true` unless the endpoint is `http://` |
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -30,6 +31,9 @@ pub struct S3Settings {
     pub session_token: Option<String>,
     pub virtual_hosted_style: bool,
     pub allow_http: bool,
+    /// Sign requests without hashing their payload (`UNSIGNED-PAYLOAD`): what AWS's SDKs do
+    /// over HTTPS, where TLS protects the bytes; over plain HTTP the signature covers them.
+    pub unsigned_payload: bool,
 }
 
 impl fmt::Debug for S3Settings {
@@ -42,6 +46,7 @@ impl fmt::Debug for S3Settings {
             .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
             .field("virtual_hosted_style", &self.virtual_hosted_style)
             .field("allow_http", &self.allow_http)
+            .field("unsigned_payload", &self.unsigned_payload)
             .finish()
     }
 }
@@ -56,6 +61,7 @@ impl S3Settings {
         S3Settings {
             virtual_hosted_style: flag("AWS_VIRTUAL_HOSTED_STYLE_REQUEST").unwrap_or(endpoint.is_none()),
             allow_http: flag("AWS_ALLOW_HTTP").unwrap_or(plain_http),
+            unsigned_payload: flag("AWS_UNSIGNED_PAYLOAD").unwrap_or(!plain_http),
             endpoint,
             region: get("AWS_REGION")
                 .or_else(|| get("AWS_DEFAULT_REGION"))
@@ -73,7 +79,8 @@ impl S3Settings {
             .with_bucket_name(bucket)
             .with_region(&self.region)
             .with_virtual_hosted_style_request(self.virtual_hosted_style)
-            .with_allow_http(self.allow_http);
+            .with_allow_http(self.allow_http)
+            .with_unsigned_payload(self.unsigned_payload);
         if let Some(endpoint) = &self.endpoint {
             builder = builder.with_endpoint(endpoint);
         }
@@ -118,12 +125,15 @@ mod tests {
         ]);
         let settings = S3Settings::from_env(&env);
         assert_eq!(settings.region, "us-east-1");
-        assert!(settings.allow_http && !settings.virtual_hosted_style, "{settings:?}");
+        assert!(
+            settings.allow_http && !settings.virtual_hosted_style && !settings.unsigned_payload,
+            "{settings:?}"
+        );
         assert!(!format!("{settings:?}").contains("very-secret"));
         assert!(settings.open("books").is_ok());
 
         let aws = S3Settings::from_env(&BTreeMap::from([("AWS_REGION".to_owned(), "eu-west-1".to_owned())]));
-        assert!(aws.virtual_hosted_style && !aws.allow_http && aws.region == "eu-west-1");
+        assert!(aws.virtual_hosted_style && !aws.allow_http && aws.unsigned_payload && aws.region == "eu-west-1");
 
         let half = S3Settings::from_env(&BTreeMap::from([("AWS_ACCESS_KEY_ID".to_owned(), "x".to_owned())]));
         let error = half.open("books").err().unwrap().to_string();
