@@ -49,7 +49,9 @@ struct HostCluster {
 }
 
 impl HostCluster {
-    async fn start(host_count: usize, agent_hosts: &[usize]) -> HostCluster {
+    /// With `private_fs`, each agent's host sees only its own work dir and a /tmp of its own
+    /// (`Daemon::spawn_in_private_host`): for jobs that name only object-store data.
+    async fn start(host_count: usize, agent_hosts: &[usize], private_fs: bool) -> HostCluster {
         let hosts = NetnsHosts::create(host_count).expect("network-namespace hosts (needs root and `ip`)");
         let dir = support::shared_tempdir("spindle-hosts-");
         let rm_address = format!("{}:{RM_PORT}", hosts.address(0));
@@ -75,6 +77,14 @@ impl HostCluster {
         let mut agents = Vec::new();
         for &host in agent_hosts {
             let work_dir = dir.path().join(format!("agent{host}"));
+            std::fs::create_dir_all(&work_dir).unwrap();
+            // A private host cannot see the cluster dir: its join token goes into its own.
+            let token_file = if private_fs {
+                std::fs::copy(&token_file, work_dir.join("join-token")).unwrap();
+                work_dir.join("join-token")
+            } else {
+                token_file.clone()
+            };
             let args: Vec<String> = [
                 "node-agent",
                 "--rm",
@@ -93,7 +103,14 @@ impl HostCluster {
             .iter()
             .map(|arg| arg.to_string())
             .collect();
-            agents.push(Daemon::spawn_in_netns(format!("agent{host}"), dir.path(), hosts.name(host), &args));
+            let name = format!("agent{host}");
+            agents.push(if private_fs {
+                let stash = stash_dir(hosts.name(host));
+                std::fs::create_dir_all(&stash).unwrap();
+                Daemon::spawn_in_private_host(name, dir.path(), hosts.name(host), &work_dir, &stash, &args)
+            } else {
+                Daemon::spawn_in_netns(name, dir.path(), hosts.name(host), &args)
+            });
         }
         let admin = RmClient::new(std::slice::from_ref(&rm_url), Some(ADMIN_TOKEN.to_owned()));
         wait_until(Duration::from_secs(30), "the agents to register", || async {
@@ -123,7 +140,15 @@ impl Drop for HostCluster {
         self.agents.clear();
         self.rm.kill9();
         support::kill_processes_under(self.dir.path());
+        for index in 0..self.hosts.count() {
+            let _ = std::fs::remove_dir(stash_dir(self.hosts.name(index)));
+        }
     }
+}
+
+/// Where a private host's work dir waits while its /tmp is covered (outside /tmp).
+fn stash_dir(host: &str) -> std::path::PathBuf {
+    Path::new("/run/spindle-test-stash").join(host)
 }
 
 /// A word count over `input` into `output`: 2 reducers running `reducer`.
@@ -153,7 +178,7 @@ fn wordcount_urls(input: &str, output: &str, reducer: &str) -> JobSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_rm_and_agents_on_three_hosts_run_a_word_count_with_a_cross_host_shuffle() {
-    let cluster = HostCluster::start(3, &[1, 2]).await;
+    let cluster = HostCluster::start(3, &[1, 2], false).await;
     let hosts = &cluster.hosts;
     let admin = &cluster.admin;
     let mut node_ids: Vec<String> = admin.nodes().await.unwrap().iter().map(|node| node.node_id.to_string()).collect();
@@ -182,7 +207,7 @@ async fn an_rm_and_agents_on_three_hosts_run_a_word_count_with_a_cross_host_shuf
 /// part written twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_agents_reducer_runs_again_elsewhere_and_the_output_is_exact() {
-    let cluster = HostCluster::start(4, &[1, 2, 3]).await;
+    let cluster = HostCluster::start(4, &[1, 2, 3], false).await;
     let admin = &cluster.admin;
     let input = cluster.path().join("input");
     let expected = write_text(&input);
@@ -231,13 +256,14 @@ async fn a_partitioned_agents_reducer_runs_again_elsewhere_and_the_output_is_exa
 
 /// Object storage across hosts: the RM on host 0, agents on hosts 1 and 2, an S3-compatible
 /// server in the test's namespace on the bridge. The job names only `s3://` data, so nothing
-/// relies on a directory the hosts share (each agent works in a directory of its own). With
+/// relies on a directory the hosts share: each agent's host sees only its own work dir and a /tmp
+/// of its own (a mount namespace per host). With
 /// speculation on, the agent that does not host the AM is killed with SIGKILL while a reducer
 /// of its runs; its tasks run again on the other host and the output equals the reference,
 /// with `_SUCCESS` and the winners' parts only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_word_count_from_s3_to_s3_across_hosts_survives_kill_9_of_an_agent() {
-    let mut cluster = HostCluster::start(3, &[1, 2]).await;
+    let mut cluster = HostCluster::start(3, &[1, 2], true).await;
     let Some(s3) = S3Server::start(&cluster.hosts.bridge_address(), 8014) else {
         return;
     };
@@ -311,13 +337,14 @@ async fn a_word_count_from_s3_to_s3_across_hosts_survives_kill_9_of_an_agent() {
 }
 
 /// Streaming across hosts that share nothing but the network: the RM on host 0, agents on
-/// hosts 1 and 2 (each in a work dir of its own), an S3-compatible server on the bridge. A
+/// hosts 1 and 2 (each seeing only its own work dir and a /tmp of its own), an S3-compatible
+/// server on the bridge. A
 /// `file_source` over an object prefix → keyed window → exactly-once `file_sink` on the store,
 /// checkpointing to the store, so moved key groups and restored state travel through it:
 /// through a live rescale 2 → 4 and a `kill -9` of a worker, the committed counts are exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_from_s3_to_s3_checkpointing_to_s3_across_hosts_survives_a_rescale_and_kill_9() {
-    let cluster = HostCluster::start(3, &[1, 2]).await;
+    let cluster = HostCluster::start(3, &[1, 2], true).await;
     let Some(s3) = S3Server::start(&cluster.hosts.bridge_address(), 8014) else {
         return;
     };

@@ -44,6 +44,46 @@ impl Daemon {
         Daemon::spawn_program(name, dir, Path::new("/usr/bin/nsenter"), &full, &[])
     }
 
+    /// As `spawn_in_netns`, on a host that shares no directory with the others: in a mount
+    /// namespace of its own whose /tmp is a private tmpfs holding only `own` (bind-mounted
+    /// back at its own path), so the RM's, the other hosts' and the test's directories, and
+    /// any default under /tmp, are not there. `own` must be under /tmp; `stash` is an empty
+    /// directory outside it, where `own` waits while /tmp is covered.
+    pub fn spawn_in_private_host(name: String, dir: &Path, netns: &str, own: &Path, stash: &Path, args: &[String]) -> Daemon {
+        assert!(own.starts_with("/tmp") && !stash.starts_with("/tmp"), "{own:?} {stash:?}");
+        const SCRIPT: &str = r#"set -e
+mount --bind "$1" "$2"
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mkdir -p "$1"
+mount --move "$2" "$1"
+shift 2
+exec "$@""#;
+        let mut full: Vec<String> = [
+            &format!("--net=/run/netns/{netns}"),
+            "--",
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "/bin/sh",
+            "-c",
+            SCRIPT,
+            "sh",
+        ]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect();
+        full.extend([
+            own.display().to_string(),
+            stash.display().to_string(),
+            spindle_bin().display().to_string(),
+        ]);
+        full.extend(args.iter().cloned());
+        let home = own.join("home").display().to_string();
+        Daemon::spawn_program(name, dir, Path::new("/usr/bin/nsenter"), &full, &[("SPINDLE_HOME", &home)])
+    }
+
     /// As `spawn`, with these variables added to its (isolated) environment.
     pub fn spawn_with_env(name: String, dir: &Path, args: &[String], env: &[(&str, &str)]) -> Daemon {
         Daemon::spawn_program(name, dir, &spindle_bin(), args, env)

@@ -1,7 +1,8 @@
 //! Test hosts made with network namespaces: a bridge in the test's own namespace and, per
 //! host, a namespace joined to it by a veth pair, each with an address of its own. Daemons run
 //! in a host with `nsenter --net` (not `ip netns exec`, which remounts /sys and hides the
-//! cgroup tree agents need). The file system is shared. Everything is removed on drop.
+//! cgroup tree agents need). The file system is shared, unless a daemon is started on a
+//! private host (`Daemon::spawn_in_private_host`). Everything is removed on drop.
 
 use std::process::Command;
 
@@ -69,6 +70,11 @@ impl NetnsHosts {
     }
 
     /// Host `index`'s namespace name, for `Daemon::spawn_in_netns`.
+    /// How many hosts there are.
+    pub fn count(&self) -> usize {
+        self.names.len()
+    }
+
     pub fn name(&self, index: usize) -> &str {
         &self.names[index]
     }
