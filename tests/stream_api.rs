@@ -178,7 +178,7 @@ async fn a_savepoint_request_wakes_the_am_and_bad_ones_are_refused() {
         woken.controls
     );
 
-    for dir in ["savepoints", "/data/../etc", "s3://bucket/sp"] {
+    for dir in ["savepoints", "/data/../etc", "hdfs://nn/sp", "s3://Bad_Bucket/sp"] {
         let (status, message) = refused(rm.user().request_savepoint(app_id, &request(Some(dir), false)).await);
         assert_eq!(status, Some(400), "{dir}: {message}");
         assert!(message.contains("dir"), "{message}");

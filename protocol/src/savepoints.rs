@@ -131,6 +131,14 @@ pub fn savepoint_location(field: &str, text: &str) -> Result<String, SpecError> 
         })?;
         return Ok(url.to_string());
     }
+    if let Some((scheme, _)) = text.split_once("://")
+        && scheme != "file"
+    {
+        return Err(SpecError {
+            field: field.to_owned(),
+            reason: format!("`{text}`: a savepoint's location is an absolute path, a file:// or an s3:// URL, not {scheme}://"),
+        });
+    }
     storage_path(field, text).map(|path| path.display().to_string())
 }
 

@@ -325,7 +325,8 @@ fn savepoint_requests_are_refused_to_others_with_bad_dirs_and_for_apps_that_are_
     for (body, field) in [
         (serde_json::json!({"dir": "savepoints"}), "dir"),
         (serde_json::json!({"dir": "/data/../etc"}), "dir"),
-        (serde_json::json!({"dir": "s3://bucket/sp"}), "dir"),
+        (serde_json::json!({"dir": "hdfs://nn/sp"}), "dir"),
+        (serde_json::json!({"dir": "s3://Bad_Bucket/sp"}), "dir"),
         (serde_json::json!({"stop": "yes"}), "body"),
     ] {
         let err = request_savepoint(&mut rm, &caller(), app_id, body.clone()).unwrap_err();
