@@ -2,7 +2,7 @@
 //! In-memory state is rebuilt from these; anything not here is soft state that agents and AMs
 //! report again after a restart (running containers, asks).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use spindle_protocol::{AppId, AppState, ContainerId, ContainerState, ExitReason, FinalStatus, JobSpec, NodeId, NodeState, Resources};
@@ -116,7 +116,8 @@ pub struct ForgottenNode {
     pub last_heartbeat_ms: u64,
 }
 
-/// The writes of one state change (or one scheduling round), committed in one transaction.
+/// The writes of one state change (or one scheduling round, or a group of changes), committed
+/// in one transaction.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WriteBatch {
     pub apps: Vec<AppRecord>,
@@ -127,6 +128,41 @@ pub struct WriteBatch {
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
         self.apps.is_empty() && self.containers.is_empty() && self.nodes.is_empty()
+    }
+
+    /// Records written in all.
+    pub fn len(&self) -> usize {
+        self.apps.len() + self.containers.len() + self.nodes.len()
+    }
+
+    /// The writes of several changes, in the order they were made, as one batch: a record
+    /// written by more than one keeps its latest version (records are whole), at the place of
+    /// its first write.
+    pub fn merge(batches: impl IntoIterator<Item = WriteBatch>) -> WriteBatch {
+        let mut merged = WriteBatch::default();
+        let (mut apps, mut containers, mut nodes) = (HashMap::new(), HashMap::new(), HashMap::new());
+        for batch in batches {
+            upsert(&mut merged.apps, &mut apps, batch.apps, |record| record.app_id);
+            upsert(&mut merged.containers, &mut containers, batch.containers, |record| {
+                record.container_id
+            });
+            upsert(&mut merged.nodes, &mut nodes, batch.nodes, |record| record.node_id.clone());
+        }
+        merged
+    }
+}
+
+/// Appends `later` to `into`, replacing records whose key is there already (`at` maps keys to
+/// positions in `into`).
+fn upsert<T, K: std::hash::Hash + Eq>(into: &mut Vec<T>, at: &mut HashMap<K, usize>, later: Vec<T>, key: impl Fn(&T) -> K) {
+    for record in later {
+        match at.entry(key(&record)) {
+            std::collections::hash_map::Entry::Occupied(slot) => into[*slot.get()] = record,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(into.len());
+                into.push(record);
+            }
+        }
     }
 }
 
@@ -142,4 +178,45 @@ pub struct Snapshot {
 /// remaining containers run as the unprivileged default.
 fn default_unix_user() -> String {
     crate::config::DEFAULT_UNIX_USER.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, state: NodeState) -> NodeRecord {
+        NodeRecord {
+            node_id: NodeId(id.to_owned()),
+            address: id.to_owned(),
+            rack: "/default".to_owned(),
+            labels: Vec::new(),
+            capacity: Resources::new(4, 4096),
+            state,
+            decommission_deadline_ms: None,
+            isolation: Default::default(),
+            departed_at_ms: None,
+            forgotten: None,
+        }
+    }
+
+    #[test]
+    fn merged_batches_keep_each_records_latest_version_in_first_write_order() {
+        let batch = |nodes: Vec<NodeRecord>| WriteBatch {
+            nodes,
+            ..WriteBatch::default()
+        };
+        let merged = WriteBatch::merge([
+            batch(vec![node("a:1", NodeState::Running), node("b:1", NodeState::Running)]),
+            WriteBatch::default(),
+            batch(vec![node("a:1", NodeState::Decommissioning), node("c:1", NodeState::Running)]),
+            batch(vec![node("a:1", NodeState::Lost)]),
+        ]);
+        let states: Vec<(&str, NodeState)> = merged.nodes.iter().map(|n| (n.node_id.as_str(), n.state)).collect();
+        assert_eq!(
+            states,
+            [("a:1", NodeState::Lost), ("b:1", NodeState::Running), ("c:1", NodeState::Running)]
+        );
+        assert_eq!(merged.len(), 3);
+        assert!(WriteBatch::merge([WriteBatch::default()]).is_empty());
+    }
 }

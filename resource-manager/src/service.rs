@@ -1,14 +1,18 @@
 //! The one owner of the RM's state. Every change goes through `mutate`: apply it to the state
-//! machine, commit what it touched in one transaction, and only then tell anyone (reply, wake
-//! long-polling AMs, launch AM containers). A store failure stops the RM: the store is the
+//! machine, commit what it touched, and only then tell anyone (reply, wake long-polling AMs,
+//! launch AM containers). Commits are grouped: the committer takes every change queued while
+//! the previous transaction ran into the next one, in order, so the state lock is held only
+//! while memory changes, never across the store's I/O. A reply (or a read) that follows a
+//! change waits until that change is durable. A store failure stops the RM: the store is the
 //! truth, and a restart recovers from it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use spindle_protocol::{AllocateReply, AllocateRequest, AppId, ContainerStatus, ExitReason, NodeAuthority, QueueReport, now_ms};
-use tokio::sync::{Notify, OwnedMutexGuard};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -23,44 +27,21 @@ use crate::records::WriteBatch;
 use crate::scheduler::capacity::LocalitySettings;
 use crate::store::{Store, StoreError};
 
-/// A change applied in memory whose commit and side effects are not done yet. Dropped before
-/// `finish` completes (its caller went away mid-commit), it finishes them in a task of its
-/// own: the batch holds whole records, so committing it again is harmless if the first try
-/// got through.
-struct PendingCommit {
-    rm: Arc<ResourceManager>,
-    work: Option<(OwnedMutexGuard<Cluster>, WriteBatch, Outbox)>,
+/// A change applied in memory, queued for the committer: its writes, what to do once they
+/// are durable, and whom to tell. The committer owns it from then on, so a caller that goes
+/// away (axum drops a handler's future when its client hangs up) loses nothing.
+struct Queued {
+    /// Its place in the order of changes (1, 2, …).
+    seq: u64,
+    batch: WriteBatch,
+    outbox: Outbox,
+    /// Told once the change is durable and its outbox done.
+    done: oneshot::Sender<()>,
 }
 
-impl PendingCommit {
-    async fn finish(&mut self) -> Result<(), RmError> {
-        let Some((cluster, batch, _)) = self.work.as_ref() else {
-            return Ok(());
-        };
-        if !batch.is_empty()
-            && let Err(err) = self.rm.commit(cluster.epoch(), batch).await
-        {
-            // Nothing left to finish: the RM stops and a restart recovers from the store.
-            self.work = None;
-            return Err(self.rm.fail_stop(err));
-        }
-        let (cluster, _, outbox) = self.work.take().expect("checked above");
-        drop(cluster);
-        self.rm.dispatch(outbox);
-        Ok(())
-    }
-}
-
-impl Drop for PendingCommit {
-    fn drop(&mut self) {
-        if let Some((cluster, batch, outbox)) = self.work.take() {
-            let rm = Arc::clone(&self.rm);
-            self.rm.tasks.spawn(async move {
-                let _ = rm.commit_and_dispatch(cluster, batch, outbox).await;
-            });
-        }
-    }
-}
+/// Changes committed in one transaction at most: bounds a transaction's size and the wait of
+/// the first change of a long queue.
+const MAX_GROUP: usize = 512;
 
 /// Longest an allocate call may wait for news, whatever the AM asks.
 pub(crate) const MAX_ALLOCATE_WAIT: Duration = Duration::from_secs(30);
@@ -86,10 +67,15 @@ const COMMIT_RETRY_MAX_PAUSE: Duration = Duration::from_secs(1);
 
 /// The resource manager's service: state, store, and the wiring between them.
 pub struct ResourceManager {
-    /// The state machine. A tokio mutex: it is held across the store commit on purpose, so
-    /// that commits happen in the order the changes were made. In an `Arc` so that a commit
-    /// task can own the guard.
+    /// The state machine. Held only while a change is applied and queued (or a view read):
+    /// queueing under it is what orders the commits as the changes were made.
     cluster: Arc<tokio::sync::Mutex<Cluster>>,
+    /// Changes on their way to the committer.
+    queue: mpsc::UnboundedSender<Queued>,
+    /// The `seq` of the latest change queued (written under the state lock).
+    queued: AtomicU64,
+    /// The `seq` of the latest change committed and told (its outbox done).
+    durable: watch::Sender<u64>,
     store: Store,
     /// The epoch this RM leads in: every commit carries it.
     epoch: u64,
@@ -143,8 +129,12 @@ impl ResourceManager {
         tracing::info!(epoch, apps = snapshot.apps.len(), containers = snapshot.containers.len(), nodes = snapshot.nodes.len(), store = %store.describe(), "recovered state");
         let mut cluster = Cluster::recover(settings, epoch, now_ms(), snapshot);
         let outbox = cluster.take_outbox();
+        let (queue, queued) = mpsc::unbounded_channel();
         let rm = Arc::new(ResourceManager {
             cluster: Arc::new(tokio::sync::Mutex::new(cluster)),
+            queue,
+            queued: AtomicU64::new(0),
+            durable: watch::Sender::new(0),
             store,
             epoch,
             config,
@@ -157,6 +147,7 @@ impl ResourceManager {
             tasks: TaskTracker::new(),
         });
         rm.dispatch(outbox);
+        rm.tasks.spawn(Arc::clone(&rm).run_committer(queued));
         Ok(rm)
     }
 
@@ -174,55 +165,104 @@ impl ResourceManager {
         self.store.describe()
     }
 
-    /// Applies one change, commits it, then performs its side effects.
+    /// Applies one change, has it committed, then performs its side effects; returns once
+    /// it (and every change before it) is durable.
     pub async fn mutate<T>(self: &Arc<Self>, change: impl FnOnce(&mut Cluster, u64) -> T) -> Result<T, RmError> {
-        let mut cluster = Arc::clone(&self.cluster).lock_owned().await;
+        let mut cluster = self.cluster.lock().await;
         let result = change(&mut cluster, now_ms());
         let batch = cluster.take_writes();
         let outbox = cluster.take_outbox();
-        // Memory has changed: the commit and the outbox must happen even if the caller goes
-        // away (axum drops a handler's future when its client hangs up). They run here, and
-        // `PendingCommit` finishes them in a task of its own if this future is dropped midway.
-        let mut pending = PendingCommit {
-            rm: Arc::clone(self),
-            work: Some((cluster, batch, outbox)),
-        };
-        pending.finish().await?;
+        if batch.is_empty() {
+            // Nothing to commit (a heartbeat that changed nothing durable): what it tells may
+            // still rest on changes queued before it, so it waits for those.
+            let before = self.queued.load(Ordering::Acquire);
+            drop(cluster);
+            self.wait_durable(before).await?;
+            self.dispatch(outbox);
+            return Ok(result);
+        }
+        // Queued under the lock: the committer sees changes in the order they were made.
+        let seq = self.queued.fetch_add(1, Ordering::AcqRel) + 1;
+        let (done, told) = oneshot::channel();
+        let queued = self.queue.send(Queued { seq, batch, outbox, done });
+        drop(cluster);
+        if queued.is_err() || told.await.is_err() {
+            return Err(self.stopped());
+        }
         Ok(result)
     }
 
-    /// Commits a change's writes (the state stays locked until they are durable), then
-    /// performs its outbox.
-    async fn commit_and_dispatch(
-        self: &Arc<Self>,
-        cluster: OwnedMutexGuard<Cluster>,
-        batch: WriteBatch,
-        outbox: Outbox,
-    ) -> Result<(), RmError> {
-        if !batch.is_empty() {
-            self.commit(cluster.epoch(), &batch).await.map_err(|err| self.fail_stop(err))?;
+    /// Waits until the change `seq` (and all before it) is durable and told.
+    async fn wait_durable(&self, seq: u64) -> Result<(), RmError> {
+        let mut durable = self.durable.subscribe();
+        if *durable.borrow() >= seq {
+            return Ok(());
         }
-        drop(cluster);
-        self.dispatch(outbox);
-        Ok(())
+        tokio::select! {
+            reached = durable.wait_for(|done| *done >= seq) => reached.map(drop).map_err(|_| self.stopped()),
+            () = self.shutdown.cancelled() => Err(self.stopped()),
+        }
+    }
+
+    /// Why a change cannot be confirmed: the store failed, or the term ended first.
+    fn stopped(&self) -> RmError {
+        let reason = self
+            .fatal_error()
+            .map_or_else(|| "the term ended before the change was committed".to_owned(), |fatal| fatal.reason);
+        RmError::Stopped(reason)
+    }
+
+    /// The committer: commits the queued changes in order, as many per transaction as were
+    /// queued while the previous one ran, then does their outboxes and tells their callers.
+    /// A failed commit stops the term (and with it the queue: nothing after it is told).
+    async fn run_committer(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<Queued>) {
+        let mut group: Vec<Queued> = Vec::new();
+        loop {
+            let first = tokio::select! {
+                biased;
+                next = queue.recv() => next,
+                () = self.shutdown.cancelled() => None,
+            };
+            let Some(first) = first else { return };
+            group.push(first);
+            while group.len() < MAX_GROUP {
+                match queue.try_recv() {
+                    Ok(next) => group.push(next),
+                    Err(_) => break,
+                }
+            }
+            let changes = group.len();
+            let batch = WriteBatch::merge(group.iter_mut().map(|queued| std::mem::take(&mut queued.batch)));
+            if let Err(err) = self.commit(self.epoch, &batch, changes).await {
+                self.fail_stop(err);
+                return;
+            }
+            let last = group.last().map_or(0, |queued| queued.seq);
+            for queued in group.drain(..) {
+                self.dispatch(queued.outbox);
+                let _ = queued.done.send(());
+            }
+            self.durable.send_replace(last);
+        }
     }
 
     /// Commits `batch` in `epoch`, retrying while the database cannot be reached (a restart
     /// of PostgreSQL, a network blip) for up to one `leader_lease`: by then an RM that cannot
     /// renew its lease has stepped down anyway. Committing a batch again is harmless (whole
     /// records, upserted), so a commit whose answer was lost may be retried.
-    async fn commit(&self, epoch: u64, batch: &WriteBatch) -> Result<(), StoreError> {
+    async fn commit(&self, epoch: u64, batch: &WriteBatch, changes: usize) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
         let span = tracing::debug_span!(
             "store_commit",
             epoch,
+            changes,
             apps = batch.apps.len(),
             containers = batch.containers.len(),
             nodes = batch.nodes.len()
         );
         let committed = self.commit_with_retries(epoch, batch).instrument(span).await;
         if committed.is_ok() {
-            self.metrics.record_commit(started.elapsed());
+            self.metrics.record_commit(started.elapsed(), changes);
         }
         committed
     }
@@ -266,18 +306,27 @@ impl ResourceManager {
         RmError::Store(err)
     }
 
-    /// A read-only look at the state.
+    /// A read-only look at the state, answered once what it sees is durable (a change
+    /// queued before the look has committed).
     pub async fn read<T>(&self, view: impl FnOnce(&Cluster) -> T) -> T {
-        view(&*self.cluster.lock().await)
+        let (seen, before) = {
+            let cluster = self.cluster.lock().await;
+            (view(&cluster), self.queued.load(Ordering::Acquire))
+        };
+        // A term that ended (or failed) answers what memory holds: readers of a stopping RM
+        // get no promise of durability anyway, and a caller of `read` cannot fail.
+        let _ = self.wait_durable(before).await;
+        seen
     }
 
     /// The nodes the RM tracks and, with `with_forgotten`, those it has forgotten (the store's
-    /// history), by id. The state lock is held across the store read, so a node forgotten or
-    /// registered again meanwhile is listed exactly once.
+    /// history), by id. The state lock is held across the store read (once what memory holds
+    /// is durable), so a node forgotten or registered again meanwhile is listed exactly once.
     pub async fn node_reports(&self, with_forgotten: bool) -> Result<Vec<spindle_protocol::NodeReport>, StoreError> {
         let cluster = self.cluster.lock().await;
         let mut reports = cluster.node_reports();
         if with_forgotten {
+            let _ = self.wait_durable(self.queued.load(Ordering::Acquire)).await;
             let history = self.store.forgotten_nodes().await?;
             reports.extend(history.iter().map(crate::cluster::forgotten_node_report));
             reports.sort_by(|a, b| a.node_id.as_str().cmp(b.node_id.as_str()));
@@ -291,6 +340,7 @@ impl ResourceManager {
         if let Some(report) = cluster.node_report(node_id) {
             return Ok(Some(report));
         }
+        let _ = self.wait_durable(self.queued.load(Ordering::Acquire)).await;
         let history = self.store.forgotten_node(node_id).await?;
         Ok(history.as_ref().map(crate::cluster::forgotten_node_report))
     }
@@ -443,8 +493,12 @@ impl ResourceManager {
     }
 
     async fn purge(&self, cutoff_ms: u64) {
-        // Hold the state lock so no write of a purged app races the delete.
+        // Hold the state lock, once every change queued is durable, so no write of a purged
+        // app races the delete.
         let mut cluster = self.cluster.lock().await;
+        if self.wait_durable(self.queued.load(Ordering::Acquire)).await.is_err() {
+            return;
+        }
         match self.store.purge_finished_before(cutoff_ms).await {
             Ok(purged) => {
                 let forgotten = cluster.forget_finished_before(cutoff_ms);

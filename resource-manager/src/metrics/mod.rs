@@ -34,8 +34,10 @@ pub struct RmMetrics {
     pub http: HttpMetrics,
     /// Transactions committed (changes that wrote nothing are not commits).
     pub store_commits: Counter,
-    /// How long each commit took, retries included: the state lock is held meanwhile.
+    /// How long each commit took, retries included (its changes' callers wait meanwhile).
     store_commit_seconds: Histogram,
+    /// Changes committed: several per transaction when they come faster than commits.
+    store_changes: Counter,
     /// Wall time of each scheduling round that ran (rounds with no demand are skipped).
     scheduling_round_seconds: Histogram,
     /// From an app's demand to each grant that served it (see `cluster::Observations`).
@@ -52,6 +54,7 @@ impl RmMetrics {
             http: HttpMetrics::register(&mut registry),
             store_commits: Counter::default(),
             store_commit_seconds: seconds_histogram(),
+            store_changes: Counter::default(),
             // Rounds take microseconds to milliseconds: 10 µs to ~0.3 s.
             scheduling_round_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 16)),
             // Grants come within milliseconds when there is room, and minutes when queues are
@@ -71,8 +74,13 @@ impl RmMetrics {
         );
         registry.register(
             "spindle_store_commit_duration_seconds",
-            "Time to commit one change to the store, retries included",
+            "Time to commit one transaction (a group of changes) to the store, retries included",
             metrics.store_commit_seconds.clone(),
+        );
+        registry.register(
+            "spindle_store_changes",
+            "State changes committed (a transaction commits every change queued while the previous one ran)",
+            metrics.store_changes.clone(),
         );
         registry.register(
             "spindle_scheduling_round_duration_seconds",
@@ -101,8 +109,9 @@ impl RmMetrics {
     }
 
     /// Records one commit that took `took`.
-    pub fn record_commit(&self, took: Duration) {
+    pub fn record_commit(&self, took: Duration, changes: usize) {
         self.store_commits.inc();
+        self.store_changes.inc_by(changes as u64);
         self.store_commit_seconds.observe(took.as_secs_f64());
     }
 
