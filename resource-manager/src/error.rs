@@ -29,6 +29,10 @@ pub enum RmError {
     Stopped(String),
     #[error("queue reload refused: {0}")]
     Reload(#[from] ReloadError),
+    /// A change applied in memory whose commit failed (or never ran: the term ended first):
+    /// its caller is told it was not saved.
+    #[error("the resource manager could not save the change and is stopping ({0}); retry against a restarted RM")]
+    NotSaved(String),
 }
 
 /// Why a queue reload changed nothing.
@@ -151,6 +155,7 @@ impl From<RmError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("the resource manager could not save the change and is stopping ({store}); retry against a restarted RM"),
             ),
+            not_saved @ RmError::NotSaved(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, not_saved.to_string()),
             other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
         }
     }

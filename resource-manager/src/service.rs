@@ -208,8 +208,8 @@ impl ResourceManager {
     fn stopped(&self) -> RmError {
         let reason = self
             .fatal_error()
-            .map_or_else(|| "the term ended before the change was committed".to_owned(), |fatal| fatal.reason);
-        RmError::Stopped(reason)
+            .map_or_else(|| "its term ended before the change was committed".to_owned(), |fatal| fatal.reason);
+        RmError::NotSaved(reason)
     }
 
     /// The committer: commits the queued changes in order, as many per transaction as were
