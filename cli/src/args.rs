@@ -30,6 +30,8 @@ const GLOBAL_OPTIONS_NOT_APPLYING: &[(&str, &[&str])] = &[
     ("local", &["rm", "token", "ca_file", "json"]),
     ("demo", &["rm", "token", "ca_file", "json"]),
     ("simulate", &["rm", "token", "ca_file", "log_format"]),
+    // Its fake agents serve plain HTTP (no TLS), and it always prints JSON.
+    ("loadgen", &["ca_file", "json"]),
 ];
 
 impl Cli {
@@ -171,6 +173,10 @@ pub enum Command {
     Top(TopArgs),
     /// Run the scheduler against a synthetic workload in simulated time; report speed and fairness.
     Simulate(SimulateArgs),
+    /// Load-test a running RM: play N node agents and M application masters against it over
+    /// HTTP and print its throughput, latencies and CPU as one JSON line (exit 1 if an
+    /// invariant broke).
+    Loadgen(LoadgenArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -409,6 +415,65 @@ pub struct SimulateArgs {
     /// Simulated seconds a container under a preemption notice runs before it is killed.
     #[arg(long, value_name = "S", default_value_t = 15)]
     pub grace_s: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadgenArgs {
+    /// File holding the RM's cluster_secret: the fake agents join with a token made from it
+    /// [default: SPINDLE_CLUSTER_SECRET]
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// File holding the API token of a user who may submit jobs to --queue (it also reads
+    /// /metrics) [default: --token, SPINDLE_TOKEN or $SPINDLE_HOME/config.toml]
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Node agents to play.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub agents: usize,
+    /// Application masters live at once: when one finishes, another app is submitted.
+    #[arg(long, value_name = "M", default_value_t = 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=100_000))]
+    pub ams: usize,
+    /// Seconds of the measured window.
+    #[arg(long, value_name = "S", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub duration_s: u64,
+    /// Seconds of load before the window, once every agent has registered.
+    #[arg(long, value_name = "S", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub warmup_s: u64,
+    /// Seconds the live apps get to finish after the window (nothing new is submitted).
+    #[arg(long, value_name = "S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub drain_s: u64,
+    /// Vcores each fake node offers.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub node_vcores: u32,
+    /// Memory in MB each fake node offers.
+    #[arg(long, value_name = "MB", default_value_t = 16_384, value_parser = clap::value_parser!(u64).range(1..))]
+    pub node_memory_mb: u64,
+    /// Task containers each AM asks for over its life, in waves of up to 8.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub containers_per_am: u32,
+    /// Mean run time of a task container in ms (each runs 0.5 to 1.5 times this).
+    #[arg(long, value_name = "MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub task_ms: u64,
+    /// The RM's process id (on this machine): the summary then has its CPU and memory.
+    #[arg(long, value_name = "PID")]
+    pub rm_pid: Option<u32>,
+    /// Leaf queue the apps are submitted to.
+    #[arg(long, value_name = "QUEUE", default_value = "default")]
+    pub queue: String,
+    /// Seed of the AMs' choices (wave sizes, shapes, durations, releases).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub seed: u64,
+    /// Threads of the load generator's runtime: it shares the machine with the RM it measures.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    pub workers: usize,
+    /// Report container starts and ends in the next periodic heartbeat only, instead of at
+    /// once as the real agent does.
+    #[arg(long)]
+    pub no_immediate_heartbeats: bool,
+    /// Let the fake agents share a few connections to the RM instead of keeping one each, as
+    /// real agents do (the RM then holds far fewer connections than a real cluster's).
+    #[arg(long)]
+    pub shared_connections: bool,
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod demo;
 mod demo_stream;
 pub mod error;
+pub mod loadgen;
 pub mod local;
 pub mod local_capacity;
 pub mod local_work;
@@ -32,7 +33,12 @@ const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 pub fn main() -> ExitCode {
     let cli = Cli::parse_args();
     settings::take_secrets_from_env();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Loadgen(args) = &cli.command {
+        // It shares the machine with the RM it measures: its CPU is bounded by its threads.
+        runtime.worker_threads(args.workers);
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => return error::report(&anyhow::Error::new(err).context("cannot start the async runtime")),
     };
@@ -89,6 +95,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             demo::demo().await
         }
         Command::Simulate(args) => simulate::simulate(&args, cli.global.json),
+        Command::Loadgen(args) => {
+            // Its JSON line is the output; daemon-style logs only for what goes wrong.
+            init_tracing(log_format, "warn");
+            loadgen::loadgen(&args, &cli.global).await
+        }
         command => client::run(command, &cli.global).await,
     }
 }

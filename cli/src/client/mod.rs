@@ -65,7 +65,8 @@ pub async fn run(command: Command, global: &GlobalArgs) -> anyhow::Result<ExitCo
         | Command::StreamTask
         | Command::Local(_)
         | Command::Demo
-        | Command::Simulate(_) => {
+        | Command::Simulate(_)
+        | Command::Loadgen(_) => {
             unreachable!("roles and the simulator are dispatched before the client is built")
         }
     }
