@@ -147,7 +147,11 @@ impl Cluster {
             self.round_due |= next == NodeState::Running;
         }
         let (_, acked) = self.apply_container_statuses(&node_id, request.containers, now_ms);
-        self.advance_decommissions(now_ms);
+        // Only this node's containers changed: its own drain may be over (the others' deadlines
+        // are the tick's). Not a walk over every node: heartbeats come N per second.
+        if self.nodes[&node_id].record.state == NodeState::Decommissioning {
+            self.advance_decommission(&node_id, now_ms);
+        }
         self.schedule(now_ms);
         let cleanup_apps = self.shuffle_cleanup(&node_id);
         let node = &self.nodes[&node_id];
@@ -320,25 +324,30 @@ impl Cluster {
             .map(|node| node.record.node_id.clone())
             .collect();
         for node_id in draining {
-            let node = &self.nodes[&node_id];
-            if node.record.decommission_deadline_ms.is_some_and(|deadline| deadline <= now_ms) {
-                let overdue: Vec<ContainerId> = node.live.iter().filter(|id| !node.pending_kills.contains(id)).copied().collect();
-                for container_id in overdue {
-                    self.kill_container(
-                        container_id,
-                        ExitReason::KilledByRm,
-                        format!("node {node_id} was decommissioned"),
-                        now_ms,
-                    );
-                }
+            self.advance_decommission(&node_id, now_ms);
+        }
+    }
+
+    /// `advance_decommissions` for one DECOMMISSIONING node.
+    fn advance_decommission(&mut self, node_id: &NodeId, now_ms: u64) {
+        let node = &self.nodes[node_id];
+        if node.record.decommission_deadline_ms.is_some_and(|deadline| deadline <= now_ms) {
+            let overdue: Vec<ContainerId> = node.live.iter().filter(|id| !node.pending_kills.contains(id)).copied().collect();
+            for container_id in overdue {
+                self.kill_container(
+                    container_id,
+                    ExitReason::KilledByRm,
+                    format!("node {node_id} was decommissioned"),
+                    now_ms,
+                );
             }
-            let node = self.nodes.get_mut(&node_id).expect("listed above");
-            if node.live.is_empty() {
-                node.change_state(NodeState::Decommissioned, now_ms);
-                node.record.decommission_deadline_ms = None;
-                self.mark_node(&node_id);
-                tracing::info!(node = %node_id, "node decommissioned");
-            }
+        }
+        let node = self.nodes.get_mut(node_id).expect("a tracked node");
+        if node.live.is_empty() {
+            node.change_state(NodeState::Decommissioned, now_ms);
+            node.record.decommission_deadline_ms = None;
+            self.mark_node(node_id);
+            tracing::info!(node = %node_id, "node decommissioned");
         }
     }
 
