@@ -141,7 +141,7 @@ impl Drop for HostCluster {
         self.rm.kill9();
         support::kill_processes_under(self.dir.path());
         for index in 0..self.hosts.count() {
-            let _ = std::fs::remove_dir(stash_dir(self.hosts.name(index)));
+            let _ = std::fs::remove_dir_all(stash_dir(self.hosts.name(index)));
         }
     }
 }

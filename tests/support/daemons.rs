@@ -48,14 +48,19 @@ impl Daemon {
     /// namespace of its own whose /tmp is a private tmpfs holding only `own` (bind-mounted
     /// back at its own path), so the RM's, the other hosts' and the test's directories, and
     /// any default under /tmp, are not there. `own` must be under /tmp; `stash` is an empty
-    /// directory outside it, where `own` waits while /tmp is covered.
+    /// directory outside it, where `own` (and the binary, when a target dir under /tmp holds
+    /// it) waits while /tmp is covered.
     pub fn spawn_in_private_host(name: String, dir: &Path, netns: &str, own: &Path, stash: &Path, args: &[String]) -> Daemon {
         assert!(own.starts_with("/tmp") && !stash.starts_with("/tmp"), "{own:?} {stash:?}");
         const SCRIPT: &str = r#"set -e
-mount --bind "$1" "$2"
+own="$1"; stash="$2"; bin="$3"
+mkdir -p "$stash/own"
+mount --bind "$own" "$stash/own"
+case "$bin" in /tmp/*) touch "$stash/bin"; mount --bind "$bin" "$stash/bin";; esac
 mount -t tmpfs -o mode=1777 tmpfs /tmp
-mkdir -p "$1"
-mount --move "$2" "$1"
+mkdir -p "$own"
+mount --move "$stash/own" "$own"
+case "$bin" in /tmp/*) mkdir -p "$(dirname "$bin")"; touch "$bin"; mount --move "$stash/bin" "$bin";; esac
 shift 2
 exec "$@""#;
         let mut full: Vec<String> = [
