@@ -15,14 +15,18 @@ The RM's config: the default timings (1 s heartbeats, 10 s node expiry), one lea
 may hold up to half of it (the default tenth would make most of 200 AMs wait on small
 clusters), a user mapped to `nobody` (nothing runs: the fake agents only pretend), and
 `[http] max_connections` above the agents plus the AMs: each fake agent keeps a connection of
-its own, as a real one does, and the default cap (10,000) would leave agents of a 10,000-node
-cluster unserved.
+its own, as a real one does. With --agent-idle, a real `spindle node-agent` joins after the
+loadgen and idles: its RSS, and the RM's then, are reported. With --restart-idle, the RM is
+restarted on the same store and measured again with the agents heartbeating and no AMs. On SQLite the table also counts
+what the run left in the store (ended apps, containers): the memory bounds are read with those.
 
 Usage: bench/rm_scale_bench.py [--spindle /dev/shm/spindle] [--agents 1000,5000,10000] [--ams 200]
                                [--duration 30] [--warmup 10] [--drain 60] [--runs 1]
                                [--postgres postgres://postgres@127.0.0.1:5432/test]
                                [--sqlite-synchronous full|normal] [--task-ms 3000]
                                [--containers-per-am 20] [--perf SECONDS] [--dir DIR] [--keep]
+                               [--finished-apps-in-memory 1000] [--agent-idle SECONDS]
+                               [--restart-idle SECONDS]
 Needs only the Python standard library (and `psql` for --postgres, `perf` for --perf). The RM
 and the loadgen share the machine: on a 2-core box, `loadgen_cpu_cores` says how much of it
 the load generator took. Everything it starts is stopped at the end, and a PostgreSQL schema
@@ -55,10 +59,14 @@ db = {db}
 cluster_secret = {secret}
 sqlite_synchronous = {synchronous}
 
+finished_apps_in_memory = {finished_apps_in_memory}
+
 [[users]]
 name = "bench"
 token = {token}
 unix_user = "nobody"
+# Makes the join token of the real agent whose idle RSS --agent-idle measures.
+admin = true
 
 [http]
 max_connections = {max_connections}
@@ -90,6 +98,12 @@ COLUMNS = [
     ("RM RSS MB", "rm_rss_mb", "{:.0f}"),
     ("loadgen cores", "loadgen_cpu_cores", "{:.2f}"),
     ("register s", "register_all_s", "{:.1f}"),
+    ("apps ended", "store_apps_ended", "{:.0f}"),
+    ("containers", "store_containers", "{:.0f}"),
+    ("RM RSS after", "rm_rss_after_mb", "{:.0f}"),
+    ("agent idle RSS", "agent_idle_rss_mb", "{:.1f}"),
+    ("RM RSS restarted", "rm_rss_restarted_mb", "{:.0f}"),
+    ("RM cores restarted", "rm_cpu_cores_restarted", "{:.2f}"),
 ]
 
 
@@ -147,7 +161,8 @@ class Run:
         with open(self.config, "w") as f:
             f.write(RM_CONFIG.format(db=json.dumps(db_url), secret=json.dumps(SECRET), token=json.dumps(USER_TOKEN),
                                      synchronous=json.dumps(args.sqlite_synchronous),
-                                     max_connections=agents + args.ams + 1000))
+                                     max_connections=agents + args.ams + 1000,
+                                     finished_apps_in_memory=args.finished_apps_in_memory))
         self.secret_file = os.path.join(base, "secret")
         self.token_file = os.path.join(base, "token")
         for path, text in ((self.secret_file, SECRET), (self.token_file, USER_TOKEN)):
@@ -172,13 +187,16 @@ class Run:
             stop(self.rm)
         raise RuntimeError(f"the RM did not start: see {self.base}/rm.log")
 
-    def loadgen(self):
+    def loadgen(self, ams=None, duration=None, warmup=None):
         """Runs the loadgen; its JSON summary. With --perf, profiles the RM for that many seconds
         from the start of the measured window (perf.data and perf.txt under the run's dir)."""
         a = self.args
+        ams = a.ams if ams is None else ams
+        duration = a.duration if duration is None else duration
+        warmup = a.warmup if warmup is None else warmup
         command = [a.spindle, "loadgen", "--rm", self.url, "--secret-file", self.secret_file,
-                   "--token-file", self.token_file, "--agents", str(self.agents), "--ams", str(a.ams),
-                   "--duration-s", str(a.duration), "--warmup-s", str(a.warmup), "--drain-s", str(a.drain),
+                   "--token-file", self.token_file, "--agents", str(self.agents), "--ams", str(ams),
+                   "--duration-s", str(duration), "--warmup-s", str(warmup), "--drain-s", str(a.drain),
                    "--task-ms", str(a.task_ms), "--containers-per-am", str(a.containers_per_am),
                    "--node-vcores", str(a.node_vcores), "--node-memory-mb", str(a.node_memory_mb),
                    "--rm-pid", str(self.rm.pid), "--seed", str(a.seed)]
@@ -217,6 +235,29 @@ class Run:
                             "-g", "none"], stdout=out, stderr=subprocess.DEVNULL)
         log(f"  perf profile of the RM: {self.base}/perf.txt")
 
+    def idle_agent(self):
+        """Starts one real agent against the RM (after the loadgen: its fake agents have gone
+        quiet, the apps' history is in the store), lets it heartbeat idle for --agent-idle
+        seconds, and returns (the agent's RSS, the RM's RSS) in MB."""
+        join = subprocess.run([self.args.spindle, "--rm", self.url, "--token", USER_TOKEN, "join-token"],
+                              env=self.env, capture_output=True, text=True, check=True).stdout.strip().split()[-1]
+        token_file = os.path.join(self.base, "join-token")
+        with open(os.open(token_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(join)
+        port = free_port()
+        with open(os.path.join(self.base, "agent.log"), "w") as out:
+            agent = subprocess.Popen([self.args.spindle, "--rm", self.url, "node-agent", "--listen", f"127.0.0.1:{port}",
+                                      "--join-token-file", token_file, "--work-dir", os.path.join(self.base, "agent"),
+                                      "--vcores", "4", "--memory-mb", "4096"],
+                                     env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            time.sleep(self.args.agent_idle)
+            if agent.poll() is not None:
+                raise RuntimeError(f"the agent exited: see {self.base}/agent.log")
+            return rss_mb(agent.pid), rss_mb(self.rm.pid)
+        finally:
+            stop(agent)
+
     def stop(self):
         stop(self.rm)
 
@@ -239,6 +280,18 @@ def one_run(args, root, agents, index):
         load_before = os.getloadavg()[0]
         summary = run.loadgen()
         summary["loadavg_1m_before"] = round(load_before, 2)
+        if args.agent_idle:
+            summary["agent_idle_rss_mb"], summary["rm_rss_after_mb"] = run.idle_agent()
+        run.stop()
+        if not args.postgres:
+            summary.update(stored_counts(os.path.join(base, "rm.db")))
+        if args.restart_idle:
+            # The same store, a fresh RM: its memory with the agents heartbeating and the
+            # history in the store, without what the load's peak left in the allocator.
+            run.start_rm()
+            again = run.loadgen(ams=0, duration=args.restart_idle, warmup=5)
+            summary["rm_rss_restarted_mb"] = again["rm_rss_mb"]
+            summary["rm_cpu_cores_restarted"] = again["rm_cpu_cores"]
         return summary
     finally:
         run.stop()
@@ -247,6 +300,26 @@ def one_run(args, root, agents, index):
                 psql(args.postgres, f"DROP SCHEMA {schema} CASCADE")
             except subprocess.CalledProcessError as err:
                 log(f"could not drop schema {schema}: {err}")
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
+def stored_counts(db_path):
+    """What the run left in the SQLite store: ended apps and all containers."""
+    import sqlite3
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        ended = db.execute("SELECT count(*) FROM apps WHERE state IN ('FINISHED', 'FAILED', 'KILLED')").fetchone()[0]
+        containers = db.execute("SELECT count(*) FROM containers").fetchone()[0]
+    finally:
+        db.close()
+    return {"store_apps_ended": ended, "store_containers": containers}
 
 
 def table(summaries):
@@ -284,6 +357,13 @@ def main():
     parser.add_argument("--node-vcores", type=int, default=8)
     parser.add_argument("--node-memory-mb", type=int, default=16384)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--finished-apps-in-memory", type=int, default=1000,
+                        help="the RM's bound on ended apps kept in memory (its default: 1000)")
+    parser.add_argument("--agent-idle", type=int, default=0,
+                        help="after each run, measure a real idle agent's RSS after this many seconds")
+    parser.add_argument("--restart-idle", type=int, default=0,
+                        help="after each run, restart the RM on its store and measure it for this many seconds "
+                             "with the agents heartbeating and no AMs")
     parser.add_argument("--perf", type=int, default=0, help="profile the RM for this many seconds of each window")
     parser.add_argument("--dir", help="where runs keep their files (default: a temporary dir)")
     parser.add_argument("--keep", action="store_true", help="keep the run dirs (logs, databases, profiles)")

@@ -20,10 +20,23 @@ const MISSING_RM_SECRET: &str = "the resource manager needs a cluster secret (kn
      set `cluster_secret = \"…\"` in its config file (--config FILE) or the environment variable \
      SPINDLE_CLUSTER_SECRET; make one with `openssl rand -hex 32`";
 
+/// Open files the RM needs besides its connections: the store, logs, the listener.
+const FILES_BESIDES_CONNECTIONS: usize = 256;
+
 pub async fn resource_manager(args: ResourceManagerArgs) -> anyhow::Result<ExitCode> {
     let config = rm_config(&args, crate::settings::cluster_secret_env())?;
     if config.users.is_empty() {
         tracing::warn!("no API users are configured ([[users]] in the config file): every client request will be refused");
+    }
+    // A connection per agent and AM: thousands of agents outgrow the usual soft limit of 1,024
+    // open files long before `http.max_connections`.
+    let files_allowed = crate::daemon::raise_open_file_limit();
+    if (files_allowed as usize) < config.http.max_connections + FILES_BESIDES_CONNECTIONS {
+        tracing::warn!(
+            files_allowed,
+            max_connections = config.http.max_connections,
+            "this process may open fewer files than http.max_connections needs: raise the limit (ulimit -n, LimitNOFILE=)              or lower http.max_connections, or connections beyond the limit will be refused"
+        );
     }
     let listener = bind(config.listen, "resource manager", "--listen").await?;
     let db = spindle_resource_manager::store::mask_password(&config.db);

@@ -47,6 +47,12 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A pause after an accept error that is not the client's (EMFILE: out of file descriptors),
 /// so the loop does not spin while descriptors are scarce.
+/// The most a connection buffers: hyper's smallest allowed. Every idle keep-alive connection
+/// keeps its buffers, and a cluster's daemons hold thousands (one per agent and per AM): at
+/// hyper's default (~400 KB, grown by big reads) 1,200 connections of a load test held 48 MB of
+/// read buffers. A request head must fit in it (8 KB, as nginx's default; larger gets 431);
+/// bodies stream through it in pieces of that size.
+const MAX_CONNECTION_BUFFER: usize = 8 * 1024;
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(500);
 
 /// What bounds the server's connections; the request timeout is a router layer instead
@@ -177,7 +183,10 @@ impl Connection {
     async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, stream: S) {
         let mut builder = hyper::server::conn::http1::Builder::new();
         // hyper's header-read timeout needs a timer, and panics without one.
-        builder.timer(TokioTimer::new()).header_read_timeout(self.header_read_timeout);
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout)
+            .max_buf_size(MAX_CONNECTION_BUFFER);
         let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(self.router));
         let mut connection = std::pin::pin!(connection);
         let outcome = tokio::select! {

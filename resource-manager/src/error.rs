@@ -144,6 +144,15 @@ impl From<NodeError> for ApiError {
     }
 }
 
+impl From<crate::app_history::HistoryError> for ApiError {
+    fn from(err: crate::app_history::HistoryError) -> ApiError {
+        match err {
+            crate::app_history::HistoryError::App(app) => app.into(),
+            store @ crate::app_history::HistoryError::Store(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, store.to_string()),
+        }
+    }
+}
+
 impl From<RmError> for ApiError {
     fn from(err: RmError) -> ApiError {
         match err {

@@ -2,12 +2,14 @@
 //! durable store, and the REST API that serves users, agents and application masters.
 
 pub mod api;
+pub mod app_history;
 pub mod app_logs;
 pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod ha;
 pub mod launcher;
+pub mod memory;
 pub mod metrics;
 pub mod records;
 pub mod scheduler;

@@ -172,6 +172,9 @@ pub struct Snapshot {
     pub apps: Vec<AppRecord>,
     pub containers: Vec<ContainerRecord>,
     pub nodes: Vec<NodeRecord>,
+    /// The newest app the store kept out of the snapshot (an ended app beyond
+    /// `finished_apps_in_memory`): lists of apps are complete from memory only above it.
+    pub newest_unloaded_app: Option<spindle_protocol::AppId>,
 }
 
 /// Apps stored before accounts were mapped ran as the agent's account; after an upgrade their

@@ -50,6 +50,8 @@ pub(crate) const MAX_ALLOCATE_WAIT: Duration = Duration::from_secs(30);
 const TASKS_STOP_BOUND: Duration = Duration::from_secs(10);
 /// How often timers run: node expiry, launch expiry, decommission deadlines.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the allocator is asked to give freed memory back (`memory.rs`).
+const TRIM_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Why an RM stopped acting by itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +78,7 @@ pub struct ResourceManager {
     queued: AtomicU64,
     /// The `seq` of the latest change committed and told (its outbox done).
     durable: watch::Sender<u64>,
-    store: Store,
+    pub(crate) store: Store,
     /// The epoch this RM leads in: every commit carries it.
     epoch: u64,
     pub config: RmConfig,
@@ -124,8 +126,9 @@ impl ResourceManager {
                 node_delay: config.scheduler.node_locality_delay,
                 rack_delay: config.scheduler.rack_locality_delay,
             },
+            finished_apps_in_memory: config.finished_apps_in_memory,
         };
-        let snapshot = store.load().await?;
+        let snapshot = store.load_bounded(config.finished_apps_in_memory).await?;
         tracing::info!(epoch, apps = snapshot.apps.len(), containers = snapshot.containers.len(), nodes = snapshot.nodes.len(), store = %store.describe(), "recovered state");
         let mut cluster = Cluster::recover(settings, epoch, now_ms(), snapshot);
         let outbox = cluster.take_outbox();
@@ -345,6 +348,12 @@ impl ResourceManager {
         Ok(history.as_ref().map(crate::cluster::forgotten_node_report))
     }
 
+    /// The state, for reads that must not wait for durability (`app_history.rs` turns store
+    /// records into reports with it).
+    pub(crate) fn state(&self) -> &tokio::sync::Mutex<Cluster> {
+        &self.cluster
+    }
+
     fn waker(&self, app_id: AppId) -> Arc<Notify> {
         self.wakers
             .lock()
@@ -362,6 +371,12 @@ impl ResourceManager {
                 if let Some(notify) = wakers.get(app_id) {
                     notify.notify_waiters();
                 }
+            }
+        }
+        if !outbox.evicted.is_empty() {
+            let mut wakers = self.wakers.lock().expect("waker map is never poisoned");
+            for app_id in &outbox.evicted {
+                wakers.remove(app_id);
             }
         }
         if self.config.log_aggregation.dir.is_some() {
@@ -475,6 +490,7 @@ impl ResourceManager {
         let mut ticker = tokio::time::interval(TICK_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_purge = now_ms();
+        let mut last_trim = now_ms();
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -482,6 +498,10 @@ impl ResourceManager {
             }
             if self.mutate(|cluster, now| cluster.tick(now)).await.is_err() {
                 return;
+            }
+            if now_ms().saturating_sub(last_trim) > TRIM_INTERVAL.as_millis() as u64 {
+                last_trim = now_ms();
+                crate::memory::return_free_memory().await;
             }
             let retain_ms = self.config.retain_finished.as_millis() as u64;
             // The wall clock may step back: that must not underflow (and kill the timers).

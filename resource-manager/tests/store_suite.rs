@@ -6,7 +6,8 @@
 //! If it cannot be reached the PostgreSQL tests fail rather than skip: CI starts it.
 //! Run: `cargo test -p spindle-resource-manager --test store_suite`. The per-test databases and
 //! the record builders live in `store_suite/support.rs`; the bodies about forgotten nodes in
-//! `store_suite/forgotten_nodes.rs`.
+//! `store_suite/forgotten_nodes.rs`, those about the history of ended apps in
+//! `store_suite/app_history.rs`.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,13 @@ mod support;
 #[path = "store_suite/forgotten_nodes.rs"]
 mod forgotten_nodes;
 
+#[path = "store_suite/app_history.rs"]
+mod app_history;
+
+use app_history::{
+    a_bounded_load_keeps_live_apps_and_the_latest_ended, app_history_pages_newest_first_by_id_with_filters,
+    one_stored_app_reads_back_with_its_containers,
+};
 use forgotten_nodes::{
     a_forgotten_node_that_registers_again_is_tracked_again, forgotten_nodes_are_history_not_reloaded,
     purging_forgotten_nodes_keeps_newer_history_and_tracked_nodes,
@@ -68,6 +76,9 @@ backend_suite!(
     forgotten_nodes_are_history_not_reloaded,
     a_forgotten_node_that_registers_again_is_tracked_again,
     purging_forgotten_nodes_keeps_newer_history_and_tracked_nodes,
+    a_bounded_load_keeps_live_apps_and_the_latest_ended,
+    app_history_pages_newest_first_by_id_with_filters,
+    one_stored_app_reads_back_with_its_containers,
 );
 
 // ---- bodies ---------------------------------------------------------------------------------
@@ -122,6 +133,7 @@ async fn commit_then_load_round_trips_every_field(db: TestDb) {
         apps: written.apps,
         containers: written.containers,
         nodes: written.nodes,
+        newest_unloaded_app: None,
     };
     assert_eq!(store.load().await.unwrap(), expected);
     // The copied columns agree with the docs: later queries filter on them.
@@ -202,7 +214,8 @@ async fn upsert_replaces_the_stored_version(db: TestDb) {
         Snapshot {
             apps: second.apps,
             containers: second.containers,
-            nodes: second.nodes
+            nodes: second.nodes,
+            newest_unloaded_app: None,
         }
     );
     assert_eq!(db.fetch_strings("SELECT state FROM apps").await, ["KILLED"]);
@@ -452,7 +465,8 @@ async fn an_in_memory_database_works_for_tests() {
         Snapshot {
             apps: written.apps,
             containers: written.containers,
-            nodes: written.nodes
+            nodes: written.nodes,
+            newest_unloaded_app: None,
         }
     );
     // serde_json would write a NaN as null, which could never load again: refused up front.

@@ -136,7 +136,7 @@ fn plan(args: &LoadgenArgs, global: &GlobalArgs) -> anyhow::Result<Plan> {
     }
     // A connection per agent and per AM, and a few more.
     let files_needed = if args.shared_connections { 0 } else { args.agents } + args.ams + 256;
-    let files_allowed = raise_open_file_limit();
+    let files_allowed = crate::daemon::raise_open_file_limit();
     if (files_allowed as usize) < files_needed {
         return Err(UsageError::new(format!(
             "--agents {} --ams {}: about {files_needed} open files are needed and this process may open {files_allowed}: \
@@ -347,27 +347,6 @@ async fn run(plan: Plan) -> anyhow::Result<Summary> {
         killed_by_rm: total.count(Count::KilledByRm),
         invariant_violations: ledger.violations(),
     })
-}
-
-/// Raises this process's soft limit of open files to its hard limit; returns the limit.
-fn raise_open_file_limit() -> u64 {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 0;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return raised.rlim_cur;
-            }
-        }
-    }
-    limit.rlim_cur
 }
 
 /// Waits until `agents` registrations were answered; how long that took. Gives up when none

@@ -4,6 +4,7 @@ mod dashboard;
 mod extract;
 mod internal;
 mod join;
+mod pages;
 mod public;
 mod yarn;
 

@@ -15,6 +15,7 @@ use spindle_protocol::{
 };
 
 use super::extract::{ApiJson, User};
+use super::pages;
 use crate::cluster::{AppError, AppQuery};
 use crate::error::ApiError;
 use crate::service::ResourceManager;
@@ -67,16 +68,15 @@ fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, Ap
     Ok(Some(key.to_owned()))
 }
 
-/// List apps, newest first. Diagnostics and AM counters of apps the caller may not view (not
-/// theirs, not in a queue they administer, not an admin) read `<hidden>` / are left out.
+/// List apps, newest first: those in memory and, below them, the store's history of apps that
+/// ended long ago. Diagnostics and AM counters of apps the caller may not view (not theirs, not
+/// in a queue they administer, not an admin) read `<hidden>` / are left out. A full page has a
+/// `Link` header to the next one (`before` the page's last app).
 #[utoipa::path(get, path = "/v1/apps", tag = "apps",
-    params(("state" = Option<String>, Query), ("queue" = Option<String>, Query), ("user" = Option<String>, Query), ("limit" = Option<u32>, Query)),
-    responses((status = 200, body = Vec<AppReport>), (status = 400, body = ErrorBody)))]
-pub async fn list_apps(
-    State(rm): Rm,
-    User(caller): User,
-    Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Vec<AppReport>>, ApiError> {
+    params(("state" = Option<String>, Query), ("queue" = Option<String>, Query), ("user" = Option<String>, Query), ("limit" = Option<u32>, Query),
+        ("before" = Option<String>, Query, description = "only apps older than this app id: the next page")),
+    responses((status = 200, body = Vec<AppReport>), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn list_apps(State(rm): Rm, User(caller): User, Query(params): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
     let mut query = AppQuery {
         limit: DEFAULT_APP_LIMIT,
         ..AppQuery::default()
@@ -92,34 +92,37 @@ pub async fn list_apps(
             }
             "queue" => query.queue = Some(value),
             "user" => query.user = Some(value),
-            "limit" => {
-                let limit: usize = value
-                    .parse()
-                    .map_err(|_| ApiError::bad_request(format!("limit: `{value}` is not a number")))?;
-                if limit == 0 || limit > MAX_APP_LIMIT {
-                    return Err(ApiError::bad_request(format!("limit: must be 1 to {MAX_APP_LIMIT}")));
-                }
-                query.limit = limit;
-            }
+            "limit" => query.limit = pages::parse_limit(&value, MAX_APP_LIMIT)?,
+            "before" => query.before = Some(value.parse().map_err(|err| ApiError::bad_request(format!("before: {err}")))?),
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown query parameter `{other}`: use state, queue, user or limit"
+                    "unknown query parameter `{other}`: use state, queue, user, limit or before"
                 )));
             }
         }
     }
-    Ok(Json(rm.read(|cluster| cluster.app_reports_for(&caller, &query)).await))
+    let reports = rm.app_reports(&caller, &query).await?;
+    let last = reports.last().map(|report| report.app_id.to_string());
+    let mut filters = Vec::new();
+    if let Some(state) = query.state {
+        filters.push(("state", state.as_str().to_owned()));
+    }
+    if let Some(queue) = &query.queue {
+        filters.push(("queue", queue.clone()));
+    }
+    if let Some(user) = &query.user {
+        filters.push(("user", user.clone()));
+    }
+    Ok(pages::page(reports, query.limit, "/v1/apps", &filters, ("before", last)))
 }
 
-/// One app's report; redacted as in the list for callers who may not view the app.
+/// One app's report, from memory or the store's history; redacted as in the list for callers
+/// who may not view the app.
 #[utoipa::path(get, path = "/v1/apps/{app_id}", tag = "apps", params(("app_id" = String, Path)),
-    responses((status = 200, body = AppReport), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = AppReport), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn get_app(State(rm): Rm, User(caller): User, Path(app_id): Path<String>) -> Result<Json<AppReport>, ApiError> {
     let app_id = parse_app_id(&app_id)?;
-    rm.read(|cluster| cluster.app_report_for(&caller, app_id))
-        .await
-        .map(Json)
-        .ok_or_else(|| ApiError::from(AppError::NotFound(app_id)))
+    Ok(Json(rm.app_report(&caller, app_id).await?))
 }
 
 /// Kill an app (its owner or an admin).
@@ -192,29 +195,58 @@ pub async fn request_savepoint(
     Ok((StatusCode::ACCEPTED, Json(SavepointReply { app_id, savepoint_id })).into_response())
 }
 
-/// An app's containers, live and finished; their diagnostics (stderr tails) read `<hidden>`
-/// for callers who may not view the app.
-#[utoipa::path(get, path = "/v1/apps/{app_id}/containers", tag = "apps", params(("app_id" = String, Path)),
-    responses((status = 200, body = Vec<ContainerReport>), (status = 404, body = ErrorBody)))]
-pub async fn app_containers(State(rm): Rm, User(caller): User, Path(app_id): Path<String>) -> Result<Json<Vec<ContainerReport>>, ApiError> {
+/// An app's containers, live and finished, by id; their diagnostics (stderr tails) read
+/// `<hidden>` for callers who may not view the app. With `limit`, a page, and a `Link` header
+/// to the next one (`after` the page's last container).
+#[utoipa::path(get, path = "/v1/apps/{app_id}/containers", tag = "apps",
+    params(("app_id" = String, Path), ("limit" = Option<u32>, Query, description = "at most this many (default: all)"),
+        ("after" = Option<String>, Query, description = "only containers after this id: the next page")),
+    responses((status = 200, body = Vec<ContainerReport>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn app_containers(
+    State(rm): Rm,
+    User(caller): User,
+    Path(app_id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let app_id = parse_app_id(&app_id)?;
-    rm.read(|cluster| cluster.container_reports_for(&caller, app_id))
-        .await
-        .map(Json)
-        .ok_or_else(|| ApiError::from(AppError::NotFound(app_id)))
+    let (mut limit, mut after) = (usize::MAX, None);
+    for (key, value) in params {
+        match key.as_str() {
+            "limit" => limit = pages::parse_limit(&value, usize::MAX)?,
+            "after" => {
+                after =
+                    Some(parse_container_id(&value).map_err(|_| ApiError::bad_request(format!("after: `{value}` is not a container id")))?)
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter `{other}`: use limit or after"
+                )));
+            }
+        }
+    }
+    let reports = pages::after(rm.container_reports(&caller, app_id).await?, after, limit, |report| {
+        report.container_id
+    });
+    let last = reports.last().map(|report| report.container_id.to_string());
+    Ok(pages::page(
+        reports,
+        limit,
+        &format!("/v1/apps/{app_id}/containers"),
+        &[],
+        ("after", last),
+    ))
 }
 
-/// The nodes the RM tracks (departed ones until `departed_node_expiry`); with `all=true` also
-/// those it has forgotten, with their last state (`forgotten_at_ms` set), from its history.
+/// The nodes the RM tracks (departed ones until `departed_node_expiry`), by id; with `all=true`
+/// also those it has forgotten, with their last state (`forgotten_at_ms` set), from its history.
+/// With `limit`, a page, and a `Link` header to the next one (`after` the page's last node).
 #[utoipa::path(get, path = "/v1/nodes", tag = "nodes",
-    params(("all" = Option<bool>, Query, description = "also the nodes the RM has forgotten")),
+    params(("all" = Option<bool>, Query, description = "also the nodes the RM has forgotten"),
+        ("limit" = Option<u32>, Query, description = "at most this many (default: all)"),
+        ("after" = Option<String>, Query, description = "only nodes after this node id: the next page")),
     responses((status = 200, body = Vec<NodeReport>), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn list_nodes(
-    State(rm): Rm,
-    _user: User,
-    Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Vec<NodeReport>>, ApiError> {
-    let mut with_forgotten = false;
+pub async fn list_nodes(State(rm): Rm, _user: User, Query(params): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+    let (mut with_forgotten, mut limit, mut after) = (false, usize::MAX, None);
     for (key, value) in params {
         match key.as_str() {
             "all" => {
@@ -222,10 +254,24 @@ pub async fn list_nodes(
                     .parse()
                     .map_err(|_| ApiError::bad_request(format!("all: `{value}` is neither true nor false")))?
             }
-            other => return Err(ApiError::bad_request(format!("unknown query parameter `{other}`: use all"))),
+            "limit" => limit = pages::parse_limit(&value, usize::MAX)?,
+            "after" => after = Some(value),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter `{other}`: use all, limit or after"
+                )));
+            }
         }
     }
-    rm.node_reports(with_forgotten).await.map(Json).map_err(node_history_unavailable)
+    let reports = rm.node_reports(with_forgotten).await.map_err(node_history_unavailable)?;
+    let reports = pages::after(reports, after, limit, |report| report.node_id.as_str().to_owned());
+    let last = reports.last().map(|report| report.node_id.to_string());
+    let filters = if with_forgotten {
+        vec![("all", "true".to_owned())]
+    } else {
+        Vec::new()
+    };
+    Ok(pages::page(reports, limit, "/v1/nodes", &filters, ("after", last)))
 }
 
 /// One node: as the RM tracks it, or its last state if the RM has forgotten it
@@ -360,7 +406,7 @@ pub async fn container_logs(
             "stream: `{stream}` is not a log: use stdout or stderr"
         )));
     }
-    let location = rm.read(|cluster| cluster.container_logs_location(&caller, container_id)).await?;
+    let location = rm.container_location(&caller, container_id).await?;
     tracing::debug!(container = %container_id, user = %caller.user, owner = %location.owner, %stream, "container logs read");
     let bearer = rm
         .authority

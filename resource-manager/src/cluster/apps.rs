@@ -282,6 +282,7 @@ impl Cluster {
         self.mark_app(app_id);
         self.outbox.wake.insert(app_id);
         self.outbox.ended.push(app_id);
+        self.ended.push_back(app_id);
         let reason = if state == AppState::Killed {
             "application killed"
         } else {

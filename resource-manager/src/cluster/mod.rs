@@ -7,6 +7,7 @@ mod allocate;
 mod apps;
 mod containers;
 mod controls;
+mod history;
 mod nodes;
 mod observations;
 mod recovery;
@@ -17,7 +18,7 @@ mod tests;
 mod transitions;
 mod view_acl;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use spindle_protocol::{
     AllocateReply, AppId, ContainerId, ContainerStatus, ExitReason, LaunchRequest, NodeAuthority, NodeId, NodeUsage, ResourceAsk, Resources,
@@ -29,6 +30,7 @@ use crate::scheduler::preemption::NoticeBook;
 use crate::scheduler::queues::QueueTree;
 
 pub use apps::{AppError, Caller};
+pub use history::merge_app_pages;
 pub use nodes::NodeError;
 pub use observations::Observations;
 pub use reports::{AppQuery, forgotten_node_report};
@@ -51,6 +53,9 @@ pub struct ClusterSettings {
     /// Grace period of a preemption notice; `None` turns preemption off.
     pub preemption_grace_ms: Option<u64>,
     pub locality: LocalitySettings,
+    /// How many ended apps (with their containers) stay in memory; older ones are read from
+    /// the store (`finished_apps_in_memory`).
+    pub finished_apps_in_memory: usize,
 }
 
 /// The RM's whole in-memory state. One owner (the service) holds it behind one lock.
@@ -68,7 +73,14 @@ pub struct Cluster {
     /// asked: soft state (an RM restart forgets them; the client asks again).
     reserved_app_ids: BTreeMap<AppId, String>,
     apps: BTreeMap<AppId, App>,
-    containers: HashMap<ContainerId, Container>,
+    /// Ordered by id, so an app's containers are one range (ids start with the app's).
+    containers: BTreeMap<ContainerId, Container>,
+    /// Ended apps in memory, in the order they ended: the oldest leave memory first once there
+    /// are more than `finished_apps_in_memory` (see `history.rs`).
+    ended: VecDeque<AppId>,
+    /// The newest app that left memory (at eviction, or kept out by recovery): lists of apps
+    /// are complete from memory only above it; below, the store has the rest.
+    newest_evicted: Option<AppId>,
     nodes: BTreeMap<NodeId, Node>,
     scheduler: CapacityScheduler,
     /// Containers under a preemption notice and their deadlines.
@@ -193,6 +205,8 @@ pub struct Outbox {
     pub wake: BTreeSet<AppId>,
     /// Apps that have just ended: their logs are aggregated.
     pub ended: Vec<AppId>,
+    /// Ended apps that have left memory (`finished_apps_in_memory`): forget their wakers.
+    pub evicted: Vec<AppId>,
     /// What the change observed for the metrics (scheduling rounds, grant latencies).
     pub observed: Observations,
 }
@@ -218,9 +232,10 @@ impl Cluster {
             submission_keys: HashMap::new(),
             reserved_app_ids: BTreeMap::new(),
             apps: BTreeMap::new(),
-            containers: HashMap::new(),
+            containers: BTreeMap::new(),
+            ended: VecDeque::new(),
+            newest_evicted: None,
             nodes: BTreeMap::new(),
-
             dirty: Dirty::default(),
             outbox: Outbox::default(),
         }
@@ -299,9 +314,12 @@ impl Cluster {
             })
     }
 
-    /// Periodic work: lose silent nodes, reclaim unlaunched grants, finish decommissions,
-    /// forget long-departed nodes, preempt, place.
+    /// Periodic work: drop the oldest ended apps beyond `finished_apps_in_memory`, lose silent
+    /// nodes, reclaim unlaunched grants, finish decommissions, forget long-departed nodes,
+    /// preempt, place.
     pub fn tick(&mut self, now_ms: u64) {
+        let evicted = self.evict_finished();
+        self.outbox.evicted.extend(evicted);
         self.expire_nodes(now_ms);
         self.expire_unlaunched_containers(now_ms);
         self.advance_decommissions(now_ms);
@@ -311,9 +329,10 @@ impl Cluster {
         self.schedule(now_ms);
     }
 
-    /// Ids of apps that ended before `cutoff_ms`, to drop from memory after the store purged them.
+    /// Drops from memory the apps that ended before `cutoff_ms`, after the store purged them
+    /// (retention); returns how many.
     pub fn forget_finished_before(&mut self, cutoff_ms: u64) -> usize {
-        let old: Vec<AppId> = self
+        let old: BTreeSet<AppId> = self
             .apps
             .values()
             .filter(|app| app.record.state.is_terminal() && app.live.is_empty())
@@ -321,13 +340,9 @@ impl Cluster {
             .map(|app| app.record.app_id)
             .collect();
         for app_id in &old {
-            if let Some(app) = self.apps.remove(app_id)
-                && let Some(key) = app.record.submission_key
-            {
-                self.submission_keys.remove(&(app.record.user, key));
-            }
+            self.drop_app(*app_id);
         }
-        self.containers.retain(|id, _| !old.contains(&id.app));
+        self.ended.retain(|app_id| !old.contains(app_id));
         old.len()
     }
 }

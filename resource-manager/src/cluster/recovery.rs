@@ -1,7 +1,7 @@
 //! Rebuilding the state machine from the store after an RM restart (work-preserving: running
 //! containers are kept; agents and AMs reconnect and carry on).
 
-use spindle_protocol::{AppState, ContainerId, ContainerState, ExitReason};
+use spindle_protocol::{AppId, AppState, ContainerId, ContainerState, ExitReason};
 
 use super::{App, Cluster, ClusterSettings, Container, Node};
 use crate::records::Snapshot;
@@ -27,6 +27,16 @@ impl Cluster {
             }
             cluster.nodes.insert(node_id, Node::new(record, now_ms));
         }
+        // Apps the store kept out (ended, beyond `finished_apps_in_memory`) are history.
+        cluster.newest_evicted = snapshot.newest_unloaded_app;
+        let mut ended: Vec<(u64, AppId)> = snapshot
+            .apps
+            .iter()
+            .filter(|record| record.state.is_terminal())
+            .map(|record| (record.finished_at_ms.unwrap_or(0), record.app_id))
+            .collect();
+        ended.sort_unstable();
+        cluster.ended = ended.into_iter().map(|(_, app_id)| app_id).collect();
         for record in snapshot.apps {
             if let Some(key) = &record.submission_key {
                 cluster.submission_keys.insert((record.user.clone(), key.clone()), record.app_id);

@@ -12,12 +12,14 @@ use super::{App, Caller, Cluster, Container, Node};
 use crate::records::NodeRecord;
 
 /// Filters of `GET /v1/apps`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AppQuery {
     pub state: Option<AppState>,
     pub queue: Option<String>,
     pub user: Option<String>,
     pub limit: usize,
+    /// Only apps older (by id) than this one: the next page after a page that ended with it.
+    pub before: Option<AppId>,
 }
 
 impl Cluster {
@@ -57,9 +59,13 @@ impl Cluster {
 
     /// Whole reports, newest first (see `app_report`).
     pub(crate) fn app_reports(&self, query: &AppQuery) -> Vec<AppReport> {
-        self.apps
-            .values()
+        let newer = match query.before {
+            Some(before) => self.apps.range(..before),
+            None => self.apps.range(..),
+        };
+        newer
             .rev()
+            .map(|(_, app)| app)
             .filter(|app| query.state.is_none_or(|state| app.record.state == state))
             .filter(|app| query.queue.as_ref().is_none_or(|queue| &app.record.spec.queue == queue))
             .filter(|app| query.user.as_ref().is_none_or(|user| &app.record.user == user))
@@ -71,14 +77,7 @@ impl Cluster {
     /// Whole container reports, stderr tails included (see `app_report`).
     pub(crate) fn container_reports(&self, app_id: AppId) -> Option<Vec<ContainerReport>> {
         self.apps.get(&app_id)?;
-        let mut reports: Vec<ContainerReport> = self
-            .containers
-            .values()
-            .filter(|c| c.record.container_id.app == app_id)
-            .map(container_report)
-            .collect();
-        reports.sort_by_key(|report| report.container_id);
-        Some(reports)
+        Some(self.containers_of(app_id).map(container_report).collect())
     }
 
     pub fn node_reports(&self) -> Vec<NodeReport> {
@@ -208,7 +207,7 @@ fn pending_of(app: &App) -> Resources {
         .fold(Resources::ZERO, |total, ask| total + ask.resources.times(ask.count))
 }
 
-fn app_report(app: &App, containers: &std::collections::HashMap<ContainerId, Container>) -> AppReport {
+pub(super) fn app_report(app: &App, containers: &BTreeMap<ContainerId, Container>) -> AppReport {
     let record = &app.record;
     let running_containers = app
         .live
@@ -248,7 +247,7 @@ fn app_report(app: &App, containers: &std::collections::HashMap<ContainerId, Con
     }
 }
 
-fn container_report(container: &Container) -> ContainerReport {
+pub(super) fn container_report(container: &Container) -> ContainerReport {
     let record = &container.record;
     ContainerReport {
         container_id: record.container_id,

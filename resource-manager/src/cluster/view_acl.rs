@@ -37,22 +37,25 @@ pub struct ContainerPlace {
     pub state: spindle_protocol::ContainerState,
 }
 
+/// Why `caller` may not read a container's logs, naming who may.
+pub(super) fn logs_forbidden(caller: &Caller, container_id: ContainerId, app: &crate::records::AppRecord) -> AppError {
+    AppError::Forbidden(format!(
+        "user {} may not read the logs of {container_id}: its app belongs to {}; only its owner, an admin of queue `{}` or a cluster admin may",
+        caller.user, app.user, app.spec.queue
+    ))
+}
+
 impl Cluster {
     /// Every container of `app_id` the RM still knows, in id order, with its node.
     pub fn app_container_locations(&self, app_id: spindle_protocol::AppId) -> Vec<ContainerPlace> {
-        let mut places: Vec<ContainerPlace> = self
-            .containers
-            .values()
-            .filter(|container| container.record.container_id.app == app_id)
+        self.containers_of(app_id)
             .map(|container| ContainerPlace {
                 container_id: container.record.container_id,
                 node_id: container.record.node_id.clone(),
                 node_address: container.record.node_address.clone(),
                 state: container.record.state,
             })
-            .collect();
-        places.sort_by_key(|place| place.container_id);
-        places
+            .collect()
     }
 
     /// Whether `caller` may see the private parts of an app's reports and its containers' logs
@@ -70,10 +73,7 @@ impl Cluster {
         let container = self.containers.get(&container_id).ok_or_else(not_found)?;
         let app = self.apps.get(&container_id.app).ok_or_else(not_found)?;
         if !self.may_view_app(caller, container_id.app) {
-            return Err(AppError::Forbidden(format!(
-                "user {} may not read the logs of {container_id}: its app belongs to {}; only its owner, an admin of queue `{}` or a cluster admin may",
-                caller.user, app.record.user, app.record.spec.queue
-            )));
+            return Err(logs_forbidden(caller, container_id, &app.record));
         }
         Ok(ContainerLocation {
             owner: app.record.user.clone(),

@@ -90,6 +90,10 @@ pub struct RmConfig {
     /// Finished apps older than this are purged from the store (0 keeps them forever).
     #[serde(with = "seconds")]
     pub retain_finished: Duration,
+    /// How many ended apps (with their containers) stay in memory, the latest to end; older
+    /// ones are read from the store until `retain_finished` purges them. YARN's
+    /// `max-completed-applications`.
+    pub finished_apps_in_memory: usize,
     /// Copies of finished apps' logs (`[log_aggregation]`; off unless `dir` is set).
     pub log_aggregation: LogAggregationConfig,
     /// The HTTP server's limits against slow and misbehaving clients.
@@ -189,7 +193,8 @@ impl Default for HttpConfig {
         HttpConfig {
             header_read_timeout: spindle_http_server::DEFAULT_HEADER_READ_TIMEOUT,
             request_timeout: spindle_http_server::DEFAULT_REQUEST_TIMEOUT,
-            max_connections: 10_000,
+            // 10,000 agents (a big YARN cluster) with room for AMs and clients.
+            max_connections: 20_000,
             shutdown_timeout: spindle_http_server::DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
@@ -247,6 +252,7 @@ impl Default for RmConfig {
             container_launch_expiry: Duration::from_secs(60),
             max_body_bytes: 1024 * 1024,
             retain_finished: Duration::from_secs(7 * 24 * 3600),
+            finished_apps_in_memory: 1_000,
             log_aggregation: LogAggregationConfig::default(),
             http: HttpConfig::default(),
             tls: TlsConfig::default(),

@@ -87,7 +87,7 @@ fn http_limits_have_defaults_and_are_checked() {
         ..RmConfig::default()
     };
     valid.validate().unwrap();
-    assert_eq!(valid.http.max_connections, 10_000);
+    assert_eq!(valid.http.max_connections, 20_000);
     assert_eq!(valid.http.server_limits().header_read_timeout, Duration::from_secs(10));
 
     let mut no_connections = valid.clone();

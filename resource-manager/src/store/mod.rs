@@ -24,9 +24,10 @@ pub use sqlite::SqliteStore;
 
 use std::time::Duration;
 
-use spindle_protocol::NodeId;
+use spindle_protocol::{AppId, NodeId};
 
-use crate::records::{NodeRecord, Snapshot, WriteBatch};
+use crate::cluster::AppQuery;
+use crate::records::{AppRecord, ContainerRecord, NodeRecord, Snapshot, WriteBatch};
 
 /// The URL forms `Store::connect` accepts, quoted by `StoreError::BadUrl`.
 const ACCEPTED_URLS: &str = "sqlite://PATH (a file, created if missing), sqlite::memory: (in memory, for tests) \
@@ -257,10 +258,35 @@ impl Store {
 
     /// Everything to reload at restart: apps by `submitted_at_ms` then id, containers by id,
     /// nodes by id (ids compared as strings, byte by byte), but not the nodes the RM forgot.
+    /// Every app is reloaded; see [`Store::load_bounded`] for a bound on ended ones.
     pub async fn load(&self) -> Result<Snapshot, StoreError> {
+        self.load_bounded(usize::MAX).await
+    }
+
+    /// What a restart reloads: as [`Store::load`], but of the ended apps (none of whose
+    /// containers still run) only the `finished_in_memory` that ended last, with their
+    /// containers; the others stay in the store as history (`app_history`).
+    pub async fn load_bounded(&self, finished_in_memory: usize) -> Result<Snapshot, StoreError> {
         match self {
-            Store::Sqlite(store) => store.load().await,
-            Store::Postgres(store) => store.load().await,
+            Store::Sqlite(store) => store.load(finished_in_memory).await,
+            Store::Postgres(store) => store.load(finished_in_memory).await,
+        }
+    }
+
+    /// A page of the stored apps older (by id) than `query.before` (all if `None`), newest
+    /// first, matching its state, queue and user: the history of apps no longer in memory.
+    pub async fn app_history(&self, query: &AppQuery) -> Result<Vec<AppRecord>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.app_history(query).await,
+            Store::Postgres(store) => store.app_history(query).await,
+        }
+    }
+
+    /// One stored app with all its containers (by id), read at one point in time.
+    pub async fn app_with_containers(&self, app_id: AppId) -> Result<Option<(AppRecord, Vec<ContainerRecord>)>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.app_with_containers(app_id).await,
+            Store::Postgres(store) => store.app_with_containers(app_id).await,
         }
     }
 

@@ -3,13 +3,14 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use spindle_protocol::NodeId;
+use spindle_protocol::{AppId, NodeId};
 use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::shared::{Queries, Statement, epoch_from_sql};
 use super::{Leadership, StoreError};
-use crate::records::{NodeRecord, Snapshot};
+use crate::cluster::AppQuery;
+use crate::records::{AppRecord, ContainerRecord, NodeRecord, Snapshot};
 
 /// Locks the epoch row for the rest of the transaction, so a `begin_epoch` by a newer RM waits
 /// for this write to finish, and a write waits for a `begin_epoch` in flight and then sees the
@@ -109,9 +110,9 @@ impl PgStore {
         Ok(())
     }
 
-    pub(super) async fn load(&self) -> Result<Snapshot, StoreError> {
+    pub(super) async fn load(&self, finished_in_memory: usize) -> Result<Snapshot, StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_READ).await?;
-        let snapshot = Queries::<Postgres>::load(&mut tx).await?;
+        let snapshot = Queries::<Postgres>::load(&mut tx, finished_in_memory).await?;
         tx.commit().await?;
         Ok(snapshot)
     }
@@ -126,6 +127,19 @@ impl PgStore {
         let purged = Queries::<Postgres>::purge_finished_before(&mut tx, cutoff_ms).await?;
         tx.commit().await?;
         Ok(purged)
+    }
+
+    pub(super) async fn app_history(&self, query: &AppQuery) -> Result<Vec<AppRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Postgres>::app_history(&mut conn, query).await
+    }
+
+    pub(super) async fn app_with_containers(&self, app_id: AppId) -> Result<Option<(AppRecord, Vec<ContainerRecord>)>, StoreError> {
+        // One read transaction: the app and its containers as of one point in time.
+        let mut tx = self.pool.begin_with(BEGIN_READ).await?;
+        let found = Queries::<Postgres>::app_with_containers(&mut tx, app_id).await?;
+        tx.commit().await?;
+        Ok(found)
     }
 
     pub(super) async fn forgotten_nodes(&self, node_id: Option<&NodeId>) -> Result<Vec<NodeRecord>, StoreError> {

@@ -7,10 +7,11 @@ use std::marker::PhantomData;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use spindle_protocol::NodeId;
+use spindle_protocol::{AppId, NodeId};
 use sqlx::{AssertSqlSafe, Database, Encode, Executor, FromRow, IntoArguments, Transaction, Type};
 
 use super::StoreError;
+use crate::cluster::AppQuery;
 use crate::records::{AppRecord, ContainerRecord, NodeRecord, Snapshot, WriteBatch};
 
 /// Rows per multi-row `INSERT`. A 2,000-container batch becomes 10 statements instead of 2,000
@@ -20,8 +21,34 @@ const ROWS_PER_STATEMENT: usize = 200;
 
 /// Bumps the epoch in one statement, which is atomic on its own on both backends.
 const BUMP_EPOCH: &str = "UPDATE cluster_meta SET epoch = epoch + 1, started_at_ms = $1 WHERE id = 1 RETURNING epoch";
-const LOAD_APPS: &str = "SELECT app_id, doc FROM apps ORDER BY submitted_at_ms, app_id";
-const LOAD_CONTAINERS: &str = "SELECT container_id, doc FROM containers ORDER BY container_id";
+/// What a restart reloads into memory: apps not ended, ended ones some of whose containers still
+/// run, and the `$1` that ended last (`finished_apps_in_memory`), with their containers. The
+/// other ended apps are history, read on demand (`APP_HISTORY`, `APP_BY_ID`).
+const LOAD_APPS: &str = "SELECT app_id, doc FROM apps WHERE state NOT IN ('FINISHED', 'FAILED', 'KILLED') \
+     OR EXISTS (SELECT 1 FROM containers live WHERE live.app_id = apps.app_id AND live.state <> 'COMPLETE') \
+     OR app_id IN (SELECT app_id FROM apps WHERE state IN ('FINISHED', 'FAILED', 'KILLED') \
+                   ORDER BY finished_at_ms DESC, app_ts DESC, app_seq DESC LIMIT $1) \
+     ORDER BY submitted_at_ms, app_id";
+const LOAD_CONTAINERS: &str = "SELECT container_id, doc FROM containers WHERE app_id IN (SELECT app_id FROM apps \
+     WHERE state NOT IN ('FINISHED', 'FAILED', 'KILLED') \
+     OR EXISTS (SELECT 1 FROM containers live WHERE live.app_id = apps.app_id AND live.state <> 'COMPLETE') \
+     OR app_id IN (SELECT app_id FROM apps WHERE state IN ('FINISHED', 'FAILED', 'KILLED') \
+                   ORDER BY finished_at_ms DESC, app_ts DESC, app_seq DESC LIMIT $1)) \
+     ORDER BY container_id";
+/// The newest app `LOAD_APPS` leaves in the store (the same condition, negated): the in-memory
+/// listing is complete only above it.
+const NEWEST_UNLOADED_APP: &str = "SELECT app_ts, app_seq FROM apps WHERE state IN ('FINISHED', 'FAILED', 'KILLED') \
+     AND NOT EXISTS (SELECT 1 FROM containers live WHERE live.app_id = apps.app_id AND live.state <> 'COMPLETE') \
+     AND app_id NOT IN (SELECT app_id FROM apps WHERE state IN ('FINISHED', 'FAILED', 'KILLED') \
+                        ORDER BY finished_at_ms DESC, app_ts DESC, app_seq DESC LIMIT $1) \
+     ORDER BY app_ts DESC, app_seq DESC LIMIT 1";
+/// Apps older (by id) than `($1, $2)`, newest first, filtered by state, queue and user (`''`
+/// for any): a page of the history.
+const APP_HISTORY: &str = "SELECT app_id, doc FROM apps WHERE (app_ts < $1 OR (app_ts = $1 AND app_seq < $2)) \
+     AND ($3 = '' OR state = $3) AND ($4 = '' OR queue = $4) AND ($5 = '' OR user_name = $5) \
+     ORDER BY app_ts DESC, app_seq DESC LIMIT $6";
+const APP_BY_ID: &str = "SELECT app_id, doc FROM apps WHERE app_id = $1";
+const CONTAINERS_OF_APP: &str = "SELECT container_id, doc FROM containers WHERE app_id = $1";
 /// Forgotten nodes are history: a restarted RM does not track them again.
 const LOAD_NODES: &str = "SELECT node_id, doc FROM nodes WHERE forgotten_at_ms IS NULL ORDER BY node_id";
 const LOAD_FORGOTTEN_NODES: &str = "SELECT node_id, doc FROM nodes WHERE forgotten_at_ms IS NOT NULL ORDER BY node_id";
@@ -49,7 +76,17 @@ struct Table {
 
 const APPS: Table = Table {
     name: "apps",
-    columns: &["app_id", "state", "queue", "user_name", "submitted_at_ms", "finished_at_ms", "doc"],
+    columns: &[
+        "app_id",
+        "state",
+        "queue",
+        "user_name",
+        "submitted_at_ms",
+        "finished_at_ms",
+        "app_ts",
+        "app_seq",
+        "doc",
+    ],
 };
 const CONTAINERS: Table = Table {
     name: "containers",
@@ -73,7 +110,15 @@ pub(super) enum SqlValue {
 pub(super) struct Statement {
     sql: String,
     values: Vec<SqlValue>,
+    /// Whether the connection keeps it prepared (see `CACHED_TAIL_ROWS`).
+    persistent: bool,
 }
+
+/// Upserts of a full chunk or of at most this many rows stay prepared on their connection;
+/// other tails run unprepared. Each distinct row count is a statement of its own, and SQLite's
+/// compiled form of a 150-row upsert is hundreds of KB: cached by the hundred on each pooled
+/// connection, they held tens of MB of an RM at 1,000 agents.
+const CACHED_TAIL_ROWS: usize = 4;
 
 /// Turns a batch into upsert statements: apps first, so the containers' foreign key finds
 /// them. Done before the transaction begins, so JSON encoding never holds the write lock.
@@ -98,6 +143,7 @@ fn push_upserts(statements: &mut Vec<Statement>, table: &Table, rows: Vec<(Strin
         let chunk: Vec<Vec<SqlValue>> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
         statements.push(Statement {
             sql: upsert_sql(table, chunk.len()),
+            persistent: chunk.len() == ROWS_PER_STATEMENT || chunk.len() <= CACHED_TAIL_ROWS,
             values: chunk.into_iter().flatten().collect(),
         });
     }
@@ -143,6 +189,8 @@ fn app_row(app: &AppRecord) -> Result<(String, Vec<SqlValue>), StoreError> {
         SqlValue::Text(app.user.clone()),
         SqlValue::Int(to_sql_int(app.submitted_at_ms)),
         SqlValue::NullableInt(app.finished_at_ms.map(to_sql_int)),
+        SqlValue::Int(to_sql_int(app.app_id.cluster_ts)),
+        SqlValue::Int(i64::from(app.app_id.seq)),
         SqlValue::Text(to_doc(app)),
     ];
     Ok((key, values))
@@ -221,7 +269,7 @@ pub(super) struct Queries<DB>(PhantomData<DB>);
 
 impl<DB> Queries<DB>
 where
-    DB: Database,
+    DB: Database + sqlx::database::HasStatementCache,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
     for<'v> String: Encode<'v, DB> + Type<DB>,
@@ -229,6 +277,7 @@ where
     for<'v> Option<i64>: Encode<'v, DB>,
     for<'r> (String, String): FromRow<'r, DB::Row>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'r> (i64, i64): FromRow<'r, DB::Row>,
     for<'r> (String,): FromRow<'r, DB::Row>,
 {
     /// Increments the epoch, records `started_at_ms`, and returns the new epoch.
@@ -246,18 +295,59 @@ where
         epoch_from_sql(epoch)
     }
 
-    /// Reads the three tables; the caller runs this in one read transaction for a consistent view.
-    pub(super) async fn load(conn: &mut DB::Connection) -> Result<Snapshot, StoreError> {
-        let app_rows: Vec<(String, String)> = sqlx::query_as(LOAD_APPS).fetch_all(&mut *conn).await?;
-        let container_rows: Vec<(String, String)> = sqlx::query_as(LOAD_CONTAINERS).fetch_all(&mut *conn).await?;
+    /// Reads what a restart reloads (`LOAD_APPS`, keeping `finished_in_memory` ended apps) and
+    /// the nodes; the caller runs this in one read transaction for a consistent view.
+    pub(super) async fn load(conn: &mut DB::Connection, finished_in_memory: usize) -> Result<Snapshot, StoreError> {
+        let bound = i64::try_from(finished_in_memory).unwrap_or(i64::MAX);
+        let app_rows: Vec<(String, String)> = sqlx::query_as(LOAD_APPS).bind(bound).fetch_all(&mut *conn).await?;
+        let container_rows: Vec<(String, String)> = sqlx::query_as(LOAD_CONTAINERS).bind(bound).fetch_all(&mut *conn).await?;
         let node_rows: Vec<(String, String)> = sqlx::query_as(LOAD_NODES).fetch_all(&mut *conn).await?;
+        let newest_unloaded: Option<(i64, i64)> = sqlx::query_as(NEWEST_UNLOADED_APP).bind(bound).fetch_optional(&mut *conn).await?;
         Ok(Snapshot {
             apps: decode_rows("apps", app_rows, |app: &AppRecord| app.app_id.to_string())?,
             containers: decode_rows("containers", container_rows, |container: &ContainerRecord| {
                 container.container_id.to_string()
             })?,
             nodes: decode_rows("nodes", node_rows, |node: &NodeRecord| node.node_id.to_string())?,
+            newest_unloaded_app: newest_unloaded.map(|(ts, seq)| AppId {
+                cluster_ts: ts as u64,
+                seq: seq as u32,
+            }),
         })
+    }
+
+    /// A page of the apps older than `query.before` (all if `None`), newest first.
+    pub(super) async fn app_history(conn: &mut DB::Connection, query: &AppQuery) -> Result<Vec<AppRecord>, StoreError> {
+        let before = query.before.unwrap_or(AppId {
+            cluster_ts: i64::MAX as u64,
+            seq: u32::MAX,
+        });
+        let rows: Vec<(String, String)> = sqlx::query_as(APP_HISTORY)
+            .bind(to_sql_int(before.cluster_ts))
+            .bind(i64::from(before.seq))
+            .bind(query.state.map_or("", |state| state.as_str()).to_owned())
+            .bind(query.queue.clone().unwrap_or_default())
+            .bind(query.user.clone().unwrap_or_default())
+            .bind(i64::try_from(query.limit).unwrap_or(i64::MAX))
+            .fetch_all(conn)
+            .await?;
+        decode_rows("apps", rows, |app: &AppRecord| app.app_id.to_string())
+    }
+
+    /// One app's record and all its containers' (by id), if the store has it.
+    pub(super) async fn app_with_containers(
+        conn: &mut DB::Connection,
+        app_id: AppId,
+    ) -> Result<Option<(AppRecord, Vec<ContainerRecord>)>, StoreError> {
+        let key = app_id.to_string();
+        let rows: Vec<(String, String)> = sqlx::query_as(APP_BY_ID).bind(key.clone()).fetch_all(&mut *conn).await?;
+        let Some(app) = decode_rows("apps", rows, |app: &AppRecord| app.app_id.to_string())?.pop() else {
+            return Ok(None);
+        };
+        let rows: Vec<(String, String)> = sqlx::query_as(CONTAINERS_OF_APP).bind(key).fetch_all(&mut *conn).await?;
+        let mut containers = decode_rows("containers", rows, |container: &ContainerRecord| container.container_id.to_string())?;
+        containers.sort_by_key(|container| container.container_id);
+        Ok(Some((app, containers)))
     }
 
     /// The nodes the RM has forgotten, by id; with `node_id`, only that one (if it is forgotten).
@@ -324,7 +414,7 @@ where
     }
 
     async fn execute(conn: &mut DB::Connection, statement: Statement) -> Result<(), sqlx::Error> {
-        let mut query = sqlx::query(AssertSqlSafe(statement.sql));
+        let mut query = sqlx::query(AssertSqlSafe(statement.sql)).persistent(statement.persistent);
         for value in statement.values {
             query = match value {
                 SqlValue::Text(text) => query.bind(text),

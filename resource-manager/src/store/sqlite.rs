@@ -4,13 +4,14 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use spindle_protocol::NodeId;
+use spindle_protocol::{AppId, NodeId};
 use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use super::shared::{Queries, Statement};
 use super::{Leadership, SqliteSynchronous, StoreError};
-use crate::records::{NodeRecord, Snapshot};
+use crate::cluster::AppQuery;
+use crate::records::{AppRecord, ContainerRecord, NodeRecord, Snapshot};
 
 /// Takes the write lock when the transaction begins, not at its first write: a deferred
 /// transaction that reads first cannot wait for the lock it later needs and fails with
@@ -112,10 +113,10 @@ impl SqliteStore {
         Ok(Leadership::Won { epoch })
     }
 
-    pub(super) async fn load(&self) -> Result<Snapshot, StoreError> {
+    pub(super) async fn load(&self, finished_in_memory: usize) -> Result<Snapshot, StoreError> {
         // In WAL mode a read transaction sees one point in time across the three tables.
         let mut tx = self.pool.begin().await?;
-        let snapshot = Queries::<Sqlite>::load(&mut tx).await?;
+        let snapshot = Queries::<Sqlite>::load(&mut tx, finished_in_memory).await?;
         tx.commit().await?;
         Ok(snapshot)
     }
@@ -130,6 +131,19 @@ impl SqliteStore {
         let purged = Queries::<Sqlite>::purge_finished_before(&mut tx, cutoff_ms).await?;
         tx.commit().await?;
         Ok(purged)
+    }
+
+    pub(super) async fn app_history(&self, query: &AppQuery) -> Result<Vec<AppRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Sqlite>::app_history(&mut conn, query).await
+    }
+
+    pub(super) async fn app_with_containers(&self, app_id: AppId) -> Result<Option<(AppRecord, Vec<ContainerRecord>)>, StoreError> {
+        // One read transaction: the app and its containers as of one point in time.
+        let mut tx = self.pool.begin().await?;
+        let found = Queries::<Sqlite>::app_with_containers(&mut tx, app_id).await?;
+        tx.commit().await?;
+        Ok(found)
     }
 
     pub(super) async fn forgotten_nodes(&self, node_id: Option<&NodeId>) -> Result<Vec<NodeRecord>, StoreError> {

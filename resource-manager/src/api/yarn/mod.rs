@@ -126,7 +126,7 @@ async fn apps(State(rm): Rm, User(caller): User, Query(params): Query<HashMap<St
     } else {
         MAX_APPS
     };
-    let reports = rm.read(|cluster| cluster.app_reports_for(&caller, &query)).await;
+    let reports = rm.app_reports(&caller, &query).await?;
     let now = now_ms();
     let apps: Vec<Value> = reports
         .iter()
@@ -341,7 +341,5 @@ fn unsupported(field: &str) -> ApiError {
 
 async fn report_of(rm: &ResourceManager, caller: &crate::cluster::Caller, app_id: &str) -> Result<spindle_protocol::AppReport, ApiError> {
     let app_id = parse_app_id(app_id)?;
-    rm.read(|cluster| cluster.app_report_for(caller, app_id))
-        .await
-        .ok_or_else(|| ApiError::from(AppError::NotFound(app_id)))
+    Ok(rm.app_report(caller, app_id).await?)
 }

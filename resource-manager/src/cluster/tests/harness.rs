@@ -204,6 +204,7 @@ impl FakeStore {
             apps: self.apps.values().cloned().collect(),
             containers: self.containers.values().cloned().collect(),
             nodes: self.nodes.values().filter(|node| node.forgotten.is_none()).cloned().collect(),
+            newest_unloaded_app: None,
         }
     }
 

@@ -55,6 +55,7 @@ fn settings() -> ClusterSettings {
         queues: lifecycle_queues(),
         preemption_grace_ms: Some(PREEMPTION_GRACE_MS),
         locality: LocalitySettings::default(),
+        finished_apps_in_memory: 1_000,
     }
 }
 
@@ -172,6 +173,7 @@ mod attempts;
 mod cleanup;
 mod controls;
 mod departed_nodes;
+mod history;
 mod nodes;
 mod queues;
 mod random_operations;
