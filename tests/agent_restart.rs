@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use spindle_protocol::{AppState, ExitReason, FinalStatus};
-use support::{Db, TestCluster, shell_job, task_lines, wait_for_app_end, wait_until};
+use support::{Db, TestCluster, shell_job, task_lines, wait_for_app_end, wait_for_containers_to_end, wait_until};
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -63,7 +63,7 @@ async fn an_agent_restarted_under_a_running_job_keeps_its_containers() {
         "the AM was adopted, not restarted: {:#?}",
         report.attempts
     );
-    for container in admin.containers(app_id).await.unwrap() {
+    for container in wait_for_containers_to_end(&admin, app_id).await {
         assert_eq!(
             container.exit_reason,
             Some(ExitReason::Success),

@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use spindle_protocol::{AppState, ExitReason, FinalStatus, HealthReport, RmRole};
-use support::{PgSchema, TestCluster, shell_job, task_lines, wait_for_app_end, wait_until};
+use support::{PgSchema, TestCluster, shell_job, task_lines, wait_for_app_end, wait_for_containers_to_end, wait_until};
 
 /// The lease these tests run with: failover within about a second.
 const LEASE_S: f64 = 1.0;
@@ -104,7 +104,7 @@ async fn the_standby_takes_over_when_the_active_is_killed_and_nothing_is_lost() 
         "{late:?}"
     );
     assert_eq!(task_lines(&late_ran), indexes(2));
-    for container in admin.containers(app_id).await.unwrap() {
+    for container in wait_for_containers_to_end(&admin, app_id).await {
         assert_eq!(
             container.exit_reason,
             Some(ExitReason::Success),

@@ -231,9 +231,16 @@ async fn only_an_apps_owner_queue_admins_and_admins_see_its_diagnostics_counters
     let agent = rm.client(spindle_protocol::NodeKeyring::new(&registered.credential).unwrap().bearer());
 
     let app_id = rm.client(ALICE.to_owned()).submit(&alices_job()).await.expect("alice submits");
-    let am_container = rm.client(ALICE.to_owned()).app(app_id).await.unwrap().attempts[0]
-        .am_container
-        .expect("the AM container is granted at once on the empty node");
+    // Rounds run in the RM's round task, a moment after the submission.
+    let mut am_container = None;
+    for _ in 0..100 {
+        am_container = rm.client(ALICE.to_owned()).app(app_id).await.unwrap().attempts[0].am_container;
+        if am_container.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let am_container = am_container.expect("the AM container is granted within a second on the empty node");
     agent.node_heartbeat(&heartbeat(&node_id, running(am_container))).await.unwrap();
     let am = rm.client(ClusterSecret::new(SECRET).am_token(app_id, 1));
     am.register_am(&RegisterAmRequest { app_id, attempt: 1 }).await.unwrap();

@@ -264,6 +264,19 @@ pub async fn wait_for_app_end(client: &RmClient, app_id: AppId, timeout: Duratio
     .await
 }
 
+/// An ended app's containers once every one has ended: the app is FINISHED when its AM
+/// unregisters, and the AM's own container ends a heartbeat or two later.
+pub async fn wait_for_containers_to_end(client: &RmClient, app_id: AppId) -> Vec<ContainerReport> {
+    wait_until(Duration::from_secs(30), &format!("every container of {app_id} to end"), || async {
+        let containers = client.containers(app_id).await.ok()?;
+        containers
+            .iter()
+            .all(|container| container.exit_reason.is_some())
+            .then_some(containers)
+    })
+    .await
+}
+
 /// The task containers (not the AM's) of an app.
 pub async fn task_containers(client: &RmClient, app_id: AppId) -> Vec<ContainerReport> {
     let mut containers: Vec<ContainerReport> = client

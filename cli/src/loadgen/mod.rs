@@ -326,6 +326,8 @@ async fn run(plan: Plan) -> anyhow::Result<Summary> {
         store_commits_per_sec: rm_rate(|counters| counters.store_commits),
         store_commit_mean_ms: mean_ms(&start.rm, &end.rm, |rm| rm.store_commit_seconds, |rm| rm.store_commits),
         rm_heartbeat_mean_ms: mean_ms(&start.rm, &end.rm, |rm| rm.heartbeat_request_seconds, |rm| rm.heartbeat_requests),
+        rm_rounds_per_sec: rm_rate(|counters| counters.rounds),
+        rm_round_mean_ms: mean_ms(&start.rm, &end.rm, |rm| rm.round_seconds, |rm| rm.rounds),
         rm_cpu_cores: cores(start.rm_cpu, end.rm_cpu).map(|cores| round(cores, 3)),
         rm_rss_mb: rm_rss_mb.map(|mb| round(mb, 1)),
         rm_peak_rss_mb: rm_peak_rss_mb.map(|mb| round(mb, 1)),

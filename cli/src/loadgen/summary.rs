@@ -49,6 +49,10 @@ pub struct Summary {
     /// Mean time a heartbeat spent in the RM, as the RM measured it: beside the client's
     /// figures, it tells the RM's own time (mostly waiting for its state lock) from the network's.
     pub rm_heartbeat_mean_ms: Option<f64>,
+    /// Scheduling rounds the RM ran per second, and the mean time of one
+    /// (`spindle_scheduling_round_duration_seconds`).
+    pub rm_rounds_per_sec: Option<f64>,
+    pub rm_round_mean_ms: Option<f64>,
     /// CPU seconds of the RM's process per wall second (`--rm-pid`).
     pub rm_cpu_cores: Option<f64>,
     /// The RM's resident memory at the end of the window, and its peak (`--rm-pid`).
@@ -89,6 +93,9 @@ pub struct RmCounters {
     /// Heartbeat requests the RM answered, and the seconds they took in the RM, summed.
     pub heartbeat_requests: Option<f64>,
     pub heartbeat_request_seconds: Option<f64>,
+    /// Scheduling rounds run, and the seconds they took, summed.
+    pub rounds: Option<f64>,
+    pub round_seconds: Option<f64>,
 }
 
 /// The label of the heartbeat route in `spindle_http_request_duration_seconds`.
@@ -103,6 +110,8 @@ impl RmCounters {
             heartbeats: sample_sum(text, "spindle_heartbeats_total", ""),
             heartbeat_requests: sample_sum(text, "spindle_http_request_duration_seconds_count", HEARTBEAT_ROUTE),
             heartbeat_request_seconds: sample_sum(text, "spindle_http_request_duration_seconds_sum", HEARTBEAT_ROUTE),
+            rounds: sample_sum(text, "spindle_scheduling_round_duration_seconds_count", ""),
+            round_seconds: sample_sum(text, "spindle_scheduling_round_duration_seconds_sum", ""),
         }
     }
 }

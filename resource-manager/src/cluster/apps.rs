@@ -159,7 +159,7 @@ impl Cluster {
         record.diagnostics = "waiting for a container for the application master".to_owned();
         self.apps.insert(app_id, App::new(record));
         self.start_attempt(app_id, now_ms);
-        self.schedule(now_ms);
+        self.schedule_soon(now_ms);
         Ok(app_id)
     }
 

@@ -8,6 +8,7 @@ mod apps;
 mod containers;
 mod controls;
 mod history;
+mod node_view;
 mod nodes;
 mod observations;
 mod recovery;
@@ -90,6 +91,13 @@ pub struct Cluster {
     /// again). Heartbeats that change neither skip the round, which at thousands of nodes is
     /// most of them; `tick` runs one regardless.
     round_due: bool,
+    /// Rounds wait for the owner to call `schedule` instead of running inside the change that
+    /// made one due (`defer_rounds`).
+    rounds_deferred: bool,
+    /// Totals the allocate replies' headroom is worked out from, as of the last round.
+    headroom_basis: allocate::HeadroomBasis,
+    /// What the scheduler sees of the nodes, kept between rounds.
+    node_view: node_view::NodeView,
     dirty: Dirty,
     outbox: Outbox,
 }
@@ -225,6 +233,9 @@ impl Cluster {
             scheduler: CapacityScheduler::with_locality(settings.locality),
             notices: NoticeBook::new(settings.preemption_grace_ms.unwrap_or(0)),
             round_due: false,
+            rounds_deferred: false,
+            headroom_basis: allocate::HeadroomBasis::default(),
+            node_view: node_view::NodeView::default(),
             settings,
             epoch,
             started_at_ms: now_ms,
@@ -300,6 +311,8 @@ impl Cluster {
     }
 
     fn mark_node(&mut self, node_id: &NodeId) {
+        // What the scheduler sees of a node comes from its record.
+        self.node_view.invalidate();
         self.dirty.nodes.insert(node_id.clone());
     }
 

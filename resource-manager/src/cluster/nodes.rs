@@ -83,7 +83,7 @@ impl Cluster {
         }
         // A node that (re)registers brings room.
         self.round_due = true;
-        self.schedule(now_ms);
+        self.schedule_soon(now_ms);
         Ok(RegisterNodeReply {
             epoch: self.epoch,
             heartbeat_interval_ms: self.settings.heartbeat_interval_ms,
@@ -152,7 +152,7 @@ impl Cluster {
         if self.nodes[&node_id].record.state == NodeState::Decommissioning {
             self.advance_decommission(&node_id, now_ms);
         }
-        self.schedule(now_ms);
+        self.schedule_soon(now_ms);
         let cleanup_apps = self.shuffle_cleanup(&node_id);
         let node = &self.nodes[&node_id];
         NodeHeartbeatReply {

@@ -120,6 +120,7 @@ impl Cluster {
                 cluster.outbox.am_launches.push(launch);
             }
         }
+        cluster.refresh_headroom_basis();
         cluster
     }
 }

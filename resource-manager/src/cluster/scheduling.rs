@@ -3,12 +3,14 @@
 //! app diagnostics; victims chosen by the preemption planner get a notice, a grace period, and
 //! then a PREEMPTED kill.
 
+use std::borrow::Cow;
+
 use spindle_protocol::{AppId, AppState, ContainerId, ExitReason, Resources};
 
 use super::{App, Cluster};
 use crate::scheduler::preemption;
 use crate::scheduler::queues::QueueTree;
-use crate::scheduler::snapshot::{AppAsk, ClusterSnapshot, ContainerKind, SnapshotApp, SnapshotContainer, SnapshotNode};
+use crate::scheduler::snapshot::{AppAsk, ClusterSnapshot, ContainerKind, SnapshotApp, SnapshotContainer};
 
 /// Why a queue reload was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,6 +31,28 @@ struct SnapshotEntry {
 }
 
 impl Cluster {
+    /// From now on a change that makes a round due leaves it to the owner, who calls
+    /// `schedule` when `round_due` says so. The service does this: a round walks every node,
+    /// and at thousands of nodes running one inside every heartbeat and allocate call that
+    /// frees room or asks for it costs more than the calls themselves; deferred, one round
+    /// serves every change made while it waited (YARN's asynchronous scheduling). Without it
+    /// (tests, tools) rounds run inside the change, so its effect is seen at once.
+    pub fn defer_rounds(&mut self) {
+        self.rounds_deferred = true;
+    }
+
+    /// Whether a change since the last round gives a round something to do.
+    pub fn round_due(&self) -> bool {
+        self.round_due
+    }
+
+    /// A round now, unless rounds are deferred: then the owner runs it soon.
+    pub(super) fn schedule_soon(&mut self, now_ms: u64) {
+        if !self.rounds_deferred {
+            self.schedule(now_ms);
+        }
+    }
+
     /// One scheduling round, if one is due: the capacity scheduler places what it can; every
     /// app that still waits gets the reason in its diagnostics.
     pub fn schedule(&mut self, now_ms: u64) {
@@ -39,19 +63,21 @@ impl Cluster {
             for app in self.apps.values_mut() {
                 app.waiting = None;
             }
+            self.refresh_headroom_basis();
             return;
         }
+        // Measured for the metrics only: no decision depends on the wall clock.
+        let round_started = std::time::Instant::now();
         let entries = self.snapshot_apps(false);
         let (apps, ask_maps): (Vec<SnapshotApp>, Vec<Vec<usize>>) =
             entries.into_iter().map(|entry| (entry.app, entry.ask_table_index)).unzip();
+        self.refresh_node_view();
         let snapshot = ClusterSnapshot {
             queues: &self.settings.queues,
-            nodes: self.snapshot_nodes(),
+            nodes: Cow::Borrowed(self.node_view.nodes()),
             apps,
             now_ms,
         };
-        // Measured for the metrics only: no decision depends on the wall clock.
-        let round_started = std::time::Instant::now();
         let _round = tracing::debug_span!("scheduling_round", apps = snapshot.apps.len(), nodes = snapshot.nodes.len()).entered();
         let decisions = self.scheduler.solve(&snapshot);
         let apps = snapshot.apps;
@@ -70,6 +96,7 @@ impl Cluster {
                 state.waiting = decisions.wait_reason(app.app_id).map(ToString::to_string);
             }
         }
+        self.refresh_headroom_basis();
         tracing::debug!(placed = decisions.placements.len(), "scheduling round");
         self.outbox.observed.scheduling_rounds.push(round_started.elapsed());
     }
@@ -85,9 +112,10 @@ impl Cluster {
         self.notices
             .retain(|id| containers.get(id).is_some_and(|container| container.record.state.is_live()));
         let apps = self.snapshot_apps(true).into_iter().map(|entry| entry.app).collect();
+        self.refresh_node_view();
         let snapshot = ClusterSnapshot {
             queues: &self.settings.queues,
-            nodes: self.snapshot_nodes(),
+            nodes: Cow::Borrowed(self.node_view.nodes()),
             apps,
             now_ms,
         };
@@ -141,26 +169,6 @@ impl Cluster {
         self.settings.queues = queues;
         self.round_due = true;
         Ok(())
-    }
-
-    /// Schedulable nodes, sorted by id (the map's order), as the scheduler sees them.
-    fn snapshot_nodes(&self) -> Vec<SnapshotNode> {
-        self.nodes
-            .values()
-            .filter(|node| node.record.state.is_schedulable() && node.registered)
-            .map(|node| {
-                let mut labels = node.record.labels.clone();
-                labels.sort();
-                SnapshotNode {
-                    node_id: node.record.node_id.clone(),
-                    rack: node.record.rack.clone(),
-                    labels,
-                    capacity: node.record.capacity,
-                    headroom: node.record.capacity.saturating_sub(&node.used),
-                    schedulable: true,
-                }
-            })
-            .collect()
     }
 
     /// Accepted and running apps in id order, with their live containers if `with_containers`.

@@ -1,6 +1,7 @@
 //! What the capacity scheduler reads (a [`ClusterSnapshot`]) and what it answers
 //! ([`Decisions`]): plain data, so the RM, tests and the simulator build them the same way.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use spindle_protocol::{AppId, ContainerId, NodeId, Resources};
@@ -13,7 +14,8 @@ pub struct ClusterSnapshot<'a> {
     /// The validated queue tree; borrowed so a round does not copy it.
     pub queues: &'a QueueTree,
     /// Nodes in a stable order (the RM keeps them sorted by id); node choice walks this order.
-    pub nodes: Vec<SnapshotNode>,
+    /// Borrowed from the RM's view kept between rounds; owned where tools and tests build it.
+    pub nodes: Cow<'a, [SnapshotNode]>,
     /// Running and accepted apps with what they hold and what they still want.
     pub apps: Vec<SnapshotApp>,
     /// The RM's clock, read by the caller; kept for delay scheduling and preemption deadlines.

@@ -329,12 +329,12 @@ impl Simulation {
     fn with_snapshot<T>(&mut self, decide: impl FnOnce(&mut CapacityScheduler, &ClusterSnapshot<'_>) -> T) -> T {
         let snapshot = ClusterSnapshot {
             queues: &self.tree,
-            nodes: std::mem::take(&mut self.nodes),
+            nodes: std::borrow::Cow::Owned(std::mem::take(&mut self.nodes)),
             apps: std::mem::take(&mut self.apps),
             now_ms: self.now_ms,
         };
         let outcome = decide(&mut self.scheduler, &snapshot);
-        self.nodes = snapshot.nodes;
+        self.nodes = snapshot.nodes.into_owned();
         self.apps = snapshot.apps;
         outcome
     }

@@ -2,7 +2,7 @@
 
 use super::*;
 
-/// The RM service around the state machine, as `service.rs` drives it.
+/// The RM service around the state machine, as `service/` drives it.
 pub(super) struct Rm {
     pub(super) cluster: Cluster,
     /// Every batch committed so far, upserted by id: what a restarted RM reloads.
@@ -36,6 +36,7 @@ impl Rm {
         self.launches.extend(outbox.am_launches);
         self.woken.extend(outbox.wake);
         check_invariants(&self.cluster);
+        self.cluster.check_node_view();
         result
     }
 

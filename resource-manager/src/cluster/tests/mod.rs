@@ -178,5 +178,6 @@ mod nodes;
 mod queues;
 mod random_operations;
 mod recovery;
+mod rounds;
 mod submit;
 mod view_acl;

@@ -41,7 +41,7 @@ fn app_id(seq: u32) -> AppId {
 fn solve_round(scheduler: &mut CapacityScheduler, queues: &QueueTree, nodes: &[SnapshotNode], apps: &[SnapshotApp]) -> Decisions {
     scheduler.solve(&ClusterSnapshot {
         queues,
-        nodes: nodes.to_vec(),
+        nodes: nodes.to_vec().into(),
         apps: apps.to_vec(),
         now_ms: 0,
     })

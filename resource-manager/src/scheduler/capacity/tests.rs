@@ -63,7 +63,7 @@ pub(super) fn app(seq: u32, queue: &str, user: &str, asks: &[(u32, u32, u64)]) -
 pub(super) fn solve(queues: &QueueTree, nodes: Vec<SnapshotNode>, apps: Vec<SnapshotApp>) -> Decisions {
     CapacityScheduler::new().solve(&ClusterSnapshot {
         queues,
-        nodes,
+        nodes: nodes.into(),
         apps,
         now_ms: 0,
     })
@@ -233,7 +233,7 @@ fn unschedulable_nodes_take_nothing_and_the_cursor_rotates_between_rounds() {
     for seq in 1..=3 {
         let snapshot = ClusterSnapshot {
             queues: &queues,
-            nodes: cluster.clone(),
+            nodes: cluster.clone().into(),
             apps: vec![app(seq, "a", "ann", &[(1, 1, 1024)])],
             now_ms: u64::from(seq),
         };
@@ -293,7 +293,7 @@ proptest! {
             }).collect();
             app
         }).collect();
-        let snapshot = ClusterSnapshot { queues: &queues, nodes: nodes.clone(), apps: apps.clone(), now_ms: 7 };
+        let snapshot = ClusterSnapshot { queues: &queues, nodes: nodes.clone().into(), apps: apps.clone(), now_ms: 7 };
         let locality = LocalitySettings { node_delay: 1, rack_delay: 1 };
         let (mut first, mut second) = (CapacityScheduler::with_locality(locality), CapacityScheduler::with_locality(locality));
         for _round in 0..3 {
@@ -424,7 +424,7 @@ fn bench_solve(node_count: usize, preferred_percent: usize) {
         .collect();
     let snapshot = ClusterSnapshot {
         queues: &queues,
-        nodes: nodes(node_count, 32, 128 * 1024),
+        nodes: nodes(node_count, 32, 128 * 1024).into(),
         apps,
         now_ms: 0,
     };

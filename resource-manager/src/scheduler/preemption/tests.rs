@@ -110,7 +110,7 @@ fn asking(mut app: SnapshotApp, count: u32) -> SnapshotApp {
 fn plan(queues: &QueueTree, nodes: Vec<SnapshotNode>, apps: Vec<SnapshotApp>) -> Vec<ContainerId> {
     victims(&ClusterSnapshot {
         queues,
-        nodes,
+        nodes: nodes.into(),
         apps,
         now_ms: 1_000,
     })
@@ -290,7 +290,7 @@ fn bench_victims_on_5000_nodes_and_50000_containers() {
     apps.extend((0..50).map(|app| asking(running(app + 1_000, "b", "bob", 100), 400)));
     let snapshot = ClusterSnapshot {
         queues: &queues,
-        nodes: cluster,
+        nodes: cluster.into(),
         apps,
         now_ms: 1_000,
     };

@@ -93,7 +93,7 @@ proptest! {
             ..SnapshotNode::default()
         }).collect();
         let apps: Vec<SnapshotApp> = app_specs.iter().enumerate().map(|(index, spec)| random_app(index as u32 + 1, leaf_count, spec)).collect();
-        let snapshot = ClusterSnapshot { queues: &queues, nodes, apps, now_ms: 100 };
+        let snapshot = ClusterSnapshot { queues: &queues, nodes: nodes.into(), apps, now_ms: 100 };
 
         let chosen = victims(&snapshot);
         prop_assert_eq!(&chosen, &victims(&snapshot), "deterministic");

@@ -4,7 +4,8 @@
 //! the previous transaction ran into the next one, in order, so the state lock is held only
 //! while memory changes, never across the store's I/O. A reply (or a read) that follows a
 //! change waits until that change is durable. A store failure stops the RM: the store is the
-//! truth, and a restart recovers from it.
+//! truth, and a restart recovers from it. Scheduling rounds run in a task of their own
+//! (`rounds.rs`), one for all the changes that made one due since the last.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,8 @@ use crate::records::WriteBatch;
 use crate::scheduler::capacity::LocalitySettings;
 use crate::store::{Store, StoreError};
 
+mod rounds;
+
 /// A change applied in memory, queued for the committer: its writes, what to do once they
 /// are durable, and whom to tell. The committer owns it from then on, so a caller that goes
 /// away (axum drops a handler's future when its client hangs up) loses nothing.
@@ -37,6 +40,16 @@ struct Queued {
     outbox: Outbox,
     /// Told once the change is durable and its outbox done.
     done: oneshot::Sender<()>,
+}
+
+/// Where an applied change stands on its way to being durable (`ResourceManager::settle`).
+enum Pending {
+    /// Queued for the committer, which tells once it is durable and its outbox done.
+    Queued(oneshot::Receiver<()>),
+    /// It wrote nothing; its outbox waits for the changes queued before it (up to `after`).
+    Unwritten { after: u64, outbox: Outbox },
+    /// The committer is gone: the term ended.
+    Stopped,
 }
 
 /// Changes committed in one transaction at most: bounds a transaction's size and the wait of
@@ -93,6 +106,8 @@ pub struct ResourceManager {
     fatal: Mutex<Option<Fatal>>,
     /// The process's metrics (they outlive this term).
     pub metrics: Arc<RmMetrics>,
+    /// Told when a change made a scheduling round due (`rounds.rs`).
+    round_wanted: Notify,
     /// Every background task of this term (timers, SIGHUP reloads, AM launches, commits of
     /// dropped requests): awaited when the term ends, so none outlives it.
     tasks: TaskTracker,
@@ -131,6 +146,7 @@ impl ResourceManager {
         let snapshot = store.load_bounded(config.finished_apps_in_memory).await?;
         tracing::info!(epoch, apps = snapshot.apps.len(), containers = snapshot.containers.len(), nodes = snapshot.nodes.len(), store = %store.describe(), "recovered state");
         let mut cluster = Cluster::recover(settings, epoch, now_ms(), snapshot);
+        cluster.defer_rounds();
         let outbox = cluster.take_outbox();
         let (queue, queued) = mpsc::unbounded_channel();
         let rm = Arc::new(ResourceManager {
@@ -147,10 +163,12 @@ impl ResourceManager {
             shutdown,
             fatal: Mutex::new(None),
             metrics,
+            round_wanted: Notify::new(),
             tasks: TaskTracker::new(),
         });
         rm.dispatch(outbox);
         rm.tasks.spawn(Arc::clone(&rm).run_committer(queued));
+        rm.tasks.spawn(Arc::clone(&rm).run_rounds());
         Ok(rm)
     }
 
@@ -171,28 +189,53 @@ impl ResourceManager {
     /// Applies one change, has it committed, then performs its side effects; returns once
     /// it (and every change before it) is durable.
     pub async fn mutate<T>(self: &Arc<Self>, change: impl FnOnce(&mut Cluster, u64) -> T) -> Result<T, RmError> {
+        let (result, pending) = self.apply(change).await;
+        self.settle(pending).await?;
+        Ok(result)
+    }
+
+    /// Applies one change in memory and queues its writes for the committer (under the state
+    /// lock, so the committer sees changes in the order they were made). If it made a
+    /// scheduling round due, the round task is told.
+    async fn apply<T>(self: &Arc<Self>, change: impl FnOnce(&mut Cluster, u64) -> T) -> (T, Pending) {
         let mut cluster = self.cluster.lock().await;
         let result = change(&mut cluster, now_ms());
+        let round_due = cluster.round_due();
         let batch = cluster.take_writes();
         let outbox = cluster.take_outbox();
-        if batch.is_empty() {
+        let pending = if batch.is_empty() {
+            Pending::Unwritten {
+                after: self.queued.load(Ordering::Acquire),
+                outbox,
+            }
+        } else {
+            let seq = self.queued.fetch_add(1, Ordering::AcqRel) + 1;
+            let (done, told) = oneshot::channel();
+            match self.queue.send(Queued { seq, batch, outbox, done }) {
+                Ok(()) => Pending::Queued(told),
+                Err(_) => Pending::Stopped,
+            }
+        };
+        drop(cluster);
+        if round_due {
+            self.round_wanted.notify_one();
+        }
+        (result, pending)
+    }
+
+    /// Waits until an applied change is durable and its outbox done.
+    async fn settle(self: &Arc<Self>, pending: Pending) -> Result<(), RmError> {
+        match pending {
+            Pending::Queued(told) => told.await.map_err(|_| self.stopped()),
             // Nothing to commit (a heartbeat that changed nothing durable): what it tells may
             // still rest on changes queued before it, so it waits for those.
-            let before = self.queued.load(Ordering::Acquire);
-            drop(cluster);
-            self.wait_durable(before).await?;
-            self.dispatch(outbox);
-            return Ok(result);
+            Pending::Unwritten { after, outbox } => {
+                self.wait_durable(after).await?;
+                self.dispatch(outbox);
+                Ok(())
+            }
+            Pending::Stopped => Err(self.stopped()),
         }
-        // Queued under the lock: the committer sees changes in the order they were made.
-        let seq = self.queued.fetch_add(1, Ordering::AcqRel) + 1;
-        let (done, told) = oneshot::channel();
-        let queued = self.queue.send(Queued { seq, batch, outbox, done });
-        drop(cluster);
-        if queued.is_err() || told.await.is_err() {
-            return Err(self.stopped());
-        }
-        Ok(result)
     }
 
     /// Waits until the change `seq` (and all before it) is durable and told.
