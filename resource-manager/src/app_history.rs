@@ -71,6 +71,23 @@ impl ResourceManager {
         Ok(self.state().lock().await.stored_container_location(caller, &app, container)?)
     }
 
+    /// Why `caller` cannot kill `app_id`, which memory does not hold: it ended and left
+    /// memory (409, or 403 for who may not administer it, as while it was in memory), or it
+    /// never was (404).
+    pub async fn kill_refused_from_history(&self, caller: &Caller, app_id: AppId) -> HistoryError {
+        match self.stored_app(app_id).await {
+            Ok((record, _)) => {
+                let cluster = self.state().lock().await;
+                let refused = cluster.kill_refusal(caller, &record);
+                HistoryError::App(refused.unwrap_or_else(|| {
+                    // The store holds only ended apps that memory does not: a live one would be in memory.
+                    AppError::Conflict(format!("{app_id} already ended as {}", record.state.as_str()))
+                }))
+            }
+            Err(err) => err,
+        }
+    }
+
     /// An app that has left memory, with its containers, from the store; `NotFound` if the
     /// store has none either (never submitted, or purged by retention).
     async fn stored_app(&self, app_id: AppId) -> Result<(crate::records::AppRecord, Vec<crate::records::ContainerRecord>), HistoryError> {

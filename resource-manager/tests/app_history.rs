@@ -145,6 +145,13 @@ async fn ended_apps_leave_memory_but_stay_listed_and_readable_from_the_store() {
     assert_eq!(seen_by_bob.diagnostics, "<hidden>", "the view ACL applies to history too");
     let containers = rm.get(ANN, &format!("/v1/apps/{oldest}/containers")).await;
     assert_eq!(containers.status(), 200);
+    // Killing it answers as it did in memory: it ended (409); not yours (403).
+    let again = ann.kill(oldest).await.unwrap_err();
+    assert_eq!(again.status(), Some(409), "{again}");
+    assert!(again.to_string().contains("already ended as KILLED"), "{again}");
+    let bob = RmClient::new(std::slice::from_ref(&rm.url), Some(BOB.to_owned()));
+    let forbidden = bob.kill(oldest).await.unwrap_err();
+    assert_eq!(forbidden.status(), Some(403), "{forbidden}");
     let unknown = rm.get(ANN, "/v1/apps/application_1_9999").await;
     assert_eq!(unknown.status(), 404);
     let bad_cursor = rm.get(ANN, "/v1/apps?before=yesterday").await;

@@ -130,12 +130,16 @@ pub async fn get_app(State(rm): Rm, User(caller): User, Path(app_id): Path<Strin
     responses((status = 200, body = AppReport), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn kill_app(State(rm): Rm, User(caller): User, Path(app_id): Path<String>) -> Result<Json<AppReport>, ApiError> {
     let app_id = parse_app_id(&app_id)?;
-    let report = rm
+    let report = match rm
         .mutate(|cluster, now| {
             cluster.kill_app(&caller, app_id, now)?;
-            Ok::<_, crate::cluster::AppError>(cluster.app_report_for(&caller, app_id))
+            Ok::<_, AppError>(cluster.app_report_for(&caller, app_id))
         })
-        .await??;
+        .await?
+    {
+        Err(AppError::NotFound(_)) => return Err(rm.kill_refused_from_history(&caller, app_id).await.into()),
+        killed => killed?,
+    };
     tracing::info!(app = %app_id, user = %caller.user, "application killed");
     report.map(Json).ok_or_else(|| ApiError::from(AppError::NotFound(app_id)))
 }

@@ -255,11 +255,13 @@ impl Cluster {
 
     /// Works out the headroom's totals again; at the end of each round.
     pub(super) fn refresh_headroom_basis(&mut self) {
-        let mut basis = HeadroomBasis::default();
-        for node in self.nodes.values().filter(|node| node.record.state.is_schedulable()) {
-            basis.capacity += node.record.capacity;
-            basis.free += node.record.capacity.saturating_sub(&node.used);
-        }
+        self.refresh_node_view();
+        let (capacity, free) = self.node_view.totals();
+        let mut basis = HeadroomBasis {
+            capacity,
+            free,
+            queue_used: HashMap::new(),
+        };
         for app in self.apps.values().filter(|app| !app.record.state.is_terminal()) {
             *basis.queue_used.entry(app.record.spec.queue.clone()).or_default() += app.allocated;
         }

@@ -230,17 +230,8 @@ impl Cluster {
     /// Kills an app: it is KILLED at once; its containers are stopped by their agents.
     pub fn kill_app(&mut self, caller: &Caller, app_id: AppId, now_ms: u64) -> Result<(), AppError> {
         let app = self.apps.get(&app_id).ok_or(AppError::NotFound(app_id))?;
-        if !self.may_administer_app(caller, &app.record.user, &app.record.spec.queue) {
-            return Err(AppError::Forbidden(format!(
-                "user {} may not kill {app_id}: it belongs to {}; only its owner, an admin of queue `{}` or a cluster admin may",
-                caller.user, app.record.user, app.record.spec.queue
-            )));
-        }
-        if app.record.state.is_terminal() {
-            return Err(AppError::Conflict(format!(
-                "{app_id} already ended as {}",
-                app.record.state.as_str()
-            )));
+        if let Some(refused) = self.kill_refusal(caller, &app.record) {
+            return Err(refused);
         }
         self.end_app(
             app_id,
@@ -251,6 +242,22 @@ impl Cluster {
             now_ms,
         );
         Ok(())
+    }
+
+    /// Why `caller` may not kill the app of `record` (in memory, or read back from the store
+    /// after it left memory), if it may not: not its owner nor an admin, or it already ended.
+    pub fn kill_refusal(&self, caller: &Caller, record: &AppRecord) -> Option<AppError> {
+        let app_id = record.app_id;
+        if !self.may_administer_app(caller, &record.user, &record.spec.queue) {
+            return Some(AppError::Forbidden(format!(
+                "user {} may not kill {app_id}: it belongs to {}; only its owner, an admin of queue `{}` or a cluster admin may",
+                caller.user, record.user, record.spec.queue
+            )));
+        }
+        record
+            .state
+            .is_terminal()
+            .then(|| AppError::Conflict(format!("{app_id} already ended as {}", record.state.as_str())))
     }
 
     /// Moves an app to a terminal state and stops everything it still runs but `keep` (the AM

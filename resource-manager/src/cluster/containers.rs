@@ -62,6 +62,8 @@ impl Cluster {
             "scheduler over-committed {node_id}"
         );
         node.used += resources;
+        self.node_view
+            .set_headroom(node_id, node.record.capacity.saturating_sub(&node.used));
         node.live.insert(container_id);
         app.live.insert(container_id);
         app.allocated += resources;
@@ -157,6 +159,8 @@ impl Cluster {
         self.mark_container(container_id);
         if let Some(node) = self.nodes.get_mut(&node_id) {
             node.used -= resources;
+            self.node_view
+                .set_headroom(&node_id, node.record.capacity.saturating_sub(&node.used));
             node.live.remove(&container_id);
             node.pending_kills.remove(&container_id);
         }

@@ -1,18 +1,20 @@
 //! The nodes as the scheduler sees them, kept from one round to the next.
 //!
-//! Building a `SnapshotNode` copies a node's id, rack and labels; at 10,000 nodes doing that
-//! every round was most of a round's cost (profiled: `snapshot_nodes` and the allocator under
-//! it). Those fields change only with the node's record (a registration, a state change),
-//! which every change marks for the store (`mark_node`); that mark also marks this view stale.
-//! What changes all the time is the free room, so each round walks the nodes once to copy it,
-//! and checks on the way that the schedulable nodes are still the ones the view lists.
+//! Building a `SnapshotNode` copies a node's id, rack and labels, and reading a node out of
+//! the node map is a cache miss or two; at 10,000 nodes doing either every round was most of a
+//! round's cost (profiled: `snapshot_nodes`, then a walk of the map per round). The view is a
+//! plain vector kept up to date: a node's id, rack, labels, capacity and whether it takes
+//! containers change only with its record, and every such change marks the record for the
+//! store (`mark_node`), which also marks the view stale: the next round builds it again. Its
+//! free room changes all the time, with each grant and completion, which update it in place
+//! (`set_headroom`). Tests check after every change that the view equals a fresh build.
 
-use spindle_protocol::Resources;
+use spindle_protocol::{NodeId, Resources};
 
 use super::{Cluster, Node};
 use crate::scheduler::snapshot::SnapshotNode;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct NodeView {
     /// Schedulable, registered nodes in id order (the node map's order).
     nodes: Vec<SnapshotNode>,
@@ -20,9 +22,39 @@ pub(super) struct NodeView {
     stale: bool,
 }
 
+impl Default for NodeView {
+    /// Stale: built on the first round, after recovery has filled the node map.
+    fn default() -> NodeView {
+        NodeView {
+            nodes: Vec::new(),
+            stale: true,
+        }
+    }
+}
+
 impl NodeView {
     pub(super) fn invalidate(&mut self) {
         self.stale = true;
+    }
+
+    /// A node's free room changed (a grant, a completion).
+    pub(super) fn set_headroom(&mut self, node_id: &NodeId, headroom: Resources) {
+        if self.stale {
+            return;
+        }
+        // Absent: the node takes no containers now (its completions still free room).
+        if let Ok(index) = self.nodes.binary_search_by(|node| node.node_id.cmp(node_id)) {
+            self.nodes[index].headroom = headroom;
+        }
+    }
+
+    /// Schedulable capacity and what of it is free.
+    pub(super) fn totals(&self) -> (Resources, Resources) {
+        self.nodes
+            .iter()
+            .fold((Resources::ZERO, Resources::ZERO), |(capacity, free), node| {
+                (capacity + node.capacity, free + node.headroom)
+            })
     }
 
     /// Schedulable nodes, sorted by id, with their free room as of the last `refresh`.
@@ -32,29 +64,17 @@ impl NodeView {
 }
 
 impl Cluster {
-    /// Brings the node view up to date, before a round reads it.
+    /// Builds the node view again if a node's record changed, before a round reads it.
     pub(super) fn refresh_node_view(&mut self) {
-        let view = &mut self.node_view;
-        if view.stale || !refresh_headroom(&mut view.nodes, self.nodes.values().filter(|node| schedulable(node))) {
-            view.nodes = self.nodes.values().filter(|node| schedulable(node)).map(snapshot_node).collect();
-            view.stale = false;
+        if self.node_view.stale {
+            self.node_view.nodes = self.nodes.values().filter(|node| schedulable(node)).map(snapshot_node).collect();
+            self.node_view.stale = false;
         }
     }
 }
 
 fn schedulable(node: &Node) -> bool {
     node.record.state.is_schedulable() && node.registered
-}
-
-/// Copies each node's free room into the view; false if the nodes are not the view's.
-fn refresh_headroom<'n>(view: &mut [SnapshotNode], mut nodes: impl Iterator<Item = &'n Node>) -> bool {
-    for entry in view.iter_mut() {
-        match nodes.next() {
-            Some(node) if node.record.node_id == entry.node_id => entry.headroom = free(node),
-            _ => return false,
-        }
-    }
-    nodes.next().is_none()
 }
 
 fn snapshot_node(node: &Node) -> SnapshotNode {

@@ -16,7 +16,6 @@ use spindle_protocol::{AllocateReply, AllocateRequest, AppId, ContainerStatus, E
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::cluster::{Cluster, ClusterSettings, Outbox};
 use crate::config::RmConfig;
@@ -24,23 +23,14 @@ use crate::error::ReloadError;
 use crate::error::RmError;
 use crate::launcher::{AmLauncher, LaunchError};
 use crate::metrics::RmMetrics;
-use crate::records::WriteBatch;
 use crate::scheduler::capacity::LocalitySettings;
 use crate::store::{Store, StoreError};
 
+mod commit;
 mod rounds;
+mod timers;
 
-/// A change applied in memory, queued for the committer: its writes, what to do once they
-/// are durable, and whom to tell. The committer owns it from then on, so a caller that goes
-/// away (axum drops a handler's future when its client hangs up) loses nothing.
-struct Queued {
-    /// Its place in the order of changes (1, 2, …).
-    seq: u64,
-    batch: WriteBatch,
-    outbox: Outbox,
-    /// Told once the change is durable and its outbox done.
-    done: oneshot::Sender<()>,
-}
+use commit::Queued;
 
 /// Where an applied change stands on its way to being durable (`ResourceManager::settle`).
 enum Pending {
@@ -52,10 +42,6 @@ enum Pending {
     Stopped,
 }
 
-/// Changes committed in one transaction at most: bounds a transaction's size and the wait of
-/// the first change of a long queue.
-const MAX_GROUP: usize = 512;
-
 /// Longest an allocate call may wait for news, whatever the AM asks.
 pub(crate) const MAX_ALLOCATE_WAIT: Duration = Duration::from_secs(30);
 /// How long the end of a term waits for its background tasks (a commit in flight finishes or
@@ -63,8 +49,6 @@ pub(crate) const MAX_ALLOCATE_WAIT: Duration = Duration::from_secs(30);
 const TASKS_STOP_BOUND: Duration = Duration::from_secs(10);
 /// How often timers run: node expiry, launch expiry, decommission deadlines.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(250);
-/// How often the allocator is asked to give freed memory back (`memory.rs`).
-const TRIM_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Why an RM stopped acting by itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,10 +59,6 @@ pub struct Fatal {
     /// lease): on PostgreSQL the RM becomes a standby rather than stopping.
     pub steps_down: bool,
 }
-
-/// The first pause before a commit is retried; it doubles up to `COMMIT_RETRY_MAX_PAUSE`.
-const COMMIT_RETRY_FIRST_PAUSE: Duration = Duration::from_millis(50);
-const COMMIT_RETRY_MAX_PAUSE: Duration = Duration::from_secs(1);
 
 /// The resource manager's service: state, store, and the wiring between them.
 pub struct ResourceManager {
@@ -258,100 +238,6 @@ impl ResourceManager {
         RmError::NotSaved(reason)
     }
 
-    /// The committer: commits the queued changes in order, as many per transaction as were
-    /// queued while the previous one ran, then does their outboxes and tells their callers.
-    /// A failed commit stops the term (and with it the queue: nothing after it is told).
-    async fn run_committer(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<Queued>) {
-        let mut group: Vec<Queued> = Vec::new();
-        loop {
-            let first = tokio::select! {
-                biased;
-                next = queue.recv() => next,
-                () = self.shutdown.cancelled() => None,
-            };
-            let Some(first) = first else { return };
-            group.push(first);
-            while group.len() < MAX_GROUP {
-                match queue.try_recv() {
-                    Ok(next) => group.push(next),
-                    Err(_) => break,
-                }
-            }
-            let changes = group.len();
-            let batch = WriteBatch::merge(group.iter_mut().map(|queued| std::mem::take(&mut queued.batch)));
-            if let Err(err) = self.commit(self.epoch, &batch, changes).await {
-                self.fail_stop(err);
-                return;
-            }
-            let last = group.last().map_or(0, |queued| queued.seq);
-            for queued in group.drain(..) {
-                self.dispatch(queued.outbox);
-                let _ = queued.done.send(());
-            }
-            self.durable.send_replace(last);
-        }
-    }
-
-    /// Commits `batch` in `epoch`, retrying while the database cannot be reached (a restart
-    /// of PostgreSQL, a network blip) for up to one `leader_lease`: by then an RM that cannot
-    /// renew its lease has stepped down anyway. Committing a batch again is harmless (whole
-    /// records, upserted), so a commit whose answer was lost may be retried.
-    async fn commit(&self, epoch: u64, batch: &WriteBatch, changes: usize) -> Result<(), StoreError> {
-        let started = std::time::Instant::now();
-        let span = tracing::debug_span!(
-            "store_commit",
-            epoch,
-            changes,
-            apps = batch.apps.len(),
-            containers = batch.containers.len(),
-            nodes = batch.nodes.len()
-        );
-        let committed = self.commit_with_retries(epoch, batch).instrument(span).await;
-        if committed.is_ok() {
-            self.metrics.record_commit(started.elapsed(), changes);
-        }
-        committed
-    }
-
-    async fn commit_with_retries(&self, epoch: u64, batch: &WriteBatch) -> Result<(), StoreError> {
-        let deadline = tokio::time::Instant::now() + self.config.leader_lease;
-        let mut pause = COMMIT_RETRY_FIRST_PAUSE;
-        loop {
-            let attempt = tokio::time::timeout_at(deadline, self.store.commit(epoch, batch)).await;
-            let err = match attempt {
-                Ok(result) => match result {
-                    Err(err) if err.is_unavailable() => err,
-                    other => return other,
-                },
-                Err(_) => return Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
-            };
-            if self.shutdown.is_cancelled() || tokio::time::Instant::now() + pause >= deadline {
-                return Err(err);
-            }
-            tracing::warn!(error = %err, retry_in_ms = pause.as_millis() as u64, "the store cannot be reached; retrying the commit");
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(COMMIT_RETRY_MAX_PAUSE);
-        }
-    }
-
-    /// A commit failed: memory now holds changes the store does not. Stop this term: on
-    /// PostgreSQL a lost leadership (fenced, or the database gone past the lease) makes the RM
-    /// a standby again; any other failure stops it, so a supervisor restarts it and it
-    /// recovers from the store.
-    fn fail_stop(&self, err: StoreError) -> RmError {
-        let steps_down = matches!(err, StoreError::Fenced { .. }) || err.is_unavailable();
-        tracing::error!(error = %err, steps_down, "store commit failed; this resource manager stops acting");
-        self.fatal
-            .lock()
-            .expect("fatal slot is never poisoned")
-            .get_or_insert_with(|| Fatal {
-                reason: err.to_string(),
-                steps_down,
-            });
-        self.shutdown.cancel();
-        RmError::Store(err)
-    }
-
     /// A read-only look at the state, answered once what it sees is durable (a change
     /// queued before the look has committed).
     pub async fn read<T>(&self, view: impl FnOnce(&Cluster) -> T) -> T {
@@ -513,7 +399,6 @@ impl ResourceManager {
         }
     }
 
-    /// Timers: run `tick` every TICK_INTERVAL and purge old finished apps hourly, until shutdown.
     /// Starts the term's background tasks: the timers and SIGHUP queue reloads.
     pub fn spawn_background(self: &Arc<Self>) {
         self.tasks.spawn(Arc::clone(self).run_timers());
@@ -527,61 +412,6 @@ impl ResourceManager {
         if tokio::time::timeout(TASKS_STOP_BOUND, self.tasks.wait()).await.is_err() {
             tracing::warn!(left = self.tasks.len(), "background tasks still running after the term ended");
         }
-    }
-
-    pub async fn run_timers(self: Arc<Self>) {
-        let mut ticker = tokio::time::interval(TICK_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_purge = now_ms();
-        let mut last_trim = now_ms();
-        loop {
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
-            if self.mutate(|cluster, now| cluster.tick(now)).await.is_err() {
-                return;
-            }
-            if now_ms().saturating_sub(last_trim) > TRIM_INTERVAL.as_millis() as u64 {
-                last_trim = now_ms();
-                crate::memory::return_free_memory().await;
-            }
-            let retain_ms = self.config.retain_finished.as_millis() as u64;
-            // The wall clock may step back: that must not underflow (and kill the timers).
-            if retain_ms > 0 && now_ms().saturating_sub(last_purge) > 3_600_000 {
-                last_purge = now_ms();
-                self.purge(last_purge.saturating_sub(retain_ms)).await;
-            }
-        }
-    }
-
-    async fn purge(&self, cutoff_ms: u64) {
-        // Hold the state lock, once every change queued is durable, so no write of a purged
-        // app races the delete.
-        let mut cluster = self.cluster.lock().await;
-        if self.wait_durable(self.queued.load(Ordering::Acquire)).await.is_err() {
-            return;
-        }
-        match self.store.purge_finished_before(cutoff_ms).await {
-            Ok(purged) => {
-                let forgotten = cluster.forget_finished_before(cutoff_ms);
-                let logs = match &self.config.log_aggregation.dir {
-                    Some(dir) => crate::app_logs::purge_before(dir, cutoff_ms),
-                    None => 0,
-                };
-                tracing::info!(purged, forgotten, logs, "purged finished applications");
-            }
-            Err(err) => tracing::warn!(error = %err, "purging finished applications failed"),
-        }
-        // The history of forgotten nodes is kept as long as finished apps.
-        match self.store.purge_forgotten_nodes_before(cutoff_ms).await {
-            Ok(nodes) => tracing::info!(nodes, "purged the history of forgotten nodes"),
-            Err(err) => tracing::warn!(error = %err, "purging the history of forgotten nodes failed"),
-        }
-        self.wakers
-            .lock()
-            .expect("waker map is never poisoned")
-            .retain(|app_id, _| cluster.app_owner(*app_id).is_some());
     }
 }
 

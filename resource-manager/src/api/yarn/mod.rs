@@ -164,12 +164,16 @@ async fn set_app_state(
     if wanted != "KILLED" {
         return Err(ApiError::bad_request(format!("state: only `KILLED` may be set, not `{wanted}`")));
     }
-    let state = rm
+    let state = match rm
         .mutate(|cluster, now| {
             cluster.kill_app(&caller, app_id, now)?;
             Ok::<_, AppError>(cluster.app_report_for(&caller, app_id).map(|report| report.state))
         })
-        .await??;
+        .await?
+    {
+        Err(AppError::NotFound(_)) => return Err(rm.kill_refused_from_history(&caller, app_id).await.into()),
+        killed => killed?,
+    };
     tracing::info!(app = %app_id, user = %caller.user, "application killed (YARN REST)");
     Ok(Json(json!({ "state": shapes::wire(&state.unwrap_or(AppState::Killed)) })))
 }
