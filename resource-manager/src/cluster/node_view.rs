@@ -57,7 +57,7 @@ impl NodeView {
             })
     }
 
-    /// Schedulable nodes, sorted by id, with their free room as of the last `refresh`.
+    /// Schedulable nodes, sorted by id, with their free room now (once `refresh_node_view` ran).
     pub(super) fn nodes(&self) -> &[SnapshotNode] {
         &self.nodes
     }
